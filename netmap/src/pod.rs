@@ -1,0 +1,29 @@
+//! Plain old data: types valid for every bit pattern.
+
+/// Types for which every bit pattern is a valid value and that contain no
+/// padding the compiler relies on, so they can be copied to and from shared
+/// memory that another process writes.
+///
+/// # Safety
+/// Implement only for `#[repr(C)]` (or primitive) types made of integers and
+/// arrays of integers, with no references, pointers, `bool`, `char` or enums.
+pub unsafe trait Pod: Copy + 'static {}
+
+macro_rules! pod {
+    ($($t:ty),* $(,)?) => {
+        $(
+            // SAFETY: a primitive integer or a repr(C) struct of integers
+            // (see the layout tests in abi.rs); every bit pattern is valid.
+            unsafe impl Pod for $t {}
+        )*
+    };
+}
+
+pod!(u8, u16, u32, u64, i8, i16, i32, i64, usize, isize);
+
+pod!(
+    crate::abi::NetmapSlot,
+    crate::abi::NmCsbAtok,
+    crate::abi::NmCsbKtoa,
+    crate::abi::Timeval,
+);

@@ -1,0 +1,48 @@
+//! Thin, checked wrappers over the system calls netmap's user side needs:
+//! sealed memfds, shared mappings, eventfds, poll and `SCM_RIGHTS`.
+//!
+//! Every `unsafe` block of the crate that touches the OS lives under this
+//! module; the types here check their arguments once so callers stay safe.
+
+mod eventfd;
+mod memfd;
+mod mmap;
+mod poll;
+mod scm;
+
+pub use eventfd::EventFd;
+pub use memfd::{memfd_seals, HugePages, Memfd};
+pub use mmap::SharedMap;
+pub use poll::{poll, PollFd, PollFlags};
+pub use scm::{recv_with_fds, send_with_fds, MAX_FDS};
+
+use std::io;
+
+/// Turns a libc return value into an `io::Result`, reading `errno` on -1.
+pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Same as [`cvt`] for calls returning `ssize_t`.
+pub(crate) fn cvt_isize(ret: isize) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// The system page size.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let sz = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if sz <= 0 {
+        4096
+    } else {
+        sz as usize
+    }
+}
