@@ -3,10 +3,11 @@
 //! This module is the Rust rendering of netmap's `sys/net/netmap.h` (plus the pieces of
 //! `netmap_legacy.h` and `netmap_user.h` that user programs still see). Every `#[repr(C)]`
 //! struct here has exactly the size, alignment and field offsets of its C counterpart on
-//! x86_64 Linux; the tests at the bottom of the file pin all of them. Field names are the C
-//! names. The doc comments are meant to be read as the specification of the contract between
-//! an application and netmap ("the kernel" below, even though vale implements it in user
-//! space).
+//! `x86_64` Linux; the tests at the bottom of the file pin all of them. Field names are the C
+//! names. Where C has implicit padding, the Rust struct has explicit zero fields (`pad1`,
+//! `pad2`), so no struct here contains padding bytes; the tests check that too. The doc
+//! comments are meant to be read as the specification of the contract between an application
+//! and netmap ("the kernel" below, even though vale implements it in user space).
 //!
 //! # The shared memory objects
 //!
@@ -58,9 +59,9 @@
 //! kernel releases the returned slots and moves `tail` forward over newly received packets.
 //!
 //! The kernel only reads `head`/`cur` and writes `tail` during a sync system call (or from the
-//! sync-kloop thread in CSB mode, see [`NmCsbAtok`]). The user must keep
-//! `head` in the range it owns and `cur` between `head` and `tail`; a sync that finds them out
-//! of range treats the ring as corrupted and reinitializes it. One slot always stays with the
+//! sync-kloop thread in CSB mode, see [`NmCsbAtok`]). The user must keep `head` in the
+//! range it owns and `cur` between `head` and `tail`; a sync that finds them out of range
+//! treats the ring as corrupted and reinitializes it. One slot always stays with the
 //! kernel, so a ring of `num_slots` slots holds at most `num_slots - 1` packets
 //! ([`nm_ring_space`]).
 //!
@@ -185,7 +186,7 @@ pub const fn nm_woffset(ptr: u64, offset_mask: u64, offset: u64) -> u64 {
 // struct netmap_ring
 // ---------------------------------------------------------------------------------------------
 
-/// `struct timeval` as on x86_64 Linux (two `long`s), used for [`NetmapRing::ts`].
+/// `struct timeval` as on `x86_64` Linux (two `long`s), used for [`NetmapRing::ts`].
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Timeval {
@@ -209,10 +210,13 @@ pub const RING_HEADER_SIZE: usize = 256;
 /// dir; uint32_t head, cur, tail, flags; struct timeval ts; uint64_t offset_mask, buf_align;
 /// uint8_t sem[128] __attribute__((aligned(128))); struct netmap_slot slot[];`.
 ///
-/// The C attribute on `sem` makes the whole struct 128-byte aligned and leaves 56 bytes of
-/// padding before `sem`; here that padding is the explicit field `sem_pad` and the struct is
-/// `align(128)` like in C. A ring header must therefore sit at a 128-byte aligned address,
-/// which holds for consecutive rings whose `num_slots` is a multiple of 8.
+/// C leaves 4 bytes of padding before `ts`, which is 8-byte aligned; here they are the
+/// explicit field `pad1`. The attribute on `sem` makes the whole struct 128-byte aligned and
+/// leaves 56 bytes of padding before `sem`; here that padding is the explicit field `pad2` and
+/// the struct is `align(128)` like in C. A `&NetmapRing` therefore needs a 128-byte aligned
+/// address. Consecutive ring objects keep that alignment when `num_slots` is a multiple of 8
+/// (netmap itself only rounds ring objects to 64 bytes; code that reads the header field by
+/// field at its offset needs only 8-byte alignment).
 #[repr(C, align(128))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NetmapRing {
@@ -235,6 +239,8 @@ pub struct NetmapRing {
     pub tail: u32,
     /// Ring flags: [`NR_TIMESTAMP`], [`NR_FORWARD`].
     pub flags: u32,
+    /// Padding before `ts` (implicit in C). Always zero.
+    pub pad1: u32,
     /// (k) Time of the last sync, updated when [`NR_TIMESTAMP`] is set.
     pub ts: Timeval,
     /// Bits of each slot's `ptr` that hold a buffer offset; zero unless the port was
@@ -243,7 +249,7 @@ pub struct NetmapRing {
     /// Required alignment, in bytes, of packet starts (buffer plus offset) in TX slots.
     pub buf_align: u64,
     /// Padding up to `sem` (implicit in C, where `sem` is 128-byte aligned). Always zero.
-    pub sem_pad: [u8; 56],
+    pub pad2: [u8; 56],
     /// Opaque room for a lock or similar object, on its own cache line(s).
     pub sem: [u8; 128],
 }
@@ -260,10 +266,11 @@ impl Default for NetmapRing {
             cur: 0,
             tail: 0,
             flags: 0,
+            pad1: 0,
             ts: Timeval::default(),
             offset_mask: 0,
             buf_align: 0,
-            sem_pad: [0; 56],
+            pad2: [0; 56],
             sem: [0; 128],
         }
     }
@@ -281,10 +288,11 @@ pub const NR_FORWARD: u32 = 0x0004;
 
 /// `nm_ring_next()`: the slot index after `i` on a ring of `num_slots` slots.
 pub const fn nm_ring_next(num_slots: u32, i: u32) -> u32 {
-    if i + 1 == num_slots {
+    let next = i.wrapping_add(1);
+    if next == num_slots {
         0
     } else {
-        i + 1
+        next
     }
 }
 
@@ -295,11 +303,13 @@ pub const fn nm_ring_empty(head: u32, tail: u32) -> bool {
 }
 
 /// `nm_ring_space()`: number of slots the user owns, `tail - head` modulo `num_slots`.
+/// Indices are expected below `num_slots`; other values give a meaningless result but never
+/// panic.
 pub const fn nm_ring_space(head: u32, tail: u32, num_slots: u32) -> u32 {
     if tail >= head {
         tail - head
     } else {
-        tail + num_slots - head
+        num_slots.wrapping_sub(head - tail)
     }
 }
 
@@ -321,8 +331,8 @@ pub const NETMAP_IF_HEADER_SIZE: usize = 56;
 /// Written by the kernel on `NETMAP_REQ_REGISTER`; the user treats it as read-only (except
 /// `ni_bufs_head`), and the kernel never reads it back.
 ///
-/// Right after these 56 bytes comes `ssize_t ring_ofs[]` (i64 on x86_64), the offsets of the
-/// rings relative to the start of the `netmap_if`, in this order: `ni_tx_rings` NIC TX rings,
+/// Right after these 56 bytes comes `ssize_t ring_ofs[]` (`i64` on `x86_64`), the offsets of
+/// the rings relative to the start of the `netmap_if`, in this order: `ni_tx_rings` NIC TX rings,
 /// `ni_host_tx_rings` host TX rings, `ni_rx_rings` NIC RX rings, `ni_host_rx_rings` host RX
 /// rings. So TX ring `i` is at `ring_ofs[i]` and RX ring `i` at
 /// `ring_ofs[i + ni_tx_rings + ni_host_tx_rings]` ([`NetmapIf::rx_ring_ofs_index`]).
@@ -368,8 +378,10 @@ impl NetmapIf {
 
     /// Number of `ring_ofs[]` entries that follow the fixed part.
     pub const fn ring_ofs_len(&self) -> usize {
-        (self.ni_tx_rings + self.ni_host_tx_rings + self.ni_rx_rings + self.ni_host_rx_rings)
-            as usize
+        self.ni_tx_rings as usize
+            + self.ni_host_tx_rings as usize
+            + self.ni_rx_rings as usize
+            + self.ni_host_rx_rings as usize
     }
 
     /// Total size of this `netmap_if` object including `ring_ofs[]`.
@@ -384,7 +396,7 @@ impl NetmapIf {
 
     /// `ring_ofs[]` index of RX ring `i` (`NETMAP_RXRING`); host RX rings follow the NIC ones.
     pub const fn rx_ring_ofs_index(&self, i: u32) -> usize {
-        (i + self.ni_tx_rings + self.ni_host_tx_rings) as usize
+        i as usize + self.ni_tx_rings as usize + self.ni_host_tx_rings as usize
     }
 }
 
@@ -401,6 +413,10 @@ pub const IOC_READ: u32 = 2;
 
 /// Linux `_IOC(dir, type, nr, size)` (generic layout used by x86 and arm: 2 direction bits,
 /// 14 size bits, 8 type bits, 8 number bits).
+///
+/// # Panics
+///
+/// If `size` does not fit in 14 bits (at compile time when used in a `const`).
 pub const fn ioc(dir: u32, ty: u8, nr: u8, size: usize) -> u32 {
     assert!(size < (1 << 14), "ioctl argument too large for _IOC");
     (dir << 30) | ((size as u32) << 16) | ((ty as u32) << 8) | nr as u32
@@ -540,7 +556,11 @@ impl NmreqHeader {
         c_name(&self.nr_name)
     }
 
-    /// The port name as a `str`, if it is valid UTF-8.
+    /// The port name as a `str`.
+    ///
+    /// # Errors
+    ///
+    /// If the name is not valid UTF-8.
     pub fn name_str(&self) -> Result<&str, std::str::Utf8Error> {
         std::str::from_utf8(self.name_bytes())
     }
@@ -548,6 +568,10 @@ impl NmreqHeader {
     /// Stores `name` NUL-terminated and zero-filled. Fails if it does not fit with its NUL
     /// (more than 63 bytes). Like in C, a reader stops at the first NUL, so a name with an
     /// embedded NUL reads back truncated.
+    ///
+    /// # Errors
+    ///
+    /// [`NameTooLong`] if `name` has more than 63 bytes; the header is then unchanged.
     pub fn set_name(&mut self, name: &str) -> Result<(), NameTooLong> {
         set_c_name(&mut self.nr_name, name)
     }
@@ -762,8 +786,8 @@ pub const fn nmreq_opt_body_size(nro_reqtype: u32, nro_size: u64) -> usize {
 ///
 /// C layout (`netmap.h`): `uint64_t nr_offset, nr_memsize; uint32_t nr_tx_slots, nr_rx_slots;
 /// uint16_t nr_tx_rings, nr_rx_rings, nr_host_tx_rings, nr_host_rx_rings, nr_mem_id,
-/// nr_ringid; uint32_t nr_mode, nr_extra_bufs; /* 4 bytes padding */ uint64_t nr_flags;`,
-/// 56 bytes.
+/// nr_ringid; uint32_t nr_mode, nr_extra_bufs; uint64_t nr_flags;`, 56 bytes. The 4 bytes of
+/// implicit C padding before `nr_flags` are the explicit field `pad1` here.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NmreqRegister {
@@ -791,6 +815,8 @@ pub struct NmreqRegister {
     pub nr_mode: u32,
     /// Number of extra buffers.
     pub nr_extra_bufs: u32,
+    /// Padding (implicit in C), zero.
+    pub pad1: u32,
     /// `NR_*` flags.
     pub nr_flags: u64,
 }
@@ -1189,8 +1215,8 @@ pub const NM_OPT_SYNC_KLOOP_DIRECT_RX: u32 = 1 << 1;
 
 /// `struct nmreq_opt_sync_kloop_mode`: option [`NETMAP_REQ_OPT_SYNC_KLOOP_MODE`].
 ///
-/// C layout (`netmap.h`): `struct nmreq_option nro_opt; uint32_t mode; /* 4 bytes tail
-/// padding */`, 32 bytes.
+/// C layout (`netmap.h`): `struct nmreq_option nro_opt; uint32_t mode;`, 32 bytes. The 4 bytes
+/// of implicit C tail padding are the explicit field `pad1` here.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NmreqOptSyncKloopMode {
@@ -1198,6 +1224,8 @@ pub struct NmreqOptSyncKloopMode {
     pub nro_opt: NmreqOption,
     /// `NM_OPT_SYNC_KLOOP_DIRECT_*` bits.
     pub mode: u32,
+    /// Padding (implicit in C), zero.
+    pub pad1: u32,
 }
 
 /// `struct nmreq_opt_extmem`: option [`NETMAP_REQ_OPT_EXTMEM`]. The user provides the memory
@@ -1317,7 +1345,11 @@ impl Nmreq {
         c_name(&self.nr_name)
     }
 
-    /// Stores `name` NUL-terminated and zero-filled; at most 15 bytes fit.
+    /// Stores `name` NUL-terminated and zero-filled.
+    ///
+    /// # Errors
+    ///
+    /// [`NameTooLong`] if `name` has more than 15 bytes; the request is then unchanged.
     pub fn set_name(&mut self, name: &str) -> Result<(), NameTooLong> {
         set_c_name(&mut self.nr_name, name)
     }
@@ -1423,20 +1455,31 @@ mod tests {
     use super::*;
     use std::mem::{align_of, offset_of};
 
-    /// Asserts size, alignment and every field offset of a struct.
+    /// Size of the field that `get` projects to.
+    fn field_size<T, F>(_get: fn(&T) -> &F) -> usize {
+        size_of::<F>()
+    }
+
+    /// Asserts size, alignment and every field offset of a struct, and that the listed fields
+    /// tile the struct exactly: no padding anywhere and no field left out of the list.
     macro_rules! layout {
         ($t:ty, size $size:expr, align $align:expr, { $($f:ident @ $off:expr),* $(,)? }) => {{
-            assert_eq!(size_of::<$t>(), $size, "size_of {}", stringify!($t));
-            assert_eq!(align_of::<$t>(), $align, "align_of {}", stringify!($t));
-            $(
-                assert_eq!(
-                    offset_of!($t, $f),
-                    $off,
-                    "offset_of {}.{}",
-                    stringify!($t),
-                    stringify!($f)
-                );
-            )*
+            let name = stringify!($t);
+            assert_eq!(size_of::<$t>(), $size, "size_of {name}");
+            assert_eq!(align_of::<$t>(), $align, "align_of {name}");
+            let fields: &[(&str, usize, usize, usize)] = &[$((
+                stringify!($f),
+                offset_of!($t, $f),
+                $off,
+                field_size(|s: &$t| &s.$f),
+            )),*];
+            let mut end = 0;
+            for &(field, got, want, len) in fields {
+                assert_eq!(got, want, "offset_of {name}.{field}");
+                assert_eq!(got, end, "padding or missing field before {name}.{field}");
+                end = got + len;
+            }
+            assert_eq!(end, $size, "tail padding or missing field at the end of {name}");
         }};
     }
 
@@ -1458,10 +1501,11 @@ mod tests {
             cur @ 24,
             tail @ 28,
             flags @ 32,
+            pad1 @ 36,
             ts @ 40,
             offset_mask @ 56,
             buf_align @ 64,
-            sem_pad @ 72,
+            pad2 @ 72,
             sem @ 128,
         });
         assert_eq!(size_of::<NetmapRing>(), RING_HEADER_SIZE);
@@ -1513,6 +1557,7 @@ mod tests {
             nr_ringid @ 34,
             nr_mode @ 36,
             nr_extra_bufs @ 40,
+            pad1 @ 44,
             nr_flags @ 48,
         });
         layout!(NmreqPortInfoGet, size 32, align 8, {
@@ -1588,7 +1633,7 @@ mod tests {
         layout!(NmreqOptSyncKloopEventfds, size 24, align 8, { nro_opt @ 0 });
         assert_eq!(NmreqOptSyncKloopEventfds::size_for(0), 24);
         assert_eq!(NmreqOptSyncKloopEventfds::size_for(3), 48);
-        layout!(NmreqOptSyncKloopMode, size 32, align 8, { nro_opt @ 0, mode @ 24 });
+        layout!(NmreqOptSyncKloopMode, size 32, align 8, { nro_opt @ 0, mode @ 24, pad1 @ 28 });
         layout!(NmreqOptExtmem, size 96, align 8, {
             nro_opt @ 0,
             nro_usrptr @ 24,
@@ -1647,160 +1692,115 @@ mod tests {
 
     #[test]
     fn constants() {
-        let table: &[(&str, u64, u64)] = &[
-            ("NETMAP_API", NETMAP_API.into(), 14),
-            ("NETMAP_MIN_API", NETMAP_MIN_API.into(), 14),
-            ("NETMAP_MAX_API", NETMAP_MAX_API.into(), 15),
-            ("NM_CACHE_ALIGN", NM_CACHE_ALIGN as u64, 128),
-            ("IFNAMSIZ", IFNAMSIZ as u64, 16),
-            ("NETMAP_REQ_IFNAMSIZ", NETMAP_REQ_IFNAMSIZ as u64, 64),
-            ("NETMAP_REQ_MAXSIZE", NETMAP_REQ_MAXSIZE as u64, 4096),
-            ("NETMAP_MAX_FRAGS", NETMAP_MAX_FRAGS as u64, 64),
-            ("NS_BUF_CHANGED", NS_BUF_CHANGED.into(), 0x1),
-            ("NS_REPORT", NS_REPORT.into(), 0x2),
-            ("NS_FORWARD", NS_FORWARD.into(), 0x4),
-            ("NS_NO_LEARN", NS_NO_LEARN.into(), 0x8),
-            ("NS_INDIRECT", NS_INDIRECT.into(), 0x10),
-            ("NS_MOREFRAG", NS_MOREFRAG.into(), 0x20),
-            ("NS_TXMON", NS_TXMON.into(), 0x40),
-            ("NS_PORT_SHIFT", NS_PORT_SHIFT.into(), 8),
-            ("NS_PORT_MASK", NS_PORT_MASK.into(), 0xff00),
-            ("NR_DIR_TX", NR_DIR_TX.into(), 0),
-            ("NR_DIR_RX", NR_DIR_RX.into(), 1),
-            ("NR_TIMESTAMP", NR_TIMESTAMP.into(), 0x2),
-            ("NR_FORWARD", NR_FORWARD.into(), 0x4),
-            ("NI_PRIV_MEM", NI_PRIV_MEM.into(), 0x1),
-            ("RING_HEADER_SIZE", RING_HEADER_SIZE as u64, 256),
-            ("NETMAP_IF_HEADER_SIZE", NETMAP_IF_HEADER_SIZE as u64, 56),
-            ("NETMAP_REQ_REGISTER", NETMAP_REQ_REGISTER.into(), 1),
-            (
-                "NETMAP_REQ_PORT_INFO_GET",
-                NETMAP_REQ_PORT_INFO_GET.into(),
-                2,
-            ),
-            ("NETMAP_REQ_VALE_ATTACH", NETMAP_REQ_VALE_ATTACH.into(), 3),
-            ("NETMAP_REQ_VALE_DETACH", NETMAP_REQ_VALE_DETACH.into(), 4),
-            ("NETMAP_REQ_VALE_LIST", NETMAP_REQ_VALE_LIST.into(), 5),
-            ("NETMAP_REQ_PORT_HDR_SET", NETMAP_REQ_PORT_HDR_SET.into(), 6),
-            ("NETMAP_REQ_PORT_HDR_GET", NETMAP_REQ_PORT_HDR_GET.into(), 7),
-            ("NETMAP_REQ_VALE_NEWIF", NETMAP_REQ_VALE_NEWIF.into(), 8),
-            ("NETMAP_REQ_VALE_DELIF", NETMAP_REQ_VALE_DELIF.into(), 9),
-            (
-                "NETMAP_REQ_VALE_POLLING_ENABLE",
-                NETMAP_REQ_VALE_POLLING_ENABLE.into(),
-                10,
-            ),
-            (
-                "NETMAP_REQ_VALE_POLLING_DISABLE",
-                NETMAP_REQ_VALE_POLLING_DISABLE.into(),
-                11,
-            ),
-            (
-                "NETMAP_REQ_POOLS_INFO_GET",
-                NETMAP_REQ_POOLS_INFO_GET.into(),
-                12,
-            ),
-            (
-                "NETMAP_REQ_SYNC_KLOOP_START",
-                NETMAP_REQ_SYNC_KLOOP_START.into(),
-                13,
-            ),
-            (
-                "NETMAP_REQ_SYNC_KLOOP_STOP",
-                NETMAP_REQ_SYNC_KLOOP_STOP.into(),
-                14,
-            ),
-            ("NETMAP_REQ_CSB_ENABLE", NETMAP_REQ_CSB_ENABLE.into(), 15),
-            ("NETMAP_REQ_OPT_EXTMEM", NETMAP_REQ_OPT_EXTMEM.into(), 1),
-            (
-                "NETMAP_REQ_OPT_SYNC_KLOOP_EVENTFDS",
-                NETMAP_REQ_OPT_SYNC_KLOOP_EVENTFDS.into(),
-                2,
-            ),
-            ("NETMAP_REQ_OPT_CSB", NETMAP_REQ_OPT_CSB.into(), 3),
-            (
-                "NETMAP_REQ_OPT_SYNC_KLOOP_MODE",
-                NETMAP_REQ_OPT_SYNC_KLOOP_MODE.into(),
-                4,
-            ),
-            ("NETMAP_REQ_OPT_OFFSETS", NETMAP_REQ_OPT_OFFSETS.into(), 5),
-            ("NETMAP_REQ_OPT_MAX", NETMAP_REQ_OPT_MAX.into(), 6),
-            ("NR_MONITOR_TX", NR_MONITOR_TX, 0x100),
-            ("NR_MONITOR_RX", NR_MONITOR_RX, 0x200),
-            ("NR_ZCOPY_MON", NR_ZCOPY_MON, 0x400),
-            ("NR_EXCLUSIVE", NR_EXCLUSIVE, 0x800),
-            ("NR_RX_RINGS_ONLY", NR_RX_RINGS_ONLY, 0x2000),
-            ("NR_TX_RINGS_ONLY", NR_TX_RINGS_ONLY, 0x4000),
-            ("NR_ACCEPT_VNET_HDR", NR_ACCEPT_VNET_HDR, 0x8000),
-            ("NR_DO_RX_POLL", NR_DO_RX_POLL, 0x10000),
-            ("NR_NO_TX_POLL", NR_NO_TX_POLL, 0x20000),
-            ("NR_REG_DEFAULT", NR_REG_DEFAULT.into(), 0),
-            ("NR_REG_ALL_NIC", NR_REG_ALL_NIC.into(), 1),
-            ("NR_REG_SW", NR_REG_SW.into(), 2),
-            ("NR_REG_NIC_SW", NR_REG_NIC_SW.into(), 3),
-            ("NR_REG_ONE_NIC", NR_REG_ONE_NIC.into(), 4),
-            ("NR_REG_PIPE_MASTER", NR_REG_PIPE_MASTER.into(), 5),
-            ("NR_REG_PIPE_SLAVE", NR_REG_PIPE_SLAVE.into(), 6),
-            ("NR_REG_NULL", NR_REG_NULL.into(), 7),
-            ("NR_REG_ONE_SW", NR_REG_ONE_SW.into(), 8),
-            (
-                "NETMAP_POLLING_MODE_SINGLE_CPU",
-                NETMAP_POLLING_MODE_SINGLE_CPU.into(),
-                1,
-            ),
-            (
-                "NETMAP_POLLING_MODE_MULTI_CPU",
-                NETMAP_POLLING_MODE_MULTI_CPU.into(),
-                2,
-            ),
-            (
-                "NM_OPT_SYNC_KLOOP_DIRECT_TX",
-                NM_OPT_SYNC_KLOOP_DIRECT_TX.into(),
-                1,
-            ),
-            (
-                "NM_OPT_SYNC_KLOOP_DIRECT_RX",
-                NM_OPT_SYNC_KLOOP_DIRECT_RX.into(),
-                2,
-            ),
-            ("NAF_FORCE_READ", NAF_FORCE_READ.into(), 1),
-            ("NAF_FORCE_RECLAIM", NAF_FORCE_RECLAIM.into(), 2),
-            ("NAF_CAN_FORWARD_DOWN", NAF_CAN_FORWARD_DOWN.into(), 4),
-            ("NETMAP_HW_RING", NETMAP_HW_RING.into(), 0x4000),
-            ("NETMAP_SW_RING", NETMAP_SW_RING.into(), 0x2000),
-            ("NETMAP_RING_MASK", NETMAP_RING_MASK.into(), 0x0fff),
-            ("NETMAP_NO_TX_POLL", NETMAP_NO_TX_POLL.into(), 0x1000),
-            ("NETMAP_DO_RX_POLL", NETMAP_DO_RX_POLL.into(), 0x8000),
-            ("NR_REG_MASK", NR_REG_MASK.into(), 0xf),
-            ("NETMAP_BDG_ATTACH", NETMAP_BDG_ATTACH.into(), 1),
-            ("NETMAP_BDG_DETACH", NETMAP_BDG_DETACH.into(), 2),
-            ("NETMAP_BDG_REGOPS", NETMAP_BDG_REGOPS.into(), 3),
-            ("NETMAP_BDG_LIST", NETMAP_BDG_LIST.into(), 4),
-            ("NETMAP_BDG_VNET_HDR", NETMAP_BDG_VNET_HDR.into(), 5),
-            ("NETMAP_BDG_NEWIF", NETMAP_BDG_NEWIF.into(), 6),
-            ("NETMAP_BDG_DELIF", NETMAP_BDG_DELIF.into(), 7),
-            ("NETMAP_PT_HOST_CREATE", NETMAP_PT_HOST_CREATE.into(), 8),
-            ("NETMAP_PT_HOST_DELETE", NETMAP_PT_HOST_DELETE.into(), 9),
-            ("NETMAP_BDG_POLLING_ON", NETMAP_BDG_POLLING_ON.into(), 10),
-            ("NETMAP_BDG_POLLING_OFF", NETMAP_BDG_POLLING_OFF.into(), 11),
-            ("NETMAP_VNET_HDR_GET", NETMAP_VNET_HDR_GET.into(), 12),
-            ("NETMAP_BDG_HOST", NETMAP_BDG_HOST.into(), 1),
-            ("NM_IFRDATA_LEN", NM_IFRDATA_LEN as u64, 256),
-            ("NM_BRIDGES", NM_BRIDGES as u64, 8),
-            ("NM_BDG_MAXPORTS", NM_BDG_MAXPORTS as u64, 254),
-            ("NM_BDG_BROADCAST", NM_BDG_BROADCAST as u64, 254),
-            ("NM_BDG_NOPORT", NM_BDG_NOPORT as u64, 255),
-            ("NM_BDG_MAXRINGS", NM_BDG_MAXRINGS as u64, 16),
-            ("NM_BDG_MAXSLOTS", NM_BDG_MAXSLOTS as u64, 4096),
-            ("NM_BRIDGE_RINGSIZE", NM_BRIDGE_RINGSIZE as u64, 1024),
-            ("NM_BDG_BATCH", NM_BDG_BATCH as u64, 1024),
-            ("NM_BDG_BATCH_MAX", NM_BDG_BATCH_MAX as u64, 1088),
-            ("NM_BDG_HASH", NM_BDG_HASH as u64, 1024),
-            ("NM_BDG_MFS_DEFAULT", NM_BDG_MFS_DEFAULT as u64, 1514),
-            ("NM_BDG_IFNAMSIZ", NM_BDG_IFNAMSIZ as u64, 16),
-        ];
-        for &(name, got, want) in table {
-            assert_eq!(got, want, "{name}");
+        // Every numeric constant against the value in the C headers.
+        macro_rules! check {
+            ($($c:ident => $v:expr),* $(,)?) => {
+                $(assert_eq!($c as u64, $v, stringify!($c));)*
+            };
+        }
+        check! {
+            NETMAP_API => 14,
+            NETMAP_MIN_API => 14,
+            NETMAP_MAX_API => 15,
+            NM_CACHE_ALIGN => 128,
+            IFNAMSIZ => 16,
+            NETMAP_REQ_IFNAMSIZ => 64,
+            NETMAP_REQ_MAXSIZE => 4096,
+            NETMAP_MAX_FRAGS => 64,
+            NS_BUF_CHANGED => 0x1,
+            NS_REPORT => 0x2,
+            NS_FORWARD => 0x4,
+            NS_NO_LEARN => 0x8,
+            NS_INDIRECT => 0x10,
+            NS_MOREFRAG => 0x20,
+            NS_TXMON => 0x40,
+            NS_PORT_SHIFT => 8,
+            NS_PORT_MASK => 0xff00,
+            NR_DIR_TX => 0,
+            NR_DIR_RX => 1,
+            NR_TIMESTAMP => 0x2,
+            NR_FORWARD => 0x4,
+            NI_PRIV_MEM => 0x1,
+            RING_HEADER_SIZE => 256,
+            NETMAP_IF_HEADER_SIZE => 56,
+            NETMAP_REQ_REGISTER => 1,
+            NETMAP_REQ_PORT_INFO_GET => 2,
+            NETMAP_REQ_VALE_ATTACH => 3,
+            NETMAP_REQ_VALE_DETACH => 4,
+            NETMAP_REQ_VALE_LIST => 5,
+            NETMAP_REQ_PORT_HDR_SET => 6,
+            NETMAP_REQ_PORT_HDR_GET => 7,
+            NETMAP_REQ_VALE_NEWIF => 8,
+            NETMAP_REQ_VALE_DELIF => 9,
+            NETMAP_REQ_VALE_POLLING_ENABLE => 10,
+            NETMAP_REQ_VALE_POLLING_DISABLE => 11,
+            NETMAP_REQ_POOLS_INFO_GET => 12,
+            NETMAP_REQ_SYNC_KLOOP_START => 13,
+            NETMAP_REQ_SYNC_KLOOP_STOP => 14,
+            NETMAP_REQ_CSB_ENABLE => 15,
+            NETMAP_REQ_OPT_EXTMEM => 1,
+            NETMAP_REQ_OPT_SYNC_KLOOP_EVENTFDS => 2,
+            NETMAP_REQ_OPT_CSB => 3,
+            NETMAP_REQ_OPT_SYNC_KLOOP_MODE => 4,
+            NETMAP_REQ_OPT_OFFSETS => 5,
+            NETMAP_REQ_OPT_MAX => 6,
+            NR_MONITOR_TX => 0x100,
+            NR_MONITOR_RX => 0x200,
+            NR_ZCOPY_MON => 0x400,
+            NR_EXCLUSIVE => 0x800,
+            NR_RX_RINGS_ONLY => 0x2000,
+            NR_TX_RINGS_ONLY => 0x4000,
+            NR_ACCEPT_VNET_HDR => 0x8000,
+            NR_DO_RX_POLL => 0x10000,
+            NR_NO_TX_POLL => 0x20000,
+            NR_REG_DEFAULT => 0,
+            NR_REG_ALL_NIC => 1,
+            NR_REG_SW => 2,
+            NR_REG_NIC_SW => 3,
+            NR_REG_ONE_NIC => 4,
+            NR_REG_PIPE_MASTER => 5,
+            NR_REG_PIPE_SLAVE => 6,
+            NR_REG_NULL => 7,
+            NR_REG_ONE_SW => 8,
+            NETMAP_POLLING_MODE_SINGLE_CPU => 1,
+            NETMAP_POLLING_MODE_MULTI_CPU => 2,
+            NM_OPT_SYNC_KLOOP_DIRECT_TX => 1,
+            NM_OPT_SYNC_KLOOP_DIRECT_RX => 2,
+            NAF_FORCE_READ => 1,
+            NAF_FORCE_RECLAIM => 2,
+            NAF_CAN_FORWARD_DOWN => 4,
+            NETMAP_HW_RING => 0x4000,
+            NETMAP_SW_RING => 0x2000,
+            NETMAP_RING_MASK => 0x0fff,
+            NETMAP_NO_TX_POLL => 0x1000,
+            NETMAP_DO_RX_POLL => 0x8000,
+            NR_REG_MASK => 0xf,
+            NETMAP_BDG_ATTACH => 1,
+            NETMAP_BDG_DETACH => 2,
+            NETMAP_BDG_REGOPS => 3,
+            NETMAP_BDG_LIST => 4,
+            NETMAP_BDG_VNET_HDR => 5,
+            NETMAP_BDG_NEWIF => 6,
+            NETMAP_BDG_DELIF => 7,
+            NETMAP_PT_HOST_CREATE => 8,
+            NETMAP_PT_HOST_DELETE => 9,
+            NETMAP_BDG_POLLING_ON => 10,
+            NETMAP_BDG_POLLING_OFF => 11,
+            NETMAP_VNET_HDR_GET => 12,
+            NETMAP_BDG_HOST => 1,
+            NM_IFRDATA_LEN => 256,
+            NM_BRIDGES => 8,
+            NM_BDG_MAXPORTS => 254,
+            NM_BDG_BROADCAST => 254,
+            NM_BDG_NOPORT => 255,
+            NM_BDG_MAXRINGS => 16,
+            NM_BDG_MAXSLOTS => 4096,
+            NM_BRIDGE_RINGSIZE => 1024,
+            NM_BDG_BATCH => 1024,
+            NM_BDG_BATCH_MAX => 1088,
+            NM_BDG_HASH => 1024,
+            NM_BDG_MFS_DEFAULT => 1514,
+            NM_BDG_IFNAMSIZ => 16,
         }
         assert_eq!(NM_BDG_NAME, "vale");
         assert_eq!(NETMAP_DEVICE_NAME, "/dev/netmap");
@@ -1888,6 +1888,8 @@ mod tests {
         assert!(nm_ring_empty(3, 3));
         assert!(!nm_tx_pending(0, 7, 8));
         assert!(nm_tx_pending(3, 7, 8));
+        assert_eq!(nm_ring_next(u32::MAX, u32::MAX - 1), 0);
+        assert_eq!(nm_ring_next(8, u32::MAX), 0);
         assert_eq!(nm_roffset(0xabcd, 0xff), 0xcd);
         assert_eq!(nm_woffset(0xabcd, 0xff, 0x112), 0xab12);
         let slot = NetmapSlot {
@@ -1917,7 +1919,7 @@ mod tests {
     #[test]
     fn defaults_are_zero() {
         let ring = NetmapRing::default();
-        assert!(ring.sem.iter().chain(ring.sem_pad.iter()).all(|&b| b == 0));
+        assert!(ring.sem.iter().chain(ring.pad2.iter()).all(|&b| b == 0));
         assert_eq!(NmreqHeader::default().name_bytes(), b"");
         assert_eq!(NmIfreq::default().data, [0; NM_IFRDATA_LEN]);
     }

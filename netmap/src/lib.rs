@@ -12,8 +12,10 @@
 pub mod abi;
 pub mod csb;
 pub mod pod;
-// pub mod portname;
+pub mod portname;
 pub mod region;
 pub mod ring;
 pub mod sync;
 pub mod sys;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;

@@ -153,6 +153,21 @@ impl<'a> RingView<'a> {
         })
     }
 
+    /// Opens the ring at `off` on the client side, where the pool size is
+    /// not known: every buffer index whose buffer lies inside the mapping is
+    /// accepted.
+    pub fn open(map: &'a SharedMap, off: usize) -> io::Result<RingView<'a>> {
+        map.check(off, RING_HEADER_SIZE, 8)?;
+        let buf_size: u32 = map.read(off + field::NR_BUF_SIZE)?;
+        let buf_ofs: i64 = map.read(off + field::BUF_OFS)?;
+        let base = (off as i64).saturating_add(buf_ofs);
+        let nbufs = match (usize::try_from(base), buf_size) {
+            (Ok(b), s) if s > 0 && b < map.len() => ((map.len() - b) / s as usize) as u32,
+            _ => 0,
+        };
+        Self::new(map, off, nbufs)
+    }
+
     /// Offset of the ring in the mapping.
     pub fn offset(&self) -> usize {
         self.off

@@ -24,6 +24,11 @@ impl PollFlags {
     /// Not an open descriptor.
     pub const NVAL: PollFlags = PollFlags(libc::POLLNVAL);
 
+    /// Whether no event is set.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
     /// Whether any bit of `other` is set.
     pub fn intersects(self, other: PollFlags) -> bool {
         self.0 & other.0 != 0

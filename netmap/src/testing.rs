@@ -1,0 +1,400 @@
+//! Test and benchmark helpers (feature `test-utils`): a loopback "switch"
+//! that moves frames from an application's TX ring to its RX ring through the
+//! real sync protocol, the application side of it, and a sequence-numbered
+//! producer and checker. The two-process tests and benchmarks run the switch
+//! and the application in different processes with these.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::abi::NetmapSlot;
+use crate::csb::Csb;
+use crate::region::{IfRings, PortLayout, Region, RegionConfig};
+use crate::ring::{self, RingView};
+use crate::sync::{poll_rings, AppRing, Dir, KringState, SyncError, Want};
+use crate::sys::{poll, EventFd, PollFd, PollFlags, SharedMap};
+
+/// Descriptors a client needs, in the order [`Loopback::fds`] gives them.
+pub const LOOPBACK_FDS: usize = 6;
+
+/// The switch side: one TX and one RX ring in a fresh region.
+#[derive(Debug)]
+pub struct Loopback {
+    /// The region.
+    pub region: Region,
+    /// The CSB (ring 0 TX, ring 1 RX).
+    pub csb: Csb,
+    /// TX ring offset.
+    pub tx_off: usize,
+    /// RX ring offset.
+    pub rx_off: usize,
+    /// `netmap_if` offset.
+    pub nifp: usize,
+    /// Application → switch, TX ring.
+    pub kick_tx: EventFd,
+    /// Application → switch, RX ring.
+    pub kick_rx: EventFd,
+    /// Switch → application, TX ring.
+    pub irq_tx: EventFd,
+    /// Switch → application, RX ring.
+    pub irq_rx: EventFd,
+}
+
+/// What the loopback moved.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LoopStats {
+    /// Slots moved TX → RX.
+    pub slots: u64,
+    /// Times the switch slept.
+    pub sleeps: u64,
+    /// Kicks sent to the application.
+    pub kicks: u64,
+    /// Ring resets for contract violations.
+    pub resets: u64,
+    /// Slots dropped for a bad buffer index or length.
+    pub bad_slots: u64,
+}
+
+impl Loopback {
+    /// A loopback with rings of `slots` slots and `buf_size` buffers.
+    pub fn new(slots: u32, buf_size: u32) -> Result<Loopback, crate::region::RegionError> {
+        let layout = PortLayout {
+            tx_slots: slots,
+            rx_slots: slots,
+            buf_size,
+            ..Default::default()
+        };
+        let cfg = RegionConfig {
+            huge_pages: false,
+            ..RegionConfig::for_ports(&layout, 1, 1)?
+        };
+        let mut region = Region::new(1, 0, &cfg)?;
+        let tx_off = region.alloc_ring(Dir::Tx, 0, slots)?;
+        let rx_off = region.alloc_ring(Dir::Rx, 0, slots)?;
+        let rings = IfRings {
+            tx: vec![Some(tx_off)],
+            host_tx: vec![None],
+            rx: vec![Some(rx_off)],
+            host_rx: vec![None],
+        };
+        let nifp = region.alloc_if("vale0:lb", &rings, 0)?;
+        let csb = Csb::create(2)?;
+        // Publish the initial indexes so the client reads a sane tail.
+        KringState::new(Dir::Tx, slots).publish(&csb.entry(0)?);
+        KringState::new(Dir::Rx, slots).publish(&csb.entry(1)?);
+        Ok(Loopback {
+            region,
+            csb,
+            tx_off,
+            rx_off,
+            nifp,
+            kick_tx: EventFd::new()?,
+            kick_rx: EventFd::new()?,
+            irq_tx: EventFd::new()?,
+            irq_rx: EventFd::new()?,
+        })
+    }
+
+    /// Region memfd, CSB memfd, kick_tx, kick_rx, irq_tx, irq_rx.
+    pub fn fds(&self) -> io::Result<Vec<OwnedFd>> {
+        Ok(vec![
+            self.region.share_fd()?,
+            self.csb.share_fd()?,
+            self.kick_tx.try_clone_fd()?,
+            self.kick_rx.try_clone_fd()?,
+            self.irq_tx.try_clone_fd()?,
+            self.irq_rx.try_clone_fd()?,
+        ])
+    }
+
+    /// Moves frames TX → RX by copying, until `stop` is set or `peer` hangs
+    /// up. Sleeps (with `idle` as the longest sleep) only after asking for a
+    /// kick. A sleep that times out while the application has work pending
+    /// is a lost wake-up and returns `TimedOut`.
+    pub fn run(
+        &self,
+        stop: &AtomicBool,
+        peer: Option<BorrowedFd<'_>>,
+        idle: Duration,
+    ) -> Result<LoopStats, SyncError> {
+        let tx_csb = self.csb.entry(0)?;
+        let rx_csb = self.csb.entry(1)?;
+        let txr = self
+            .region
+            .ring_view(self.tx_off)
+            .map_err(io::Error::other)?;
+        let rxr = self
+            .region
+            .ring_view(self.rx_off)
+            .map_err(io::Error::other)?;
+        let mut tx = KringState::new(Dir::Tx, txr.num_slots());
+        let mut rx = KringState::new(Dir::Rx, rxr.num_slots());
+        let mut st = LoopStats::default();
+        while !stop.load(Ordering::Relaxed) {
+            if tx.prologue(&tx_csb).is_err() {
+                tx.reset(&tx_csb, Some(&txr));
+            }
+            if rx.prologue(&rx_csb).is_err() {
+                rx.reset(&rx_csb, Some(&rxr));
+            }
+            let (ts, ntx) = tx.tx_pending();
+            let (rs, nrx) = rx.rx_space();
+            let k = ntx.min(nrx);
+            for i in 0..k {
+                let j = ring::advance(ts, i, txr.num_slots());
+                let d = ring::advance(rs, i, rxr.num_slots());
+                if !copy_slot(&txr, j, &rxr, d) {
+                    st.bad_slots += 1;
+                }
+            }
+            tx.tx_consumed(k);
+            rx.rx_filled(k);
+            st.slots += k as u64;
+            if k > 0 {
+                tx.publish(&tx_csb);
+                rx.publish(&rx_csb);
+                st.kicks += tx.notify(&tx_csb, &self.irq_tx)? as u64;
+                st.kicks += rx.notify(&rx_csb, &self.irq_rx)? as u64;
+                continue;
+            }
+            // Nothing moved: sleep on whichever side blocks us.
+            let (kr, csb, fd) = if ntx == 0 {
+                (&tx, &tx_csb, &self.kick_tx)
+            } else {
+                (&rx, &rx_csb, &self.kick_rx)
+            };
+            if !kr.prepare_sleep(csb) {
+                continue;
+            }
+            st.sleeps += 1;
+            let mut fds = vec![PollFd::new(fd.as_fd(), PollFlags::IN)];
+            if let Some(p) = peer {
+                fds.push(PollFd::new(p, PollFlags::RDHUP));
+            }
+            let n = poll(&mut fds, Some(idle));
+            kr.woken(csb);
+            let n = n?;
+            fd.drain()?;
+            if fds.len() > 1 && !fds[1].revents.is_empty() {
+                return Err(SyncError::PeerGone);
+            }
+            if n == 0 && csb.head.load(Ordering::Acquire) != kr.rhead {
+                return Err(SyncError::TimedOut(idle));
+            }
+        }
+        st.resets = tx.resets + rx.resets;
+        Ok(st)
+    }
+}
+
+/// Copies one frame between rings, checking the TX slot as untrusted.
+fn copy_slot(txr: &RingView<'_>, j: u32, rxr: &RingView<'_>, d: u32) -> bool {
+    let s = txr.slot(j);
+    let mut r = rxr.slot(d);
+    let (Some(src), Some(dst)) = (txr.buf_offset(s.buf_idx), rxr.buf_offset(r.buf_idx)) else {
+        return false;
+    };
+    if s.len as u32 > txr.buf_size() || s.len as u32 > rxr.buf_size() {
+        return false;
+    }
+    if txr.map().copy_within(src, dst, s.len as usize).is_err() {
+        return false;
+    }
+    r.len = s.len;
+    r.flags = 0;
+    rxr.set_slot(d, r);
+    true
+}
+
+/// The application side of a [`Loopback`], mapped from its descriptors.
+#[derive(Debug)]
+pub struct LoopClient {
+    map: SharedMap,
+    csb: Csb,
+    tx_off: usize,
+    rx_off: usize,
+    kick_tx: EventFd,
+    kick_rx: EventFd,
+    irq_tx: EventFd,
+    irq_rx: EventFd,
+}
+
+impl LoopClient {
+    /// Maps the region (`memsize` bytes) and CSB from `fds` (in
+    /// [`Loopback::fds`] order) and finds the rings through the `netmap_if`
+    /// at `nifp`, as a C client would.
+    pub fn from_fds(fds: Vec<OwnedFd>, memsize: usize, nifp: usize) -> io::Result<LoopClient> {
+        let [mem, csb, ktx, krx, itx, irx]: [OwnedFd; LOOPBACK_FDS] = fds
+            .try_into()
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "expected 6 fds"))?;
+        let map = SharedMap::map(&mem, memsize)?;
+        let v = crate::region::IfView::new(&map, nifp)?;
+        let missing = || io::Error::new(io::ErrorKind::InvalidData, "ring not bound");
+        let tx_off = v.txring(0).ok_or_else(missing)?;
+        let rx_off = v.rxring(0).ok_or_else(missing)?;
+        Ok(LoopClient {
+            csb: Csb::from_fd(csb, 2)?,
+            map,
+            tx_off,
+            rx_off,
+            kick_tx: EventFd::from_fd(ktx),
+            kick_rx: EventFd::from_fd(krx),
+            irq_tx: EventFd::from_fd(itx),
+            irq_rx: EventFd::from_fd(irx),
+        })
+    }
+
+    /// The TX ring.
+    pub fn tx(&self) -> io::Result<AppRing<'_>> {
+        Ok(AppRing {
+            ring: RingView::open(&self.map, self.tx_off)?,
+            csb: self.csb.entry(0)?,
+            kick: &self.kick_tx,
+            irq: &self.irq_tx,
+            dir: Dir::Tx,
+            id: 0,
+        })
+    }
+
+    /// The RX ring.
+    pub fn rx(&self) -> io::Result<AppRing<'_>> {
+        Ok(AppRing {
+            ring: RingView::open(&self.map, self.rx_off)?,
+            csb: self.csb.entry(1)?,
+            kick: &self.kick_rx,
+            irq: &self.irq_rx,
+            dir: Dir::Rx,
+            id: 1,
+        })
+    }
+}
+
+/// Length of frame `seq`: 60..=`max` bytes, varying so lengths are checked.
+pub fn frame_len(seq: u64, max: u16) -> u16 {
+    let span = (max.saturating_sub(60) as u64).max(1);
+    60 + (seq.wrapping_mul(2654435761) % span) as u16
+}
+
+/// Sends frames `0..n` on `tx`, `batch` slots per txsync, each carrying its
+/// sequence number in its first 8 bytes and its last byte.
+pub fn produce(
+    tx: &AppRing<'_>,
+    n: u64,
+    batch: u32,
+    max_len: u16,
+    peer: Option<BorrowedFd<'_>>,
+    timeout: Duration,
+) -> Result<(), SyncError> {
+    let r = &tx.ring;
+    let ns = r.num_slots();
+    let mut seq = 0u64;
+    while seq < n {
+        if !tx.ready() {
+            tx.sync()?;
+            if !tx.ready() {
+                poll_rings(std::slice::from_ref(tx), Want::Ready, peer, Some(timeout))?;
+            }
+        }
+        let mut cur = r.cur();
+        let room = ring::space(cur, r.tail(), ns).min(batch);
+        for _ in 0..room {
+            if seq == n {
+                break;
+            }
+            let mut s: NetmapSlot = r.slot(cur);
+            let len = frame_len(seq, max_len);
+            r.write_buf(s.buf_idx, 0, &seq.to_le_bytes())?;
+            r.write_buf(s.buf_idx, len as usize - 1, &[seq as u8])?;
+            s.len = len;
+            r.set_slot(cur, s);
+            cur = ring::next(cur, ns);
+            seq += 1;
+        }
+        r.set_cur(cur);
+        r.set_head(cur);
+        tx.sync()?;
+    }
+    Ok(())
+}
+
+/// A frame that did not match what [`produce`] sent.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// Out of order, lost or duplicated.
+    #[error("frame {got} where {want} was expected")]
+    Sequence {
+        /// Sequence number expected.
+        want: u64,
+        /// Sequence number found.
+        got: u64,
+    },
+    /// Wrong length or last byte.
+    #[error("frame {seq}: {what}")]
+    Content {
+        /// Sequence number.
+        seq: u64,
+        /// What differed.
+        what: String,
+    },
+    /// The protocol failed.
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+}
+
+/// Receives `n` frames on `rx`, releasing `batch` at a time, and checks that
+/// they are `0..n` in order with the lengths and bytes [`produce`] wrote.
+pub fn consume(
+    rx: &AppRing<'_>,
+    n: u64,
+    batch: u32,
+    max_len: u16,
+    peer: Option<BorrowedFd<'_>>,
+    timeout: Duration,
+) -> Result<(), CheckError> {
+    let r = &rx.ring;
+    let ns = r.num_slots();
+    let mut want = 0u64;
+    while want < n {
+        if !rx.ready() {
+            rx.sync()?;
+            if !rx.ready() {
+                poll_rings(std::slice::from_ref(rx), Want::Ready, peer, Some(timeout))?;
+            }
+        }
+        let mut cur = r.cur();
+        let avail = ring::space(cur, r.tail(), ns).min(batch);
+        for _ in 0..avail {
+            let s = r.slot(cur);
+            let mut b = [0u8; 8];
+            r.read_buf(s.buf_idx, 0, &mut b).map_err(SyncError::from)?;
+            let got = u64::from_le_bytes(b);
+            if got != want {
+                return Err(CheckError::Sequence { want, got });
+            }
+            let len = frame_len(got, max_len);
+            if s.len != len {
+                return Err(CheckError::Content {
+                    seq: got,
+                    what: format!("len {} != {len}", s.len),
+                });
+            }
+            let mut last = [0u8];
+            r.read_buf(s.buf_idx, len as usize - 1, &mut last)
+                .map_err(SyncError::from)?;
+            if last[0] != got as u8 {
+                return Err(CheckError::Content {
+                    seq: got,
+                    what: "last byte".into(),
+                });
+            }
+            cur = ring::next(cur, ns);
+            want += 1;
+        }
+        r.set_cur(cur);
+        r.set_head(cur);
+        rx.sync()?;
+    }
+    Ok(())
+}
