@@ -119,6 +119,27 @@ impl Loopback {
         peer: Option<BorrowedFd<'_>>,
         idle: Duration,
     ) -> Result<LoopStats, SyncError> {
+        self.forward(stop, peer, idle, true)
+    }
+
+    /// Like [`run`](Self::run), but discards what the application sends
+    /// instead of copying it to RX: a TX sink for benchmarks.
+    pub fn sink(
+        &self,
+        stop: &AtomicBool,
+        peer: Option<BorrowedFd<'_>>,
+        idle: Duration,
+    ) -> Result<LoopStats, SyncError> {
+        self.forward(stop, peer, idle, false)
+    }
+
+    fn forward(
+        &self,
+        stop: &AtomicBool,
+        peer: Option<BorrowedFd<'_>>,
+        idle: Duration,
+        to_rx: bool,
+    ) -> Result<LoopStats, SyncError> {
         let tx_csb = self.csb.entry(0)?;
         let rx_csb = self.csb.entry(1)?;
         let txr = self
@@ -141,8 +162,8 @@ impl Loopback {
             }
             let (ts, ntx) = tx.tx_pending();
             let (rs, nrx) = rx.rx_space();
-            let k = ntx.min(nrx);
-            for i in 0..k {
+            let k = if to_rx { ntx.min(nrx) } else { ntx };
+            for i in (0..k).filter(|_| to_rx) {
                 let j = ring::advance(ts, i, txr.num_slots());
                 let d = ring::advance(rs, i, rxr.num_slots());
                 if !copy_slot(&txr, j, &rxr, d) {
@@ -397,4 +418,71 @@ pub fn consume(
         rx.sync()?;
     }
     Ok(())
+}
+
+/// Fuzz target body for the port-name parser (`fuzz/fuzz_targets/portname.rs`,
+/// also replayed over the seed corpus by `tests/fuzz_corpus.rs`).
+///
+/// Takes `data` as a name (as is if it is UTF-8, and also through
+/// [`String::from_utf8_lossy`] if it is not) and parses it with
+/// [`parse`](crate::portname::parse) and with
+/// [`parse_with`](crate::portname::parse_with) under every combination of
+/// [`ParseOptions`](crate::portname::ParseOptions). Panics, so that the
+/// fuzzer reports it, if:
+///
+/// - `parse` and `parse_with` with default options disagree;
+/// - an accepted spec does not round-trip through its `Display` form under
+///   the same options (`parse_with(&spec.to_string(), o) != Ok(spec)`), or
+///   its `nr_name` is longer than
+///   [`MAX_NR_NAME_LEN`](crate::portname::MAX_NR_NAME_LEN);
+/// - an error does not echo the name, points past its end or inside a UTF-8
+///   character, or fails to format.
+pub fn fuzz_portname(data: &[u8]) {
+    use crate::portname::{parse, parse_with, ParseOptions, MAX_NR_NAME_LEN};
+
+    fn check(name: &str) {
+        let plain = parse(name);
+        assert_eq!(
+            plain,
+            parse_with(name, ParseOptions::default()),
+            "{name:?}: parse and parse_with(default) disagree"
+        );
+        for default_netmap_prefix in [false, true] {
+            for enable_offset in [false, true] {
+                let opts = ParseOptions {
+                    default_netmap_prefix,
+                    enable_offset,
+                };
+                match parse_with(name, opts) {
+                    Ok(spec) => {
+                        let canon = spec.to_string();
+                        let again = parse_with(&canon, opts);
+                        assert!(
+                            again.as_ref() == Ok(&spec),
+                            "{name:?} with {opts:?}: accepted as {spec:?}, \
+                             but its canonical form {canon:?} parses as {again:?}"
+                        );
+                        assert!(
+                            spec.nr_name().len() <= MAX_NR_NAME_LEN,
+                            "{name:?} with {opts:?}: nr_name {:?} too long",
+                            spec.nr_name()
+                        );
+                    }
+                    Err(e) => {
+                        assert_eq!(e.name, name, "{name:?} with {opts:?}: wrong name in {e}");
+                        assert!(
+                            e.pos <= name.len() && name.is_char_boundary(e.pos),
+                            "{name:?} with {opts:?}: bad position in {e}"
+                        );
+                        let _ = e.to_string();
+                    }
+                }
+            }
+        }
+    }
+
+    match std::str::from_utf8(data) {
+        Ok(name) => check(name),
+        Err(_) => check(&String::from_utf8_lossy(data)),
+    }
 }

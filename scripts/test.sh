@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The project's test command: formatting, lints, every test in debug, the
+# sync-protocol tests again in release, and a short live fuzz run when
+# cargo-fuzz and a nightly toolchain are installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+echo "== cargo test (debug)"
+cargo test --workspace --all-features
+echo "== cargo test (release): sync protocol"
+cargo test --release -p netmap --test sync_threads --test two_process
+if command -v cargo-fuzz >/dev/null 2>&1 && rustup toolchain list 2>/dev/null | grep -q nightly; then
+    echo "== fuzz (${FUZZ_SECONDS:-30}s per target)"
+    ./scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+else
+    echo "== fuzz: skipped (cargo-fuzz or nightly missing; corpora were replayed by cargo test)"
+fi
