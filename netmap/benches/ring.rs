@@ -6,11 +6,10 @@
 //! process (this binary re-executed with `VALE_BENCH_CHILD=1`), so the
 //! handoff crosses address spaces and, when the machine has them, cores.
 
-use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
@@ -51,7 +50,11 @@ fn spawn_switch() -> (Child, UnixStream, LoopClient) {
     assert_eq!(n, 16);
     let memsize = u64::from_le_bytes(buf[..8].try_into().unwrap()) as usize;
     let nifp = u64::from_le_bytes(buf[8..].try_into().unwrap()) as usize;
-    (child, conn, LoopClient::from_fds(fds, memsize, nifp).unwrap())
+    (
+        child,
+        conn,
+        LoopClient::from_fds(fds, memsize, nifp).unwrap(),
+    )
 }
 
 /// Publishes `n` slots `batch` at a time (one txsync per batch), blocking in
@@ -67,8 +70,13 @@ fn handoff(tx: &AppRing<'_>, n: u64, batch: u32, peer: &UnixStream) -> Duration 
             tx.sync().unwrap();
             room = ring::space(r.cur(), r.tail(), ns);
             if room == 0 {
-                poll_rings(std::slice::from_ref(tx), Want::Ready, Some(peer.as_fd()), Some(TIMEOUT))
-                    .unwrap();
+                poll_rings(
+                    std::slice::from_ref(tx),
+                    Want::Ready,
+                    Some(peer.as_fd()),
+                    Some(TIMEOUT),
+                )
+                .unwrap();
                 continue;
             }
         }

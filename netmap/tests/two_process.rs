@@ -31,14 +31,22 @@ struct Meta {
 impl Meta {
     fn to_bytes(self) -> [u8; 32] {
         let mut b = [0u8; 32];
-        for (i, v) in [self.memsize, self.nifp, self.frames, self.batch].iter().enumerate() {
+        for (i, v) in [self.memsize, self.nifp, self.frames, self.batch]
+            .iter()
+            .enumerate()
+        {
             b[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
         }
         b
     }
     fn from_bytes(b: &[u8]) -> Meta {
         let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
-        Meta { memsize: w(0), nifp: w(1), frames: w(2), batch: w(3) }
+        Meta {
+            memsize: w(0),
+            nifp: w(1),
+            frames: w(2),
+            batch: w(3),
+        }
     }
 }
 
@@ -61,7 +69,12 @@ fn start_child(role: &str, lb: &Loopback, frames: u64, batch: u64) -> (Child, Un
         .unwrap();
     let (conn, _) = listener.accept().unwrap();
     let _ = std::fs::remove_file(&path);
-    let meta = Meta { memsize: lb.region.memsize() as u64, nifp: lb.nifp as u64, frames, batch };
+    let meta = Meta {
+        memsize: lb.region.memsize() as u64,
+        nifp: lb.nifp as u64,
+        frames,
+        batch,
+    };
     send_with_fds(&conn, &meta.to_bytes(), &lb.fds().unwrap()).unwrap();
     (child, conn)
 }
@@ -83,10 +96,24 @@ fn child_entry() {
             let peer = conn.as_fd();
             std::thread::scope(|s| {
                 let p = s.spawn(|| {
-                    produce(&cl.tx().unwrap(), m.frames, m.batch as u32, 1514, Some(peer), TIMEOUT)
+                    produce(
+                        &cl.tx().unwrap(),
+                        m.frames,
+                        m.batch as u32,
+                        1514,
+                        Some(peer),
+                        TIMEOUT,
+                    )
                 });
-                consume(&cl.rx().unwrap(), m.frames, m.batch as u32, 1514, Some(peer), TIMEOUT)
-                    .expect("every frame in order");
+                consume(
+                    &cl.rx().unwrap(),
+                    m.frames,
+                    m.batch as u32,
+                    1514,
+                    Some(peer),
+                    TIMEOUT,
+                )
+                .expect("every frame in order");
                 p.join().unwrap().expect("producer");
             });
             conn.write_all(b"done").unwrap();
@@ -115,7 +142,8 @@ fn child_entry() {
             // SAFETY: fcntl with integer arguments on a descriptor we own.
             let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_WRITE) };
             assert_eq!(r, -1, "seals are sealed");
-            tx.write_buf(tx.slot(5).buf_idx, 0, b"from the child").unwrap();
+            tx.write_buf(tx.slot(5).buf_idx, 0, b"from the child")
+                .unwrap();
             conn.write_all(b"done").unwrap();
         }
         other => panic!("unknown child role {other}"),
@@ -124,7 +152,10 @@ fn child_entry() {
 
 #[test]
 fn handoff_across_processes_in_order() {
-    let frames = std::env::var("VALE_SYNC_SLOTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000_000);
+    let frames = std::env::var("VALE_SYNC_SLOTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000_000);
     for batch in [512, 1] {
         let frames = if batch == 1 { 100_000 } else { frames };
         let lb = Loopback::new(1024, 2048).unwrap();
@@ -133,7 +164,8 @@ fn handoff_across_processes_in_order() {
         let st = std::thread::scope(|s| {
             let sw = s.spawn(|| lb.run(&stop, None, TIMEOUT));
             let mut done = [0u8; 4];
-            conn.read_exact(&mut done).expect("child reports completion");
+            conn.read_exact(&mut done)
+                .expect("child reports completion");
             stop.store(true, Ordering::Relaxed);
             lb.kick_tx.kick().unwrap();
             lb.kick_rx.kick().unwrap();
