@@ -1,0 +1,179 @@
+//! Fragments: the engine's only window on packet memory.
+//!
+//! A source presents each frame as one or more fragments (netmap slots
+//! chained with `NS_MOREFRAG`): a pointer into memory the source owns —
+//! a client's buffer in a shared region, a guest buffer, a NIC ring — that
+//! stays readable until the source's [`complete`](crate::Source::complete).
+//! A sink offers [`DstBuf`]s, writable until it publishes. The promise that
+//! makes the pointers valid is made once, by the port implementation, in
+//! the `unsafe` constructors here; everything the engine does with them is
+//! bounds-checked safe code.
+
+use std::ptr::NonNull;
+
+/// One fragment of a frame in source memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Frag {
+    ptr: NonNull<u8>,
+    len: u16,
+    flags: u16,
+}
+
+// SAFETY: a Frag is a read-only view whose validity is guaranteed by the
+// source until `complete`; moving it to another thread changes nothing.
+unsafe impl Send for Frag {}
+
+impl Frag {
+    /// A fragment of `len` bytes at `ptr`, with netmap slot `flags`.
+    ///
+    /// # Safety
+    /// `ptr` must be readable for `len` bytes from the moment the fragment is
+    /// handed to the engine until the source's `complete` returns, and not be
+    /// written by this process in that time except through shared-memory
+    /// races the caller accepts (another process may change the bytes; the
+    /// engine copies them once and trusts nothing it read twice).
+    #[inline]
+    pub unsafe fn new(ptr: *const u8, len: u16, flags: u16) -> Frag {
+        Frag {
+            ptr: NonNull::new(ptr as *mut u8).unwrap_or(NonNull::dangling()),
+            len,
+            flags,
+        }
+    }
+
+    /// A fragment over a byte slice the caller keeps alive and unchanged
+    /// until the source completes — the safe constructor for owned memory.
+    #[inline]
+    pub fn from_slice(data: &[u8], flags: u16) -> Frag {
+        let len = data.len().min(u16::MAX as usize) as u16;
+        // SAFETY: the slice is readable for its length; the caller keeps it
+        // alive for the batch, as the trait contract of Source requires.
+        unsafe { Frag::new(data.as_ptr(), len, flags) }
+    }
+
+    /// Length in bytes.
+    #[inline]
+    pub fn len(&self) -> u16 {
+        self.len
+    }
+
+    /// Whether the fragment is empty.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// netmap slot flags (`NS_MOREFRAG`, `NS_NO_LEARN`, the port byte…).
+    #[inline]
+    pub fn flags(&self) -> u16 {
+        self.flags
+    }
+
+    /// Copies `out.len()` bytes starting at `at` into `out`; returns how many
+    /// bytes were available (less than asked at the end of the fragment).
+    #[inline]
+    pub fn read(&self, at: usize, out: &mut [u8]) -> usize {
+        let n = (self.len as usize).saturating_sub(at).min(out.len());
+        if n > 0 {
+            // SAFETY: [at, at+n) lies inside the fragment (n is clamped to
+            // len - at), which the constructor's contract keeps readable;
+            // `out` is a distinct Rust buffer.
+            unsafe {
+                std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(at), out.as_mut_ptr(), n)
+            };
+        }
+        n
+    }
+}
+
+/// A destination buffer a sink lends the engine.
+#[derive(Debug)]
+pub struct DstBuf {
+    ptr: NonNull<u8>,
+    cap: usize,
+}
+
+impl DstBuf {
+    /// A buffer of `cap` writable bytes at `ptr`.
+    ///
+    /// # Safety
+    /// `ptr` must be writable for `cap` bytes while the `DstBuf` lives, and
+    /// nothing else in this process may access those bytes meanwhile.
+    #[inline]
+    pub unsafe fn new(ptr: *mut u8, cap: usize) -> DstBuf {
+        DstBuf {
+            ptr: NonNull::new(ptr).unwrap_or(NonNull::dangling()),
+            cap,
+        }
+    }
+
+    /// A buffer over a mutable slice.
+    #[inline]
+    pub fn from_slice(buf: &mut [u8]) -> DstBuf {
+        // SAFETY: the slice is writable for its length and exclusively
+        // borrowed; DstBuf does not outlive the borrow in practice because
+        // sinks create it per write.
+        unsafe { DstBuf::new(buf.as_mut_ptr(), buf.len()) }
+    }
+
+    /// Capacity in bytes.
+    #[inline]
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// Copies `len` bytes of `src` starting at `src_off` to `at`. Returns the
+    /// bytes copied (clamped to both ends).
+    #[inline]
+    pub fn copy_from(&mut self, at: usize, src: &Frag, src_off: usize, len: usize) -> usize {
+        let n = len
+            .min((src.len as usize).saturating_sub(src_off))
+            .min(self.cap.saturating_sub(at));
+        if n > 0 {
+            // SAFETY: both ranges are clamped to their buffers above; the
+            // source and destination are different buffers (a sink never
+            // lends memory a source presents in the same batch).
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    src.ptr.as_ptr().add(src_off),
+                    self.ptr.as_ptr().add(at),
+                    n,
+                )
+            };
+        }
+        n
+    }
+
+    /// Writes `data` at `at`; returns the bytes written.
+    #[inline]
+    pub fn write(&mut self, at: usize, data: &[u8]) -> usize {
+        let n = data.len().min(self.cap.saturating_sub(at));
+        if n > 0 {
+            // SAFETY: destination range clamped to the buffer; `data` is a
+            // Rust slice distinct from it.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(at), n) };
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_and_copies_are_clamped() {
+        let src = *b"0123456789";
+        let f = Frag::from_slice(&src, 0);
+        let mut out = [0u8; 4];
+        assert_eq!(f.read(8, &mut out), 2);
+        assert_eq!(&out[..2], b"89");
+        assert_eq!(f.read(11, &mut out), 0);
+        let mut dst = [0u8; 6];
+        let mut d = DstBuf::from_slice(&mut dst);
+        assert_eq!(d.copy_from(2, &f, 5, 100), 4);
+        assert_eq!(d.copy_from(7, &f, 0, 1), 0);
+        assert_eq!(d.write(5, b"xy"), 1);
+        assert_eq!(&dst, b"\0\0567x");
+    }
+}

@@ -1,0 +1,26 @@
+//! The VALE switch engine, without sockets or threads.
+//!
+//! Ports are a [`Source`] of frames and a [`Sink`] for frames; the engine
+//! ([`Switch::forward`]) takes a batch of up to [`MAX_BATCH`] frames from a
+//! source, looks each one up ([`Lookup`], by default the [`LearningBridge`]),
+//! groups them by destination and, per destination, copies them in and
+//! publishes once. Drops are counted per port and per [`DropReason`].
+//!
+//! Several threads may forward at once: each destination is locked for the
+//! batch (in port order, so threads never deadlock), the lookup once per
+//! batch.
+
+pub mod frag;
+pub mod lookup;
+pub mod port;
+pub mod switch;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
+
+pub use frag::{DstBuf, Frag};
+pub use lookup::{BridgeConfig, Dest, FrameInfo, LearningBridge, Lookup, LookupStats};
+pub use port::{
+    DropReason, FrameCursor, PortConfig, PortCounters, PortId, PortStats, Sink, Source,
+    DROP_REASONS,
+};
+pub use switch::{Forwarded, Scratch, Switch, SwitchError, MAX_BATCH, MAX_FRAGS, MAX_PORTS};

@@ -1,0 +1,255 @@
+//! Ports as the engine sees them: a [`Source`] of frames and a [`Sink`] for
+//! frames, plus per-port options and counters.
+//!
+//! A shared-memory client ring, a virtqueue and a NIC ring each implement
+//! both traits; the engine knows nothing else about them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::frag::{DstBuf, Frag};
+
+/// Index of a port on its switch.
+pub type PortId = u16;
+
+/// Where frames come from.
+///
+/// # Contract
+/// Every [`Frag`] appended by `fetch` stays readable until the matching
+/// `complete` returns. Frames are whole: every fragment but a frame's last
+/// carries `NS_MOREFRAG`.
+pub trait Source {
+    /// Appends the fragments of up to `max` frames to `frags`; returns the
+    /// number of frames appended.
+    fn fetch(&mut self, frags: &mut Vec<Frag>, max: usize) -> usize;
+
+    /// The first `frames` frames of the last fetch are done (copied or
+    /// dropped) and their memory may be reused. Frames after them were held
+    /// back by a backpressure destination and must be fetched again.
+    fn complete(&mut self, frames: usize);
+}
+
+/// Where frames go.
+pub trait Sink: Send {
+    /// Free slots now.
+    fn room(&mut self) -> usize;
+
+    /// Slots a frame of `len` bytes needs.
+    fn slots_for(&self, len: usize) -> usize;
+
+    /// Copies one frame: `hdr` first (a virtio-net header the engine built,
+    /// possibly empty), then the bytes of `frags` from byte `skip` on.
+    /// Returns false, changing nothing, if it does not fit.
+    fn push(&mut self, frags: &[Frag], skip: usize, hdr: &[u8]) -> bool;
+
+    /// Makes pushed frames visible to the reader (and wakes it if needed).
+    fn publish(&mut self);
+}
+
+/// Walks the bytes of `hdr ++ frags[skip..]` and fills destination buffers
+/// with them: the copy loop every slot-based sink shares.
+#[derive(Debug)]
+pub struct FrameCursor<'a> {
+    hdr: &'a [u8],
+    hdr_pos: usize,
+    frags: &'a [Frag],
+    frag: usize,
+    off: usize,
+    left: usize,
+}
+
+impl<'a> FrameCursor<'a> {
+    /// A cursor over the frame; `len` is the frame's total fragment length.
+    pub fn new(frags: &'a [Frag], skip: usize, hdr: &'a [u8]) -> FrameCursor<'a> {
+        let total: usize = frags.iter().map(|f| f.len() as usize).sum();
+        let mut c = FrameCursor {
+            hdr,
+            hdr_pos: 0,
+            frags,
+            frag: 0,
+            off: 0,
+            left: hdr.len() + total.saturating_sub(skip),
+        };
+        c.skip(skip);
+        c
+    }
+
+    fn skip(&mut self, mut n: usize) {
+        while n > 0 && self.frag < self.frags.len() {
+            let avail = self.frags[self.frag].len() as usize - self.off;
+            if n < avail {
+                self.off += n;
+                return;
+            }
+            n -= avail;
+            self.frag += 1;
+            self.off = 0;
+        }
+    }
+
+    /// Bytes still to copy.
+    pub fn remaining(&self) -> usize {
+        self.left
+    }
+
+    /// Copies up to `dst.cap()` bytes into `dst`; returns the bytes copied.
+    pub fn fill(&mut self, dst: &mut DstBuf) -> usize {
+        let mut at = 0;
+        if self.hdr_pos < self.hdr.len() {
+            let n = dst.write(0, &self.hdr[self.hdr_pos..]);
+            self.hdr_pos += n;
+            at = n;
+        }
+        while at < dst.cap() && self.frag < self.frags.len() {
+            let f = &self.frags[self.frag];
+            let n = dst.copy_from(at, f, self.off, dst.cap() - at);
+            at += n;
+            self.off += n;
+            if self.off >= f.len() as usize {
+                self.frag += 1;
+                self.off = 0;
+            }
+        }
+        self.left -= at.min(self.left);
+        at
+    }
+}
+
+/// Per-port options.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortConfig {
+    /// When the port's RX is full, hold the source instead of dropping
+    /// (head-of-line blocking for everything that source sends).
+    pub backpressure: bool,
+    /// Honour the destination in the slot's high byte (`NS_PORT_MASK`):
+    /// 1..=254 is port `v - 1`, 255 floods, 0 means "look up".
+    pub port_mask_override: bool,
+    /// Length of the virtio-net header in front of each frame (0, 10, 12).
+    pub vnet_hdr_len: u16,
+    /// Offloads the port's reader accepts (`OFFLOAD_*`).
+    pub offloads: u32,
+    /// Most MACs this port may teach the bridge (0: the bridge default).
+    pub mac_limit: u32,
+}
+
+/// The reader accepts partial checksums (`VIRTIO_NET_F_GUEST_CSUM`).
+pub const OFFLOAD_CSUM: u32 = 1 << 0;
+/// The reader accepts TSO over IPv4 (`GUEST_TSO4`).
+pub const OFFLOAD_TSO4: u32 = 1 << 1;
+/// The reader accepts TSO over IPv6 (`GUEST_TSO6`).
+pub const OFFLOAD_TSO6: u32 = 1 << 2;
+/// The reader accepts ECN with TSO (`GUEST_ECN`).
+pub const OFFLOAD_ECN: u32 = 1 << 3;
+/// The reader accepts UFO (`GUEST_UFO`).
+pub const OFFLOAD_UFO: u32 = 1 << 4;
+
+/// Why frames were dropped; one counter each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum DropReason {
+    /// The destination had no room (counted on the destination).
+    DstFull,
+    /// The lookup said drop (unknown port, or back to the source).
+    NoDst,
+    /// Shorter than an Ethernet header.
+    Runt,
+    /// More than 64 fragments, or a chain cut at the end of the batch.
+    BadChain,
+    /// A fragment of length 0.
+    EmptyFrag,
+    /// The frame needs an offload (GSO) its destination lacks.
+    Offload,
+}
+
+/// Number of [`DropReason`]s.
+pub const DROP_REASONS: usize = 6;
+
+impl DropReason {
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; DROP_REASONS] = [
+        DropReason::DstFull,
+        DropReason::NoDst,
+        DropReason::Runt,
+        DropReason::BadChain,
+        DropReason::EmptyFrag,
+        DropReason::Offload,
+    ];
+
+    /// The name `vale-ctl --stats` prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::DstFull => "drop_dst_full",
+            DropReason::NoDst => "drop_no_dst",
+            DropReason::Runt => "drop_runt",
+            DropReason::BadChain => "drop_bad_chain",
+            DropReason::EmptyFrag => "drop_empty_frag",
+            DropReason::Offload => "drop_offload",
+        }
+    }
+}
+
+/// Counters of one port, updated by any forwarding thread.
+#[derive(Debug, Default)]
+pub struct PortCounters {
+    /// Frames the port sent into the switch.
+    pub in_packets: AtomicU64,
+    /// Bytes the port sent into the switch.
+    pub in_bytes: AtomicU64,
+    /// Frames delivered to the port.
+    pub out_packets: AtomicU64,
+    /// Bytes delivered to the port.
+    pub out_bytes: AtomicU64,
+    /// Drops, by [`DropReason`].
+    pub drops: [AtomicU64; DROP_REASONS],
+}
+
+/// A snapshot of [`PortCounters`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PortStats {
+    /// Frames the port sent into the switch.
+    pub in_packets: u64,
+    /// Bytes the port sent into the switch.
+    pub in_bytes: u64,
+    /// Frames delivered to the port.
+    pub out_packets: u64,
+    /// Bytes delivered to the port.
+    pub out_bytes: u64,
+    /// Drops, by [`DropReason`].
+    pub drops: [u64; DROP_REASONS],
+}
+
+impl PortStats {
+    /// Drops of one reason.
+    pub fn drop(&self, r: DropReason) -> u64 {
+        self.drops[r as usize]
+    }
+    /// All drops.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+}
+
+impl PortCounters {
+    #[inline]
+    pub(crate) fn add(c: &AtomicU64, v: u64) {
+        if v > 0 {
+            c.fetch_add(v, Ordering::Relaxed);
+        }
+    }
+
+    #[inline]
+    pub(crate) fn drop(&self, r: DropReason, n: u64) {
+        Self::add(&self.drops[r as usize], n);
+    }
+
+    /// A snapshot.
+    pub fn snapshot(&self) -> PortStats {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        PortStats {
+            in_packets: l(&self.in_packets),
+            in_bytes: l(&self.in_bytes),
+            out_packets: l(&self.out_packets),
+            out_bytes: l(&self.out_bytes),
+            drops: std::array::from_fn(|i| l(&self.drops[i])),
+        }
+    }
+}

@@ -1,0 +1,525 @@
+//! The forwarding engine: take a batch from a source, look up every frame,
+//! group by destination, then per destination copy and publish once.
+
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use netmap::abi::{NS_MOREFRAG, NS_NO_LEARN, NS_PORT_MASK, NS_PORT_SHIFT};
+use thiserror::Error;
+
+use crate::frag::Frag;
+use crate::lookup::{Dest, FrameInfo, LearningBridge, Lookup};
+use crate::port::{
+    DropReason, PortConfig, PortCounters, PortId, PortStats, Sink, Source, OFFLOAD_TSO4,
+    OFFLOAD_TSO6, OFFLOAD_UFO,
+};
+
+/// Most frames taken from a source at once.
+pub const MAX_BATCH: usize = 1024;
+/// Most fragments in one frame.
+pub const MAX_FRAGS: usize = 64;
+/// Most ports on one switch (netmap: 254 including the host port).
+pub const MAX_PORTS: usize = 254;
+
+const ETH_HLEN: usize = 14;
+/// `virtio_net_hdr.gso_type` offset and "none" value.
+const VNET_GSO_TYPE: usize = 1;
+const VNET_GSO_NONE: u8 = 0;
+const VNET_GSO_UDP: u8 = 3;
+const VNET_GSO_TCPV4: u8 = 1;
+const VNET_GSO_TCPV6: u8 = 4;
+
+/// Errors of switch management.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SwitchError {
+    /// Every port index is taken.
+    #[error("switch {0}: all {MAX_PORTS} ports in use")]
+    Full(String),
+    /// A port of that name exists.
+    #[error("switch {switch}: port {port} exists")]
+    Exists {
+        /// Switch name.
+        switch: String,
+        /// Port name.
+        port: String,
+    },
+    /// No such port.
+    #[error("switch {switch}: no port {port}")]
+    NoPort {
+        /// Switch name.
+        switch: String,
+        /// Port name or index.
+        port: String,
+    },
+    /// A header length the engine cannot convert.
+    #[error("port {port}: vnet header length {len} (0, 10 or 12)")]
+    BadHdrLen {
+        /// Port name.
+        port: String,
+        /// Length asked for.
+        len: u16,
+    },
+}
+
+/// One port as the switch holds it.
+struct PortSlot {
+    name: String,
+    cfg: PortConfig,
+    sink: Mutex<Box<dyn Sink>>,
+    counters: PortCounters,
+}
+
+impl std::fmt::Debug for PortSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortSlot")
+            .field("name", &self.name)
+            .field("cfg", &self.cfg)
+            .finish()
+    }
+}
+
+/// Per-frame state of a batch.
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    first: u32,
+    nfrags: u16,
+    /// GSO type from the frame's virtio-net header (0: none).
+    gso: u8,
+    len: u32,
+    dest: Dest,
+    drop: Option<DropReason>,
+}
+
+/// Reusable per-thread buffers, so a batch allocates nothing.
+#[derive(Debug)]
+pub struct Scratch {
+    frags: Vec<Frag>,
+    frames: Vec<Frame>,
+    /// Frame indexes per destination port.
+    lists: Vec<Vec<u32>>,
+    touched: Vec<PortId>,
+    hdr: [u8; 64],
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch {
+            frags: Vec::with_capacity(MAX_BATCH * 2),
+            frames: Vec::with_capacity(MAX_BATCH),
+            lists: (0..MAX_PORTS).map(|_| Vec::new()).collect(),
+            touched: Vec::with_capacity(MAX_PORTS),
+            hdr: [0; 64],
+        }
+    }
+}
+
+/// What one call to [`Switch::forward`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Forwarded {
+    /// Frames taken from the source and completed.
+    pub frames: usize,
+    /// Frames held back by a backpressure destination.
+    pub held: usize,
+    /// Copies made (a flooded frame counts once per destination).
+    pub copies: usize,
+}
+
+/// A VALE switch: up to [`MAX_PORTS`] ports and a lookup.
+pub struct Switch<L: Lookup = LearningBridge> {
+    name: String,
+    ports: RwLock<Vec<Option<Arc<PortSlot>>>>,
+    lookup: Mutex<L>,
+}
+
+impl<L: Lookup> std::fmt::Debug for Switch<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Switch")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic in another forwarding thread leaves plain data behind; keep
+    // forwarding rather than cascading the panic.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Switch<LearningBridge> {
+    /// A switch named `name` (e.g. `vale0`) with the default learning bridge.
+    pub fn new(name: &str) -> Self {
+        Switch::with_lookup(name, LearningBridge::default())
+    }
+}
+
+impl<L: Lookup> Switch<L> {
+    /// A switch with a custom lookup.
+    pub fn with_lookup(name: &str, lookup: L) -> Self {
+        Switch {
+            name: name.to_string(),
+            ports: RwLock::new(vec![None; MAX_PORTS]),
+            lookup: Mutex::new(lookup),
+        }
+    }
+
+    /// The switch's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Attaches a port; returns its index (the lowest free one, as netmap).
+    pub fn attach(
+        &self,
+        name: &str,
+        cfg: PortConfig,
+        sink: Box<dyn Sink>,
+    ) -> Result<PortId, SwitchError> {
+        if ![0, 10, 12].contains(&cfg.vnet_hdr_len) {
+            return Err(SwitchError::BadHdrLen {
+                port: name.into(),
+                len: cfg.vnet_hdr_len,
+            });
+        }
+        let mut ports = self.ports.write().unwrap_or_else(|e| e.into_inner());
+        if ports.iter().flatten().any(|p| p.name == name) {
+            return Err(SwitchError::Exists {
+                switch: self.name.clone(),
+                port: name.into(),
+            });
+        }
+        let i = ports
+            .iter()
+            .position(Option::is_none)
+            .ok_or_else(|| SwitchError::Full(self.name.clone()))?;
+        ports[i] = Some(Arc::new(PortSlot {
+            name: name.into(),
+            cfg,
+            sink: Mutex::new(sink),
+            counters: PortCounters::default(),
+        }));
+        Ok(i as PortId)
+    }
+
+    /// Detaches port `id`; its MACs are forgotten.
+    pub fn detach(&self, id: PortId) -> Result<(), SwitchError> {
+        let mut ports = self.ports.write().unwrap_or_else(|e| e.into_inner());
+        match ports.get_mut(id as usize) {
+            Some(p @ Some(_)) => *p = None,
+            _ => {
+                return Err(SwitchError::NoPort {
+                    switch: self.name.clone(),
+                    port: id.to_string(),
+                })
+            }
+        }
+        drop(ports);
+        lock(&self.lookup).port_removed(id);
+        Ok(())
+    }
+
+    /// Index of the port named `name`.
+    pub fn port_id(&self, name: &str) -> Option<PortId> {
+        let ports = self.ports.read().unwrap_or_else(|e| e.into_inner());
+        ports
+            .iter()
+            .position(|p| p.as_ref().is_some_and(|p| p.name == name))
+            .map(|i| i as PortId)
+    }
+
+    /// (index, name) of every port.
+    pub fn ports(&self) -> Vec<(PortId, String)> {
+        let ports = self.ports.read().unwrap_or_else(|e| e.into_inner());
+        ports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|p| (i as PortId, p.name.clone())))
+            .collect()
+    }
+
+    /// Counters of port `id`.
+    pub fn stats(&self, id: PortId) -> Option<PortStats> {
+        let ports = self.ports.read().unwrap_or_else(|e| e.into_inner());
+        ports
+            .get(id as usize)?
+            .as_ref()
+            .map(|p| p.counters.snapshot())
+    }
+
+    /// Runs `f` on the lookup (configuration, counters).
+    pub fn with_lookup_mut<R>(&self, f: impl FnOnce(&mut L) -> R) -> R {
+        f(&mut lock(&self.lookup))
+    }
+
+    /// Forwards one batch from port `src`'s `source`. `now` is a coarse
+    /// clock in seconds for MAC aging. Returns what was done; the source has
+    /// been completed for `frames` frames.
+    pub fn forward(
+        &self,
+        src: PortId,
+        source: &mut dyn Source,
+        sc: &mut Scratch,
+        now: u32,
+    ) -> Forwarded {
+        sc.frags.clear();
+        source.fetch(&mut sc.frags, MAX_BATCH);
+        let nframes = split_frames(&sc.frags, &mut sc.frames);
+        if nframes == 0 {
+            source.complete(0);
+            return Forwarded::default();
+        }
+        let ports = self.ports.read().unwrap_or_else(|e| e.into_inner());
+        let Some(sp) = ports.get(src as usize).and_then(|p| p.clone()) else {
+            // The port left between fetch and forward: the batch goes nowhere.
+            source.complete(nframes);
+            return Forwarded {
+                frames: nframes,
+                ..Default::default()
+            };
+        };
+        let src_hdr = sp.cfg.vnet_hdr_len as usize;
+
+        // Pass 1: check and look up every frame, under one lock per batch.
+        {
+            let mut lk = lock(&self.lookup);
+            for fr in sc.frames.iter_mut() {
+                if fr.drop.is_some() {
+                    continue;
+                }
+                let frags = &sc.frags[fr.first as usize..fr.first as usize + fr.nfrags as usize];
+                if frags.iter().any(Frag::is_empty) {
+                    fr.drop = Some(DropReason::EmptyFrag);
+                    continue;
+                }
+                let need = src_hdr + ETH_HLEN;
+                if (fr.len as usize) < need {
+                    fr.drop = Some(DropReason::Runt);
+                    continue;
+                }
+                // Copy the headers once; never re-read them from the source.
+                gather(frags, &mut sc.hdr[..need]);
+                fr.gso = if src_hdr > 0 {
+                    sc.hdr[VNET_GSO_TYPE] & 0x7f
+                } else {
+                    VNET_GSO_NONE
+                };
+                let eth = &sc.hdr[src_hdr..need];
+                let flags = frags[0].flags();
+                let port_byte = ((flags & NS_PORT_MASK) >> NS_PORT_SHIFT) as u8;
+                fr.dest = if sp.cfg.port_mask_override && port_byte != 0 {
+                    match port_byte {
+                        0xff => Dest::Flood,
+                        b => Dest::Port(b as PortId - 1),
+                    }
+                } else {
+                    let mut info = FrameInfo {
+                        dst: [0; 6],
+                        src: [0; 6],
+                        src_port: src,
+                        flags,
+                        learn: flags & NS_NO_LEARN == 0,
+                    };
+                    info.dst.copy_from_slice(&eth[0..6]);
+                    info.src.copy_from_slice(&eth[6..12]);
+                    lk.lookup(&info, now)
+                };
+            }
+        }
+
+        // Group frame indexes by destination, in source order.
+        for &p in &sc.touched {
+            sc.lists[p as usize].clear();
+        }
+        sc.touched.clear();
+        for (fi, fr) in sc.frames.iter_mut().enumerate() {
+            if fr.drop.is_some() {
+                continue;
+            }
+            match fr.dest {
+                Dest::Drop => fr.drop = Some(DropReason::NoDst),
+                Dest::Port(p) => {
+                    if (p as usize) < MAX_PORTS && p != src && ports[p as usize].is_some() {
+                        push_list(&mut sc.lists, &mut sc.touched, p, fi as u32);
+                    } else {
+                        fr.drop = Some(DropReason::NoDst);
+                    }
+                }
+                Dest::Flood => {
+                    let before = sc.touched.len();
+                    let mut any = false;
+                    for (p, slot) in ports.iter().enumerate() {
+                        if slot.is_some() && p != src as usize {
+                            push_list(&mut sc.lists, &mut sc.touched, p as PortId, fi as u32);
+                            any = true;
+                        }
+                    }
+                    debug_assert!(sc.touched.len() >= before);
+                    if !any {
+                        fr.drop = Some(DropReason::NoDst);
+                    }
+                }
+            }
+        }
+        sc.touched.sort_unstable();
+
+        // Lock every destination in ascending order (threads never deadlock),
+        // then let backpressure destinations cut the batch short.
+        let mut guards: Vec<(PortId, &PortSlot, MutexGuard<'_, Box<dyn Sink>>)> = sc
+            .touched
+            .iter()
+            .filter_map(|&p| {
+                ports[p as usize]
+                    .as_deref()
+                    .map(|slot| (p, slot, lock(&slot.sink)))
+            })
+            .collect();
+        let mut limit = nframes;
+        for (p, slot, sink) in guards.iter_mut() {
+            if !slot.cfg.backpressure {
+                continue;
+            }
+            let dst_hdr = slot.cfg.vnet_hdr_len as usize;
+            let mut room = sink.room();
+            for &fi in sc.lists[*p as usize]
+                .iter()
+                .take_while(|&&fi| (fi as usize) < limit)
+            {
+                let need = sink.slots_for(sc.frames[fi as usize].len as usize - src_hdr + dst_hdr);
+                if need > room {
+                    limit = fi as usize;
+                    break;
+                }
+                room -= need;
+            }
+        }
+
+        // Pass 2: copy into each destination, then publish once.
+        let mut copies = 0;
+        for (p, slot, sink) in guards.iter_mut() {
+            let dst_hdr = slot.cfg.vnet_hdr_len as usize;
+            let (mut out, mut out_bytes, mut full, mut offload) = (0u64, 0u64, 0u64, 0u64);
+            for &fi in sc.lists[*p as usize]
+                .iter()
+                .take_while(|&&fi| (fi as usize) < limit)
+            {
+                let fr = sc.frames[fi as usize];
+                let frags = &sc.frags[fr.first as usize..fr.first as usize + fr.nfrags as usize];
+                if !gso_ok(fr.gso, if dst_hdr > 0 { slot.cfg.offloads } else { 0 }) {
+                    offload += 1;
+                    continue;
+                }
+                let mut hdrbuf = [0u8; 12];
+                let (skip, hdr): (usize, &[u8]) = if src_hdr == dst_hdr {
+                    (0, &[])
+                } else {
+                    // 10 <-> 12 bytes (num_buffers is the reader's), a zero
+                    // header for a reader that wants one, or none.
+                    let n = src_hdr.min(dst_hdr);
+                    gather(frags, &mut hdrbuf[..n]);
+                    (src_hdr, &hdrbuf[..dst_hdr])
+                };
+                if sink.push(frags, skip, hdr) {
+                    out += 1;
+                    out_bytes += (fr.len as usize - skip + hdr.len()) as u64;
+                } else {
+                    full += 1;
+                }
+            }
+            if out > 0 {
+                sink.publish();
+            }
+            copies += out as usize;
+            PortCounters::add(&slot.counters.out_packets, out);
+            PortCounters::add(&slot.counters.out_bytes, out_bytes);
+            slot.counters.drop(DropReason::DstFull, full);
+            slot.counters.drop(DropReason::Offload, offload);
+        }
+        drop(guards);
+
+        // Source-side counters, for the frames actually consumed.
+        let done = &sc.frames[..limit];
+        PortCounters::add(&sp.counters.in_packets, limit as u64);
+        PortCounters::add(
+            &sp.counters.in_bytes,
+            done.iter().map(|f| f.len as u64).sum(),
+        );
+        for f in done {
+            if let Some(r) = f.drop {
+                sp.counters.drop(r, 1);
+            }
+        }
+        source.complete(limit);
+        Forwarded {
+            frames: limit,
+            held: nframes - limit,
+            copies,
+        }
+    }
+}
+
+fn push_list(lists: &mut [Vec<u32>], touched: &mut Vec<PortId>, p: PortId, fi: u32) {
+    let l = &mut lists[p as usize];
+    if l.is_empty() {
+        touched.push(p);
+    }
+    l.push(fi);
+}
+
+/// Whether a reader with `offloads` takes a frame of GSO type `gso`.
+fn gso_ok(gso: u8, offloads: u32) -> bool {
+    match gso & 0x7f {
+        VNET_GSO_NONE => true,
+        VNET_GSO_TCPV4 => offloads & OFFLOAD_TSO4 != 0,
+        VNET_GSO_TCPV6 => offloads & OFFLOAD_TSO6 != 0,
+        VNET_GSO_UDP => offloads & OFFLOAD_UFO != 0,
+        _ => false,
+    }
+}
+
+/// Copies the first `out.len()` bytes of a frame, across fragments.
+fn gather(frags: &[Frag], out: &mut [u8]) {
+    let mut at = 0;
+    for f in frags {
+        if at == out.len() {
+            break;
+        }
+        at += f.read(0, &mut out[at..]);
+    }
+}
+
+/// Splits fragments into frames by `NS_MOREFRAG`. Chains over
+/// [`MAX_FRAGS`] and a chain still open at the end of the batch become
+/// frames marked `BadChain`.
+fn split_frames(frags: &[Frag], frames: &mut Vec<Frame>) -> usize {
+    frames.clear();
+    let mut i = 0;
+    while i < frags.len() {
+        let first = i;
+        let mut len = 0u32;
+        let mut bad = false;
+        loop {
+            let f = &frags[i];
+            len += f.len() as u32;
+            i += 1;
+            if f.flags() & NS_MOREFRAG == 0 {
+                break;
+            }
+            if i == frags.len() || i - first >= MAX_FRAGS {
+                // Open chain at the end, or too long: swallow the rest of
+                // this chain so the next frame starts clean.
+                while i < frags.len() && frags[i - 1].flags() & NS_MOREFRAG != 0 {
+                    i += 1;
+                }
+                bad = true;
+                break;
+            }
+        }
+        frames.push(Frame {
+            first: first as u32,
+            nfrags: (i - first) as u16,
+            gso: VNET_GSO_NONE,
+            len,
+            dest: Dest::Drop,
+            drop: bad.then_some(DropReason::BadChain),
+        });
+    }
+    frames.len()
+}

@@ -1,0 +1,270 @@
+//! In-memory ports for tests and benchmarks (feature `test-utils`).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use netmap::abi::NS_MOREFRAG;
+
+use crate::frag::{DstBuf, Frag};
+use crate::port::{FrameCursor, Sink, Source};
+
+/// A frame as fragments, each with its slot flags.
+#[derive(Debug, Clone, Default)]
+pub struct MemFrame {
+    /// Fragments and their flags (`NS_MOREFRAG` is set by the source).
+    pub frags: Vec<(Vec<u8>, u16)>,
+}
+
+impl MemFrame {
+    /// A one-fragment frame.
+    pub fn new(data: Vec<u8>) -> MemFrame {
+        MemFrame {
+            frags: vec![(data, 0)],
+        }
+    }
+
+    /// A frame cut in fragments of at most `frag` bytes.
+    pub fn chunked(data: &[u8], frag: usize) -> MemFrame {
+        MemFrame {
+            frags: data.chunks(frag.max(1)).map(|c| (c.to_vec(), 0)).collect(),
+        }
+    }
+
+    /// Sets flags on the first fragment.
+    pub fn with_flags(mut self, flags: u16) -> MemFrame {
+        if let Some(f) = self.frags.first_mut() {
+            f.1 |= flags;
+        }
+        self
+    }
+
+    /// All bytes.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.frags
+            .iter()
+            .flat_map(|f| f.0.iter().copied())
+            .collect()
+    }
+}
+
+/// A source of queued frames. Frames stay queued until completed, so a
+/// backpressured batch is presented again.
+#[derive(Debug, Default)]
+pub struct MemSource {
+    queue: VecDeque<MemFrame>,
+    /// Frames completed so far.
+    pub completed: u64,
+    /// When set, every fetch re-presents the same frames forever (for
+    /// benchmarks): completed frames go back to the end of the queue.
+    pub recycle: bool,
+}
+
+impl MemSource {
+    /// Queues a frame.
+    pub fn push(&mut self, f: MemFrame) {
+        self.queue.push_back(f);
+    }
+    /// Frames waiting.
+    pub fn pending(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+impl Source for MemSource {
+    fn fetch(&mut self, frags: &mut Vec<Frag>, max: usize) -> usize {
+        let mut n = 0;
+        for f in self.queue.iter().take(max) {
+            let last = f.frags.len().saturating_sub(1);
+            for (i, (data, flags)) in f.frags.iter().enumerate() {
+                let more = if i < last { NS_MOREFRAG } else { 0 };
+                // The frame's Vec stays in the queue, unchanged, until
+                // `complete`, which is what Frag::from_slice asks for.
+                frags.push(Frag::from_slice(data, flags | more));
+            }
+            n += 1;
+        }
+        n
+    }
+
+    fn complete(&mut self, frames: usize) {
+        for _ in 0..frames.min(self.queue.len()) {
+            if let Some(f) = self.queue.pop_front() {
+                if self.recycle {
+                    self.queue.push_back(f);
+                }
+            }
+        }
+        self.completed += frames as u64;
+    }
+}
+
+#[derive(Debug)]
+struct RingState {
+    bufs: Vec<Vec<u8>>,
+    /// (len, flags) of each slot.
+    slots: Vec<(u16, u16)>,
+    head: usize,
+    used: usize,
+    unpublished: usize,
+    published: VecDeque<MemFrame>,
+    publishes: u64,
+}
+
+/// A sink with `nslots` slots of `buf_size` bytes, like a netmap RX ring:
+/// a frame longer than a buffer takes several slots chained with
+/// `NS_MOREFRAG`. The test reads delivered frames through the handle.
+#[derive(Debug, Clone)]
+pub struct MemSink {
+    st: Arc<Mutex<RingState>>,
+    buf_size: usize,
+}
+
+impl MemSink {
+    /// A sink of `nslots` slots of `buf_size` bytes.
+    pub fn new(nslots: usize, buf_size: usize) -> MemSink {
+        MemSink {
+            st: Arc::new(Mutex::new(RingState {
+                bufs: vec![vec![0; buf_size]; nslots],
+                slots: vec![(0, 0); nslots],
+                head: 0,
+                used: 0,
+                unpublished: 0,
+                published: VecDeque::new(),
+                publishes: 0,
+            })),
+            buf_size,
+        }
+    }
+
+    /// Takes every published frame, freeing their slots.
+    pub fn take(&self) -> Vec<MemFrame> {
+        let mut st = self.st.lock().unwrap();
+        let n: usize = st.published.iter().map(|f| f.frags.len()).sum();
+        st.used -= n;
+        st.published.drain(..).collect()
+    }
+
+    /// How many times the engine published.
+    pub fn publishes(&self) -> u64 {
+        self.st.lock().unwrap().publishes
+    }
+}
+
+impl Sink for MemSink {
+    fn room(&mut self) -> usize {
+        let st = self.st.lock().unwrap();
+        st.bufs.len() - st.used
+    }
+
+    fn slots_for(&self, len: usize) -> usize {
+        len.div_ceil(self.buf_size).max(1)
+    }
+
+    fn push(&mut self, frags: &[Frag], skip: usize, hdr: &[u8]) -> bool {
+        let mut st = self.st.lock().unwrap();
+        let mut cur = FrameCursor::new(frags, skip, hdr);
+        let need = self.slots_for(cur.remaining());
+        let n = st.bufs.len();
+        if n - st.used < need {
+            return false;
+        }
+        let mut i = st.head;
+        for k in 0..need {
+            let len = {
+                let mut d = DstBuf::from_slice(&mut st.bufs[i]);
+                cur.fill(&mut d)
+            };
+            st.slots[i] = (len as u16, if k + 1 < need { NS_MOREFRAG } else { 0 });
+            i = (i + 1) % n;
+        }
+        st.head = i;
+        st.used += need;
+        st.unpublished += need;
+        true
+    }
+
+    fn publish(&mut self) {
+        let mut st = self.st.lock().unwrap();
+        let n = st.bufs.len();
+        let mut i = (st.head + n - st.unpublished) % n;
+        let mut frame = MemFrame::default();
+        while st.unpublished > 0 {
+            let (len, flags) = st.slots[i];
+            frame
+                .frags
+                .push((st.bufs[i][..len as usize].to_vec(), flags));
+            if flags & NS_MOREFRAG == 0 {
+                st.published.push_back(std::mem::take(&mut frame));
+            }
+            i = (i + 1) % n;
+            st.unpublished -= 1;
+        }
+        st.publishes += 1;
+    }
+}
+
+/// A sink that copies every frame into a fixed set of buffers and forgets
+/// it: the reader is infinitely fast. For engine benchmarks.
+#[derive(Debug)]
+pub struct NullSink {
+    bufs: Vec<Vec<u8>>,
+    next: usize,
+    /// Frames pushed.
+    pub frames: u64,
+}
+
+impl NullSink {
+    /// `nslots` buffers of `buf_size` bytes.
+    pub fn new(nslots: usize, buf_size: usize) -> NullSink {
+        NullSink {
+            bufs: vec![vec![0; buf_size]; nslots],
+            next: 0,
+            frames: 0,
+        }
+    }
+}
+
+impl Sink for NullSink {
+    fn room(&mut self) -> usize {
+        self.bufs.len()
+    }
+    fn slots_for(&self, len: usize) -> usize {
+        len.div_ceil(self.bufs[0].len()).max(1)
+    }
+    fn push(&mut self, frags: &[Frag], skip: usize, hdr: &[u8]) -> bool {
+        let mut cur = FrameCursor::new(frags, skip, hdr);
+        while cur.remaining() > 0 {
+            let i = self.next;
+            self.next = if i + 1 == self.bufs.len() { 0 } else { i + 1 };
+            if cur.fill(&mut DstBuf::from_slice(&mut self.bufs[i])) == 0 {
+                break;
+            }
+        }
+        self.frames += 1;
+        true
+    }
+    fn publish(&mut self) {}
+}
+
+/// An Ethernet frame of `len` bytes from `src` to `dst` whose payload is
+/// `seed`-derived bytes.
+pub fn eth_frame(dst: [u8; 6], src: [u8; 6], len: usize, seed: u64) -> Vec<u8> {
+    let mut f = Vec::with_capacity(len);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let mut x = seed | 1;
+    while f.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        f.push(x as u8);
+    }
+    f.truncate(len);
+    f
+}
+
+/// A locally administered MAC ending in `n`.
+pub fn mac(n: u16) -> [u8; 6] {
+    [0x02, 0, 0, 0, (n >> 8) as u8, n as u8]
+}
