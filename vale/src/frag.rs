@@ -174,6 +174,6 @@ mod tests {
         assert_eq!(d.copy_from(2, &f, 5, 100), 4);
         assert_eq!(d.copy_from(7, &f, 0, 1), 0);
         assert_eq!(d.write(5, b"xy"), 1);
-        assert_eq!(&dst, b"\0\0567x");
+        assert_eq!(&dst, &[0, 0, b'5', b'6', b'7', b'x']);
     }
 }

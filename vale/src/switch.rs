@@ -77,6 +77,9 @@ impl std::fmt::Debug for PortSlot {
     }
 }
 
+/// A destination locked for the batch.
+type LockedDst<'a> = (PortId, &'a PortSlot, MutexGuard<'a, Box<dyn Sink>>);
+
 /// Per-frame state of a batch.
 #[derive(Debug, Clone, Copy)]
 struct Frame {
@@ -97,6 +100,8 @@ pub struct Scratch {
     /// Frame indexes per destination port.
     lists: Vec<Vec<u32>>,
     touched: Vec<PortId>,
+    /// Ports a flood reaches in this batch.
+    active: Vec<PortId>,
     hdr: [u8; 64],
 }
 
@@ -107,6 +112,7 @@ impl Default for Scratch {
             frames: Vec::with_capacity(MAX_BATCH),
             lists: (0..MAX_PORTS).map(|_| Vec::new()).collect(),
             touched: Vec::with_capacity(MAX_PORTS),
+            active: Vec::with_capacity(MAX_PORTS),
             hdr: [0; 64],
         }
     }
@@ -324,7 +330,16 @@ impl<L: Lookup> Switch<L> {
             }
         }
 
-        // Group frame indexes by destination, in source order.
+        // Group frame indexes by destination, in source order. Flooding
+        // walks only the ports that exist, not all MAX_PORTS indexes.
+        sc.active.clear();
+        sc.active.extend(
+            ports
+                .iter()
+                .enumerate()
+                .filter(|(p, s)| s.is_some() && *p != src as usize)
+                .map(|(p, _)| p as PortId),
+        );
         for &p in &sc.touched {
             sc.lists[p as usize].clear();
         }
@@ -343,17 +358,11 @@ impl<L: Lookup> Switch<L> {
                     }
                 }
                 Dest::Flood => {
-                    let before = sc.touched.len();
-                    let mut any = false;
-                    for (p, slot) in ports.iter().enumerate() {
-                        if slot.is_some() && p != src as usize {
-                            push_list(&mut sc.lists, &mut sc.touched, p as PortId, fi as u32);
-                            any = true;
-                        }
-                    }
-                    debug_assert!(sc.touched.len() >= before);
-                    if !any {
+                    if sc.active.is_empty() {
                         fr.drop = Some(DropReason::NoDst);
+                    }
+                    for &p in &sc.active {
+                        push_list(&mut sc.lists, &mut sc.touched, p, fi as u32);
                     }
                 }
             }
@@ -362,7 +371,7 @@ impl<L: Lookup> Switch<L> {
 
         // Lock every destination in ascending order (threads never deadlock),
         // then let backpressure destinations cut the batch short.
-        let mut guards: Vec<(PortId, &PortSlot, MutexGuard<'_, Box<dyn Sink>>)> = sc
+        let mut guards: Vec<LockedDst<'_>> = sc
             .touched
             .iter()
             .filter_map(|&p| {
