@@ -16,6 +16,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 
 use thiserror::Error;
 use tracing::info;
@@ -465,7 +466,9 @@ pub struct Region {
     cfg: RegionConfig,
     layout: PoolLayout,
     memfd: Memfd,
-    map: SharedMap,
+    map: Arc<SharedMap>,
+    /// num_slots of each ring, by ring pool index: the switch's own record.
+    ring_slots: Vec<u32>,
     ifs: Pool,
     rings: Pool,
     bufs: Pool,
@@ -492,8 +495,9 @@ impl Region {
                 }
             ),
         }
-        let map = SharedMap::map(&memfd, memfd.size())?;
+        let map = Arc::new(SharedMap::map(&memfd, memfd.size())?);
         Ok(Region {
+            ring_slots: vec![0; cfg.ring_objtotal as usize],
             mem_id,
             owner,
             cfg: *cfg,
@@ -553,6 +557,10 @@ impl Region {
     pub fn map(&self) -> &SharedMap {
         &self.map
     }
+    /// The switch's mapping, shared with forwarding threads.
+    pub fn map_arc(&self) -> Arc<SharedMap> {
+        Arc::clone(&self.map)
+    }
     /// A descriptor of the memfd to hand to a client.
     pub fn share_fd(&self) -> io::Result<OwnedFd> {
         self.memfd.as_fd().try_clone_to_owned()
@@ -589,8 +597,23 @@ impl Region {
 
     /// A checked view of the ring at `off` (for the switch).
     pub fn ring_view(&self, off: usize) -> Result<RingView<'_>, RegionError> {
-        self.rings.index_of(off, self.mem_id)?;
-        Ok(RingView::new(&self.map, off, self.cfg.buf_objtotal)?)
+        let (num_slots, buf_base, buf_size, nbufs) = self.ring_params(off)?;
+        Ok(RingView::from_parts(
+            &self.map, off, num_slots, buf_base, buf_size, nbufs,
+        )?)
+    }
+
+    /// The switch's record of the ring at `off`: (num_slots, offset of
+    /// buffer 0, buffer size, buffers in the pool). Never read back from
+    /// shared memory, which the client may have rewritten.
+    pub fn ring_params(&self, off: usize) -> Result<(u32, usize, u32, u32), RegionError> {
+        let ri = self.rings.index_of(off, self.mem_id)?;
+        Ok((
+            self.ring_slots[ri as usize],
+            self.layout.buf_pool_offset,
+            self.cfg.buf_objsize,
+            self.cfg.buf_objtotal,
+        ))
     }
 
     /// Allocates a ring of `num_slots` with a buffer in every slot, and
@@ -612,6 +635,7 @@ impl Region {
             });
         }
         let ri = self.rings.alloc(self.mem_id)?;
+        self.ring_slots[ri as usize] = num_slots;
         let off = self.rings.offset_of(ri);
         let m = &self.map;
         m.fill(off, RING_HEADER_SIZE, 0)?;
@@ -649,9 +673,7 @@ impl Region {
     /// someone else's twice).
     pub fn free_ring(&mut self, off: usize) -> Result<(), RegionError> {
         let ri = self.rings.index_of(off, self.mem_id)?;
-        let n: u32 = self.map.read(off + field::NUM_SLOTS)?;
-        let max = (self.cfg.ring_objsize as usize - RING_HEADER_SIZE) / size_of::<NetmapSlot>();
-        for i in 0..(n as usize).min(max) {
+        for i in 0..self.ring_slots[ri as usize] as usize {
             let s: NetmapSlot = self
                 .map
                 .read(off + RING_HEADER_SIZE + i * size_of::<NetmapSlot>())?;

@@ -153,6 +153,40 @@ impl<'a> RingView<'a> {
         })
     }
 
+    /// A view from values the caller trusts (the switch's own record of the
+    /// ring), ignoring what the header in shared memory now says: a client
+    /// may rewrite `num_slots` or `buf_ofs`, the switch never re-reads them.
+    pub fn from_parts(
+        map: &'a SharedMap,
+        off: usize,
+        num_slots: u32,
+        buf_base: usize,
+        buf_size: u32,
+        nbufs: u32,
+    ) -> io::Result<RingView<'a>> {
+        map.check(off, RING_HEADER_SIZE, 8)?;
+        map.check(
+            off + RING_HEADER_SIZE,
+            num_slots as usize * size_of::<NetmapSlot>(),
+            8,
+        )?;
+        map.check(buf_base, nbufs as usize * buf_size as usize, 1)?;
+        if num_slots < 2 || buf_size == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "ring of < 2 slots or 0-byte buffers",
+            ));
+        }
+        Ok(RingView {
+            map,
+            off,
+            num_slots,
+            buf_base,
+            buf_size,
+            nbufs,
+        })
+    }
+
     /// Opens the ring at `off` on the client side, where the pool size is
     /// not known: every buffer index whose buffer lies inside the mapping is
     /// accepted.

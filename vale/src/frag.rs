@@ -17,6 +17,7 @@ pub struct Frag {
     ptr: NonNull<u8>,
     len: u16,
     flags: u16,
+    bad: bool,
 }
 
 // SAFETY: a Frag is a read-only view whose validity is guaranteed by the
@@ -38,7 +39,28 @@ impl Frag {
             ptr: NonNull::new(ptr as *mut u8).unwrap_or(NonNull::dangling()),
             len,
             flags,
+            bad: false,
         }
+    }
+
+    /// A placeholder for a slot the source found invalid (buffer index out
+    /// of range, length over the buffer, an address outside guest memory):
+    /// it keeps the source's frame count right and the engine drops the
+    /// frame as [`DropReason::BadSlot`](crate::DropReason::BadSlot).
+    #[inline]
+    pub fn bad(flags: u16) -> Frag {
+        Frag {
+            ptr: NonNull::dangling(),
+            len: 0,
+            flags,
+            bad: true,
+        }
+    }
+
+    /// Whether this is a [`bad`](Self::bad) placeholder.
+    #[inline]
+    pub fn is_bad(&self) -> bool {
+        self.bad
     }
 
     /// A fragment over a byte slice the caller keeps alive and unchanged
@@ -130,16 +152,10 @@ impl DstBuf {
             .min((src.len as usize).saturating_sub(src_off))
             .min(self.cap.saturating_sub(at));
         if n > 0 {
-            // SAFETY: both ranges are clamped to their buffers above; the
-            // source and destination are different buffers (a sink never
-            // lends memory a source presents in the same batch).
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    src.ptr.as_ptr().add(src_off),
-                    self.ptr.as_ptr().add(at),
-                    n,
-                )
-            };
+            // SAFETY: both ranges are clamped to their buffers above. A
+            // hostile client may name one buffer in a TX slot and an RX
+            // slot, so the ranges may overlap: `copy` (memmove) allows it.
+            unsafe { std::ptr::copy(src.ptr.as_ptr().add(src_off), self.ptr.as_ptr().add(at), n) };
         }
         n
     }

@@ -13,6 +13,7 @@
 pub mod frag;
 pub mod lookup;
 pub mod port;
+pub mod ring_port;
 pub mod switch;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
@@ -20,7 +21,7 @@ pub mod testing;
 pub use frag::{DstBuf, Frag};
 pub use lookup::{BridgeConfig, Dest, FrameInfo, LearningBridge, Lookup, LookupStats};
 pub use port::{
-    DropReason, FrameCursor, PortConfig, PortCounters, PortId, PortStats, Sink, Source,
+    DropReason, FrameCursor, PortConfig, PortCounters, PortId, PortStats, Push, Sink, Source,
     DROP_REASONS,
 };
 pub use switch::{Forwarded, Scratch, Switch, SwitchError, MAX_BATCH, MAX_FRAGS, MAX_PORTS};

@@ -38,11 +38,22 @@ pub trait Sink: Send {
 
     /// Copies one frame: `hdr` first (a virtio-net header the engine built,
     /// possibly empty), then the bytes of `frags` from byte `skip` on.
-    /// Returns false, changing nothing, if it does not fit.
-    fn push(&mut self, frags: &[Frag], skip: usize, hdr: &[u8]) -> bool;
+    fn push(&mut self, frags: &[Frag], skip: usize, hdr: &[u8]) -> Push;
 
     /// Makes pushed frames visible to the reader (and wakes it if needed).
     fn publish(&mut self);
+}
+
+/// Result of [`Sink::push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// Copied.
+    Done,
+    /// No room; nothing changed.
+    Full,
+    /// The reader's slot was invalid (its buffer index or address); the
+    /// frame is dropped and the slot left for the reader.
+    BadSlot,
 }
 
 /// Walks the bytes of `hdr ++ frags[skip..]` and fills destination buffers
@@ -158,10 +169,13 @@ pub enum DropReason {
     EmptyFrag,
     /// The frame needs an offload (GSO) its destination lacks.
     Offload,
+    /// A slot with an invalid buffer index, length or address, on the
+    /// sending side or the receiving side (counted where it was).
+    BadSlot,
 }
 
 /// Number of [`DropReason`]s.
-pub const DROP_REASONS: usize = 6;
+pub const DROP_REASONS: usize = 7;
 
 impl DropReason {
     /// Every reason, in counter order.
@@ -172,6 +186,7 @@ impl DropReason {
         DropReason::BadChain,
         DropReason::EmptyFrag,
         DropReason::Offload,
+        DropReason::BadSlot,
     ];
 
     /// The name `vale-ctl --stats` prints.
@@ -183,6 +198,7 @@ impl DropReason {
             DropReason::BadChain => "drop_bad_chain",
             DropReason::EmptyFrag => "drop_empty_frag",
             DropReason::Offload => "drop_offload",
+            DropReason::BadSlot => "drop_bad_slot",
         }
     }
 }

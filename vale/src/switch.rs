@@ -9,7 +9,7 @@ use thiserror::Error;
 use crate::frag::Frag;
 use crate::lookup::{Dest, FrameInfo, LearningBridge, Lookup};
 use crate::port::{
-    DropReason, PortConfig, PortCounters, PortId, PortStats, Sink, Source, OFFLOAD_TSO4,
+    DropReason, PortConfig, PortCounters, PortId, PortStats, Push, Sink, Source, OFFLOAD_TSO4,
     OFFLOAD_TSO6, OFFLOAD_UFO,
 };
 
@@ -291,6 +291,10 @@ impl<L: Lookup> Switch<L> {
                     continue;
                 }
                 let frags = &sc.frags[fr.first as usize..fr.first as usize + fr.nfrags as usize];
+                if frags.iter().any(Frag::is_bad) {
+                    fr.drop = Some(DropReason::BadSlot);
+                    continue;
+                }
                 if frags.iter().any(Frag::is_empty) {
                     fr.drop = Some(DropReason::EmptyFrag);
                     continue;
@@ -404,7 +408,8 @@ impl<L: Lookup> Switch<L> {
         let mut copies = 0;
         for (p, slot, sink) in guards.iter_mut() {
             let dst_hdr = slot.cfg.vnet_hdr_len as usize;
-            let (mut out, mut out_bytes, mut full, mut offload) = (0u64, 0u64, 0u64, 0u64);
+            let (mut out, mut out_bytes, mut full, mut offload, mut bad) =
+                (0u64, 0u64, 0u64, 0u64, 0u64);
             for &fi in sc.lists[*p as usize]
                 .iter()
                 .take_while(|&&fi| (fi as usize) < limit)
@@ -425,11 +430,13 @@ impl<L: Lookup> Switch<L> {
                     gather(frags, &mut hdrbuf[..n]);
                     (src_hdr, &hdrbuf[..dst_hdr])
                 };
-                if sink.push(frags, skip, hdr) {
-                    out += 1;
-                    out_bytes += (fr.len as usize - skip + hdr.len()) as u64;
-                } else {
-                    full += 1;
+                match sink.push(frags, skip, hdr) {
+                    Push::Done => {
+                        out += 1;
+                        out_bytes += (fr.len as usize - skip + hdr.len()) as u64;
+                    }
+                    Push::Full => full += 1,
+                    Push::BadSlot => bad += 1,
                 }
             }
             if out > 0 {
@@ -440,6 +447,7 @@ impl<L: Lookup> Switch<L> {
             PortCounters::add(&slot.counters.out_bytes, out_bytes);
             slot.counters.drop(DropReason::DstFull, full);
             slot.counters.drop(DropReason::Offload, offload);
+            slot.counters.drop(DropReason::BadSlot, bad);
         }
         drop(guards);
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use netmap::abi::NS_MOREFRAG;
 
 use crate::frag::{DstBuf, Frag};
-use crate::port::{FrameCursor, Sink, Source};
+use crate::port::{FrameCursor, Push, Sink, Source};
 
 /// A frame as fragments, each with its slot flags.
 #[derive(Debug, Clone, Default)]
@@ -160,13 +160,13 @@ impl Sink for MemSink {
         len.div_ceil(self.buf_size).max(1)
     }
 
-    fn push(&mut self, frags: &[Frag], skip: usize, hdr: &[u8]) -> bool {
+    fn push(&mut self, frags: &[Frag], skip: usize, hdr: &[u8]) -> Push {
         let mut st = self.st.lock().unwrap();
         let mut cur = FrameCursor::new(frags, skip, hdr);
         let need = self.slots_for(cur.remaining());
         let n = st.bufs.len();
         if n - st.used < need {
-            return false;
+            return Push::Full;
         }
         let mut i = st.head;
         for k in 0..need {
@@ -180,7 +180,7 @@ impl Sink for MemSink {
         st.head = i;
         st.used += need;
         st.unpublished += need;
-        true
+        Push::Done
     }
 
     fn publish(&mut self) {
@@ -231,7 +231,7 @@ impl Sink for NullSink {
     fn slots_for(&self, len: usize) -> usize {
         len.div_ceil(self.bufs[0].len()).max(1)
     }
-    fn push(&mut self, frags: &[Frag], skip: usize, hdr: &[u8]) -> bool {
+    fn push(&mut self, frags: &[Frag], skip: usize, hdr: &[u8]) -> Push {
         let mut cur = FrameCursor::new(frags, skip, hdr);
         while cur.remaining() > 0 {
             let i = self.next;
@@ -241,7 +241,7 @@ impl Sink for NullSink {
             }
         }
         self.frames += 1;
-        true
+        Push::Done
     }
     fn publish(&mut self) {}
 }

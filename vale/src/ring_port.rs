@@ -1,0 +1,337 @@
+//! A client's netmap rings as engine ports: its TX ring is a [`Source`], its
+//! RX ring a [`Sink`]. These run in valed's forwarding threads, against
+//! memory the client can rewrite at any moment, so:
+//!
+//! - ring geometry (slots, buffer pool) comes from the switch's own record,
+//!   never from the ring header;
+//! - `head`/`cur` are read once per sync from the CSB and checked against
+//!   the window ([`KringState::prologue`]); a violation resets the ring;
+//! - every slot is copied to a local before it is checked, and `buf_idx`
+//!   and `len` are checked on RX slots too (the receiver decides where the
+//!   switch writes);
+//! - `NS_INDIRECT` from a client is refused: its `ptr` is an address in the
+//!   client's process (the client library resolves it before txsync).
+
+use std::sync::Arc;
+
+use netmap::abi::{NetmapSlot, NS_INDIRECT, NS_MOREFRAG};
+use netmap::csb::Csb;
+use netmap::ring::{self, RingView};
+use netmap::sync::{Dir, KringState};
+use netmap::sys::{EventFd, SharedMap};
+
+use crate::frag::{DstBuf, Frag};
+use crate::port::{FrameCursor, Push, Sink, Source};
+use crate::switch::MAX_FRAGS;
+
+/// Where a ring lives and what the switch knows of it.
+#[derive(Debug, Clone)]
+pub struct RingGeometry {
+    /// Offset of the `netmap_ring` in the region.
+    pub off: usize,
+    /// Slots.
+    pub num_slots: u32,
+    /// Offset of buffer 0 in the region.
+    pub buf_base: usize,
+    /// Buffer size.
+    pub buf_size: u32,
+    /// Buffers in the pool.
+    pub nbufs: u32,
+}
+
+/// Counters a ring port keeps about its client's behaviour.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RingPortStats {
+    /// Ring resets for `head`/`cur` outside the window.
+    pub resets: u64,
+    /// Slots refused (bad `buf_idx`, `len` or `NS_INDIRECT`).
+    pub bad_slots: u64,
+    /// Kicks sent to the client.
+    pub kicks: u64,
+}
+
+struct RingPort {
+    map: Arc<SharedMap>,
+    geo: RingGeometry,
+    csb: Arc<Csb>,
+    csb_idx: u32,
+    irq: Arc<EventFd>,
+    kring: KringState,
+    stats: RingPortStats,
+}
+
+impl std::fmt::Debug for RingPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingPort")
+            .field("geo", &self.geo)
+            .field("kring", &self.kring)
+            .finish()
+    }
+}
+
+impl RingPort {
+    fn new(
+        dir: Dir,
+        map: Arc<SharedMap>,
+        geo: RingGeometry,
+        csb: Arc<Csb>,
+        csb_idx: u32,
+        irq: Arc<EventFd>,
+    ) -> std::io::Result<RingPort> {
+        // Validate the geometry once against the mapping.
+        RingView::from_parts(
+            &map,
+            geo.off,
+            geo.num_slots,
+            geo.buf_base,
+            geo.buf_size,
+            geo.nbufs,
+        )?;
+        csb.entry(csb_idx)?;
+        let kring = KringState::new(dir, geo.num_slots);
+        Ok(RingPort {
+            map,
+            geo,
+            csb,
+            csb_idx,
+            irq,
+            kring,
+            stats: RingPortStats::default(),
+        })
+    }
+
+    fn view(&self) -> RingView<'_> {
+        let g = &self.geo;
+        // Checked in `new`; the mapping never changes size.
+        RingView::from_parts(
+            &self.map,
+            g.off,
+            g.num_slots,
+            g.buf_base,
+            g.buf_size,
+            g.nbufs,
+        )
+        .expect("ring geometry checked at creation")
+    }
+
+    /// Reads head/cur; resets the ring on a contract violation.
+    fn prologue(&mut self) {
+        let csb = self.csb.entry(self.csb_idx).expect("checked at creation");
+        if self.kring.prologue(&csb).is_err() {
+            let g = &self.geo;
+            let view = RingView::from_parts(
+                &self.map,
+                g.off,
+                g.num_slots,
+                g.buf_base,
+                g.buf_size,
+                g.nbufs,
+            )
+            .ok();
+            self.kring.reset(&csb, view.as_ref());
+            self.stats.resets += 1;
+        }
+    }
+
+    fn publish_and_notify(&mut self) {
+        let csb = self.csb.entry(self.csb_idx).expect("checked at creation");
+        self.kring.publish(&csb);
+        if self.kring.notify(&csb, &self.irq).unwrap_or(false) {
+            self.stats.kicks += 1;
+        }
+    }
+
+    /// Address of the buffer of `s` if the slot is valid for `len` bytes.
+    fn buf_ptr(&self, s: &NetmapSlot, len: usize) -> Option<*mut u8> {
+        if s.buf_idx < 2 || s.buf_idx >= self.geo.nbufs || len > self.geo.buf_size as usize {
+            return None;
+        }
+        let off = self.geo.buf_base + s.buf_idx as usize * self.geo.buf_size as usize;
+        self.map.check(off, len, 1).ok()?;
+        // SAFETY: `off + len` was checked to lie inside the mapping; the
+        // pointer is only formed here, dereferenced by Frag/DstBuf.
+        Some(unsafe { self.map.as_ptr().add(off) })
+    }
+}
+
+/// A client's TX ring as a source.
+#[derive(Debug)]
+pub struct RingSource {
+    p: RingPort,
+    /// Slots of each frame of the last fetch.
+    frame_slots: Vec<u32>,
+}
+
+impl RingSource {
+    /// The TX ring `geo` of a region mapped at `map`, synced through CSB
+    /// entry `csb_idx`, waking the client through `irq`.
+    pub fn new(
+        map: Arc<SharedMap>,
+        geo: RingGeometry,
+        csb: Arc<Csb>,
+        csb_idx: u32,
+        irq: Arc<EventFd>,
+    ) -> std::io::Result<RingSource> {
+        Ok(RingSource {
+            p: RingPort::new(Dir::Tx, map, geo, csb, csb_idx, irq)?,
+            frame_slots: Vec::new(),
+        })
+    }
+
+    /// What the client did wrong so far.
+    pub fn stats(&self) -> RingPortStats {
+        self.p.stats
+    }
+
+    /// The switch-side ring state.
+    pub fn kring(&self) -> &KringState {
+        &self.p.kring
+    }
+}
+
+impl Source for RingSource {
+    fn fetch(&mut self, frags: &mut Vec<Frag>, max: usize) -> usize {
+        self.p.prologue();
+        self.frame_slots.clear();
+        let (start, pending) = self.p.kring.tx_pending();
+        let view = self.p.view();
+        let ns = self.p.geo.num_slots;
+        let mut i = 0;
+        let mut in_frame = 0u32;
+        let mut bad = 0;
+        while i < pending && self.frame_slots.len() < max {
+            // One volatile copy of the slot; only the copy is looked at.
+            let s = view.slot(ring::advance(start, i, ns));
+            i += 1;
+            in_frame += 1;
+            let more = s.flags & NS_MOREFRAG != 0 && (in_frame as usize) < MAX_FRAGS;
+            let flags = if more {
+                s.flags
+            } else {
+                s.flags & !NS_MOREFRAG
+            };
+            let ptr = if s.flags & NS_INDIRECT != 0 {
+                None
+            } else {
+                self.p.buf_ptr(&s, s.len as usize)
+            };
+            match ptr {
+                // SAFETY: the buffer lies inside the mapping (checked by
+                // buf_ptr) and the client gave the slot to the switch until
+                // hwcur passes it, which happens only in `complete`.
+                Some(p) => frags.push(unsafe { Frag::new(p, s.len, flags) }),
+                None => {
+                    bad += 1;
+                    frags.push(Frag::bad(flags));
+                }
+            }
+            if !more {
+                self.frame_slots.push(in_frame);
+                in_frame = 0;
+            }
+        }
+        if in_frame > 0 {
+            // A chain still open at the last published slot: wait for the
+            // rest (netmap does the same); take it back from `frags`.
+            frags.truncate(frags.len() - in_frame as usize);
+        }
+        self.p.stats.bad_slots += bad;
+        self.frame_slots.len()
+    }
+
+    fn complete(&mut self, frames: usize) {
+        let slots: u32 = self.frame_slots.iter().take(frames).sum();
+        if slots > 0 {
+            self.p.kring.tx_consumed(slots);
+            self.p.publish_and_notify();
+        }
+    }
+}
+
+/// A client's RX ring as a sink.
+#[derive(Debug)]
+pub struct RingSink {
+    p: RingPort,
+    /// Slots filled since the last publish.
+    filled: u32,
+}
+
+impl RingSink {
+    /// The RX ring `geo`, as [`RingSource::new`].
+    pub fn new(
+        map: Arc<SharedMap>,
+        geo: RingGeometry,
+        csb: Arc<Csb>,
+        csb_idx: u32,
+        irq: Arc<EventFd>,
+    ) -> std::io::Result<RingSink> {
+        Ok(RingSink {
+            p: RingPort::new(Dir::Rx, map, geo, csb, csb_idx, irq)?,
+            filled: 0,
+        })
+    }
+
+    /// What the client did wrong so far.
+    pub fn stats(&self) -> RingPortStats {
+        self.p.stats
+    }
+}
+
+impl Sink for RingSink {
+    fn room(&mut self) -> usize {
+        if self.filled == 0 {
+            self.p.prologue();
+        }
+        (self.p.kring.rx_space().1 - self.filled) as usize
+    }
+
+    fn slots_for(&self, len: usize) -> usize {
+        len.div_ceil(self.p.geo.buf_size as usize).max(1)
+    }
+
+    fn push(&mut self, frags: &[Frag], skip: usize, hdr: &[u8]) -> Push {
+        let mut cur = FrameCursor::new(frags, skip, hdr);
+        let need = self.slots_for(cur.remaining());
+        if need > MAX_FRAGS || self.room() < need {
+            return Push::Full;
+        }
+        let (start, _) = self.p.kring.rx_space();
+        let ns = self.p.geo.num_slots;
+        let view = self.p.view();
+        let first = ring::advance(start, self.filled, ns);
+        // Check every destination slot before writing any.
+        let mut slots = [NetmapSlot::default(); MAX_FRAGS];
+        for (k, s) in slots.iter_mut().enumerate().take(need) {
+            *s = view.slot(ring::advance(first, k as u32, ns));
+            if self.p.buf_ptr(s, self.p.geo.buf_size as usize).is_none() {
+                self.p.stats.bad_slots += 1;
+                return Push::BadSlot;
+            }
+        }
+        let count_byte = (need.min(255) as u16) << 8;
+        for (k, s) in slots.iter_mut().enumerate().take(need) {
+            let Some(p) = self.p.buf_ptr(s, self.p.geo.buf_size as usize) else {
+                return Push::BadSlot;
+            };
+            // SAFETY: buf_ptr checked the buffer lies inside the mapping;
+            // the slot is in [hwtail, hwcur - 1), owned by the switch until
+            // publish, and the sink lock keeps other threads out of it.
+            let mut d = unsafe { DstBuf::new(p, self.p.geo.buf_size as usize) };
+            let len = cur.fill(&mut d);
+            s.len = len as u16;
+            s.flags = count_byte | if k + 1 < need { NS_MOREFRAG } else { 0 };
+            s.ptr = 0;
+            view.set_slot(ring::advance(first, k as u32, ns), *s);
+        }
+        self.filled += need as u32;
+        Push::Done
+    }
+
+    fn publish(&mut self) {
+        if self.filled > 0 {
+            self.p.kring.rx_filled(self.filled);
+            self.filled = 0;
+            self.p.publish_and_notify();
+        }
+    }
+}
