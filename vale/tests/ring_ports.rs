@@ -163,7 +163,7 @@ fn hostile_slots_are_refused_and_counted() {
     let mut s = rx.ring.slot(0);
     s.buf_idx = rx.ring.slot(1).buf_idx;
     rx.ring.set_slot(0, s);
-    send(&tx, &[f.clone()]);
+    send(&tx, std::slice::from_ref(&f));
     sw.forward(pa, &mut a_src, &mut sc, 0);
     assert_eq!(recv(&rx), vec![f]);
 }
