@@ -36,6 +36,11 @@ pub trait Sink: Send {
     /// Slots a frame of `len` bytes needs.
     fn slots_for(&self, len: usize) -> usize;
 
+    /// Most slots one frame may ever take here (the ring size less one,
+    /// capped by the fragment limit). A backpressure port never holds a
+    /// source for a frame bigger than this: it could never fit.
+    fn capacity(&self) -> usize;
+
     /// Copies one frame: `hdr` first (a virtio-net header the engine built,
     /// possibly empty), then the bytes of `frags` from byte `skip` on.
     fn push(&mut self, frags: &[Frag], skip: usize, hdr: &[u8]) -> Push;

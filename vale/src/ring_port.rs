@@ -289,6 +289,10 @@ impl Sink for RingSink {
         len.div_ceil(self.p.geo.buf_size as usize).max(1)
     }
 
+    fn capacity(&self) -> usize {
+        (self.p.geo.num_slots as usize - 1).min(MAX_FRAGS)
+    }
+
     fn push(&mut self, frags: &[Frag], skip: usize, hdr: &[u8]) -> Push {
         let mut cur = FrameCursor::new(frags, skip, hdr);
         let need = self.slots_for(cur.remaining());

@@ -396,6 +396,9 @@ impl<L: Lookup> Switch<L> {
                 .take_while(|&&fi| (fi as usize) < limit)
             {
                 let need = sink.slots_for(sc.frames[fi as usize].len as usize - src_hdr + dst_hdr);
+                if need > sink.capacity() {
+                    continue; // can never fit: dropped as DstFull, not held
+                }
                 if need > room {
                     limit = fi as usize;
                     break;

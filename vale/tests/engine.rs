@@ -325,3 +325,18 @@ fn threads_fill_one_destination_at_once() {
         next[i] += 1;
     }
 }
+
+/// Replays the engine fuzz target's seed corpus (`fuzz/corpus/engine`).
+#[test]
+fn fuzz_corpus_replays() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/engine");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        eprintln!("{}", path.display());
+        vale::testing::fuzz_engine(&data);
+        n += 1;
+    }
+    assert!(n >= 20, "{}: only {n} seeds", dir.display());
+}
