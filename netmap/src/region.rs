@@ -638,7 +638,9 @@ impl Region {
         self.ring_slots[ri as usize] = num_slots;
         let off = self.rings.offset_of(ri);
         let m = &self.map;
-        m.fill(off, RING_HEADER_SIZE, 0)?;
+        // Zero the whole object: stale slots past num_slots must not look
+        // like buffers to anyone.
+        m.fill(off, self.cfg.ring_objsize as usize, 0)?;
         m.write(
             off + field::BUF_OFS,
             self.layout.buf_pool_offset as i64 - off as i64,

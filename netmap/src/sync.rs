@@ -141,8 +141,7 @@ impl<'a> AppRing<'a> {
     /// Whether every slot handed to the switch has been consumed
     /// (`hwcur == head`).
     pub fn drained(&self) -> bool {
-        let _ = self.csb.hwtail.load(Ordering::Acquire);
-        self.csb.hwcur.load(Ordering::Relaxed) == self.ring.head()
+        self.csb.hwcur.load(Ordering::Acquire) == self.ring.head()
     }
 
     /// Asks for a kick and re-checks (see the module docs). Returns `true`
@@ -235,7 +234,9 @@ pub fn poll_rings(
             .map(|e| PollFd::new(e.as_fd(), PollFlags::IN))
             .collect();
         if let Some(p) = peer {
-            fds.push(PollFd::new(p, PollFlags::IN | PollFlags::RDHUP));
+            // RDHUP only: HUP/ERR/NVAL are always reported, and a pending
+            // control message must not make this poll return at once.
+            fds.push(PollFd::new(p, PollFlags::RDHUP));
         }
         let res = poll(&mut fds, left);
         rings.iter().for_each(AppRing::disarm);
@@ -441,7 +442,9 @@ impl KringState {
     /// a tail newer than the cur that goes with it.
     #[inline]
     pub fn publish(&self, csb: &CsbEntry<'_>) {
-        csb.hwcur.store(self.nr_hwcur, Ordering::Relaxed);
+        // Release on both: an application that sees hwcur pass a slot may
+        // reuse its buffer, so the switch's reads of it must be done.
+        csb.hwcur.store(self.nr_hwcur, Ordering::Release);
         csb.hwtail.store(self.nr_hwtail, Ordering::Release);
     }
 

@@ -35,10 +35,19 @@ fn pipeline(slots: u32, n: u64, tx_batch: u32, rx_batch: u32) {
         let sw = s.spawn(|| lb.run(&stop, None, TIMEOUT));
         let p = s.spawn(|| produce(&cl.tx().unwrap(), n, tx_batch, 1514, None, TIMEOUT));
         let c = consume(&cl.rx().unwrap(), n, rx_batch, 1514, None, TIMEOUT);
-        p.join().unwrap().expect("producer");
+        // Stop the switch before any assertion, so a failure fails the test
+        // instead of leaving the switch thread (and the scope) waiting.
+        if c.is_err() {
+            stop.store(true, Ordering::Relaxed);
+            lb.kick_tx.kick().unwrap();
+            lb.irq_tx.kick().unwrap();
+        }
+        let pr = p.join().unwrap();
         stop.store(true, Ordering::Relaxed);
         lb.kick_tx.kick().unwrap();
+        lb.kick_rx.kick().unwrap();
         let st = sw.join().unwrap().expect("switch");
+        pr.expect("producer");
         c.expect("consumer");
         assert_eq!(st.slots, n);
         assert_eq!(st.resets, 0);

@@ -142,6 +142,8 @@ fn child_entry() {
             // SAFETY: fcntl with integer arguments on a descriptor we own.
             let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_WRITE) };
             assert_eq!(r, -1, "seals are sealed");
+            let e = std::io::Error::last_os_error();
+            assert_eq!(e.raw_os_error(), Some(libc::EPERM), "F_SEAL_SEAL set: {e}");
             tx.write_buf(tx.slot(5).buf_idx, 0, b"from the child")
                 .unwrap();
             conn.write_all(b"done").unwrap();

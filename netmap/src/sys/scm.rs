@@ -78,7 +78,7 @@ pub fn recv_with_fds(sock: impl AsFd, buf: &mut [u8]) -> io::Result<(usize, Vec<
         let mut c = libc::CMSG_FIRSTHDR(&msg);
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data_len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let data_len = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
                 let p = libc::CMSG_DATA(c).cast::<RawFd>();
                 for i in 0..data_len / size_of::<RawFd>() {
                     // Each fd is newly installed in this process and owned by us.
