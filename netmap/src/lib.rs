@@ -11,7 +11,9 @@
 
 pub mod abi;
 pub mod csb;
+pub mod ctrl;
 pub mod pod;
+pub mod port;
 pub mod portname;
 pub mod region;
 pub mod ring;

@@ -258,7 +258,7 @@ impl PortCounters {
     }
 
     #[inline]
-    pub(crate) fn drop(&self, r: DropReason, n: u64) {
+    pub(crate) fn count_drop(&self, r: DropReason, n: u64) {
         Self::add(&self.drops[r as usize], n);
     }
 

@@ -64,8 +64,8 @@ pub enum SwitchError {
 struct PortSlot {
     name: String,
     cfg: PortConfig,
-    sink: Mutex<Box<dyn Sink>>,
-    counters: PortCounters,
+    sink: Arc<Mutex<Box<dyn Sink>>>,
+    counters: Arc<PortCounters>,
 }
 
 impl std::fmt::Debug for PortSlot {
@@ -199,10 +199,43 @@ impl<L: Lookup> Switch<L> {
         ports[i] = Some(Arc::new(PortSlot {
             name: name.into(),
             cfg,
-            sink: Mutex::new(sink),
-            counters: PortCounters::default(),
+            sink: Arc::new(Mutex::new(sink)),
+            counters: Arc::default(),
         }));
         Ok(i as PortId)
+    }
+
+    /// Changes port `id`'s options (e.g. its vnet header length), keeping
+    /// its sink, counters and index. Batches already running finish with
+    /// the old options.
+    pub fn reconfigure(&self, id: PortId, cfg: PortConfig) -> Result<(), SwitchError> {
+        if ![0, 10, 12].contains(&cfg.vnet_hdr_len) {
+            return Err(SwitchError::BadHdrLen {
+                port: id.to_string(),
+                len: cfg.vnet_hdr_len,
+            });
+        }
+        let mut ports = self.ports.write().unwrap_or_else(|e| e.into_inner());
+        let Some(Some(old)) = ports.get(id as usize) else {
+            return Err(SwitchError::NoPort {
+                switch: self.name.clone(),
+                port: id.to_string(),
+            });
+        };
+        let new = PortSlot {
+            name: old.name.clone(),
+            cfg,
+            sink: Arc::clone(&old.sink),
+            counters: Arc::clone(&old.counters),
+        };
+        ports[id as usize] = Some(Arc::new(new));
+        Ok(())
+    }
+
+    /// Options of port `id`.
+    pub fn config(&self, id: PortId) -> Option<PortConfig> {
+        let ports = self.ports.read().unwrap_or_else(|e| e.into_inner());
+        ports.get(id as usize)?.as_ref().map(|p| p.cfg)
     }
 
     /// Detaches port `id`; its MACs are forgotten.
@@ -448,9 +481,9 @@ impl<L: Lookup> Switch<L> {
             copies += out as usize;
             PortCounters::add(&slot.counters.out_packets, out);
             PortCounters::add(&slot.counters.out_bytes, out_bytes);
-            slot.counters.drop(DropReason::DstFull, full);
-            slot.counters.drop(DropReason::Offload, offload);
-            slot.counters.drop(DropReason::BadSlot, bad);
+            slot.counters.count_drop(DropReason::DstFull, full);
+            slot.counters.count_drop(DropReason::Offload, offload);
+            slot.counters.count_drop(DropReason::BadSlot, bad);
         }
         drop(guards);
 
@@ -463,7 +496,7 @@ impl<L: Lookup> Switch<L> {
         );
         for f in done {
             if let Some(r) = f.drop {
-                sp.counters.drop(r, 1);
+                sp.counters.count_drop(r, 1);
             }
         }
         source.complete(limit);

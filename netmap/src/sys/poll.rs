@@ -77,7 +77,10 @@ pub fn poll(fds: &mut [PollFd<'_>], timeout: Option<Duration>) -> io::Result<usi
         .collect();
     let ms: libc::c_int = match timeout {
         None => -1,
-        Some(d) => d.as_millis().min(libc::c_int::MAX as u128) as libc::c_int,
+        Some(d) => d
+            .as_nanos()
+            .div_ceil(1_000_000)
+            .min(libc::c_int::MAX as u128) as libc::c_int,
     };
     let n = loop {
         // SAFETY: raw is a live array of raw.len() pollfd structs.

@@ -1,0 +1,234 @@
+//! Forwarding threads. Each owns a set of sources (the TX rings of
+//! registered clients) and runs `Switch::forward` on them in turn. When
+//! nothing moved for the busy-poll budget, it asks every source's client for
+//! a kick (the CSB need-kick handshake), re-checks, and sleeps in epoll on
+//! the kick eventfds, edge-triggered and never reading them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use netmap::csb::Csb;
+use netmap::sys::{Epoll, EventFd};
+use tracing::{debug, warn};
+use vale::ring_port::RingSource;
+use vale::{PortId, Scratch, Switch};
+
+/// One TX ring to forward from.
+pub struct Unit {
+    /// Registration it belongs to (removed together).
+    pub reg: u64,
+    /// The switch and port the ring feeds.
+    pub switch: Arc<Switch>,
+    /// Port index on the switch.
+    pub port: PortId,
+    /// The ring.
+    pub source: RingSource,
+    /// The CSB and the ring's entry in it, for the need-kick handshake.
+    pub csb: Arc<Csb>,
+    /// Entry of this ring in the CSB.
+    pub csb_idx: u32,
+    /// The client's kick eventfd (shared by the registration's rings).
+    pub kick: Arc<EventFd>,
+}
+
+impl std::fmt::Debug for Unit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unit")
+            .field("reg", &self.reg)
+            .field("port", &self.port)
+            .finish()
+    }
+}
+
+enum Cmd {
+    Add(Box<Unit>),
+    Remove(u64, std::sync::mpsc::Sender<()>),
+}
+
+struct Shared {
+    cmds: Mutex<Vec<Cmd>>,
+    wake: EventFd,
+}
+
+/// Handle to one forwarding thread.
+pub struct Forwarder {
+    shared: Arc<Shared>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder").finish_non_exhaustive()
+    }
+}
+
+const WAKE_TOKEN: u64 = u64::MAX;
+
+impl Forwarder {
+    /// Starts thread `id`, pinned to `cpu` if given, busy-polling for
+    /// `busy` before sleeping.
+    pub fn start(
+        id: usize,
+        cpu: Option<usize>,
+        busy: Duration,
+        stop: Arc<AtomicBool>,
+    ) -> std::io::Result<Forwarder> {
+        let shared = Arc::new(Shared {
+            cmds: Mutex::new(Vec::new()),
+            wake: EventFd::new()?,
+        });
+        let s2 = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("vale-fwd{id}"))
+            .spawn(move || {
+                if let Some(c) = cpu {
+                    pin_to(c);
+                }
+                if let Err(e) = run(&s2, busy, &stop) {
+                    warn!(thread = id, "forwarding thread failed: {e}");
+                }
+            })?;
+        Ok(Forwarder {
+            shared,
+            handle: Some(handle),
+        })
+    }
+
+    /// Hands a ring to the thread.
+    pub fn add(&self, u: Unit) {
+        self.shared
+            .cmds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Cmd::Add(Box::new(u)));
+        let _ = self.shared.wake.kick();
+    }
+
+    /// Takes back every ring of registration `reg`; returns once the thread
+    /// no longer touches them (it acknowledges at a batch boundary).
+    pub fn remove(&self, reg: u64) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.shared
+            .cmds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Cmd::Remove(reg, tx));
+        let _ = self.shared.wake.kick();
+        let _ = rx.recv_timeout(Duration::from_secs(5));
+    }
+
+    /// Wakes the thread (e.g. to notice the stop flag).
+    pub fn wake(&self) {
+        let _ = self.shared.wake.kick();
+    }
+
+    /// Waits for the thread to end.
+    pub fn join(mut self) {
+        self.wake();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn pin_to(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it for any cpu
+    // below CPU_SETSIZE, which we check.
+    unsafe {
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return;
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            warn!(
+                cpu,
+                "cannot pin forwarding thread: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+fn now_secs(t0: Instant) -> u32 {
+    t0.elapsed().as_secs() as u32
+}
+
+fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
+    let ep = Epoll::new()?;
+    ep.add(&sh.wake, WAKE_TOKEN)?;
+    let mut units: Vec<Unit> = Vec::new();
+    // Kick fds are shared by the rings of one registration: watch once.
+    let mut kick_refs: HashMap<i32, (usize, Arc<EventFd>)> = HashMap::new();
+    let mut sc = Scratch::default();
+    let t0 = Instant::now();
+    let mut last_work = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let cmds: Vec<Cmd> =
+            std::mem::take(&mut *sh.cmds.lock().unwrap_or_else(|e| e.into_inner()));
+        for c in cmds {
+            match c {
+                Cmd::Add(u) => {
+                    use std::os::fd::{AsFd, AsRawFd};
+                    let k = u.kick.as_fd().as_raw_fd();
+                    let e = kick_refs.entry(k).or_insert_with(|| (0, u.kick.clone()));
+                    if e.0 == 0 {
+                        ep.add(&*u.kick, k as u64)?;
+                    }
+                    e.0 += 1;
+                    debug!(reg = u.reg, port = u.port, "ring added");
+                    units.push(*u);
+                }
+                Cmd::Remove(reg, ack) => {
+                    use std::os::fd::{AsFd, AsRawFd};
+                    for u in units.iter().filter(|u| u.reg == reg) {
+                        let k = u.kick.as_fd().as_raw_fd();
+                        if let Some(e) = kick_refs.get_mut(&k) {
+                            e.0 -= 1;
+                            if e.0 == 0 {
+                                let _ = ep.remove(&*e.1);
+                                kick_refs.remove(&k);
+                            }
+                        }
+                    }
+                    units.retain(|u| u.reg != reg);
+                    let _ = ack.send(());
+                }
+            }
+        }
+        let now = now_secs(t0);
+        let mut moved = 0;
+        for u in units.iter_mut() {
+            moved += u.switch.forward(u.port, &mut u.source, &mut sc, now).frames;
+        }
+        if moved > 0 {
+            last_work = Instant::now();
+            continue;
+        }
+        if last_work.elapsed() < busy {
+            std::hint::spin_loop();
+            continue;
+        }
+        // Ask every client for a kick and re-check before sleeping.
+        let mut may_sleep = true;
+        for u in &units {
+            let e = u.csb.entry(u.csb_idx)?;
+            if !u.source.kring().prepare_sleep(&e) {
+                may_sleep = false;
+                break;
+            }
+        }
+        if may_sleep {
+            ep.wait(64, Some(Duration::from_secs(1)))?;
+        }
+        for u in &units {
+            let e = u.csb.entry(u.csb_idx)?;
+            u.source.kring().woken(&e);
+        }
+        let _ = sh.wake.drain();
+        last_work = Instant::now();
+    }
+    Ok(())
+}

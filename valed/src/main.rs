@@ -1,0 +1,131 @@
+//! valed: the VALE switch daemon. See valed(8).
+
+mod fwd;
+mod server;
+mod signal;
+mod state;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{error, info};
+
+struct Args {
+    socket: Option<PathBuf>,
+    threads: usize,
+    cpus: Vec<usize>,
+    busy: Duration,
+    log: String,
+}
+
+const USAGE: &str =
+    "usage: valed [--socket PATH] [--threads N] [--cpus LIST] [--busy-poll USECS] [--log LEVEL]";
+
+fn parse_cpus(s: &str) -> Result<Vec<usize>, String> {
+    let mut v = Vec::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let bad = || format!("--cpus: bad entry {part:?} (want N or N-M, comma separated)");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a > b || b >= 1024 {
+                    return Err(bad());
+                }
+                v.extend(a..=b);
+            }
+            None => v.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    Ok(v)
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        socket: None,
+        threads: 1,
+        cpus: Vec::new(),
+        busy: Duration::from_micros(50),
+        log: "info".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut val = |name: &str| {
+            it.next()
+                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
+        };
+        match arg.as_str() {
+            "--socket" => a.socket = Some(PathBuf::from(val("--socket")?)),
+            "--threads" => {
+                let v = val("--threads")?;
+                a.threads = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=256).contains(n))
+                    .ok_or(format!("--threads {v}: want 1..=256"))?;
+            }
+            "--cpus" => a.cpus = parse_cpus(&val("--cpus")?)?,
+            "--busy-poll" => {
+                let v = val("--busy-poll")?;
+                a.busy = Duration::from_micros(
+                    v.parse()
+                        .map_err(|_| format!("--busy-poll {v}: want microseconds"))?,
+                );
+            }
+            "--log" => a.log = val("--log")?,
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    Ok(a)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("valed: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> std::io::Result<()> {
+    // Before any thread exists, so all of them inherit the blocked mask.
+    let signals = signal::StopSignals::install()?;
+    let path = netmap::ctrl::socket_path(args.socket.as_deref());
+    server::prepare_path(&path)?;
+    let listener = netmap::sys::seqpacket_listen(&path, 64)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut fwd = Vec::new();
+    for i in 0..args.threads {
+        let cpu = (!args.cpus.is_empty()).then(|| args.cpus[i % args.cpus.len()]);
+        fwd.push(fwd::Forwarder::start(i, cpu, args.busy, stop.clone())?);
+    }
+    info!(socket = %path.display(), threads = args.threads, busy_poll_us = args.busy.as_micros() as u64, "valed ready");
+    let mut reg = state::Registry::new(fwd);
+    let res = server::serve(listener, &mut reg, &signals);
+    stop.store(true, Ordering::Relaxed);
+    reg.shutdown();
+    let _ = std::fs::remove_file(&path);
+    info!("valed stopped");
+    res
+}

@@ -1,0 +1,891 @@
+//! valed's registry of switches, ports, regions and registrations, and the
+//! handlers of netmap's control requests. Pure bookkeeping: the socket loop
+//! in `server.rs` feeds it requests and sends back what it answers.
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+
+use netmap::abi::*;
+use netmap::csb::Csb;
+use netmap::ctrl::{Request, VALE_REQ_STATS};
+use netmap::portname::{self, PortKind};
+use netmap::region::{IfRings, PortLayout, Region, RegionConfig, RegionError};
+use netmap::sync::{Dir, KringState};
+use netmap::sys::EventFd;
+use tracing::info;
+use vale::ring_port::{RingGeometry, RingSink, RingSource};
+use vale::{DropReason, PortConfig, PortId, Push, Sink, Switch};
+
+use crate::fwd::{Forwarder, Unit};
+
+/// Most switches (netmap: 8).
+pub const MAX_SWITCHES: usize = 64;
+
+/// An errno to answer with.
+pub type Errno = i32;
+
+/// A port's RX side as the switch sees it: the registered client's RX ring,
+/// or nothing (frames to a port nobody has open are dropped as `DstFull`).
+#[derive(Default)]
+struct PortSink {
+    ring: Option<RingSink>,
+}
+
+/// Shared handle to swap the ring in and out as clients come and go.
+type SinkSlot = Arc<Mutex<PortSink>>;
+
+struct SinkProxy(SinkSlot);
+
+impl Sink for SinkProxy {
+    fn room(&mut self) -> usize {
+        lock(&self.0).ring.as_mut().map_or(0, |r| r.room())
+    }
+    fn slots_for(&self, len: usize) -> usize {
+        lock(&self.0).ring.as_ref().map_or(1, |r| r.slots_for(len))
+    }
+    fn capacity(&self) -> usize {
+        lock(&self.0).ring.as_ref().map_or(0, |r| r.capacity())
+    }
+    fn push(&mut self, frags: &[vale::Frag], skip: usize, hdr: &[u8]) -> Push {
+        match lock(&self.0).ring.as_mut() {
+            Some(r) => r.push(frags, skip, hdr),
+            None => Push::Full,
+        }
+    }
+    fn publish(&mut self) {
+        if let Some(r) = lock(&self.0).ring.as_mut() {
+            r.publish()
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A VALE port: its memory and rings, and where it is attached.
+struct Port {
+    /// Name without the switch (`vm1`).
+    name: String,
+    owner: u32,
+    persistent: bool,
+    region: Region,
+    layout: PortLayout,
+    tx: Vec<usize>,
+    rx: Vec<usize>,
+    hdr_len: u16,
+    /// (switch name, port index) when attached.
+    attached: Option<(String, PortId)>,
+    sink: SinkSlot,
+    /// Connection holding the registration, if any.
+    registered_by: Option<u64>,
+}
+
+/// What one connection registered.
+#[derive(Debug)]
+pub struct Registration {
+    port_key: String,
+    nifp: usize,
+    fwd: usize,
+}
+
+/// Per-connection state.
+#[derive(Debug, Default)]
+pub struct Conn {
+    /// Connection id.
+    pub id: u64,
+    /// Peer uid.
+    pub uid: u32,
+    /// Its registration (one per connection, as one netmap fd).
+    pub reg: Option<Registration>,
+}
+
+struct SwitchRec {
+    sw: Arc<Switch>,
+    idx: u16,
+}
+
+/// The daemon's state.
+pub struct Registry {
+    switches: BTreeMap<String, SwitchRec>,
+    /// Ports by key: `valeX:Y` for ephemeral ones, `Y` for persistent ones.
+    ports: BTreeMap<String, Port>,
+    next_mem_id: u16,
+    fwd: Vec<Forwarder>,
+    next_fwd: usize,
+    /// Default ring size for ports that do not ask.
+    pub default_slots: u32,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("ports", &self.ports.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// An answer: errno (0 for success), the request as filled in, descriptors.
+pub type Answer = (Errno, Request, Vec<OwnedFd>);
+
+fn err(req: &Request, e: Errno) -> Answer {
+    (e, req.clone(), Vec::new())
+}
+
+fn region_errno(e: &RegionError) -> Errno {
+    match e {
+        RegionError::OutOfRange { .. } | RegionError::NameTooLong(_) => libc::EINVAL,
+        RegionError::TooLarge { .. } | RegionError::Exhausted { .. } => libc::ENOMEM,
+        _ => libc::EIO,
+    }
+}
+
+impl Registry {
+    /// A registry feeding `fwd` forwarding threads.
+    pub fn new(fwd: Vec<Forwarder>) -> Registry {
+        Registry {
+            switches: BTreeMap::new(),
+            ports: BTreeMap::new(),
+            next_mem_id: 1,
+            fwd,
+            next_fwd: 0,
+            default_slots: 1024,
+        }
+    }
+
+    /// Stops the forwarding threads.
+    pub fn shutdown(&mut self) {
+        for f in self.fwd.drain(..) {
+            f.join();
+        }
+    }
+
+    fn switch(&mut self, name: &str) -> Result<Arc<Switch>, Errno> {
+        if let Some(s) = self.switches.get(name) {
+            return Ok(s.sw.clone());
+        }
+        if self.switches.len() >= MAX_SWITCHES {
+            return Err(libc::ENOMEM);
+        }
+        let used: Vec<u16> = self.switches.values().map(|s| s.idx).collect();
+        let idx = (0..).find(|i| !used.contains(i)).unwrap_or(0);
+        let sw = Arc::new(Switch::new(name));
+        info!(switch = name, idx, "switch created");
+        self.switches.insert(
+            name.to_string(),
+            SwitchRec {
+                sw: sw.clone(),
+                idx,
+            },
+        );
+        Ok(sw)
+    }
+
+    fn new_port(
+        &mut self,
+        name: &str,
+        owner: u32,
+        layout: PortLayout,
+        persistent: bool,
+    ) -> Result<Port, Errno> {
+        let cfg = RegionConfig::for_ports(&layout, 1, 1).map_err(|e| region_errno(&e))?;
+        let mem_id = self.next_mem_id;
+        self.next_mem_id = self.next_mem_id.checked_add(1).unwrap_or(1);
+        let mut region = Region::new(mem_id, owner, &cfg).map_err(|e| region_errno(&e))?;
+        let mut tx = Vec::new();
+        let mut rx = Vec::new();
+        for i in 0..layout.tx_rings {
+            tx.push(
+                region
+                    .alloc_ring(Dir::Tx, i as u16, layout.tx_slots)
+                    .map_err(|e| region_errno(&e))?,
+            );
+        }
+        for i in 0..layout.rx_rings {
+            rx.push(
+                region
+                    .alloc_ring(Dir::Rx, i as u16, layout.rx_slots)
+                    .map_err(|e| region_errno(&e))?,
+            );
+        }
+        Ok(Port {
+            name: name.to_string(),
+            owner,
+            persistent,
+            region,
+            layout,
+            tx,
+            rx,
+            hdr_len: 0,
+            attached: None,
+            sink: SinkSlot::default(),
+            registered_by: None,
+        })
+    }
+
+    fn attach(&mut self, key: &str, switch: &str) -> Result<PortId, Errno> {
+        let sw = self.switch(switch)?;
+        let port = self.ports.get_mut(key).ok_or(libc::ENXIO)?;
+        if port.attached.is_some() {
+            return Err(libc::EBUSY);
+        }
+        let full = format!("{switch}:{}", port.name);
+        let cfg = PortConfig {
+            vnet_hdr_len: port.hdr_len,
+            ..Default::default()
+        };
+        let id = sw
+            .attach(&full, cfg, Box::new(SinkProxy(port.sink.clone())))
+            .map_err(|e| match e {
+                vale::SwitchError::Full(_) => libc::ENOMEM,
+                vale::SwitchError::Exists { .. } => libc::EEXIST,
+                _ => libc::EINVAL,
+            })?;
+        port.attached = Some((switch.to_string(), id));
+        Ok(id)
+    }
+
+    fn detach(&mut self, key: &str) -> Result<(), Errno> {
+        let port = self.ports.get_mut(key).ok_or(libc::ENXIO)?;
+        let (swname, id) = port.attached.take().ok_or(libc::EINVAL)?;
+        if let Some(s) = self.switches.get(&swname) {
+            let _ = s.sw.detach(id);
+            if s.sw.ports().is_empty() {
+                info!(switch = swname, "switch removed (no ports)");
+                self.switches.remove(&swname);
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds the port a `valeX:Y` name refers to: the ephemeral port of that
+    /// full name, or persistent port `Y` attached to `valeX`.
+    fn lookup(&self, switch: &str, name: &str) -> Option<String> {
+        let full = format!("{switch}:{name}");
+        if self.ports.contains_key(&full) {
+            return Some(full);
+        }
+        match self.ports.get(name) {
+            Some(p) if p.persistent && p.attached.as_ref().is_some_and(|(s, _)| s == switch) => {
+                Some(name.to_string())
+            }
+            _ => None,
+        }
+    }
+
+    /// Handles one request from `conn`.
+    pub fn handle(&mut self, conn: &mut Conn, req: &Request) -> Answer {
+        if !req.options.is_empty() {
+            // No option is supported yet: refuse each, as netmap does for
+            // options it does not know.
+            let mut r = req.clone();
+            for o in r.options.iter_mut() {
+                o.status = libc::EOPNOTSUPP as u32;
+            }
+            return (libc::EOPNOTSUPP, r, Vec::new());
+        }
+        let name = match req.hdr.name_str() {
+            Ok(n) => n.to_string(),
+            Err(_) => return err(req, libc::EINVAL),
+        };
+        match req.hdr.nr_reqtype {
+            NETMAP_REQ_REGISTER => self.register(conn, req, &name),
+            NETMAP_REQ_PORT_INFO_GET => self.port_info(req, &name),
+            NETMAP_REQ_POOLS_INFO_GET => self.pools_info(req, &name),
+            NETMAP_REQ_VALE_ATTACH => self.vale_attach(conn, req, &name),
+            NETMAP_REQ_VALE_DETACH => self.vale_detach(conn, req, &name),
+            NETMAP_REQ_VALE_LIST => self.vale_list(req, &name),
+            NETMAP_REQ_VALE_NEWIF => self.vale_newif(conn, req, &name),
+            NETMAP_REQ_VALE_DELIF => self.vale_delif(conn, req, &name),
+            NETMAP_REQ_PORT_HDR_SET => self.hdr_set(conn, req, &name),
+            NETMAP_REQ_PORT_HDR_GET => self.hdr_get(req, &name),
+            VALE_REQ_STATS => self.stats(req, &name),
+            _ => err(req, libc::EOPNOTSUPP),
+        }
+    }
+
+    fn vale_name(name: &str) -> Result<(String, String), Errno> {
+        let spec = portname::parse(name).map_err(|_| libc::EINVAL)?;
+        match spec.name.kind {
+            PortKind::Vale { switch, port } if spec.name.pipe.is_none() => {
+                Ok((format!("vale{switch}"), port))
+            }
+            _ => Err(libc::ENXIO),
+        }
+    }
+
+    fn register(&mut self, conn: &mut Conn, req: &Request, name: &str) -> Answer {
+        if conn.reg.is_some() {
+            return err(req, libc::EBUSY);
+        }
+        let Ok(mut body) = req.body_as::<NmreqRegister>() else {
+            return err(req, libc::EINVAL);
+        };
+        let spec = match portname::parse(name) {
+            Ok(s) => s,
+            Err(_) => return err(req, libc::EINVAL),
+        };
+        let (switch, pname) = match &spec.name.kind {
+            PortKind::Vale { switch, port } if spec.name.pipe.is_none() => {
+                (format!("vale{switch}"), port.clone())
+            }
+            PortKind::Vale { .. } => return err(req, libc::EOPNOTSUPP), // pipes: later issue
+            PortKind::Nic { .. } => return err(req, libc::ENXIO),       // NIC ports: later issue
+        };
+        // The request's mode wins over the name's, as in netmap.
+        let mode = if body.nr_mode != 0 {
+            body.nr_mode
+        } else {
+            spec.nr_mode()
+        };
+        let ringid = if body.nr_mode != 0 {
+            body.nr_ringid
+        } else {
+            spec.nr_ringid()
+        };
+        let flags = body.nr_flags | spec.nr_flags();
+        if !matches!(mode, NR_REG_ALL_NIC | NR_REG_ONE_NIC) {
+            return err(req, libc::EINVAL);
+        }
+        let key = match self.lookup(&switch, &pname) {
+            Some(k) => k,
+            None => {
+                let d = self.default_slots;
+                let pick = |v: u32| if v == 0 { d } else { v };
+                let layout = PortLayout {
+                    tx_rings: u32::from(body.nr_tx_rings.max(spec.conf.tx_rings)).max(1),
+                    rx_rings: u32::from(body.nr_rx_rings.max(spec.conf.rx_rings)).max(1),
+                    tx_slots: pick(body.nr_tx_slots.max(spec.conf.tx_slots)),
+                    rx_slots: pick(body.nr_rx_slots.max(spec.conf.rx_slots)),
+                    extra_bufs: body.nr_extra_bufs,
+                    ..Default::default()
+                };
+                if layout.tx_rings > 16 || layout.rx_rings > 16 {
+                    return err(req, libc::EINVAL);
+                }
+                let port = match self.new_port(&pname, conn.uid, layout, false) {
+                    Ok(p) => p,
+                    Err(e) => return err(req, e),
+                };
+                let key = format!("{switch}:{pname}");
+                self.ports.insert(key.clone(), port);
+                if let Err(e) = self.attach(&key, &switch) {
+                    self.ports.remove(&key);
+                    return err(req, e);
+                }
+                key
+            }
+        };
+        let port = self.ports.get_mut(&key).expect("just found");
+        if port.registered_by.is_some() {
+            return err(req, libc::EBUSY);
+        }
+        if port.owner != conn.uid && conn.uid != 0 {
+            return err(req, libc::EPERM);
+        }
+        if port.hdr_len > 0 && flags & NR_ACCEPT_VNET_HDR == 0 {
+            return err(req, libc::EIO);
+        }
+        let n_tx = port.tx.len() as u16;
+        let n_rx = port.rx.len() as u16;
+        let (tx_sel, rx_sel): (Vec<u16>, Vec<u16>) = match mode {
+            NR_REG_ONE_NIC => {
+                if ringid >= n_tx.max(n_rx) {
+                    return err(req, libc::EINVAL);
+                }
+                (
+                    (ringid < n_tx).then_some(ringid).into_iter().collect(),
+                    (ringid < n_rx).then_some(ringid).into_iter().collect(),
+                )
+            }
+            _ => ((0..n_tx).collect(), (0..n_rx).collect()),
+        };
+        let tx_sel = if flags & NR_RX_RINGS_ONLY != 0 {
+            Vec::new()
+        } else {
+            tx_sel
+        };
+        let rx_sel = if flags & NR_TX_RINGS_ONLY != 0 {
+            Vec::new()
+        } else {
+            rx_sel
+        };
+        let nrings = (tx_sel.len() + rx_sel.len()) as u32;
+        if nrings == 0 {
+            return err(req, libc::EINVAL);
+        }
+        let bound = |all: &[usize], sel: &[u16]| -> Vec<Option<usize>> {
+            (0..all.len())
+                .map(|i| sel.contains(&(i as u16)).then(|| all[i]))
+                .collect()
+        };
+        let rings = IfRings {
+            tx: bound(&port.tx, &tx_sel),
+            host_tx: vec![None],
+            rx: bound(&port.rx, &rx_sel),
+            host_rx: vec![None],
+        };
+        let if_name: String = name.chars().take(15).collect();
+        let nifp = match port.region.alloc_if(&if_name, &rings, body.nr_extra_bufs) {
+            Ok(o) => o,
+            Err(e) => return err(req, region_errno(&e)),
+        };
+        let setup = || -> std::io::Result<(Arc<Csb>, Arc<EventFd>, Arc<EventFd>)> {
+            Ok((
+                Arc::new(Csb::create(nrings)?),
+                Arc::new(EventFd::new()?),
+                Arc::new(EventFd::new()?),
+            ))
+        };
+        let (csb, kick, irq) = match setup() {
+            Ok(v) => v,
+            Err(_) => {
+                let _ = port.region.free_if(nifp);
+                return err(req, libc::ENOMEM);
+            }
+        };
+        // Fresh rings for a fresh registration, as netmap reinitialises.
+        let map = port.region.map_arc();
+        let mut idx = 0u32;
+        let mut sources = Vec::new();
+        let mut sink = None;
+        for (i, &off) in port.tx.iter().enumerate() {
+            if !tx_sel.contains(&(i as u16)) {
+                continue;
+            }
+            let (ns, base, bs, nb) = port.region.ring_params(off).expect("own ring");
+            reset_ring(&port.region, off, Dir::Tx, ns);
+            KringState::new(Dir::Tx, ns).publish(&csb.entry(idx).expect("sized"));
+            let geo = RingGeometry {
+                off,
+                num_slots: ns,
+                buf_base: base,
+                buf_size: bs,
+                nbufs: nb,
+            };
+            match RingSource::new(map.clone(), geo, csb.clone(), idx, irq.clone()) {
+                Ok(s) => sources.push((s, idx)),
+                Err(_) => return err(req, libc::EIO),
+            }
+            idx += 1;
+        }
+        for (i, &off) in port.rx.iter().enumerate() {
+            if !rx_sel.contains(&(i as u16)) {
+                continue;
+            }
+            let (ns, base, bs, nb) = port.region.ring_params(off).expect("own ring");
+            reset_ring(&port.region, off, Dir::Rx, ns);
+            KringState::new(Dir::Rx, ns).publish(&csb.entry(idx).expect("sized"));
+            let geo = RingGeometry {
+                off,
+                num_slots: ns,
+                buf_base: base,
+                buf_size: bs,
+                nbufs: nb,
+            };
+            // The switch delivers into the first bound RX ring.
+            if sink.is_none() {
+                match RingSink::new(map.clone(), geo, csb.clone(), idx, irq.clone()) {
+                    Ok(s) => sink = Some(s),
+                    Err(_) => return err(req, libc::EIO),
+                }
+            }
+            idx += 1;
+        }
+        let fds = match (|| -> std::io::Result<Vec<OwnedFd>> {
+            Ok(vec![
+                port.region.share_fd()?,
+                csb.share_fd()?,
+                kick.try_clone_fd()?,
+                irq.try_clone_fd()?,
+            ])
+        })() {
+            Ok(f) => f,
+            Err(_) => return err(req, libc::EMFILE),
+        };
+        lock(&port.sink).ring = sink;
+        port.registered_by = Some(conn.id);
+        let (swname, pid) = port
+            .attached
+            .clone()
+            .expect("registered ports are attached");
+        let sw = self
+            .switches
+            .get(&swname)
+            .expect("attached switch")
+            .sw
+            .clone();
+        let fwd = self.next_fwd % self.fwd.len().max(1);
+        self.next_fwd += 1;
+        for (source, csb_idx) in sources {
+            if let Some(f) = self.fwd.get(fwd) {
+                f.add(Unit {
+                    reg: conn.id,
+                    switch: sw.clone(),
+                    port: pid,
+                    source,
+                    csb: csb.clone(),
+                    csb_idx,
+                    kick: kick.clone(),
+                });
+            }
+        }
+        let port = self.ports.get(&key).expect("present");
+        body.nr_offset = nifp as u64;
+        body.nr_memsize = port.region.memsize() as u64;
+        body.nr_tx_slots = port.layout.tx_slots;
+        body.nr_rx_slots = port.layout.rx_slots;
+        body.nr_tx_rings = port.tx.len() as u16;
+        body.nr_rx_rings = port.rx.len() as u16;
+        body.nr_host_tx_rings = 1;
+        body.nr_host_rx_rings = 1;
+        body.nr_mem_id = port.region.mem_id();
+        body.nr_mode = mode;
+        body.nr_ringid = ringid;
+        body.nr_flags = flags;
+        conn.reg = Some(Registration {
+            port_key: key.clone(),
+            nifp,
+            fwd,
+        });
+        info!(port = key, conn = conn.id, uid = conn.uid, "registered");
+        let mut r = req.clone();
+        r.set_body(&body);
+        (0, r, fds)
+    }
+
+    /// Drops `conn`'s registration (its connection closed). The rings are
+    /// taken back from the forwarding thread first; an ephemeral port goes
+    /// away with its last client.
+    pub fn unregister(&mut self, conn: &mut Conn) {
+        let Some(reg) = conn.reg.take() else { return };
+        if let Some(f) = self.fwd.get(reg.fwd) {
+            f.remove(conn.id);
+        }
+        let Some(port) = self.ports.get_mut(&reg.port_key) else {
+            return;
+        };
+        lock(&port.sink).ring = None;
+        port.registered_by = None;
+        let _ = port.region.free_if(reg.nifp);
+        info!(port = reg.port_key, conn = conn.id, "unregistered");
+        if !port.persistent {
+            let _ = self.detach(&reg.port_key);
+            self.ports.remove(&reg.port_key);
+        }
+    }
+
+    fn find_any(&self, name: &str) -> Result<&Port, Errno> {
+        let (switch, pname) = Self::vale_name(name)?;
+        let key = self.lookup(&switch, &pname).ok_or(libc::ENXIO)?;
+        self.ports.get(&key).ok_or(libc::ENXIO)
+    }
+
+    fn port_info(&mut self, req: &Request, name: &str) -> Answer {
+        let p = match self.find_any(name) {
+            Ok(p) => p,
+            Err(e) => return err(req, e),
+        };
+        let body = NmreqPortInfoGet {
+            nr_memsize: p.region.memsize() as u64,
+            nr_tx_slots: p.layout.tx_slots,
+            nr_rx_slots: p.layout.rx_slots,
+            nr_tx_rings: p.tx.len() as u16,
+            nr_rx_rings: p.rx.len() as u16,
+            nr_host_tx_rings: 1,
+            nr_host_rx_rings: 1,
+            nr_mem_id: p.region.mem_id(),
+            ..Default::default()
+        };
+        let mut r = req.clone();
+        r.set_body(&body);
+        (0, r, Vec::new())
+    }
+
+    fn pools_info(&mut self, req: &Request, name: &str) -> Answer {
+        let p = match self.find_any(name) {
+            Ok(p) => p,
+            Err(e) => return err(req, e),
+        };
+        let i = p.region.pools_info();
+        let body = NmreqPoolsInfo {
+            nr_memsize: i.nr_memsize,
+            nr_mem_id: i.nr_mem_id,
+            nr_if_pool_offset: i.nr_if_pool_offset,
+            nr_if_pool_objtotal: i.nr_if_pool_objtotal,
+            nr_if_pool_objsize: i.nr_if_pool_objsize,
+            nr_ring_pool_offset: i.nr_ring_pool_offset,
+            nr_ring_pool_objtotal: i.nr_ring_pool_objtotal,
+            nr_ring_pool_objsize: i.nr_ring_pool_objsize,
+            nr_buf_pool_offset: i.nr_buf_pool_offset,
+            nr_buf_pool_objtotal: i.nr_buf_pool_objtotal,
+            nr_buf_pool_objsize: i.nr_buf_pool_objsize,
+            ..Default::default()
+        };
+        let mut r = req.clone();
+        r.set_body(&body);
+        (0, r, Vec::new())
+    }
+
+    fn owned(&self, conn: &Conn, key: &str) -> Result<(), Errno> {
+        let p = self.ports.get(key).ok_or(libc::ENXIO)?;
+        if p.owner != conn.uid && conn.uid != 0 {
+            return Err(libc::EPERM);
+        }
+        Ok(())
+    }
+
+    fn vale_newif(&mut self, conn: &mut Conn, req: &Request, name: &str) -> Answer {
+        let Ok(b) = req.body_as::<NmreqValeNewif>() else {
+            return err(req, libc::EINVAL);
+        };
+        // netmap: not a name of an existing interface, not "vale…", ≤ 15 chars.
+        let bad = name.is_empty()
+            || name.len() > 15
+            || name.starts_with("vale")
+            || name.contains(|c: char| c == ':' || c == '/' || c.is_whitespace());
+        if bad {
+            return err(req, libc::EINVAL);
+        }
+        if self.ports.contains_key(name)
+            || std::path::Path::new("/sys/class/net").join(name).exists()
+        {
+            return err(req, libc::EEXIST);
+        }
+        let d = self.default_slots;
+        let pick = |v: u32| if v == 0 { d } else { v };
+        let layout = PortLayout {
+            tx_rings: u32::from(b.nr_tx_rings).max(1),
+            rx_rings: u32::from(b.nr_rx_rings).max(1),
+            tx_slots: pick(b.nr_tx_slots),
+            rx_slots: pick(b.nr_rx_slots),
+            ..Default::default()
+        };
+        if layout.tx_rings > 16 || layout.rx_rings > 16 {
+            return err(req, libc::EINVAL);
+        }
+        match self.new_port(name, conn.uid, layout, true) {
+            Ok(p) => {
+                info!(port = name, "persistent port created");
+                self.ports.insert(name.to_string(), p);
+                (0, req.clone(), Vec::new())
+            }
+            Err(e) => err(req, e),
+        }
+    }
+
+    fn vale_delif(&mut self, conn: &mut Conn, req: &Request, name: &str) -> Answer {
+        match self.ports.get(name) {
+            Some(p) if p.persistent => {
+                if let Err(e) = self.owned(conn, name) {
+                    return err(req, e);
+                }
+                if p.attached.is_some() || p.registered_by.is_some() {
+                    return err(req, libc::EBUSY);
+                }
+                self.ports.remove(name);
+                info!(port = name, "persistent port removed");
+                (0, req.clone(), Vec::new())
+            }
+            _ => err(req, libc::ENXIO),
+        }
+    }
+
+    fn vale_attach(&mut self, conn: &mut Conn, req: &Request, name: &str) -> Answer {
+        let Ok(mut b) = req.body_as::<NmreqValeAttach>() else {
+            return err(req, libc::EINVAL);
+        };
+        let (switch, pname) = match Self::vale_name(name) {
+            Ok(v) => v,
+            Err(e) => return err(req, e),
+        };
+        if b.reg.nr_mode == NR_REG_NIC_SW {
+            // `vale-ctl -h`: host stack ports need NIC ports (a later issue).
+            return err(req, libc::ENXIO);
+        }
+        match self.ports.get(&pname) {
+            Some(p) if p.persistent => {}
+            _ => return err(req, libc::ENXIO),
+        }
+        if let Err(e) = self.owned(conn, &pname) {
+            return err(req, e);
+        }
+        match self.attach(&pname, &switch) {
+            Ok(id) => {
+                b.port_index = u32::from(id);
+                let mut r = req.clone();
+                r.set_body(&b);
+                (0, r, Vec::new())
+            }
+            Err(e) => err(req, e),
+        }
+    }
+
+    fn vale_detach(&mut self, conn: &mut Conn, req: &Request, name: &str) -> Answer {
+        let (switch, pname) = match Self::vale_name(name) {
+            Ok(v) => v,
+            Err(e) => return err(req, e),
+        };
+        let Some(key) = self.lookup(&switch, &pname) else {
+            return err(req, libc::ENXIO);
+        };
+        let p = &self.ports[&key];
+        if !p.persistent {
+            return err(req, libc::EINVAL);
+        }
+        if p.registered_by.is_some() {
+            return err(req, libc::EBUSY);
+        }
+        if let Err(e) = self.owned(conn, &key) {
+            return err(req, e);
+        }
+        let idx = p.attached.as_ref().map_or(0, |a| a.1);
+        match self.detach(&key) {
+            Ok(()) => {
+                let mut r = req.clone();
+                r.set_body(&NmreqValeDetach {
+                    port_index: u32::from(idx),
+                    ..Default::default()
+                });
+                (0, r, Vec::new())
+            }
+            Err(e) => err(req, e),
+        }
+    }
+
+    /// Every attached port as (bridge idx, port idx, full name), in order.
+    fn listing(&self) -> Vec<(u16, u32, String)> {
+        let mut v: Vec<(u16, u32, String)> = self
+            .switches
+            .iter()
+            .flat_map(|(n, s)| {
+                s.sw.ports()
+                    .into_iter()
+                    .map(move |(p, full)| (s.idx, u32::from(p), full.clone()))
+                    .map(move |x| {
+                        let _ = n;
+                        x
+                    })
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn vale_list(&mut self, req: &Request, name: &str) -> Answer {
+        let Ok(mut b) = req.body_as::<NmreqValeList>() else {
+            return err(req, libc::EINVAL);
+        };
+        let all = self.listing();
+        let hit = if name.is_empty() {
+            all.into_iter()
+                .find(|(bi, pi, _)| (*bi, *pi) >= (b.nr_bridge_idx, b.nr_port_idx))
+        } else {
+            all.into_iter().find(|(_, _, n)| n == name)
+        };
+        match hit {
+            Some((bi, pi, full)) => {
+                b.nr_bridge_idx = bi;
+                b.nr_port_idx = pi;
+                let mut r = req.clone();
+                r.set_body(&b);
+                if r.hdr.set_name(&full).is_err() {
+                    return err(req, libc::EINVAL);
+                }
+                (0, r, Vec::new())
+            }
+            None if name.is_empty() => err(req, libc::ENOENT),
+            None => err(req, libc::ENXIO),
+        }
+    }
+
+    fn hdr_set(&mut self, conn: &mut Conn, req: &Request, name: &str) -> Answer {
+        let Ok(b) = req.body_as::<NmreqPortHdr>() else {
+            return err(req, libc::EINVAL);
+        };
+        if ![0, 10, 12].contains(&b.nr_hdr_len) {
+            return err(req, libc::EINVAL);
+        }
+        let (switch, pname) = match Self::vale_name(name) {
+            Ok(v) => v,
+            Err(e) => return err(req, e),
+        };
+        let Some(key) = self.lookup(&switch, &pname) else {
+            return err(req, libc::ENXIO);
+        };
+        if let Err(e) = self.owned(conn, &key) {
+            return err(req, e);
+        }
+        let p = self.ports.get_mut(&key).expect("found");
+        if p.registered_by.is_some_and(|c| c != conn.id) {
+            return err(req, libc::EBUSY);
+        }
+        p.hdr_len = b.nr_hdr_len as u16;
+        if let Some((sw, id)) = p.attached.clone() {
+            if let Some(s) = self.switches.get(&sw) {
+                let mut cfg = s.sw.config(id).unwrap_or_default();
+                cfg.vnet_hdr_len = b.nr_hdr_len as u16;
+                if s.sw.reconfigure(id, cfg).is_err() {
+                    return err(req, libc::EINVAL);
+                }
+            }
+        }
+        (0, req.clone(), Vec::new())
+    }
+
+    fn hdr_get(&mut self, req: &Request, name: &str) -> Answer {
+        let p = match self.find_any(name) {
+            Ok(p) => p,
+            Err(e) => return err(req, e),
+        };
+        let mut r = req.clone();
+        r.set_body(&NmreqPortHdr {
+            nr_hdr_len: u32::from(p.hdr_len),
+            ..Default::default()
+        });
+        (0, r, Vec::new())
+    }
+
+    /// Per-port counters as JSON, for `vale-ctl --stats`.
+    fn stats(&mut self, req: &Request, name: &str) -> Answer {
+        let mut out = String::from("{\"ports\":[");
+        let mut first = true;
+        for (swname, s) in &self.switches {
+            for (pid, full) in s.sw.ports() {
+                if !name.is_empty() && name != full {
+                    continue;
+                }
+                let Some(st) = s.sw.stats(pid) else { continue };
+                if !first {
+                    out.push(',');
+                }
+                first = false;
+                out.push_str(&format!(
+                    "{{\"name\":\"{full}\",\"switch\":\"{swname}\",\"port_idx\":{pid},\"in_packets\":{},\"in_bytes\":{},\"out_packets\":{},\"out_bytes\":{}",
+                    st.in_packets, st.in_bytes, st.out_packets, st.out_bytes
+                ));
+                for r in DropReason::ALL {
+                    out.push_str(&format!(",\"{}\":{}", r.name(), st.drop(r)));
+                }
+                out.push('}');
+            }
+        }
+        out.push_str("]}");
+        if !name.is_empty() && first {
+            return err(req, libc::ENXIO);
+        }
+        let mut r = req.clone();
+        r.body = out.into_bytes();
+        (0, r, Vec::new())
+    }
+}
+
+/// Puts a ring back to netmap's initial state for a new registration.
+fn reset_ring(region: &Region, off: usize, dir: Dir, num_slots: u32) {
+    if let Ok(v) = region.ring_view(off) {
+        v.set_head(0);
+        v.set_cur(0);
+        v.set_tail(if dir == Dir::Tx { num_slots - 1 } else { 0 });
+    }
+}

@@ -1,0 +1,351 @@
+//! valed as a process: clients open VALE ports through its socket and
+//! exchange frames; ports come and go with their clients; SIGTERM stops it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use netmap::abi::*;
+use netmap::ctrl::{CtrlConn, Request, VALE_REQ_STATS};
+use netmap::port::{NmPort, PortError};
+use netmap::ring;
+use netmap::sync::Dir;
+
+struct Valed {
+    child: Child,
+    sock: PathBuf,
+    _dir: TempDir,
+}
+
+struct TempDir(PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start(tag: &str, extra: &[&str]) -> Valed {
+    let dir = std::env::temp_dir().join(format!("valed-test-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("valed.sock");
+    let child = Command::new(env!("CARGO_BIN_EXE_valed"))
+        .arg("--socket")
+        .arg(&sock)
+        .args(["--log", "warn"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while CtrlConn::connect(&sock).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "valed did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Valed {
+        child,
+        sock,
+        _dir: TempDir(dir),
+    }
+}
+
+impl Valed {
+    fn open(&self, name: &str) -> Result<NmPort, PortError> {
+        NmPort::open_with(&self.sock, name, NmreqRegister::default())
+    }
+    fn call(&self, req: &Request) -> (i32, Request) {
+        let c = CtrlConn::connect(&self.sock).unwrap();
+        let (r, _) = c.call(req).unwrap();
+        (r.error, r.req)
+    }
+    fn list(&self) -> Vec<String> {
+        let c = CtrlConn::connect(&self.sock).unwrap();
+        let mut out = Vec::new();
+        let mut b = NmreqValeList::default();
+        loop {
+            let req = Request::new(NETMAP_REQ_VALE_LIST, "", &b).unwrap();
+            let (r, _) = c.call(&req).unwrap();
+            if r.error != 0 {
+                assert_eq!(r.error, libc::ENOENT);
+                return out;
+            }
+            let got: NmreqValeList = r.req.body_as().unwrap();
+            out.push(String::from_utf8_lossy(r.req.name()).into_owned());
+            b = got;
+            b.nr_port_idx += 1;
+        }
+    }
+    fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "valed ignored SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Valed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn frame(len: usize, seq: u32) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x00]);
+    f.extend_from_slice(&seq.to_le_bytes());
+    while f.len() < len {
+        f.push((f.len() as u32 ^ seq) as u8);
+    }
+    f
+}
+
+fn send(p: &NmPort, frames: &[Vec<u8>]) -> usize {
+    let tx = p.tx_ring(0);
+    let r = &tx.ring;
+    let ns = r.num_slots();
+    tx.sync().unwrap();
+    let mut cur = r.cur();
+    let n = frames.len().min(ring::space(cur, r.tail(), ns) as usize);
+    for f in &frames[..n] {
+        let mut s = r.slot(cur);
+        r.write_buf(s.buf_idx, 0, f).unwrap();
+        s.len = f.len() as u16;
+        s.flags = 0;
+        r.set_slot(cur, s);
+        cur = ring::next(cur, ns);
+    }
+    r.set_cur(cur);
+    r.set_head(cur);
+    tx.sync().unwrap();
+    n
+}
+
+fn recv(p: &NmPort, out: &mut Vec<Vec<u8>>) {
+    let rx = p.rx_ring(0);
+    rx.sync().unwrap();
+    let r = &rx.ring;
+    let ns = r.num_slots();
+    let mut cur = r.cur();
+    while cur != r.tail() {
+        let s = r.slot(cur);
+        let mut b = vec![0u8; s.len as usize];
+        r.read_buf(s.buf_idx, 0, &mut b).unwrap();
+        out.push(b);
+        cur = ring::next(cur, ns);
+    }
+    r.set_cur(cur);
+    r.set_head(cur);
+    rx.sync().unwrap();
+}
+
+#[test]
+fn two_clients_exchange_frames_byte_exact() {
+    let v = start("xchg", &["--threads", "1"]);
+    let a = v.open("vale0:a").unwrap();
+    let b = v.open("vale0:b").unwrap();
+    assert_eq!(
+        a.register_info().nr_host_tx_rings,
+        1,
+        "VALE ports report a fake host ring"
+    );
+    let frames: Vec<Vec<u8>> = (0..3000)
+        .map(|i| frame(60 + (i as usize * 13) % 1455, i))
+        .collect();
+    let mut got = Vec::new();
+    let mut sent = 0;
+    let t0 = Instant::now();
+    while got.len() < frames.len() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "stalled at {} of {}",
+            got.len(),
+            frames.len()
+        );
+        if sent < frames.len() {
+            sent += send(&a, &frames[sent..]);
+        }
+        match b.poll(false, true, Some(Duration::from_millis(100))) {
+            Ok((Dir::Rx, _)) => recv(&b, &mut got),
+            Ok(_) => {}
+            Err(netmap::sync::SyncError::TimedOut(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(got, frames);
+    assert_eq!(v.list(), vec!["vale0:a".to_string(), "vale0:b".to_string()]);
+    // Counters balance: all of a's frames reached b.
+    let (e, r) = v.call(&Request::with_body(VALE_REQ_STATS, "vale0:b", Vec::new()).unwrap());
+    assert_eq!(e, 0);
+    let json = String::from_utf8(r.body).unwrap();
+    assert!(json.contains("\"out_packets\":3000"), "{json}");
+    drop(a);
+    drop(b);
+    // Ephemeral ports vanish with their clients.
+    let t0 = Instant::now();
+    while !v.list().is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(v.stop().success());
+}
+
+#[test]
+fn register_semantics() {
+    let v = start("reg", &[]);
+    let _a = v.open("vale1:a").unwrap();
+    // A second registration of the same port: EBUSY, as netmap.
+    let e = v.open("vale1:a").unwrap_err();
+    assert!(e.to_string().contains("busy"), "{e}");
+    // A NIC name without NIC ports: ENXIO.
+    let e = v.open("netmap:nonexistent0").unwrap_err();
+    assert!(matches!(e, PortError::Refused { .. }), "{e}");
+    // A header length on a port needs NR_ACCEPT_VNET_HDR.
+    assert_eq!(
+        v.call(&Request::new(NETMAP_REQ_VALE_NEWIF, "pers1", &NmreqValeNewif::default()).unwrap())
+            .0,
+        0
+    );
+    let hdr = NmreqPortHdr {
+        nr_hdr_len: 12,
+        ..Default::default()
+    };
+    assert_eq!(
+        v.call(
+            &Request::new(
+                NETMAP_REQ_VALE_ATTACH,
+                "vale1:pers1",
+                &NmreqValeAttach::default()
+            )
+            .unwrap()
+        )
+        .0,
+        0
+    );
+    assert_eq!(
+        v.call(&Request::new(NETMAP_REQ_PORT_HDR_SET, "vale1:pers1", &hdr).unwrap())
+            .0,
+        0
+    );
+    let e = v.open("vale1:pers1").unwrap_err();
+    assert!(e.to_string().contains("Input/output error"), "{e}");
+    let ok = NmPort::open_with(
+        &v.sock,
+        "vale1:pers1",
+        NmreqRegister {
+            nr_flags: NR_ACCEPT_VNET_HDR,
+            ..Default::default()
+        },
+    );
+    assert!(ok.is_ok());
+    drop(ok);
+    // PORT_INFO_GET and POOLS_INFO_GET describe the region exactly.
+    let (e, r) = v.call(
+        &Request::new(
+            NETMAP_REQ_POOLS_INFO_GET,
+            "vale1:a",
+            &NmreqPoolsInfo::default(),
+        )
+        .unwrap(),
+    );
+    assert_eq!(e, 0);
+    let p: NmreqPoolsInfo = r.body_as().unwrap();
+    assert_eq!(p.nr_memsize, _a.register_info().nr_memsize);
+    assert!(p.nr_buf_pool_objtotal >= 2 + 2 * 1024);
+    // Unknown option: refused through nro_status.
+    let mut req = Request::new(
+        NETMAP_REQ_PORT_INFO_GET,
+        "vale1:a",
+        &NmreqPortInfoGet::default(),
+    )
+    .unwrap();
+    req.options.push(netmap::ctrl::ReqOption::new(
+        NETMAP_REQ_OPT_OFFSETS,
+        vec![0; 32],
+    ));
+    let (e, r) = v.call(&req);
+    assert_eq!(e, libc::EOPNOTSUPP);
+    assert_eq!(r.options[0].status, libc::EOPNOTSUPP as u32);
+}
+
+#[test]
+fn persistent_port_cycle_does_not_get_stuck() {
+    let v = start("cycle", &[]);
+    let rounds = 10_000;
+    for i in 0..rounds {
+        let call = |t: u16, name: &str, body: &dyn Fn(&str) -> Request| {
+            let (e, _) = v.call(&body(name));
+            assert_eq!(e, 0, "round {i}: request {t} on {name}");
+        };
+        call(NETMAP_REQ_VALE_NEWIF, "cyc0", &|n| {
+            Request::new(NETMAP_REQ_VALE_NEWIF, n, &NmreqValeNewif::default()).unwrap()
+        });
+        call(NETMAP_REQ_VALE_ATTACH, "vale2:cyc0", &|n| {
+            Request::new(NETMAP_REQ_VALE_ATTACH, n, &NmreqValeAttach::default()).unwrap()
+        });
+        let p = v.open("vale2:cyc0").unwrap();
+        drop(p);
+        // The port is free again once valed saw the close.
+        let t0 = Instant::now();
+        loop {
+            let (e, _) = v.call(
+                &Request::new(
+                    NETMAP_REQ_VALE_DETACH,
+                    "vale2:cyc0",
+                    &NmreqValeDetach::default(),
+                )
+                .unwrap(),
+            );
+            if e == 0 {
+                break;
+            }
+            assert_eq!(e, libc::EBUSY, "round {i}");
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "round {i}: detach stays busy"
+            );
+            std::thread::yield_now();
+        }
+        call(NETMAP_REQ_VALE_DELIF, "cyc0", &|n| {
+            Request::with_body(NETMAP_REQ_VALE_DELIF, n, Vec::new()).unwrap()
+        });
+    }
+    assert!(v.list().is_empty());
+}
+
+#[test]
+fn garbage_on_the_socket_gets_an_error_not_a_crash() {
+    let v = start("junk", &[]);
+    let fd = netmap::sys::seqpacket_connect(&v.sock).unwrap();
+    for junk in [
+        &b""[..],
+        b"x",
+        &[0u8; 88],
+        &[0xffu8; 4096],
+        &[14, 0, 1, 0, 0, 0, 0, 0],
+    ] {
+        if junk.is_empty() {
+            continue;
+        }
+        netmap::sys::send_with_fds(&fd, junk, &[] as &[std::os::fd::OwnedFd]).unwrap();
+        let mut buf = [0u8; 4096];
+        let (n, _) = netmap::sys::recv_with_fds(&fd, &mut buf).unwrap();
+        let reply = netmap::ctrl::Reply::decode(&buf[..n]).unwrap();
+        assert_ne!(reply.error, 0);
+    }
+    // valed still serves others.
+    assert!(v.open("vale3:ok").is_ok());
+    let _ = Path::new("");
+}
