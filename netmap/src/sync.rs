@@ -453,7 +453,9 @@ impl KringState {
     pub fn notify(&self, csb: &CsbEntry<'_>, irq: &EventFd) -> io::Result<bool> {
         fence(Ordering::SeqCst);
         if csb.appl_need_kick.load(Ordering::Relaxed) != 0 {
-            irq.kick()?;
+            // The client shares this eventfd and could make a plain write
+            // block the switch; never let it.
+            irq.kick_untrusted()?;
             return Ok(true);
         }
         Ok(false)

@@ -49,3 +49,8 @@ fn replay(target: &str, f: fn(&[u8])) {
 fn portname() {
     replay("portname", netmap::testing::fuzz_portname);
 }
+
+#[test]
+fn ctrl() {
+    replay("ctrl", netmap::testing::fuzz_ctrl);
+}

@@ -758,15 +758,11 @@ impl Registry {
     fn listing(&self) -> Vec<(u16, u32, String)> {
         let mut v: Vec<(u16, u32, String)> = self
             .switches
-            .iter()
-            .flat_map(|(n, s)| {
+            .values()
+            .flat_map(|s| {
                 s.sw.ports()
                     .into_iter()
-                    .map(move |(p, full)| (s.idx, u32::from(p), full.clone()))
-                    .map(move |x| {
-                        let _ = n;
-                        x
-                    })
+                    .map(move |(p, full)| (s.idx, u32::from(p), full))
             })
             .collect();
         v.sort();

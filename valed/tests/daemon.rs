@@ -349,3 +349,174 @@ fn garbage_on_the_socket_gets_an_error_not_a_crash() {
     assert!(v.open("vale3:ok").is_ok());
     let _ = Path::new("");
 }
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Child role: opens a port and sends until killed.
+#[test]
+fn child_sender() {
+    let Ok(sock) = std::env::var("VALED_TEST_SOCK") else {
+        return;
+    };
+    let p = NmPort::open_with(Path::new(&sock), "vale4:victim", NmreqRegister::default()).unwrap();
+    println!("ready");
+    let frames: Vec<Vec<u8>> = (0..64).map(|i| frame(60, i)).collect();
+    loop {
+        send(&p, &frames);
+        let _ = p.poll(true, false, Some(Duration::from_millis(10)));
+    }
+}
+
+#[test]
+fn killed_client_is_reclaimed_and_others_keep_flowing() {
+    use std::io::BufRead;
+    let v = start("kill", &["--threads", "2"]);
+    let x = v.open("vale4:x").unwrap();
+    let y = v.open("vale4:y").unwrap();
+    // Let valed close the connections start() and list() used.
+    v.list();
+    std::thread::sleep(Duration::from_millis(200));
+    let base_fds = open_fds(v.child.id());
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_sender", "--nocapture", "--test-threads=1"])
+        .env("VALED_TEST_SOCK", &v.sock)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    while !line.contains("ready") {
+        line.clear();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+    }
+    assert!(v.list().contains(&"vale4:victim".to_string()));
+    std::thread::sleep(Duration::from_millis(100));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let t0 = Instant::now();
+    while v.list().contains(&"vale4:victim".to_string()) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "killed client's port not reclaimed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // x and y still exchange frames (y also got the victim's broadcasts:
+    // drain them first).
+    let mut junk = Vec::new();
+    recv(&y, &mut junk);
+    let frames: Vec<Vec<u8>> = (0..500).map(|i| frame(100, 1_000_000 + i)).collect();
+    let mut got = Vec::new();
+    let mut sent = 0;
+    let t0 = Instant::now();
+    while got.len() < frames.len() {
+        assert!(t0.elapsed() < Duration::from_secs(20));
+        if sent < frames.len() {
+            sent += send(&x, &frames[sent..]);
+        }
+        let _ = y.poll(false, true, Some(Duration::from_millis(50)));
+        recv(&y, &mut got);
+        got.retain(|f| u32::from_le_bytes(f[14..18].try_into().unwrap()) >= 1_000_000);
+    }
+    assert_eq!(got, frames);
+    // No descriptor leaked in valed for the dead client.
+    v.list();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(open_fds(v.child.id()), base_fds);
+}
+
+#[test]
+fn many_clients_attach_and_leave() {
+    let v = start("many", &["--threads", "2"]);
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let v = &v;
+            s.spawn(move || {
+                for i in 0..25 {
+                    let p = v.open(&format!("vale5:t{t}p{i}")).unwrap();
+                    send(&p, &[frame(60, i)]);
+                    drop(p);
+                }
+            });
+        }
+    });
+    let t0 = Instant::now();
+    while !v.list().is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // 8 switches x 254 ports are available: fill one switch completely.
+    let ports: Vec<NmPort> = (0..254)
+        .map(|i| {
+            let req = NmreqRegister {
+                nr_tx_slots: 64,
+                nr_rx_slots: 64,
+                ..Default::default()
+            };
+            NmPort::open_with(&v.sock, &format!("vale6:p{i}"), req).unwrap()
+        })
+        .collect();
+    let req = NmreqRegister {
+        nr_tx_slots: 64,
+        nr_rx_slots: 64,
+        ..Default::default()
+    };
+    let e = NmPort::open_with(&v.sock, "vale6:one_too_many", req).unwrap_err();
+    assert!(matches!(e, PortError::Refused { .. }), "{e}");
+    drop(ports);
+}
+
+#[test]
+fn hostile_client_rings_are_counted_not_fatal() {
+    let v = start("hostile", &[]);
+    let a = v.open("vale7:a").unwrap();
+    let b = v.open("vale7:b").unwrap();
+    // buf_idx out of range and len over the buffer on TX.
+    let tx = a.tx_ring(0);
+    let r = &tx.ring;
+    for (k, (idx, len)) in [(u32::MAX, 60u16), (3, 9000)].into_iter().enumerate() {
+        let mut s = r.slot(k as u32);
+        s.buf_idx = if idx == 3 { s.buf_idx } else { idx };
+        s.len = len;
+        r.set_slot(k as u32, s);
+    }
+    r.set_cur(2);
+    r.set_head(2);
+    tx.sync().unwrap();
+    a.drain(Duration::from_secs(5)).unwrap();
+    // head far outside the window: the ring is reset.
+    r.set_head(5000);
+    r.set_cur(5000);
+    tx.sync().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let (e, resp) = v.call(&Request::with_body(VALE_REQ_STATS, "vale7:a", Vec::new()).unwrap());
+    assert_eq!(e, 0);
+    let json = String::from_utf8(resp.body).unwrap();
+    assert!(json.contains("\"drop_bad_slot\":2"), "{json}");
+    // The memfd cannot be resized by a client that keeps it.
+    let c = CtrlConn::connect(&v.sock).unwrap();
+    let (reply, fds) = c
+        .call(&Request::new(NETMAP_REQ_REGISTER, "vale7:c", &NmreqRegister::default()).unwrap())
+        .unwrap();
+    assert_eq!(reply.error, 0);
+    let mem = std::fs::File::from(fds.into_iter().next().unwrap());
+    assert_eq!(
+        mem.set_len(4096).unwrap_err().raw_os_error(),
+        Some(libc::EPERM)
+    );
+    // valed still forwards between good clients.
+    let f = frame(60, 7);
+    send(&b, std::slice::from_ref(&f));
+    let _ = a.poll(false, true, Some(Duration::from_secs(2)));
+    let mut got = Vec::new();
+    recv(&a, &mut got);
+    assert!(got.contains(&f));
+}

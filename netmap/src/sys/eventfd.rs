@@ -46,6 +46,18 @@ impl EventFd {
         }
     }
 
+    /// Rings the doorbell of a peer that shares this eventfd and may have
+    /// cleared `O_NONBLOCK` on it (one open file description, shared flags):
+    /// writes only if poll says a write cannot block. A counter so full that
+    /// it would block already means a wake-up is pending.
+    pub fn kick_untrusted(&self) -> io::Result<()> {
+        let mut p = [super::PollFd::new(self.fd.as_fd(), super::PollFlags::OUT)];
+        if super::poll(&mut p, Some(std::time::Duration::ZERO))? == 0 {
+            return Ok(());
+        }
+        self.kick()
+    }
+
     /// Clears pending kicks; returns how many were pending (0 if none).
     pub fn drain(&self) -> io::Result<u64> {
         let mut v: u64 = 0;

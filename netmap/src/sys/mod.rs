@@ -4,17 +4,21 @@
 //! Every `unsafe` block of the crate that touches the OS lives under this
 //! module; the types here check their arguments once so callers stay safe.
 
+mod epoll;
 mod eventfd;
 mod memfd;
 mod mmap;
 mod poll;
 mod scm;
+mod seqpacket;
 
+pub use epoll::Epoll;
 pub use eventfd::EventFd;
 pub use memfd::{memfd_seals, HugePages, Memfd};
 pub use mmap::SharedMap;
 pub use poll::{poll, PollFd, PollFlags};
 pub use scm::{recv_with_fds, send_with_fds, MAX_FDS};
+pub use seqpacket::{accept, peer_cred, seqpacket_connect, seqpacket_listen, seqpacket_pair};
 
 use std::io;
 

@@ -1,0 +1,798 @@
+//! Command line of `vale-ctl`.
+//!
+//! netmap's vale-ctl reads its options with `getopt(argc, argv,
+//! "d:a:h:g:l:n:r:C:p:P:m:v")`; this parser accepts the same language (clustered
+//! short options, `-aNAME` and `-a NAME`, `--` ends the options, the last command
+//! option wins, operands are an error) plus three long options of our own:
+//! `--stats [PORT]`, `--json` and `--socket PATH`.
+
+use std::path::PathBuf;
+
+use netmap::abi::{
+    NmreqValePolling, NETMAP_POLLING_MODE_MULTI_CPU, NETMAP_POLLING_MODE_SINGLE_CPU, NM_BDG_NAME,
+    NR_REG_ALL_NIC, NR_REG_NIC_SW,
+};
+
+/// The program name used in diagnostics, as getopt prints `argv[0]`.
+pub const PROG: &str = "vale-ctl";
+
+/// netmap's usage text, with our long options added before the last line.
+pub const USAGE: &str = "Usage:\n\
+vale-ctl [arguments]\n\
+\t-g interface\tinterface name to get info\n\
+\t-d interface\tinterface name to be detached\n\
+\t-a interface\tinterface name to be attached\n\
+\t-h interface\tinterface name to be attached with the host stack\n\
+\t-n interface\tinterface name to be created\n\
+\t-r interface\tinterface name to be deleted\n\
+\t-l vale-port\tshow bridge and port indices\n\
+\t-C string ring/slot setting of an interface creating by -n\n\
+\t-p interface start polling. Additional -C x,y,z configures\n\
+\t\t x: 0 (REG_ALL_NIC) or 1 (REG_ONE_NIC),\n\
+\t\t y: CPU core id for ALL_NIC and core/ring for ONE_NIC\n\
+\t\t z: (ONE_NIC only) num of total cores/rings\n\
+\t-P interface stop polling\n\
+\t-m memid to use when creating a new interface\n\
+\t-v increase verbosity\n\
+\t--stats [port]\tshow the counters of one port or of all ports\n\
+\t--json\t\twith --stats: print valed's JSON document as is\n\
+\t--socket path\tvaled's control socket (default $VALE_SOCKET, else /run/vale/valed.sock)\n\
+with no arguments: list all existing vale ports\n";
+
+/// Ring and slot counts from `-C`, as netmap's `parse_ring_config()` reads them:
+/// `tx_slots[,rx_slots[,tx_rings[,rx_rings]]]`, each number with `atoi()`, empty
+/// fields skipped (`strtok`), zero meaning "default".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RingConfig {
+    /// Slots per TX ring.
+    pub tx_slots: u32,
+    /// Slots per RX ring.
+    pub rx_slots: u32,
+    /// Number of TX rings.
+    pub tx_rings: u16,
+    /// Number of RX rings.
+    pub rx_rings: u16,
+    /// Fields past the fourth, which netmap reports as `ignored config: FIELD`.
+    pub ignored: Vec<String>,
+}
+
+impl RingConfig {
+    /// Parses `-C` for `-n`, `-a` and `-h`; `None` (no `-C`) gives all zeros.
+    pub fn parse(conf: Option<&str>) -> RingConfig {
+        let mut c = RingConfig::default();
+        for (i, tok) in c_tokens(conf.unwrap_or("")).enumerate() {
+            let v = atoi(tok);
+            match i {
+                0 => {
+                    c.tx_slots = v as u32;
+                    c.rx_slots = v as u32;
+                }
+                1 => c.rx_slots = v as u32,
+                2 => {
+                    c.tx_rings = v as u16;
+                    c.rx_rings = v as u16;
+                }
+                3 => c.rx_rings = v as u16,
+                _ => c.ignored.push(tok.to_owned()),
+            }
+        }
+        c
+    }
+}
+
+/// The polling body from `-C` for `-p`, as netmap's `parse_poll_config()` reads it:
+/// `mode[,first_cpu[,num_cpus]]`, mode 0 = one thread for all rings, non-zero = one
+/// thread per ring. netmap prints its complaints and sends the request anyway, with
+/// the fields filled so far; so do we.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PollConfig {
+    /// The `nmreq_vale_polling` body to send.
+    pub body: NmreqValePolling,
+    /// netmap's complaint about the string, if any (printed, not fatal).
+    pub warning: Option<String>,
+}
+
+impl PollConfig {
+    /// Parses `-C` for `-p` (`required`: an absent or empty string draws netmap's
+    /// `invalid null/empty config`) or for `-P` (`!required`: zeros, silently).
+    pub fn parse(conf: Option<&str>, required: bool) -> PollConfig {
+        let mut c = PollConfig::default();
+        let s = match conf {
+            Some(s) if !s.is_empty() => s,
+            _ => {
+                if required {
+                    c.warning = Some("invalid null/empty config".to_owned());
+                }
+                return c;
+            }
+        };
+        for (i, tok) in c_tokens(s).enumerate() {
+            let v = atoi(tok) as u32;
+            match i {
+                0 => {
+                    c.body.nr_mode = if v != 0 {
+                        NETMAP_POLLING_MODE_MULTI_CPU
+                    } else {
+                        NETMAP_POLLING_MODE_SINGLE_CPU
+                    }
+                }
+                1 => c.body.nr_first_cpu_id = v,
+                2 if c.body.nr_mode == NETMAP_POLLING_MODE_MULTI_CPU => {
+                    c.body.nr_num_polling_cpus = v
+                }
+                _ => {
+                    c.warning = Some(format!("too many numbers in '{s}'"));
+                    break;
+                }
+            }
+        }
+        c
+    }
+}
+
+/// The memory region for `-n` and `-a` / `-h` (`-m`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum MemSpec {
+    /// No `-m`: a fresh region (`nr_mem_id` 0).
+    #[default]
+    Default,
+    /// `-m N` (starts with a digit): `atoi(N)` truncated to 16 bits, as netmap stores it.
+    Id(u16),
+    /// `-m PORT`: the region of that port, asked from valed with
+    /// `NETMAP_REQ_PORT_INFO_GET` (netmap's `nmreq_get_mem_id()`).
+    Port(String),
+}
+
+impl MemSpec {
+    /// Reads a `-m` argument.
+    pub fn parse(arg: Option<&str>) -> MemSpec {
+        match arg {
+            None => MemSpec::Default,
+            Some(s) if s.as_bytes().first().is_some_and(u8::is_ascii_digit) => {
+                MemSpec::Id(atoi(s) as u16)
+            }
+            Some(s) => MemSpec::Port(s.to_owned()),
+        }
+    }
+}
+
+/// What `vale-ctl` was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// No arguments: `NETMAP_REQ_VALE_LIST` with an empty name, repeated.
+    ListAll,
+    /// `-l valeX:Y`: `NETMAP_REQ_VALE_LIST` for one port.
+    List {
+        /// The port.
+        name: String,
+    },
+    /// `-a valeX:IF` (`nr_mode` `NR_REG_ALL_NIC`) or `-h valeX:IF` (`NR_REG_NIC_SW`):
+    /// `NETMAP_REQ_VALE_ATTACH`.
+    Attach {
+        /// `valeX:IF`.
+        name: String,
+        /// `nr_mode` of the embedded registration.
+        mode: u32,
+        /// From `-C`.
+        rings: RingConfig,
+        /// From `-m`.
+        mem: MemSpec,
+    },
+    /// `-d valeX:IF`: `NETMAP_REQ_VALE_DETACH`.
+    Detach {
+        /// `valeX:IF`.
+        name: String,
+    },
+    /// `-n IF`: `NETMAP_REQ_VALE_NEWIF`.
+    NewIf {
+        /// The new persistent port.
+        name: String,
+        /// From `-C`.
+        rings: RingConfig,
+        /// From `-m`.
+        mem: MemSpec,
+    },
+    /// `-r IF`: `NETMAP_REQ_VALE_DELIF` (no body).
+    DelIf {
+        /// The persistent port.
+        name: String,
+    },
+    /// `-g PORT`: `NETMAP_REQ_PORT_INFO_GET`.
+    PortInfo {
+        /// The port.
+        name: String,
+    },
+    /// `-p PORT`: `NETMAP_REQ_VALE_POLLING_ENABLE`.
+    PollingEnable {
+        /// The port.
+        name: String,
+        /// From `-C`.
+        poll: PollConfig,
+    },
+    /// `-P PORT`: `NETMAP_REQ_VALE_POLLING_DISABLE`.
+    PollingDisable {
+        /// The port.
+        name: String,
+        /// From `-C` (netmap fills the body the same way; valed ignores it).
+        poll: PollConfig,
+    },
+    /// `--stats [PORT]`: `VALE_REQ_STATS`, one port or all.
+    Stats {
+        /// The port, or `None` for all.
+        port: Option<String>,
+        /// `--json`: print valed's document unchanged.
+        json: bool,
+    },
+}
+
+/// A parsed command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    /// What to do.
+    pub command: Command,
+    /// Number of `-v`.
+    pub verbose: u32,
+    /// `--socket PATH`, if given (else `$VALE_SOCKET`, else the default).
+    pub socket: Option<PathBuf>,
+}
+
+/// Why the command line was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    /// Print the message (if any), then [`USAGE`], to stderr; exit 1.
+    Usage(Option<String>),
+    /// `--help`: [`USAGE`] to stdout, exit 0.
+    Help,
+}
+
+/// Which command option came last (netmap keeps only the last one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    List,
+    Attach(u32),
+    Detach,
+    NewIf,
+    DelIf,
+    PortInfo,
+    PollOn,
+    PollOff,
+    Stats,
+}
+
+/// Short options that take an argument.
+const WITH_ARG: &[u8] = b"dahglnrCpPm";
+
+/// Parses the arguments after the program name.
+///
+/// # Errors
+///
+/// [`ParseError::Usage`] where netmap's vale-ctl prints its usage and exits 1;
+/// [`ParseError::Help`] for `--help`.
+pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ParseError> {
+    let mut which: Option<(Which, Option<String>)> = None;
+    let mut config: Option<String> = None;
+    let mut mem_id: Option<String> = None;
+    let mut verbose = 0u32;
+    let mut json = false;
+    let mut socket: Option<PathBuf> = None;
+    let mut operands = 0usize;
+
+    let mut i = 0;
+    while i < args.len() {
+        let arg = args[i].as_ref();
+        i += 1;
+        if arg == "--" {
+            operands += args.len() - i;
+            break;
+        }
+        if let Some(long) = arg.strip_prefix("--") {
+            let (opt, inline) = match long.split_once('=') {
+                Some((o, v)) => (o, Some(v)),
+                None => (long, None),
+            };
+            match opt {
+                "stats" => {
+                    let port = match inline {
+                        Some(v) => Some(v.to_owned()),
+                        None => match args.get(i).map(AsRef::as_ref) {
+                            Some(next) if !next.starts_with('-') => {
+                                i += 1;
+                                Some(next.to_owned())
+                            }
+                            _ => None,
+                        },
+                    };
+                    which = Some((Which::Stats, port));
+                }
+                "json" | "help" => {
+                    if inline.is_some() {
+                        return Err(ParseError::Usage(Some(format!(
+                            "{PROG}: option '--{opt}' doesn't allow an argument"
+                        ))));
+                    }
+                    if opt == "help" {
+                        return Err(ParseError::Help);
+                    }
+                    json = true;
+                }
+                "socket" => {
+                    let path = match inline {
+                        Some(v) => v.to_owned(),
+                        None => match args.get(i) {
+                            Some(v) => {
+                                i += 1;
+                                v.as_ref().to_owned()
+                            }
+                            None => {
+                                return Err(ParseError::Usage(Some(format!(
+                                    "{PROG}: option '--socket' requires an argument"
+                                ))))
+                            }
+                        },
+                    };
+                    socket = Some(PathBuf::from(path));
+                }
+                _ => {
+                    return Err(ParseError::Usage(Some(format!(
+                        "{PROG}: unrecognized option '{arg}'"
+                    ))))
+                }
+            }
+            continue;
+        }
+        let Some(cluster) = arg.strip_prefix('-').filter(|c| !c.is_empty()) else {
+            // getopt moves operands to the end; netmap then refuses them.
+            operands += 1;
+            continue;
+        };
+        for (pos, ch) in cluster.char_indices() {
+            let takes_arg = ch.is_ascii() && WITH_ARG.contains(&(ch as u8));
+            if ch == 'v' {
+                verbose += 1;
+                continue;
+            }
+            if !takes_arg {
+                return Err(ParseError::Usage(Some(format!(
+                    "{PROG}: invalid option -- '{ch}'"
+                ))));
+            }
+            let rest = &cluster[pos + ch.len_utf8()..];
+            let optarg = if !rest.is_empty() {
+                rest.to_owned()
+            } else if let Some(next) = args.get(i) {
+                i += 1;
+                next.as_ref().to_owned()
+            } else {
+                return Err(ParseError::Usage(Some(format!(
+                    "{PROG}: option requires an argument -- '{ch}'"
+                ))));
+            };
+            let cmd = match ch {
+                'C' => {
+                    config = Some(optarg);
+                    break;
+                }
+                'm' => {
+                    mem_id = Some(optarg);
+                    break;
+                }
+                'd' => Which::Detach,
+                'a' => Which::Attach(NR_REG_ALL_NIC),
+                'h' => Which::Attach(NR_REG_NIC_SW),
+                'g' => Which::PortInfo,
+                'n' => Which::NewIf,
+                'r' => Which::DelIf,
+                'p' => Which::PollOn,
+                'P' => Which::PollOff,
+                'l' => {
+                    if !optarg.starts_with(NM_BDG_NAME) {
+                        return Err(ParseError::Usage(Some(format!(
+                            "invalid vale port name: '{optarg}'"
+                        ))));
+                    }
+                    Which::List
+                }
+                _ => unreachable!("every option in WITH_ARG is handled"),
+            };
+            which = Some((cmd, Some(optarg)));
+            break;
+        }
+    }
+
+    if operands > 0 {
+        return Err(ParseError::Usage(None));
+    }
+    let command = match which {
+        None if config.is_none() && mem_id.is_none() && !json => Command::ListAll,
+        None => return Err(ParseError::Usage(None)),
+        Some((Which::Stats, port)) => Command::Stats { port, json },
+        Some(_) if json => {
+            return Err(ParseError::Usage(Some(format!(
+                "{PROG}: option '--json' needs '--stats'"
+            ))))
+        }
+        Some((w, name)) => {
+            let name = name.unwrap_or_default();
+            let conf = config.as_deref();
+            match w {
+                Which::List => Command::List { name },
+                Which::Attach(mode) => Command::Attach {
+                    name,
+                    mode,
+                    rings: RingConfig::parse(conf),
+                    mem: MemSpec::parse(mem_id.as_deref()),
+                },
+                Which::Detach => Command::Detach { name },
+                Which::NewIf => Command::NewIf {
+                    name,
+                    rings: RingConfig::parse(conf),
+                    mem: MemSpec::parse(mem_id.as_deref()),
+                },
+                Which::DelIf => Command::DelIf { name },
+                Which::PortInfo => Command::PortInfo { name },
+                Which::PollOn => Command::PollingEnable {
+                    name,
+                    poll: PollConfig::parse(conf, true),
+                },
+                Which::PollOff => Command::PollingDisable {
+                    name,
+                    poll: PollConfig::parse(conf, false),
+                },
+                Which::Stats => unreachable!("handled above"),
+            }
+        }
+    };
+    Ok(Invocation {
+        command,
+        verbose,
+        socket,
+    })
+}
+
+/// The non-empty comma-separated fields of `s`, as `strtok(s, ",")` yields them.
+fn c_tokens(s: &str) -> impl Iterator<Item = &str> {
+    s.split(',').filter(|t| !t.is_empty())
+}
+
+/// C's `atoi()` as glibc has it (`(int)strtol(s, NULL, 10)`): leading white space,
+/// an optional sign, then decimal digits up to the first non-digit; no digits is 0;
+/// overflow saturates to the 64-bit `long` range before the cast to `int`.
+pub fn atoi(s: &str) -> i32 {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r') {
+        i += 1;
+    }
+    let neg = match b.get(i) {
+        Some(b'-') => {
+            i += 1;
+            true
+        }
+        Some(b'+') => {
+            i += 1;
+            false
+        }
+        _ => false,
+    };
+    let mut v: i64 = 0;
+    while let Some(d) = b.get(i).filter(|c| c.is_ascii_digit()) {
+        let d = i64::from(d - b'0');
+        v = if neg {
+            v.saturating_mul(10).saturating_sub(d)
+        } else {
+            v.saturating_mul(10).saturating_add(d)
+        };
+        i += 1;
+    }
+    v as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(args: &[&str]) -> Invocation {
+        parse(args).unwrap_or_else(|e| panic!("{args:?}: {e:?}"))
+    }
+
+    fn cmd(args: &[&str]) -> Command {
+        ok(args).command
+    }
+
+    fn usage(args: &[&str]) -> Option<String> {
+        match parse(args) {
+            Err(ParseError::Usage(m)) => m,
+            other => panic!("{args:?}: expected usage, got {other:?}"),
+        }
+    }
+
+    fn rings(tx_slots: u32, rx_slots: u32, tx_rings: u16, rx_rings: u16) -> RingConfig {
+        RingConfig {
+            tx_slots,
+            rx_slots,
+            tx_rings,
+            rx_rings,
+            ignored: vec![],
+        }
+    }
+
+    #[test]
+    fn table() {
+        let name = |s: &str| s.to_owned();
+        let cases: Vec<(&[&str], Command)> = vec![
+            (&[], Command::ListAll),
+            (&["-v"], Command::ListAll),
+            (
+                &["-l", "vale0:a"],
+                Command::List {
+                    name: name("vale0:a"),
+                },
+            ),
+            (
+                &["-a", "vale0:eth0"],
+                Command::Attach {
+                    name: name("vale0:eth0"),
+                    mode: NR_REG_ALL_NIC,
+                    rings: RingConfig::default(),
+                    mem: MemSpec::Default,
+                },
+            ),
+            (
+                &["-hvale0:eth0"],
+                Command::Attach {
+                    name: name("vale0:eth0"),
+                    mode: NR_REG_NIC_SW,
+                    rings: RingConfig::default(),
+                    mem: MemSpec::Default,
+                },
+            ),
+            (
+                &["-d", "vale0:eth0"],
+                Command::Detach {
+                    name: name("vale0:eth0"),
+                },
+            ),
+            (
+                &["-n", "v0", "-C", "1024,2048,2,3", "-m", "3"],
+                Command::NewIf {
+                    name: name("v0"),
+                    rings: rings(1024, 2048, 2, 3),
+                    mem: MemSpec::Id(3),
+                },
+            ),
+            (
+                &["-C", "512", "-m", "netmap:eth0", "-n", "v1"],
+                Command::NewIf {
+                    name: name("v1"),
+                    rings: rings(512, 512, 0, 0),
+                    mem: MemSpec::Port(name("netmap:eth0")),
+                },
+            ),
+            (&["-r", "v0"], Command::DelIf { name: name("v0") }),
+            (
+                &["-g", "vale0:v0"],
+                Command::PortInfo {
+                    name: name("vale0:v0"),
+                },
+            ),
+            (
+                &["-p", "vale0:eth0", "-C", "1,2,4"],
+                Command::PollingEnable {
+                    name: name("vale0:eth0"),
+                    poll: PollConfig {
+                        body: NmreqValePolling {
+                            nr_mode: NETMAP_POLLING_MODE_MULTI_CPU,
+                            nr_first_cpu_id: 2,
+                            nr_num_polling_cpus: 4,
+                            pad1: 0,
+                        },
+                        warning: None,
+                    },
+                },
+            ),
+            (
+                &["-P", "vale0:eth0"],
+                Command::PollingDisable {
+                    name: name("vale0:eth0"),
+                    poll: PollConfig::default(),
+                },
+            ),
+            (
+                &["--stats"],
+                Command::Stats {
+                    port: None,
+                    json: false,
+                },
+            ),
+            (
+                &["--stats", "vale0:a", "--json"],
+                Command::Stats {
+                    port: Some(name("vale0:a")),
+                    json: true,
+                },
+            ),
+            (
+                &["--json", "--stats=vale0:b"],
+                Command::Stats {
+                    port: Some(name("vale0:b")),
+                    json: true,
+                },
+            ),
+            (
+                &["--stats", "-v"],
+                Command::Stats {
+                    port: None,
+                    json: false,
+                },
+            ),
+            // The last command option wins, as with netmap's getopt loop.
+            (
+                &["-a", "vale0:x", "-d", "vale0:y"],
+                Command::Detach {
+                    name: name("vale0:y"),
+                },
+            ),
+            // -h then -a: -a sets NR_REG_ALL_NIC again.
+            (
+                &["-h", "vale0:x", "-a", "vale0:x"],
+                Command::Attach {
+                    name: name("vale0:x"),
+                    mode: NR_REG_ALL_NIC,
+                    rings: RingConfig::default(),
+                    mem: MemSpec::Default,
+                },
+            ),
+            // A cluster: -v then -n with its argument in the next word.
+            (
+                &["-vn", "v2"],
+                Command::NewIf {
+                    name: name("v2"),
+                    rings: RingConfig::default(),
+                    mem: MemSpec::Default,
+                },
+            ),
+        ];
+        for (args, want) in cases {
+            assert_eq!(cmd(args), want, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn verbose_and_socket() {
+        let inv = ok(&["-vv", "--socket", "/tmp/s", "-v", "-r", "x"]);
+        assert_eq!(inv.verbose, 3);
+        assert_eq!(inv.socket, Some(PathBuf::from("/tmp/s")));
+        let inv = ok(&["--socket=/tmp/t"]);
+        assert_eq!(inv.command, Command::ListAll);
+        assert_eq!(inv.socket, Some(PathBuf::from("/tmp/t")));
+        assert_eq!(ok(&[]).socket, None);
+    }
+
+    #[test]
+    fn usage_errors() {
+        assert_eq!(
+            usage(&["-x"]).as_deref(),
+            Some("vale-ctl: invalid option -- 'x'")
+        );
+        assert_eq!(
+            usage(&["-a"]).as_deref(),
+            Some("vale-ctl: option requires an argument -- 'a'")
+        );
+        assert_eq!(
+            usage(&["-l", "foo:a"]).as_deref(),
+            Some("invalid vale port name: 'foo:a'")
+        );
+        assert_eq!(
+            usage(&["--bogus"]).as_deref(),
+            Some("vale-ctl: unrecognized option '--bogus'")
+        );
+        assert_eq!(
+            usage(&["--socket"]).as_deref(),
+            Some("vale-ctl: option '--socket' requires an argument")
+        );
+        assert_eq!(
+            usage(&["--json=1", "--stats"]).as_deref(),
+            Some("vale-ctl: option '--json' doesn't allow an argument")
+        );
+        assert_eq!(
+            usage(&["--json", "-a", "vale0:x"]).as_deref(),
+            Some("vale-ctl: option '--json' needs '--stats'")
+        );
+        // Operands, -C or -m alone, --json alone: plain usage.
+        assert_eq!(usage(&["vale0:x"]), None);
+        assert_eq!(usage(&["-a", "vale0:x", "extra"]), None);
+        assert_eq!(usage(&["-r", "x", "--", "-a"]), None);
+        assert_eq!(usage(&["-C", "1024"]), None);
+        assert_eq!(usage(&["-m", "1"]), None);
+        assert_eq!(usage(&["--json"]), None);
+        assert_eq!(usage(&["-"]), None);
+        assert_eq!(parse(&["--help"]), Err(ParseError::Help));
+    }
+
+    #[test]
+    fn l_checks_prefix_only() {
+        // netmap compares the first four characters with "vale", nothing more.
+        assert_eq!(
+            cmd(&["-l", "valeXYZ"]),
+            Command::List {
+                name: "valeXYZ".into()
+            }
+        );
+    }
+
+    #[test]
+    fn ring_config() {
+        assert_eq!(RingConfig::parse(None), RingConfig::default());
+        assert_eq!(RingConfig::parse(Some("")), RingConfig::default());
+        assert_eq!(RingConfig::parse(Some("1024")), rings(1024, 1024, 0, 0));
+        assert_eq!(RingConfig::parse(Some("1024,512")), rings(1024, 512, 0, 0));
+        assert_eq!(
+            RingConfig::parse(Some("1024,512,4")),
+            rings(1024, 512, 4, 4)
+        );
+        assert_eq!(
+            RingConfig::parse(Some("1024,512,4,2")),
+            rings(1024, 512, 4, 2)
+        );
+        // strtok skips empty fields, atoi stops at the first non-digit.
+        assert_eq!(RingConfig::parse(Some(",,1024,,8")), rings(1024, 8, 0, 0));
+        assert_eq!(RingConfig::parse(Some("12abc,x")), rings(12, 0, 0, 0));
+        // Truncation to the C field widths.
+        assert_eq!(RingConfig::parse(Some("1,1,65537")), rings(1, 1, 1, 1));
+        let c = RingConfig::parse(Some("1,2,3,4,5,6"));
+        assert_eq!(c.ignored, vec!["5".to_owned(), "6".to_owned()]);
+        assert_eq!(
+            (c.tx_slots, c.rx_slots, c.tx_rings, c.rx_rings),
+            (1, 2, 3, 4)
+        );
+    }
+
+    #[test]
+    fn poll_config() {
+        let p = PollConfig::parse(None, true);
+        assert_eq!(p.warning.as_deref(), Some("invalid null/empty config"));
+        assert_eq!(p.body, NmreqValePolling::default());
+        assert_eq!(PollConfig::parse(Some(""), false), PollConfig::default());
+
+        let p = PollConfig::parse(Some("0,3"), true);
+        assert_eq!(p.warning, None);
+        assert_eq!(p.body.nr_mode, NETMAP_POLLING_MODE_SINGLE_CPU);
+        assert_eq!(p.body.nr_first_cpu_id, 3);
+        assert_eq!(p.body.nr_num_polling_cpus, 0);
+
+        // A third number is only for one thread per ring.
+        let p = PollConfig::parse(Some("0,3,2"), true);
+        assert_eq!(p.warning.as_deref(), Some("too many numbers in '0,3,2'"));
+        assert_eq!(p.body.nr_first_cpu_id, 3);
+        assert_eq!(p.body.nr_num_polling_cpus, 0);
+
+        let p = PollConfig::parse(Some("1,0,2,9"), true);
+        assert_eq!(p.warning.as_deref(), Some("too many numbers in '1,0,2,9'"));
+        assert_eq!(p.body.nr_num_polling_cpus, 2);
+    }
+
+    #[test]
+    fn mem_spec() {
+        assert_eq!(MemSpec::parse(None), MemSpec::Default);
+        assert_eq!(MemSpec::parse(Some("2")), MemSpec::Id(2));
+        assert_eq!(MemSpec::parse(Some("65537")), MemSpec::Id(1));
+        assert_eq!(MemSpec::parse(Some("7x")), MemSpec::Id(7));
+        assert_eq!(
+            MemSpec::parse(Some("vale0:a")),
+            MemSpec::Port("vale0:a".into())
+        );
+        // Not a digit first: a port name, as in netmap.
+        assert_eq!(MemSpec::parse(Some("-1")), MemSpec::Port("-1".into()));
+    }
+
+    #[test]
+    fn c_atoi() {
+        assert_eq!(atoi("42"), 42);
+        assert_eq!(atoi("  \t-17x"), -17);
+        assert_eq!(atoi("+8"), 8);
+        assert_eq!(atoi("abc"), 0);
+        assert_eq!(atoi(""), 0);
+        assert_eq!(atoi("4294967297"), 1);
+        assert_eq!(atoi("99999999999999999999999"), -1);
+    }
+}

@@ -1,0 +1,781 @@
+//! Running a [`Command`]: the requests it sends to valed and what it prints.
+//!
+//! This follows netmap's `bdg_ctl()` and `list_all()`: one `NIOCCTRL`-style
+//! request per command (two for `-m PORT`, as `nmreq_get_mem_id()` asks first),
+//! `failed to ACTION NAME: REASON` and exit status 1 when valed refuses.
+
+use std::io::Write;
+
+use netmap::abi::{
+    NmreqPortInfoGet, NmreqRegister, NmreqValeAttach, NmreqValeDetach, NmreqValeList,
+    NmreqValeNewif, NETMAP_REQ_IFNAMSIZ, NETMAP_REQ_PORT_INFO_GET, NETMAP_REQ_VALE_ATTACH,
+    NETMAP_REQ_VALE_DELIF, NETMAP_REQ_VALE_DETACH, NETMAP_REQ_VALE_LIST, NETMAP_REQ_VALE_NEWIF,
+    NETMAP_REQ_VALE_POLLING_DISABLE, NETMAP_REQ_VALE_POLLING_ENABLE,
+};
+use netmap::ctrl::{CtrlConn, CtrlError, Reply, Request, VALE_REQ_STATS};
+use netmap::pod::Pod;
+use netmap::portname::{self, PortNameErrorKind};
+
+use crate::cli::{Command, Invocation, MemSpec, RingConfig};
+use crate::format;
+
+/// `ENOENT`: ends the port enumeration.
+const ENOENT: i32 = 2;
+/// `EPROTO`: valed answered something that breaks the protocol.
+const EPROTO: i32 = 71;
+
+/// Something that answers control requests: valed's socket, or a fake in tests.
+pub trait Control {
+    /// Sends one request and returns valed's reply (a refusal is an `Ok` reply
+    /// with a non-zero `error`).
+    ///
+    /// # Errors
+    ///
+    /// If the exchange itself failed (socket error, valed hung up, bad reply).
+    fn call(&mut self, req: &Request) -> Result<Reply, CtrlError>;
+}
+
+impl Control for CtrlConn {
+    fn call(&mut self, req: &Request) -> Result<Reply, CtrlError> {
+        // vale-ctl asks for nothing that comes with descriptors; any that do
+        // arrive are closed here.
+        CtrlConn::call(self, req).map(|(reply, _fds)| reply)
+    }
+}
+
+/// A failure already worded for the user.
+struct Failed(String);
+
+/// Where the output goes: stdout and stderr, or buffers in tests.
+pub struct Out<'a> {
+    /// Normal output.
+    pub out: &'a mut dyn Write,
+    /// Diagnostics.
+    pub err: &'a mut dyn Write,
+}
+
+impl Out<'_> {
+    fn out(&mut self, s: &str) {
+        // Like printf, a failed write to stdout is not an error of the request.
+        let _ = self.out.write_all(s.as_bytes());
+    }
+
+    fn err(&mut self, s: &str) {
+        let _ = self.err.write_all(s.as_bytes());
+    }
+}
+
+/// Runs `inv` against `ctl`; returns the exit status (0 or 1).
+pub fn run(inv: &Invocation, ctl: &mut dyn Control, io: &mut Out<'_>) -> i32 {
+    let r = match &inv.command {
+        Command::ListAll => list_all(ctl, io),
+        cmd => one(cmd, inv.verbose, ctl, io),
+    };
+    let _ = io.out.flush();
+    match r {
+        Ok(()) => 0,
+        Err(Failed(msg)) => {
+            io.err(&msg);
+            1
+        }
+    }
+}
+
+/// The name as netmap's `strncpy(hdr.nr_name, name, 63)` leaves it: at most 63
+/// bytes (cut at a character boundary here, since names are `str`).
+fn nr_name(name: &str) -> &str {
+    let max = NETMAP_REQ_IFNAMSIZ - 1;
+    if name.len() <= max {
+        return name;
+    }
+    let mut end = max;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
+}
+
+/// Sends a request; a refusal becomes `failed to ACTION NAME: REASON`.
+fn call(
+    ctl: &mut dyn Control,
+    req: Result<Request, CtrlError>,
+    action: &str,
+    name: &str,
+) -> Result<Request, Failed> {
+    let fail = |reason: String| Failed(format::failed(action, name, &reason));
+    let reply = req
+        .and_then(|r| ctl.call(&r))
+        .map_err(|e| fail(e.to_string()))?;
+    if reply.error != 0 {
+        return Err(fail(format::strerror(reply.error)));
+    }
+    Ok(reply.req)
+}
+
+/// The reply's body as a `T`, or `failed to ACTION NAME: ...`.
+fn body<T: Pod + Default>(req: &Request, action: &str, name: &str) -> Result<T, Failed> {
+    req.body_as::<T>()
+        .map_err(|e| Failed(format::failed(action, name, &e.to_string())))
+}
+
+/// No arguments: every port, `NAME bridge_idx B port_idx P` each.
+fn list_all(ctl: &mut dyn Control, io: &mut Out<'_>) -> Result<(), Failed> {
+    let fail = |reason: String| Failed(format::failed_list_all(&reason));
+    let mut at = NmreqValeList::default();
+    loop {
+        let reply = Request::new(NETMAP_REQ_VALE_LIST, "", &at)
+            .and_then(|r| ctl.call(&r))
+            .map_err(|e| fail(e.to_string()))?;
+        match reply.error {
+            0 => {}
+            ENOENT => return Ok(()),
+            e => return Err(fail(format::strerror(e))),
+        }
+        let got: NmreqValeList = reply.req.body_as().map_err(|e| fail(e.to_string()))?;
+        // valed answers the port at or after the one asked for; anything else
+        // would loop forever.
+        if (got.nr_bridge_idx, got.nr_port_idx) < (at.nr_bridge_idx, at.nr_port_idx) {
+            return Err(fail(format::strerror(EPROTO)));
+        }
+        let name = String::from_utf8_lossy(reply.req.name());
+        io.out(&format::list_line(&name, &got));
+        let Some(next) = got.nr_port_idx.checked_add(1) else {
+            return Ok(());
+        };
+        at = NmreqValeList {
+            nr_port_idx: next,
+            ..got
+        };
+    }
+}
+
+/// The `nr_mem_id` for `-m`, as netmap's `parse_mem_id()` computes it.
+fn mem_id(mem: &MemSpec, ctl: &mut dyn Control) -> Result<u16, Failed> {
+    let arg = match mem {
+        MemSpec::Default => return Ok(0),
+        MemSpec::Id(id) => return Ok(*id),
+        MemSpec::Port(arg) => arg,
+    };
+    let spec = portname::parse(arg).map_err(|e| {
+        if e.kind == PortNameErrorKind::MissingPrefix {
+            Failed(format::invalid_mem_id(arg))
+        } else {
+            Failed(format!("{e}\n"))
+        }
+    })?;
+    let req = Request::new(
+        NETMAP_REQ_PORT_INFO_GET,
+        nr_name(&spec.nr_name()),
+        &NmreqPortInfoGet::default(),
+    );
+    let info_failed = |reason: String| Failed(format::mem_id_info_failed(arg, &reason));
+    let reply = req
+        .and_then(|r| ctl.call(&r))
+        .map_err(|e| info_failed(e.to_string()))?;
+    if reply.error != 0 {
+        return Err(info_failed(format::strerror(reply.error)));
+    }
+    let info: NmreqPortInfoGet = reply
+        .req
+        .body_as()
+        .map_err(|e| info_failed(e.to_string()))?;
+    if info.nr_mem_id == 0 {
+        return Err(Failed(format::invalid_mem_id(arg)));
+    }
+    Ok(info.nr_mem_id)
+}
+
+fn warn_ignored(rings: &RingConfig, io: &mut Out<'_>) {
+    for tok in &rings.ignored {
+        io.err(&format::ignored_config(tok));
+    }
+}
+
+/// Every command but the port list.
+fn one(cmd: &Command, verbose: u32, ctl: &mut dyn Control, io: &mut Out<'_>) -> Result<(), Failed> {
+    match cmd {
+        Command::ListAll => unreachable!("handled by list_all"),
+        Command::List { name } => {
+            let action = "list";
+            let req = Request::new(
+                NETMAP_REQ_VALE_LIST,
+                nr_name(name),
+                &NmreqValeList::default(),
+            );
+            let rep = call(ctl, req, action, name)?;
+            let v: NmreqValeList = body(&rep, action, name)?;
+            io.out(&format::vale_list(&v));
+        }
+        Command::Attach {
+            name,
+            mode,
+            rings,
+            mem,
+        } => {
+            let action = "attach";
+            warn_ignored(rings, io);
+            let mem_id = mem_id(mem, ctl)?;
+            let attach = NmreqValeAttach {
+                reg: NmreqRegister {
+                    nr_mode: *mode,
+                    nr_tx_slots: rings.tx_slots,
+                    nr_rx_slots: rings.rx_slots,
+                    nr_tx_rings: rings.tx_rings,
+                    nr_rx_rings: rings.rx_rings,
+                    nr_mem_id: mem_id,
+                    ..NmreqRegister::default()
+                },
+                ..NmreqValeAttach::default()
+            };
+            let req = Request::new(NETMAP_REQ_VALE_ATTACH, nr_name(name), &attach);
+            let rep = call(ctl, req, action, name)?;
+            if verbose > 0 {
+                let v: NmreqValeAttach = body(&rep, action, name)?;
+                io.out(&format::port_index(v.port_index));
+            }
+        }
+        Command::Detach { name } => {
+            let action = "detach";
+            let req = Request::new(
+                NETMAP_REQ_VALE_DETACH,
+                nr_name(name),
+                &NmreqValeDetach::default(),
+            );
+            let rep = call(ctl, req, action, name)?;
+            if verbose > 0 {
+                let v: NmreqValeDetach = body(&rep, action, name)?;
+                io.out(&format::port_index(v.port_index));
+            }
+        }
+        Command::NewIf { name, rings, mem } => {
+            let action = "create";
+            warn_ignored(rings, io);
+            let newif = NmreqValeNewif {
+                nr_tx_slots: rings.tx_slots,
+                nr_rx_slots: rings.rx_slots,
+                nr_tx_rings: rings.tx_rings,
+                nr_rx_rings: rings.rx_rings,
+                nr_mem_id: mem_id(mem, ctl)?,
+                pad1: 0,
+            };
+            let req = Request::new(NETMAP_REQ_VALE_NEWIF, nr_name(name), &newif);
+            let rep = call(ctl, req, action, name)?;
+            if verbose > 0 {
+                let v: NmreqValeNewif = body(&rep, action, name)?;
+                io.out(&format::newif(&v));
+            }
+        }
+        Command::DelIf { name } => {
+            // netmap sends no body: nmreq_size_by_type(DELIF) is 0.
+            let req = Request::with_body(NETMAP_REQ_VALE_DELIF, nr_name(name), Vec::new());
+            call(ctl, req, "remove", name)?;
+        }
+        Command::PortInfo { name } => {
+            let action = "obtain info for";
+            let req = Request::new(
+                NETMAP_REQ_PORT_INFO_GET,
+                nr_name(name),
+                &NmreqPortInfoGet::default(),
+            );
+            let rep = call(ctl, req, action, name)?;
+            let v: NmreqPortInfoGet = body(&rep, action, name)?;
+            io.out(&format::port_info(&v));
+        }
+        Command::PollingEnable { name, poll } | Command::PollingDisable { name, poll } => {
+            let (reqtype, action) = match cmd {
+                Command::PollingEnable { .. } => {
+                    (NETMAP_REQ_VALE_POLLING_ENABLE, "enable polling on")
+                }
+                _ => (NETMAP_REQ_VALE_POLLING_DISABLE, "disable polling on"),
+            };
+            if let Some(w) = &poll.warning {
+                io.err(&format!("{w}\n"));
+            }
+            let req = Request::new(reqtype, nr_name(name), &poll.body);
+            call(ctl, req, action, name)?;
+        }
+        Command::Stats { port, json } => {
+            let req = Request::with_body(
+                VALE_REQ_STATS,
+                nr_name(port.as_deref().unwrap_or("")),
+                Vec::new(),
+            );
+            let fail = |reason: String| match port {
+                Some(p) => Failed(format::failed("get stats for", p, &reason)),
+                None => Failed(format!("failed to get stats: {reason}\n")),
+            };
+            let reply = req
+                .and_then(|r| ctl.call(&r))
+                .map_err(|e| fail(e.to_string()))?;
+            if reply.error != 0 {
+                return Err(fail(format::strerror(reply.error)));
+            }
+            let doc = std::str::from_utf8(&reply.req.body)
+                .map_err(|_| fail("statistics are not UTF-8".to_owned()))?;
+            if *json {
+                io.out(&format::stats_json(doc));
+            } else {
+                let table = format::stats_table(doc).map_err(|e| fail(e.to_string()))?;
+                io.out(&table);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `PATH: REASON`, as netmap's `perror("/dev/netmap")` when it cannot open the
+/// device.
+pub fn connect_failed(path: &std::path::Path, e: &CtrlError) -> String {
+    let reason = match e {
+        CtrlError::Connect { source, .. } => match source.raw_os_error() {
+            Some(errno) => format::strerror(errno),
+            None => source.to_string(),
+        },
+        other => other.to_string(),
+    };
+    format!("{}: {reason}\n", path.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::parse;
+    use netmap::abi::{
+        NmreqValePolling, NETMAP_POLLING_MODE_MULTI_CPU, NR_REG_ALL_NIC, NR_REG_NIC_SW,
+    };
+
+    /// A scripted valed: records every request, answers from a closure.
+    struct Fake<F: FnMut(&Request) -> Reply> {
+        seen: Vec<Request>,
+        answer: F,
+    }
+
+    impl<F: FnMut(&Request) -> Reply> Control for Fake<F> {
+        fn call(&mut self, req: &Request) -> Result<Reply, CtrlError> {
+            // What goes on the wire must decode on valed's side.
+            let wire = req.encode()?;
+            let decoded = Request::decode(&wire)?;
+            assert_eq!(&decoded.body, &req.body);
+            self.seen.push(req.clone());
+            Ok((self.answer)(req))
+        }
+    }
+
+    /// Runs a command line against `answer`; returns (status, stdout, stderr,
+    /// requests seen).
+    fn drive(
+        args: &[&str],
+        answer: impl FnMut(&Request) -> Reply,
+    ) -> (i32, String, String, Vec<Request>) {
+        let inv = parse(args).expect("valid command line");
+        let mut fake = Fake {
+            seen: vec![],
+            answer,
+        };
+        let (mut o, mut e) = (Vec::new(), Vec::new());
+        let rc = run(
+            &inv,
+            &mut fake,
+            &mut Out {
+                out: &mut o,
+                err: &mut e,
+            },
+        );
+        (
+            rc,
+            String::from_utf8(o).unwrap(),
+            String::from_utf8(e).unwrap(),
+            fake.seen,
+        )
+    }
+
+    fn ok_with<T: Pod>(req: &Request, body: &T) -> Reply {
+        let mut r = req.clone();
+        r.set_body(body);
+        Reply::new(0, r)
+    }
+
+    fn echo(req: &Request) -> Reply {
+        Reply::new(0, req.clone())
+    }
+
+    fn name(req: &Request) -> &str {
+        std::str::from_utf8(req.name()).unwrap()
+    }
+
+    #[test]
+    fn list_all_walks_indexes() {
+        let ports = [
+            (0u16, 0u32, "vale0:a"),
+            (0, 2, "vale0:b"),
+            (3, 1, "vale3:c"),
+        ];
+        let (rc, out, err, seen) = drive(&[], |req| {
+            assert_eq!(req.reqtype(), NETMAP_REQ_VALE_LIST);
+            assert!(req.name().is_empty());
+            let at: NmreqValeList = req.body_as().unwrap();
+            let next = ports
+                .iter()
+                .find(|(b, p, _)| (*b, *p) >= (at.nr_bridge_idx, at.nr_port_idx));
+            match next {
+                None => Reply::new(ENOENT, req.clone()),
+                Some(&(b, p, n)) => {
+                    let mut r = Request::new(
+                        NETMAP_REQ_VALE_LIST,
+                        n,
+                        &NmreqValeList {
+                            nr_bridge_idx: b,
+                            pad1: 0,
+                            nr_port_idx: p,
+                        },
+                    )
+                    .unwrap();
+                    r.hdr.nr_version = req.hdr.nr_version;
+                    Reply::new(0, r)
+                }
+            }
+        });
+        assert_eq!(rc, 0, "{err}");
+        assert_eq!(
+            out,
+            "vale0:a bridge_idx 0 port_idx 0\n\
+             vale0:b bridge_idx 0 port_idx 2\n\
+             vale3:c bridge_idx 3 port_idx 1\n"
+        );
+        // netmap's loop: port_idx + 1 after each answer, bridge_idx as answered.
+        let asked: Vec<(u16, u32)> = seen
+            .iter()
+            .map(|r| {
+                let l: NmreqValeList = r.body_as().unwrap();
+                (l.nr_bridge_idx, l.nr_port_idx)
+            })
+            .collect();
+        assert_eq!(asked, vec![(0, 0), (0, 1), (0, 3), (3, 2)]);
+    }
+
+    #[test]
+    fn list_all_errors() {
+        let (rc, out, err, _) = drive(&[], |req| Reply::new(13, req.clone()));
+        assert_eq!((rc, out.as_str()), (1, ""));
+        assert_eq!(err, "failed to list all: Permission denied\n");
+
+        // A server that goes backwards is cut off instead of looping.
+        let (rc, _, err, seen) = drive(&[], |req| ok_with(req, &NmreqValeList::default()));
+        assert_eq!(rc, 1);
+        assert_eq!(err, "failed to list all: Protocol error\n");
+        assert_eq!(seen.len(), 2);
+
+        // No ports at all: nothing printed, success.
+        let (rc, out, err, _) = drive(&[], |req| Reply::new(ENOENT, req.clone()));
+        assert_eq!((rc, out.as_str(), err.as_str()), (0, "", ""));
+    }
+
+    #[test]
+    fn list_one() {
+        let (rc, out, _, seen) = drive(&["-l", "vale2:x"], |req| {
+            ok_with(
+                req,
+                &NmreqValeList {
+                    nr_bridge_idx: 2,
+                    pad1: 0,
+                    nr_port_idx: 5,
+                },
+            )
+        });
+        assert_eq!(rc, 0);
+        assert_eq!(out, "bridge_idx: 2\nport_idx:   5\n");
+        assert_eq!(name(&seen[0]), "vale2:x");
+        assert_eq!(seen[0].reqtype(), NETMAP_REQ_VALE_LIST);
+    }
+
+    #[test]
+    fn attach_bodies() {
+        let (rc, out, err, seen) = drive(&["-a", "vale0:eth0"], echo);
+        assert_eq!((rc, out.as_str(), err.as_str()), (0, "", ""));
+        let a: NmreqValeAttach = seen[0].body_as().unwrap();
+        assert_eq!(seen[0].reqtype(), NETMAP_REQ_VALE_ATTACH);
+        assert_eq!(name(&seen[0]), "vale0:eth0");
+        assert_eq!(a.reg.nr_mode, NR_REG_ALL_NIC);
+        assert_eq!(a.reg.nr_mem_id, 0);
+
+        let (rc, out, err, seen) = drive(
+            &["-v", "-h", "vale0:eth0", "-C", "256,128,2,1,7", "-m", "3"],
+            |req| {
+                let mut a: NmreqValeAttach = req.body_as().unwrap();
+                a.port_index = 4;
+                ok_with(req, &a)
+            },
+        );
+        assert_eq!(rc, 0);
+        assert_eq!(out, "port_index: 4\n");
+        assert_eq!(err, "ignored config: 7\n");
+        let a: NmreqValeAttach = seen[0].body_as().unwrap();
+        assert_eq!(a.reg.nr_mode, NR_REG_NIC_SW);
+        assert_eq!(
+            (
+                a.reg.nr_tx_slots,
+                a.reg.nr_rx_slots,
+                a.reg.nr_tx_rings,
+                a.reg.nr_rx_rings,
+                a.reg.nr_mem_id
+            ),
+            (256, 128, 2, 1, 3)
+        );
+    }
+
+    #[test]
+    fn failures_use_netmaps_words() {
+        let cases: &[(&[&str], i32, &str)] = &[
+            (
+                &["-a", "vale0:eth9"],
+                19,
+                "failed to attach vale0:eth9: No such device\n",
+            ),
+            (
+                &["-h", "vale0:eth9"],
+                16,
+                "failed to attach vale0:eth9: Device or resource busy\n",
+            ),
+            (
+                &["-d", "vale0:x"],
+                22,
+                "failed to detach vale0:x: Invalid argument\n",
+            ),
+            (&["-n", "v0"], 17, "failed to create v0: File exists\n"),
+            (
+                &["-r", "v0"],
+                2,
+                "failed to remove v0: No such file or directory\n",
+            ),
+            (
+                &["-g", "vale0:q"],
+                6,
+                "failed to obtain info for vale0:q: No such device or address\n",
+            ),
+            (
+                &["-l", "vale0:q"],
+                2,
+                "failed to list vale0:q: No such file or directory\n",
+            ),
+            (
+                &["-P", "vale0:q"],
+                95,
+                "failed to disable polling on vale0:q: Operation not supported\n",
+            ),
+            (
+                &["--stats", "vale0:q"],
+                2,
+                "failed to get stats for vale0:q: No such file or directory\n",
+            ),
+            (
+                &["--stats"],
+                1,
+                "failed to get stats: Operation not permitted\n",
+            ),
+        ];
+        for &(args, errno, want) in cases {
+            let (rc, out, err, _) = drive(args, |req| Reply::new(errno, req.clone()));
+            assert_eq!(rc, 1, "{args:?}");
+            assert_eq!(out, "", "{args:?}");
+            assert_eq!(err, want, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn polling() {
+        let (rc, _, err, seen) = drive(&["-p", "vale0:eth0"], |req| Reply::new(95, req.clone()));
+        assert_eq!(rc, 1);
+        assert_eq!(
+            err,
+            "invalid null/empty config\n\
+             failed to enable polling on vale0:eth0: Operation not supported\n"
+        );
+        assert_eq!(seen[0].reqtype(), NETMAP_REQ_VALE_POLLING_ENABLE);
+        let (rc, _, err, seen) = drive(&["-p", "vale0:eth0", "-C", "1,2,3"], echo);
+        assert_eq!((rc, err.as_str()), (0, ""));
+        let p: NmreqValePolling = seen[0].body_as().unwrap();
+        assert_eq!(
+            (p.nr_mode, p.nr_first_cpu_id, p.nr_num_polling_cpus),
+            (NETMAP_POLLING_MODE_MULTI_CPU, 2, 3)
+        );
+        let (rc, _, err, seen) = drive(&["-P", "vale0:eth0"], echo);
+        assert_eq!((rc, err.as_str()), (0, ""));
+        assert_eq!(seen[0].reqtype(), NETMAP_REQ_VALE_POLLING_DISABLE);
+        assert_eq!(seen[0].body.len(), size_of::<NmreqValePolling>());
+    }
+
+    #[test]
+    fn newif_delif_info() {
+        let (rc, out, _, seen) = drive(&["-v", "-n", "v0", "-C", "2048"], |req| {
+            let mut n: NmreqValeNewif = req.body_as().unwrap();
+            n.nr_tx_rings = 1;
+            n.nr_rx_rings = 1;
+            n.nr_mem_id = 6;
+            ok_with(req, &n)
+        });
+        assert_eq!(rc, 0);
+        assert_eq!(
+            out,
+            "tx_slots:   2048\nrx_slots:   2048\ntx_rings:   1\nrx_ring:    1\nmem_id:     6\n"
+        );
+        assert_eq!(seen[0].reqtype(), NETMAP_REQ_VALE_NEWIF);
+
+        // Without -v, -n prints nothing.
+        let (rc, out, _, _) = drive(&["-n", "v0"], echo);
+        assert_eq!((rc, out.as_str()), (0, ""));
+
+        let (rc, out, _, seen) = drive(&["-r", "v0"], echo);
+        assert_eq!((rc, out.as_str()), (0, ""));
+        assert_eq!(seen[0].reqtype(), NETMAP_REQ_VALE_DELIF);
+        assert!(seen[0].body.is_empty());
+
+        let (rc, out, _, seen) = drive(&["-g", "vale0:v0"], |req| {
+            ok_with(
+                req,
+                &NmreqPortInfoGet {
+                    nr_memsize: 4096,
+                    nr_tx_slots: 1024,
+                    nr_rx_slots: 1024,
+                    nr_tx_rings: 1,
+                    nr_rx_rings: 1,
+                    nr_mem_id: 2,
+                    ..Default::default()
+                },
+            )
+        });
+        assert_eq!(rc, 0);
+        assert_eq!(
+            out,
+            "memsize:    4096\ntx_slots:   1024\nrx_slots:   1024\ntx_rings:   1\n\
+             rx_rings    1\nmem_id:     2\n"
+        );
+        assert_eq!(seen[0].reqtype(), NETMAP_REQ_PORT_INFO_GET);
+    }
+
+    #[test]
+    fn mem_id_from_a_port() {
+        let (rc, _, err, seen) = drive(&["-n", "v1", "-m", "vale0:v0"], |req| {
+            if req.reqtype() == NETMAP_REQ_PORT_INFO_GET {
+                ok_with(
+                    req,
+                    &NmreqPortInfoGet {
+                        nr_mem_id: 9,
+                        ..Default::default()
+                    },
+                )
+            } else {
+                echo(req)
+            }
+        });
+        assert_eq!((rc, err.as_str()), (0, ""));
+        assert_eq!(seen.len(), 2);
+        assert_eq!(name(&seen[0]), "vale0:v0");
+        let n: NmreqValeNewif = seen[1].body_as().unwrap();
+        assert_eq!(n.nr_mem_id, 9);
+
+        // netmap:eth0 asks about eth0.
+        let (_, _, _, seen) = drive(&["-a", "vale0:x", "-m", "netmap:eth0"], |req| {
+            ok_with(
+                req,
+                &NmreqPortInfoGet {
+                    nr_mem_id: 1,
+                    ..Default::default()
+                },
+            )
+        });
+        assert_eq!(name(&seen[0]), "eth0");
+
+        let (rc, _, err, seen) = drive(&["-n", "v1", "-m", "eth0"], echo);
+        assert_eq!(rc, 1);
+        assert_eq!(err, "invalid format in '-m eth0' (missing 'netmap:'?)\n");
+        assert!(seen.is_empty());
+
+        let (rc, _, err, seen) = drive(&["-n", "v1", "-m", "vale0:nope"], |req| {
+            Reply::new(2, req.clone())
+        });
+        assert_eq!(rc, 1);
+        assert_eq!(
+            err,
+            "cannot get info for 'vale0:nope': No such file or directory\n"
+        );
+        assert_eq!(seen.len(), 1);
+    }
+
+    #[test]
+    fn long_names_are_cut_like_strncpy() {
+        let long = format!("vale0:{}", "p".repeat(80));
+        let (rc, _, _, seen) = drive(&["-d", &long], echo);
+        assert_eq!(rc, 0);
+        assert_eq!(seen[0].name().len(), 63);
+        assert!(long.starts_with(name(&seen[0])));
+        assert_eq!(nr_name("é".repeat(40).as_str()).len(), 62);
+    }
+
+    const DOC: &str = r#"{"ports":[{"name":"vale0:a","switch":"vale0","port_idx":0,"in_packets":5,"drop_runt":1}]}"#;
+
+    fn stats_reply(req: &Request) -> Reply {
+        let mut r = req.clone();
+        r.body = DOC.as_bytes().to_vec();
+        Reply::new(0, r)
+    }
+
+    #[test]
+    fn stats() {
+        let (rc, out, _, seen) = drive(&["--stats"], stats_reply);
+        assert_eq!(rc, 0);
+        assert_eq!(
+            out,
+            "vale0:a switch=vale0 port_idx=0 in_packets=5 drop_runt=1\n"
+        );
+        assert_eq!(seen[0].reqtype(), VALE_REQ_STATS);
+        assert!(seen[0].name().is_empty());
+        assert!(seen[0].body.is_empty());
+
+        let (rc, out, _, seen) = drive(&["--stats", "vale0:a", "--json"], stats_reply);
+        assert_eq!(rc, 0);
+        assert_eq!(out, format!("{DOC}\n"));
+        assert_eq!(name(&seen[0]), "vale0:a");
+
+        let (rc, out, err, _) = drive(&["--stats"], |req| {
+            let mut r = req.clone();
+            r.body = b"{\"ports\":".to_vec();
+            Reply::new(0, r)
+        });
+        assert_eq!((rc, out.as_str()), (1, ""));
+        assert!(err.starts_with("failed to get stats: bad JSON"), "{err}");
+    }
+
+    #[test]
+    fn transport_errors() {
+        struct Dead;
+        impl Control for Dead {
+            fn call(&mut self, _: &Request) -> Result<Reply, CtrlError> {
+                Err(CtrlError::Closed)
+            }
+        }
+        let inv = parse(&["-r", "v0"]).unwrap();
+        let (mut o, mut e) = (Vec::new(), Vec::new());
+        let rc = run(
+            &inv,
+            &mut Dead,
+            &mut Out {
+                out: &mut o,
+                err: &mut e,
+            },
+        );
+        assert_eq!(rc, 1);
+        assert_eq!(
+            String::from_utf8(e).unwrap(),
+            "failed to remove v0: valed closed the control connection\n"
+        );
+
+        let err = CtrlError::Connect {
+            path: "/run/vale/valed.sock".into(),
+            source: std::io::Error::from_raw_os_error(2),
+        };
+        assert_eq!(
+            connect_failed(std::path::Path::new("/run/vale/valed.sock"), &err),
+            "/run/vale/valed.sock: No such file or directory\n"
+        );
+    }
+}

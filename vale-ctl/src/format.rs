@@ -1,0 +1,228 @@
+//! Everything `vale-ctl` prints, in netmap's vale-ctl wording.
+//!
+//! netmap's strings are kept as they are, including their oddities
+//! (`rx_rings    ` without a colon in `-g`, `rx_ring:` in `-n -v`).
+
+use std::fmt::Write as _;
+
+use netmap::abi::{NmreqPortInfoGet, NmreqValeList, NmreqValeNewif};
+
+use crate::stats::{Json, StatsError};
+
+/// C's `strerror(errno)`: the text of [`std::io::Error::from_raw_os_error`] without
+/// Rust's ` (os error N)` suffix.
+pub fn strerror(errno: i32) -> String {
+    let s = std::io::Error::from_raw_os_error(errno).to_string();
+    match s.strip_suffix(&format!(" (os error {errno})")) {
+        Some(t) => t.to_owned(),
+        None => s,
+    }
+}
+
+/// `failed to ACTION NAME: REASON`, netmap's message for a refused request.
+pub fn failed(action: &str, name: &str, reason: &str) -> String {
+    format!("failed to {action} {name}: {reason}\n")
+}
+
+/// `failed to list all: REASON`, for a refused enumeration (no arguments).
+pub fn failed_list_all(reason: &str) -> String {
+    format!("failed to list all: {reason}\n")
+}
+
+/// One line of the port list: `NAME bridge_idx B port_idx P`.
+pub fn list_line(name: &str, v: &NmreqValeList) -> String {
+    format!(
+        "{name} bridge_idx {} port_idx {}\n",
+        v.nr_bridge_idx, v.nr_port_idx
+    )
+}
+
+/// `-l PORT`.
+pub fn vale_list(v: &NmreqValeList) -> String {
+    format!(
+        "bridge_idx: {}\nport_idx:   {}\n",
+        v.nr_bridge_idx, v.nr_port_idx
+    )
+}
+
+/// `-g PORT`.
+pub fn port_info(v: &NmreqPortInfoGet) -> String {
+    format!(
+        "memsize:    {}\ntx_slots:   {}\nrx_slots:   {}\ntx_rings:   {}\nrx_rings    {}\nmem_id:     {}\n",
+        v.nr_memsize, v.nr_tx_slots, v.nr_rx_slots, v.nr_tx_rings, v.nr_rx_rings, v.nr_mem_id
+    )
+}
+
+/// `-n IF -v`.
+pub fn newif(v: &NmreqValeNewif) -> String {
+    format!(
+        "tx_slots:   {}\nrx_slots:   {}\ntx_rings:   {}\nrx_ring:    {}\nmem_id:     {}\n",
+        v.nr_tx_slots, v.nr_rx_slots, v.nr_tx_rings, v.nr_rx_rings, v.nr_mem_id
+    )
+}
+
+/// `-a`, `-h`, `-d` with `-v`.
+pub fn port_index(idx: u32) -> String {
+    format!("port_index: {idx}\n")
+}
+
+/// A `-C` field past the fourth, which netmap ignores (netmap's message has no
+/// newline; ours ends the line).
+pub fn ignored_config(tok: &str) -> String {
+    format!("ignored config: {tok}\n")
+}
+
+/// `-m` names a port netmap's parser rejects for want of a prefix.
+pub fn invalid_mem_id(arg: &str) -> String {
+    format!("invalid format in '-m {arg}' (missing 'netmap:'?)\n")
+}
+
+/// `-m PORT` and valed refused the `NETMAP_REQ_PORT_INFO_GET` (libnetmap's text).
+pub fn mem_id_info_failed(arg: &str, reason: &str) -> String {
+    format!("cannot get info for '{arg}': {reason}\n")
+}
+
+/// `--stats` without `--json`: one line per port, the name first, then every other
+/// member of the port's object as `key=value`, in valed's order.
+///
+/// # Errors
+///
+/// If `doc` is not valid JSON of the shape `{"ports":[{...}, ...]}`.
+pub fn stats_table(doc: &str) -> Result<String, StatsError> {
+    let root = Json::parse(doc)?;
+    let ports = root
+        .get("ports")
+        .and_then(Json::as_array)
+        .ok_or(StatsError::Shape("no \"ports\" array"))?;
+    let mut out = String::new();
+    for port in ports {
+        let members = port
+            .as_object()
+            .ok_or(StatsError::Shape("a port is not an object"))?;
+        let name = port.get("name").and_then(Json::as_str).unwrap_or("?");
+        out.push_str(name);
+        for (k, v) in members {
+            if k == "name" {
+                continue;
+            }
+            let _ = write!(out, " {k}={}", v.display_scalar());
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// `--stats --json`: valed's document unchanged, newline-terminated.
+pub fn stats_json(doc: &str) -> String {
+    let mut s = doc.to_owned();
+    if !s.ends_with('\n') {
+        s.push('\n');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netmap_strings() {
+        let l = NmreqValeList {
+            nr_bridge_idx: 1,
+            pad1: 0,
+            nr_port_idx: 3,
+        };
+        assert_eq!(
+            list_line("vale1:b", &l),
+            "vale1:b bridge_idx 1 port_idx 3\n"
+        );
+        assert_eq!(vale_list(&l), "bridge_idx: 1\nport_idx:   3\n");
+        let pi = NmreqPortInfoGet {
+            nr_memsize: 34_603_008,
+            nr_tx_slots: 1024,
+            nr_rx_slots: 512,
+            nr_tx_rings: 2,
+            nr_rx_rings: 1,
+            nr_mem_id: 5,
+            ..Default::default()
+        };
+        assert_eq!(
+            port_info(&pi),
+            "memsize:    34603008\n\
+             tx_slots:   1024\n\
+             rx_slots:   512\n\
+             tx_rings:   2\n\
+             rx_rings    1\n\
+             mem_id:     5\n"
+        );
+        let n = NmreqValeNewif {
+            nr_tx_slots: 1024,
+            nr_rx_slots: 1024,
+            nr_tx_rings: 1,
+            nr_rx_rings: 1,
+            nr_mem_id: 4,
+            pad1: 0,
+        };
+        assert_eq!(
+            newif(&n),
+            "tx_slots:   1024\n\
+             rx_slots:   1024\n\
+             tx_rings:   1\n\
+             rx_ring:    1\n\
+             mem_id:     4\n"
+        );
+        assert_eq!(port_index(7), "port_index: 7\n");
+        assert_eq!(
+            failed("attach", "vale0:eth9", &strerror(2)),
+            "failed to attach vale0:eth9: No such file or directory\n"
+        );
+        assert_eq!(
+            failed("enable polling on", "vale0:x", &strerror(95)),
+            "failed to enable polling on vale0:x: Operation not supported\n"
+        );
+        assert_eq!(
+            failed_list_all(&strerror(13)),
+            "failed to list all: Permission denied\n"
+        );
+        assert_eq!(ignored_config("9"), "ignored config: 9\n");
+        assert_eq!(
+            invalid_mem_id("eth0"),
+            "invalid format in '-m eth0' (missing 'netmap:'?)\n"
+        );
+        assert_eq!(
+            mem_id_info_failed("vale0:x", "No such file or directory"),
+            "cannot get info for 'vale0:x': No such file or directory\n"
+        );
+    }
+
+    #[test]
+    fn strerror_has_no_rust_suffix() {
+        assert_eq!(strerror(22), "Invalid argument");
+        assert_eq!(strerror(16), "Device or resource busy");
+        assert_eq!(strerror(17), "File exists");
+        assert!(!strerror(100_000).contains("os error"));
+    }
+
+    #[test]
+    fn stats() {
+        let doc = r#"{"ports":[
+            {"name":"vale0:a","switch":"vale0","port_idx":0,"in_packets":10,"in_bytes":600,
+             "out_packets":9,"out_bytes":540,"drop_dst_full":1,"drop_no_dst":0,"drop_runt":0,
+             "drop_bad_chain":0,"drop_empty_frag":0,"drop_offload":0,"drop_bad_slot":0},
+            {"name":"vale0:b","switch":"vale0","port_idx":1,"in_packets":0}
+        ]}"#;
+        assert_eq!(
+            stats_table(doc).unwrap(),
+            "vale0:a switch=vale0 port_idx=0 in_packets=10 in_bytes=600 out_packets=9 \
+             out_bytes=540 drop_dst_full=1 drop_no_dst=0 drop_runt=0 drop_bad_chain=0 \
+             drop_empty_frag=0 drop_offload=0 drop_bad_slot=0\n\
+             vale0:b switch=vale0 port_idx=1 in_packets=0\n"
+        );
+        assert_eq!(stats_table(r#"{"ports":[]}"#).unwrap(), "");
+        assert!(stats_table(r#"{"port":[]}"#).is_err());
+        assert!(stats_table(r#"{"ports":[1]}"#).is_err());
+        assert!(stats_table("{").is_err());
+        assert_eq!(stats_json("{}"), "{}\n");
+        assert_eq!(stats_json("{}\n"), "{}\n");
+    }
+}

@@ -1,0 +1,202 @@
+//! The `vale-ctl` binary against a scripted valed on a real control socket:
+//! socket selection, exit status, and what reaches stdout and stderr.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use netmap::abi::{
+    NmreqValeAttach, NmreqValeList, NETMAP_REQ_VALE_ATTACH, NETMAP_REQ_VALE_DELIF,
+    NETMAP_REQ_VALE_LIST, NR_REG_NIC_SW,
+};
+use netmap::ctrl::{recv_request, send_reply, Reply, Request, VALE_REQ_STATS};
+use netmap::sys::{accept, seqpacket_listen};
+
+const ENOENT: i32 = 2;
+
+type Seen = Arc<Mutex<Vec<Request>>>;
+
+/// A directory of its own for each test's socket, removed at the end.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+fn scratch() -> Scratch {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "vale-ctl-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    Scratch(d)
+}
+
+/// Listens on `dir/valed.sock` and answers every request with `answer`, one
+/// connection after another, for the rest of the test process.
+fn fake_valed(dir: &Path, answer: fn(&Request) -> Reply) -> (PathBuf, Seen) {
+    let path = dir.join("valed.sock");
+    let listener = seqpacket_listen(&path, 4).unwrap();
+    let seen: Seen = Arc::default();
+    let log = seen.clone();
+    std::thread::spawn(move || loop {
+        let Ok(conn) = accept(&listener) else { return };
+        while let Ok(Some((req, _fds))) = recv_request(&conn) {
+            log.lock().unwrap().push(req.clone());
+            if send_reply(&conn, &answer(&req), &[]).is_err() {
+                break;
+            }
+        }
+    });
+    (path, seen)
+}
+
+/// Two ports, vale0:a (0, 0) and vale1:b (1, 3); stats for all; everything
+/// else succeeds except DELIF, which finds nothing.
+fn model(req: &Request) -> Reply {
+    let mut r = req.clone();
+    match req.reqtype() {
+        NETMAP_REQ_VALE_LIST => {
+            let at: NmreqValeList = req.body_as().unwrap();
+            let ports = [(0u16, 0u32, "vale0:a"), (1, 3, "vale1:b")];
+            let Some(&(b, p, n)) = ports
+                .iter()
+                .find(|(b, p, _)| (*b, *p) >= (at.nr_bridge_idx, at.nr_port_idx))
+            else {
+                return Reply::new(ENOENT, r);
+            };
+            r.hdr.set_name(n).unwrap();
+            r.set_body(&NmreqValeList {
+                nr_bridge_idx: b,
+                pad1: 0,
+                nr_port_idx: p,
+            });
+            Reply::new(0, r)
+        }
+        NETMAP_REQ_VALE_DELIF => Reply::new(ENOENT, r),
+        VALE_REQ_STATS => {
+            r.body = br#"{"ports":[{"name":"vale0:a","in_packets":3}]}"#.to_vec();
+            Reply::new(0, r)
+        }
+        _ => Reply::new(0, r),
+    }
+}
+
+fn vale_ctl(args: &[&str], env_socket: Option<&Path>) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vale-ctl"));
+    c.args(args);
+    match env_socket {
+        Some(p) => c.env("VALE_SOCKET", p),
+        None => c.env_remove("VALE_SOCKET"),
+    };
+    c.output().unwrap()
+}
+
+fn text(b: &[u8]) -> &str {
+    std::str::from_utf8(b).unwrap()
+}
+
+#[test]
+fn lists_through_vale_socket_env() {
+    let dir = scratch();
+    let (path, seen) = fake_valed(&dir, model);
+    let o = vale_ctl(&[], Some(&path));
+    assert_eq!(text(&o.stderr), "");
+    assert_eq!(
+        text(&o.stdout),
+        "vale0:a bridge_idx 0 port_idx 0\nvale1:b bridge_idx 1 port_idx 3\n"
+    );
+    assert!(o.status.success());
+    assert_eq!(seen.lock().unwrap().len(), 3);
+}
+
+#[test]
+fn socket_option_beats_env_and_attach_sends_nic_sw() {
+    let dir = scratch();
+    let (path, seen) = fake_valed(&dir, model);
+    let o = vale_ctl(
+        &["--socket", path.to_str().unwrap(), "-h", "vale0:eth0"],
+        Some(&dir.join("absent.sock")),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].reqtype(), NETMAP_REQ_VALE_ATTACH);
+    assert_eq!(seen[0].name(), b"vale0:eth0");
+    let a: NmreqValeAttach = seen[0].body_as().unwrap();
+    assert_eq!(a.reg.nr_mode, NR_REG_NIC_SW);
+}
+
+#[test]
+fn refusal_exits_1() {
+    let dir = scratch();
+    let (path, _) = fake_valed(&dir, model);
+    let o = vale_ctl(&["-r", "v9"], Some(&path));
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        text(&o.stderr),
+        "failed to remove v9: No such file or directory\n"
+    );
+}
+
+#[test]
+fn stats_json_and_table() {
+    let dir = scratch();
+    let (path, _) = fake_valed(&dir, model);
+    let o = vale_ctl(&["--stats", "--json"], Some(&path));
+    assert!(o.status.success());
+    assert_eq!(
+        text(&o.stdout),
+        "{\"ports\":[{\"name\":\"vale0:a\",\"in_packets\":3}]}\n"
+    );
+    let o = vale_ctl(&["--stats"], Some(&path));
+    assert!(o.status.success());
+    assert_eq!(text(&o.stdout), "vale0:a in_packets=3\n");
+}
+
+#[test]
+fn no_valed() {
+    let dir = scratch();
+    let absent = dir.join("absent.sock");
+    let o = vale_ctl(&["-a", "vale0:x"], Some(&absent));
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        text(&o.stderr),
+        format!("{}: No such file or directory\n", absent.display())
+    );
+}
+
+#[test]
+fn usage() {
+    let o = vale_ctl(&["-x"], None);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(
+        err.starts_with("vale-ctl: invalid option -- 'x'\nUsage:\nvale-ctl [arguments]\n"),
+        "{err}"
+    );
+    assert!(err.ends_with("with no arguments: list all existing vale ports\n"));
+    assert_eq!(text(&o.stdout), "");
+
+    let o = vale_ctl(&["vale0:a"], None);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).starts_with("Usage:\n"));
+
+    let o = vale_ctl(&["--help"], None);
+    assert!(o.status.success());
+    assert!(text(&o.stdout).starts_with("Usage:\n"));
+}
