@@ -339,3 +339,64 @@ impl Sink for RingSink {
         }
     }
 }
+
+/// Several RX rings of one port as one sink: each frame goes to the ring
+/// its flow hashes to (source and destination MAC), so a flow stays in
+/// order on one ring, as a multiqueue NIC spreads flows.
+#[derive(Debug)]
+pub struct RingSinkSet {
+    rings: Vec<RingSink>,
+}
+
+impl RingSinkSet {
+    /// A sink over `rings` (at least one).
+    pub fn new(rings: Vec<RingSink>) -> RingSinkSet {
+        assert!(!rings.is_empty(), "a sink set needs a ring");
+        RingSinkSet { rings }
+    }
+
+    fn pick(&self, frags: &[Frag], skip: usize) -> usize {
+        if self.rings.len() == 1 {
+            return 0;
+        }
+        let mut h = [0u8; 12];
+        let mut at = 0;
+        let mut off = skip;
+        for f in frags {
+            if at == h.len() {
+                break;
+            }
+            let n = f.read(off, &mut h[at..]);
+            off = off.saturating_sub(f.len() as usize);
+            at += n;
+        }
+        let v = u64::from_le_bytes(h[..8].try_into().unwrap_or_default())
+            ^ u64::from(u32::from_le_bytes(h[8..12].try_into().unwrap_or_default()));
+        (v.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % self.rings.len()
+    }
+}
+
+impl Sink for RingSinkSet {
+    fn room(&mut self) -> usize {
+        // Conservative: a backpressure port holds its sources until every
+        // ring has room, since any frame may hash to any ring.
+        self.rings.iter_mut().map(|r| r.room()).min().unwrap_or(0)
+    }
+
+    fn slots_for(&self, len: usize) -> usize {
+        self.rings[0].slots_for(len)
+    }
+
+    fn capacity(&self) -> usize {
+        self.rings.iter().map(|r| r.capacity()).min().unwrap_or(0)
+    }
+
+    fn push(&mut self, frags: &[Frag], skip: usize, hdr: &[u8]) -> Push {
+        let i = self.pick(frags, skip);
+        self.rings[i].push(frags, skip, hdr)
+    }
+
+    fn publish(&mut self) {
+        self.rings.iter_mut().for_each(Sink::publish);
+    }
+}

@@ -14,7 +14,7 @@ use netmap::region::{IfRings, PortLayout, Region, RegionConfig, RegionError};
 use netmap::sync::{Dir, KringState};
 use netmap::sys::EventFd;
 use tracing::info;
-use vale::ring_port::{RingGeometry, RingSink, RingSource};
+use vale::ring_port::{RingGeometry, RingSink, RingSinkSet, RingSource};
 use vale::{DropReason, PortConfig, PortId, Push, Sink, Switch};
 
 use crate::fwd::{Forwarder, Unit};
@@ -29,7 +29,7 @@ pub type Errno = i32;
 /// or nothing (frames to a port nobody has open are dropped as `DstFull`).
 #[derive(Default)]
 struct PortSink {
-    ring: Option<RingSink>,
+    ring: Option<RingSinkSet>,
 }
 
 /// Shared handle to swap the ring in and out as clients come and go.
@@ -449,7 +449,7 @@ impl Registry {
         let map = port.region.map_arc();
         let mut idx = 0u32;
         let mut sources = Vec::new();
-        let mut sink = None;
+        let mut sinks = Vec::new();
         for (i, &off) in port.tx.iter().enumerate() {
             if !tx_sel.contains(&(i as u16)) {
                 continue;
@@ -484,12 +484,10 @@ impl Registry {
                 buf_size: bs,
                 nbufs: nb,
             };
-            // The switch delivers into the first bound RX ring.
-            if sink.is_none() {
-                match RingSink::new(map.clone(), geo, csb.clone(), idx, irq.clone()) {
-                    Ok(s) => sink = Some(s),
-                    Err(_) => return err(req, libc::EIO),
-                }
+            // Frames spread over the bound RX rings by flow.
+            match RingSink::new(map.clone(), geo, csb.clone(), idx, irq.clone()) {
+                Ok(s) => sinks.push(s),
+                Err(_) => return err(req, libc::EIO),
             }
             idx += 1;
         }
@@ -504,7 +502,7 @@ impl Registry {
             Ok(f) => f,
             Err(_) => return err(req, libc::EMFILE),
         };
-        lock(&port.sink).ring = sink;
+        lock(&port.sink).ring = (!sinks.is_empty()).then(|| RingSinkSet::new(sinks));
         port.registered_by = Some(conn.id);
         let (swname, pid) = port
             .attached

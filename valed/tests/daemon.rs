@@ -520,3 +520,68 @@ fn hostile_client_rings_are_counted_not_fatal() {
     recv(&a, &mut got);
     assert!(got.contains(&f));
 }
+
+#[test]
+fn flows_spread_over_rx_rings_in_order() {
+    let v = start("mq", &[]);
+    let req = NmreqRegister {
+        nr_rx_rings: 4,
+        nr_tx_rings: 1,
+        ..Default::default()
+    };
+    let m = NmPort::open_with(&v.sock, "vale8:m", req).unwrap();
+    assert_eq!(m.rx_rings(), 4);
+    let s = v.open("vale8:s").unwrap();
+    // 8 flows (source MACs), 50 frames each, interleaved.
+    let frames: Vec<Vec<u8>> = (0..400u32)
+        .map(|i| {
+            let mut f = frame(64, i);
+            f[11] = (i % 8) as u8;
+            f
+        })
+        .collect();
+    let mut per_ring: Vec<Vec<Vec<u8>>> = vec![Vec::new(); 4];
+    let mut sent = 0;
+    let t0 = Instant::now();
+    while per_ring.iter().map(Vec::len).sum::<usize>() < frames.len() {
+        assert!(t0.elapsed() < Duration::from_secs(20));
+        if sent < frames.len() {
+            sent += send(&s, &frames[sent..]);
+        }
+        let _ = m.poll(false, true, Some(Duration::from_millis(50)));
+        for (i, out) in per_ring.iter_mut().enumerate() {
+            let rx = m.rx_ring(i);
+            rx.sync().unwrap();
+            let r = &rx.ring;
+            let mut cur = r.cur();
+            while cur != r.tail() {
+                let sl = r.slot(cur);
+                let mut b = vec![0u8; sl.len as usize];
+                r.read_buf(sl.buf_idx, 0, &mut b).unwrap();
+                out.push(b);
+                cur = ring::next(cur, r.num_slots());
+            }
+            r.set_cur(cur);
+            r.set_head(cur);
+            rx.sync().unwrap();
+        }
+    }
+    // Each flow lives on one ring, in order; more than one ring is used.
+    let mut flow_ring = [usize::MAX; 8];
+    for (i, out) in per_ring.iter().enumerate() {
+        let mut last = [None::<u32>; 8];
+        for f in out {
+            let flow = f[11] as usize;
+            assert!(
+                flow_ring[flow] == usize::MAX || flow_ring[flow] == i,
+                "flow {flow} on two rings"
+            );
+            flow_ring[flow] = i;
+            let seq = u32::from_le_bytes(f[14..18].try_into().unwrap());
+            assert!(last[flow].is_none_or(|l| l < seq), "flow {flow} reordered");
+            last[flow] = Some(seq);
+        }
+    }
+    let used: std::collections::HashSet<usize> = flow_ring.iter().copied().collect();
+    assert!(used.len() > 1, "all flows on one ring: {flow_ring:?}");
+}
