@@ -90,6 +90,35 @@ pub const VALE_REQ_BASE: u16 = 0x8000;
 /// vale request: switch and port statistics (variable-length body).
 pub const VALE_REQ_STATS: u16 = 0x8000;
 
+/// vale request: read or change a port's switch options. Body
+/// [`ValePortConfig`]; the reply carries the options now in force.
+pub const VALE_REQ_PORT_CONFIG: u16 = 0x8001;
+
+/// [`ValePortConfig::flags`]: hold the sender instead of dropping when the
+/// port's RX ring is full.
+pub const VALE_PORT_BACKPRESSURE: u32 = 1 << 0;
+/// [`ValePortConfig::flags`]: honour the destination in slot flags'
+/// high byte (`NS_PORT_MASK`).
+pub const VALE_PORT_MASK_OVERRIDE: u32 = 1 << 1;
+/// [`ValePortConfig::set`]: apply `flags`.
+pub const VALE_SET_FLAGS: u32 = 1 << 0;
+/// [`ValePortConfig::set`]: apply `mac_limit`.
+pub const VALE_SET_MAC_LIMIT: u32 = 1 << 1;
+
+/// Body of [`VALE_REQ_PORT_CONFIG`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ValePortConfig {
+    /// `VALE_PORT_*` bits.
+    pub flags: u32,
+    /// Most MACs the port may teach the bridge (0: no limit).
+    pub mac_limit: u32,
+    /// Which fields to apply (`VALE_SET_*`); 0 only reads.
+    pub set: u32,
+    /// Zero.
+    pub pad: u32,
+}
+
 /// Environment variable naming the control socket.
 pub const SOCKET_ENV: &str = "VALE_SOCKET";
 /// Control socket used when neither the command line nor [`SOCKET_ENV`]

@@ -44,4 +44,5 @@ pod!(
     crate::abi::NmreqOptExtmem,
     crate::abi::NmreqOptCsb,
     crate::abi::NmreqOptOffsets,
+    crate::ctrl::ValePortConfig,
 );

@@ -77,7 +77,10 @@ fn parse_args() -> Result<Args, String> {
                 );
             }
             "--log" => a.log = val("--log")?,
-            "-h" | "--help" => return Err(USAGE.to_string()),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }

@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex};
 
 use netmap::abi::*;
 use netmap::csb::Csb;
-use netmap::ctrl::{Request, VALE_REQ_STATS};
+use netmap::ctrl::{
+    Request, ValePortConfig, VALE_PORT_BACKPRESSURE, VALE_PORT_MASK_OVERRIDE, VALE_REQ_PORT_CONFIG,
+    VALE_REQ_STATS, VALE_SET_FLAGS, VALE_SET_MAC_LIMIT,
+};
 use netmap::portname::{self, PortKind};
 use netmap::region::{IfRings, PortLayout, Region, RegionConfig, RegionError};
 use netmap::sync::{Dir, KringState};
@@ -301,6 +304,7 @@ impl Registry {
             NETMAP_REQ_PORT_HDR_SET => self.hdr_set(conn, req, &name),
             NETMAP_REQ_PORT_HDR_GET => self.hdr_get(req, &name),
             VALE_REQ_STATS => self.stats(req, &name),
+            VALE_REQ_PORT_CONFIG => self.port_config(conn, req, &name),
             _ => err(req, libc::EOPNOTSUPP),
         }
     }
@@ -574,10 +578,15 @@ impl Registry {
         }
     }
 
+    /// A port for an information request: as [`lookup`](Self::lookup),
+    /// or a persistent port of that name even if it is not attached.
     fn find_any(&self, name: &str) -> Result<&Port, Errno> {
         let (switch, pname) = Self::vale_name(name)?;
-        let key = self.lookup(&switch, &pname).ok_or(libc::ENXIO)?;
-        self.ports.get(&key).ok_or(libc::ENXIO)
+        let key = self.lookup(&switch, &pname).unwrap_or(pname);
+        match self.ports.get(&key) {
+            Some(p) if p.persistent || key.contains(':') => Ok(p),
+            _ => Err(libc::ENXIO),
+        }
     }
 
     fn port_info(&mut self, req: &Request, name: &str) -> Answer {
@@ -663,11 +672,27 @@ impl Registry {
         if layout.tx_rings > 16 || layout.rx_rings > 16 {
             return err(req, libc::EINVAL);
         }
+        if b.nr_mem_id != 0 {
+            // Regions are sized for their port when created, so a port
+            // cannot move into another's yet.
+            return err(req, libc::EOPNOTSUPP);
+        }
         match self.new_port(name, conn.uid, layout, true) {
             Ok(p) => {
                 info!(port = name, "persistent port created");
+                // Answer with what was chosen, as netmap does.
+                let chosen = NmreqValeNewif {
+                    nr_tx_slots: p.layout.tx_slots,
+                    nr_rx_slots: p.layout.rx_slots,
+                    nr_tx_rings: p.tx.len() as u16,
+                    nr_rx_rings: p.rx.len() as u16,
+                    nr_mem_id: p.region.mem_id(),
+                    ..Default::default()
+                };
                 self.ports.insert(name.to_string(), p);
-                (0, req.clone(), Vec::new())
+                let mut r = req.clone();
+                r.set_body(&chosen);
+                (0, r, Vec::new())
             }
             Err(e) => err(req, e),
         }
@@ -838,6 +863,62 @@ impl Registry {
             nr_hdr_len: u32::from(p.hdr_len),
             ..Default::default()
         });
+        (0, r, Vec::new())
+    }
+
+    /// Reads or changes a port's switch options (backpressure, the
+    /// NS_PORT_MASK override, its MAC limit).
+    fn port_config(&mut self, conn: &mut Conn, req: &Request, name: &str) -> Answer {
+        let Ok(b) = req.body_as::<ValePortConfig>() else {
+            return err(req, libc::EINVAL);
+        };
+        let (switch, pname) = match Self::vale_name(name) {
+            Ok(v) => v,
+            Err(e) => return err(req, e),
+        };
+        let Some(key) = self.lookup(&switch, &pname) else {
+            return err(req, libc::ENXIO);
+        };
+        if b.set != 0 {
+            if let Err(e) = self.owned(conn, &key) {
+                return err(req, e);
+            }
+        }
+        let Some((swname, id)) = self.ports[&key].attached.clone() else {
+            return err(req, libc::ENXIO);
+        };
+        let sw = self.switches[&swname].sw.clone();
+        let mut cfg = sw.config(id).unwrap_or_default();
+        if b.set & VALE_SET_FLAGS != 0 {
+            if b.flags & !(VALE_PORT_BACKPRESSURE | VALE_PORT_MASK_OVERRIDE) != 0 {
+                return err(req, libc::EINVAL);
+            }
+            cfg.backpressure = b.flags & VALE_PORT_BACKPRESSURE != 0;
+            cfg.port_mask_override = b.flags & VALE_PORT_MASK_OVERRIDE != 0;
+        }
+        if b.set & VALE_SET_MAC_LIMIT != 0 {
+            cfg.mac_limit = b.mac_limit;
+            sw.with_lookup_mut(|l| l.set_port_mac_limit(id, b.mac_limit));
+        }
+        if b.set & !(VALE_SET_FLAGS | VALE_SET_MAC_LIMIT) != 0 || sw.reconfigure(id, cfg).is_err() {
+            return err(req, libc::EINVAL);
+        }
+        let now = ValePortConfig {
+            flags: if cfg.backpressure {
+                VALE_PORT_BACKPRESSURE
+            } else {
+                0
+            } | if cfg.port_mask_override {
+                VALE_PORT_MASK_OVERRIDE
+            } else {
+                0
+            },
+            mac_limit: cfg.mac_limit,
+            set: 0,
+            pad: 0,
+        };
+        let mut r = req.clone();
+        r.set_body(&now);
         (0, r, Vec::new())
     }
 
