@@ -119,6 +119,8 @@ pub struct Registry {
     next_fwd: usize,
     /// Default ring size for ports that do not ask.
     pub default_slots: u32,
+    /// Ephemeral port created by the REGISTER in progress.
+    just_created: Option<String>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -154,6 +156,7 @@ impl Registry {
             fwd,
             next_fwd: 0,
             default_slots: 1024,
+            just_created: None,
         }
     }
 
@@ -320,6 +323,17 @@ impl Registry {
     }
 
     fn register(&mut self, conn: &mut Conn, req: &Request, name: &str) -> Answer {
+        self.just_created = None;
+        let ans = self.register_inner(conn, req, name);
+        if let (Some(key), true) = (self.just_created.take(), ans.0 != 0) {
+            // A port made for this registration must not outlive its failure.
+            let _ = self.detach(&key);
+            self.ports.remove(&key);
+        }
+        ans
+    }
+
+    fn register_inner(&mut self, conn: &mut Conn, req: &Request, name: &str) -> Answer {
         if conn.reg.is_some() {
             return err(req, libc::EBUSY);
         }
@@ -374,8 +388,8 @@ impl Registry {
                 };
                 let key = format!("{switch}:{pname}");
                 self.ports.insert(key.clone(), port);
+                self.just_created = Some(key.clone());
                 if let Err(e) = self.attach(&key, &switch) {
-                    self.ports.remove(&key);
                     return err(req, e);
                 }
                 key

@@ -209,6 +209,22 @@ fn register_semantics() {
     // A second registration of the same port: EBUSY, as netmap.
     let e = v.open("vale1:a").unwrap_err();
     assert!(e.to_string().contains("busy"), "{e}");
+    // A failed registration leaves no port behind.
+    let bad = NmreqRegister {
+        nr_mode: NR_REG_ONE_NIC,
+        nr_ringid: 5,
+        ..Default::default()
+    };
+    assert!(NmPort::open_with(&v.sock, "vale1:ghost", bad).is_err());
+    assert!(!v.list().contains(&"vale1:ghost".to_string()));
+    // TX_RINGS_ONLY binds no RX ring.
+    let txo = NmreqRegister {
+        nr_flags: NR_TX_RINGS_ONLY,
+        ..Default::default()
+    };
+    let p = NmPort::open_with(&v.sock, "vale1:txonly", txo).unwrap();
+    assert_eq!((p.tx_rings(), p.rx_rings()), (1, 0));
+    drop(p);
     // A NIC name without NIC ports: ENXIO.
     let e = v.open("netmap:nonexistent0").unwrap_err();
     assert!(matches!(e, PortError::Refused { .. }), "{e}");
