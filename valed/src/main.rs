@@ -20,6 +20,7 @@ struct Args {
     cpus: Vec<usize>,
     busy: Duration,
     log: String,
+    huge_pages: bool,
 }
 
 const USAGE: &str =
@@ -51,6 +52,7 @@ fn parse_args() -> Result<Args, String> {
         cpus: Vec::new(),
         busy: Duration::from_micros(50),
         log: "info".into(),
+        huge_pages: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -77,6 +79,7 @@ fn parse_args() -> Result<Args, String> {
                 );
             }
             "--log" => a.log = val("--log")?,
+            "--hugepages" => a.huge_pages = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -125,6 +128,7 @@ fn run(args: Args) -> std::io::Result<()> {
     }
     info!(socket = %path.display(), threads = args.threads, busy_poll_us = args.busy.as_micros() as u64, "valed ready");
     let mut reg = state::Registry::new(fwd);
+    reg.huge_pages = args.huge_pages;
     let res = server::serve(listener, &mut reg, &signals);
     stop.store(true, Ordering::Relaxed);
     reg.shutdown();

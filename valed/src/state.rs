@@ -119,6 +119,8 @@ pub struct Registry {
     next_fwd: usize,
     /// Default ring size for ports that do not ask.
     pub default_slots: u32,
+    /// Back regions with hugetlb pages (`--hugepages`).
+    pub huge_pages: bool,
     /// Ephemeral port created by the REGISTER in progress.
     just_created: Option<String>,
 }
@@ -157,6 +159,7 @@ impl Registry {
             next_fwd: 0,
             default_slots: 1024,
             just_created: None,
+            huge_pages: false,
         }
     }
 
@@ -195,7 +198,12 @@ impl Registry {
         layout: PortLayout,
         persistent: bool,
     ) -> Result<Port, Errno> {
-        let cfg = RegionConfig::for_ports(&layout, 1, 1).map_err(|e| region_errno(&e))?;
+        let mut cfg = RegionConfig::for_ports(&layout, 1, 1).map_err(|e| region_errno(&e))?;
+        // hugetlb only on request: a client can punch a hole in a hugetlb
+        // memfd (seals do not stop fallocate), and if the pool is empty
+        // valed's next touch of that page is a SIGBUS. Shared 4 KiB pages
+        // just refault as zeroes.
+        cfg.huge_pages = self.huge_pages;
         let mem_id = self.next_mem_id;
         self.next_mem_id = self.next_mem_id.checked_add(1).unwrap_or(1);
         let mut region = Region::new(mem_id, owner, &cfg).map_err(|e| region_errno(&e))?;
