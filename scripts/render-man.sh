@@ -15,3 +15,4 @@ render() {
 mkdir -p docs
 render vale-ctl/vale-ctl.8 docs/vale-ctl.8.txt
 render valed/valed.8 docs/valed.8.txt
+render pkt-gen/pkt-gen.8 docs/pkt-gen.8.txt

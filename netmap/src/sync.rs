@@ -47,8 +47,9 @@ pub enum SyncError {
     /// A wait ran out of time.
     #[error("timed out after {0:?}")]
     TimedOut(Duration),
-    /// The switch published an index outside the ring.
-    #[error("ring {ring}: switch published {what} {value} outside {num_slots} slots")]
+    /// An index outside the ring: the application's head or cur, or an
+    /// index the switch published.
+    #[error("ring {ring}: {what} {value} outside {num_slots} slots")]
     BadIndex {
         /// Ring number in the CSB.
         ring: u32,
@@ -99,6 +100,19 @@ impl<'a> AppRing<'a> {
     pub fn sync(&self) -> Result<(), SyncError> {
         let head = self.ring.head();
         let cur = self.ring.cur();
+        let n = self.ring.num_slots();
+        // netmap's ioctl fails with EINVAL here; so do we, before the
+        // switch sees the values and resets the ring.
+        for (what, value) in [("head", head), ("cur", cur)] {
+            if value >= n {
+                return Err(SyncError::BadIndex {
+                    ring: self.id,
+                    what,
+                    value,
+                    num_slots: n,
+                });
+            }
+        }
         // cur first, head with release: the switch reads head with acquire
         // and then cur, so it never sees a head newer than cur, and it sees
         // every slot written before head moved.
@@ -135,7 +149,8 @@ impl<'a> AppRing<'a> {
     #[inline]
     pub fn ready(&self) -> bool {
         let n = self.ring.num_slots();
-        ring::space(self.ring.cur(), self.ring.tail(), n) > 0
+        let (cur, tail) = (self.ring.cur(), self.ring.tail());
+        cur < n && tail < n && ring::space(cur, tail, n) > 0
     }
 
     /// Whether every slot handed to the switch has been consumed

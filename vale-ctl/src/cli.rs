@@ -3,8 +3,8 @@
 //! netmap's vale-ctl reads its options with `getopt(argc, argv,
 //! "d:a:h:g:l:n:r:C:p:P:m:v")`; this parser accepts the same language (clustered
 //! short options, `-aNAME` and `-a NAME`, `--` ends the options, the last command
-//! option wins, operands are an error) plus three long options of our own:
-//! `--stats [PORT]`, `--json` and `--socket PATH`.
+//! option wins, operands are an error) plus long options of our own:
+//! `--stats [PORT]`, `--config PORT [SPEC]`, `--json` and `--socket PATH`.
 
 use std::path::PathBuf;
 
@@ -35,7 +35,9 @@ vale-ctl [arguments]\n\
 \t-m memid to use when creating a new interface\n\
 \t-v increase verbosity\n\
 \t--stats [port]\tshow the counters of one port or of all ports\n\
-\t--json\t\twith --stats: print valed's JSON document as is\n\
+\t--config port [spec]\tshow or change a vale port's options; spec:\n\
+\t\t backpressure=on|off,port-mask=on|off,mac-limit=N (0: no limit)\n\
+\t--json\t\twith --stats or --config: print JSON\n\
 \t--socket path\tvaled's control socket (default $VALE_SOCKET, else /run/vale/valed.sock)\n\
 with no arguments: list all existing vale ports\n";
 
@@ -127,6 +129,56 @@ impl PollConfig {
             }
         }
         c
+    }
+}
+
+/// The changes `--config PORT SPEC` asks for; `None` leaves a setting as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortConfigSpec {
+    /// `backpressure=on|off`.
+    pub backpressure: Option<bool>,
+    /// `port-mask=on|off`.
+    pub port_mask: Option<bool>,
+    /// `mac-limit=N` (0: no limit).
+    pub mac_limit: Option<u32>,
+}
+
+impl PortConfigSpec {
+    /// Reads `item[,item...]`, each `backpressure=on|off`, `port-mask=on|off` or
+    /// `mac-limit=N` (decimal, 0 to 4294967295); a later item overrides an
+    /// earlier one for the same setting.
+    ///
+    /// # Errors
+    ///
+    /// The first item that is none of these (an empty one included), as given.
+    pub fn parse(spec: &str) -> Result<PortConfigSpec, String> {
+        let mut c = PortConfigSpec::default();
+        for item in spec.split(',') {
+            let bad = || item.to_owned();
+            let (key, value) = item.split_once('=').ok_or_else(bad)?;
+            let on_off = || match value {
+                "on" => Ok(true),
+                "off" => Ok(false),
+                _ => Err(bad()),
+            };
+            match key {
+                "backpressure" => c.backpressure = Some(on_off()?),
+                "port-mask" => c.port_mask = Some(on_off()?),
+                "mac-limit" => {
+                    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                        return Err(bad());
+                    }
+                    c.mac_limit = Some(value.parse().map_err(|_| bad())?);
+                }
+                _ => return Err(bad()),
+            }
+        }
+        Ok(c)
+    }
+
+    /// Whether the spec changes nothing (the request only reads).
+    pub fn is_read(&self) -> bool {
+        *self == PortConfigSpec::default()
     }
 }
 
@@ -223,6 +275,16 @@ pub enum Command {
         /// `--json`: print valed's document unchanged.
         json: bool,
     },
+    /// `--config PORT [SPEC]`: `VALE_REQ_PORT_CONFIG`, reading or changing the
+    /// port's switch options.
+    Config {
+        /// The port (`valeX:Y`).
+        name: String,
+        /// What to change; all `None` only reads.
+        spec: PortConfigSpec,
+        /// `--json`: print the result as a JSON object.
+        json: bool,
+    },
 }
 
 /// A parsed command line.
@@ -257,6 +319,7 @@ enum Which {
     PollOn,
     PollOff,
     Stats,
+    Config(PortConfigSpec),
 }
 
 /// Short options that take an argument.
@@ -303,6 +366,35 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ParseError> {
                         },
                     };
                     which = Some((Which::Stats, port));
+                }
+                "config" => {
+                    let port = match inline {
+                        Some(v) => v.to_owned(),
+                        None => match args.get(i) {
+                            Some(v) => {
+                                i += 1;
+                                v.as_ref().to_owned()
+                            }
+                            None => {
+                                return Err(ParseError::Usage(Some(format!(
+                                    "{PROG}: option '--config' requires an argument"
+                                ))))
+                            }
+                        },
+                    };
+                    // As with --stats: a next word not starting with '-' is SPEC.
+                    let spec = match args.get(i).map(AsRef::as_ref) {
+                        Some(next) if !next.starts_with('-') => {
+                            i += 1;
+                            PortConfigSpec::parse(next).map_err(|item| {
+                                ParseError::Usage(Some(format!(
+                                    "{PROG}: --config: bad item \"{item}\""
+                                )))
+                            })?
+                        }
+                        _ => PortConfigSpec::default(),
+                    };
+                    which = Some((Which::Config(spec), Some(port)));
                 }
                 "json" | "help" => {
                     if inline.is_some() {
@@ -406,9 +498,14 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ParseError> {
         None if config.is_none() && mem_id.is_none() && !json => Command::ListAll,
         None => return Err(ParseError::Usage(None)),
         Some((Which::Stats, port)) => Command::Stats { port, json },
+        Some((Which::Config(spec), name)) => Command::Config {
+            name: name.unwrap_or_default(),
+            spec,
+            json,
+        },
         Some(_) if json => {
             return Err(ParseError::Usage(Some(format!(
-                "{PROG}: option '--json' needs '--stats'"
+                "{PROG}: option '--json' needs '--stats' or '--config'"
             ))))
         }
         Some((w, name)) => {
@@ -438,7 +535,7 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ParseError> {
                     name,
                     poll: PollConfig::parse(conf, false),
                 },
-                Which::Stats => unreachable!("handled above"),
+                Which::Stats | Which::Config(_) => unreachable!("handled above"),
             }
         }
     };
@@ -657,6 +754,127 @@ mod tests {
         }
     }
 
+    fn spec(
+        backpressure: Option<bool>,
+        port_mask: Option<bool>,
+        mac_limit: Option<u32>,
+    ) -> PortConfigSpec {
+        PortConfigSpec {
+            backpressure,
+            port_mask,
+            mac_limit,
+        }
+    }
+
+    #[test]
+    fn config_table() {
+        let config = |name: &str, spec: PortConfigSpec, json: bool| Command::Config {
+            name: name.to_owned(),
+            spec,
+            json,
+        };
+        let cases: Vec<(&[&str], Command)> = vec![
+            (
+                &["--config", "vale0:vm1"],
+                config("vale0:vm1", PortConfigSpec::default(), false),
+            ),
+            (
+                &["--config=vale0:vm1"],
+                config("vale0:vm1", PortConfigSpec::default(), false),
+            ),
+            (
+                &["--config", "vale0:vm1", "backpressure=on"],
+                config("vale0:vm1", spec(Some(true), None, None), false),
+            ),
+            (
+                &["--config=vale0:vm1", "port-mask=off", "--json"],
+                config("vale0:vm1", spec(None, Some(false), None), true),
+            ),
+            (
+                &["--json", "--config", "vale0:a", "mac-limit=0"],
+                config("vale0:a", spec(None, None, Some(0)), true),
+            ),
+            (
+                &[
+                    "--config",
+                    "vale0:a",
+                    "backpressure=off,port-mask=on,mac-limit=4294967295",
+                ],
+                config(
+                    "vale0:a",
+                    spec(Some(false), Some(true), Some(u32::MAX)),
+                    false,
+                ),
+            ),
+            // A later item for the same setting wins.
+            (
+                &[
+                    "--config",
+                    "vale0:a",
+                    "mac-limit=8,backpressure=on,mac-limit=16",
+                ],
+                config("vale0:a", spec(Some(true), None, Some(16)), false),
+            ),
+            // A next word starting with '-' is an option, not SPEC.
+            (
+                &["--config", "vale0:a", "-v"],
+                config("vale0:a", PortConfigSpec::default(), false),
+            ),
+            // The last command option wins, --config included.
+            (
+                &["--config", "vale0:a", "backpressure=on", "-g", "vale0:a"],
+                Command::PortInfo {
+                    name: "vale0:a".to_owned(),
+                },
+            ),
+            (
+                &["--stats", "--config", "vale0:b"],
+                config("vale0:b", PortConfigSpec::default(), false),
+            ),
+        ];
+        for (args, want) in cases {
+            assert_eq!(cmd(args), want, "{args:?}");
+        }
+        assert!(PortConfigSpec::default().is_read());
+        assert!(!spec(None, None, Some(0)).is_read());
+    }
+
+    #[test]
+    fn config_bad_items() {
+        let cases: &[(&str, &str)] = &[
+            ("backpressure=maybe", "backpressure=maybe"),
+            ("backpressure", "backpressure"),
+            ("backpressure=ON", "backpressure=ON"),
+            ("port-mask=on,port_mask=on", "port_mask=on"),
+            ("mac-limit=-1", "mac-limit=-1"),
+            ("mac-limit=+1", "mac-limit=+1"),
+            ("mac-limit=", "mac-limit="),
+            ("mac-limit=1k", "mac-limit=1k"),
+            ("mac-limit=4294967296", "mac-limit=4294967296"),
+            ("backpressure=on,", ""),
+            ("", ""),
+            ("speed=10", "speed=10"),
+        ];
+        for &(spec, item) in cases {
+            assert_eq!(
+                PortConfigSpec::parse(spec),
+                Err(item.to_owned()),
+                "{spec:?}"
+            );
+            assert_eq!(
+                usage(&["--config", "vale0:a", spec]),
+                Some(format!("vale-ctl: --config: bad item \"{item}\"")),
+                "{spec:?}"
+            );
+        }
+        assert_eq!(
+            usage(&["--config"]).as_deref(),
+            Some("vale-ctl: option '--config' requires an argument")
+        );
+        // A second word that is not SPEC is an operand, as anywhere else.
+        assert_eq!(usage(&["--config", "vale0:a", "mac-limit=1", "x"]), None);
+    }
+
     #[test]
     fn verbose_and_socket() {
         let inv = ok(&["-vv", "--socket", "/tmp/s", "-v", "-r", "x"]);
@@ -696,7 +914,7 @@ mod tests {
         );
         assert_eq!(
             usage(&["--json", "-a", "vale0:x"]).as_deref(),
-            Some("vale-ctl: option '--json' needs '--stats'")
+            Some("vale-ctl: option '--json' needs '--stats' or '--config'")
         );
         // Operands, -C or -m alone, --json alone: plain usage.
         assert_eq!(usage(&["vale0:x"]), None);

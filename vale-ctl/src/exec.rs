@@ -12,11 +12,15 @@ use netmap::abi::{
     NETMAP_REQ_VALE_DELIF, NETMAP_REQ_VALE_DETACH, NETMAP_REQ_VALE_LIST, NETMAP_REQ_VALE_NEWIF,
     NETMAP_REQ_VALE_POLLING_DISABLE, NETMAP_REQ_VALE_POLLING_ENABLE,
 };
-use netmap::ctrl::{CtrlConn, CtrlError, Reply, Request, VALE_REQ_STATS};
+use netmap::ctrl::{
+    CtrlConn, CtrlError, Reply, Request, ValePortConfig, VALE_PORT_BACKPRESSURE,
+    VALE_PORT_MASK_OVERRIDE, VALE_REQ_PORT_CONFIG, VALE_REQ_STATS, VALE_SET_FLAGS,
+    VALE_SET_MAC_LIMIT,
+};
 use netmap::pod::Pod;
 use netmap::portname::{self, PortNameErrorKind};
 
-use crate::cli::{Command, Invocation, MemSpec, RingConfig};
+use crate::cli::{Command, Invocation, MemSpec, PortConfigSpec, RingConfig};
 use crate::format;
 
 /// `ENOENT`: ends the port enumeration.
@@ -185,6 +189,48 @@ fn mem_id(mem: &MemSpec, ctl: &mut dyn Control) -> Result<u16, Failed> {
     Ok(info.nr_mem_id)
 }
 
+/// `--config PORT [SPEC]`: the options now in force, after the change if any.
+///
+/// valed's `VALE_SET_FLAGS` sets both flag bits at once, so when SPEC names only
+/// one of them the other is first read (a `set: 0` request) and sent back as it is.
+fn port_config(
+    ctl: &mut dyn Control,
+    name: &str,
+    spec: &PortConfigSpec,
+) -> Result<ValePortConfig, Failed> {
+    let action = "configure";
+    let mut ask = |cfg: &ValePortConfig| -> Result<ValePortConfig, Failed> {
+        let req = Request::new(VALE_REQ_PORT_CONFIG, nr_name(name), cfg);
+        let rep = call(ctl, req, action, name)?;
+        body(&rep, action, name)
+    };
+    let read = ValePortConfig::default();
+    if spec.is_read() {
+        return ask(&read);
+    }
+    let mut want = ValePortConfig::default();
+    if spec.backpressure.is_some() || spec.port_mask.is_some() {
+        let current = if spec.backpressure.is_none() || spec.port_mask.is_none() {
+            ask(&read)?.flags
+        } else {
+            0
+        };
+        let bit = |wanted: Option<bool>, bit: u32| match wanted {
+            Some(true) => bit,
+            Some(false) => 0,
+            None => current & bit,
+        };
+        want.flags = bit(spec.backpressure, VALE_PORT_BACKPRESSURE)
+            | bit(spec.port_mask, VALE_PORT_MASK_OVERRIDE);
+        want.set |= VALE_SET_FLAGS;
+    }
+    if let Some(limit) = spec.mac_limit {
+        want.mac_limit = limit;
+        want.set |= VALE_SET_MAC_LIMIT;
+    }
+    ask(&want)
+}
+
 fn warn_ignored(rings: &RingConfig, io: &mut Out<'_>) {
     for tok in &rings.ignored {
         io.err(&format::ignored_config(tok));
@@ -293,6 +339,14 @@ fn one(cmd: &Command, verbose: u32, ctl: &mut dyn Control, io: &mut Out<'_>) -> 
             }
             let req = Request::new(reqtype, nr_name(name), &poll.body);
             call(ctl, req, action, name)?;
+        }
+        Command::Config { name, spec, json } => {
+            let now = port_config(ctl, name, spec)?;
+            io.out(&if *json {
+                format::port_config_json(name, &now)
+            } else {
+                format::port_config(name, &now)
+            });
         }
         Command::Stats { port, json } => {
             let req = Request::with_body(
@@ -572,6 +626,21 @@ mod tests {
                 1,
                 "failed to get stats: Operation not permitted\n",
             ),
+            (
+                &["--config", "vale0:q"],
+                6,
+                "failed to configure vale0:q: No such device or address\n",
+            ),
+            (
+                &["--config", "vale0:q", "backpressure=on"],
+                1,
+                "failed to configure vale0:q: Operation not permitted\n",
+            ),
+            (
+                &["--config", "vale0:q", "mac-limit=2", "--json"],
+                22,
+                "failed to configure vale0:q: Invalid argument\n",
+            ),
         ];
         for &(args, errno, want) in cases {
             let (rc, out, err, _) = drive(args, |req| Reply::new(errno, req.clone()));
@@ -709,6 +778,123 @@ mod tests {
         assert_eq!(seen[0].name().len(), 63);
         assert!(long.starts_with(name(&seen[0])));
         assert_eq!(nr_name("é".repeat(40).as_str()).len(), 62);
+    }
+
+    /// valed's `port_config` on one port, starting from `now`.
+    fn config_server(mut now: ValePortConfig) -> impl FnMut(&Request) -> Reply {
+        move |req| {
+            assert_eq!(req.reqtype(), VALE_REQ_PORT_CONFIG);
+            let b: ValePortConfig = req.body_as().unwrap();
+            assert_eq!(b.pad, 0);
+            if b.set & VALE_SET_FLAGS != 0 {
+                now.flags = b.flags;
+            }
+            if b.set & VALE_SET_MAC_LIMIT != 0 {
+                now.mac_limit = b.mac_limit;
+            }
+            ok_with(req, &now)
+        }
+    }
+
+    fn cfg(flags: u32, mac_limit: u32, set: u32) -> ValePortConfig {
+        ValePortConfig {
+            flags,
+            mac_limit,
+            set,
+            pad: 0,
+        }
+    }
+
+    fn bodies(seen: &[Request]) -> Vec<ValePortConfig> {
+        seen.iter().map(|r| r.body_as().unwrap()).collect()
+    }
+
+    #[test]
+    fn config() {
+        const BP: u32 = VALE_PORT_BACKPRESSURE;
+        const PM: u32 = VALE_PORT_MASK_OVERRIDE;
+        const SF: u32 = VALE_SET_FLAGS;
+        const SM: u32 = VALE_SET_MAC_LIMIT;
+        // (args, config before, requests sent, line printed)
+        let cases: &[(&[&str], ValePortConfig, Vec<ValePortConfig>, &str)] = &[
+            // No SPEC: one read.
+            (
+                &["--config", "vale0:vm1"],
+                cfg(PM, 7, 0),
+                vec![cfg(0, 0, 0)],
+                "vale0:vm1 backpressure=off port-mask=on mac-limit=7\n",
+            ),
+            // One flag named: read first, keep the other bit.
+            (
+                &["--config", "vale0:vm1", "backpressure=on"],
+                cfg(PM, 7, 0),
+                vec![cfg(0, 0, 0), cfg(BP | PM, 0, SF)],
+                "vale0:vm1 backpressure=on port-mask=on mac-limit=7\n",
+            ),
+            (
+                &["--config", "vale0:vm1", "port-mask=off"],
+                cfg(BP | PM, 0, 0),
+                vec![cfg(0, 0, 0), cfg(BP, 0, SF)],
+                "vale0:vm1 backpressure=on port-mask=off mac-limit=0\n",
+            ),
+            (
+                &["--config", "vale0:vm1", "port-mask=on,mac-limit=3"],
+                cfg(0, 0, 0),
+                vec![cfg(0, 0, 0), cfg(PM, 3, SF | SM)],
+                "vale0:vm1 backpressure=off port-mask=on mac-limit=3\n",
+            ),
+            // Both flags named: no read.
+            (
+                &["--config", "vale0:vm1", "backpressure=off,port-mask=on"],
+                cfg(BP, 9, 0),
+                vec![cfg(PM, 0, SF)],
+                "vale0:vm1 backpressure=off port-mask=on mac-limit=9\n",
+            ),
+            // Only the MAC limit: flags untouched, no read.
+            (
+                &["--config", "vale0:vm1", "mac-limit=0"],
+                cfg(BP, 9, 0),
+                vec![cfg(0, 0, SM)],
+                "vale0:vm1 backpressure=on port-mask=off mac-limit=0\n",
+            ),
+        ];
+        for (args, before, sent, line) in cases {
+            let (rc, out, err, seen) = drive(args, config_server(*before));
+            assert_eq!((rc, err.as_str()), (0, ""), "{args:?}");
+            assert_eq!(out, *line, "{args:?}");
+            assert_eq!(bodies(&seen), *sent, "{args:?}");
+            assert!(seen.iter().all(|r| name(r) == "vale0:vm1"), "{args:?}");
+        }
+
+        let (rc, out, _, _) = drive(
+            &["--config", "vale0:vm1", "backpressure=on", "--json"],
+            config_server(cfg(0, 4, 0)),
+        );
+        assert_eq!(rc, 0);
+        assert_eq!(
+            out,
+            "{\"name\":\"vale0:vm1\",\"backpressure\":true,\"port_mask\":false,\"mac_limit\":4}\n"
+        );
+
+        // The read before the change fails: nothing is changed.
+        let (rc, out, err, seen) = drive(&["--config", "vale0:x", "port-mask=on"], |req| {
+            Reply::new(6, req.clone())
+        });
+        assert_eq!((rc, out.as_str()), (1, ""));
+        assert_eq!(
+            err,
+            "failed to configure vale0:x: No such device or address\n"
+        );
+        assert_eq!(bodies(&seen), vec![cfg(0, 0, 0)]);
+
+        // A reply without a proper body.
+        let (rc, _, err, _) = drive(&["--config", "vale0:x"], |req| {
+            let mut r = req.clone();
+            r.body.clear();
+            Reply::new(0, r)
+        });
+        assert_eq!(rc, 1);
+        assert!(err.starts_with("failed to configure vale0:x: "), "{err}");
     }
 
     const DOC: &str = r#"{"ports":[{"name":"vale0:a","switch":"vale0","port_idx":0,"in_packets":5,"drop_runt":1}]}"#;

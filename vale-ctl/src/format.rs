@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 
 use netmap::abi::{NmreqPortInfoGet, NmreqValeList, NmreqValeNewif};
+use netmap::ctrl::{ValePortConfig, VALE_PORT_BACKPRESSURE, VALE_PORT_MASK_OVERRIDE};
 
 use crate::stats::{Json, StatsError};
 
@@ -80,6 +81,51 @@ pub fn invalid_mem_id(arg: &str) -> String {
 /// `-m PORT` and valed refused the `NETMAP_REQ_PORT_INFO_GET` (libnetmap's text).
 pub fn mem_id_info_failed(arg: &str, reason: &str) -> String {
     format!("cannot get info for '{arg}': {reason}\n")
+}
+
+/// `--config PORT`: the options in force, as
+/// `PORT backpressure=on|off port-mask=on|off mac-limit=N`.
+pub fn port_config(name: &str, c: &ValePortConfig) -> String {
+    let on_off = |bit: u32| if c.flags & bit != 0 { "on" } else { "off" };
+    format!(
+        "{name} backpressure={} port-mask={} mac-limit={}\n",
+        on_off(VALE_PORT_BACKPRESSURE),
+        on_off(VALE_PORT_MASK_OVERRIDE),
+        c.mac_limit
+    )
+}
+
+/// `--config PORT --json`: the options in force as one JSON object,
+/// `{"name":"PORT","backpressure":B,"port_mask":B,"mac_limit":N}`.
+pub fn port_config_json(name: &str, c: &ValePortConfig) -> String {
+    format!(
+        "{{\"name\":{},\"backpressure\":{},\"port_mask\":{},\"mac_limit\":{}}}\n",
+        json_string(name),
+        c.flags & VALE_PORT_BACKPRESSURE != 0,
+        c.flags & VALE_PORT_MASK_OVERRIDE != 0,
+        c.mac_limit
+    )
+}
+
+/// `s` as a JSON string literal, quotes included.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// `--stats` without `--json`: one line per port, the name first, then every other
@@ -192,6 +238,46 @@ mod tests {
         assert_eq!(
             mem_id_info_failed("vale0:x", "No such file or directory"),
             "cannot get info for 'vale0:x': No such file or directory\n"
+        );
+    }
+
+    #[test]
+    fn port_config_line_and_json() {
+        let c = ValePortConfig {
+            flags: VALE_PORT_BACKPRESSURE,
+            mac_limit: 0,
+            set: 0,
+            pad: 0,
+        };
+        assert_eq!(
+            port_config("vale0:vm1", &c),
+            "vale0:vm1 backpressure=on port-mask=off mac-limit=0\n"
+        );
+        assert_eq!(
+            port_config_json("vale0:vm1", &c),
+            "{\"name\":\"vale0:vm1\",\"backpressure\":true,\"port_mask\":false,\"mac_limit\":0}\n"
+        );
+        let c = ValePortConfig {
+            flags: VALE_PORT_MASK_OVERRIDE | 1 << 7,
+            mac_limit: 64,
+            set: 0,
+            pad: 0,
+        };
+        assert_eq!(
+            port_config("vale1:b", &c),
+            "vale1:b backpressure=off port-mask=on mac-limit=64\n"
+        );
+        assert_eq!(
+            port_config_json("vale1:b", &c),
+            "{\"name\":\"vale1:b\",\"backpressure\":false,\"port_mask\":true,\"mac_limit\":64}\n"
+        );
+        // The JSON stays valid whatever the name.
+        let j = port_config_json("v\"\\\n\u{1}é", &c);
+        assert!(j.starts_with(r#"{"name":"v\"\\\n\u0001é","#), "{j}");
+        let doc = Json::parse(&j).unwrap();
+        assert_eq!(
+            doc.get("name").and_then(Json::as_str),
+            Some("v\"\\\n\u{1}é")
         );
     }
 

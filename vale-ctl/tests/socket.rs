@@ -10,10 +10,15 @@ use netmap::abi::{
     NmreqValeAttach, NmreqValeList, NETMAP_REQ_VALE_ATTACH, NETMAP_REQ_VALE_DELIF,
     NETMAP_REQ_VALE_LIST, NR_REG_NIC_SW,
 };
-use netmap::ctrl::{recv_request, send_reply, Reply, Request, VALE_REQ_STATS};
+use netmap::ctrl::{
+    recv_request, send_reply, Reply, Request, ValePortConfig, VALE_PORT_BACKPRESSURE,
+    VALE_PORT_MASK_OVERRIDE, VALE_REQ_PORT_CONFIG, VALE_REQ_STATS, VALE_SET_FLAGS,
+    VALE_SET_MAC_LIMIT,
+};
 use netmap::sys::{accept, seqpacket_listen};
 
 const ENOENT: i32 = 2;
+const ENXIO: i32 = 6;
 
 type Seen = Arc<Mutex<Vec<Request>>>;
 
@@ -64,8 +69,9 @@ fn fake_valed(dir: &Path, answer: fn(&Request) -> Reply) -> (PathBuf, Seen) {
     (path, seen)
 }
 
-/// Two ports, vale0:a (0, 0) and vale1:b (1, 3); stats for all; everything
-/// else succeeds except DELIF, which finds nothing.
+/// Two ports, vale0:a (0, 0) and vale1:b (1, 3); stats for all; port options
+/// for vale0:vm1 only (port-mask on, MAC limit 5, before any change; ENXIO for
+/// any other port); everything else succeeds except DELIF, which finds nothing.
 fn model(req: &Request) -> Reply {
     let mut r = req.clone();
     match req.reqtype() {
@@ -87,6 +93,26 @@ fn model(req: &Request) -> Reply {
             Reply::new(0, r)
         }
         NETMAP_REQ_VALE_DELIF => Reply::new(ENOENT, r),
+        VALE_REQ_PORT_CONFIG => {
+            if req.name() != b"vale0:vm1" {
+                return Reply::new(ENXIO, r);
+            }
+            let b: ValePortConfig = req.body_as().unwrap();
+            let mut now = ValePortConfig {
+                flags: VALE_PORT_MASK_OVERRIDE,
+                mac_limit: 5,
+                set: 0,
+                pad: 0,
+            };
+            if b.set & VALE_SET_FLAGS != 0 {
+                now.flags = b.flags;
+            }
+            if b.set & VALE_SET_MAC_LIMIT != 0 {
+                now.mac_limit = b.mac_limit;
+            }
+            r.set_body(&now);
+            Reply::new(0, r)
+        }
         VALE_REQ_STATS => {
             r.body = br#"{"ports":[{"name":"vale0:a","in_packets":3}]}"#.to_vec();
             Reply::new(0, r)
@@ -166,6 +192,70 @@ fn stats_json_and_table() {
     let o = vale_ctl(&["--stats"], Some(&path));
     assert!(o.status.success());
     assert_eq!(text(&o.stdout), "vale0:a in_packets=3\n");
+}
+
+#[test]
+fn config_reads_then_sets_both_flags() {
+    let dir = scratch();
+    let (path, seen) = fake_valed(&dir, model);
+    let o = vale_ctl(&["--config", "vale0:vm1", "backpressure=on"], Some(&path));
+    assert_eq!(text(&o.stderr), "");
+    assert!(o.status.success());
+    assert_eq!(
+        text(&o.stdout),
+        "vale0:vm1 backpressure=on port-mask=on mac-limit=5\n"
+    );
+    {
+        let seen = seen.lock().unwrap();
+        let sent: Vec<ValePortConfig> = seen
+            .iter()
+            .inspect(|r| {
+                assert_eq!(r.reqtype(), VALE_REQ_PORT_CONFIG);
+                assert_eq!(r.name(), b"vale0:vm1");
+            })
+            .map(|r| r.body_as().unwrap())
+            .collect();
+        // The read keeps port-mask as it was; the change carries both bits.
+        assert_eq!(
+            sent,
+            vec![
+                ValePortConfig::default(),
+                ValePortConfig {
+                    flags: VALE_PORT_BACKPRESSURE | VALE_PORT_MASK_OVERRIDE,
+                    mac_limit: 0,
+                    set: VALE_SET_FLAGS,
+                    pad: 0,
+                },
+            ]
+        );
+    }
+
+    let o = vale_ctl(&["--config", "vale0:vm1", "--json"], Some(&path));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stdout),
+        "{\"name\":\"vale0:vm1\",\"backpressure\":false,\"port_mask\":true,\"mac_limit\":5}\n"
+    );
+
+    let o = vale_ctl(&["--config", "vale0:nope", "mac-limit=8"], Some(&path));
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(text(&o.stdout), "");
+    assert_eq!(
+        text(&o.stderr),
+        "failed to configure vale0:nope: No such device or address\n"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 4);
+
+    // A bad SPEC is a usage error; nothing is sent.
+    let o = vale_ctl(
+        &["--config", "vale0:vm1", "backpressure=maybe"],
+        Some(&path),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(text(&o.stdout), "");
+    assert!(text(&o.stderr)
+        .starts_with("vale-ctl: --config: bad item \"backpressure=maybe\"\nUsage:\n"));
+    assert_eq!(seen.lock().unwrap().len(), 4);
 }
 
 #[test]

@@ -130,6 +130,10 @@ impl RingPort {
             .ok();
             self.kring.reset(&csb, view.as_ref());
             self.stats.resets += 1;
+            // An application asleep in poll must learn of the reset.
+            if self.kring.notify(&csb, &self.irq).unwrap_or(false) {
+                self.stats.kicks += 1;
+            }
         }
     }
 

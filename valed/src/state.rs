@@ -22,6 +22,13 @@ use vale::{DropReason, PortConfig, PortId, Push, Sink, Switch};
 
 use crate::fwd::{Forwarder, Unit};
 
+/// How `nr_name` is read: NIC names come without `netmap:` (the header
+/// carries `eth0`, as netmap's does).
+const NR_NAME: portname::ParseOptions = portname::ParseOptions {
+    default_netmap_prefix: true,
+    enable_offset: false,
+};
+
 /// Most switches (netmap: 8).
 pub const MAX_SWITCHES: usize = 64;
 
@@ -321,7 +328,7 @@ impl Registry {
     }
 
     fn vale_name(name: &str) -> Result<(String, String), Errno> {
-        let spec = portname::parse(name).map_err(|_| libc::EINVAL)?;
+        let spec = portname::parse_with(name, NR_NAME).map_err(|_| libc::EINVAL)?;
         match spec.name.kind {
             PortKind::Vale { switch, port } if spec.name.pipe.is_none() => {
                 Ok((format!("vale{switch}"), port))
@@ -348,7 +355,7 @@ impl Registry {
         let Ok(mut body) = req.body_as::<NmreqRegister>() else {
             return err(req, libc::EINVAL);
         };
-        let spec = match portname::parse(name) {
+        let spec = match portname::parse_with(name, NR_NAME) {
             Ok(s) => s,
             Err(_) => return err(req, libc::EINVAL),
         };
