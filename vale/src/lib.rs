@@ -21,7 +21,7 @@ pub mod testing;
 pub use frag::{DstBuf, Frag};
 pub use lookup::{BridgeConfig, Dest, FrameInfo, LearningBridge, Lookup, LookupStats};
 pub use port::{
-    DropReason, FrameCursor, PortConfig, PortCounters, PortId, PortStats, Push, Sink, Source,
+    Arm, DropReason, FrameCursor, PortConfig, PortCounters, PortId, PortStats, Push, Sink, Source,
     DROP_REASONS,
 };
 pub use switch::{Forwarded, Scratch, Switch, SwitchError, MAX_BATCH, MAX_FRAGS, MAX_PORTS};

@@ -47,6 +47,26 @@ pub trait Sink: Send {
 
     /// Makes pushed frames visible to the reader (and wakes it if needed).
     fn publish(&mut self);
+
+    /// A backpressure port held a sender: ask the reader to wake the
+    /// switch when it frees room (the need-kick handshake on its RX rings).
+    fn arm(&mut self) -> Arm {
+        Arm::Never
+    }
+
+    /// Withdraws [`arm`](Self::arm) after waking.
+    fn disarm(&mut self) {}
+}
+
+/// Answer of [`Sink::arm`].
+#[derive(Debug, Clone)]
+pub enum Arm {
+    /// Room appeared meanwhile: do not sleep.
+    Ready,
+    /// Sleep until this eventfd is kicked.
+    Wait(std::sync::Arc<netmap::sys::EventFd>),
+    /// This sink cannot wake anyone (retry on the next wake-up).
+    Never,
 }
 
 /// Result of [`Sink::push`].

@@ -21,7 +21,7 @@ use netmap::sync::{Dir, KringState};
 use netmap::sys::{EventFd, SharedMap};
 
 use crate::frag::{DstBuf, Frag};
-use crate::port::{FrameCursor, Push, Sink, Source};
+use crate::port::{Arm, FrameCursor, Push, Sink, Source};
 use crate::switch::MAX_FRAGS;
 
 /// Where a ring lives and what the switch knows of it.
@@ -258,6 +258,8 @@ pub struct RingSink {
     p: RingPort,
     /// Slots filled since the last publish.
     filled: u32,
+    /// The client's kick eventfd, for backpressure wake-ups.
+    kick: Option<Arc<EventFd>>,
 }
 
 impl RingSink {
@@ -272,7 +274,15 @@ impl RingSink {
         Ok(RingSink {
             p: RingPort::new(Dir::Rx, map, geo, csb, csb_idx, irq)?,
             filled: 0,
+            kick: None,
         })
+    }
+
+    /// The eventfd the client kicks when asked to (its registration's kick
+    /// fd): lets a backpressure port wake the switch when room appears.
+    pub fn with_kick(mut self, kick: Arc<EventFd>) -> RingSink {
+        self.kick = Some(kick);
+        self
     }
 
     /// What the client did wrong so far.
@@ -342,6 +352,31 @@ impl Sink for RingSink {
             self.p.publish_and_notify();
         }
     }
+
+    fn arm(&mut self) -> Arm {
+        let Some(kick) = self.kick.clone() else {
+            return Arm::Never;
+        };
+        let csb = self
+            .p
+            .csb
+            .entry(self.p.csb_idx)
+            .expect("checked at creation");
+        if self.p.kring.prepare_sleep(&csb) {
+            Arm::Wait(kick)
+        } else {
+            Arm::Ready
+        }
+    }
+
+    fn disarm(&mut self) {
+        let csb = self
+            .p
+            .csb
+            .entry(self.p.csb_idx)
+            .expect("checked at creation");
+        self.p.kring.woken(&csb);
+    }
 }
 
 /// Several RX rings of one port as one sink: each frame goes to the ring
@@ -402,5 +437,24 @@ impl Sink for RingSinkSet {
 
     fn publish(&mut self) {
         self.rings.iter_mut().for_each(Sink::publish);
+    }
+
+    fn arm(&mut self) -> Arm {
+        let mut wait = Arm::Never;
+        for r in self.rings.iter_mut() {
+            match r.arm() {
+                Arm::Ready => {
+                    self.disarm();
+                    return Arm::Ready;
+                }
+                w @ Arm::Wait(_) => wait = w,
+                Arm::Never => {}
+            }
+        }
+        wait
+    }
+
+    fn disarm(&mut self) {
+        self.rings.iter_mut().for_each(Sink::disarm);
     }
 }

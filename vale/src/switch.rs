@@ -9,7 +9,7 @@ use thiserror::Error;
 use crate::frag::Frag;
 use crate::lookup::{Dest, FrameInfo, LearningBridge, Lookup};
 use crate::port::{
-    DropReason, PortConfig, PortCounters, PortId, PortStats, Push, Sink, Source, OFFLOAD_TSO4,
+    Arm, DropReason, PortConfig, PortCounters, PortId, PortStats, Push, Sink, Source, OFFLOAD_TSO4,
     OFFLOAD_TSO6, OFFLOAD_UFO,
 };
 
@@ -127,6 +127,8 @@ pub struct Forwarded {
     pub held: usize,
     /// Copies made (a flooded frame counts once per destination).
     pub copies: usize,
+    /// The backpressure port that held the rest of the batch, if any.
+    pub blocked_on: Option<PortId>,
 }
 
 /// A VALE switch: up to [`MAX_PORTS`] ports and a lookup.
@@ -230,6 +232,24 @@ impl<L: Lookup> Switch<L> {
         };
         ports[id as usize] = Some(Arc::new(new));
         Ok(())
+    }
+
+    /// Asks port `id`'s reader for a wake-up when it frees room (see
+    /// [`Sink::arm`]).
+    pub fn arm_port(&self, id: PortId) -> Arm {
+        let ports = self.ports.read().unwrap_or_else(|e| e.into_inner());
+        match ports.get(id as usize) {
+            Some(Some(p)) => lock(&p.sink).arm(),
+            _ => Arm::Never,
+        }
+    }
+
+    /// Withdraws [`arm_port`](Self::arm_port).
+    pub fn disarm_port(&self, id: PortId) {
+        let ports = self.ports.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(Some(p)) = ports.get(id as usize) {
+            lock(&p.sink).disarm();
+        }
     }
 
     /// Options of port `id`.
@@ -418,6 +438,7 @@ impl<L: Lookup> Switch<L> {
             })
             .collect();
         let mut limit = nframes;
+        let mut blocked_on = None;
         for (p, slot, sink) in guards.iter_mut() {
             if !slot.cfg.backpressure {
                 continue;
@@ -434,6 +455,7 @@ impl<L: Lookup> Switch<L> {
                 }
                 if need > room {
                     limit = fi as usize;
+                    blocked_on = Some(*p);
                     break;
                 }
                 room -= need;
@@ -504,6 +526,7 @@ impl<L: Lookup> Switch<L> {
             frames: limit,
             held: nframes - limit,
             copies,
+            blocked_on,
         }
     }
 }

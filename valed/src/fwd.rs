@@ -5,6 +5,7 @@
 //! the kick eventfds, edge-triggered and never reading them.
 
 use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -162,6 +163,9 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
     let mut units: Vec<Unit> = Vec::new();
     // Kick fds are shared by the rings of one registration: watch once.
     let mut kick_refs: HashMap<i32, (usize, Arc<EventFd>)> = HashMap::new();
+    // Readers' kick fds watched for backpressure wake-ups.
+    let mut dest_fds: HashMap<i32, Arc<EventFd>> = HashMap::new();
+    let mut blocked: Vec<(Arc<Switch>, PortId)> = Vec::new();
     let mut sc = Scratch::default();
     let t0 = Instant::now();
     let mut last_work = Instant::now();
@@ -171,8 +175,11 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
         for c in cmds {
             match c {
                 Cmd::Add(u) => {
-                    use std::os::fd::{AsFd, AsRawFd};
                     let k = u.kick.as_fd().as_raw_fd();
+                    if let Some(fd) = dest_fds.remove(&k) {
+                        // Was watched as a reader: now a source fd.
+                        let _ = ep.remove(&*fd);
+                    }
                     let e = kick_refs.entry(k).or_insert_with(|| (0, u.kick.clone()));
                     if e.0 == 0 {
                         ep.add(&*u.kick, k as u64)?;
@@ -182,7 +189,11 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
                     units.push(*u);
                 }
                 Cmd::Remove(reg, ack) => {
-                    use std::os::fd::{AsFd, AsRawFd};
+                    // A reader may be gone: forget every watched reader fd
+                    // (re-added when a port blocks again).
+                    for (_, fd) in dest_fds.drain() {
+                        let _ = ep.remove(&*fd);
+                    }
                     for u in units.iter().filter(|u| u.reg == reg) {
                         let k = u.kick.as_fd().as_raw_fd();
                         if let Some(e) = kick_refs.get_mut(&k) {
@@ -200,8 +211,18 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
         }
         let now = now_secs(t0);
         let mut moved = 0;
+        blocked.clear();
         for u in units.iter_mut() {
-            moved += u.switch.forward(u.port, &mut u.source, &mut sc, now).frames;
+            let fw = u.switch.forward(u.port, &mut u.source, &mut sc, now);
+            moved += fw.frames;
+            if let Some(p) = fw.blocked_on {
+                if !blocked
+                    .iter()
+                    .any(|(s, q)| Arc::ptr_eq(s, &u.switch) && *q == p)
+                {
+                    blocked.push((u.switch.clone(), p));
+                }
+            }
         }
         if moved > 0 {
             last_work = Instant::now();
@@ -211,7 +232,9 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
             std::hint::spin_loop();
             continue;
         }
-        // Ask every client for a kick and re-check before sleeping.
+        // Ask every client for a kick and re-check before sleeping: the
+        // senders for new frames, and the readers of backpressure ports
+        // that hold a sender for room.
         let mut may_sleep = true;
         for u in &units {
             let e = u.csb.entry(u.csb_idx)?;
@@ -220,12 +243,34 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
                 break;
             }
         }
+        for (sw, p) in &blocked {
+            if !may_sleep {
+                break;
+            }
+            match sw.arm_port(*p) {
+                vale::Arm::Ready => may_sleep = false,
+                vale::Arm::Wait(fd) => {
+                    // Watched until the thread's rings change: re-adding an
+                    // edge-triggered fd whose counter is set reports it at
+                    // once, so it is added only once.
+                    let k = fd.as_fd().as_raw_fd();
+                    if !kick_refs.contains_key(&k) && !dest_fds.contains_key(&k) {
+                        ep.add(&*fd, k as u64)?;
+                        dest_fds.insert(k, fd);
+                    }
+                }
+                vale::Arm::Never => {}
+            }
+        }
         if may_sleep {
             ep.wait(64, Some(Duration::from_secs(1)))?;
         }
         for u in &units {
             let e = u.csb.entry(u.csb_idx)?;
             u.source.kring().woken(&e);
+        }
+        for (sw, p) in &blocked {
+            sw.disarm_port(*p);
         }
         let _ = sh.wake.drain();
         last_work = Instant::now();

@@ -68,6 +68,17 @@ impl Sink for SinkProxy {
             r.publish()
         }
     }
+    fn arm(&mut self) -> vale::Arm {
+        lock(&self.0)
+            .ring
+            .as_mut()
+            .map_or(vale::Arm::Never, |r| r.arm())
+    }
+    fn disarm(&mut self) {
+        if let Some(r) = lock(&self.0).ring.as_mut() {
+            r.disarm()
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -519,7 +530,7 @@ impl Registry {
             };
             // Frames spread over the bound RX rings by flow.
             match RingSink::new(map.clone(), geo, csb.clone(), idx, irq.clone()) {
-                Ok(s) => sinks.push(s),
+                Ok(s) => sinks.push(s.with_kick(kick.clone())),
                 Err(_) => return err(req, libc::EIO),
             }
             idx += 1;

@@ -214,10 +214,9 @@ fn tx_to_rx_balances_with_valeds_drop_counters() {
 #[test]
 fn txseq_to_rxseq_is_exact_through_a_backpressure_port() {
     let v = start("exact");
-    // Small: valed wakes a source held by a backpressure destination only
-    // when the sender syncs again (pkt-gen polls in 100 ms slices), not
-    // when the receiver frees room, so this runs at ~1.3 Kpps for now.
-    let n = 10_000u64;
+    // The receiver's rxsync wakes valed when it frees room (the need-kick
+    // handshake on its RX ring), so a held sender resumes at once.
+    let n = 50_000u64;
     let ns = n.to_string();
     let stop = leak_flag();
     let a = v.persistent("vale0", "ea", 1, 0);
@@ -418,7 +417,7 @@ fn rxseq_catches_injected_gap_duplicate_reordering_and_corrupt_byte() {
 #[test]
 fn several_threads_one_ring_each_balance() {
     let v = start("threads");
-    let n = 200_000u64;
+    let n = 50_000u64;
     let stop = leak_flag();
     let m = v.persistent("vale0", "tm", 2, 0);
     let nn = v.persistent("vale0", "tn", 2, 0);
