@@ -184,7 +184,10 @@ fn head_outside_the_window_resets_the_source_ring() {
     let tx = ca.tx().unwrap();
     tx.ring.set_head(40);
     tx.ring.set_cur(40);
-    tx.sync().unwrap();
+    // The library refuses to publish it; a hostile client writes the CSB.
+    assert!(tx.sync().is_err());
+    tx.csb.cur.store(40, std::sync::atomic::Ordering::Relaxed);
+    tx.csb.head.store(40, std::sync::atomic::Ordering::Release);
     let fw = sw.forward(pa, &mut a_src, &mut Scratch::default(), 0);
     assert_eq!(fw.frames, 0);
     assert_eq!(a_src.stats().resets, 1);
