@@ -379,19 +379,37 @@ impl Sink for RingSink {
     }
 }
 
-/// Several RX rings of one port as one sink: each frame goes to the ring
-/// its flow hashes to (source and destination MAC), so a flow stays in
-/// order on one ring, as a multiqueue NIC spreads flows.
-#[derive(Debug)]
+/// The RX rings of one port as one sink, possibly bound by several
+/// registrations (netmap lets each ring of a port be registered by a
+/// different file descriptor). Each frame goes to the ring its flow hashes
+/// to (source and destination MAC), so a flow stays in order on one ring,
+/// as a multiqueue NIC spreads flows. With no ring bound, the port is full.
+#[derive(Debug, Default)]
 pub struct RingSinkSet {
-    rings: Vec<RingSink>,
+    /// (owner, ring): the owner is the registration that bound the ring.
+    rings: Vec<(u64, RingSink)>,
 }
 
 impl RingSinkSet {
-    /// A sink over `rings` (at least one).
-    pub fn new(rings: Vec<RingSink>) -> RingSinkSet {
-        assert!(!rings.is_empty(), "a sink set needs a ring");
-        RingSinkSet { rings }
+    /// An empty set.
+    pub fn new() -> RingSinkSet {
+        RingSinkSet::default()
+    }
+
+    /// Adds the rings registration `owner` bound, keeping ring order by
+    /// ring id stable for the hash.
+    pub fn add(&mut self, owner: u64, rings: Vec<RingSink>) {
+        self.rings.extend(rings.into_iter().map(|r| (owner, r)));
+    }
+
+    /// Removes the rings of registration `owner`.
+    pub fn remove(&mut self, owner: u64) {
+        self.rings.retain(|(o, _)| *o != owner);
+    }
+
+    /// Whether no ring is bound.
+    pub fn is_empty(&self) -> bool {
+        self.rings.is_empty()
     }
 
     fn pick(&self, frags: &[Frag], skip: usize) -> usize {
@@ -419,29 +437,40 @@ impl Sink for RingSinkSet {
     fn room(&mut self) -> usize {
         // Conservative: a backpressure port holds its sources until every
         // ring has room, since any frame may hash to any ring.
-        self.rings.iter_mut().map(|r| r.room()).min().unwrap_or(0)
+        self.rings
+            .iter_mut()
+            .map(|(_, r)| r.room())
+            .min()
+            .unwrap_or(0)
     }
 
     fn slots_for(&self, len: usize) -> usize {
-        self.rings[0].slots_for(len)
+        self.rings.first().map_or(1, |(_, r)| r.slots_for(len))
     }
 
     fn capacity(&self) -> usize {
-        self.rings.iter().map(|r| r.capacity()).min().unwrap_or(0)
+        self.rings
+            .iter()
+            .map(|(_, r)| r.capacity())
+            .min()
+            .unwrap_or(0)
     }
 
     fn push(&mut self, frags: &[Frag], skip: usize, hdr: &[u8]) -> Push {
+        if self.rings.is_empty() {
+            return Push::Full;
+        }
         let i = self.pick(frags, skip);
-        self.rings[i].push(frags, skip, hdr)
+        self.rings[i].1.push(frags, skip, hdr)
     }
 
     fn publish(&mut self) {
-        self.rings.iter_mut().for_each(Sink::publish);
+        self.rings.iter_mut().for_each(|(_, r)| r.publish());
     }
 
     fn arm(&mut self) -> Arm {
         let mut wait = Arm::Never;
-        for r in self.rings.iter_mut() {
+        for (_, r) in self.rings.iter_mut() {
             match r.arm() {
                 Arm::Ready => {
                     self.disarm();
@@ -455,6 +484,6 @@ impl Sink for RingSinkSet {
     }
 
     fn disarm(&mut self) {
-        self.rings.iter_mut().for_each(Sink::disarm);
+        self.rings.iter_mut().for_each(|(_, r)| r.disarm());
     }
 }

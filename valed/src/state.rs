@@ -35,49 +35,33 @@ pub const MAX_SWITCHES: usize = 64;
 /// An errno to answer with.
 pub type Errno = i32;
 
-/// A port's RX side as the switch sees it: the registered client's RX ring,
-/// or nothing (frames to a port nobody has open are dropped as `DstFull`).
-#[derive(Default)]
-struct PortSink {
-    ring: Option<RingSinkSet>,
-}
-
-/// Shared handle to swap the ring in and out as clients come and go.
-type SinkSlot = Arc<Mutex<PortSink>>;
+/// A port's RX side as the switch sees it: the RX rings its clients bound
+/// (none: frames to a port nobody has open are dropped as `DstFull`).
+type SinkSlot = Arc<Mutex<RingSinkSet>>;
 
 struct SinkProxy(SinkSlot);
 
 impl Sink for SinkProxy {
     fn room(&mut self) -> usize {
-        lock(&self.0).ring.as_mut().map_or(0, |r| r.room())
+        lock(&self.0).room()
     }
     fn slots_for(&self, len: usize) -> usize {
-        lock(&self.0).ring.as_ref().map_or(1, |r| r.slots_for(len))
+        lock(&self.0).slots_for(len)
     }
     fn capacity(&self) -> usize {
-        lock(&self.0).ring.as_ref().map_or(0, |r| r.capacity())
+        lock(&self.0).capacity()
     }
     fn push(&mut self, frags: &[vale::Frag], skip: usize, hdr: &[u8]) -> Push {
-        match lock(&self.0).ring.as_mut() {
-            Some(r) => r.push(frags, skip, hdr),
-            None => Push::Full,
-        }
+        lock(&self.0).push(frags, skip, hdr)
     }
     fn publish(&mut self) {
-        if let Some(r) = lock(&self.0).ring.as_mut() {
-            r.publish()
-        }
+        lock(&self.0).publish()
     }
     fn arm(&mut self) -> vale::Arm {
-        lock(&self.0)
-            .ring
-            .as_mut()
-            .map_or(vale::Arm::Never, |r| r.arm())
+        lock(&self.0).arm()
     }
     fn disarm(&mut self) {
-        if let Some(r) = lock(&self.0).ring.as_mut() {
-            r.disarm()
-        }
+        lock(&self.0).disarm()
     }
 }
 
@@ -99,8 +83,17 @@ struct Port {
     /// (switch name, port index) when attached.
     attached: Option<(String, PortId)>,
     sink: SinkSlot,
-    /// Connection holding the registration, if any.
-    registered_by: Option<u64>,
+    /// Registrations bound to the port's rings.
+    regs: Vec<RegRec>,
+}
+
+/// Which rings one registration bound.
+#[derive(Debug, Clone)]
+struct RegRec {
+    conn: u64,
+    tx: Vec<u16>,
+    rx: Vec<u16>,
+    exclusive: bool,
 }
 
 /// What one connection registered.
@@ -216,7 +209,10 @@ impl Registry {
         layout: PortLayout,
         persistent: bool,
     ) -> Result<Port, Errno> {
-        let mut cfg = RegionConfig::for_ports(&layout, 1, 1).map_err(|e| region_errno(&e))?;
+        // Each ring is bound by at most one registration at a time, so a
+        // port has at most one registration per ring.
+        let regs = layout.tx_rings + layout.rx_rings;
+        let mut cfg = RegionConfig::for_ports(&layout, 1, regs).map_err(|e| region_errno(&e))?;
         // hugetlb only on request: a client can punch a hole in a hugetlb
         // memfd (seals do not stop fallocate), and if the pool is empty
         // valed's next touch of that page is a SIGBUS. Shared 4 KiB pages
@@ -252,7 +248,7 @@ impl Registry {
             hdr_len: 0,
             attached: None,
             sink: SinkSlot::default(),
-            registered_by: None,
+            regs: Vec::new(),
         })
     }
 
@@ -422,7 +418,9 @@ impl Registry {
             }
         };
         let port = self.ports.get_mut(&key).expect("just found");
-        if port.registered_by.is_some() {
+        if port.regs.iter().any(|r| r.exclusive)
+            || (flags & NR_EXCLUSIVE != 0 && !port.regs.is_empty())
+        {
             return err(req, libc::EBUSY);
         }
         if port.owner != conn.uid && conn.uid != 0 {
@@ -458,6 +456,13 @@ impl Registry {
         let nrings = (tx_sel.len() + rx_sel.len()) as u32;
         if nrings == 0 {
             return err(req, libc::EINVAL);
+        }
+        // A ring is bound by one registration at a time, as in netmap.
+        let taken = port.regs.iter().any(|r| {
+            r.tx.iter().any(|t| tx_sel.contains(t)) || r.rx.iter().any(|t| rx_sel.contains(t))
+        });
+        if taken {
+            return err(req, libc::EBUSY);
         }
         let bound = |all: &[usize], sel: &[u16]| -> Vec<Option<usize>> {
             (0..all.len())
@@ -546,8 +551,13 @@ impl Registry {
             Ok(f) => f,
             Err(_) => return err(req, libc::EMFILE),
         };
-        lock(&port.sink).ring = (!sinks.is_empty()).then(|| RingSinkSet::new(sinks));
-        port.registered_by = Some(conn.id);
+        lock(&port.sink).add(conn.id, sinks);
+        port.regs.push(RegRec {
+            conn: conn.id,
+            tx: tx_sel.clone(),
+            rx: rx_sel.clone(),
+            exclusive: flags & NR_EXCLUSIVE != 0,
+        });
         let (swname, pid) = port
             .attached
             .clone()
@@ -608,11 +618,11 @@ impl Registry {
         let Some(port) = self.ports.get_mut(&reg.port_key) else {
             return;
         };
-        lock(&port.sink).ring = None;
-        port.registered_by = None;
+        lock(&port.sink).remove(conn.id);
+        port.regs.retain(|r| r.conn != conn.id);
         let _ = port.region.free_if(reg.nifp);
         info!(port = reg.port_key, conn = conn.id, "unregistered");
-        if !port.persistent {
+        if !port.persistent && port.regs.is_empty() {
             let _ = self.detach(&reg.port_key);
             self.ports.remove(&reg.port_key);
         }
@@ -744,7 +754,7 @@ impl Registry {
                 if let Err(e) = self.owned(conn, name) {
                     return err(req, e);
                 }
-                if p.attached.is_some() || p.registered_by.is_some() {
+                if p.attached.is_some() || !p.regs.is_empty() {
                     return err(req, libc::EBUSY);
                 }
                 self.ports.remove(name);
@@ -797,7 +807,7 @@ impl Registry {
         if !p.persistent {
             return err(req, libc::EINVAL);
         }
-        if p.registered_by.is_some() {
+        if !p.regs.is_empty() {
             return err(req, libc::EBUSY);
         }
         if let Err(e) = self.owned(conn, &key) {
@@ -877,7 +887,7 @@ impl Registry {
             return err(req, e);
         }
         let p = self.ports.get_mut(&key).expect("found");
-        if p.registered_by.is_some_and(|c| c != conn.id) {
+        if p.regs.iter().any(|r| r.conn != conn.id) {
             return err(req, libc::EBUSY);
         }
         p.hdr_len = b.nr_hdr_len as u16;

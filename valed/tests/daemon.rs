@@ -209,6 +209,54 @@ fn register_semantics() {
     // A second registration of the same port: EBUSY, as netmap.
     let e = v.open("vale1:a").unwrap_err();
     assert!(e.to_string().contains("busy"), "{e}");
+    // Rings of one port bound by different registrations, as pkt-gen -p
+    // does; the same ring twice, or anything next to NR_EXCLUSIVE, is busy.
+    let two = NmreqRegister {
+        nr_tx_rings: 2,
+        nr_rx_rings: 2,
+        nr_mode: NR_REG_ONE_NIC,
+        nr_ringid: 0,
+        ..Default::default()
+    };
+    let r0 = NmPort::open_with(&v.sock, "vale1:mq", two).unwrap();
+    let r1 = NmPort::open_with(
+        &v.sock,
+        "vale1:mq",
+        NmreqRegister {
+            nr_ringid: 1,
+            ..two
+        },
+    )
+    .unwrap();
+    assert_eq!((r0.tx_rings(), r1.tx_rings()), (1, 1));
+    assert!(NmPort::open_with(
+        &v.sock,
+        "vale1:mq",
+        NmreqRegister {
+            nr_ringid: 1,
+            ..two
+        }
+    )
+    .is_err());
+    drop(r1);
+    let ex = NmreqRegister {
+        nr_flags: NR_EXCLUSIVE,
+        nr_ringid: 1,
+        ..two
+    };
+    assert!(
+        NmPort::open_with(&v.sock, "vale1:mq", ex).is_err(),
+        "another registration exists"
+    );
+    drop(r0);
+    let t0 = Instant::now();
+    while v.list().contains(&"vale1:mq".to_string()) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "port outlived its last registration"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // A failed registration leaves no port behind.
     let bad = NmreqRegister {
         nr_mode: NR_REG_ONE_NIC,
