@@ -21,7 +21,7 @@ use std::sync::Arc;
 use thiserror::Error;
 use tracing::info;
 
-use crate::abi::{NetmapSlot, NETMAP_API, RING_HEADER_SIZE};
+use crate::abi::{NetmapSlot, NmreqPoolsInfo, NETMAP_API, RING_HEADER_SIZE};
 use crate::ring::{field, RingView};
 use crate::sync::Dir;
 use crate::sys::{HugePages, Memfd, SharedMap};
@@ -339,23 +339,6 @@ pub struct PoolLayout {
     pub memsize: usize,
 }
 
-/// Answer to `POOLS_INFO_GET` (`struct nmreq_pools_info`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[allow(missing_docs)]
-pub struct PoolsInfo {
-    pub nr_memsize: u64,
-    pub nr_mem_id: u16,
-    pub nr_if_pool_offset: u64,
-    pub nr_if_pool_objtotal: u32,
-    pub nr_if_pool_objsize: u32,
-    pub nr_ring_pool_offset: u64,
-    pub nr_ring_pool_objtotal: u32,
-    pub nr_ring_pool_objsize: u32,
-    pub nr_buf_pool_offset: u64,
-    pub nr_buf_pool_objtotal: u32,
-    pub nr_buf_pool_objsize: u32,
-}
-
 /// A free list over fixed-size objects.
 #[derive(Debug)]
 struct Pool {
@@ -579,8 +562,8 @@ impl Region {
     }
 
     /// The `POOLS_INFO_GET` answer.
-    pub fn pools_info(&self) -> PoolsInfo {
-        PoolsInfo {
+    pub fn pools_info(&self) -> NmreqPoolsInfo {
+        NmreqPoolsInfo {
             nr_memsize: self.layout.memsize as u64,
             nr_mem_id: self.mem_id,
             nr_if_pool_offset: self.layout.if_pool_offset as u64,
@@ -592,6 +575,7 @@ impl Region {
             nr_buf_pool_offset: self.layout.buf_pool_offset as u64,
             nr_buf_pool_objtotal: self.cfg.buf_objtotal,
             nr_buf_pool_objsize: self.cfg.buf_objsize,
+            ..Default::default()
         }
     }
 

@@ -496,16 +496,28 @@ impl Registry {
         };
         // Fresh rings for a fresh registration, as netmap reinitialises.
         let map = port.region.map_arc();
-        let mut idx = 0u32;
+        // CSB entries: the bound TX rings, then the bound RX rings.
+        let bound: Vec<(Dir, usize)> = port
+            .tx
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| tx_sel.contains(&(*i as u16)))
+            .map(|(_, &off)| (Dir::Tx, off))
+            .chain(
+                port.rx
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| rx_sel.contains(&(*i as u16)))
+                    .map(|(_, &off)| (Dir::Rx, off)),
+            )
+            .collect();
         let mut sources = Vec::new();
         let mut sinks = Vec::new();
-        for (i, &off) in port.tx.iter().enumerate() {
-            if !tx_sel.contains(&(i as u16)) {
-                continue;
-            }
+        for (idx, (dir, off)) in bound.into_iter().enumerate() {
+            let idx = idx as u32;
             let (ns, base, bs, nb) = port.region.ring_params(off).expect("own ring");
-            reset_ring(&port.region, off, Dir::Tx, ns);
-            KringState::new(Dir::Tx, ns).publish(&csb.entry(idx).expect("sized"));
+            reset_ring(&port.region, off, dir, ns);
+            KringState::new(dir, ns).publish(&csb.entry(idx).expect("sized"));
             let geo = RingGeometry {
                 off,
                 num_slots: ns,
@@ -513,32 +525,16 @@ impl Registry {
                 buf_size: bs,
                 nbufs: nb,
             };
-            match RingSource::new(map.clone(), geo, csb.clone(), idx, irq.clone()) {
-                Ok(s) => sources.push((s, idx)),
-                Err(_) => return err(req, libc::EIO),
-            }
-            idx += 1;
-        }
-        for (i, &off) in port.rx.iter().enumerate() {
-            if !rx_sel.contains(&(i as u16)) {
-                continue;
-            }
-            let (ns, base, bs, nb) = port.region.ring_params(off).expect("own ring");
-            reset_ring(&port.region, off, Dir::Rx, ns);
-            KringState::new(Dir::Rx, ns).publish(&csb.entry(idx).expect("sized"));
-            let geo = RingGeometry {
-                off,
-                num_slots: ns,
-                buf_base: base,
-                buf_size: bs,
-                nbufs: nb,
+            let made = match dir {
+                Dir::Tx => RingSource::new(map.clone(), geo, csb.clone(), idx, irq.clone())
+                    .map(|s| sources.push((s, idx))),
+                // Frames spread over the bound RX rings by flow.
+                Dir::Rx => RingSink::new(map.clone(), geo, csb.clone(), idx, irq.clone())
+                    .map(|s| sinks.push(s.with_kick(kick.clone()))),
             };
-            // Frames spread over the bound RX rings by flow.
-            match RingSink::new(map.clone(), geo, csb.clone(), idx, irq.clone()) {
-                Ok(s) => sinks.push(s.with_kick(kick.clone())),
-                Err(_) => return err(req, libc::EIO),
+            if made.is_err() {
+                return err(req, libc::EIO);
             }
-            idx += 1;
         }
         let fds = match (|| -> std::io::Result<Vec<OwnedFd>> {
             Ok(vec![
@@ -665,21 +661,7 @@ impl Registry {
             Ok(p) => p,
             Err(e) => return err(req, e),
         };
-        let i = p.region.pools_info();
-        let body = NmreqPoolsInfo {
-            nr_memsize: i.nr_memsize,
-            nr_mem_id: i.nr_mem_id,
-            nr_if_pool_offset: i.nr_if_pool_offset,
-            nr_if_pool_objtotal: i.nr_if_pool_objtotal,
-            nr_if_pool_objsize: i.nr_if_pool_objsize,
-            nr_ring_pool_offset: i.nr_ring_pool_offset,
-            nr_ring_pool_objtotal: i.nr_ring_pool_objtotal,
-            nr_ring_pool_objsize: i.nr_ring_pool_objsize,
-            nr_buf_pool_offset: i.nr_buf_pool_offset,
-            nr_buf_pool_objtotal: i.nr_buf_pool_objtotal,
-            nr_buf_pool_objsize: i.nr_buf_pool_objsize,
-            ..Default::default()
-        };
+        let body = p.region.pools_info();
         let mut r = req.clone();
         r.set_body(&body);
         (0, r, Vec::new())
