@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use netmap::abi::{NetmapSlot, NS_INDIRECT, NS_MOREFRAG};
+use netmap::abi::{NetmapSlot, NS_BUF_CHANGED, NS_INDIRECT, NS_MOREFRAG};
 use netmap::csb::Csb;
 use netmap::ring::{self, RingView};
 use netmap::sync::{Dir, KringState};
@@ -486,4 +486,62 @@ impl Sink for RingSinkSet {
     fn disarm(&mut self) {
         self.rings.iter_mut().for_each(|(_, r)| r.disarm());
     }
+}
+
+/// netmap pipes: moves what one end published on its TX ring into the
+/// other end's RX ring by swapping buffer indexes — both rings live in the
+/// same region, so no byte is copied. Invalid slots on either side are
+/// skipped and counted, never followed. Returns the slots moved.
+pub fn pipe_forward(src: &mut RingSource, dst: &mut RingSink) -> usize {
+    src.p.prologue();
+    if dst.filled == 0 {
+        dst.p.prologue();
+    }
+    let (s0, pending) = src.p.kring.tx_pending();
+    let (d0, space) = dst.p.kring.rx_space();
+    let space = space - dst.filled;
+    let k = pending.min(space);
+    if k == 0 {
+        return 0;
+    }
+    let sns = src.p.geo.num_slots;
+    let dns = dst.p.geo.num_slots;
+    let d0 = ring::advance(d0, dst.filled, dns);
+    let (sv, dv) = (src.p.view(), dst.p.view());
+    let buf_size = src.p.geo.buf_size.min(dst.p.geo.buf_size) as usize;
+    let mut bad = 0u64;
+    let mut moved = 0u32;
+    for i in 0..k {
+        let si = ring::advance(s0, i, sns);
+        let mut s = sv.slot(si);
+        let di = ring::advance(d0, moved, dns);
+        let mut d = dv.slot(di);
+        let ok = s.flags & NS_INDIRECT == 0
+            && src.p.buf_ptr(&s, s.len as usize).is_some()
+            && dst.p.buf_ptr(&d, buf_size).is_some()
+            && (s.len as usize) <= buf_size;
+        if !ok {
+            bad += 1;
+            continue;
+        }
+        let (sb, db) = (s.buf_idx, d.buf_idx);
+        d.buf_idx = sb;
+        d.len = s.len;
+        d.flags = NS_BUF_CHANGED | (s.flags & NS_MOREFRAG);
+        d.ptr = 0;
+        s.buf_idx = db;
+        s.flags = NS_BUF_CHANGED;
+        dv.set_slot(di, d);
+        sv.set_slot(si, s);
+        moved += 1;
+    }
+    src.p.stats.bad_slots += bad;
+    src.p.kring.tx_consumed(k);
+    src.p.publish_and_notify();
+    if moved > 0 {
+        dst.p.kring.rx_filled(dst.filled + moved);
+        dst.filled = 0;
+        dst.p.publish_and_notify();
+    }
+    moved as usize
 }

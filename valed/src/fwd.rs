@@ -13,17 +13,15 @@ use std::time::{Duration, Instant};
 use netmap::csb::Csb;
 use netmap::sys::{Epoll, EventFd};
 use tracing::{debug, warn};
-use vale::ring_port::RingSource;
-use vale::{PortId, Scratch, Switch};
+use vale::ring_port::{pipe_forward, RingSink, RingSource};
+use vale::{PortId, Scratch, Sink, Switch};
 
 /// One TX ring to forward from.
 pub struct Unit {
     /// Registration it belongs to (removed together).
     pub reg: u64,
-    /// The switch and port the ring feeds.
-    pub switch: Arc<Switch>,
-    /// Port index on the switch.
-    pub port: PortId,
+    /// Where the ring's frames go.
+    pub path: Path,
     /// The ring.
     pub source: RingSource,
     /// The CSB and the ring's entry in it, for the need-kick handshake.
@@ -34,12 +32,27 @@ pub struct Unit {
     pub kick: Arc<EventFd>,
 }
 
+/// Where a unit's frames go.
+pub enum Path {
+    /// Into a switch, as port `port`.
+    Switch {
+        /// The switch.
+        switch: Arc<Switch>,
+        /// The port the ring belongs to.
+        port: PortId,
+    },
+    /// Straight into the other end of a netmap pipe, zero copy.
+    Pipe {
+        /// The other end's RX ring.
+        dst: Box<RingSink>,
+    },
+}
+
 impl std::fmt::Debug for Unit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Unit")
             .field("reg", &self.reg)
-            .field("port", &self.port)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -185,7 +198,7 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
                         ep.add(&*u.kick, k as u64)?;
                     }
                     e.0 += 1;
-                    debug!(reg = u.reg, port = u.port, "ring added");
+                    debug!(reg = u.reg, "ring added");
                     units.push(*u);
                 }
                 Cmd::Remove(reg, ack) => {
@@ -213,15 +226,20 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
         let mut moved = 0;
         blocked.clear();
         for u in units.iter_mut() {
-            let fw = u.switch.forward(u.port, &mut u.source, &mut sc, now);
-            moved += fw.frames;
-            if let Some(p) = fw.blocked_on {
-                if !blocked
-                    .iter()
-                    .any(|(s, q)| Arc::ptr_eq(s, &u.switch) && *q == p)
-                {
-                    blocked.push((u.switch.clone(), p));
+            match &mut u.path {
+                Path::Switch { switch, port } => {
+                    let fw = switch.forward(*port, &mut u.source, &mut sc, now);
+                    moved += fw.frames;
+                    if let Some(p) = fw.blocked_on {
+                        if !blocked
+                            .iter()
+                            .any(|(s, q)| Arc::ptr_eq(s, switch) && *q == p)
+                        {
+                            blocked.push((switch.clone(), p));
+                        }
+                    }
                 }
+                Path::Pipe { dst } => moved += pipe_forward(&mut u.source, dst),
             }
         }
         if moved > 0 {
@@ -241,6 +259,28 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
             if !u.source.kring().prepare_sleep(&e) {
                 may_sleep = false;
                 break;
+            }
+        }
+        for u in units.iter_mut() {
+            if !may_sleep {
+                break;
+            }
+            let Path::Pipe { dst } = &mut u.path else {
+                continue;
+            };
+            if u.source.kring().tx_pending().1 == 0 {
+                continue;
+            }
+            match dst.arm() {
+                vale::Arm::Ready => may_sleep = false,
+                vale::Arm::Wait(fd) => {
+                    let k = fd.as_fd().as_raw_fd();
+                    if !kick_refs.contains_key(&k) && !dest_fds.contains_key(&k) {
+                        ep.add(&*fd, k as u64)?;
+                        dest_fds.insert(k, fd);
+                    }
+                }
+                vale::Arm::Never => {}
             }
         }
         for (sw, p) in &blocked {
@@ -271,6 +311,11 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
         }
         for (sw, p) in &blocked {
             sw.disarm_port(*p);
+        }
+        for u in units.iter_mut() {
+            if let Path::Pipe { dst } = &mut u.path {
+                dst.disarm();
+            }
         }
         let _ = sh.wake.drain();
         last_work = Instant::now();

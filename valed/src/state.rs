@@ -12,7 +12,7 @@ use netmap::ctrl::{
     Request, ValePortConfig, VALE_PORT_BACKPRESSURE, VALE_PORT_MASK_OVERRIDE, VALE_REQ_PORT_CONFIG,
     VALE_REQ_STATS, VALE_SET_FLAGS, VALE_SET_MAC_LIMIT,
 };
-use netmap::portname::{self, PortKind};
+use netmap::portname::{self, PipeEnd, PortKind};
 use netmap::region::{IfRings, PortLayout, Region, RegionConfig, RegionError};
 use netmap::sync::{Dir, KringState};
 use netmap::sys::EventFd;
@@ -20,7 +20,7 @@ use tracing::info;
 use vale::ring_port::{RingGeometry, RingSink, RingSinkSet, RingSource};
 use vale::{DropReason, PortConfig, PortId, Push, Sink, Switch};
 
-use crate::fwd::{Forwarder, Unit};
+use crate::fwd::{Forwarder, Path, Unit};
 
 /// How `nr_name` is read: NIC names come without `netmap:` (the header
 /// carries `eth0`, as netmap's does).
@@ -102,6 +102,39 @@ pub struct Registration {
     port_key: String,
     nifp: usize,
     fwd: usize,
+    /// For a pipe end: which end (0 master, 1 slave).
+    pipe_end: Option<usize>,
+}
+
+/// A registration's CSB, kick and irq eventfds, and the descriptors sent
+/// to the client (region, CSB, kick, irq).
+type Doorbells = (Arc<Csb>, Arc<EventFd>, Arc<EventFd>, Vec<OwnedFd>);
+
+/// One end of a netmap pipe and its registration.
+#[derive(Default)]
+struct PipeSide {
+    tx: Vec<usize>,
+    rx: Vec<usize>,
+    reg: Option<PipeReg>,
+}
+
+struct PipeReg {
+    conn: u64,
+    csb: Arc<Csb>,
+    irq: Arc<EventFd>,
+    kick: Arc<EventFd>,
+}
+
+/// A netmap pipe: two ends whose rings share one region, so frames cross
+/// by swapping buffer indexes (zero copy), master TX to slave RX and back.
+struct Pipe {
+    owner: u32,
+    region: Region,
+    layout: PortLayout,
+    ends: [PipeSide; 2],
+    /// Id of the pipe's forwarding units (both directions).
+    unit_id: u64,
+    fwd: usize,
 }
 
 /// Per-connection state.
@@ -132,6 +165,9 @@ pub struct Registry {
     pub default_slots: u32,
     /// Back regions with hugetlb pages (`--hugepages`).
     pub huge_pages: bool,
+    /// netmap pipes by parent name and id.
+    pipes: BTreeMap<String, Pipe>,
+    next_pipe: u64,
     /// Ephemeral port created by the REGISTER in progress.
     just_created: Option<String>,
 }
@@ -171,6 +207,8 @@ impl Registry {
             default_slots: 1024,
             just_created: None,
             huge_pages: false,
+            pipes: BTreeMap::new(),
+            next_pipe: 0,
         }
     }
 
@@ -366,12 +404,21 @@ impl Registry {
             Ok(s) => s,
             Err(_) => return err(req, libc::EINVAL),
         };
+        if let Some(pipe) = &spec.name.pipe {
+            let end = usize::from(pipe.end != PipeEnd::Master);
+            return self.register_pipe(
+                conn,
+                req,
+                body,
+                &spec.name.parent_nr_name(),
+                &pipe.id,
+                end,
+                name,
+            );
+        }
         let (switch, pname) = match &spec.name.kind {
-            PortKind::Vale { switch, port } if spec.name.pipe.is_none() => {
-                (format!("vale{switch}"), port.clone())
-            }
-            PortKind::Vale { .. } => return err(req, libc::EOPNOTSUPP), // pipes: later issue
-            PortKind::Nic { .. } => return err(req, libc::ENXIO),       // NIC ports: later issue
+            PortKind::Vale { switch, port } => (format!("vale{switch}"), port.clone()),
+            PortKind::Nic { .. } => return err(req, libc::ENXIO), // NIC ports: later issue
         };
         // The request's mode wins over the name's, as in netmap.
         let mode = if body.nr_mode != 0 {
@@ -570,8 +617,10 @@ impl Registry {
             if let Some(f) = self.fwd.get(fwd) {
                 f.add(Unit {
                     reg: conn.id,
-                    switch: sw.clone(),
-                    port: pid,
+                    path: Path::Switch {
+                        switch: sw.clone(),
+                        port: pid,
+                    },
                     source,
                     csb: csb.clone(),
                     csb_idx,
@@ -596,6 +645,7 @@ impl Registry {
             port_key: key.clone(),
             nifp,
             fwd,
+            pipe_end: None,
         });
         info!(port = key, conn = conn.id, uid = conn.uid, "registered");
         let mut r = req.clone();
@@ -603,11 +653,199 @@ impl Registry {
         (0, r, fds)
     }
 
+    /// REGISTER of a pipe end (`x{N` master, `x}N` slave).
+    #[allow(clippy::too_many_arguments)]
+    fn register_pipe(
+        &mut self,
+        conn: &mut Conn,
+        req: &Request,
+        mut body: NmreqRegister,
+        parent: &str,
+        id: &str,
+        end: usize,
+        name: &str,
+    ) -> Answer {
+        let mode = if body.nr_mode != 0 {
+            body.nr_mode
+        } else {
+            NR_REG_ALL_NIC
+        };
+        if mode != NR_REG_ALL_NIC || body.nr_flags & (NR_TX_RINGS_ONLY | NR_RX_RINGS_ONLY) != 0 {
+            return err(req, libc::EINVAL);
+        }
+        let key = format!("{parent}#{id}");
+        if !self.pipes.contains_key(&key) {
+            let d = self.default_slots;
+            let pick = |v: u32| if v == 0 { d } else { v };
+            let rings = u32::from(body.nr_tx_rings.max(body.nr_rx_rings)).clamp(1, 16);
+            let slots = pick(body.nr_tx_slots.max(body.nr_rx_slots));
+            let layout = PortLayout {
+                tx_rings: rings,
+                rx_rings: rings,
+                tx_slots: slots,
+                rx_slots: slots,
+                extra_bufs: body.nr_extra_bufs,
+                ..Default::default()
+            };
+            let mut cfg = match RegionConfig::for_ports(&layout, 2, 1) {
+                Ok(c) => c,
+                Err(e) => return err(req, region_errno(&e)),
+            };
+            cfg.huge_pages = self.huge_pages;
+            let mem_id = self.next_mem_id;
+            self.next_mem_id = self.next_mem_id.checked_add(1).unwrap_or(1);
+            let mut region = match Region::new(mem_id, conn.uid, &cfg) {
+                Ok(r) => r,
+                Err(e) => return err(req, region_errno(&e)),
+            };
+            let mut ends: [PipeSide; 2] = Default::default();
+            for e in ends.iter_mut() {
+                for i in 0..rings {
+                    match (
+                        region.alloc_ring(Dir::Tx, i as u16, slots),
+                        region.alloc_ring(Dir::Rx, i as u16, slots),
+                    ) {
+                        (Ok(t), Ok(r)) => {
+                            e.tx.push(t);
+                            e.rx.push(r);
+                        }
+                        (Err(x), _) | (_, Err(x)) => return err(req, region_errno(&x)),
+                    }
+                }
+            }
+            self.next_pipe += 1;
+            let unit_id = (1 << 63) | self.next_pipe;
+            let fwd = self.next_fwd % self.fwd.len().max(1);
+            self.next_fwd += 1;
+            self.pipes.insert(
+                key.clone(),
+                Pipe {
+                    owner: conn.uid,
+                    region,
+                    layout,
+                    ends,
+                    unit_id,
+                    fwd,
+                },
+            );
+            info!(pipe = key, "pipe created");
+        }
+        let pipe = self.pipes.get_mut(&key).expect("present");
+        if pipe.owner != conn.uid && conn.uid != 0 {
+            return err(req, libc::EPERM);
+        }
+        if pipe.ends[end].reg.is_some() {
+            return err(req, libc::EBUSY);
+        }
+        let me = &pipe.ends[end];
+        let rings = IfRings {
+            tx: me.tx.iter().map(|&o| Some(o)).collect(),
+            host_tx: vec![None],
+            rx: me.rx.iter().map(|&o| Some(o)).collect(),
+            host_rx: vec![None],
+        };
+        let nrings = (me.tx.len() + me.rx.len()) as u32;
+        let (tx, rx) = (me.tx.clone(), me.rx.clone());
+        let if_name: String = name.chars().take(15).collect();
+        let nifp = match pipe.region.alloc_if(&if_name, &rings, body.nr_extra_bufs) {
+            Ok(o) => o,
+            Err(e) => return err(req, region_errno(&e)),
+        };
+        let made = (|| -> std::io::Result<Doorbells> {
+            let csb = Arc::new(Csb::create(nrings)?);
+            let (kick, irq) = (Arc::new(EventFd::new()?), Arc::new(EventFd::new()?));
+            let fds = vec![
+                pipe.region.share_fd()?,
+                csb.share_fd()?,
+                kick.try_clone_fd()?,
+                irq.try_clone_fd()?,
+            ];
+            Ok((csb, kick, irq, fds))
+        })();
+        let Ok((csb, kick, irq, fds)) = made else {
+            let _ = pipe.region.free_if(nifp);
+            return err(req, libc::ENOMEM);
+        };
+        for (idx, (dir, off)) in tx
+            .iter()
+            .map(|&o| (Dir::Tx, o))
+            .chain(rx.iter().map(|&o| (Dir::Rx, o)))
+            .enumerate()
+        {
+            let ns = pipe.layout.tx_slots;
+            reset_ring(&pipe.region, off, dir, ns);
+            KringState::new(dir, ns).publish(&csb.entry(idx as u32).expect("sized"));
+        }
+        pipe.ends[end].reg = Some(PipeReg {
+            conn: conn.id,
+            csb,
+            irq,
+            kick,
+        });
+        // Both ends open: start both directions.
+        if pipe.ends[1 - end].reg.is_some() {
+            let units = pipe_units(pipe);
+            match units {
+                Ok(units) => {
+                    if let Some(f) = self.fwd.get(pipe.fwd) {
+                        units.into_iter().for_each(|u| f.add(u));
+                    }
+                }
+                Err(_) => {
+                    pipe.ends[end].reg = None;
+                    let _ = pipe.region.free_if(nifp);
+                    return err(req, libc::EIO);
+                }
+            }
+        }
+        body.nr_offset = nifp as u64;
+        body.nr_memsize = pipe.region.memsize() as u64;
+        body.nr_tx_slots = pipe.layout.tx_slots;
+        body.nr_rx_slots = pipe.layout.rx_slots;
+        body.nr_tx_rings = tx.len() as u16;
+        body.nr_rx_rings = rx.len() as u16;
+        body.nr_host_tx_rings = 1;
+        body.nr_host_rx_rings = 1;
+        body.nr_mem_id = pipe.region.mem_id();
+        body.nr_mode = mode;
+        conn.reg = Some(Registration {
+            port_key: key.clone(),
+            nifp,
+            fwd: pipe.fwd,
+            pipe_end: Some(end),
+        });
+        info!(pipe = key, end, conn = conn.id, "pipe end registered");
+        let mut r = req.clone();
+        r.set_body(&body);
+        (0, r, fds)
+    }
+
+    fn unregister_pipe(&mut self, conn: u64, reg: &Registration, end: usize) {
+        let Some(pipe) = self.pipes.get_mut(&reg.port_key) else {
+            return;
+        };
+        if let Some(f) = self.fwd.get(pipe.fwd) {
+            f.remove(pipe.unit_id);
+        }
+        if pipe.ends[end].reg.as_ref().is_some_and(|r| r.conn == conn) {
+            pipe.ends[end].reg = None;
+        }
+        let _ = pipe.region.free_if(reg.nifp);
+        info!(pipe = reg.port_key, end, conn, "pipe end unregistered");
+        if pipe.ends.iter().all(|e| e.reg.is_none()) {
+            self.pipes.remove(&reg.port_key);
+        }
+    }
+
     /// Drops `conn`'s registration (its connection closed). The rings are
     /// taken back from the forwarding thread first; an ephemeral port goes
     /// away with its last client.
     pub fn unregister(&mut self, conn: &mut Conn) {
         let Some(reg) = conn.reg.take() else { return };
+        if let Some(end) = reg.pipe_end {
+            self.unregister_pipe(conn.id, &reg, end);
+            return;
+        }
         if let Some(f) = self.fwd.get(reg.fwd) {
             f.remove(conn.id);
         }
@@ -995,4 +1233,57 @@ fn reset_ring(region: &Region, off: usize, dir: Dir, num_slots: u32) {
         v.set_cur(0);
         v.set_tail(if dir == Dir::Tx { num_slots - 1 } else { 0 });
     }
+}
+
+/// The two forwarding units of an open pipe: each end's TX ring i into the
+/// other end's RX ring i.
+fn pipe_units(pipe: &Pipe) -> std::io::Result<Vec<Unit>> {
+    let map = pipe.region.map_arc();
+    let mut units = Vec::new();
+    for from in 0..2 {
+        let (a, b) = (&pipe.ends[from], &pipe.ends[1 - from]);
+        let (Some(ra), Some(rb)) = (&a.reg, &b.reg) else {
+            continue;
+        };
+        for i in 0..a.tx.len() {
+            let geo = |off: usize| {
+                let (ns, base, bs, nb) = pipe
+                    .region
+                    .ring_params(off)
+                    .map_err(std::io::Error::other)?;
+                Ok::<_, std::io::Error>(RingGeometry {
+                    off,
+                    num_slots: ns,
+                    buf_base: base,
+                    buf_size: bs,
+                    nbufs: nb,
+                })
+            };
+            let src = RingSource::new(
+                map.clone(),
+                geo(a.tx[i])?,
+                ra.csb.clone(),
+                i as u32,
+                ra.irq.clone(),
+            )?;
+            let rx_idx = (b.tx.len() + i) as u32;
+            let dst = RingSink::new(
+                map.clone(),
+                geo(b.rx[i])?,
+                rb.csb.clone(),
+                rx_idx,
+                rb.irq.clone(),
+            )?
+            .with_kick(rb.kick.clone());
+            units.push(Unit {
+                reg: pipe.unit_id,
+                path: Path::Pipe { dst: Box::new(dst) },
+                source: src,
+                csb: ra.csb.clone(),
+                csb_idx: i as u32,
+                kick: ra.kick.clone(),
+            });
+        }
+    }
+    Ok(units)
 }
