@@ -457,3 +457,35 @@ fn several_threads_one_ring_each_balance() {
     assert_eq!(v.stat(&m, "in_packets"), n);
     assert_eq!(rx.ctrs.pkts + v.stat(&nn, "drop_dst_full"), n);
 }
+
+#[test]
+fn txseq_to_rxseq_over_a_pipe_is_exact() {
+    let v = start("pipe");
+    // A pipe never drops: the sender waits for the other end's room.
+    let n = 50_000u64;
+    let ns = n.to_string();
+    let stop = leak_flag();
+    let rx = spawn(v.cfg(&["-i", "vale0:pp}3", "-f", "rxseq", "-n", &ns]), stop);
+    let tx = pkt_gen::run::run(
+        &v.cfg(&["-i", "vale0:pp{3", "-f", "txseq", "-n", &ns, "-l", "1500"]),
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert!(tx.ok(), "{tx:?}");
+    let t0 = Instant::now();
+    while !rx.is_finished() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "rxseq did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rx = rx.join().unwrap();
+    let s = rx.seq.clone().expect("rxseq report");
+    assert!(rx.ok(), "{:?}", s.errors);
+    assert_eq!(
+        (s.frames, s.gaps, s.lost, s.error_count()),
+        (n, 0, 0, 0),
+        "{s:?}"
+    );
+}
