@@ -527,3 +527,47 @@ pub fn fuzz_ctrl(data: &[u8]) {
         }
     }
 }
+
+/// Copies as many of `frames` as fit into `tx`, one slot each, publishes
+/// them and txsyncs. Returns how many went.
+pub fn send_frames(tx: &AppRing<'_>, frames: &[Vec<u8>]) -> Result<usize, SyncError> {
+    let r = &tx.ring;
+    let ns = r.num_slots();
+    tx.sync()?;
+    let mut cur = r.cur();
+    let n = frames.len().min(ring::space(cur, r.tail(), ns) as usize);
+    for f in &frames[..n] {
+        let mut s = r.slot(cur);
+        r.write_buf(s.buf_idx, 0, f)?;
+        s.len = f.len() as u16;
+        s.flags = 0;
+        r.set_slot(cur, s);
+        cur = ring::next(cur, ns);
+    }
+    r.set_cur(cur);
+    r.set_head(cur);
+    tx.sync()?;
+    Ok(n)
+}
+
+/// Takes every frame waiting in `rx` (one slot each) into `out`, releases
+/// the slots and rxsyncs. Returns how many were taken.
+pub fn recv_frames(rx: &AppRing<'_>, out: &mut Vec<Vec<u8>>) -> Result<usize, SyncError> {
+    rx.sync()?;
+    let r = &rx.ring;
+    let ns = r.num_slots();
+    let mut cur = r.cur();
+    let mut n = 0;
+    while cur != r.tail() {
+        let s = r.slot(cur);
+        let mut b = vec![0u8; s.len as usize];
+        r.read_buf(s.buf_idx, 0, &mut b)?;
+        out.push(b);
+        cur = ring::next(cur, ns);
+        n += 1;
+    }
+    r.set_cur(cur);
+    r.set_head(cur);
+    rx.sync()?;
+    Ok(n)
+}

@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use netmap::csb::Csb;
-use netmap::ring;
 use netmap::sync::{poll_rings, AppRing, Want};
 use netmap::sys::EventFd;
-use netmap::testing::{LoopClient, Loopback};
+use netmap::testing::{recv_frames, send_frames, LoopClient, Loopback};
 use vale::ring_port::{RingGeometry, RingSink, RingSource};
 use vale::testing::{eth_frame, mac};
 use vale::{DropReason, PortConfig, Scratch, Switch};
@@ -40,43 +39,13 @@ fn client(lb: &Loopback) -> LoopClient {
     LoopClient::from_fds(lb.fds().unwrap(), lb.region.memsize(), lb.nifp).unwrap()
 }
 
-/// Writes `frames` into the TX ring (as many as fit) and txsyncs.
 fn send(tx: &AppRing<'_>, frames: &[Vec<u8>]) -> usize {
-    let r = &tx.ring;
-    let ns = r.num_slots();
-    let mut cur = r.cur();
-    let room = ring::space(cur, r.tail(), ns) as usize;
-    for f in frames.iter().take(room) {
-        let mut s = r.slot(cur);
-        r.write_buf(s.buf_idx, 0, f).unwrap();
-        s.len = f.len() as u16;
-        s.flags = 0;
-        r.set_slot(cur, s);
-        cur = ring::next(cur, ns);
-    }
-    r.set_cur(cur);
-    r.set_head(cur);
-    tx.sync().unwrap();
-    frames.len().min(room)
+    send_frames(tx, frames).unwrap()
 }
 
-/// Reads every frame in the RX ring and rxsyncs.
 fn recv(rx: &AppRing<'_>) -> Vec<Vec<u8>> {
-    rx.sync().unwrap();
-    let r = &rx.ring;
-    let ns = r.num_slots();
     let mut out = Vec::new();
-    let mut cur = r.cur();
-    while cur != r.tail() {
-        let s = r.slot(cur);
-        let mut b = vec![0u8; s.len as usize];
-        r.read_buf(s.buf_idx, 0, &mut b).unwrap();
-        out.push(b);
-        cur = ring::next(cur, ns);
-    }
-    r.set_cur(cur);
-    r.set_head(cur);
-    rx.sync().unwrap();
+    recv_frames(rx, &mut out).unwrap();
     out
 }
 

@@ -113,42 +113,11 @@ fn frame(len: usize, seq: u32) -> Vec<u8> {
 }
 
 fn send(p: &NmPort, frames: &[Vec<u8>]) -> usize {
-    let tx = p.tx_ring(0);
-    let r = &tx.ring;
-    let ns = r.num_slots();
-    tx.sync().unwrap();
-    let mut cur = r.cur();
-    let n = frames.len().min(ring::space(cur, r.tail(), ns) as usize);
-    for f in &frames[..n] {
-        let mut s = r.slot(cur);
-        r.write_buf(s.buf_idx, 0, f).unwrap();
-        s.len = f.len() as u16;
-        s.flags = 0;
-        r.set_slot(cur, s);
-        cur = ring::next(cur, ns);
-    }
-    r.set_cur(cur);
-    r.set_head(cur);
-    tx.sync().unwrap();
-    n
+    netmap::testing::send_frames(&p.tx_ring(0), frames).unwrap()
 }
 
 fn recv(p: &NmPort, out: &mut Vec<Vec<u8>>) {
-    let rx = p.rx_ring(0);
-    rx.sync().unwrap();
-    let r = &rx.ring;
-    let ns = r.num_slots();
-    let mut cur = r.cur();
-    while cur != r.tail() {
-        let s = r.slot(cur);
-        let mut b = vec![0u8; s.len as usize];
-        r.read_buf(s.buf_idx, 0, &mut b).unwrap();
-        out.push(b);
-        cur = ring::next(cur, ns);
-    }
-    r.set_cur(cur);
-    r.set_head(cur);
-    rx.sync().unwrap();
+    netmap::testing::recv_frames(&p.rx_ring(0), out).unwrap();
 }
 
 #[test]

@@ -16,7 +16,6 @@ use netmap::ctrl::{
     VALE_REQ_STATS, VALE_SET_FLAGS,
 };
 use netmap::port::NmPort;
-use netmap::ring;
 use pkt_gen::args::{self, Config, Parsed};
 use pkt_gen::frame::{Af, FrameSpec, IpRange, Template, BROADCAST};
 use pkt_gen::seq::{self, ErrorKind, Gap};
@@ -309,27 +308,11 @@ fn ping_pong_reports_round_trips() {
 
 /// Sends `frames` on `p`'s TX ring 0, waiting for room.
 fn send_all(p: &NmPort, frames: &[Vec<u8>]) {
-    let tx = p.tx_ring(0);
-    let r = tx.ring;
-    let ns = r.num_slots();
     let mut i = 0;
     let t0 = Instant::now();
     while i < frames.len() {
         assert!(t0.elapsed() < Duration::from_secs(20));
-        tx.sync().unwrap();
-        let mut cur = r.cur();
-        while i < frames.len() && ring::space(cur, r.tail(), ns) > 0 {
-            let mut s = r.slot(cur);
-            r.write_buf(s.buf_idx, 0, &frames[i]).unwrap();
-            s.len = frames[i].len() as u16;
-            s.flags = 0;
-            r.set_slot(cur, s);
-            cur = ring::next(cur, ns);
-            i += 1;
-        }
-        r.set_cur(cur);
-        r.set_head(cur);
-        tx.sync().unwrap();
+        i += netmap::testing::send_frames(&p.tx_ring(0), &frames[i..]).unwrap();
         let _ = p.poll(true, false, Some(Duration::from_millis(10)));
     }
     p.drain(Duration::from_secs(5)).unwrap();
