@@ -124,11 +124,6 @@ impl<'a> RingView<'a> {
         let num_slots: u32 = map.read(off + field::NUM_SLOTS)?;
         let buf_size: u32 = map.read(off + field::NR_BUF_SIZE)?;
         let buf_ofs: i64 = map.read(off + field::BUF_OFS)?;
-        if num_slots < 2 {
-            return Err(bad(format!("ring at {off}: num_slots {num_slots} below 2")));
-        }
-        let slots_len = num_slots as usize * size_of::<NetmapSlot>();
-        map.check(off + RING_HEADER_SIZE, slots_len, 8)?;
         let buf_base = (off as i64)
             .checked_add(buf_ofs)
             .filter(|b| *b >= 0)
@@ -137,19 +132,12 @@ impl<'a> RingView<'a> {
                     "ring at {off}: buf_ofs {buf_ofs} points before the region"
                 ))
             })? as usize;
-        let pool_len = nbufs as usize * buf_size as usize;
-        if buf_size == 0 || map.check(buf_base, pool_len, 1).is_err() {
-            return Err(bad(format!(
-                "ring at {off}: {nbufs} buffers of {buf_size} bytes at {buf_base} outside the region"
-            )));
-        }
-        Ok(RingView {
-            map,
-            off,
-            num_slots,
-            buf_base,
-            buf_size,
-            nbufs,
+        // The geometry read from the header gets the same checks as the
+        // switch's own record of it.
+        Self::from_parts(map, off, num_slots, buf_base, buf_size, nbufs).map_err(|e| {
+            bad(format!(
+                "ring at {off}: {num_slots} slots, {nbufs} buffers of {buf_size} bytes at {buf_base}: {e}"
+            ))
         })
     }
 
