@@ -119,6 +119,65 @@ pub struct ValePortConfig {
     pub pad: u32,
 }
 
+/// Private request: create a vhost-user-net port named by `nr_name`
+/// (persistent, like NEWIF; attach it with VALE_ATTACH). Body:
+/// [`ValeVhostNewif`].
+pub const VALE_REQ_VHOST_NEWIF: u16 = 0x8002;
+
+/// [`ValeVhostNewif::flags`]: valed connects to the VMM's socket instead
+/// of listening on it.
+pub const VALE_VHOST_CLIENT: u32 = 1 << 0;
+
+/// Body of [`VALE_REQ_VHOST_NEWIF`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValeVhostNewif {
+    /// Socket path, NUL-terminated (a `sun_path` is 108 bytes).
+    pub path: [u8; 108],
+    /// `VALE_VHOST_*` bits.
+    pub flags: u32,
+    /// Queue pairs to offer (0: 1).
+    pub queue_pairs: u16,
+    /// Largest queue size (0: 1024).
+    pub queue_size: u16,
+}
+
+impl Default for ValeVhostNewif {
+    fn default() -> Self {
+        ValeVhostNewif {
+            path: [0; 108],
+            flags: 0,
+            queue_pairs: 0,
+            queue_size: 0,
+        }
+    }
+}
+
+impl ValeVhostNewif {
+    /// A body for `path`; None if the path does not fit.
+    pub fn new(path: &str, client: bool, queue_pairs: u16) -> Option<ValeVhostNewif> {
+        let b = path.as_bytes();
+        if b.is_empty() || b.len() >= 108 || b.contains(&0) {
+            return None;
+        }
+        let mut v = ValeVhostNewif {
+            flags: if client { VALE_VHOST_CLIENT } else { 0 },
+            queue_pairs,
+            ..Default::default()
+        };
+        v.path[..b.len()].copy_from_slice(b);
+        Some(v)
+    }
+
+    /// The path, if it is UTF-8 and NUL-terminated.
+    pub fn path_str(&self) -> Option<&str> {
+        let n = self.path.iter().position(|&c| c == 0)?;
+        std::str::from_utf8(&self.path[..n])
+            .ok()
+            .filter(|s| !s.is_empty())
+    }
+}
+
 /// Environment variable naming the control socket.
 pub const SOCKET_ENV: &str = "VALE_SOCKET";
 /// Control socket used when neither the command line nor [`SOCKET_ENV`]

@@ -45,4 +45,5 @@ pod!(
     crate::abi::NmreqOptCsb,
     crate::abi::NmreqOptOffsets,
     crate::ctrl::ValePortConfig,
+    crate::ctrl::ValeVhostNewif,
 );

@@ -73,6 +73,12 @@ impl Frag {
         unsafe { Frag::new(data.as_ptr(), len, flags) }
     }
 
+    /// The same fragment with other slot flags.
+    #[inline]
+    pub fn with_flags(self, flags: u16) -> Frag {
+        Frag { flags, ..self }
+    }
+
     /// Length in bytes.
     #[inline]
     pub fn len(&self) -> u16 {
@@ -114,6 +120,10 @@ pub struct DstBuf {
     ptr: NonNull<u8>,
     cap: usize,
 }
+
+// SAFETY: a DstBuf is a write view whose validity the sink guarantees until
+// it publishes; which thread writes through it changes nothing.
+unsafe impl Send for DstBuf {}
 
 impl DstBuf {
     /// A buffer of `cap` writable bytes at `ptr`.

@@ -12,6 +12,7 @@
 
 pub mod frag;
 pub mod lookup;
+pub mod offload;
 pub mod port;
 pub mod ring_port;
 pub mod switch;

@@ -56,6 +56,13 @@ pub trait Sink: Send {
 
     /// Withdraws [`arm`](Self::arm) after waking.
     fn disarm(&mut self) {}
+
+    /// Offloads the reader takes now (`OFFLOAD_*`), when the sink knows
+    /// better than the port's configuration — a guest acks them when it
+    /// connects. None: use [`PortConfig::offloads`].
+    fn offloads(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// Answer of [`Sink::arm`].
@@ -177,6 +184,9 @@ pub const OFFLOAD_TSO6: u32 = 1 << 2;
 pub const OFFLOAD_ECN: u32 = 1 << 3;
 /// The reader accepts UFO (`GUEST_UFO`).
 pub const OFFLOAD_UFO: u32 = 1 << 4;
+/// Everything: a netmap client with a virtio-net header gets frames as
+/// they came (netmap's VALE passes headers untouched between such ports).
+pub const OFFLOAD_ALL: u32 = OFFLOAD_CSUM | OFFLOAD_TSO4 | OFFLOAD_TSO6 | OFFLOAD_ECN | OFFLOAD_UFO;
 
 /// Why frames were dropped; one counter each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,9 +8,10 @@ use thiserror::Error;
 
 use crate::frag::Frag;
 use crate::lookup::{Dest, FrameInfo, LearningBridge, Lookup};
+use crate::offload;
 use crate::port::{
-    Arm, DropReason, PortConfig, PortCounters, PortId, PortStats, Push, Sink, Source, OFFLOAD_TSO4,
-    OFFLOAD_TSO6, OFFLOAD_UFO,
+    Arm, DropReason, PortConfig, PortCounters, PortId, PortStats, Push, Sink, Source, OFFLOAD_CSUM,
+    OFFLOAD_TSO4, OFFLOAD_TSO6, OFFLOAD_UFO,
 };
 
 /// Most frames taken from a source at once.
@@ -87,6 +88,8 @@ struct Frame {
     nfrags: u16,
     /// GSO type from the frame's virtio-net header (0: none).
     gso: u8,
+    /// The frame's virtio-net header, copied once (zeros without one).
+    vh: [u8; 12],
     len: u32,
     dest: Dest,
     drop: Option<DropReason>,
@@ -103,6 +106,9 @@ pub struct Scratch {
     /// Ports a flood reaches in this batch.
     active: Vec<PortId>,
     hdr: [u8; 64],
+    /// A whole frame, for software segmentation and checksum.
+    soft: Vec<u8>,
+    soft_scratch: Vec<u8>,
 }
 
 impl Default for Scratch {
@@ -114,6 +120,8 @@ impl Default for Scratch {
             touched: Vec::with_capacity(MAX_PORTS),
             active: Vec::with_capacity(MAX_PORTS),
             hdr: [0; 64],
+            soft: Vec::new(),
+            soft_scratch: Vec::new(),
         }
     }
 }
@@ -359,6 +367,7 @@ impl<L: Lookup> Switch<L> {
                 }
                 // Copy the headers once; never re-read them from the source.
                 gather(frags, &mut sc.hdr[..need]);
+                fr.vh[..src_hdr].copy_from_slice(&sc.hdr[..src_hdr]);
                 fr.gso = if src_hdr > 0 {
                     sc.hdr[VNET_GSO_TYPE] & 0x7f
                 } else {
@@ -466,6 +475,11 @@ impl<L: Lookup> Switch<L> {
         let mut copies = 0;
         for (p, slot, sink) in guards.iter_mut() {
             let dst_hdr = slot.cfg.vnet_hdr_len as usize;
+            let dst_off = if dst_hdr > 0 {
+                sink.offloads().unwrap_or(slot.cfg.offloads)
+            } else {
+                0
+            };
             let (mut out, mut out_bytes, mut full, mut offload, mut bad) =
                 (0u64, 0u64, 0u64, 0u64, 0u64);
             for &fi in sc.lists[*p as usize]
@@ -474,20 +488,33 @@ impl<L: Lookup> Switch<L> {
             {
                 let fr = sc.frames[fi as usize];
                 let frags = &sc.frags[fr.first as usize..fr.first as usize + fr.nfrags as usize];
-                if !gso_ok(fr.gso, if dst_hdr > 0 { slot.cfg.offloads } else { 0 }) {
-                    offload += 1;
+                let needs_csum = src_hdr > 0 && fr.vh[0] & offload::F_NEEDS_CSUM != 0;
+                if !gso_ok(fr.gso, dst_off) || (needs_csum && dst_off & OFFLOAD_CSUM == 0) {
+                    // The reader lacks what the frame needs: segment and
+                    // checksum it here, from one copy of the frame.
+                    match soft_offload(
+                        &mut ***sink,
+                        frags,
+                        src_hdr,
+                        dst_hdr,
+                        &fr.vh,
+                        &mut sc.soft,
+                        &mut sc.soft_scratch,
+                    ) {
+                        Ok(r) => {
+                            out += r.done;
+                            out_bytes += r.bytes;
+                            full += r.full;
+                            bad += r.bad;
+                        }
+                        Err(_) => offload += 1,
+                    }
                     continue;
                 }
-                let mut hdrbuf = [0u8; 12];
-                let (skip, hdr): (usize, &[u8]) = if src_hdr == dst_hdr {
-                    (0, &[])
-                } else {
-                    // 10 <-> 12 bytes (num_buffers is the reader's), a zero
-                    // header for a reader that wants one, or none.
-                    let n = src_hdr.min(dst_hdr);
-                    gather(frags, &mut hdrbuf[..n]);
-                    (src_hdr, &hdrbuf[..dst_hdr])
-                };
+                // The header goes out from the copy made in pass 1 (10 <->
+                // 12 bytes: num_buffers is the reader's), never re-read
+                // from the source, whose owner may be rewriting it.
+                let (skip, hdr): (usize, &[u8]) = (src_hdr, &fr.vh[..dst_hdr]);
                 match sink.push(frags, skip, hdr) {
                     Push::Done => {
                         out += 1;
@@ -537,6 +564,63 @@ fn push_list(lists: &mut [Vec<u32>], touched: &mut Vec<PortId>, p: PortId, fi: u
         touched.push(p);
     }
     l.push(fi);
+}
+
+/// What software offload pushed.
+#[derive(Debug, Default)]
+struct SoftResult {
+    done: u64,
+    bytes: u64,
+    full: u64,
+    bad: u64,
+}
+
+/// Copies the frame out once, completes its checksum or cuts it into
+/// wire-sized segments, and pushes the result with a plain header.
+#[allow(clippy::too_many_arguments)]
+fn soft_offload(
+    sink: &mut dyn Sink,
+    frags: &[Frag],
+    src_hdr: usize,
+    dst_hdr: usize,
+    vh: &[u8; 12],
+    buf: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> Result<SoftResult, offload::OffloadError> {
+    let total: usize = frags.iter().map(|f| f.len() as usize).sum();
+    buf.clear();
+    buf.resize(total, 0);
+    gather(frags, buf);
+    buf.drain(..src_hdr.min(total));
+    let h = offload::VnetHdr::parse(&vh[..src_hdr]);
+    // Segments and completed frames carry valid checksums: the reader gets
+    // a zero header (no GSO, no partial checksum).
+    let zero = [0u8; 12];
+    let out_hdr = &zero[..dst_hdr];
+    let mut r = SoftResult::default();
+    let push = |sink: &mut dyn Sink, data: &[u8], r: &mut SoftResult| {
+        let mut parts = [Frag::bad(0); 2];
+        let n = data.len().div_ceil(u16::MAX as usize).clamp(1, 2);
+        for (i, c) in data.chunks(u16::MAX as usize).take(2).enumerate() {
+            let more = if i + 1 < n { NS_MOREFRAG } else { 0 };
+            parts[i] = Frag::from_slice(c, more);
+        }
+        match sink.push(&parts[..n], 0, out_hdr) {
+            Push::Done => {
+                r.done += 1;
+                r.bytes += (data.len() + dst_hdr) as u64;
+            }
+            Push::Full => r.full += 1,
+            Push::BadSlot => r.bad += 1,
+        }
+    };
+    if h.gso() == offload::GSO_NONE {
+        offload::complete_csum(&h, buf)?;
+        push(sink, buf, &mut r);
+    } else {
+        offload::segment(&h, buf, scratch, |seg| push(sink, seg, &mut r))?;
+    }
+    Ok(r)
 }
 
 /// Whether a reader with `offloads` takes a frame of GSO type `gso`.
@@ -592,6 +676,7 @@ fn split_frames(frags: &[Frag], frames: &mut Vec<Frame>) -> usize {
             first: first as u32,
             nfrags: (i - first) as u16,
             gso: VNET_GSO_NONE,
+            vh: [0; 12],
             len,
             dest: Dest::Drop,
             drop: bad.then_some(DropReason::BadChain),

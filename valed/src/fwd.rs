@@ -16,20 +16,66 @@ use tracing::{debug, warn};
 use vale::ring_port::{pipe_forward, RingSink, RingSource};
 use vale::{PortId, Scratch, Sink, Switch};
 
-/// One TX ring to forward from.
+/// One TX ring (or guest TX queue) to forward from.
 pub struct Unit {
     /// Registration it belongs to (removed together).
     pub reg: u64,
     /// Where the ring's frames go.
     pub path: Path,
     /// The ring.
-    pub source: RingSource,
-    /// The CSB and the ring's entry in it, for the need-kick handshake.
-    pub csb: Arc<Csb>,
-    /// Entry of this ring in the CSB.
-    pub csb_idx: u32,
-    /// The client's kick eventfd (shared by the registration's rings).
+    pub source: UnitSource,
+    /// The client's kick eventfd (shared by the registration's rings), or
+    /// the eventfd a vhost-user worker relays the guest's kicks to.
     pub kick: Arc<EventFd>,
+}
+
+/// What a unit forwards from.
+pub enum UnitSource {
+    /// A client's TX ring.
+    Ring {
+        /// The ring.
+        source: RingSource,
+        /// The CSB and the ring's entry in it, for the need-kick handshake.
+        csb: Arc<Csb>,
+        /// Entry of this ring in the CSB.
+        csb_idx: u32,
+    },
+    /// A guest's TX virtqueue.
+    Vhost(backend::TxQueue),
+}
+
+impl UnitSource {
+    /// Asks the writer for a kick; false if work arrived meanwhile.
+    fn prepare_sleep(&mut self) -> std::io::Result<bool> {
+        Ok(match self {
+            UnitSource::Ring {
+                source,
+                csb,
+                csb_idx,
+            } => source.kring().prepare_sleep(&csb.entry(*csb_idx)?),
+            UnitSource::Vhost(q) => !q.enable_notification(),
+        })
+    }
+
+    /// Back to polling: the writer need not kick.
+    fn woken(&mut self) -> std::io::Result<()> {
+        match self {
+            UnitSource::Ring {
+                source,
+                csb,
+                csb_idx,
+            } => source.kring().woken(&csb.entry(*csb_idx)?),
+            UnitSource::Vhost(q) => q.disable_notification(),
+        }
+        Ok(())
+    }
+
+    fn as_source(&mut self) -> &mut dyn vale::Source {
+        match self {
+            UnitSource::Ring { source, .. } => source,
+            UnitSource::Vhost(q) => q,
+        }
+    }
 }
 
 /// Where a unit's frames go.
@@ -228,7 +274,7 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
         for u in units.iter_mut() {
             match &mut u.path {
                 Path::Switch { switch, port } => {
-                    let fw = switch.forward(*port, &mut u.source, &mut sc, now);
+                    let fw = switch.forward(*port, u.source.as_source(), &mut sc, now);
                     moved += fw.frames;
                     if let Some(p) = fw.blocked_on {
                         if !blocked
@@ -239,7 +285,11 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
                         }
                     }
                 }
-                Path::Pipe { dst } => moved += pipe_forward(&mut u.source, dst),
+                Path::Pipe { dst } => {
+                    if let UnitSource::Ring { source, .. } = &mut u.source {
+                        moved += pipe_forward(source, dst);
+                    }
+                }
             }
         }
         if moved > 0 {
@@ -254,9 +304,8 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
         // senders for new frames, and the readers of backpressure ports
         // that hold a sender for room.
         let mut may_sleep = true;
-        for u in &units {
-            let e = u.csb.entry(u.csb_idx)?;
-            if !u.source.kring().prepare_sleep(&e) {
+        for u in units.iter_mut() {
+            if !u.source.prepare_sleep()? {
                 may_sleep = false;
                 break;
             }
@@ -265,10 +314,11 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
             if !may_sleep {
                 break;
             }
-            let Path::Pipe { dst } = &mut u.path else {
+            let (Path::Pipe { dst }, UnitSource::Ring { source, .. }) = (&mut u.path, &u.source)
+            else {
                 continue;
             };
-            if u.source.kring().tx_pending().1 == 0 {
+            if source.kring().tx_pending().1 == 0 {
                 continue;
             }
             match dst.arm() {
@@ -305,9 +355,8 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
         if may_sleep {
             ep.wait(64, Some(Duration::from_secs(1)))?;
         }
-        for u in &units {
-            let e = u.csb.entry(u.csb_idx)?;
-            u.source.kring().woken(&e);
+        for u in units.iter_mut() {
+            u.source.woken()?;
         }
         for (sw, p) in &blocked {
             sw.disarm_port(*p);

@@ -4,6 +4,7 @@ mod fwd;
 mod server;
 mod signal;
 mod state;
+mod vhost;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -21,10 +22,12 @@ struct Args {
     busy: Duration,
     log: String,
     huge_pages: bool,
+    vhost: Vec<vhost::VhostSpec>,
+    config: Option<PathBuf>,
 }
 
-const USAGE: &str =
-    "usage: valed [--socket PATH] [--threads N] [--cpus LIST] [--busy-poll USECS] [--log LEVEL]";
+const USAGE: &str = "usage: valed [--socket PATH] [--threads N] [--cpus LIST] [--busy-poll USECS] [--log LEVEL]
+             [--hugepages] [--config FILE] [--vhost-user NAME=PATH[,client][,queues=N][,attach=valeX]]...";
 
 fn parse_cpus(s: &str) -> Result<Vec<usize>, String> {
     let mut v = Vec::new();
@@ -53,6 +56,8 @@ fn parse_args() -> Result<Args, String> {
         busy: Duration::from_micros(50),
         log: "info".into(),
         huge_pages: false,
+        vhost: Vec::new(),
+        config: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -80,6 +85,10 @@ fn parse_args() -> Result<Args, String> {
             }
             "--log" => a.log = val("--log")?,
             "--hugepages" => a.huge_pages = true,
+            "--vhost-user" => a
+                .vhost
+                .push(vhost::VhostSpec::parse_arg(&val("--vhost-user")?)?),
+            "--config" => a.config = Some(PathBuf::from(val("--config")?)),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -129,6 +138,35 @@ fn run(args: Args) -> std::io::Result<()> {
     info!(socket = %path.display(), threads = args.threads, busy_poll_us = args.busy.as_micros() as u64, "valed ready");
     let mut reg = state::Registry::new(fwd);
     reg.huge_pages = args.huge_pages;
+    // Ports from the config file (valed's own record of what vale-ctl
+    // created), then the command line's.
+    let mut specs = Vec::new();
+    if let Some(cf) = &args.config {
+        match std::fs::read_to_string(cf) {
+            Ok(text) => {
+                specs = vhost::VhostSpec::parse_file(&text, cf).map_err(std::io::Error::other)?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(std::io::Error::other(format!("{}: {e}", cf.display()))),
+        }
+    }
+    for s in args.vhost {
+        specs.retain(|o| o.name != s.name);
+        specs.push(s);
+    }
+    for s in specs {
+        let name = s.name.clone();
+        if let Err((_, msg)) = reg.vhost_create(s, 0) {
+            error!(port = name, "vhost-user port: {msg}");
+            stop.store(true, Ordering::Relaxed);
+            reg.shutdown();
+            return Err(std::io::Error::other(format!(
+                "vhost-user port {name}: {msg}"
+            )));
+        }
+    }
+    reg.state_file = args.config.clone();
+    reg.save_state();
     let res = server::serve(listener, &mut reg, &signals);
     stop.store(true, Ordering::Relaxed);
     reg.shutdown();

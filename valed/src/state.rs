@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 use netmap::abi::*;
 use netmap::csb::Csb;
 use netmap::ctrl::{
-    Request, ValePortConfig, VALE_PORT_BACKPRESSURE, VALE_PORT_MASK_OVERRIDE, VALE_REQ_PORT_CONFIG,
-    VALE_REQ_STATS, VALE_SET_FLAGS, VALE_SET_MAC_LIMIT,
+    Request, ValePortConfig, ValeVhostNewif, VALE_PORT_BACKPRESSURE, VALE_PORT_MASK_OVERRIDE,
+    VALE_REQ_PORT_CONFIG, VALE_REQ_STATS, VALE_REQ_VHOST_NEWIF, VALE_SET_FLAGS, VALE_SET_MAC_LIMIT,
+    VALE_VHOST_CLIENT,
 };
 use netmap::portname::{self, PipeEnd, PortKind};
 use netmap::region::{IfRings, PortLayout, Region, RegionConfig, RegionError};
@@ -20,7 +21,8 @@ use tracing::info;
 use vale::ring_port::{RingGeometry, RingSink, RingSinkSet, RingSource};
 use vale::{DropReason, PortConfig, PortId, Push, Sink, Switch};
 
-use crate::fwd::{Forwarder, Path, Unit};
+use crate::fwd::{Forwarder, Path, Unit, UnitSource};
+use crate::vhost::{Relay, VhostPort, VhostSpec};
 
 /// How `nr_name` is read: NIC names come without `netmap:` (the header
 /// carries `eth0`, as netmap's does).
@@ -170,6 +172,11 @@ pub struct Registry {
     next_pipe: u64,
     /// Ephemeral port created by the REGISTER in progress.
     just_created: Option<String>,
+    /// vhost-user ports by name.
+    vhost: BTreeMap<String, VhostPort>,
+    next_unit: u64,
+    /// Where vhost-user ports are saved, to come back after a restart.
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -209,11 +216,19 @@ impl Registry {
             huge_pages: false,
             pipes: BTreeMap::new(),
             next_pipe: 0,
+            vhost: BTreeMap::new(),
+            next_unit: 1 << 62,
+            state_file: None,
         }
     }
 
     /// Stops the forwarding threads.
     pub fn shutdown(&mut self) {
+        let names: Vec<String> = self.vhost.keys().cloned().collect();
+        for n in names {
+            let _ = self.vhost_detach(&n);
+        }
+        self.vhost.clear();
         for f in self.fwd.drain(..) {
             f.join();
         }
@@ -368,6 +383,7 @@ impl Registry {
             NETMAP_REQ_PORT_HDR_GET => self.hdr_get(req, &name),
             VALE_REQ_STATS => self.stats(req, &name),
             VALE_REQ_PORT_CONFIG => self.port_config(conn, req, &name),
+            VALE_REQ_VHOST_NEWIF => self.vale_vhost_newif(conn, req, &name),
             _ => err(req, libc::EOPNOTSUPP),
         }
     }
@@ -621,9 +637,11 @@ impl Registry {
                         switch: sw.clone(),
                         port: pid,
                     },
-                    source,
-                    csb: csb.clone(),
-                    csb_idx,
+                    source: UnitSource::Ring {
+                        source,
+                        csb: csb.clone(),
+                        csb_idx,
+                    },
                     kick: kick.clone(),
                 });
             }
@@ -926,6 +944,7 @@ impl Registry {
             return err(req, libc::EINVAL);
         }
         if self.ports.contains_key(name)
+            || self.vhost.contains_key(name)
             || std::path::Path::new("/sys/class/net").join(name).exists()
         {
             return err(req, libc::EEXIST);
@@ -969,6 +988,18 @@ impl Registry {
     }
 
     fn vale_delif(&mut self, conn: &mut Conn, req: &Request, name: &str) -> Answer {
+        if let Some(v) = self.vhost.get(name) {
+            if v.owner != conn.uid && conn.uid != 0 {
+                return err(req, libc::EPERM);
+            }
+            if v.attached.is_some() {
+                return err(req, libc::EBUSY);
+            }
+            self.vhost.remove(name);
+            self.save_state();
+            info!(port = name, "vhost-user port removed");
+            return (0, req.clone(), Vec::new());
+        }
         match self.ports.get(name) {
             Some(p) if p.persistent => {
                 if let Err(e) = self.owned(conn, name) {
@@ -997,6 +1028,21 @@ impl Registry {
             // `vale-ctl -h`: host stack ports need NIC ports (a later issue).
             return err(req, libc::ENXIO);
         }
+        if let Some(v) = self.vhost.get(&pname) {
+            if v.owner != conn.uid && conn.uid != 0 {
+                return err(req, libc::EPERM);
+            }
+            return match self.vhost_attach(&pname, &switch) {
+                Ok(id) => {
+                    b.port_index = u32::from(id);
+                    self.save_state();
+                    let mut r = req.clone();
+                    r.set_body(&b);
+                    (0, r, Vec::new())
+                }
+                Err(e) => err(req, e),
+            };
+        }
         match self.ports.get(&pname) {
             Some(p) if p.persistent => {}
             _ => return err(req, libc::ENXIO),
@@ -1020,6 +1066,26 @@ impl Registry {
             Ok(v) => v,
             Err(e) => return err(req, e),
         };
+        if let Some(v) = self.vhost.get(&pname) {
+            if v.attached.as_ref().map(|a| a.0.as_str()) != Some(switch.as_str()) {
+                return err(req, libc::ENXIO);
+            }
+            if v.owner != conn.uid && conn.uid != 0 {
+                return err(req, libc::EPERM);
+            }
+            return match self.vhost_detach(&pname) {
+                Ok(idx) => {
+                    self.save_state();
+                    let mut r = req.clone();
+                    r.set_body(&NmreqValeDetach {
+                        port_index: u32::from(idx),
+                        ..Default::default()
+                    });
+                    (0, r, Vec::new())
+                }
+                Err(e) => err(req, e),
+            };
+        }
         let Some(key) = self.lookup(&switch, &pname) else {
             return err(req, libc::ENXIO);
         };
@@ -1044,6 +1110,183 @@ impl Registry {
                 (0, r, Vec::new())
             }
             Err(e) => err(req, e),
+        }
+    }
+
+    /// Creates a vhost-user port (and attaches it if the spec says so).
+    pub fn vhost_create(&mut self, spec: VhostSpec, owner: u32) -> Result<(), (Errno, String)> {
+        if self.ports.contains_key(&spec.name)
+            || self.vhost.contains_key(&spec.name)
+            || std::path::Path::new("/sys/class/net")
+                .join(&spec.name)
+                .exists()
+        {
+            return Err((libc::EEXIST, format!("port {} exists", spec.name)));
+        }
+        let port =
+            backend::NetPort::start(spec.net_config()).map_err(|e| (e.errno(), e.to_string()))?;
+        let name = spec.name.clone();
+        let attach = spec.attach.clone();
+        let unit_id = self.next_unit;
+        self.next_unit += 1;
+        info!(port = name, socket = %spec.path.display(), client = spec.client, queues = spec.queues, "vhost-user port created");
+        self.vhost.insert(
+            name.clone(),
+            VhostPort {
+                spec: VhostSpec {
+                    attach: None,
+                    ..spec
+                },
+                port,
+                owner,
+                attached: None,
+                unit_id,
+                fwd: Vec::new(),
+            },
+        );
+        if let Some(sw) = attach {
+            self.vhost_attach(&name, &sw)
+                .map_err(|e| (e, format!("attaching {name} to {sw}")))?;
+        }
+        Ok(())
+    }
+
+    fn vhost_attach(&mut self, name: &str, switch: &str) -> Result<PortId, Errno> {
+        let sw = self.switch(switch)?;
+        let nfwd = self.fwd.len().max(1);
+        let v = self.vhost.get_mut(name).ok_or(libc::ENXIO)?;
+        if v.attached.is_some() {
+            return Err(libc::EBUSY);
+        }
+        let full = format!("{switch}:{name}");
+        let cfg = PortConfig {
+            vnet_hdr_len: backend::VNET_HDR_LEN as u16,
+            ..Default::default()
+        };
+        let id = sw
+            .attach(&full, cfg, Box::new(v.port.rx_sink()))
+            .map_err(|e| match e {
+                vale::SwitchError::Full(_) => libc::ENOMEM,
+                vale::SwitchError::Exists { .. } => libc::EEXIST,
+                _ => libc::EINVAL,
+            })?;
+        let mut kicks = Vec::new();
+        v.fwd.clear();
+        for pair in 0..v.port.queue_pairs() {
+            let kick = match EventFd::new() {
+                Ok(k) => Arc::new(k),
+                Err(_) => {
+                    let _ = sw.detach(id);
+                    return Err(libc::EMFILE);
+                }
+            };
+            // Queue pairs spread over the forwarding threads.
+            let f = self.next_fwd % nfwd;
+            self.next_fwd += 1;
+            if let Some(fw) = self.fwd.get(f) {
+                fw.add(Unit {
+                    reg: v.unit_id,
+                    path: Path::Switch {
+                        switch: sw.clone(),
+                        port: id,
+                    },
+                    source: UnitSource::Vhost(v.port.tx_queue(pair)),
+                    kick: kick.clone(),
+                });
+            }
+            v.fwd.push(f);
+            kicks.push(kick);
+        }
+        v.port.set_hook(Arc::new(Relay(kicks)));
+        v.attached = Some((switch.to_string(), id));
+        v.spec.attach = Some(switch.to_string());
+        info!(port = name, switch, index = id, "vhost-user port attached");
+        Ok(id)
+    }
+
+    fn vhost_detach(&mut self, name: &str) -> Result<PortId, Errno> {
+        let v = self.vhost.get_mut(name).ok_or(libc::ENXIO)?;
+        let (swname, id) = v.attached.take().ok_or(libc::EINVAL)?;
+        v.port.clear_hook();
+        let mut seen = Vec::new();
+        for &f in &v.fwd {
+            if !seen.contains(&f) {
+                seen.push(f);
+                if let Some(fw) = self.fwd.get(f) {
+                    fw.remove(v.unit_id);
+                }
+            }
+        }
+        v.fwd.clear();
+        v.spec.attach = None;
+        if let Some(s) = self.switches.get(&swname) {
+            let _ = s.sw.detach(id);
+            if s.sw.ports().is_empty() {
+                info!(switch = swname, "switch removed (no ports)");
+                self.switches.remove(&swname);
+            }
+        }
+        info!(port = name, switch = swname, "vhost-user port detached");
+        Ok(id)
+    }
+
+    /// Rewrites the state file with the vhost-user ports now present.
+    pub fn save_state(&self) {
+        let Some(path) = &self.state_file else {
+            return;
+        };
+        let mut text =
+            String::from("# vhost-user ports; valed rewrites this file on every change\n");
+        for v in self.vhost.values() {
+            text.push_str(&v.spec.to_line());
+            text.push('\n');
+        }
+        let tmp = path.with_extension("tmp");
+        let r = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = r {
+            tracing::warn!(file = %path.display(), "cannot save vhost-user ports: {e}");
+        }
+    }
+
+    /// Counters of vhost-user port `name`, for the stats request.
+    fn vhost_stats_json(&self, name: &str) -> Option<String> {
+        let v = self.vhost.get(name)?;
+        let s = v.port.stats();
+        Some(format!(
+            "{{\"connected\":{},\"connections\":{},\"acked_features\":{},\"bad_chains\":{},\"no_rx_buffer\":{},\"rx_too_small\":{}}}",
+            s.connected, s.connections, s.acked_features, s.bad_chains, s.no_rx_buffer, s.rx_too_small
+        ))
+    }
+
+    fn vale_vhost_newif(&mut self, conn: &mut Conn, req: &Request, name: &str) -> Answer {
+        let Ok(b) = req.body_as::<ValeVhostNewif>() else {
+            return err(req, libc::EINVAL);
+        };
+        let Some(path) = b.path_str() else {
+            return err(req, libc::EINVAL);
+        };
+        if crate::vhost::bad_name(name) {
+            return err(req, libc::EINVAL);
+        }
+        let spec = VhostSpec {
+            name: name.to_string(),
+            path: path.into(),
+            client: b.flags & VALE_VHOST_CLIENT != 0,
+            queues: if b.queue_pairs == 0 { 1 } else { b.queue_pairs },
+            attach: None,
+        };
+        if spec.queues > backend::device::MAX_QUEUE_PAIRS {
+            return err(req, libc::EINVAL);
+        }
+        match self.vhost_create(spec, conn.uid) {
+            Ok(()) => {
+                self.save_state();
+                (0, req.clone(), Vec::new())
+            }
+            Err((e, msg)) => {
+                tracing::warn!(port = name, "vhost-user port not created: {msg}");
+                err(req, e)
+            }
         }
     }
 
@@ -1213,6 +1456,10 @@ impl Registry {
                 for r in DropReason::ALL {
                     out.push_str(&format!(",\"{}\":{}", r.name(), st.drop(r)));
                 }
+                let short = full.split_once(':').map_or("", |x| x.1);
+                if let Some(v) = self.vhost_stats_json(short) {
+                    out.push_str(&format!(",\"vhost_user\":{v}"));
+                }
                 out.push('}');
             }
         }
@@ -1278,9 +1525,11 @@ fn pipe_units(pipe: &Pipe) -> std::io::Result<Vec<Unit>> {
             units.push(Unit {
                 reg: pipe.unit_id,
                 path: Path::Pipe { dst: Box::new(dst) },
-                source: src,
-                csb: ra.csb.clone(),
-                csb_idx: i as u32,
+                source: UnitSource::Ring {
+                    source: src,
+                    csb: ra.csb.clone(),
+                    csb_idx: i as u32,
+                },
                 kick: ra.kick.clone(),
             });
         }

@@ -1,0 +1,219 @@
+//! Descriptor chains to netmap slots and back.
+//!
+//! A guest TX chain becomes [`Frag`]s that point straight into guest memory
+//! (netmap's `NS_INDIRECT` slots): one per descriptor, cut again where a
+//! descriptor crosses a guest memory region or passes 65535 bytes, chained
+//! with `NS_MOREFRAG`. A guest RX chain becomes [`DstBuf`]s the engine copies
+//! into. Every address is checked against the guest memory map here, once;
+//! nothing past this module sees a guest address.
+//!
+//! Guest memory is hostile and mutable: the descriptors are read once (by
+//! virtio-queue's iterator), lengths come only from that read, and the bytes
+//! behind the pointers may change under us at any time, which the engine
+//! tolerates (it copies headers once and never trusts a second read).
+
+use std::ops::Deref;
+
+use netmap::abi::NS_MOREFRAG;
+use vale::frag::{DstBuf, Frag};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::DescriptorChain;
+use vm_memory::{Address, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryRegion};
+
+/// Most fragments one frame may take (the engine's limit).
+pub const MAX_FRAGS: usize = vale::MAX_FRAGS;
+
+/// Most bytes one guest frame may carry, header included: a 64 KiB GSO
+/// frame plus its Ethernet and virtio-net headers, with room to spare.
+pub const MAX_FRAME: usize = 65_536 + 1024;
+
+/// Why a chain was refused. Each maps to one drop counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// A descriptor points outside guest memory.
+    #[error("descriptor at {addr:#x} len {len} is outside guest memory")]
+    OutOfMemory {
+        /// Guest address.
+        addr: u64,
+        /// Length.
+        len: u32,
+    },
+    /// The chain does not end: a loop, a next index out of the table, or a
+    /// broken indirect table.
+    #[error("descriptor chain does not end (loop or bad next index)")]
+    Unterminated,
+    /// A device-writable descriptor where the device must read (TX), or a
+    /// device-readable one where it must write (RX).
+    #[error("descriptor has the wrong direction (write-only on TX, read-only on RX)")]
+    Direction,
+    /// A descriptor of length 0.
+    #[error("descriptor of length 0")]
+    ZeroLength,
+    /// More fragments than the engine takes.
+    #[error("chain needs more than {MAX_FRAGS} fragments")]
+    TooManyFrags,
+    /// More bytes than a frame may have.
+    #[error("chain carries more than {MAX_FRAME} bytes")]
+    TooLong,
+    /// Nothing in the chain.
+    #[error("empty descriptor chain")]
+    Empty,
+}
+
+/// Walks a TX chain and appends its fragments to `out`. On error `out` is
+/// left as it was.
+pub fn tx_chain_to_frags<M>(
+    chain: DescriptorChain<M>,
+    mem: &M::Target,
+    out: &mut Vec<Frag>,
+) -> Result<usize, ChainError>
+where
+    M: Deref,
+    M::Target: GuestMemory + GuestMemoryBackend,
+{
+    let start = out.len();
+    let r = walk_tx(chain, mem, out);
+    if r.is_err() {
+        out.truncate(start);
+    }
+    r
+}
+
+fn walk_tx<M>(
+    chain: DescriptorChain<M>,
+    mem: &M::Target,
+    out: &mut Vec<Frag>,
+) -> Result<usize, ChainError>
+where
+    M: Deref,
+    M::Target: GuestMemory + GuestMemoryBackend,
+{
+    let start = out.len();
+    let mut total = 0usize;
+    let mut last: Option<Descriptor> = None;
+    for d in chain {
+        if d.is_write_only() {
+            return Err(ChainError::Direction);
+        }
+        if d.len() == 0 {
+            return Err(ChainError::ZeroLength);
+        }
+        total += d.len() as usize;
+        if total > MAX_FRAME {
+            return Err(ChainError::TooLong);
+        }
+        push_ranges(mem, d.addr(), d.len(), |ptr, len| {
+            if out.len() - start >= MAX_FRAGS {
+                return Err(ChainError::TooManyFrags);
+            }
+            // SAFETY: `ptr..ptr+len` lies inside one mapped guest memory
+            // region (checked by `push_ranges`); the caller keeps the memory
+            // guard for the batch, so the mapping outlives the fragment, as
+            // `Frag::new` requires. The guest may change the bytes: the
+            // engine copies them once and trusts nothing it reads twice.
+            out.push(unsafe { Frag::new(ptr, len, NS_MOREFRAG) });
+            Ok(())
+        })?;
+        last = Some(d);
+    }
+    // virtio-queue's iterator stops silently on a loop (its TTL), on a next
+    // index past the table and on a bad indirect table: the last descriptor
+    // it gave still says "next".
+    match last {
+        None => return Err(ChainError::Empty),
+        Some(d) if d.has_next() => return Err(ChainError::Unterminated),
+        Some(_) => {}
+    }
+    if let Some(f) = out.last_mut() {
+        *f = f.with_flags(f.flags() & !NS_MOREFRAG);
+    }
+    Ok(total)
+}
+
+/// Splits guest range `addr..addr+len` into host pointers, one per memory
+/// region crossed and at most 65535 bytes each.
+fn push_ranges<G>(
+    mem: &G,
+    addr: GuestAddress,
+    len: u32,
+    mut f: impl FnMut(*mut u8, u16) -> Result<(), ChainError>,
+) -> Result<(), ChainError>
+where
+    G: GuestMemoryBackend + ?Sized,
+{
+    let oom = ChainError::OutOfMemory { addr: addr.0, len };
+    let mut at = addr;
+    let mut left = len as u64;
+    while left > 0 {
+        let (region, off) = mem.to_region_addr(at).ok_or(oom)?;
+        let in_region = region.len().checked_sub(off.0).ok_or(oom)?;
+        let n = left.min(in_region).min(u16::MAX as u64);
+        if n == 0 {
+            return Err(oom);
+        }
+        let slice = region.get_slice(off, n as usize).map_err(|_| oom)?;
+        f(slice.ptr_guard_mut().as_ptr(), n as u16)?;
+        left -= n;
+        at = at.checked_add(n).ok_or(oom)?;
+    }
+    Ok(())
+}
+
+/// Walks an RX chain: appends one [`DstBuf`] per writable range to `out`
+/// and returns the chain's capacity in bytes. On error `out` is left as it
+/// was.
+pub fn rx_chain_to_bufs<M>(
+    chain: DescriptorChain<M>,
+    mem: &M::Target,
+    out: &mut Vec<DstBuf>,
+) -> Result<usize, ChainError>
+where
+    M: Deref,
+    M::Target: GuestMemory + GuestMemoryBackend,
+{
+    let start = out.len();
+    let r = walk_rx(chain, mem, out);
+    if r.is_err() {
+        out.truncate(start);
+    }
+    r
+}
+
+fn walk_rx<M>(
+    chain: DescriptorChain<M>,
+    mem: &M::Target,
+    out: &mut Vec<DstBuf>,
+) -> Result<usize, ChainError>
+where
+    M: Deref,
+    M::Target: GuestMemory + GuestMemoryBackend,
+{
+    let start = out.len();
+    let mut total = 0usize;
+    let mut last: Option<Descriptor> = None;
+    for d in chain {
+        if !d.is_write_only() {
+            return Err(ChainError::Direction);
+        }
+        if d.len() == 0 {
+            return Err(ChainError::ZeroLength);
+        }
+        total = total.saturating_add(d.len() as usize);
+        push_ranges(mem, d.addr(), d.len(), |ptr, len| {
+            if out.len() - start >= MAX_FRAGS {
+                return Err(ChainError::TooManyFrags);
+            }
+            // SAFETY: the range lies inside one mapped guest memory region
+            // (checked by `push_ranges`) and the caller holds the memory
+            // guard until the buffer is filled and returned to the guest.
+            out.push(unsafe { DstBuf::new(ptr, len as usize) });
+            Ok(())
+        })?;
+        last = Some(d);
+    }
+    match last {
+        None => Err(ChainError::Empty),
+        Some(d) if d.has_next() => Err(ChainError::Unterminated),
+        Some(_) => Ok(total),
+    }
+}

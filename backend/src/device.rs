@@ -1,0 +1,629 @@
+//! The vhost-user-net device: feature negotiation and the crate's trait
+//! glue ([`VhostUserBackend`]), and the port's life: listening or
+//! connecting, one fresh vhost-user session per VMM connection, the same
+//! port (and switch index) across reconnects.
+//!
+//! # Threads
+//! vhost-user-backend runs one request thread per connection and one
+//! worker thread per queue pair, which own the guests' kick eventfds. The
+//! workers do no packet work: a kick is handed to the port's [`KickHook`]
+//! (valed relays it to the forwarding thread that owns the queue). The
+//! data path is the forwarding threads' alone.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use netmap::sys::EventFd;
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::Listener;
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringT};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use crate::queue::{
+    Binding, GuestMem, Mem, QueueCtl, QueueStats, RxQueue, RxSet, TxQueue, Vring, VringSlot,
+};
+
+/// virtio-net and transport feature bits (virtio 1.2, 5.1.3).
+pub mod features {
+    /// Device handles partial checksums (guest TX).
+    pub const CSUM: u64 = 1 << 0;
+    /// Guest handles partial checksums (guest RX).
+    pub const GUEST_CSUM: u64 = 1 << 1;
+    /// Guest takes TSO over IPv4.
+    pub const GUEST_TSO4: u64 = 1 << 7;
+    /// Guest takes TSO over IPv6.
+    pub const GUEST_TSO6: u64 = 1 << 8;
+    /// Guest takes TSO with ECN.
+    pub const GUEST_ECN: u64 = 1 << 9;
+    /// Guest takes UFO.
+    pub const GUEST_UFO: u64 = 1 << 10;
+    /// Device takes TSO over IPv4.
+    pub const HOST_TSO4: u64 = 1 << 11;
+    /// Device takes TSO over IPv6.
+    pub const HOST_TSO6: u64 = 1 << 12;
+    /// Device takes TSO with ECN.
+    pub const HOST_ECN: u64 = 1 << 13;
+    /// Mergeable RX buffers.
+    pub const MRG_RXBUF: u64 = 1 << 15;
+    /// Multiqueue.
+    pub const MQ: u64 = 1 << 22;
+    /// Indirect descriptors.
+    pub const INDIRECT_DESC: u64 = 1 << 28;
+    /// used_event/avail_event notification suppression.
+    pub const EVENT_IDX: u64 = 1 << 29;
+    /// vhost-user protocol features.
+    pub const PROTOCOL_FEATURES: u64 = 1 << 30;
+    /// virtio 1.0.
+    pub const VERSION_1: u64 = 1 << 32;
+
+    /// What the port offers.
+    pub const OFFERED: u64 = VERSION_1
+        | PROTOCOL_FEATURES
+        | EVENT_IDX
+        | INDIRECT_DESC
+        | MRG_RXBUF
+        | CSUM
+        | GUEST_CSUM
+        | HOST_TSO4
+        | HOST_TSO6
+        | HOST_ECN
+        | GUEST_TSO4
+        | GUEST_TSO6
+        | GUEST_ECN
+        | MQ;
+}
+
+/// Most queue pairs a port offers.
+pub const MAX_QUEUE_PAIRS: u16 = 16;
+
+/// Errors starting or running a port.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The socket path could not be bound.
+    #[error("vhost-user socket {path}: {source}")]
+    Listen {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: vhost::vhost_user::Error,
+    },
+    /// A bad number of queue pairs.
+    #[error("queue pairs {0}: must be 1..={MAX_QUEUE_PAIRS}")]
+    QueuePairs(u16),
+    /// A bad queue size.
+    #[error("queue size {0}: must be a power of two in 64..=32768")]
+    QueueSize(u16),
+    /// Creating the session failed.
+    #[error("vhost-user port {port}: {msg}")]
+    Session {
+        /// Port.
+        port: String,
+        /// What failed.
+        msg: String,
+    },
+    /// An OS call failed.
+    #[error("vhost-user port: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl BackendError {
+    /// The errno a control request answers with.
+    pub fn errno(&self) -> i32 {
+        match self {
+            BackendError::Listen {
+                source: vhost::vhost_user::Error::SocketError(e),
+                ..
+            } => e.raw_os_error().unwrap_or(libc::EIO),
+            BackendError::Listen { .. } => libc::EIO,
+            BackendError::QueuePairs(_) | BackendError::QueueSize(_) => libc::EINVAL,
+            BackendError::Session { .. } => libc::EIO,
+            BackendError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+        }
+    }
+}
+
+/// Who connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketMode {
+    /// The port listens; the VMM connects (QEMU `-chardev socket,path=…`
+    /// with `reconnect=1`).
+    Server,
+    /// The port connects to a VMM that listens (QEMU `server=on`, Cloud
+    /// Hypervisor `vhost_mode=server`), retrying every second.
+    Client,
+}
+
+/// A port's settings.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Port name (for logs).
+    pub name: String,
+    /// The vhost-user socket.
+    pub socket: PathBuf,
+    /// Listen or connect.
+    pub mode: SocketMode,
+    /// Queue pairs offered (MQ when more than 1).
+    pub queue_pairs: u16,
+    /// Largest queue size accepted.
+    pub queue_size: u16,
+}
+
+impl NetConfig {
+    /// Defaults: server mode, one queue pair, queues up to 1024.
+    pub fn new(name: &str, socket: &Path) -> NetConfig {
+        NetConfig {
+            name: name.into(),
+            socket: socket.into(),
+            mode: SocketMode::Server,
+            queue_pairs: 1,
+            queue_size: 1024,
+        }
+    }
+}
+
+/// Called on a vhost-user worker thread when the guest kicks a queue.
+pub trait KickHook: Send + Sync {
+    /// The guest posted TX chains on queue pair `pair`.
+    fn tx_kick(&self, pair: u16);
+    /// The guest posted RX buffers on queue pair `pair`.
+    fn rx_kick(&self, pair: u16);
+}
+
+/// Kick hook that does nothing (the port is not attached yet).
+#[derive(Debug)]
+struct NoHook;
+
+impl KickHook for NoHook {
+    fn tx_kick(&self, _: u16) {}
+    fn rx_kick(&self, _: u16) {}
+}
+
+struct DevInner {
+    cfg: NetConfig,
+    acked: AtomicU64,
+    mrg: Arc<AtomicBool>,
+    /// RX queue of pair p at 2p, TX at 2p+1 (virtio-net's order).
+    slots: Vec<Arc<VringSlot>>,
+    ctls: Vec<Arc<QueueCtl>>,
+    stats: Arc<QueueStats>,
+    hook: Mutex<Arc<dyn KickHook>>,
+    rx_wake: Arc<EventFd>,
+    /// Connection number: bumped for each new session.
+    conn: AtomicU64,
+    /// The memory of the current session.
+    mem: Mutex<Option<GuestMem>>,
+    /// Session of each slot's binding.
+    bound_conn: Vec<AtomicU64>,
+    connected: AtomicBool,
+    connections: AtomicU64,
+}
+
+/// The device as vhost-user-backend sees it; cheap to clone (one per
+/// session and worker).
+#[derive(Clone)]
+pub struct NetDevice(Arc<DevInner>);
+
+impl std::fmt::Debug for NetDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetDevice")
+            .field("name", &self.0.cfg.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NetDevice {
+    fn new(cfg: NetConfig) -> Result<NetDevice, BackendError> {
+        if cfg.queue_pairs == 0 || cfg.queue_pairs > MAX_QUEUE_PAIRS {
+            return Err(BackendError::QueuePairs(cfg.queue_pairs));
+        }
+        if !cfg.queue_size.is_power_of_two() || cfg.queue_size < 64 {
+            return Err(BackendError::QueueSize(cfg.queue_size));
+        }
+        let nq = 2 * cfg.queue_pairs as usize;
+        Ok(NetDevice(Arc::new(DevInner {
+            acked: AtomicU64::new(0),
+            mrg: Arc::new(AtomicBool::new(false)),
+            slots: (0..nq).map(|_| Arc::default()).collect(),
+            ctls: (0..nq).map(|_| Arc::default()).collect(),
+            stats: Arc::default(),
+            hook: Mutex::new(Arc::new(NoHook)),
+            rx_wake: Arc::new(EventFd::new()?),
+            conn: AtomicU64::new(0),
+            mem: Mutex::new(None),
+            bound_conn: (0..nq).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            connected: AtomicBool::new(false),
+            connections: AtomicU64::new(0),
+            cfg,
+        })))
+    }
+
+    fn hook(&self) -> Arc<dyn KickHook> {
+        self.0
+            .hook
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Publishes this session's vrings of worker `thread` (queue pair).
+    fn bind(&self, thread: usize, vrings: &[Vring]) {
+        let conn = self.0.conn.load(Ordering::Acquire);
+        let Some(mem) = self.0.mem.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+            return;
+        };
+        for (i, v) in vrings.iter().enumerate() {
+            let q = 2 * thread + i;
+            let Some(slot) = self.0.slots.get(q) else {
+                continue;
+            };
+            if self.0.bound_conn[q].swap(conn, Ordering::AcqRel) != conn {
+                slot.set(Some(Binding {
+                    vring: v.clone(),
+                    mem: mem.clone(),
+                }));
+            }
+        }
+    }
+}
+
+impl VhostUserBackend for NetDevice {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        2 * self.0.cfg.queue_pairs as usize
+    }
+
+    fn max_queue_size(&self) -> usize {
+        self.0.cfg.queue_size as usize
+    }
+
+    fn features(&self) -> u64 {
+        if self.0.cfg.queue_pairs > 1 {
+            features::OFFERED
+        } else {
+            features::OFFERED & !features::MQ
+        }
+    }
+
+    fn acked_features(&self, f: u64) {
+        self.0.acked.store(f, Ordering::Release);
+        self.0
+            .mrg
+            .store(f & features::MRG_RXBUF != 0, Ordering::Release);
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        let mut p =
+            VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        if self.0.cfg.queue_pairs > 1 {
+            p |= VhostUserProtocolFeatures::MQ;
+        }
+        p
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {
+        // The queues track it themselves (set_queue_event_idx).
+    }
+
+    fn update_memory(&self, _mem: GuestMem) -> std::io::Result<()> {
+        // The session's GuestMemoryAtomic was swapped in place; batches in
+        // flight keep the old map through their load guard.
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.0.cfg.queue_pairs)
+            .map(|p| 0b11u64 << (2 * p))
+            .collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> std::io::Result<()> {
+        // GET_VRING_BASE: the queue is already marked not ready; wait for
+        // its forwarding thread to finish the batch it may be in, so the
+        // base we report counts every chain as returned.
+        if let Some(ctl) = self.0.ctls.get(queue_index as usize) {
+            if !ctl.quiesce(Duration::from_secs(2)) {
+                tracing::warn!(
+                    port = self.0.cfg.name,
+                    queue_index,
+                    "stop_vring: forwarding thread did not leave its batch in 2 s"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[Vring],
+        thread_id: usize,
+    ) -> std::io::Result<()> {
+        self.bind(thread_id, vrings);
+        let pair = thread_id as u16;
+        match device_event {
+            0 => {
+                let _ = self.0.rx_wake.kick();
+                self.hook().rx_kick(pair);
+            }
+            1 => self.hook().tx_kick(pair),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Counters of a port, beyond the switch's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetPortStats {
+    /// Whether a VMM is connected now.
+    pub connected: bool,
+    /// VMM connections so far.
+    pub connections: u64,
+    /// Acked virtio features.
+    pub acked_features: u64,
+    /// Guest chains refused (outside memory, loops, bad direction, zero
+    /// length, too big).
+    pub bad_chains: u64,
+    /// Frames for the guest dropped: no RX buffer posted.
+    pub no_rx_buffer: u64,
+    /// Frames for the guest dropped: RX buffer too small.
+    pub rx_too_small: u64,
+}
+
+/// A vhost-user-net port: its device and the thread that serves the
+/// socket. Dropping it closes the connection and stops the thread.
+pub struct NetPort {
+    dev: NetDevice,
+    stop: Arc<EventFd>,
+    session: Arc<Mutex<Option<vhost_user_backend::ShutdownHandle>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for NetPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetPort")
+            .field("name", &self.dev.0.cfg.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NetPort {
+    /// Starts the port: binds the socket now (server mode, so errors are
+    /// reported here) and serves VMM connections one after the other on a
+    /// thread of its own.
+    pub fn start(cfg: NetConfig) -> Result<NetPort, BackendError> {
+        let dev = NetDevice::new(cfg.clone())?;
+        let stop = Arc::new(EventFd::new()?);
+        let session = Arc::new(Mutex::new(None));
+        let listener = match cfg.mode {
+            SocketMode::Server => {
+                Some(
+                    Listener::new(&cfg.socket, true).map_err(|e| BackendError::Listen {
+                        path: cfg.socket.clone(),
+                        source: e,
+                    })?,
+                )
+            }
+            SocketMode::Client => None,
+        };
+        let (d2, s2, st2) = (dev.clone(), stop.clone(), session.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("vhost-{}", cfg.name))
+            .spawn(move || serve(d2, listener, &s2, &st2))?;
+        Ok(NetPort {
+            dev,
+            stop,
+            session,
+            thread: Some(thread),
+        })
+    }
+
+    /// The port's name.
+    pub fn name(&self) -> &str {
+        &self.dev.0.cfg.name
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &NetConfig {
+        &self.dev.0.cfg
+    }
+
+    /// Sets what guest kicks are handed to.
+    pub fn set_hook(&self, hook: Arc<dyn KickHook>) {
+        *self.dev.0.hook.lock().unwrap_or_else(|e| e.into_inner()) = hook;
+    }
+
+    /// Removes the hook (kicks are then ignored).
+    pub fn clear_hook(&self) {
+        self.set_hook(Arc::new(NoHook));
+    }
+
+    /// Queue pairs offered.
+    pub fn queue_pairs(&self) -> u16 {
+        self.dev.0.cfg.queue_pairs
+    }
+
+    /// The source for TX queue of pair `pair`. Only one forwarding thread
+    /// may own it.
+    pub fn tx_queue(&self, pair: u16) -> TxQueue {
+        let q = 2 * pair as usize + 1;
+        TxQueue::new(
+            self.dev.0.slots[q].clone(),
+            self.dev.0.ctls[q].clone(),
+            self.dev.0.stats.clone(),
+        )
+    }
+
+    /// The sink over all RX queues.
+    pub fn rx_sink(&self) -> RxSet {
+        let qs = (0..self.queue_pairs())
+            .map(|p| {
+                RxQueue::new(
+                    self.dev.0.slots[2 * p as usize].clone(),
+                    self.dev.0.stats.clone(),
+                    self.dev.0.mrg.clone(),
+                )
+            })
+            .collect();
+        RxSet::new(qs, self.dev.0.rx_wake.clone())
+    }
+
+    /// Offloads the guest takes on RX, as the engine's `OFFLOAD_*` bits.
+    pub fn rx_offloads(&self) -> u32 {
+        let f = self.dev.0.acked.load(Ordering::Acquire);
+        let mut o = 0;
+        if f & features::GUEST_CSUM != 0 {
+            o |= vale::port::OFFLOAD_CSUM;
+        }
+        if f & features::GUEST_TSO4 != 0 {
+            o |= vale::port::OFFLOAD_TSO4;
+        }
+        if f & features::GUEST_TSO6 != 0 {
+            o |= vale::port::OFFLOAD_TSO6;
+        }
+        if f & features::GUEST_ECN != 0 {
+            o |= vale::port::OFFLOAD_ECN;
+        }
+        o
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> NetPortStats {
+        let s = &self.dev.0.stats;
+        NetPortStats {
+            connected: self.dev.0.connected.load(Ordering::Relaxed),
+            connections: self.dev.0.connections.load(Ordering::Relaxed),
+            acked_features: self.dev.0.acked.load(Ordering::Relaxed),
+            bad_chains: s.bad_chains(),
+            no_rx_buffer: s.no_rx_buffer.load(Ordering::Relaxed),
+            rx_too_small: s.rx_too_small.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether a VMM is connected and the device is live.
+    pub fn connected(&self) -> bool {
+        self.dev.0.connected.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for NetPort {
+    fn drop(&mut self) {
+        let _ = self.stop.kick();
+        if let Some(h) = self
+            .session
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            h.shutdown();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Waits until `fd` is readable or `stop` is kicked; true on stop.
+fn wait_readable(fd: Option<BorrowedFd<'_>>, stop: &EventFd, timeout: Option<Duration>) -> bool {
+    use netmap::sys::{PollFd, PollFlags};
+    let mut fds = vec![PollFd::new(stop.as_fd(), PollFlags::IN)];
+    if let Some(fd) = fd {
+        fds.push(PollFd::new(fd, PollFlags::IN));
+    }
+    let _ = netmap::sys::poll(&mut fds, timeout);
+    !fds[0].revents.is_empty()
+}
+
+fn serve(
+    dev: NetDevice,
+    mut listener: Option<Listener>,
+    stop: &EventFd,
+    session: &Mutex<Option<vhost_user_backend::ShutdownHandle>>,
+) {
+    let name = dev.0.cfg.name.clone();
+    loop {
+        if let Some(l) = &listener {
+            // SAFETY: the listener outlives this borrow (it is only
+            // used for the poll below).
+            let fd = unsafe { BorrowedFd::borrow_raw(l.as_raw_fd()) };
+            if wait_readable(Some(fd), stop, None) {
+                break;
+            }
+        } else if wait_readable(None, stop, Some(Duration::from_millis(0))) {
+            break;
+        }
+        // A fresh session per connection: vhost-user-backend keeps owner
+        // and feature state per handler, and a VMM that reconnects starts
+        // the protocol from the top.
+        let mem = GuestMem::new(Mem::new());
+        dev.0.conn.fetch_add(1, Ordering::AcqRel);
+        *dev.0.mem.lock().unwrap_or_else(|e| e.into_inner()) = Some(mem.clone());
+        let mut daemon = match VhostUserDaemon::new(name.clone(), dev.clone(), mem) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(port = name, "cannot create vhost-user session: {e}");
+                if wait_readable(None, stop, Some(Duration::from_secs(1))) {
+                    break;
+                }
+                continue;
+            }
+        };
+        let started = match &mut listener {
+            Some(l) => daemon.start(l).map_err(|e| e.to_string()),
+            None => daemon
+                .start_client(&dev.0.cfg.socket.to_string_lossy())
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = started {
+            tracing::debug!(port = name, "vhost-user connection failed: {e}");
+            drop(daemon);
+            if wait_readable(None, stop, Some(Duration::from_secs(1))) {
+                break;
+            }
+            continue;
+        }
+        dev.0.connected.store(true, Ordering::Release);
+        dev.0.connections.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(port = name, "VMM connected");
+        *session.lock().unwrap_or_else(|e| e.into_inner()) = daemon.shutdown_handle();
+        if let Err(e) = daemon.wait() {
+            tracing::info!(port = name, "vhost-user session ended: {e}");
+        }
+        session.lock().unwrap_or_else(|e| e.into_inner()).take();
+        disconnect(&dev);
+        drop(daemon);
+        tracing::info!(port = name, "VMM disconnected");
+    }
+    disconnect(&dev);
+}
+
+/// The VMM went away: stop every queue, wait for the forwarding threads to
+/// leave their batches (every popped chain goes back first), then forget
+/// the session's queues.
+fn disconnect(dev: &NetDevice) {
+    dev.0.connected.store(false, Ordering::Release);
+    for (q, slot) in dev.0.slots.iter().enumerate() {
+        if let Some(b) = slot.get() {
+            b.vring.set_queue_ready(false);
+            b.vring.set_enabled(false);
+        }
+        let _ = dev.0.ctls[q].quiesce(Duration::from_secs(2));
+        slot.set(None);
+        dev.0.bound_conn[q].store(u64::MAX, Ordering::Release);
+    }
+    dev.0.mem.lock().unwrap_or_else(|e| e.into_inner()).take();
+}

@@ -1,0 +1,18 @@
+//! vhost-user-net ports for the VALE switch.
+//!
+//! A VM's virtio-net device is served over a vhost-user socket and becomes
+//! a VALE port: guest TX descriptor chains are handed to the engine as
+//! netmap slots pointing into guest memory ([`chain`]), so a frame crosses
+//! from one VM to another with one copy; frames for the guest are copied
+//! into its RX buffers behind a `virtio_net_hdr_v1` ([`queue`]). The
+//! vhost-user protocol itself is vhost-user-backend's ([`device`]).
+
+pub mod chain;
+pub mod device;
+pub mod queue;
+#[cfg(feature = "test-utils")]
+pub mod testing;
+
+pub use chain::ChainError;
+pub use device::{BackendError, KickHook, NetConfig, NetPort, NetPortStats, SocketMode};
+pub use queue::{QueueStats, RxSet, TxQueue, VNET_HDR_LEN};
