@@ -474,6 +474,7 @@ impl NetPort {
             .map(|p| {
                 RxQueue::new(
                     self.dev.0.slots[2 * p as usize].clone(),
+                    self.dev.0.ctls[2 * p as usize].clone(),
                     self.dev.0.stats.clone(),
                     self.dev.0.mrg.clone(),
                 )

@@ -150,12 +150,15 @@ impl VringSlot {
 }
 
 /// The slot's binding, refreshing `cache` when the slot changed.
-fn bound<'a>(slot: &VringSlot, cache: &'a mut Option<(u64, Binding)>) -> Option<&'a Binding> {
+fn bound<'a>(
+    slot: &VringSlot,
+    cache: &'a mut Option<(u64, Binding)>,
+) -> Option<(u64, &'a Binding)> {
     let g = slot.gen.load(Ordering::Acquire);
     if cache.as_ref().map(|c| c.0) != Some(g) {
         *cache = slot.get().map(|b| (g, b));
     }
-    cache.as_ref().map(|c| &c.1)
+    cache.as_ref().map(|c| (c.0, &c.1))
 }
 
 /// A guest TX queue as a switch [`Source`].
@@ -167,6 +170,8 @@ pub struct TxQueue {
     guard: Option<GuestMemoryLoadGuard<Mem>>,
     /// Head index of each chain of the batch, in order (one frame each).
     heads: Vec<u16>,
+    /// Binding generation whose kicks are off (the forwarder polls).
+    quiet: u64,
 }
 
 impl std::fmt::Debug for TxQueue {
@@ -187,13 +192,15 @@ impl TxQueue {
             stats,
             guard: None,
             heads: Vec::with_capacity(256),
+            quiet: u64::MAX,
         }
     }
 
     /// Asks the guest to kick on new chains; returns true if chains arrived
     /// meanwhile (do not sleep).
     pub fn enable_notification(&mut self) -> bool {
-        let Some(b) = bound(&self.slot, &mut self.cache) else {
+        self.quiet = u64::MAX;
+        let Some((_, b)) = bound(&self.slot, &mut self.cache) else {
             return false;
         };
         let mem = b.mem.memory();
@@ -208,13 +215,14 @@ impl TxQueue {
 
     /// Tells the guest not to kick (the forwarder is polling).
     pub fn disable_notification(&mut self) {
-        let Some(b) = bound(&self.slot, &mut self.cache) else {
+        let Some((gen, b)) = bound(&self.slot, &mut self.cache) else {
             return;
         };
         let mem = b.mem.memory();
         let mut st = b.vring.get_mut();
         if st.get_queue().ready() {
             let _ = st.get_queue_mut().disable_notification(&*mem);
+            self.quiet = gen;
         }
     }
 }
@@ -223,7 +231,7 @@ impl Source for TxQueue {
     fn fetch(&mut self, frags: &mut Vec<Frag>, max: usize) -> usize {
         self.heads.clear();
         self.ctl.busy.store(true, Ordering::SeqCst);
-        let Some(b) = bound(&self.slot, &mut self.cache) else {
+        let Some((gen, b)) = bound(&self.slot, &mut self.cache) else {
             self.ctl.busy.store(false, Ordering::SeqCst);
             return 0;
         };
@@ -235,10 +243,24 @@ impl Source for TxQueue {
             return 0;
         }
         let q = st.get_queue_mut();
-        while self.heads.len() < max {
-            let Some(chain) = q.pop_descriptor_chain(&*mem) else {
-                break;
-            };
+        let gen = gen;
+        if self.quiet != gen {
+            // A new session starts with kicks on: the forwarder is polling
+            // now, so tell the guest not to kick until it sleeps again.
+            let _ = q.disable_notification(&*mem);
+            self.quiet = gen;
+        }
+        // One read of the avail index for the whole batch.
+        let it = match q.iter(&*mem) {
+            Ok(it) => it,
+            Err(e) => {
+                tracing::debug!("guest TX queue unusable: {e}");
+                drop(st);
+                self.ctl.busy.store(false, Ordering::SeqCst);
+                return 0;
+            }
+        };
+        for chain in it.take(max) {
             let head = chain.head_index();
             if let Err(e) = tx_chain_to_frags(chain, &*mem, frags) {
                 tracing::debug!(head, "guest TX chain dropped: {e}");
@@ -291,19 +313,45 @@ impl Drop for TxQueue {
     }
 }
 
+/// An RX chain popped for the batch: its head and its buffers.
+#[derive(Debug, Clone, Copy)]
+struct RxChain {
+    head: u16,
+    first: usize,
+    nbufs: usize,
+    cap: usize,
+    /// The guest broke it: returned empty when its turn comes.
+    bad: bool,
+}
+
 /// One guest RX queue.
+///
+/// Chains are popped in bunches and returned once per batch (at
+/// `publish`): the vring lock and the memory guard are taken once per
+/// batch, not per frame, since every locked instruction waits for the
+/// frame copies' stores into guest memory to drain. Chains popped and not
+/// used are un-popped at `publish`, in order; `busy` keeps `stop_vring`
+/// waiting while any are out.
 pub struct RxQueue {
     slot: Arc<VringSlot>,
     cache: Option<(u64, Binding)>,
+    ctl: Arc<QueueCtl>,
     stats: Arc<QueueStats>,
     mrg: Arc<AtomicBool>,
     size: AtomicU16,
+    guard: Option<GuestMemoryLoadGuard<Mem>>,
     bufs: Vec<DstBuf>,
-    /// (head, first buffer, buffers, bytes written) per chain of a frame.
-    chains: Vec<(u16, usize, usize, u32)>,
-    pending: bool,
+    /// Chains popped in this batch, in avail order.
+    chains: Vec<RxChain>,
+    /// First chain not yet consumed.
+    next: usize,
+    /// (head, bytes written) to return at publish.
+    used: Vec<(u16, u32)>,
     /// Bytes of the last chain seen, to guess slots per frame.
     buf_hint: usize,
+    /// Binding generation whose RX kicks are off (only a held sender
+    /// needs them).
+    quiet: u64,
 }
 
 impl std::fmt::Debug for RxQueue {
@@ -312,25 +360,37 @@ impl std::fmt::Debug for RxQueue {
     }
 }
 
+/// Chains popped per refill.
+const RX_BUNCH: usize = 32;
+
 impl RxQueue {
-    /// The sink side of `vring`; `mrg` follows the acked `MRG_RXBUF`.
-    pub fn new(slot: Arc<VringSlot>, stats: Arc<QueueStats>, mrg: Arc<AtomicBool>) -> Self {
+    /// The sink side of `slot`; `mrg` follows the acked `MRG_RXBUF`.
+    pub fn new(
+        slot: Arc<VringSlot>,
+        ctl: Arc<QueueCtl>,
+        stats: Arc<QueueStats>,
+        mrg: Arc<AtomicBool>,
+    ) -> Self {
         RxQueue {
             slot,
             cache: None,
+            ctl,
             stats,
             mrg,
             size: AtomicU16::new(256),
-            bufs: Vec::with_capacity(64),
-            chains: Vec::with_capacity(64),
-            pending: false,
+            guard: None,
+            bufs: Vec::with_capacity(RX_BUNCH * 2),
+            chains: Vec::with_capacity(RX_BUNCH * 2),
+            next: 0,
+            used: Vec::with_capacity(RX_BUNCH * 2),
             buf_hint: 1518,
+            quiet: u64::MAX,
         }
     }
 
     /// Whether the guest enabled the queue.
     pub fn ready(&mut self) -> bool {
-        let Some(b) = bound(&self.slot, &mut self.cache) else {
+        let Some((_, b)) = bound(&self.slot, &mut self.cache) else {
             return false;
         };
         let st = b.vring.get_ref();
@@ -338,7 +398,8 @@ impl RxQueue {
     }
 
     fn avail(&mut self) -> usize {
-        let Some(b) = bound(&self.slot, &mut self.cache) else {
+        let pending = self.chains.len() - self.next;
+        let Some((_, b)) = bound(&self.slot, &mut self.cache) else {
             return 0;
         };
         let mem = b.mem.memory();
@@ -349,18 +410,16 @@ impl RxQueue {
         }
         self.size.store(q.size(), Ordering::Relaxed);
         match q.avail_idx(&*mem, Ordering::Acquire) {
-            Ok(idx) => ((idx - Wrapping(q.next_avail())).0).min(q.size()) as usize,
-            Err(_) => 0,
+            Ok(idx) => pending + ((idx - Wrapping(q.next_avail())).0).min(q.size()) as usize,
+            Err(_) => pending,
         }
     }
 
-    /// Returns every chain popped for the frame being pushed, empty: the
-    /// guest broke one of them, and a used entry of length 0 is how a
-    /// device says "nothing here" without losing the descriptor.
     /// Arms the guest's RX kick (for backpressure); true if buffers are
     /// already there.
     fn arm(&mut self) -> bool {
-        let Some(b) = bound(&self.slot, &mut self.cache) else {
+        self.quiet = u64::MAX;
+        let Some((_, b)) = bound(&self.slot, &mut self.cache) else {
             return false;
         };
         let mem = b.mem.memory();
@@ -371,6 +430,80 @@ impl RxQueue {
                 .get_queue_mut()
                 .enable_notification(&*mem)
                 .unwrap_or(false)
+    }
+
+    /// Pops up to `RX_BUNCH` more chains (at least what a frame of
+    /// `need` bytes takes, with mergeable buffers). False if none came.
+    fn refill(&mut self) -> bool {
+        if self.guard.is_none() {
+            self.ctl.busy.store(true, Ordering::SeqCst);
+        }
+        let Some((gen, b)) = bound(&self.slot, &mut self.cache) else {
+            return false;
+        };
+        let mem = match &self.guard {
+            Some(g) => g,
+            None => self.guard.insert(b.mem.memory()),
+        };
+        let mut st = b.vring.get_mut();
+        if !st.get_queue().ready() || !st.is_enabled() {
+            return false;
+        }
+        let q = st.get_queue_mut();
+        if self.quiet != gen {
+            let _ = q.disable_notification(&**mem);
+            self.quiet = gen;
+        }
+        let before = self.chains.len();
+        let Ok(it) = q.iter(&**mem) else {
+            return false;
+        };
+        for chain in it.take(RX_BUNCH) {
+            let head = chain.head_index();
+            let first = self.bufs.len();
+            match rx_chain_to_bufs(chain, &**mem, &mut self.bufs) {
+                Ok(cap) => {
+                    self.buf_hint = cap;
+                    self.chains.push(RxChain {
+                        head,
+                        first,
+                        nbufs: self.bufs.len() - first,
+                        cap,
+                        bad: false,
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(head, "guest RX chain dropped: {e}");
+                    self.stats.count(e);
+                    self.chains.push(RxChain {
+                        head,
+                        first,
+                        nbufs: 0,
+                        cap: 0,
+                        bad: true,
+                    });
+                }
+            }
+        }
+        self.chains.len() > before
+    }
+
+    /// The next chain not consumed, skipping (and returning empty) chains
+    /// the guest broke.
+    fn take(&mut self) -> Option<RxChain> {
+        loop {
+            if self.next == self.chains.len() && !self.refill() {
+                return None;
+            }
+            let c = self.chains[self.next];
+            self.next += 1;
+            if !c.bad {
+                return Some(c);
+            }
+            // A used entry of length 0 is how a device says "nothing
+            // here" without losing the descriptor.
+            self.used.push((c.head, 0));
+        }
     }
 }
 
@@ -394,15 +527,6 @@ impl Sink for RxQueue {
     }
 
     fn push(&mut self, frags: &[Frag], skip: usize, hdr: &[u8]) -> Push {
-        let Some(b) = bound(&self.slot, &mut self.cache) else {
-            return Push::Full;
-        };
-        let mem = b.mem.memory();
-        let mut st = b.vring.get_mut();
-        if !st.get_queue().ready() || !st.is_enabled() {
-            return Push::Full;
-        }
-        let q = st.get_queue_mut();
         let flen: usize = frags.iter().map(|f| f.len() as usize).sum();
         // The header this guest gets: the engine's copy (made once), with
         // num_buffers ours to fill.
@@ -411,79 +535,75 @@ impl Sink for RxQueue {
         h[..n].copy_from_slice(&hdr[..n]);
         let total = VNET_HDR_LEN + flen.saturating_sub(skip);
         let mrg = self.mrg.load(Ordering::Relaxed);
-        self.bufs.clear();
-        self.chains.clear();
+        let start_used = self.used.len();
+        let start_next = self.next;
+        let mut mine: [Option<RxChain>; 64] = [None; 64];
+        let mut k = 0;
         let mut cap = 0usize;
         while cap < total {
-            if !mrg && !self.chains.is_empty() {
-                // Without mergeable buffers a frame takes one chain.
-                for _ in 0..self.chains.len() {
-                    q.go_to_previous_position();
-                }
-                self.stats.rx_too_small.fetch_add(1, Ordering::Relaxed);
-                return Push::Full;
-            }
-            let Some(chain) = q.pop_descriptor_chain(&*mem) else {
-                for _ in 0..self.chains.len() {
-                    q.go_to_previous_position();
-                }
+            let Some(c) = self.take() else {
+                // Un-take this frame's chains; they go back at publish if
+                // no later frame fits them.
+                self.next = start_next;
+                self.used.truncate(start_used);
                 self.stats.no_rx_buffer.fetch_add(1, Ordering::Relaxed);
                 return Push::Full;
             };
-            let head = chain.head_index();
-            let first = self.bufs.len();
-            match rx_chain_to_bufs(chain, &*mem, &mut self.bufs) {
-                Ok(c) => {
-                    cap += c;
-                    self.buf_hint = c;
-                    self.chains.push((head, first, self.bufs.len() - first, 0));
-                }
-                Err(e) => {
-                    tracing::debug!(head, "guest RX chain dropped: {e}");
-                    self.stats.count(e);
-                    // Every chain popped for this frame goes back empty:
-                    // a used entry of length 0 is how a device says
-                    // "nothing here" without losing the descriptor.
-                    self.chains.push((head, first, 0, 0));
-                    for &(h, ..) in &self.chains {
-                        let _ = q.add_used(&*mem, h, 0);
-                    }
-                    self.pending = true;
-                    return Push::BadSlot;
-                }
+            if (!mrg && c.cap < total) || k == mine.len() {
+                // Without mergeable buffers a frame takes one chain.
+                self.next = start_next;
+                self.used.truncate(start_used);
+                self.stats.rx_too_small.fetch_add(1, Ordering::Relaxed);
+                return Push::Full;
             }
+            cap += c.cap;
+            mine[k] = Some(c);
+            k += 1;
         }
-        h[10..12].copy_from_slice(&(self.chains.len() as u16).to_le_bytes());
+        h[10..12].copy_from_slice(&(k as u16).to_le_bytes());
         let mut cur = FrameCursor::new(frags, skip, &h);
-        for c in self.chains.iter_mut() {
+        for c in mine[..k].iter().flatten() {
             let mut written = 0usize;
-            for b in &mut self.bufs[c.1..c.1 + c.2] {
+            for b in &mut self.bufs[c.first..c.first + c.nbufs] {
                 if cur.remaining() == 0 {
                     break;
                 }
                 written += cur.fill(b);
             }
-            c.3 = written as u32;
+            self.used.push((c.head, written as u32));
         }
-        for &(head, _, _, len) in &self.chains {
-            let _ = q.add_used(&*mem, head, len);
-        }
-        self.pending = true;
         Push::Done
     }
 
     fn publish(&mut self) {
-        if !std::mem::take(&mut self.pending) {
-            return;
-        }
-        let Some(b) = bound(&self.slot, &mut self.cache) else {
+        let Some(mem) = self.guard.take() else {
             return;
         };
-        let mem = b.mem.memory();
-        let mut st = b.vring.get_mut();
-        if st.get_queue_mut().needs_notification(&*mem).unwrap_or(true) {
-            let _ = st.signal_used_queue();
+        if let Some((_, b)) = self.cache.as_ref() {
+            let mut st = b.vring.get_mut();
+            let q = st.get_queue_mut();
+            for &(head, len) in &self.used {
+                let _ = q.add_used(&*mem, head, len);
+            }
+            for _ in self.next..self.chains.len() {
+                q.go_to_previous_position();
+            }
+            if !self.used.is_empty() && q.needs_notification(&*mem).unwrap_or(true) {
+                let _ = st.signal_used_queue();
+            }
         }
+        self.used.clear();
+        self.chains.clear();
+        self.bufs.clear();
+        self.next = 0;
+        drop(mem);
+        self.ctl.busy.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for RxQueue {
+    fn drop(&mut self) {
+        self.publish();
     }
 }
 

@@ -4,9 +4,10 @@
 //! "d:a:h:g:l:n:r:C:p:P:m:v")`; this parser accepts the same language (clustered
 //! short options, `-aNAME` and `-a NAME`, `--` ends the options, the last command
 //! option wins, operands are an error) plus long options of our own:
-//! `--stats [PORT]`, `--config PORT [SPEC]`, `--json` and `--socket PATH`.
+//! `--stats [PORT]`, `--config PORT [SPEC]`, `--vhost-user PATH[,client][,queues=N]`
+//! (with `-n NAME`), `--json` and `--socket PATH`.
 
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 
 use netmap::abi::{
     NmreqValePolling, NETMAP_POLLING_MODE_MULTI_CPU, NETMAP_POLLING_MODE_SINGLE_CPU, NM_BDG_NAME,
@@ -37,6 +38,9 @@ vale-ctl [arguments]\n\
 \t--stats [port]\tshow the counters of one port or of all ports\n\
 \t--config port [spec]\tshow or change a vale port's options; spec:\n\
 \t\t backpressure=on|off,port-mask=on|off,mac-limit=N (0: no limit)\n\
+\t--vhost-user path[,client][,queues=N]\n\
+\t\twith -n: create a vhost-user-net port on socket path\n\
+\t\t (client: valed connects to the VMM; queues: 1..16 pairs)\n\
 \t--json\t\twith --stats or --config: print JSON\n\
 \t--socket path\tvaled's control socket (default $VALE_SOCKET, else /run/vale/valed.sock)\n\
 with no arguments: list all existing vale ports\n";
@@ -182,6 +186,90 @@ impl PortConfigSpec {
     }
 }
 
+/// Longest vhost-user socket path: a `sun_path` (108 bytes) less its NUL.
+pub const VHOST_PATH_MAX: usize = 107;
+/// Most queue pairs a vhost-user port may offer (valed's limit).
+pub const VHOST_MAX_QUEUE_PAIRS: u16 = 16;
+
+/// The vhost-user-net port `-n NAME --vhost-user PATH[,client][,queues=N]` asks
+/// for (`VALE_REQ_VHOST_NEWIF`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VhostUserSpec {
+    /// The socket, absolute (a relative `PATH` is taken from the current
+    /// directory, since valed's is another).
+    pub path: String,
+    /// `client`: valed connects to the VMM's socket instead of listening.
+    pub client: bool,
+    /// `queues=N`, 1..=16; `None` leaves valed's default (one pair).
+    pub queues: Option<u16>,
+}
+
+impl VhostUserSpec {
+    /// Reads `PATH[,item...]`, each item `client`, `server` (the default) or
+    /// `queues=N`; a later item overrides an earlier one. A relative `PATH` is
+    /// joined to `cwd()`, which is only called then.
+    ///
+    /// # Errors
+    ///
+    /// What is wrong, naming the bad part: `socket path "..." too long (max 107
+    /// bytes)`, `queues=0: want 1..=16`, `bad item "..."`, ...
+    pub fn parse(
+        arg: &str,
+        cwd: impl FnOnce() -> std::io::Result<PathBuf>,
+    ) -> Result<VhostUserSpec, String> {
+        let mut items = arg.split(',');
+        let given = items.next().unwrap_or_default();
+        if given.is_empty() {
+            return Err("empty socket path".to_owned());
+        }
+        if given.contains('\0') {
+            return Err(format!("socket path {given:?} contains a NUL byte"));
+        }
+        let path = if Path::new(given).is_absolute() {
+            given.to_owned()
+        } else {
+            let dir = cwd().map_err(|e| {
+                format!("relative socket path {given:?}: no current directory: {e}")
+            })?;
+            // Components drop "." and doubled slashes, keep "..".
+            let abs: PathBuf = dir
+                .join(given)
+                .components()
+                .filter(|c| *c != Component::CurDir)
+                .collect();
+            abs.into_os_string().into_string().map_err(|_| {
+                format!("relative socket path {given:?}: the current directory is not UTF-8")
+            })?
+        };
+        if path.len() > VHOST_PATH_MAX {
+            return Err(format!(
+                "socket path {path:?} too long (max {VHOST_PATH_MAX} bytes)"
+            ));
+        }
+        let mut spec = VhostUserSpec {
+            path,
+            client: false,
+            queues: None,
+        };
+        for item in items {
+            match item.split_once('=') {
+                None if item == "client" => spec.client = true,
+                None if item == "server" => spec.client = false,
+                Some(("queues", n)) => {
+                    let q = Some(n)
+                        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                        .and_then(|n| n.parse::<u16>().ok())
+                        .filter(|q| (1..=VHOST_MAX_QUEUE_PAIRS).contains(q))
+                        .ok_or_else(|| format!("queues={n}: want 1..={VHOST_MAX_QUEUE_PAIRS}"))?;
+                    spec.queues = Some(q);
+                }
+                _ => return Err(format!("bad item \"{item}\"")),
+            }
+        }
+        Ok(spec)
+    }
+}
+
 /// The memory region for `-n` and `-a` / `-h` (`-m`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum MemSpec {
@@ -243,6 +331,13 @@ pub enum Command {
         rings: RingConfig,
         /// From `-m`.
         mem: MemSpec,
+    },
+    /// `-n IF --vhost-user SPEC`: `VALE_REQ_VHOST_NEWIF`, a vhost-user-net port.
+    VhostNewIf {
+        /// The new port.
+        name: String,
+        /// Its socket and queues.
+        vhost: VhostUserSpec,
     },
     /// `-r IF`: `NETMAP_REQ_VALE_DELIF` (no body).
     DelIf {
@@ -338,6 +433,7 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ParseError> {
     let mut verbose = 0u32;
     let mut json = false;
     let mut socket: Option<PathBuf> = None;
+    let mut vhost: Option<VhostUserSpec> = None;
     let mut operands = 0usize;
 
     let mut i = 0;
@@ -424,6 +520,26 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ParseError> {
                     };
                     socket = Some(PathBuf::from(path));
                 }
+                "vhost-user" => {
+                    let spec = match inline {
+                        Some(v) => v.to_owned(),
+                        None => match args.get(i) {
+                            Some(v) => {
+                                i += 1;
+                                v.as_ref().to_owned()
+                            }
+                            None => {
+                                return Err(ParseError::Usage(Some(format!(
+                                    "{PROG}: option '--vhost-user' requires an argument"
+                                ))))
+                            }
+                        },
+                    };
+                    let spec = VhostUserSpec::parse(&spec, std::env::current_dir).map_err(|e| {
+                        ParseError::Usage(Some(format!("{PROG}: --vhost-user: {e}")))
+                    })?;
+                    vhost = Some(spec);
+                }
                 _ => {
                     return Err(ParseError::Usage(Some(format!(
                         "{PROG}: unrecognized option '{arg}'"
@@ -493,6 +609,29 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ParseError> {
 
     if operands > 0 {
         return Err(ParseError::Usage(None));
+    }
+    if let Some(spec) = vhost {
+        let usage = |m: &str| Err(ParseError::Usage(Some(format!("{PROG}: {m}"))));
+        return match which {
+            Some((Which::NewIf, name)) if !json => {
+                if config.is_some() {
+                    return usage("--vhost-user: -C does not apply to vhost-user ports");
+                }
+                if mem_id.is_some() {
+                    return usage("--vhost-user: -m does not apply to vhost-user ports");
+                }
+                Ok(Invocation {
+                    command: Command::VhostNewIf {
+                        name: name.unwrap_or_default(),
+                        vhost: spec,
+                    },
+                    verbose,
+                    socket,
+                })
+            }
+            Some((Which::NewIf, _)) => usage("option '--json' needs '--stats' or '--config'"),
+            _ => usage("--vhost-user needs -n NAME"),
+        };
     }
     let command = match which {
         None if config.is_none() && mem_id.is_none() && !json => Command::ListAll,
@@ -873,6 +1012,203 @@ mod tests {
         );
         // A second word that is not SPEC is an operand, as anywhere else.
         assert_eq!(usage(&["--config", "vale0:a", "mac-limit=1", "x"]), None);
+    }
+
+    fn vhost(path: &str, client: bool, queues: Option<u16>) -> VhostUserSpec {
+        VhostUserSpec {
+            path: path.to_owned(),
+            client,
+            queues,
+        }
+    }
+
+    #[test]
+    fn vhost_user_table() {
+        let newif = |name: &str, vhost: VhostUserSpec| Command::VhostNewIf {
+            name: name.to_owned(),
+            vhost,
+        };
+        let cases: Vec<(&[&str], Command)> = vec![
+            (
+                &["-n", "vm1", "--vhost-user", "/run/vm1.sock"],
+                newif("vm1", vhost("/run/vm1.sock", false, None)),
+            ),
+            // Either order; --vhost-user=ARG.
+            (
+                &["--vhost-user=/run/vm1.sock,client", "-n", "vm1"],
+                newif("vm1", vhost("/run/vm1.sock", true, None)),
+            ),
+            (
+                &["-vn", "vm2", "--vhost-user", "/s,queues=16,client,server"],
+                newif("vm2", vhost("/s", false, Some(16))),
+            ),
+            (
+                &["-n", "vm3", "--vhost-user", "/s,queues=2,queues=1"],
+                newif("vm3", vhost("/s", false, Some(1))),
+            ),
+            // The last --vhost-user wins, as the last command option does.
+            (
+                &[
+                    "--vhost-user",
+                    "/a",
+                    "-n",
+                    "vm4",
+                    "--vhost-user",
+                    "/b,client",
+                ],
+                newif("vm4", vhost("/b", true, None)),
+            ),
+            // Without --vhost-user, -n is netmap's.
+            (
+                &["-n", "vm5"],
+                Command::NewIf {
+                    name: "vm5".to_owned(),
+                    rings: RingConfig::default(),
+                    mem: MemSpec::Default,
+                },
+            ),
+        ];
+        for (args, want) in cases {
+            assert_eq!(cmd(args), want, "{args:?}");
+        }
+        assert_eq!(ok(&["-v", "-n", "vm1", "--vhost-user", "/x"]).verbose, 1);
+    }
+
+    #[test]
+    fn vhost_user_paths() {
+        let cwd = || Ok(PathBuf::from("/home/u/vms"));
+        let path = |arg: &str| VhostUserSpec::parse(arg, cwd).map(|s| s.path);
+        assert_eq!(
+            path("/run/vale/vm1.sock").as_deref(),
+            Ok("/run/vale/vm1.sock")
+        );
+        // Relative: from the current directory, since valed's is another.
+        assert_eq!(path("vm1.sock").as_deref(), Ok("/home/u/vms/vm1.sock"));
+        assert_eq!(path("./a//b.sock").as_deref(), Ok("/home/u/vms/a/b.sock"));
+        assert_eq!(path("../b.sock").as_deref(), Ok("/home/u/vms/../b.sock"));
+        // The current directory is only asked for a relative path.
+        let no_cwd = || Err(std::io::Error::from_raw_os_error(2));
+        assert!(VhostUserSpec::parse("/abs", no_cwd).is_ok());
+        assert_eq!(
+            VhostUserSpec::parse("rel", no_cwd),
+            Err(format!(
+                "relative socket path \"rel\": no current directory: {}",
+                std::io::Error::from_raw_os_error(2)
+            ))
+        );
+        // 107 bytes fit (with the NUL, a sun_path's 108), 108 do not.
+        let max = format!("/{}", "s".repeat(VHOST_PATH_MAX - 1));
+        assert_eq!(path(&max), Ok(max.clone()));
+        let long = format!("{max}x");
+        assert_eq!(
+            path(&long),
+            Err(format!("socket path \"{long}\" too long (max 107 bytes)"))
+        );
+        // Relative paths are measured once made absolute.
+        let rel = "r".repeat(VHOST_PATH_MAX - 11);
+        assert_eq!(
+            path(&rel),
+            Err(format!(
+                "socket path \"/home/u/vms/{rel}\" too long (max 107 bytes)"
+            ))
+        );
+        assert_eq!(
+            VHOST_PATH_MAX,
+            netmap::ctrl::ValeVhostNewif::default().path.len() - 1
+        );
+        assert_eq!(path(""), Err("empty socket path".to_owned()));
+        assert_eq!(path(",client"), Err("empty socket path".to_owned()));
+        assert_eq!(
+            path("/a\0b"),
+            Err("socket path \"/a\\0b\" contains a NUL byte".to_owned())
+        );
+    }
+
+    #[test]
+    fn vhost_user_errors() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["-n", "vm1", "--vhost-user", "/x,queues=0"],
+                "vale-ctl: --vhost-user: queues=0: want 1..=16",
+            ),
+            (
+                &["-n", "vm1", "--vhost-user", "/x,queues=17"],
+                "vale-ctl: --vhost-user: queues=17: want 1..=16",
+            ),
+            (
+                &["-n", "vm1", "--vhost-user", "/x,queues=+2"],
+                "vale-ctl: --vhost-user: queues=+2: want 1..=16",
+            ),
+            (
+                &["-n", "vm1", "--vhost-user", "/x,queues="],
+                "vale-ctl: --vhost-user: queues=: want 1..=16",
+            ),
+            (
+                &["-n", "vm1", "--vhost-user", "/x,queues=70000"],
+                "vale-ctl: --vhost-user: queues=70000: want 1..=16",
+            ),
+            (
+                &["-n", "vm1", "--vhost-user", "/x,Client"],
+                "vale-ctl: --vhost-user: bad item \"Client\"",
+            ),
+            (
+                &["-n", "vm1", "--vhost-user", "/x,"],
+                "vale-ctl: --vhost-user: bad item \"\"",
+            ),
+            (
+                &["-n", "vm1", "--vhost-user", "/x,mq=4"],
+                "vale-ctl: --vhost-user: bad item \"mq=4\"",
+            ),
+            (
+                &["-n", "vm1", "--vhost-user="],
+                "vale-ctl: --vhost-user: empty socket path",
+            ),
+            (
+                &["-n", "vm1", "--vhost-user"],
+                "vale-ctl: option '--vhost-user' requires an argument",
+            ),
+            (
+                &["--vhost-user", "/x"],
+                "vale-ctl: --vhost-user needs -n NAME",
+            ),
+            (
+                &["-a", "vale0:vm1", "--vhost-user", "/x"],
+                "vale-ctl: --vhost-user needs -n NAME",
+            ),
+            // -n then another command: the last one counts.
+            (
+                &["-n", "vm1", "--vhost-user", "/x", "-r", "vm1"],
+                "vale-ctl: --vhost-user needs -n NAME",
+            ),
+            (
+                &["--stats", "--vhost-user", "/x"],
+                "vale-ctl: --vhost-user needs -n NAME",
+            ),
+            (
+                &["-n", "vm1", "--vhost-user", "/x", "-C", "1024"],
+                "vale-ctl: --vhost-user: -C does not apply to vhost-user ports",
+            ),
+            (
+                &["-n", "vm1", "--vhost-user", "/x", "-m", "2"],
+                "vale-ctl: --vhost-user: -m does not apply to vhost-user ports",
+            ),
+            (
+                &["-n", "vm1", "--vhost-user", "/x", "--json"],
+                "vale-ctl: option '--json' needs '--stats' or '--config'",
+            ),
+        ];
+        for &(args, want) in cases {
+            assert_eq!(usage(args).as_deref(), Some(want), "{args:?}");
+        }
+        let long = format!("/{}", "p".repeat(200));
+        assert_eq!(
+            usage(&["-n", "vm1", "--vhost-user", &long]),
+            Some(format!(
+                "vale-ctl: --vhost-user: socket path \"{long}\" too long (max 107 bytes)"
+            ))
+        );
+        // Operands are still plain usage.
+        assert_eq!(usage(&["-n", "vm1", "--vhost-user", "/x", "y"]), None);
     }
 
     #[test]

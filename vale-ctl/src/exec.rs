@@ -13,9 +13,9 @@ use netmap::abi::{
     NETMAP_REQ_VALE_POLLING_DISABLE, NETMAP_REQ_VALE_POLLING_ENABLE,
 };
 use netmap::ctrl::{
-    CtrlConn, CtrlError, Reply, Request, ValePortConfig, VALE_PORT_BACKPRESSURE,
-    VALE_PORT_MASK_OVERRIDE, VALE_REQ_PORT_CONFIG, VALE_REQ_STATS, VALE_SET_FLAGS,
-    VALE_SET_MAC_LIMIT,
+    CtrlConn, CtrlError, Reply, Request, ValePortConfig, ValeVhostNewif, VALE_PORT_BACKPRESSURE,
+    VALE_PORT_MASK_OVERRIDE, VALE_REQ_PORT_CONFIG, VALE_REQ_STATS, VALE_REQ_VHOST_NEWIF,
+    VALE_SET_FLAGS, VALE_SET_MAC_LIMIT,
 };
 use netmap::pod::Pod;
 use netmap::portname::{self, PortNameErrorKind};
@@ -311,6 +311,24 @@ fn one(cmd: &Command, verbose: u32, ctl: &mut dyn Control, io: &mut Out<'_>) -> 
                 io.out(&format::newif(&v));
             }
         }
+        Command::VhostNewIf { name, vhost } => {
+            let action = "create";
+            // The spec was checked when parsed; this only fails if it was not.
+            let newif = ValeVhostNewif::new(&vhost.path, vhost.client, vhost.queues.unwrap_or(0))
+                .ok_or_else(|| {
+                Failed(format::failed(
+                    action,
+                    name,
+                    &format!("bad socket path {:?}", vhost.path),
+                ))
+            })?;
+            let req = Request::new(VALE_REQ_VHOST_NEWIF, nr_name(name), &newif);
+            let rep = call(ctl, req, action, name)?;
+            if verbose > 0 {
+                let v: ValeVhostNewif = body(&rep, action, name)?;
+                io.out(&format::vhost_newif(&v));
+            }
+        }
         Command::DelIf { name } => {
             // netmap sends no body: nmreq_size_by_type(DELIF) is 0.
             let req = Request::with_body(NETMAP_REQ_VALE_DELIF, nr_name(name), Vec::new());
@@ -397,6 +415,7 @@ mod tests {
     use netmap::abi::{
         NmreqValePolling, NETMAP_POLLING_MODE_MULTI_CPU, NR_REG_ALL_NIC, NR_REG_NIC_SW,
     };
+    use netmap::ctrl::VALE_VHOST_CLIENT;
 
     /// A scripted valed: records every request, answers from a closure.
     struct Fake<F: FnMut(&Request) -> Reply> {
@@ -597,6 +616,16 @@ mod tests {
             ),
             (&["-n", "v0"], 17, "failed to create v0: File exists\n"),
             (
+                &["-n", "vm1", "--vhost-user", "/run/vm1.sock"],
+                98,
+                "failed to create vm1: Address already in use\n",
+            ),
+            (
+                &["-v", "-n", "vm1", "--vhost-user", "/run/vm1.sock,client"],
+                17,
+                "failed to create vm1: File exists\n",
+            ),
+            (
                 &["-r", "v0"],
                 2,
                 "failed to remove v0: No such file or directory\n",
@@ -719,6 +748,88 @@ mod tests {
              rx_rings    1\nmem_id:     2\n"
         );
         assert_eq!(seen[0].reqtype(), NETMAP_REQ_PORT_INFO_GET);
+    }
+
+    #[test]
+    fn vhost_newif() {
+        let (rc, out, err, seen) = drive(&["-n", "vm1", "--vhost-user", "/run/vm1.sock"], echo);
+        assert_eq!((rc, out.as_str(), err.as_str()), (0, "", ""));
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].reqtype(), VALE_REQ_VHOST_NEWIF);
+        assert_eq!(name(&seen[0]), "vm1");
+        assert_eq!(seen[0].body.len(), size_of::<ValeVhostNewif>());
+        let b: ValeVhostNewif = seen[0].body_as().unwrap();
+        assert_eq!(b, ValeVhostNewif::new("/run/vm1.sock", false, 0).unwrap());
+        assert_eq!(b.path_str(), Some("/run/vm1.sock"));
+        assert_eq!((b.flags, b.queue_pairs, b.queue_size), (0, 0, 0));
+
+        // client and queues=N: the flag and the pairs; -v prints what valed made.
+        let (rc, out, err, seen) = drive(
+            &[
+                "-v",
+                "-n",
+                "vm2",
+                "--vhost-user",
+                "/run/vale/vm2.sock,client,queues=4",
+            ],
+            echo,
+        );
+        assert_eq!((rc, err.as_str()), (0, ""));
+        assert_eq!(
+            out,
+            "socket:     /run/vale/vm2.sock\nmode:       client\nqueues:     4\n"
+        );
+        let b: ValeVhostNewif = seen[0].body_as().unwrap();
+        assert_eq!(b.flags, VALE_VHOST_CLIENT);
+        assert_eq!(b.queue_pairs, 4);
+        assert_eq!(b.path_str(), Some("/run/vale/vm2.sock"));
+
+        let (_, _, _, seen) = drive(&["-n", "vm3", "--vhost-user", "/s,queues=16"], echo);
+        let b: ValeVhostNewif = seen[0].body_as().unwrap();
+        assert_eq!((b.flags, b.queue_pairs), (0, 16));
+
+        // A relative path goes out absolute.
+        let (_, _, _, seen) = drive(&["-n", "vm4", "--vhost-user", "vm4.sock"], echo);
+        let b: ValeVhostNewif = seen[0].body_as().unwrap();
+        let want = std::env::current_dir().unwrap().join("vm4.sock");
+        assert_eq!(b.path_str().map(std::path::Path::new), Some(want.as_path()));
+
+        // A -v reply without a proper body: the failure names the port.
+        let (rc, _, err, _) = drive(&["-v", "-n", "vm1", "--vhost-user", "/x"], |req| {
+            let mut r = req.clone();
+            r.body.truncate(8);
+            Reply::new(0, r)
+        });
+        assert_eq!(rc, 1);
+        assert!(err.starts_with("failed to create vm1: "), "{err}");
+
+        // Attach, detach and remove are netmap's requests, unchanged.
+        let (rc, _, _, seen) = drive(&["-a", "vale0:vm1"], echo);
+        assert_eq!(rc, 0);
+        assert_eq!(seen[0].reqtype(), NETMAP_REQ_VALE_ATTACH);
+        let (rc, _, _, seen) = drive(&["-r", "vm1"], echo);
+        assert_eq!(rc, 0);
+        assert_eq!(seen[0].reqtype(), NETMAP_REQ_VALE_DELIF);
+    }
+
+    #[test]
+    fn stats_vhost_user_lines() {
+        let doc = r#"{"ports":[{"name":"vale0:vm1","switch":"vale0","port_idx":0,"in_packets":1,"vhost_user":{"connected":true,"connections":1,"acked_features":4294967296,"bad_chains":0,"no_rx_buffer":0,"rx_too_small":0}}]}"#;
+        let reply = |req: &Request| {
+            let mut r = req.clone();
+            r.body = doc.as_bytes().to_vec();
+            Reply::new(0, r)
+        };
+        let (rc, out, err, _) = drive(&["--stats"], reply);
+        assert_eq!((rc, err.as_str()), (0, ""));
+        assert_eq!(
+            out,
+            "vale0:vm1 switch=vale0 port_idx=0 in_packets=1\n  vhost_user connected=true \
+             connections=1 acked_features=0x100000000 bad_chains=0 no_rx_buffer=0 rx_too_small=0\n"
+        );
+        let (rc, out, _, _) = drive(&["--stats", "--json"], reply);
+        assert_eq!(rc, 0);
+        assert_eq!(out, format!("{doc}\n"));
     }
 
     #[test]

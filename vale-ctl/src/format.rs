@@ -6,7 +6,10 @@
 use std::fmt::Write as _;
 
 use netmap::abi::{NmreqPortInfoGet, NmreqValeList, NmreqValeNewif};
-use netmap::ctrl::{ValePortConfig, VALE_PORT_BACKPRESSURE, VALE_PORT_MASK_OVERRIDE};
+use netmap::ctrl::{
+    ValePortConfig, ValeVhostNewif, VALE_PORT_BACKPRESSURE, VALE_PORT_MASK_OVERRIDE,
+    VALE_VHOST_CLIENT,
+};
 
 use crate::stats::{Json, StatsError};
 
@@ -59,6 +62,21 @@ pub fn newif(v: &NmreqValeNewif) -> String {
     format!(
         "tx_slots:   {}\nrx_slots:   {}\ntx_rings:   {}\nrx_ring:    {}\nmem_id:     {}\n",
         v.nr_tx_slots, v.nr_rx_slots, v.nr_tx_rings, v.nr_rx_rings, v.nr_mem_id
+    )
+}
+
+/// `-n IF --vhost-user PATH -v`: the port valed made, in the style of `-n -v`.
+pub fn vhost_newif(v: &ValeVhostNewif) -> String {
+    let end = v.path.iter().position(|&c| c == 0).unwrap_or(v.path.len());
+    format!(
+        "socket:     {}\nmode:       {}\nqueues:     {}\n",
+        String::from_utf8_lossy(&v.path[..end]),
+        if v.flags & VALE_VHOST_CLIENT != 0 {
+            "client"
+        } else {
+            "server"
+        },
+        v.queue_pairs.max(1)
     )
 }
 
@@ -129,7 +147,10 @@ fn json_string(s: &str) -> String {
 }
 
 /// `--stats` without `--json`: one line per port, the name first, then every other
-/// member of the port's object as `key=value`, in valed's order.
+/// scalar member of the port's object as `key=value`, in valed's order. A member
+/// that is an object (`"vhost_user":{...}` for a vhost-user port) gets a line of
+/// its own after the port's, indented: `  vhost_user key=value ...`
+/// (`acked_features` in hex).
 ///
 /// # Errors
 ///
@@ -147,15 +168,39 @@ pub fn stats_table(doc: &str) -> Result<String, StatsError> {
             .ok_or(StatsError::Shape("a port is not an object"))?;
         let name = port.get("name").and_then(Json::as_str).unwrap_or("?");
         out.push_str(name);
+        let mut groups = Vec::new();
         for (k, v) in members {
             if k == "name" {
                 continue;
             }
-            let _ = write!(out, " {k}={}", v.display_scalar());
+            match v.as_object() {
+                Some(inner) => groups.push((k, inner)),
+                None => {
+                    let _ = write!(out, " {k}={}", v.display_scalar());
+                }
+            }
         }
         out.push('\n');
+        for (group, inner) in groups {
+            let _ = write!(out, "  {group}");
+            for (k, v) in inner {
+                let _ = write!(out, " {k}={}", stat_value(k, v));
+            }
+            out.push('\n');
+        }
     }
     Ok(out)
+}
+
+/// A counter for the table: as valed wrote it, but feature bits in hex.
+fn stat_value(key: &str, v: &Json) -> String {
+    match v {
+        Json::Number(n) if key == "acked_features" => match n.parse::<u64>() {
+            Ok(bits) => format!("{bits:#x}"),
+            Err(_) => n.clone(),
+        },
+        _ => v.display_scalar().to_owned(),
+    }
 }
 
 /// `--stats --json`: valed's document unchanged, newline-terminated.
@@ -218,6 +263,14 @@ mod tests {
              mem_id:     4\n"
         );
         assert_eq!(port_index(7), "port_index: 7\n");
+        assert_eq!(
+            vhost_newif(&ValeVhostNewif::new("/run/vale/vm1.sock", false, 0).unwrap()),
+            "socket:     /run/vale/vm1.sock\nmode:       server\nqueues:     1\n"
+        );
+        assert_eq!(
+            vhost_newif(&ValeVhostNewif::new("/x", true, 4).unwrap()),
+            "socket:     /x\nmode:       client\nqueues:     4\n"
+        );
         assert_eq!(
             failed("attach", "vale0:eth9", &strerror(2)),
             "failed to attach vale0:eth9: No such file or directory\n"
@@ -305,6 +358,29 @@ mod tests {
              vale0:b switch=vale0 port_idx=1 in_packets=0\n"
         );
         assert_eq!(stats_table(r#"{"ports":[]}"#).unwrap(), "");
+        // A vhost-user port: its backend's counters on a line of their own.
+        let doc = r#"{"ports":[
+            {"name":"vale0:vm1","switch":"vale0","port_idx":0,"in_packets":4,
+             "vhost_user":{"connected":true,"connections":2,"acked_features":5100273667,
+                           "bad_chains":0,"no_rx_buffer":7,"rx_too_small":0},
+             "drop_bad_slot":0},
+            {"name":"vale0:v0","port_idx":1,"in_packets":0}
+        ]}"#;
+        assert_eq!(
+            stats_table(doc).unwrap(),
+            "vale0:vm1 switch=vale0 port_idx=0 in_packets=4 drop_bad_slot=0\n\
+             \x20 vhost_user connected=true connections=2 acked_features=0x130000003 \
+             bad_chains=0 no_rx_buffer=7 rx_too_small=0\n\
+             vale0:v0 port_idx=1 in_packets=0\n"
+        );
+        // Unknown members, nested or not, are shown, not refused.
+        assert_eq!(
+            stats_table(
+                r#"{"ports":[{"name":"x","new":{"a":[1],"b":{},"acked_features":-1}}],"more":1}"#
+            )
+            .unwrap(),
+            "x\n  new a=[...] b={...} acked_features=-1\n"
+        );
         assert!(stats_table(r#"{"port":[]}"#).is_err());
         assert!(stats_table(r#"{"ports":[1]}"#).is_err());
         assert!(stats_table("{").is_err());

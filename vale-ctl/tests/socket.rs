@@ -11,14 +11,15 @@ use netmap::abi::{
     NETMAP_REQ_VALE_LIST, NR_REG_NIC_SW,
 };
 use netmap::ctrl::{
-    recv_request, send_reply, Reply, Request, ValePortConfig, VALE_PORT_BACKPRESSURE,
-    VALE_PORT_MASK_OVERRIDE, VALE_REQ_PORT_CONFIG, VALE_REQ_STATS, VALE_SET_FLAGS,
-    VALE_SET_MAC_LIMIT,
+    recv_request, send_reply, Reply, Request, ValePortConfig, ValeVhostNewif,
+    VALE_PORT_BACKPRESSURE, VALE_PORT_MASK_OVERRIDE, VALE_REQ_PORT_CONFIG, VALE_REQ_STATS,
+    VALE_REQ_VHOST_NEWIF, VALE_SET_FLAGS, VALE_SET_MAC_LIMIT, VALE_VHOST_CLIENT,
 };
 use netmap::sys::{accept, seqpacket_listen};
 
 const ENOENT: i32 = 2;
 const ENXIO: i32 = 6;
+const EADDRINUSE: i32 = 98;
 
 type Seen = Arc<Mutex<Vec<Request>>>;
 
@@ -71,7 +72,8 @@ fn fake_valed(dir: &Path, answer: fn(&Request) -> Reply) -> (PathBuf, Seen) {
 
 /// Two ports, vale0:a (0, 0) and vale1:b (1, 3); stats for all; port options
 /// for vale0:vm1 only (port-mask on, MAC limit 5, before any change; ENXIO for
-/// any other port); everything else succeeds except DELIF, which finds nothing.
+/// any other port); vhost-user ports on any socket but `/busy.sock`; everything
+/// else succeeds except DELIF, which finds nothing.
 fn model(req: &Request) -> Reply {
     let mut r = req.clone();
     match req.reqtype() {
@@ -93,6 +95,15 @@ fn model(req: &Request) -> Reply {
             Reply::new(0, r)
         }
         NETMAP_REQ_VALE_DELIF => Reply::new(ENOENT, r),
+        VALE_REQ_VHOST_NEWIF => {
+            let b: ValeVhostNewif = req.body_as().unwrap();
+            let e = if b.path_str() == Some("/busy.sock") {
+                EADDRINUSE
+            } else {
+                0
+            };
+            Reply::new(e, r)
+        }
         VALE_REQ_PORT_CONFIG => {
             if req.name() != b"vale0:vm1" {
                 return Reply::new(ENXIO, r);
@@ -256,6 +267,47 @@ fn config_reads_then_sets_both_flags() {
     assert!(text(&o.stderr)
         .starts_with("vale-ctl: --config: bad item \"backpressure=maybe\"\nUsage:\n"));
     assert_eq!(seen.lock().unwrap().len(), 4);
+}
+
+#[test]
+fn vhost_user_port() {
+    let dir = scratch();
+    let (path, seen) = fake_valed(&dir, model);
+    let o = vale_ctl(
+        &[
+            "-n",
+            "vm1",
+            "--vhost-user",
+            "/run/vale/vm1.sock,client,queues=2",
+        ],
+        Some(&path),
+    );
+    assert_eq!(text(&o.stderr), "");
+    assert_eq!(text(&o.stdout), "");
+    assert!(o.status.success());
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].reqtype(), VALE_REQ_VHOST_NEWIF);
+        assert_eq!(seen[0].name(), b"vm1");
+        let b: ValeVhostNewif = seen[0].body_as().unwrap();
+        assert_eq!(b.path_str(), Some("/run/vale/vm1.sock"));
+        assert_eq!((b.flags, b.queue_pairs), (VALE_VHOST_CLIENT, 2));
+    }
+
+    let o = vale_ctl(&["-n", "vm2", "--vhost-user", "/busy.sock"], Some(&path));
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(text(&o.stdout), "");
+    assert_eq!(
+        text(&o.stderr),
+        "failed to create vm2: Address already in use\n"
+    );
+
+    // A usage error sends nothing.
+    let o = vale_ctl(&["--vhost-user", "/run/vale/vm3.sock"], Some(&path));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).starts_with("vale-ctl: --vhost-user needs -n NAME\nUsage:\n"));
+    assert_eq!(seen.lock().unwrap().len(), 2);
 }
 
 #[test]

@@ -524,7 +524,9 @@ impl<L: Lookup> Switch<L> {
                     Push::BadSlot => bad += 1,
                 }
             }
-            if out > 0 {
+            if out + full + bad > 0 {
+                // Also after failures: a sink may hold what it reserved
+                // for the batch until it publishes.
                 sink.publish();
             }
             copies += out as usize;
