@@ -243,7 +243,6 @@ impl Source for TxQueue {
             return 0;
         }
         let q = st.get_queue_mut();
-        let gen = gen;
         if self.quiet != gen {
             // A new session starts with kicks on: the forwarder is polling
             // now, so tell the guest not to kick until it sleeps again.

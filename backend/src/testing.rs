@@ -1,0 +1,1570 @@
+//! Fake guest: a vhost-user frontend driving a virtio-net device over a unix
+//! socket, without a VM.
+//!
+//! Guest memory lives in memfds (one per memory region), mapped at guest
+//! physical addresses starting at [`GUEST_MEM_BASE`] (so that address 0 is
+//! outside guest memory). The split virtqueues are built by hand: every queue
+//! gets its descriptor table, avail ring and used ring at fixed offsets at the
+//! start of the first region; the rest of guest memory is a bump allocator of
+//! buffers that are recycled once their chain comes back on the used ring.
+//!
+//! Queue numbering follows virtio-net: queue `2 * qp` is the RX queue of pair
+//! `qp`, queue `2 * qp + 1` its TX queue.
+//!
+//! All accesses to guest memory go through vm-memory (volatile copies, atomic
+//! loads and stores for the ring indexes), with the fences the virtio spec asks
+//! for, since the backend is another thread (or process) touching the same
+//! memory concurrently.
+//!
+//! Anything odd the device does (used ids that are not in flight, used
+//! lengths larger than the buffers, a bad `num_buffers`) is recorded in
+//! [`FakeGuest::violations`] rather than panicking, so tests can assert on it.
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::{VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF};
+use virtio_bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VRING_AVAIL_F_NO_INTERRUPT,
+    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
+};
+use vm_memory::{
+    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap,
+};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Guest physical address of the first byte of guest memory.
+pub const GUEST_MEM_BASE: u64 = 0x10_0000;
+/// Size of `struct virtio_net_hdr_v1` (with `num_buffers`).
+pub const VIRTIO_NET_HDR_LEN: usize = 12;
+/// `VHOST_USER_F_PROTOCOL_FEATURES`.
+pub const VHOST_USER_F_PROTOCOL_FEATURES: u32 = 30;
+
+const PAGE: u64 = 4096;
+const ALLOC_ALIGN: u64 = 64;
+const ALLOC_MIN: usize = 64;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest single wait on a call eventfd before looking at the used ring
+/// again (for backends that do not signal).
+const POLL_SLICE: Duration = Duration::from_millis(1);
+
+/// How the fake guest is set up.
+#[derive(Debug, Clone)]
+pub struct GuestConfig {
+    /// Ack `VIRTIO_NET_F_MRG_RXBUF` if offered.
+    pub mrg_rxbuf: bool,
+    /// Ack `VIRTIO_RING_F_EVENT_IDX` if offered.
+    pub event_idx: bool,
+    /// Ack `VIRTIO_RING_F_INDIRECT_DESC` if offered, and then put every chain
+    /// in an indirect table.
+    pub indirect: bool,
+    /// Size of every virtqueue (a power of two, at most 32768).
+    pub queue_size: u16,
+    /// Number of RX/TX queue pairs; `VIRTIO_NET_F_MQ` is acked when > 1.
+    pub queue_pairs: u16,
+    /// Total guest memory, split evenly over `regions`.
+    pub mem_size: usize,
+    /// Number of memory regions (separate memfd mappings).
+    pub regions: usize,
+    /// Gap, in bytes, between consecutive regions in guest physical space
+    /// (0: adjacent regions). Rounded up to a page.
+    pub region_gap: u64,
+    /// More virtio feature bits to ack if offered (CSUM, GUEST_CSUM, TSO...).
+    pub features_extra: u64,
+}
+
+impl Default for GuestConfig {
+    fn default() -> Self {
+        GuestConfig {
+            mrg_rxbuf: false,
+            event_idx: false,
+            indirect: false,
+            queue_size: 256,
+            queue_pairs: 1,
+            mem_size: 16 << 20,
+            regions: 1,
+            region_gap: 0,
+            features_extra: 0,
+        }
+    }
+}
+
+/// A frame taken from an RX queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RxFrame {
+    /// The `virtio_net_hdr_v1` the device wrote (zero-padded if the device
+    /// wrote fewer than 12 bytes).
+    pub hdr: [u8; VIRTIO_NET_HDR_LEN],
+    /// The frame after the header (reassembled over all merged buffers).
+    pub frame: Vec<u8>,
+    /// Number of used buffers the frame took (`num_buffers`, 1 without
+    /// mergeable buffers).
+    pub num_buffers: u16,
+    /// Sum of the used lengths of all its buffers.
+    pub used_len: u64,
+}
+
+/// Counters of one virtqueue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GuestQueueStats {
+    /// The avail idx published by the guest.
+    pub avail_idx: u16,
+    /// The used idx as the device last wrote it.
+    pub used_idx: u16,
+    /// Used entries the guest has consumed.
+    pub last_used: u16,
+    /// Kicks written to the kick eventfd.
+    pub kicks: u64,
+    /// Kicks skipped because the device asked not to be notified
+    /// (`VRING_USED_F_NO_NOTIFY`, or `avail_event` with EVENT_IDX).
+    pub kicks_suppressed: u64,
+    /// Calls (interrupts) read from the call eventfd.
+    pub calls: u64,
+    /// Chains made available and not yet returned.
+    pub inflight: usize,
+}
+
+#[derive(Debug, Default)]
+struct Chain {
+    /// Main descriptor-table indexes this chain owns.
+    descs: Vec<u16>,
+    /// Buffers in chain order: (gpa, len).
+    segs: Vec<(u64, u32)>,
+    /// Allocations to give back: (gpa, size class).
+    allocs: Vec<(u64, usize)>,
+    /// Sum of the segment lengths.
+    capacity: u64,
+}
+
+#[derive(Debug)]
+struct Vq {
+    size: u16,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    kick: EventFd,
+    call: EventFd,
+    free: Vec<u16>,
+    chains: Vec<Option<Chain>>,
+    /// Shadow of avail->idx, including entries not yet published.
+    avail_idx: u16,
+    /// avail->idx as last stored in guest memory.
+    published: u16,
+    last_used: u16,
+    kicks: u64,
+    kicks_suppressed: u64,
+    last_kick_needed: Option<bool>,
+    calls: u64,
+    reaped_pending: usize,
+    last_tx_gpa: u64,
+    suppress_calls: bool,
+}
+
+impl Vq {
+    fn new(size: u16, desc: u64, avail: u64, used: u64) -> io::Result<Vq> {
+        Ok(Vq {
+            size,
+            desc,
+            avail,
+            used,
+            kick: EventFd::new(libc::EFD_NONBLOCK)?,
+            call: EventFd::new(libc::EFD_NONBLOCK)?,
+            free: (0..size).rev().collect(),
+            chains: (0..size).map(|_| None).collect(),
+            avail_idx: 0,
+            published: 0,
+            last_used: 0,
+            kicks: 0,
+            kicks_suppressed: 0,
+            last_kick_needed: None,
+            calls: 0,
+            reaped_pending: 0,
+            last_tx_gpa: 0,
+            suppress_calls: false,
+        })
+    }
+
+    fn used_event_gpa(&self) -> u64 {
+        self.avail + 4 + 2 * u64::from(self.size)
+    }
+
+    fn avail_event_gpa(&self) -> u64 {
+        self.used + 4 + 8 * u64::from(self.size)
+    }
+
+    fn inflight(&self) -> usize {
+        self.chains.iter().filter(|c| c.is_some()).count()
+    }
+}
+
+#[derive(Debug)]
+struct Arena {
+    start: u64,
+    end: u64,
+    next: u64,
+}
+
+/// Bump allocator over the guest regions with per-size-class free lists.
+#[derive(Debug, Default)]
+struct Allocator {
+    arenas: Vec<Arena>,
+    free: Vec<(usize, Vec<u64>)>,
+    force: Option<usize>,
+}
+
+impl Allocator {
+    fn class(size: usize) -> usize {
+        size.max(ALLOC_MIN).next_power_of_two()
+    }
+
+    fn alloc(&mut self, size: usize) -> Option<(u64, usize)> {
+        let class = Self::class(size);
+        let range = self
+            .force
+            .and_then(|i| self.arenas.get(i))
+            .map(|a| (a.start, a.end));
+        if let Some((_, list)) = self.free.iter_mut().find(|(c, _)| *c == class) {
+            let pos = match range {
+                None => list.len().checked_sub(1),
+                Some((s, e)) => list.iter().rposition(|&g| g >= s && g < e),
+            };
+            if let Some(p) = pos {
+                return Some((list.swap_remove(p), class));
+            }
+        }
+        for (i, a) in self.arenas.iter_mut().enumerate() {
+            if self.force.is_some_and(|f| f != i) {
+                continue;
+            }
+            let at = align_up(a.next, ALLOC_ALIGN);
+            if at.checked_add(class as u64).is_some_and(|e| e <= a.end) {
+                a.next = at + class as u64;
+                return Some((at, class));
+            }
+        }
+        None
+    }
+
+    fn free(&mut self, gpa: u64, class: usize) {
+        if !self.arenas.iter().any(|a| gpa >= a.start && gpa < a.end) {
+            return; // its region was removed
+        }
+        match self.free.iter_mut().find(|(c, _)| *c == class) {
+            Some((_, list)) => list.push(gpa),
+            None => self.free.push((class, vec![gpa])),
+        }
+    }
+
+    fn add_arena(&mut self, start: u64, end: u64) {
+        self.arenas.push(Arena {
+            start,
+            end,
+            next: start,
+        });
+        self.arenas.sort_by_key(|a| a.start);
+    }
+
+    fn remove_arena(&mut self, start: u64) {
+        if let Some(pos) = self.arenas.iter().position(|a| a.start == start) {
+            let a = self.arenas.remove(pos);
+            for (_, list) in &mut self.free {
+                list.retain(|&g| g < a.start || g >= a.end);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Mode {
+    Connect(PathBuf),
+    Accept(UnixListener),
+}
+
+/// A listening socket for a backend in "client" mode: bind first, start the
+/// backend, then [`GuestListener::accept`].
+#[derive(Debug)]
+pub struct GuestListener {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl GuestListener {
+    /// Binds `path` (removing a stale file there first).
+    pub fn bind(path: &Path) -> io::Result<GuestListener> {
+        let _ = std::fs::remove_file(path);
+        Ok(GuestListener {
+            listener: UnixListener::bind(path)?,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The bound path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits (up to 10 s) for one backend connection, then sets the device
+    /// up as [`FakeGuest::connect`] does.
+    pub fn accept(self, cfg: GuestConfig) -> io::Result<FakeGuest> {
+        let stream = accept_timeout(&self.listener, ACCEPT_TIMEOUT)?;
+        let mut guest = FakeGuest::new(cfg, Mode::Accept(self.listener))?;
+        guest.setup(stream, true)?;
+        Ok(guest)
+    }
+}
+
+/// A vhost-user frontend with hand-built split virtqueues over memfd memory.
+pub struct FakeGuest {
+    cfg: GuestConfig,
+    mode: Mode,
+    frontend: Option<Frontend>,
+    mem: GuestMemoryMmap<()>,
+    alloc: Allocator,
+    queues: Vec<Vq>,
+    offered_features: u64,
+    acked_features: u64,
+    offered_protocol: u64,
+    acked_protocol: u64,
+    mrg: bool,
+    event_idx: bool,
+    use_indirect: bool,
+    repost: bool,
+    violations: Vec<String>,
+}
+
+impl fmt::Debug for FakeGuest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FakeGuest")
+            .field("cfg", &self.cfg)
+            .field("mode", &self.mode)
+            .field("connected", &self.frontend.is_some())
+            .field("regions", &self.region_ranges())
+            .field(
+                "acked_features",
+                &format_args!("{:#x}", self.acked_features),
+            )
+            .field(
+                "acked_protocol",
+                &format_args!("{:#x}", self.acked_protocol),
+            )
+            .field("queues", &self.queues)
+            .field("violations", &self.violations)
+            .finish_non_exhaustive()
+    }
+}
+
+fn align_up(v: u64, a: u64) -> u64 {
+    v.div_ceil(a) * a
+}
+
+fn vhost_err(what: &str, e: vhost::Error) -> io::Error {
+    io::Error::other(format!("vhost-user {what}: {e}"))
+}
+
+fn memfd_region(gpa: u64, size: usize) -> io::Result<GuestRegionMmap<()>> {
+    // SAFETY: the name is a valid NUL-terminated string and memfd_create has
+    // no other precondition; the result is checked below.
+    let fd = unsafe { libc::memfd_create(c"vale-fake-guest".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created above and is owned by nothing else.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(size as u64)?;
+    GuestRegionMmap::from_range(GuestAddress(gpa), size, Some(FileOffset::new(file, 0)))
+        .map_err(io::Error::other)
+}
+
+fn connect_retry(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match UnixStream::connect(path) {
+            Ok(s) => return Ok(s),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                ) && Instant::now() < deadline =>
+            {
+                thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn accept_timeout(listener: &UnixListener, timeout: Duration) -> io::Result<UnixStream> {
+    let deadline = Instant::now() + timeout;
+    listener.set_nonblocking(true)?;
+    let res = loop {
+        match listener.accept() {
+            Ok((s, _)) => break Ok(s),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    break Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no backend connected to the fake guest",
+                    ));
+                }
+                thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    listener.set_nonblocking(false)?;
+    let s = res?;
+    s.set_nonblocking(false)?;
+    Ok(s)
+}
+
+/// Waits up to `timeout` for `fd` to become readable.
+fn poll_in(fd: i32, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().clamp(0, i32::MAX as u128) as i32;
+    // SAFETY: `pfd` is a valid pollfd array of length 1 living across the call.
+    let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+    r > 0 && pfd.revents & libc::POLLIN != 0
+}
+
+/// `vring_need_event()` from the virtio spec.
+fn need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
+impl FakeGuest {
+    /// Connects to a backend listening on `path` (retrying for up to 5 s
+    /// while the socket is missing or refuses), and sets the device up:
+    /// features, protocol features, SET_OWNER, SET_MEM_TABLE, and for every
+    /// queue SET_VRING_NUM/ADDR/BASE/CALL/KICK and SET_VRING_ENABLE 1.
+    pub fn connect(path: &Path, cfg: GuestConfig) -> io::Result<FakeGuest> {
+        let stream = connect_retry(path, CONNECT_TIMEOUT)?;
+        let mut guest = FakeGuest::new(cfg, Mode::Connect(path.to_path_buf()))?;
+        guest.setup(stream, true)?;
+        Ok(guest)
+    }
+
+    /// Listens on `listener_path`, accepts one backend connection (waiting up
+    /// to 10 s), then sets the device up as [`FakeGuest::connect`] does. When
+    /// the backend is started after the socket must exist, use
+    /// [`GuestListener::bind`] then [`GuestListener::accept`].
+    pub fn accept(listener_path: &Path, cfg: GuestConfig) -> io::Result<FakeGuest> {
+        GuestListener::bind(listener_path)?.accept(cfg)
+    }
+
+    fn new(cfg: GuestConfig, mode: Mode) -> io::Result<FakeGuest> {
+        let inval = |m: &str| io::Error::new(io::ErrorKind::InvalidInput, m.to_string());
+        if !cfg.queue_size.is_power_of_two() || cfg.queue_size > 32768 {
+            return Err(inval("queue_size must be a power of two <= 32768"));
+        }
+        if cfg.queue_pairs == 0 || cfg.regions == 0 {
+            return Err(inval("queue_pairs and regions must be >= 1"));
+        }
+        let n = u64::from(cfg.queue_size);
+        let nq = 2 * usize::from(cfg.queue_pairs);
+        let region_size = align_up((cfg.mem_size / cfg.regions) as u64, PAGE);
+        let gap = align_up(cfg.region_gap, PAGE);
+
+        // Ring layout at the start of region 0.
+        let mut queues = Vec::with_capacity(nq);
+        let mut at = GUEST_MEM_BASE;
+        for _ in 0..nq {
+            let desc = at;
+            let avail = desc + 16 * n;
+            let used = align_up(avail + 6 + 2 * n, ALLOC_ALIGN);
+            queues.push(Vq::new(cfg.queue_size, desc, avail, used)?);
+            at = align_up(used + 6 + 8 * n, PAGE);
+        }
+        if at >= GUEST_MEM_BASE + region_size {
+            return Err(inval("the rings do not fit in the first memory region"));
+        }
+
+        let mut regions = Vec::with_capacity(cfg.regions);
+        let mut alloc = Allocator::default();
+        for i in 0..cfg.regions as u64 {
+            let start = GUEST_MEM_BASE + i * (region_size + gap);
+            regions.push(memfd_region(start, region_size as usize)?);
+            let first = if i == 0 { at } else { start };
+            alloc.add_arena(first, start + region_size);
+        }
+        let mem = GuestMemoryMmap::from_regions(regions).map_err(io::Error::other)?;
+
+        Ok(FakeGuest {
+            cfg,
+            mode,
+            frontend: None,
+            mem,
+            alloc,
+            queues,
+            offered_features: 0,
+            acked_features: 0,
+            offered_protocol: 0,
+            acked_protocol: 0,
+            mrg: false,
+            event_idx: false,
+            use_indirect: false,
+            repost: false,
+            violations: Vec::new(),
+        })
+    }
+
+    fn hva(&self, gpa: u64) -> io::Result<u64> {
+        self.mem
+            .get_host_address(GuestAddress(gpa))
+            .map(|p| p as u64)
+            .map_err(io::Error::other)
+    }
+
+    fn region_infos(&self) -> io::Result<Vec<VhostUserMemoryRegionInfo>> {
+        self.mem
+            .iter()
+            .map(|r| {
+                VhostUserMemoryRegionInfo::from_guest_region(r).map_err(|e| vhost_err("region", e))
+            })
+            .collect()
+    }
+
+    /// The handshake. `fresh`: vring bases are 0; otherwise (reconnection)
+    /// each base is the used idx currently in guest memory.
+    fn setup(&mut self, stream: UnixStream, fresh: bool) -> io::Result<()> {
+        let nq = self.queues.len();
+        let mut fe = Frontend::from_stream(stream, nq as u64);
+
+        let offered = fe
+            .get_features()
+            .map_err(|e| vhost_err("GET_FEATURES", e))?;
+        if offered & (1 << VIRTIO_F_VERSION_1) == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "backend does not offer VIRTIO_F_VERSION_1",
+            ));
+        }
+        let mut want = (1u64 << VIRTIO_F_VERSION_1)
+            | (1 << VHOST_USER_F_PROTOCOL_FEATURES)
+            | self.cfg.features_extra;
+        if self.cfg.mrg_rxbuf {
+            want |= 1 << VIRTIO_NET_F_MRG_RXBUF;
+        }
+        if self.cfg.event_idx {
+            want |= 1 << VIRTIO_RING_F_EVENT_IDX;
+        }
+        if self.cfg.indirect {
+            want |= 1 << VIRTIO_RING_F_INDIRECT_DESC;
+        }
+        if self.cfg.queue_pairs > 1 {
+            want |= 1 << VIRTIO_NET_F_MQ;
+        }
+        let acked = offered & want;
+        if self.cfg.queue_pairs > 1 && acked & (1 << VIRTIO_NET_F_MQ) == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "backend does not offer VIRTIO_NET_F_MQ",
+            ));
+        }
+
+        let mut offered_proto = 0;
+        let mut acked_proto = 0;
+        if acked & (1 << VHOST_USER_F_PROTOCOL_FEATURES) != 0 {
+            let proto = fe
+                .get_protocol_features()
+                .map_err(|e| vhost_err("GET_PROTOCOL_FEATURES", e))?;
+            offered_proto = proto.bits();
+            let ack = proto
+                & (VhostUserProtocolFeatures::MQ
+                    | VhostUserProtocolFeatures::REPLY_ACK
+                    | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
+            fe.set_protocol_features(ack)
+                .map_err(|e| vhost_err("SET_PROTOCOL_FEATURES", e))?;
+            acked_proto = ack.bits();
+            if ack.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+                fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+            }
+            if ack.contains(VhostUserProtocolFeatures::MQ) {
+                let max = fe
+                    .get_queue_num()
+                    .map_err(|e| vhost_err("GET_QUEUE_NUM", e))?;
+                if max < nq as u64 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        format!("backend has {max} queues, the guest wants {nq}"),
+                    ));
+                }
+            }
+        }
+
+        fe.set_owner().map_err(|e| vhost_err("SET_OWNER", e))?;
+        fe.set_features(acked)
+            .map_err(|e| vhost_err("SET_FEATURES", e))?;
+        fe.set_mem_table(&self.region_infos()?)
+            .map_err(|e| vhost_err("SET_MEM_TABLE", e))?;
+
+        for (i, q) in self.queues.iter().enumerate() {
+            let base = if fresh {
+                0
+            } else {
+                u16::from_le(
+                    self.mem
+                        .load(GuestAddress(q.used + 2), Ordering::Acquire)
+                        .map_err(io::Error::other)?,
+                )
+            };
+            let config = VringConfigData {
+                queue_max_size: q.size,
+                queue_size: q.size,
+                flags: 0,
+                desc_table_addr: self.hva(q.desc)?,
+                used_ring_addr: self.hva(q.used)?,
+                avail_ring_addr: self.hva(q.avail)?,
+                log_addr: None,
+            };
+            fe.set_vring_num(i, q.size)
+                .map_err(|e| vhost_err("SET_VRING_NUM", e))?;
+            fe.set_vring_addr(i, &config)
+                .map_err(|e| vhost_err("SET_VRING_ADDR", e))?;
+            fe.set_vring_base(i, base)
+                .map_err(|e| vhost_err("SET_VRING_BASE", e))?;
+            fe.set_vring_call(i, &q.call)
+                .map_err(|e| vhost_err("SET_VRING_CALL", e))?;
+            fe.set_vring_kick(i, &q.kick)
+                .map_err(|e| vhost_err("SET_VRING_KICK", e))?;
+        }
+        if acked & (1 << VHOST_USER_F_PROTOCOL_FEATURES) != 0 {
+            for i in 0..nq {
+                fe.set_vring_enable(i, true)
+                    .map_err(|e| vhost_err("SET_VRING_ENABLE", e))?;
+            }
+        }
+
+        self.offered_features = offered;
+        self.acked_features = acked;
+        self.offered_protocol = offered_proto;
+        self.acked_protocol = acked_proto;
+        self.mrg = acked & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
+        self.event_idx = acked & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        self.use_indirect = acked & (1 << VIRTIO_RING_F_INDIRECT_DESC) != 0;
+        self.frontend = Some(fe);
+        Ok(())
+    }
+
+    /// Closes the vhost-user socket (guest memory and rings stay as they are).
+    pub fn disconnect(&mut self) {
+        self.frontend = None;
+    }
+
+    /// Whether the vhost-user socket is open.
+    pub fn is_connected(&self) -> bool {
+        self.frontend.is_some()
+    }
+
+    /// Closes the socket if open, then connects again (or, for a guest made by
+    /// [`FakeGuest::accept`], accepts the next backend connection on the same
+    /// listener) and redoes the set-up, with every vring base set to the used
+    /// idx currently in guest memory (so chains made available but not yet
+    /// used are processed again, as QEMU does without inflight tracking).
+    pub fn reconnect(&mut self) -> io::Result<()> {
+        self.frontend = None;
+        let stream = match &self.mode {
+            Mode::Connect(path) => connect_retry(path, CONNECT_TIMEOUT)?,
+            Mode::Accept(listener) => accept_timeout(listener, ACCEPT_TIMEOUT)?,
+        };
+        self.setup(stream, false)
+    }
+
+    /// The vhost-user frontend, for tests that send messages of their own.
+    ///
+    /// # Panics
+    /// If disconnected.
+    pub fn frontend(&mut self) -> &mut Frontend {
+        self.frontend.as_mut().expect("fake guest is disconnected")
+    }
+
+    fn fe(&mut self) -> io::Result<&mut Frontend> {
+        self.frontend
+            .as_mut()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "fake guest disconnected"))
+    }
+
+    /// GET_VRING_BASE on queue `queue_index` (which stops that ring).
+    pub fn get_vring_base(&mut self, queue_index: usize) -> io::Result<u32> {
+        self.fe()?
+            .get_vring_base(queue_index)
+            .map_err(|e| vhost_err("GET_VRING_BASE", e))
+    }
+
+    /// SET_VRING_ENABLE on queue `queue_index`.
+    pub fn set_vring_enable(&mut self, queue_index: usize, enable: bool) -> io::Result<()> {
+        self.fe()?
+            .set_vring_enable(queue_index, enable)
+            .map_err(|e| vhost_err("SET_VRING_ENABLE", e))
+    }
+
+    /// The configuration the guest was made with.
+    pub fn config(&self) -> &GuestConfig {
+        &self.cfg
+    }
+
+    /// Virtio features the backend offered.
+    pub fn offered_features(&self) -> u64 {
+        self.offered_features
+    }
+
+    /// Virtio features acked.
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    /// vhost-user protocol features the backend offered.
+    pub fn offered_protocol_features(&self) -> u64 {
+        self.offered_protocol
+    }
+
+    /// vhost-user protocol features acked.
+    pub fn acked_protocol_features(&self) -> u64 {
+        self.acked_protocol
+    }
+
+    /// Whether `VIRTIO_NET_F_MRG_RXBUF` was negotiated.
+    pub fn mrg_rxbuf(&self) -> bool {
+        self.mrg
+    }
+
+    /// Whether `VIRTIO_RING_F_EVENT_IDX` was negotiated.
+    pub fn event_idx(&self) -> bool {
+        self.event_idx
+    }
+
+    /// Whether chains are put in indirect tables.
+    pub fn uses_indirect(&self) -> bool {
+        self.use_indirect
+    }
+
+    /// Puts (or stops putting) chains in indirect tables, whatever was
+    /// negotiated (true without INDIRECT_DESC negotiated is a hostile guest).
+    pub fn set_use_indirect(&mut self, on: bool) {
+        self.use_indirect = on;
+    }
+
+    /// Makes [`FakeGuest::recv`] post every consumed RX buffer again.
+    pub fn set_repost(&mut self, on: bool) {
+        self.repost = on;
+    }
+
+    /// Restricts buffer allocation to memory region `i` (in guest address
+    /// order), or lifts the restriction with `None`.
+    pub fn set_alloc_region(&mut self, i: Option<usize>) {
+        self.alloc.force = i;
+    }
+
+    /// Protocol violations seen so far from the device.
+    pub fn violations(&self) -> &[String] {
+        &self.violations
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &GuestMemoryMmap<()> {
+        &self.mem
+    }
+
+    /// (guest physical address, size) of every memory region, in address
+    /// order.
+    pub fn region_ranges(&self) -> Vec<(u64, u64)> {
+        self.mem
+            .iter()
+            .map(|r| (r.start_addr().0, r.len()))
+            .collect()
+    }
+
+    /// Size of every virtqueue.
+    pub fn queue_size(&self) -> u16 {
+        self.cfg.queue_size
+    }
+
+    /// Number of virtqueues (2 per pair).
+    pub fn num_queues(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// Guest address of the descriptor table of queue `queue_index`.
+    pub fn desc_table_gpa(&self, queue_index: usize) -> u64 {
+        self.queues[queue_index].desc
+    }
+
+    /// Guest address of the avail ring of queue `queue_index`.
+    pub fn avail_ring_gpa(&self, queue_index: usize) -> u64 {
+        self.queues[queue_index].avail
+    }
+
+    /// Guest address of the used ring of queue `queue_index`.
+    pub fn used_ring_gpa(&self, queue_index: usize) -> u64 {
+        self.queues[queue_index].used
+    }
+
+    /// Allocates `size` bytes of guest memory (never given back), e.g. for a
+    /// hand-made indirect table. `None` when memory is exhausted.
+    pub fn alloc(&mut self, size: usize) -> Option<u64> {
+        self.alloc.alloc(size).map(|(g, _)| g)
+    }
+
+    /// Writes `data` into guest memory at `gpa` (may span adjacent regions).
+    ///
+    /// # Panics
+    /// If the range is not all guest memory.
+    pub fn write_guest(&mut self, gpa: u64, data: &[u8]) {
+        self.mem
+            .write_slice(data, GuestAddress(gpa))
+            .expect("write_guest outside guest memory");
+    }
+
+    /// Reads `len` bytes of guest memory at `gpa`.
+    ///
+    /// # Panics
+    /// If the range is not all guest memory.
+    pub fn read_guest(&self, gpa: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0; len];
+        self.mem
+            .read_slice(&mut v, GuestAddress(gpa))
+            .expect("read_guest outside guest memory");
+        v
+    }
+
+    /// Guest address of the header of the last frame sent on TX of pair `qp`.
+    pub fn last_tx_gpa(&self, qp: u16) -> u64 {
+        self.queues[tx(qp)].last_tx_gpa
+    }
+
+    fn ld16(&self, gpa: u64, order: Ordering) -> u16 {
+        u16::from_le(
+            self.mem
+                .load(GuestAddress(gpa), order)
+                .expect("ring outside guest memory"),
+        )
+    }
+
+    fn st16(&self, gpa: u64, v: u16, order: Ordering) {
+        self.mem
+            .store(v.to_le(), GuestAddress(gpa), order)
+            .expect("ring outside guest memory");
+    }
+
+    fn ld32(&self, gpa: u64, order: Ordering) -> u32 {
+        u32::from_le(
+            self.mem
+                .load(GuestAddress(gpa), order)
+                .expect("ring outside guest memory"),
+        )
+    }
+
+    fn write_desc(&self, table: u64, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let mut d = [0u8; 16];
+        d[0..8].copy_from_slice(&addr.to_le_bytes());
+        d[8..12].copy_from_slice(&len.to_le_bytes());
+        d[12..14].copy_from_slice(&flags.to_le_bytes());
+        d[14..16].copy_from_slice(&next.to_le_bytes());
+        self.mem
+            .write_slice(&d, GuestAddress(table + 16 * u64::from(idx)))
+            .expect("descriptor outside guest memory");
+    }
+
+    /// The used idx of queue `queue_index` as the device last wrote it.
+    pub fn used_idx(&self, queue_index: usize) -> u16 {
+        self.ld16(self.queues[queue_index].used + 2, Ordering::Acquire)
+    }
+
+    /// The used idx of the RX queue of pair `qp`.
+    pub fn rx_used_idx(&self, qp: u16) -> u16 {
+        self.used_idx(rx(qp))
+    }
+
+    /// The used idx of the TX queue of pair `qp`.
+    pub fn tx_used_idx(&self, qp: u16) -> u16 {
+        self.used_idx(tx(qp))
+    }
+
+    /// Counters of queue `queue_index`.
+    pub fn stats(&self, queue_index: usize) -> GuestQueueStats {
+        let q = &self.queues[queue_index];
+        GuestQueueStats {
+            avail_idx: q.published,
+            used_idx: self.used_idx(queue_index),
+            last_used: q.last_used,
+            kicks: q.kicks,
+            kicks_suppressed: q.kicks_suppressed,
+            calls: q.calls,
+            inflight: q.inflight(),
+        }
+    }
+
+    /// Kicks written so far on queue `queue_index`.
+    pub fn kicks(&self, queue_index: usize) -> u64 {
+        self.queues[queue_index].kicks
+    }
+
+    /// Calls (interrupts) seen so far on queue `queue_index` (drains its call
+    /// eventfd first).
+    pub fn calls(&mut self, queue_index: usize) -> u64 {
+        self.drain_call(queue_index);
+        self.queues[queue_index].calls
+    }
+
+    /// Whether the last publication on queue `queue_index` needed a kick
+    /// (`None` before the first one).
+    pub fn last_kick_needed(&self, queue_index: usize) -> Option<bool> {
+        self.queues[queue_index].last_kick_needed
+    }
+
+    /// RX buffers currently posted on pair `qp`.
+    pub fn rx_posted(&self, qp: u16) -> usize {
+        self.queues[rx(qp)].inflight()
+    }
+
+    /// TX chains sent on pair `qp` and not yet reaped.
+    pub fn tx_inflight(&self, qp: u16) -> usize {
+        self.queues[tx(qp)].inflight()
+    }
+
+    fn drain_call(&mut self, qi: usize) -> u64 {
+        let q = &mut self.queues[qi];
+        match q.call.read() {
+            Ok(v) => {
+                q.calls += v;
+                v
+            }
+            Err(_) => 0,
+        }
+    }
+
+    /// Writes the kick eventfd of queue `queue_index`, whatever the device
+    /// asked.
+    pub fn kick(&mut self, queue_index: usize) {
+        let q = &mut self.queues[queue_index];
+        q.kick.write(1).expect("kick eventfd");
+        q.kicks += 1;
+    }
+
+    /// Asks the device not to interrupt on queue `queue_index` (avail flag
+    /// `VRING_AVAIL_F_NO_INTERRUPT`, or with EVENT_IDX a `used_event` far
+    /// behind), or to interrupt again.
+    pub fn suppress_calls(&mut self, queue_index: usize, suppress: bool) {
+        self.queues[queue_index].suppress_calls = suppress;
+        let q = &self.queues[queue_index];
+        let flags = if suppress && !self.event_idx {
+            VRING_AVAIL_F_NO_INTERRUPT as u16
+        } else {
+            0
+        };
+        self.st16(q.avail, flags, Ordering::Release);
+        self.update_used_event(queue_index);
+    }
+
+    fn update_used_event(&self, qi: usize) {
+        if !self.event_idx {
+            return;
+        }
+        let q = &self.queues[qi];
+        let ev = if q.suppress_calls {
+            q.last_used.wrapping_sub(1)
+        } else {
+            q.last_used
+        };
+        self.st16(q.used_event_gpa(), ev, Ordering::Release);
+        fence(Ordering::SeqCst);
+    }
+
+    /// Overwrites avail->idx of queue `queue_index` (hostile: the entries
+    /// between the old and the new value are whatever is in the ring). Does
+    /// not kick.
+    pub fn set_avail_idx(&mut self, queue_index: usize, idx: u16) {
+        let q = &mut self.queues[queue_index];
+        q.avail_idx = idx;
+        q.published = idx;
+        let a = q.avail + 2;
+        fence(Ordering::Release);
+        self.st16(a, idx, Ordering::Release);
+    }
+
+    fn push_avail(&mut self, qi: usize, head: u16) {
+        let q = &mut self.queues[qi];
+        let slot = q.avail + 4 + 2 * u64::from(q.avail_idx % q.size);
+        q.avail_idx = q.avail_idx.wrapping_add(1);
+        self.st16(slot, head, Ordering::Relaxed);
+    }
+
+    /// Publishes the avail idx, then kicks if the device wants it.
+    fn publish(&mut self, qi: usize) {
+        let (old, new, avail, avail_event, used) = {
+            let q = &self.queues[qi];
+            (
+                q.published,
+                q.avail_idx,
+                q.avail,
+                q.avail_event_gpa(),
+                q.used,
+            )
+        };
+        if old == new {
+            return;
+        }
+        // Descriptors and ring entries before the index.
+        fence(Ordering::Release);
+        self.st16(avail + 2, new, Ordering::Release);
+        // The index before reading the device's suppression state.
+        fence(Ordering::SeqCst);
+        let needed = if self.event_idx {
+            need_event(self.ld16(avail_event, Ordering::Acquire), new, old)
+        } else {
+            self.ld16(used, Ordering::Acquire) & VRING_USED_F_NO_NOTIFY as u16 == 0
+        };
+        let q = &mut self.queues[qi];
+        q.published = new;
+        q.last_kick_needed = Some(needed);
+        if needed {
+            q.kick.write(1).expect("kick eventfd");
+            q.kicks += 1;
+        } else {
+            q.kicks_suppressed += 1;
+        }
+    }
+
+    fn free_chain(&mut self, chain: Chain, qi: usize) {
+        for (g, c) in chain.allocs {
+            self.alloc.free(g, c);
+        }
+        self.queues[qi].free.extend(chain.descs);
+    }
+
+    /// Builds a chain of buffers of `lens` bytes (filled from `data` when
+    /// given, device-writable otherwise), returns its head.
+    fn build_chain(&mut self, qi: usize, lens: &[u32], data: Option<&[u8]>) -> Option<u16> {
+        let k = lens.len();
+        if k == 0 || k > usize::from(u16::MAX) {
+            return None;
+        }
+        let indirect = self.use_indirect;
+        let need = if indirect { 1 } else { k };
+        if self.queues[qi].free.len() < need {
+            return None;
+        }
+        let mut chain = Chain::default();
+        let mut off = 0usize;
+        for &len in lens {
+            let Some((g, c)) = self.alloc.alloc(len as usize) else {
+                self.free_chain(chain, qi);
+                return None;
+            };
+            chain.allocs.push((g, c));
+            chain.segs.push((g, len));
+            chain.capacity += u64::from(len);
+            if let Some(d) = data {
+                let l = len as usize;
+                self.mem
+                    .write_slice(&d[off..off + l], GuestAddress(g))
+                    .expect("buffer outside guest memory");
+                off += l;
+            }
+        }
+        let wflag = if data.is_none() {
+            VRING_DESC_F_WRITE as u16
+        } else {
+            0
+        };
+        let next_flag = VRING_DESC_F_NEXT as u16;
+        let head;
+        if indirect {
+            let Some((table, c)) = self.alloc.alloc(16 * k) else {
+                self.free_chain(chain, qi);
+                return None;
+            };
+            chain.allocs.push((table, c));
+            for (i, &(g, len)) in chain.segs.iter().enumerate() {
+                let last = i + 1 == k;
+                let flags = wflag | if last { 0 } else { next_flag };
+                let next = if last { 0 } else { (i + 1) as u16 };
+                self.write_desc(table, i as u16, g, len, flags, next);
+            }
+            let q = &mut self.queues[qi];
+            head = q.free.pop().expect("checked above");
+            let desc = q.desc;
+            chain.descs.push(head);
+            self.write_desc(
+                desc,
+                head,
+                table,
+                (16 * k) as u32,
+                VRING_DESC_F_INDIRECT as u16,
+                0,
+            );
+        } else {
+            let q = &mut self.queues[qi];
+            let idxs: Vec<u16> = (0..k).map(|_| q.free.pop().expect("checked")).collect();
+            let desc = q.desc;
+            head = idxs[0];
+            for (i, &(g, len)) in chain.segs.iter().enumerate() {
+                let last = i + 1 == k;
+                let flags = wflag | if last { 0 } else { next_flag };
+                let next = if last { 0 } else { idxs[i + 1] };
+                self.write_desc(desc, idxs[i], g, len, flags, next);
+            }
+            chain.descs = idxs;
+        }
+        self.queues[qi].chains[usize::from(head)] = Some(chain);
+        Some(head)
+    }
+
+    /// Posts `n` RX buffers of `size` bytes each on pair `qp` (one
+    /// device-writable descriptor each, inside an indirect table when
+    /// indirect descriptors are used), then kicks. Returns how many were
+    /// posted (fewer when the ring or guest memory is full).
+    pub fn post_rx(&mut self, qp: u16, n: usize, size: u32) -> usize {
+        self.post_rx_chains(qp, n, &[size])
+    }
+
+    /// Posts `n` RX chains on pair `qp`, each made of descriptors of the
+    /// given lengths, then kicks. Returns how many were posted.
+    pub fn post_rx_chains(&mut self, qp: u16, n: usize, lens: &[u32]) -> usize {
+        let qi = rx(qp);
+        let mut posted = 0;
+        while posted < n {
+            let Some(head) = self.build_chain(qi, lens, None) else {
+                break;
+            };
+            self.push_avail(qi, head);
+            posted += 1;
+        }
+        self.publish(qi);
+        posted
+    }
+
+    /// Sends one frame on the TX queue of pair `qp`: `hdr` then `frame`,
+    /// over descriptors of the lengths in `split` then one for the rest (so
+    /// `&[12]` puts the header alone in the first descriptor, `&[]` gives a
+    /// single descriptor). Every descriptor gets its own buffer. Kicks if the
+    /// device wants it. Returns false (sending nothing) if the TX ring or
+    /// guest memory is full, after reaping completed TX chains.
+    pub fn send(
+        &mut self,
+        qp: u16,
+        hdr: &[u8; VIRTIO_NET_HDR_LEN],
+        frame: &[u8],
+        split: &[usize],
+    ) -> bool {
+        let mut data = Vec::with_capacity(VIRTIO_NET_HDR_LEN + frame.len());
+        data.extend_from_slice(hdr);
+        data.extend_from_slice(frame);
+        let mut lens = Vec::with_capacity(split.len() + 1);
+        let mut left = data.len();
+        for &s in split {
+            let l = s.min(left);
+            lens.push(l as u32);
+            left -= l;
+        }
+        if left > 0 || lens.is_empty() {
+            lens.push(left as u32);
+        }
+        self.send_segments(qp, &data, &lens)
+    }
+
+    /// Sends `data` (header included) on TX of pair `qp`, over descriptors of
+    /// exactly `lens` bytes (which must add up to `data.len()`).
+    pub fn send_segments(&mut self, qp: u16, data: &[u8], lens: &[u32]) -> bool {
+        assert_eq!(
+            lens.iter().map(|&l| l as usize).sum::<usize>(),
+            data.len(),
+            "segment lengths must add up to the data length"
+        );
+        let qi = tx(qp);
+        let head = match self.build_chain(qi, lens, Some(data)) {
+            Some(h) => h,
+            None => {
+                let n = self.reap_used(qi);
+                self.queues[qi].reaped_pending += n;
+                match self.build_chain(qi, lens, Some(data)) {
+                    Some(h) => h,
+                    None => return false,
+                }
+            }
+        };
+        let q = &mut self.queues[qi];
+        q.last_tx_gpa = q.chains[usize::from(head)]
+            .as_ref()
+            .and_then(|c| c.segs.first())
+            .map_or(0, |s| s.0);
+        self.push_avail(qi, head);
+        self.publish(qi);
+        true
+    }
+
+    /// Sends a raw, possibly hostile, chain on TX of pair `qp`: every
+    /// `(table index, addr, len, flags, next)` is written into the descriptor
+    /// table, `head` is put on the avail ring, and the queue is kicked (if the
+    /// device wants it). Free descriptor-table entries named here are
+    /// reserved until a used entry with id `head` comes back.
+    ///
+    /// # Panics
+    /// If a table index is not below the queue size.
+    pub fn send_raw(&mut self, qp: u16, descs: &[(u16, u64, u32, u16, u16)], head: u16) {
+        self.send_raw_on(tx(qp), descs, head);
+    }
+
+    /// [`FakeGuest::send_raw`] on any queue (e.g. an RX queue, to post
+    /// hostile RX buffers).
+    pub fn send_raw_on(
+        &mut self,
+        queue_index: usize,
+        descs: &[(u16, u64, u32, u16, u16)],
+        head: u16,
+    ) {
+        let size = self.queues[queue_index].size;
+        let mut chain = Chain::default();
+        for &(idx, addr, len, flags, next) in descs {
+            assert!(idx < size, "descriptor table index {idx} >= queue size");
+            let q = &mut self.queues[queue_index];
+            if let Some(p) = q.free.iter().position(|&f| f == idx) {
+                q.free.swap_remove(p);
+                chain.descs.push(idx);
+            }
+            let table = q.desc;
+            self.write_desc(table, idx, addr, len, flags, next);
+        }
+        // The buffers, for reading back what the device wrote: follow the
+        // chain through the descriptors given here (indirect tables not
+        // followed), at most once each.
+        let mut at = head;
+        for _ in 0..descs.len() {
+            let Some(&(_, addr, len, flags, next)) = descs.iter().find(|d| d.0 == at) else {
+                break;
+            };
+            if flags & VRING_DESC_F_INDIRECT as u16 == 0 {
+                chain.segs.push((addr, len));
+                chain.capacity += u64::from(len);
+            }
+            if flags & VRING_DESC_F_NEXT as u16 == 0 {
+                break;
+            }
+            at = next;
+        }
+        if head < size {
+            let q = &mut self.queues[queue_index];
+            if q.free.contains(&head) {
+                q.free.retain(|&f| f != head);
+                chain.descs.push(head);
+            }
+            let slot = &mut q.chains[usize::from(head)];
+            if slot.is_none() {
+                *slot = Some(chain);
+            }
+        }
+        self.push_avail(queue_index, head);
+        self.publish(queue_index);
+    }
+
+    fn used_elem(&self, qi: usize, idx: u16) -> (u32, u32) {
+        let q = &self.queues[qi];
+        let e = q.used + 4 + 8 * u64::from(idx % q.size);
+        (
+            self.ld32(e, Ordering::Relaxed),
+            self.ld32(e + 4, Ordering::Relaxed),
+        )
+    }
+
+    /// Takes back every used entry of queue `qi`, freeing the chains.
+    fn reap_used(&mut self, qi: usize) -> usize {
+        let used_idx = self.used_idx(qi);
+        let mut n = 0;
+        while self.queues[qi].last_used != used_idx {
+            let last = self.queues[qi].last_used;
+            let (id, _len) = self.used_elem(qi, last);
+            let chain = self.queues[qi]
+                .chains
+                .get_mut(id as usize)
+                .and_then(Option::take);
+            match chain {
+                Some(c) => self.free_chain(c, qi),
+                None => self
+                    .violations
+                    .push(format!("queue {qi}: used id {id} at {last} not in flight")),
+            }
+            self.queues[qi].last_used = last.wrapping_add(1);
+            n += 1;
+        }
+        self.update_used_event(qi);
+        n
+    }
+
+    /// Reaps the TX used ring of pair `qp`; returns how many TX chains came
+    /// back since the last call.
+    pub fn reap_tx(&mut self, qp: u16) -> usize {
+        let qi = tx(qp);
+        self.drain_call(qi);
+        let n = self.reap_used(qi) + self.queues[qi].reaped_pending;
+        self.queues[qi].reaped_pending = 0;
+        n
+    }
+
+    /// Reaps TX of pair `qp` until `n` chains came back or `timeout` passed;
+    /// returns how many came back.
+    pub fn wait_tx(&mut self, qp: u16, n: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        let mut got = 0;
+        loop {
+            got += self.reap_tx(qp);
+            let now = Instant::now();
+            if got >= n || now >= deadline {
+                return got;
+            }
+            let fd = self.queues[tx(qp)].call.as_raw_fd();
+            poll_in(fd, (deadline - now).min(POLL_SLICE));
+        }
+    }
+
+    fn read_chain(&self, chain: &Chain, len: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len as usize);
+        let mut left = len;
+        for &(g, l) in &chain.segs {
+            if left == 0 {
+                break;
+            }
+            let n = u64::from(l).min(left);
+            let start = out.len();
+            out.resize(start + n as usize, 0);
+            if self
+                .mem
+                .read_slice(&mut out[start..], GuestAddress(g))
+                .is_err()
+            {
+                out.truncate(start);
+                break;
+            }
+            left -= n;
+        }
+        out
+    }
+
+    /// Takes the used entry at `last_used + k` of RX queue `qi` if it names a
+    /// chain in flight: (head, data).
+    fn rx_entry(&mut self, qi: usize, k: u16) -> Option<(u16, Vec<u8>, u64)> {
+        let at = self.queues[qi].last_used.wrapping_add(k);
+        let (id, len) = self.used_elem(qi, at);
+        let Some(chain) = self.queues[qi]
+            .chains
+            .get(id as usize)
+            .and_then(Option::as_ref)
+        else {
+            self.violations
+                .push(format!("queue {qi}: used id {id} at {at} not in flight"));
+            return None;
+        };
+        let mut len = u64::from(len);
+        if len > chain.capacity {
+            self.violations.push(format!(
+                "queue {qi}: used len {len} of id {id} > buffer size {}",
+                chain.capacity
+            ));
+            len = chain.capacity;
+        }
+        let data = self.read_chain(chain, len);
+        Some((id as u16, data, len))
+    }
+
+    fn try_recv(&mut self, qi: usize) -> Option<RxFrame> {
+        loop {
+            let used_idx = self.used_idx(qi);
+            let ready = used_idx.wrapping_sub(self.queues[qi].last_used);
+            if ready == 0 {
+                return None;
+            }
+            let Some((head, first, len)) = self.rx_entry(qi, 0) else {
+                let q = &mut self.queues[qi];
+                q.last_used = q.last_used.wrapping_add(1);
+                continue;
+            };
+            let mut hdr = [0u8; VIRTIO_NET_HDR_LEN];
+            let h = first.len().min(VIRTIO_NET_HDR_LEN);
+            hdr[..h].copy_from_slice(&first[..h]);
+            if h < VIRTIO_NET_HDR_LEN {
+                self.violations.push(format!(
+                    "queue {qi}: used len {len} shorter than the virtio-net header"
+                ));
+            }
+            let nb = u16::from_le_bytes([hdr[10], hdr[11]]);
+            let nb = if self.mrg {
+                if nb == 0 {
+                    self.violations
+                        .push(format!("queue {qi}: num_buffers 0 with MRG_RXBUF"));
+                    1
+                } else {
+                    nb
+                }
+            } else {
+                if nb != 1 && h == VIRTIO_NET_HDR_LEN {
+                    self.violations
+                        .push(format!("queue {qi}: num_buffers {nb} without MRG_RXBUF"));
+                }
+                1
+            };
+            if nb > ready {
+                // The rest of the frame is not there yet.
+                return None;
+            }
+            let mut data = first;
+            let mut used_len = len;
+            let mut heads = vec![head];
+            for k in 1..nb {
+                if let Some((hd, d, l)) = self.rx_entry(qi, k) {
+                    data.extend_from_slice(&d);
+                    used_len += l;
+                    heads.push(hd);
+                }
+            }
+            let q = &mut self.queues[qi];
+            q.last_used = q.last_used.wrapping_add(nb);
+            let mut reposted = false;
+            for hd in heads {
+                if self.repost {
+                    self.push_avail(qi, hd);
+                    reposted = true;
+                } else if let Some(c) = self.queues[qi].chains[usize::from(hd)].take() {
+                    self.free_chain(c, qi);
+                }
+            }
+            self.update_used_event(qi);
+            if reposted {
+                self.publish(qi);
+            }
+            let frame = data.split_off(h);
+            return Some(RxFrame {
+                hdr,
+                frame,
+                num_buffers: nb,
+                used_len,
+            });
+        }
+    }
+
+    /// Receives one frame from the RX used ring of pair `qp`, waiting up to
+    /// `timeout`: looks at the used idx, then waits on the call eventfd
+    /// (in slices of at most 1 ms, so backends that do not signal work too).
+    /// With mergeable buffers, reassembles `num_buffers` buffers. Returns
+    /// (header bytes, frame bytes).
+    pub fn recv(&mut self, qp: u16, timeout: Duration) -> Option<(Vec<u8>, Vec<u8>)> {
+        self.recv_frame(qp, timeout)
+            .map(|f| (f.hdr.to_vec(), f.frame))
+    }
+
+    /// [`FakeGuest::recv`] with the details.
+    pub fn recv_frame(&mut self, qp: u16, timeout: Duration) -> Option<RxFrame> {
+        let qi = rx(qp);
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.drain_call(qi);
+            if let Some(f) = self.try_recv(qi) {
+                return Some(f);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            let fd = self.queues[qi].call.as_raw_fd();
+            poll_in(fd, (deadline - now).min(POLL_SLICE));
+        }
+    }
+
+    /// Adds a memory region of `size` bytes (rounded up to a page) after the
+    /// last one (plus the configured gap) with VHOST_USER_ADD_MEM_REG, which
+    /// needs CONFIGURE_MEM_SLOTS negotiated. Returns its index in
+    /// [`FakeGuest::region_ranges`].
+    pub fn add_region(&mut self, size: usize) -> io::Result<usize> {
+        self.require_mem_slots()?;
+        let size = align_up(size as u64, PAGE);
+        let (last_start, last_len) = *self.region_ranges().last().expect("no regions");
+        let start = last_start + last_len + align_up(self.cfg.region_gap, PAGE);
+        let region = Arc::new(memfd_region(start, size as usize)?);
+        let info = VhostUserMemoryRegionInfo::from_guest_region(&region)
+            .map_err(|e| vhost_err("region", e))?;
+        self.fe()?
+            .add_mem_region(&info)
+            .map_err(|e| vhost_err("ADD_MEM_REG", e))?;
+        self.mem = self.mem.insert_region(region).map_err(io::Error::other)?;
+        self.alloc.add_arena(start, start + size);
+        Ok(self
+            .region_ranges()
+            .iter()
+            .position(|r| r.0 == start)
+            .expect("just added"))
+    }
+
+    /// Removes memory region `i` (not the first one, which holds the rings)
+    /// with VHOST_USER_REM_MEM_REG. Buffers still in flight there are the
+    /// caller's problem; free buffers there are forgotten.
+    pub fn remove_region(&mut self, i: usize) -> io::Result<()> {
+        self.require_mem_slots()?;
+        if i == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "region 0 holds the rings",
+            ));
+        }
+        let region = self
+            .mem
+            .iter()
+            .nth(i)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no such region"))?;
+        let (start, len) = (region.start_addr(), region.len());
+        let info = VhostUserMemoryRegionInfo::from_guest_region(region)
+            .map_err(|e| vhost_err("region", e))?;
+        self.fe()?
+            .remove_mem_region(&info)
+            .map_err(|e| vhost_err("REM_MEM_REG", e))?;
+        let (mem, _) = self
+            .mem
+            .remove_region(start, len)
+            .map_err(io::Error::other)?;
+        self.mem = mem;
+        self.alloc.remove_arena(start.0);
+        if self
+            .alloc
+            .force
+            .is_some_and(|f| f >= self.alloc.arenas.len())
+        {
+            self.alloc.force = None;
+        }
+        Ok(())
+    }
+
+    fn require_mem_slots(&self) -> io::Result<()> {
+        if self.acked_protocol & VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS.bits() == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "CONFIGURE_MEM_SLOTS not negotiated",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Index of the RX queue of pair `qp`.
+pub fn rx(qp: u16) -> usize {
+    2 * usize::from(qp)
+}
+
+/// Index of the TX queue of pair `qp`.
+pub fn tx(qp: u16) -> usize {
+    2 * usize::from(qp) + 1
+}
