@@ -1568,3 +1568,131 @@ pub fn rx(qp: u16) -> usize {
 pub fn tx(qp: u16) -> usize {
     2 * usize::from(qp) + 1
 }
+
+/// A switch with vhost-user ports and one forwarding thread, in-process:
+/// what valed does for VM ports, without valed, for tests and fuzzing.
+pub struct Rig {
+    /// The switch.
+    pub switch: Arc<vale::Switch>,
+    /// The ports, in order.
+    pub ports: Vec<crate::NetPort>,
+    /// Their indexes on the switch.
+    pub ids: Vec<vale::PortId>,
+    dir: PathBuf,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl fmt::Debug for Rig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rig").field("ports", &self.ids).finish()
+    }
+}
+
+impl Rig {
+    /// `n` ports of `pairs` queue pairs on switch `vale0`, default options.
+    pub fn new(n: usize, pairs: u16) -> Rig {
+        Rig::with_config(n, pairs, vale::PortConfig::default())
+    }
+
+    /// As [`new`](Self::new), each port with options `cfg` (its header
+    /// length is forced to 12).
+    pub fn with_config(n: usize, pairs: u16, cfg: vale::PortConfig) -> Rig {
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "vale-rig-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("rig dir");
+        let switch = Arc::new(vale::Switch::new("vale0"));
+        let mut ports = Vec::new();
+        let mut ids = Vec::new();
+        let mut txqs = Vec::new();
+        for i in 0..n {
+            let mut c = crate::NetConfig::new(&format!("p{i}"), &dir.join(format!("p{i}.sock")));
+            c.queue_pairs = pairs;
+            let p = crate::NetPort::start(c).expect("start port");
+            let pc = vale::PortConfig {
+                vnet_hdr_len: crate::VNET_HDR_LEN as u16,
+                ..cfg
+            };
+            let id = switch
+                .attach(&format!("vale0:p{i}"), pc, Box::new(p.rx_sink()))
+                .expect("attach");
+            for q in 0..pairs {
+                txqs.push((id, p.tx_queue(q)));
+            }
+            ports.push(p);
+            ids.push(id);
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (sw, st) = (switch.clone(), stop.clone());
+        let thread = thread::spawn(move || {
+            let mut sc = vale::Scratch::default();
+            let t0 = Instant::now();
+            while !st.load(Ordering::Relaxed) {
+                let now = t0.elapsed().as_secs() as u32;
+                let mut moved = 0;
+                for (id, q) in txqs.iter_mut() {
+                    moved += sw.forward(*id, q, &mut sc, now).frames;
+                }
+                if moved == 0 {
+                    thread::sleep(Duration::from_micros(20));
+                }
+            }
+        });
+        Rig {
+            switch,
+            ports,
+            ids,
+            dir,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Socket of port `i`.
+    pub fn socket(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("p{i}.sock"))
+    }
+
+    /// Connects a fake guest to port `i`.
+    pub fn guest(&self, i: usize, cfg: GuestConfig) -> FakeGuest {
+        FakeGuest::connect(&self.socket(i), cfg).expect("fake guest connects")
+    }
+
+    /// Switch counters of port `i`.
+    pub fn stats(&self, i: usize) -> vale::PortStats {
+        self.switch.stats(self.ids[i]).expect("port")
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.ports.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An Ethernet frame of `len` bytes from `src` to `dst` whose payload is
+/// a pattern seeded by `seed` (IPv4 ethertype, no valid IP header).
+pub fn frame(dst: [u8; 6], src: [u8; 6], len: usize, seed: u32) -> Vec<u8> {
+    let mut f = Vec::with_capacity(len);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    while f.len() < len {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        f.push(x as u8);
+    }
+    f.truncate(len.max(14));
+    f
+}
