@@ -130,6 +130,92 @@ where
     Ok(total)
 }
 
+/// Walks TX chain `head` of `ring` (the data path's walker, see
+/// [`crate::vring`]) and appends its fragments to `out`. On error `out`
+/// is left as it was.
+pub fn tx_frags(
+    mem: &crate::queue::Mem,
+    ring: &crate::vring::Ring,
+    head: u16,
+    out: &mut Vec<Frag>,
+) -> Result<usize, ChainError> {
+    let start = out.len();
+    let mut total = 0usize;
+    let r = crate::vring::walk_chain(mem, ring, head, |d| {
+        if d.flags & crate::vring::F_WRITE != 0 {
+            return Err(ChainError::Direction);
+        }
+        if d.len == 0 {
+            return Err(ChainError::ZeroLength);
+        }
+        total += d.len as usize;
+        if total > MAX_FRAME {
+            return Err(ChainError::TooLong);
+        }
+        push_ranges(mem, GuestAddress(d.addr), d.len, |ptr, len| {
+            if out.len() - start >= MAX_FRAGS {
+                return Err(ChainError::TooManyFrags);
+            }
+            // SAFETY: as in `walk_tx`: the range lies in one mapped guest
+            // region and the caller holds the memory guard for the batch.
+            out.push(unsafe { Frag::new(ptr, len, NS_MOREFRAG) });
+            Ok(())
+        })
+    });
+    match r {
+        Ok(()) if out.len() > start => {
+            if let Some(f) = out.last_mut() {
+                *f = f.with_flags(f.flags() & !NS_MOREFRAG);
+            }
+            Ok(total)
+        }
+        Ok(()) => Err(ChainError::Empty),
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
+    }
+}
+
+/// Walks RX chain `head` of `ring` and appends one [`DstBuf`] per
+/// writable range to `out`; returns the chain's capacity. On error `out`
+/// is left as it was.
+pub fn rx_bufs(
+    mem: &crate::queue::Mem,
+    ring: &crate::vring::Ring,
+    head: u16,
+    out: &mut Vec<DstBuf>,
+) -> Result<usize, ChainError> {
+    let start = out.len();
+    let mut total = 0usize;
+    let r = crate::vring::walk_chain(mem, ring, head, |d| {
+        if d.flags & crate::vring::F_WRITE == 0 {
+            return Err(ChainError::Direction);
+        }
+        if d.len == 0 {
+            return Err(ChainError::ZeroLength);
+        }
+        total = total.saturating_add(d.len as usize);
+        push_ranges(mem, GuestAddress(d.addr), d.len, |ptr, len| {
+            if out.len() - start >= MAX_FRAGS {
+                return Err(ChainError::TooManyFrags);
+            }
+            // SAFETY: the range lies in one mapped guest region and the
+            // caller holds the memory guard until the buffer is returned.
+            out.push(unsafe { DstBuf::new(ptr, len as usize) });
+            Ok(())
+        })
+    });
+    match r {
+        Ok(()) if out.len() > start => Ok(total),
+        Ok(()) => Err(ChainError::Empty),
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
+    }
+}
+
 /// Splits guest range `addr..addr+len` into host pointers, one per memory
 /// region crossed and at most 65535 bytes each.
 fn push_ranges<G>(

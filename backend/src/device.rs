@@ -26,7 +26,8 @@ use vmm_sys_util::event::{
 };
 
 use crate::queue::{
-    Binding, GuestMem, Mem, QueueCtl, QueueStats, RxQueue, RxSet, TxQueue, Vring, VringSlot,
+    collect_vrings, Binding, GuestMem, Mem, QueueCtl, QueueStats, RxQueue, RxSet, TxQueue, Vring,
+    VringSlot,
 };
 
 /// virtio-net and transport feature bits (virtio 1.2, 5.1.3).
@@ -195,12 +196,6 @@ struct DevInner {
     stats: Arc<QueueStats>,
     hook: Mutex<Arc<dyn KickHook>>,
     rx_wake: Arc<EventFd>,
-    /// Connection number: bumped for each new session.
-    conn: AtomicU64,
-    /// The memory of the current session.
-    mem: Mutex<Option<GuestMem>>,
-    /// Session of each slot's binding.
-    bound_conn: Vec<AtomicU64>,
     connected: AtomicBool,
     connections: AtomicU64,
 }
@@ -235,9 +230,6 @@ impl NetDevice {
             stats: Arc::default(),
             hook: Mutex::new(Arc::new(NoHook)),
             rx_wake: Arc::new(EventFd::new()?),
-            conn: AtomicU64::new(0),
-            mem: Mutex::new(None),
-            bound_conn: (0..nq).map(|_| AtomicU64::new(u64::MAX)).collect(),
             connected: AtomicBool::new(false),
             connections: AtomicU64::new(0),
             cfg,
@@ -250,26 +242,6 @@ impl NetDevice {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-    }
-
-    /// Publishes this session's vrings of worker `thread` (queue pair).
-    fn bind(&self, thread: usize, vrings: &[Vring]) {
-        let conn = self.0.conn.load(Ordering::Acquire);
-        let Some(mem) = self.0.mem.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
-            return;
-        };
-        for (i, v) in vrings.iter().enumerate() {
-            let q = 2 * thread + i;
-            let Some(slot) = self.0.slots.get(q) else {
-                continue;
-            };
-            if self.0.bound_conn[q].swap(conn, Ordering::AcqRel) != conn {
-                slot.set(Some(Binding {
-                    vring: v.clone(),
-                    mem: mem.clone(),
-                }));
-            }
-        }
     }
 }
 
@@ -349,10 +321,9 @@ impl VhostUserBackend for NetDevice {
         &self,
         device_event: u16,
         _evset: EventSet,
-        vrings: &[Vring],
+        _vrings: &[Vring],
         thread_id: usize,
     ) -> std::io::Result<()> {
-        self.bind(thread_id, vrings);
         let pair = thread_id as u16;
         match device_event {
             0 => {
@@ -571,10 +542,23 @@ fn serve(
         // and feature state per handler, and a VMM that reconnects starts
         // the protocol from the top.
         let mem = GuestMem::new(Mem::new());
-        dev.0.conn.fetch_add(1, Ordering::AcqRel);
-        *dev.0.mem.lock().unwrap_or_else(|e| e.into_inner()) = Some(mem.clone());
-        let mut daemon = match VhostUserDaemon::new(name.clone(), dev.clone(), mem) {
-            Ok(d) => d,
+        let (made, vrings) =
+            collect_vrings(|| VhostUserDaemon::new(name.clone(), dev.clone(), mem.clone()));
+        let mut daemon = match made {
+            Ok(d) => {
+                // The session's queues are known now, before the VMM says a
+                // word: publish them so frames sent right after the queues
+                // are enabled find them.
+                for (q, v) in vrings.into_iter().enumerate() {
+                    if let Some(slot) = dev.0.slots.get(q) {
+                        slot.set(Some(Binding {
+                            vring: v,
+                            mem: mem.clone(),
+                        }));
+                    }
+                }
+                d
+            }
             Err(e) => {
                 tracing::error!(port = name, "cannot create vhost-user session: {e}");
                 if wait_readable(None, stop, Some(Duration::from_secs(1))) {
@@ -624,7 +608,5 @@ fn disconnect(dev: &NetDevice) {
         }
         let _ = dev.0.ctls[q].quiesce(Duration::from_secs(2));
         slot.set(None);
-        dev.0.bound_conn[q].store(u64::MAX, Ordering::Release);
     }
-    dev.0.mem.lock().unwrap_or_else(|e| e.into_inner()).take();
 }

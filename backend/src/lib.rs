@@ -12,6 +12,7 @@ pub mod device;
 pub mod queue;
 #[cfg(feature = "test-utils")]
 pub mod testing;
+pub mod vring;
 
 pub use chain::ChainError;
 pub use device::{BackendError, KickHook, NetConfig, NetPort, NetPortStats, SocketMode};

@@ -19,17 +19,123 @@ use netmap::sys::EventFd;
 use vale::frag::{DstBuf, Frag};
 use vale::{Arm, FrameCursor, Push, Sink, Source};
 use vhost_user_backend::{VringRwLock, VringT};
-use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
 
-use crate::chain::{rx_chain_to_bufs, tx_chain_to_frags, ChainError};
+use crate::chain::{rx_bufs, tx_frags, ChainError};
+use crate::vring::Ring;
 
 /// Guest memory as the backend maps it.
 pub type Mem = GuestMemoryMmap<()>;
 /// The atomically swappable guest memory map.
 pub type GuestMem = GuestMemoryAtomic<Mem>;
-/// A virtqueue as vhost-user-backend keeps it.
-pub type Vring = VringRwLock<GuestMem>;
+/// A virtqueue as vhost-user-backend keeps it: its `VringRwLock`, which
+/// also tells [`collect_vrings`] it was made, so a port learns its
+/// session's queues when the session is created rather than at the first
+/// kick (a frame sent before that would find no queue).
+#[derive(Clone)]
+pub struct Vring(VringRwLock<GuestMem>);
+
+impl std::fmt::Debug for Vring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vring").finish_non_exhaustive()
+    }
+}
+
+thread_local! {
+    static NEW_VRINGS: std::cell::RefCell<Option<Vec<Vring>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` (which creates a vhost-user session on this thread) and
+/// returns the vrings it created, in queue order.
+pub fn collect_vrings<R>(f: impl FnOnce() -> R) -> (R, Vec<Vring>) {
+    NEW_VRINGS.with(|c| *c.borrow_mut() = Some(Vec::new()));
+    let r = f();
+    let v = NEW_VRINGS
+        .with(|c| c.borrow_mut().take())
+        .unwrap_or_default();
+    (r, v)
+}
+
+impl<'a> vhost_user_backend::VringStateGuard<'a, GuestMem> for Vring {
+    type G = std::sync::RwLockReadGuard<'a, vhost_user_backend::VringState<GuestMem>>;
+}
+
+impl<'a> vhost_user_backend::VringStateMutGuard<'a, GuestMem> for Vring {
+    type G = std::sync::RwLockWriteGuard<'a, vhost_user_backend::VringState<GuestMem>>;
+}
+
+impl VringT<GuestMem> for Vring {
+    fn new(mem: GuestMem, max_queue_size: u16) -> Result<Self, virtio_queue::Error> {
+        let v = Vring(VringRwLock::new(mem, max_queue_size)?);
+        NEW_VRINGS.with(|c| {
+            if let Some(list) = c.borrow_mut().as_mut() {
+                list.push(v.clone());
+            }
+        });
+        Ok(v)
+    }
+    fn get_ref(&self) -> <Self as vhost_user_backend::VringStateGuard<'_, GuestMem>>::G {
+        self.0.get_ref()
+    }
+    fn get_mut(&self) -> <Self as vhost_user_backend::VringStateMutGuard<'_, GuestMem>>::G {
+        self.0.get_mut()
+    }
+    fn add_used(&self, desc_index: u16, len: u32) -> Result<(), virtio_queue::Error> {
+        self.0.add_used(desc_index, len)
+    }
+    fn signal_used_queue(&self) -> std::io::Result<()> {
+        self.0.signal_used_queue()
+    }
+    fn enable_notification(&self) -> Result<bool, virtio_queue::Error> {
+        self.0.enable_notification()
+    }
+    fn disable_notification(&self) -> Result<(), virtio_queue::Error> {
+        self.0.disable_notification()
+    }
+    fn needs_notification(&self) -> Result<bool, virtio_queue::Error> {
+        self.0.needs_notification()
+    }
+    fn set_enabled(&self, enabled: bool) {
+        self.0.set_enabled(enabled)
+    }
+    fn set_queue_info(&self, desc: u64, avail: u64, used: u64) -> Result<(), virtio_queue::Error> {
+        self.0.set_queue_info(desc, avail, used)
+    }
+    fn queue_next_avail(&self) -> u16 {
+        self.0.queue_next_avail()
+    }
+    fn set_queue_next_avail(&self, base: u16) {
+        self.0.set_queue_next_avail(base)
+    }
+    fn set_queue_next_used(&self, idx: u16) {
+        self.0.set_queue_next_used(idx)
+    }
+    fn queue_used_idx(&self) -> Result<u16, virtio_queue::Error> {
+        self.0.queue_used_idx()
+    }
+    fn set_queue_size(&self, num: u16) {
+        self.0.set_queue_size(num)
+    }
+    fn set_queue_event_idx(&self, enabled: bool) {
+        self.0.set_queue_event_idx(enabled)
+    }
+    fn set_queue_ready(&self, ready: bool) {
+        self.0.set_queue_ready(ready)
+    }
+    fn set_kick(&self, file: Option<std::fs::File>) {
+        self.0.set_kick(file)
+    }
+    fn read_kick(&self) -> std::io::Result<bool> {
+        self.0.read_kick()
+    }
+    fn set_call(&self, file: Option<std::fs::File>) {
+        self.0.set_call(file)
+    }
+    fn set_err(&self, file: Option<std::fs::File>) {
+        self.0.set_err(file)
+    }
+}
 
 /// Size of `virtio_net_hdr_v1`, in front of every frame (VERSION_1).
 pub const VNET_HDR_LEN: usize = 12;
@@ -167,7 +273,7 @@ pub struct TxQueue {
     cache: Option<(u64, Binding)>,
     ctl: Arc<QueueCtl>,
     stats: Arc<QueueStats>,
-    guard: Option<GuestMemoryLoadGuard<Mem>>,
+    batch: Option<Batch>,
     /// Head index of each chain of the batch, in order (one frame each).
     heads: Vec<u16>,
     /// Binding generation whose kicks are off (the forwarder polls).
@@ -190,7 +296,7 @@ impl TxQueue {
             cache: None,
             ctl,
             stats,
-            guard: None,
+            batch: None,
             heads: Vec::with_capacity(256),
             quiet: u64::MAX,
         }
@@ -227,6 +333,94 @@ impl TxQueue {
     }
 }
 
+/// What a batch holds between `fetch`/first `push` and
+/// `complete`/`publish`: the memory guard (so the rings and the buffers
+/// stay mapped), the rings, and the queue's indexes at the batch start.
+struct Batch {
+    _guard: GuestMemoryLoadGuard<Mem>,
+    mem: Arc<Mem>,
+    ring: Ring,
+    /// next_avail at the batch start.
+    start: u16,
+    /// next_used at the batch start.
+    used: u16,
+}
+
+impl Batch {
+    /// Reads the queue's state under the vring lock; None if the queue is
+    /// not running or its rings are not in guest memory.
+    fn open(b: &Binding, quiet: &mut u64, gen: u64) -> Option<Batch> {
+        let guard = b.mem.memory();
+        let mem = guard.clone().into_inner();
+        let mut st = b.vring.get_mut();
+        if !st.get_queue().ready() || !st.is_enabled() {
+            return None;
+        }
+        let q = st.get_queue_mut();
+        if *quiet != gen {
+            // A new session starts with kicks on: the forwarder is polling
+            // now, so tell the guest not to kick until it sleeps again.
+            let _ = q.disable_notification(&*mem);
+            *quiet = gen;
+        }
+        // SAFETY: the ring pointers are used only while this Batch, which
+        // holds the memory guard, is alive.
+        let ring = unsafe {
+            Ring::new(
+                &mem,
+                q.size(),
+                q.desc_table(),
+                q.avail_ring(),
+                q.used_ring(),
+                q.event_idx_enabled(),
+            )
+        };
+        let Some(ring) = ring else {
+            tracing::debug!("virtqueue rings outside guest memory or misaligned");
+            return None;
+        };
+        let (start, used) = (q.next_avail(), q.next_used());
+        drop(st);
+        Some(Batch {
+            _guard: guard,
+            mem,
+            ring,
+            start,
+            used,
+        })
+    }
+
+    /// Chains the driver made available past `from` (None: the avail index
+    /// is more than a ring ahead, the guest broke its ring).
+    fn pending(&self, from: u16) -> Option<u16> {
+        let n = self.ring.avail_idx().wrapping_sub(from);
+        (n <= self.ring.size()).then_some(n)
+    }
+
+    /// Returns `entries` (head, len) to the used ring, moves the queue's
+    /// next_avail to `start + consumed` and signals the driver if it
+    /// asked.
+    fn close(self, b: &Binding, entries: impl Iterator<Item = (u16, u32)>, consumed: u16) {
+        let mut new_used = self.used;
+        for (head, len) in entries {
+            // A head past the table cannot be returned: the guest broke
+            // its own ring and the frame was dropped as a bad slot.
+            if head < self.ring.size() {
+                self.ring.put_used(new_used, head, len);
+                new_used = new_used.wrapping_add(1);
+            }
+        }
+        let notify = new_used != self.used && self.ring.publish_used(self.used, new_used);
+        let mut st = b.vring.get_mut();
+        let q = st.get_queue_mut();
+        q.set_next_avail(self.start.wrapping_add(consumed));
+        q.set_next_used(new_used);
+        if notify {
+            let _ = st.signal_used_queue();
+        }
+    }
+}
+
 impl Source for TxQueue {
     fn fetch(&mut self, frags: &mut Vec<Frag>, max: usize) -> usize {
         self.heads.clear();
@@ -235,68 +429,43 @@ impl Source for TxQueue {
             self.ctl.busy.store(false, Ordering::SeqCst);
             return 0;
         };
-        let mem = b.mem.memory();
-        let mut st = b.vring.get_mut();
-        if !st.get_queue().ready() || !st.is_enabled() {
-            drop(st);
+        let Some(batch) = Batch::open(b, &mut self.quiet, gen) else {
             self.ctl.busy.store(false, Ordering::SeqCst);
             return 0;
-        }
-        let q = st.get_queue_mut();
-        if self.quiet != gen {
-            // A new session starts with kicks on: the forwarder is polling
-            // now, so tell the guest not to kick until it sleeps again.
-            let _ = q.disable_notification(&*mem);
-            self.quiet = gen;
-        }
-        // One read of the avail index for the whole batch.
-        let it = match q.iter(&*mem) {
-            Ok(it) => it,
-            Err(e) => {
-                tracing::debug!("guest TX queue unusable: {e}");
-                drop(st);
-                self.ctl.busy.store(false, Ordering::SeqCst);
-                return 0;
-            }
         };
-        for chain in it.take(max) {
-            let head = chain.head_index();
-            if let Err(e) = tx_chain_to_frags(chain, &*mem, frags) {
+        let Some(pending) = batch.pending(batch.start) else {
+            tracing::debug!("guest TX avail index more than a ring ahead");
+            self.ctl.busy.store(false, Ordering::SeqCst);
+            return 0;
+        };
+        let n = (pending as usize).min(max) as u16;
+        for i in 0..n {
+            let head = batch.ring.avail_entry(batch.start.wrapping_add(i));
+            if let Err(e) = tx_frags(&batch.mem, &batch.ring, head, frags) {
                 tracing::debug!(head, "guest TX chain dropped: {e}");
                 self.stats.count(e);
                 frags.push(Frag::bad(0));
             }
             self.heads.push(head);
         }
-        drop(st);
-        if self.heads.is_empty() {
+        if n == 0 {
             self.ctl.busy.store(false, Ordering::SeqCst);
             return 0;
         }
-        self.guard = Some(mem);
-        self.heads.len()
+        self.batch = Some(batch);
+        n as usize
     }
 
     fn complete(&mut self, frames: usize) {
-        if let (Some(mem), Some((_, b))) = (self.guard.take(), self.cache.as_ref()) {
-            let mut st = b.vring.get_mut();
-            let q = st.get_queue_mut();
+        if let (Some(batch), Some((_, b))) = (self.batch.take(), self.cache.as_ref()) {
             let frames = frames.min(self.heads.len());
-            for &h in &self.heads[..frames] {
-                // A head past the table cannot be returned; the guest broke
-                // its own ring and the frame was dropped as a bad slot.
-                let _ = q.add_used(&*mem, h, 0);
-            }
-            // Held back by a backpressure destination: un-pop, in order.
-            for _ in frames..self.heads.len() {
-                q.go_to_previous_position();
-            }
-            let notify = frames > 0 && q.needs_notification(&*mem).unwrap_or(true);
-            if notify {
-                let _ = st.signal_used_queue();
-            }
-            drop(st);
-            drop(mem);
+            // Frames held back by a backpressure destination stay on the
+            // avail ring: next_avail moves past the completed ones only.
+            batch.close(
+                b,
+                self.heads[..frames].iter().map(|&h| (h, 0)),
+                frames as u16,
+            );
         }
         self.heads.clear();
         self.ctl.busy.store(false, Ordering::SeqCst);
@@ -306,7 +475,7 @@ impl Source for TxQueue {
 impl Drop for TxQueue {
     fn drop(&mut self) {
         // Chains popped and not returned would be lost descriptors.
-        if self.guard.is_some() {
+        if self.batch.is_some() {
             self.complete(self.heads.len());
         }
     }
@@ -338,7 +507,7 @@ pub struct RxQueue {
     stats: Arc<QueueStats>,
     mrg: Arc<AtomicBool>,
     size: AtomicU16,
-    guard: Option<GuestMemoryLoadGuard<Mem>>,
+    batch: Option<Batch>,
     bufs: Vec<DstBuf>,
     /// Chains popped in this batch, in avail order.
     chains: Vec<RxChain>,
@@ -377,7 +546,7 @@ impl RxQueue {
             stats,
             mrg,
             size: AtomicU16::new(256),
-            guard: None,
+            batch: None,
             bufs: Vec::with_capacity(RX_BUNCH * 2),
             chains: Vec::with_capacity(RX_BUNCH * 2),
             next: 0,
@@ -434,33 +603,32 @@ impl RxQueue {
     /// Pops up to `RX_BUNCH` more chains (at least what a frame of
     /// `need` bytes takes, with mergeable buffers). False if none came.
     fn refill(&mut self) -> bool {
-        if self.guard.is_none() {
+        if self.batch.is_none() {
             self.ctl.busy.store(true, Ordering::SeqCst);
+            let opened = match bound(&self.slot, &mut self.cache) {
+                Some((gen, b)) => Batch::open(b, &mut self.quiet, gen),
+                None => None,
+            };
+            let Some(batch) = opened else {
+                self.ctl.busy.store(false, Ordering::SeqCst);
+                return false;
+            };
+            self.size.store(batch.ring.size(), Ordering::Relaxed);
+            self.batch = Some(batch);
         }
-        let Some((gen, b)) = bound(&self.slot, &mut self.cache) else {
+        let Some(batch) = self.batch.as_ref() else {
             return false;
         };
-        let mem = match &self.guard {
-            Some(g) => g,
-            None => self.guard.insert(b.mem.memory()),
-        };
-        let mut st = b.vring.get_mut();
-        if !st.get_queue().ready() || !st.is_enabled() {
+        let from = batch.start.wrapping_add(self.chains.len() as u16);
+        let Some(pending) = batch.pending(from) else {
+            tracing::debug!("guest RX avail index more than a ring ahead");
             return false;
-        }
-        let q = st.get_queue_mut();
-        if self.quiet != gen {
-            let _ = q.disable_notification(&**mem);
-            self.quiet = gen;
-        }
+        };
         let before = self.chains.len();
-        let Ok(it) = q.iter(&**mem) else {
-            return false;
-        };
-        for chain in it.take(RX_BUNCH) {
-            let head = chain.head_index();
+        for i in 0..pending.min(RX_BUNCH as u16) {
+            let head = batch.ring.avail_entry(from.wrapping_add(i));
             let first = self.bufs.len();
-            match rx_chain_to_bufs(chain, &**mem, &mut self.bufs) {
+            match rx_bufs(&batch.mem, &batch.ring, head, &mut self.bufs) {
                 Ok(cap) => {
                     self.buf_hint = cap;
                     self.chains.push(RxChain {
@@ -575,27 +743,18 @@ impl Sink for RxQueue {
     }
 
     fn publish(&mut self) {
-        let Some(mem) = self.guard.take() else {
+        let Some(batch) = self.batch.take() else {
             return;
         };
         if let Some((_, b)) = self.cache.as_ref() {
-            let mut st = b.vring.get_mut();
-            let q = st.get_queue_mut();
-            for &(head, len) in &self.used {
-                let _ = q.add_used(&*mem, head, len);
-            }
-            for _ in self.next..self.chains.len() {
-                q.go_to_previous_position();
-            }
-            if !self.used.is_empty() && q.needs_notification(&*mem).unwrap_or(true) {
-                let _ = st.signal_used_queue();
-            }
+            // Chains popped and not used go back: next_avail moves past the
+            // consumed ones only.
+            batch.close(b, self.used.iter().copied(), self.next as u16);
         }
         self.used.clear();
         self.chains.clear();
         self.bufs.clear();
         self.next = 0;
-        drop(mem);
         self.ctl.busy.store(false, Ordering::SeqCst);
     }
 }

@@ -1,0 +1,276 @@
+//! The split virtqueue as the data path touches it: the three rings
+//! translated to host pointers once per batch, descriptors read straight
+//! from them, used entries written in bulk and the used index published
+//! once per batch.
+//!
+//! virtio-queue's `Queue` stays the owner of the queue's state (addresses,
+//! size, next_avail/next_used, EVENT_IDX): the request thread configures
+//! it, and the data path reads it at the start of a batch and writes
+//! next_avail/next_used back at the end. What this module replaces is the
+//! per-descriptor and per-used-entry path through vm-memory, whose region
+//! lookup and volatile copies cost more than the frame copy for small
+//! frames.
+//!
+//! Every guest address is checked here: the rings once per batch (each
+//! must lie in one memory region), descriptors as they are read, indirect
+//! tables as they are entered. The guest can change any of these bytes at
+//! any time: each is read once and used as read.
+
+use std::sync::atomic::{fence, AtomicU16, Ordering};
+
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::chain::ChainError;
+use crate::queue::Mem;
+
+/// `next` is valid.
+pub const F_NEXT: u16 = 1;
+/// Device-writable buffer.
+pub const F_WRITE: u16 = 2;
+/// The buffer is a table of descriptors.
+pub const F_INDIRECT: u16 = 4;
+/// avail.flags: the driver needs no interrupt (without EVENT_IDX).
+const AVAIL_F_NO_INTERRUPT: u16 = 1;
+
+/// One descriptor, as read (once) from guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Desc {
+    /// Guest address.
+    pub addr: u64,
+    /// Length.
+    pub len: u32,
+    /// `F_*` bits.
+    pub flags: u16,
+    /// Next index when `F_NEXT`.
+    pub next: u16,
+}
+
+/// Host address of `len` bytes at guest `addr`, if they lie in one region.
+pub fn host_range(mem: &Mem, addr: u64, len: usize) -> Option<*mut u8> {
+    let (region, off) = mem.to_region_addr(GuestAddress(addr))?;
+    let end = off.0.checked_add(len as u64)?;
+    if end > region.len() {
+        return None;
+    }
+    let s = region.get_slice(off, len.max(1)).ok()?;
+    Some(s.ptr_guard_mut().as_ptr())
+}
+
+/// A queue's rings in host memory, valid while the memory guard they were
+/// made under is held (the caller's promise, see [`Ring::new`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Ring {
+    size: u16,
+    desc: *const u8,
+    avail: *const u8,
+    used: *mut u8,
+    event_idx: bool,
+}
+
+// SAFETY: a Ring is a set of pointers into guest memory that its owner
+// keeps mapped (the memory guard travels with it); which thread uses them
+// changes nothing.
+unsafe impl Send for Ring {}
+
+impl Ring {
+    /// Translates the rings of a queue of `size` entries.
+    ///
+    /// # Safety
+    /// The pointers are valid only while the guest memory map `mem` is
+    /// alive: the caller keeps its load guard for as long as it uses the
+    /// ring.
+    pub unsafe fn new(
+        mem: &Mem,
+        size: u16,
+        desc: u64,
+        avail: u64,
+        used: u64,
+        event_idx: bool,
+    ) -> Option<Ring> {
+        if size == 0 || !size.is_power_of_two() {
+            return None;
+        }
+        // Alignment as virtio requires, so the index fields can be read
+        // atomically.
+        if desc % 16 != 0 || avail % 2 != 0 || used % 4 != 0 {
+            return None;
+        }
+        let n = size as usize;
+        Some(Ring {
+            size,
+            desc: host_range(mem, desc, 16 * n)?,
+            avail: host_range(mem, avail, 6 + 2 * n)?,
+            used: host_range(mem, used, 6 + 8 * n)?,
+            event_idx,
+        })
+    }
+
+    /// Entries.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    fn idx_atomic(&self, p: *const u8) -> &AtomicU16 {
+        // SAFETY: `p` is 2-aligned (checked in `new`, offsets are even) and
+        // inside a ring checked in `new`, alive while the owner's guard is;
+        // the guest writes it concurrently, hence atomic access.
+        unsafe { &*(p as *const AtomicU16) }
+    }
+
+    /// The driver's avail index.
+    pub fn avail_idx(&self) -> u16 {
+        // SAFETY: offset 2 of the avail ring, inside the checked range.
+        u16::from_le(
+            self.idx_atomic(unsafe { self.avail.add(2) })
+                .load(Ordering::Acquire),
+        )
+    }
+
+    fn avail_flags(&self) -> u16 {
+        u16::from_le(self.idx_atomic(self.avail).load(Ordering::Relaxed))
+    }
+
+    /// Head index in avail slot `i` (mod size).
+    pub fn avail_entry(&self, i: u16) -> u16 {
+        let off = 4 + 2 * (i & (self.size - 1)) as usize;
+        // SAFETY: off + 2 <= 4 + 2 * size, inside the checked range.
+        u16::from_le(
+            self.idx_atomic(unsafe { self.avail.add(off) })
+                .load(Ordering::Relaxed),
+        )
+    }
+
+    fn used_event(&self) -> u16 {
+        let off = 4 + 2 * self.size as usize;
+        // SAFETY: the used_event field at the end of the avail ring
+        // (6 + 2 * size bytes were checked).
+        u16::from_le(
+            self.idx_atomic(unsafe { self.avail.add(off) })
+                .load(Ordering::Relaxed),
+        )
+    }
+
+    /// Descriptor `i` of the main table (`i < size`).
+    pub fn desc(&self, i: u16) -> Desc {
+        debug_assert!(i < self.size);
+        let i = i & (self.size - 1);
+        // SAFETY: entry i < size of a table of 16 * size checked bytes.
+        unsafe { read_desc(self.desc.add(16 * i as usize)) }
+    }
+
+    /// Writes used entry `slot` (mod size).
+    pub fn put_used(&self, slot: u16, id: u16, len: u32) {
+        let off = 4 + 8 * (slot & (self.size - 1)) as usize;
+        let mut e = [0u8; 8];
+        e[..4].copy_from_slice(&u32::from(id).to_le_bytes());
+        e[4..].copy_from_slice(&len.to_le_bytes());
+        // SAFETY: off + 8 <= 4 + 8 * size, inside the checked used ring;
+        // the guest reads it only after the index store below (release).
+        unsafe { std::ptr::write_volatile(self.used.add(off) as *mut [u8; 8], e) };
+    }
+
+    /// Publishes the used index `new` (after `put_used` of every entry
+    /// before it) and says whether the driver wants an interrupt for the
+    /// entries from `old` on.
+    pub fn publish_used(&self, old: u16, new: u16) -> bool {
+        // SAFETY: offset 2 of the used ring, inside the checked range.
+        self.idx_atomic(unsafe { self.used.add(2) })
+            .store(new.to_le(), Ordering::Release);
+        // The index store must be visible before the driver's suppression
+        // fields are read (virtio 2.7.10), or an interrupt can be lost.
+        fence(Ordering::SeqCst);
+        if self.event_idx {
+            let ev = self.used_event();
+            new.wrapping_sub(ev).wrapping_sub(1) < new.wrapping_sub(old)
+        } else {
+            self.avail_flags() & AVAIL_F_NO_INTERRUPT == 0
+        }
+    }
+}
+
+/// Reads a descriptor at `p`.
+///
+/// # Safety
+/// `p..p + 16` must be readable.
+unsafe fn read_desc(p: *const u8) -> Desc {
+    // SAFETY: the caller's promise; volatile because the guest owns the
+    // bytes and may change them at any time.
+    let b: [u8; 16] = unsafe { std::ptr::read_volatile(p as *const [u8; 16]) };
+    Desc {
+        addr: u64::from_le_bytes(b[0..8].try_into().unwrap_or_default()),
+        len: u32::from_le_bytes(b[8..12].try_into().unwrap_or_default()),
+        flags: u16::from_le_bytes([b[12], b[13]]),
+        next: u16::from_le_bytes([b[14], b[15]]),
+    }
+}
+
+/// Calls `f` for every buffer descriptor of the chain at `head`, following
+/// one level of indirect table. Loops, next indexes past the table, nested
+/// or malformed indirect tables and tables outside guest memory are
+/// errors; nothing past an error is visited.
+pub fn walk_chain(
+    mem: &Mem,
+    ring: &Ring,
+    head: u16,
+    mut f: impl FnMut(Desc) -> Result<(), ChainError>,
+) -> Result<(), ChainError> {
+    if head >= ring.size {
+        return Err(ChainError::Unterminated);
+    }
+    let mut d = ring.desc(head);
+    // A chain visits each table entry at most once.
+    let mut budget = ring.size;
+    loop {
+        if d.flags & F_INDIRECT != 0 {
+            // An indirect descriptor ends the main chain (virtio 2.7.5.3.1:
+            // INDIRECT and NEXT together are not allowed).
+            if d.flags & F_NEXT != 0 || d.len == 0 || d.len % 16 != 0 {
+                return Err(ChainError::Unterminated);
+            }
+            let n = d.len / 16;
+            if n > u32::from(u16::MAX) + 1 {
+                return Err(ChainError::Unterminated);
+            }
+            let table = host_range(mem, d.addr, d.len as usize).ok_or(ChainError::OutOfMemory {
+                addr: d.addr,
+                len: d.len,
+            })?;
+            return walk_indirect(table, n, f);
+        }
+        f(d)?;
+        if d.flags & F_NEXT == 0 {
+            return Ok(());
+        }
+        budget -= 1;
+        if budget == 0 || d.next >= ring.size {
+            return Err(ChainError::Unterminated);
+        }
+        d = ring.desc(d.next);
+    }
+}
+
+fn walk_indirect(
+    table: *const u8,
+    n: u32,
+    mut f: impl FnMut(Desc) -> Result<(), ChainError>,
+) -> Result<(), ChainError> {
+    let mut i = 0u32;
+    let mut budget = n;
+    loop {
+        // SAFETY: i < n and the table's n * 16 bytes were checked to lie in
+        // one mapped region, alive while the caller's guard is.
+        let d = unsafe { read_desc(table.add(16 * i as usize)) };
+        if d.flags & F_INDIRECT != 0 {
+            return Err(ChainError::Unterminated);
+        }
+        f(d)?;
+        if d.flags & F_NEXT == 0 {
+            return Ok(());
+        }
+        budget -= 1;
+        if budget == 0 || u32::from(d.next) >= n {
+            return Err(ChainError::Unterminated);
+        }
+        i = u32::from(d.next);
+    }
+}
