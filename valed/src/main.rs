@@ -24,10 +24,11 @@ struct Args {
     huge_pages: bool,
     vhost: Vec<vhost::VhostSpec>,
     config: Option<PathBuf>,
+    vhost_inline: bool,
 }
 
 const USAGE: &str = "usage: valed [--socket PATH] [--threads N] [--cpus LIST] [--busy-poll USECS] [--log LEVEL]
-             [--hugepages] [--config FILE] [--vhost-user NAME=PATH[,client][,queues=N][,attach=valeX]]...";
+             [--hugepages] [--vhost-inline] [--config FILE] [--vhost-user NAME=PATH[,client][,queues=N][,attach=valeX]]...";
 
 fn parse_cpus(s: &str) -> Result<Vec<usize>, String> {
     let mut v = Vec::new();
@@ -58,6 +59,7 @@ fn parse_args() -> Result<Args, String> {
         huge_pages: false,
         vhost: Vec::new(),
         config: None,
+        vhost_inline: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -85,6 +87,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--log" => a.log = val("--log")?,
             "--hugepages" => a.huge_pages = true,
+            "--vhost-inline" => a.vhost_inline = true,
             "--vhost-user" => a
                 .vhost
                 .push(vhost::VhostSpec::parse_arg(&val("--vhost-user")?)?),
@@ -138,6 +141,7 @@ fn run(args: Args) -> std::io::Result<()> {
     info!(socket = %path.display(), threads = args.threads, busy_poll_us = args.busy.as_micros() as u64, "valed ready");
     let mut reg = state::Registry::new(fwd);
     reg.huge_pages = args.huge_pages;
+    reg.vhost_inline = args.vhost_inline;
     // Ports from the config file (valed's own record of what vale-ctl
     // created), then the command line's.
     let mut specs = Vec::new();

@@ -177,6 +177,9 @@ pub struct Registry {
     next_unit: u64,
     /// Where vhost-user ports are saved, to come back after a restart.
     pub state_file: Option<std::path::PathBuf>,
+    /// Forward VM ports' TX on the vhost-user worker threads
+    /// (`--vhost-inline`) instead of relaying kicks to forwarding threads.
+    pub vhost_inline: bool,
 }
 
 impl std::fmt::Debug for Registry {
@@ -219,6 +222,7 @@ impl Registry {
             vhost: BTreeMap::new(),
             next_unit: 1 << 62,
             state_file: None,
+            vhost_inline: false,
         }
     }
 
@@ -1170,8 +1174,23 @@ impl Registry {
                 vale::SwitchError::Exists { .. } => libc::EEXIST,
                 _ => libc::EINVAL,
             })?;
-        let mut kicks = Vec::new();
         v.fwd.clear();
+        if self.vhost_inline {
+            let queues = (0..v.port.queue_pairs())
+                .map(|p| Mutex::new((v.port.tx_queue(p), vale::Scratch::default())))
+                .collect();
+            v.port.set_hook(Arc::new(crate::vhost::Inline {
+                switch: sw.clone(),
+                port: id,
+                queues,
+                t0: std::time::Instant::now(),
+            }));
+            v.attached = Some((switch.to_string(), id));
+            v.spec.attach = Some(switch.to_string());
+            info!(port = name, switch, index = id, "vhost-user port attached (inline)");
+            return Ok(id);
+        }
+        let mut kicks = Vec::new();
         for pair in 0..v.port.queue_pairs() {
             let kick = match EventFd::new() {
                 Ok(k) => Arc::new(k),
