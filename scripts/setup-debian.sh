@@ -6,7 +6,9 @@ set -euo pipefail
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-pkgs=(build-essential pkg-config ca-certificates curl git bc groff-base)
+# dpdk-dev: testpmd, the real virtio-net driver (virtio-user) the vhost-user
+# tests and benchmarks drive, and the switch we benchmark against.
+pkgs=(build-essential pkg-config ca-certificates curl git bc groff-base dpdk-dev)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -1187,7 +1187,12 @@ impl Registry {
             }));
             v.attached = Some((switch.to_string(), id));
             v.spec.attach = Some(switch.to_string());
-            info!(port = name, switch, index = id, "vhost-user port attached (inline)");
+            info!(
+                port = name,
+                switch,
+                index = id,
+                "vhost-user port attached (inline)"
+            );
             return Ok(id);
         }
         let mut kicks = Vec::new();

@@ -3,11 +3,15 @@
 //! measures round trips, and rxseq catches an injected gap, duplicate,
 //! reordering and corrupt byte.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::Valed;
+
+fn start(tag: &str) -> Valed {
+    common::start(tag, &[])
+}
 use netmap::abi::{
     NmreqRegister, NmreqValeAttach, NmreqValeNewif, NETMAP_REQ_VALE_ATTACH, NETMAP_REQ_VALE_NEWIF,
 };
@@ -21,44 +25,14 @@ use pkt_gen::frame::{Af, FrameSpec, IpRange, Template, BROADCAST};
 use pkt_gen::seq::{self, ErrorKind, Gap};
 use pkt_gen::stats::Outcome;
 
-struct Valed {
-    child: Child,
-    sock: PathBuf,
-    dir: PathBuf,
+trait PktGenExt {
+    fn cfg(&self, args: &[&str]) -> Config;
+    fn persistent(&self, switch: &str, name: &str, rings: u16, slots: u32) -> String;
+    fn stat(&self, port: &str, key: &str) -> u64;
+    fn drops(&self, port: &str) -> u64;
 }
 
-impl Drop for Valed {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn start(tag: &str) -> Valed {
-    let dir = std::env::temp_dir().join(format!("pktgen-test-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let sock = dir.join("valed.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_valed"))
-        .arg("--socket")
-        .arg(&sock)
-        .args(["--log", "warn"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while CtrlConn::connect(&sock).is_err() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "valed did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Valed { child, sock, dir }
-}
-
-impl Valed {
+impl PktGenExt for Valed {
     fn cfg(&self, args: &[&str]) -> Config {
         let mut v: Vec<&str> = args.to_vec();
         let s = self.sock.to_str().unwrap();
