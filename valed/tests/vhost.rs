@@ -220,7 +220,7 @@ fn testpmd_loop(tag: &str, queues: u16) {
     assert_eq!(attach(&v, "vale0:vma"), 0);
     assert_eq!(attach(&v, "vale0:vmb"), 0);
     let q = queues.to_string();
-    let mut pmd = Command::new("timeout")
+    let pmd = Command::new("timeout")
         .args([
             "-s",
             "INT",
