@@ -80,6 +80,26 @@ pub mod features {
         | MQ;
 }
 
+/// The engine's `OFFLOAD_*` bits for a guest that acked `features`: what
+/// it takes on RX without software segmentation or checksum.
+pub fn rx_offloads(features: u64) -> u32 {
+    let mut o = 0;
+    if features & features::GUEST_CSUM != 0 {
+        o |= vale::port::OFFLOAD_CSUM;
+        // TSO needs partial checksums too (virtio 5.1.3.1).
+        if features & features::GUEST_TSO4 != 0 {
+            o |= vale::port::OFFLOAD_TSO4;
+        }
+        if features & features::GUEST_TSO6 != 0 {
+            o |= vale::port::OFFLOAD_TSO6;
+        }
+        if features & features::GUEST_ECN != 0 {
+            o |= vale::port::OFFLOAD_ECN;
+        }
+    }
+    o
+}
+
 /// Most queue pairs a port offers.
 pub const MAX_QUEUE_PAIRS: u16 = 16;
 
@@ -188,7 +208,7 @@ impl KickHook for NoHook {
 
 struct DevInner {
     cfg: NetConfig,
-    acked: AtomicU64,
+    acked: Arc<AtomicU64>,
     mrg: Arc<AtomicBool>,
     /// RX queue of pair p at 2p, TX at 2p+1 (virtio-net's order).
     slots: Vec<Arc<VringSlot>>,
@@ -223,7 +243,7 @@ impl NetDevice {
         }
         let nq = 2 * cfg.queue_pairs as usize;
         Ok(NetDevice(Arc::new(DevInner {
-            acked: AtomicU64::new(0),
+            acked: Arc::new(AtomicU64::new(0)),
             mrg: Arc::new(AtomicBool::new(false)),
             slots: (0..nq).map(|_| Arc::default()).collect(),
             ctls: (0..nq).map(|_| Arc::default()).collect(),
@@ -451,26 +471,12 @@ impl NetPort {
                 )
             })
             .collect();
-        RxSet::new(qs, self.dev.0.rx_wake.clone())
+        RxSet::new(qs, self.dev.0.rx_wake.clone(), self.dev.0.acked.clone())
     }
 
     /// Offloads the guest takes on RX, as the engine's `OFFLOAD_*` bits.
     pub fn rx_offloads(&self) -> u32 {
-        let f = self.dev.0.acked.load(Ordering::Acquire);
-        let mut o = 0;
-        if f & features::GUEST_CSUM != 0 {
-            o |= vale::port::OFFLOAD_CSUM;
-        }
-        if f & features::GUEST_TSO4 != 0 {
-            o |= vale::port::OFFLOAD_TSO4;
-        }
-        if f & features::GUEST_TSO6 != 0 {
-            o |= vale::port::OFFLOAD_TSO6;
-        }
-        if f & features::GUEST_ECN != 0 {
-            o |= vale::port::OFFLOAD_ECN;
-        }
-        o
+        rx_offloads(self.dev.0.acked.load(Ordering::Acquire))
     }
 
     /// Counters.

@@ -770,6 +770,7 @@ impl Drop for RxQueue {
 pub struct RxSet {
     queues: Vec<RxQueue>,
     wake: Arc<EventFd>,
+    acked: Arc<AtomicU64>,
     live: Vec<usize>,
 }
 
@@ -784,10 +785,11 @@ impl std::fmt::Debug for RxSet {
 impl RxSet {
     /// The sink over `queues`; `wake` is kicked when the guest posts RX
     /// buffers (for backpressure).
-    pub fn new(queues: Vec<RxQueue>, wake: Arc<EventFd>) -> RxSet {
+    pub fn new(queues: Vec<RxQueue>, wake: Arc<EventFd>, acked: Arc<AtomicU64>) -> RxSet {
         RxSet {
             queues,
             wake,
+            acked,
             live: Vec::new(),
         }
     }
@@ -858,6 +860,12 @@ pub fn flow_hash(frags: &[Frag], skip: usize) -> usize {
 }
 
 impl Sink for RxSet {
+    fn offloads(&self) -> Option<u32> {
+        Some(crate::device::rx_offloads(
+            self.acked.load(Ordering::Acquire),
+        ))
+    }
+
     fn room(&mut self) -> usize {
         self.refresh();
         let live = std::mem::take(&mut self.live);

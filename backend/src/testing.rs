@@ -1696,3 +1696,527 @@ pub fn frame(dst: [u8; 6], src: [u8; 6], len: usize, seed: u32) -> Vec<u8> {
     f.truncate(len.max(14));
     f
 }
+
+impl Rig {
+    /// A rig of ports started from `cfgs` (any name, socket, mode and number
+    /// of queue pairs) on switch `vale0`, attached as `vale0:NAME` with
+    /// default options (header length 12), one forwarding thread over every
+    /// TX queue. Guests connect to (or, in client mode, accept on)
+    /// `cfgs[i].socket`, as `rig.ports[i].config().socket` says:
+    /// [`Rig::socket`] and [`Rig::guest`] assume [`Rig::new`]'s names.
+    pub fn with_ports(cfgs: Vec<crate::NetConfig>) -> Rig {
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "vale-rig-ports-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("rig dir");
+        let switch = Arc::new(vale::Switch::new("vale0"));
+        let mut ports = Vec::new();
+        let mut ids = Vec::new();
+        let mut txqs = Vec::new();
+        for c in cfgs {
+            let name = format!("vale0:{}", c.name);
+            let p = crate::NetPort::start(c).expect("start port");
+            let pc = vale::PortConfig {
+                vnet_hdr_len: crate::VNET_HDR_LEN as u16,
+                ..Default::default()
+            };
+            let id = switch
+                .attach(&name, pc, Box::new(p.rx_sink()))
+                .expect("attach");
+            for q in 0..p.queue_pairs() {
+                txqs.push((id, p.tx_queue(q)));
+            }
+            ports.push(p);
+            ids.push(id);
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (sw, st) = (switch.clone(), stop.clone());
+        let thread = thread::spawn(move || {
+            let mut sc = vale::Scratch::default();
+            let t0 = Instant::now();
+            while !st.load(Ordering::Relaxed) {
+                let now = t0.elapsed().as_secs() as u32;
+                let mut moved = 0;
+                for (id, q) in txqs.iter_mut() {
+                    moved += sw.forward(*id, q, &mut sc, now).frames;
+                }
+                if moved == 0 {
+                    thread::sleep(Duration::from_micros(20));
+                }
+            }
+        });
+        Rig {
+            switch,
+            ports,
+            ids,
+            dir,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+/// What the vring fuzz target made of one chain popped from the avail ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VringChain {
+    /// Walked as an RX chain (`rx_chain_to_bufs`), else as TX
+    /// (`tx_chain_to_frags`).
+    pub rx: bool,
+    /// Its head index, as the avail ring had it.
+    pub head: u16,
+    /// Descriptors virtio-queue's iterator yielded for it.
+    pub descs: usize,
+    /// What the backend said: bytes (TX) or capacity (RX), or why not.
+    pub result: Result<usize, crate::ChainError>,
+}
+
+/// Fuzz target body: descriptor chains → netmap fragments and RX buffers.
+///
+/// Builds a small guest memory at [`GUEST_MEM_BASE`] (one or two regions,
+/// adjacent or with a gap), lays out a split virtqueue in it from `data`,
+/// pops every chain with virtio-queue and walks it with the backend's own
+/// [`tx_chain_to_frags`](crate::chain::tx_chain_to_frags) or
+/// [`rx_chain_to_bufs`](crate::chain::rx_chain_to_bufs). Checks that every
+/// fragment and buffer lies inside one guest memory region's host mapping,
+/// at the host address of the guest range its descriptor names, that TX
+/// fragments read exactly the guest bytes and RX buffers write where they
+/// should, that the totals are the descriptor lengths, that a refused
+/// chain leaves the output as it was and was refused for a reason it
+/// really has, and that every well-formed chain is accepted.
+///
+/// Input layout (missing bytes read as 0):
+/// - `data[0]`, layout: bit 0 a second region; bits 1-2 its size - 1 in
+///   pages; bits 3-4 the gap before it in pages; bits 5-6 the queue size
+///   (4, 16, 64, 128); bit 7 an avail idx more than a queue ahead.
+/// - `data[1]`: descriptors in the main table (mod queue size + 1).
+/// - `data[2]`: descriptors in the indirect area (mod 65).
+/// - `data[3]`: direction of chain `i` is bit `i % 8` (1: RX).
+/// - then 8-byte descriptor records, main table first, then the indirect
+///   area ([`GUEST_MEM_BASE`] + 0x1000): `flags`, `next`, `len` (2 bytes
+///   LE), `mode`, `offset` (3 bytes LE). `len` gets bits 16-17 from
+///   `mode & 3`, and bits 16-31 all set when `mode & 0x3c == 0x3c`. The
+///   address by `mode >> 6`: 0 the data area (from [`GUEST_MEM_BASE`] +
+///   0x2000, on to a little past the end of memory), 1 the indirect area
+///   plus `offset & 0xfff`, 2 `offset` itself, 3 `u64::MAX - offset`.
+/// - then one byte per avail ring entry: the head, mod queue size + 2.
+pub fn fuzz_vring(data: &[u8]) {
+    let _ = fuzz_vring_chains(data);
+}
+
+/// [`fuzz_vring`], returning what became of each chain (for checking that
+/// seeds reach the paths they are meant for).
+pub fn fuzz_vring_chains(data: &[u8]) -> Vec<VringChain> {
+    vring_fuzz::run(data)
+}
+
+mod vring_fuzz {
+    use super::{VringChain, GUEST_MEM_BASE};
+    use crate::chain::{rx_chain_to_bufs, tx_chain_to_frags, MAX_FRAGS, MAX_FRAME};
+    use crate::ChainError;
+    use netmap::abi::NS_MOREFRAG;
+    use vale::frag::{DstBuf, Frag};
+    use virtio_queue::desc::split::Descriptor;
+    use virtio_queue::{Queue, QueueT};
+    use vm_memory::{
+        Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+        MemoryRegionAddress,
+    };
+
+    const PAGE: u64 = 4096;
+    const REGION0: u64 = 4 * PAGE;
+    const DESC: u64 = GUEST_MEM_BASE;
+    const AVAIL: u64 = GUEST_MEM_BASE + 0x800;
+    const USED: u64 = GUEST_MEM_BASE + 0xa00;
+    const INDIRECT: u64 = GUEST_MEM_BASE + 0x1000;
+    const DATA: u64 = GUEST_MEM_BASE + 0x2000;
+
+    type Mem = GuestMemoryMmap<()>;
+
+    fn byte(data: &[u8], i: usize) -> u8 {
+        data.get(i).copied().unwrap_or(0)
+    }
+
+    /// The byte guest memory holds at `gpa` before the tables are written:
+    /// a hash, so that bytes read from the wrong place show.
+    fn pattern(gpa: u64) -> u8 {
+        (gpa.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8
+    }
+
+    /// A raw descriptor from an 8-byte record.
+    fn record(r: &[u8], span_end: u64) -> [u8; 16] {
+        let flags = u16::from(r[0]);
+        let next = u16::from(r[1]);
+        let mode = r[4];
+        let mut len = u32::from(u16::from_le_bytes([r[2], r[3]])) | (u32::from(mode & 3) << 16);
+        if mode & 0x3c == 0x3c {
+            len |= 0xffff_0000;
+        }
+        let off = u64::from(u32::from_le_bytes([r[5], r[6], r[7], 0]));
+        let addr = match mode >> 6 {
+            0 => DATA + off % (span_end - DATA + 0x200),
+            1 => INDIRECT + (off & 0xfff),
+            2 => off,
+            _ => u64::MAX - off,
+        };
+        let mut d = [0u8; 16];
+        d[0..8].copy_from_slice(&addr.to_le_bytes());
+        d[8..12].copy_from_slice(&len.to_le_bytes());
+        d[12..14].copy_from_slice(&flags.to_le_bytes());
+        d[14..16].copy_from_slice(&next.to_le_bytes());
+        d
+    }
+
+    /// Guest range `addr..addr+len` cut at region ends: (gpa, bytes) of
+    /// each piece inside memory, and whether all of it is.
+    fn pieces(mem: &Mem, addr: u64, len: u32) -> (Vec<(u64, u64)>, bool) {
+        let mut out = Vec::new();
+        let mut at = addr;
+        let mut left = u64::from(len);
+        while left > 0 {
+            let Some((r, off)) = mem.to_region_addr(GuestAddress(at)) else {
+                return (out, false);
+            };
+            let n = left.min(r.len() - off.0);
+            out.push((at, n));
+            left -= n;
+            match at.checked_add(n) {
+                Some(a) => at = a,
+                None => return (out, left == 0),
+            }
+        }
+        (out, true)
+    }
+
+    /// Fragments a guest range takes: one per region piece, and one per
+    /// 65535 bytes of it.
+    fn frag_count(p: &[(u64, u64)]) -> usize {
+        p.iter()
+            .map(|&(_, n)| n.div_ceil(u64::from(u16::MAX)) as usize)
+            .sum()
+    }
+
+    /// Why a chain must be refused (empty: it is well formed).
+    fn faults(mem: &Mem, descs: &[Descriptor], rx: bool) -> Vec<ChainError> {
+        let mut f = Vec::new();
+        match descs.last() {
+            None => f.push(ChainError::Empty),
+            Some(d) if d.has_next() => f.push(ChainError::Unterminated),
+            Some(_) => {}
+        }
+        let mut total = 0u64;
+        let mut frags = 0usize;
+        for d in descs {
+            if d.is_write_only() != rx {
+                f.push(ChainError::Direction);
+            }
+            if d.len() == 0 {
+                f.push(ChainError::ZeroLength);
+            }
+            total += u64::from(d.len());
+            let (p, inside) = pieces(mem, d.addr().0, d.len());
+            frags += frag_count(&p);
+            if !inside {
+                f.push(ChainError::OutOfMemory {
+                    addr: d.addr().0,
+                    len: d.len(),
+                });
+            }
+        }
+        if frags > MAX_FRAGS {
+            f.push(ChainError::TooManyFrags);
+        }
+        if !rx && total > MAX_FRAME as u64 {
+            f.push(ChainError::TooLong);
+        }
+        f
+    }
+
+    /// The host address in a `Frag`'s or `DstBuf`'s `Debug` output (neither
+    /// type gives its pointer otherwise).
+    fn debug_ptr(dbg: &str) -> usize {
+        let at = dbg
+            .find("ptr: 0x")
+            .unwrap_or_else(|| panic!("no pointer in {dbg}"))
+            + "ptr: 0x".len();
+        let hex: String = dbg[at..]
+            .chars()
+            .take_while(char::is_ascii_hexdigit)
+            .collect();
+        usize::from_str_radix(&hex, 16).unwrap_or_else(|_| panic!("bad pointer in {dbg}"))
+    }
+
+    /// Checks that host range `ptr..ptr+len` is the mapping of guest range
+    /// `gpa..gpa+len`, inside one region.
+    fn check_host_range(mem: &Mem, ptr: usize, gpa: u64, len: usize) {
+        let (r, off) = mem
+            .to_region_addr(GuestAddress(gpa))
+            .unwrap_or_else(|| panic!("fragment at {gpa:#x}: outside guest memory"));
+        assert!(
+            off.0 + len as u64 <= r.len(),
+            "fragment {gpa:#x}+{len} crosses the end of its region"
+        );
+        let base = r
+            .get_host_address(MemoryRegionAddress(0))
+            .expect("region mapping") as usize;
+        assert!(
+            ptr >= base && ptr + len <= base + r.len() as usize,
+            "fragment {ptr:#x}+{len} outside the host mapping {base:#x}+{:#x}",
+            r.len()
+        );
+        let want = mem
+            .get_host_address(GuestAddress(gpa))
+            .expect("host address") as usize;
+        assert_eq!(ptr, want, "fragment for {gpa:#x} points elsewhere");
+    }
+
+    /// Walks `descs` alongside the fragments of lengths `lens`: every
+    /// fragment is the next piece of the current descriptor. Returns the
+    /// guest address of each.
+    fn frag_gpas(descs: &[Descriptor], lens: &[usize]) -> Vec<u64> {
+        let mut out = Vec::with_capacity(lens.len());
+        let (mut di, mut off) = (0usize, 0u64);
+        for (k, &n) in lens.iter().enumerate() {
+            assert!(n > 0, "fragment {k} is empty");
+            let d = descs
+                .get(di)
+                .unwrap_or_else(|| panic!("fragment {k} past the last descriptor"));
+            assert!(
+                off + n as u64 <= u64::from(d.len()),
+                "fragment {k} runs past descriptor {di}"
+            );
+            out.push(d.addr().0 + off);
+            off += n as u64;
+            if off == u64::from(d.len()) {
+                di += 1;
+                off = 0;
+            }
+        }
+        assert_eq!(
+            (di, off),
+            (descs.len(), 0),
+            "fragments do not cover the chain"
+        );
+        out
+    }
+
+    fn check_refusal(e: ChainError, faults: &[ChainError], descs: &[Descriptor]) {
+        let justified = match e {
+            ChainError::OutOfMemory { .. } => faults.contains(&e),
+            ChainError::Empty => descs.is_empty(),
+            // The iterator stopping early leaves "next" set on the last
+            // descriptor it gave.
+            ChainError::Unterminated => faults.contains(&ChainError::Unterminated),
+            _ => faults.contains(&e),
+        };
+        assert!(
+            justified,
+            "chain refused with {e:?}, but its faults are {faults:?}: {descs:?}"
+        );
+    }
+
+    fn walk_tx(
+        mem: &Mem,
+        chain: virtio_queue::DescriptorChain<&Mem>,
+        descs: &[Descriptor],
+    ) -> Result<usize, ChainError> {
+        let faults = faults(mem, descs, false);
+        static SENTINEL: [u8; 4] = *b"sent";
+        let mut out = vec![Frag::from_slice(&SENTINEL, 0x1234)];
+        let before = format!("{:?}", out[0]);
+        let r = tx_chain_to_frags(chain, mem, &mut out);
+        assert_eq!(format!("{:?}", out[0]), before, "earlier fragment changed");
+        match r {
+            Ok(total) => {
+                assert!(
+                    faults.is_empty(),
+                    "accepted a chain with {faults:?}: {descs:?}"
+                );
+                let want: u64 = descs.iter().map(|d| u64::from(d.len())).sum();
+                assert_eq!(total as u64, want, "TX total");
+                let frags = &out[1..];
+                assert!(!frags.is_empty() && frags.len() <= MAX_FRAGS);
+                for (k, f) in frags.iter().enumerate() {
+                    assert!(!f.is_bad());
+                    let more = f.flags() & NS_MOREFRAG != 0;
+                    assert_eq!(more, k + 1 < frags.len(), "NS_MOREFRAG on fragment {k}");
+                }
+                let lens: Vec<usize> = frags.iter().map(|f| f.len() as usize).collect();
+                let gpas = frag_gpas(descs, &lens);
+                let mut got = Vec::new();
+                let mut want = Vec::new();
+                for (f, &g) in frags.iter().zip(&gpas) {
+                    let n = f.len() as usize;
+                    check_host_range(mem, debug_ptr(&format!("{f:?}")), g, n);
+                    got.resize(n, 0);
+                    assert_eq!(f.read(0, &mut got), n);
+                    want.resize(n, 0);
+                    mem.read_slice(&mut want, GuestAddress(g))
+                        .expect("guest read");
+                    assert_eq!(got, want, "fragment at {g:#x} reads other bytes");
+                }
+            }
+            Err(e) => {
+                assert_eq!(out.len(), 1, "refused chain left fragments behind");
+                assert!(
+                    !faults.is_empty(),
+                    "refused a well-formed chain ({e:?}): {descs:?}"
+                );
+                check_refusal(e, &faults, descs);
+            }
+        }
+        r
+    }
+
+    fn walk_rx(
+        mem: &Mem,
+        chain: virtio_queue::DescriptorChain<&Mem>,
+        descs: &[Descriptor],
+    ) -> Result<usize, ChainError> {
+        let faults = faults(mem, descs, true);
+        let mut sentinel = [0u8; 4];
+        let mut out = vec![DstBuf::from_slice(&mut sentinel)];
+        let r = rx_chain_to_bufs(chain, mem, &mut out);
+        match r {
+            Ok(cap) => {
+                assert!(
+                    faults.is_empty(),
+                    "accepted a chain with {faults:?}: {descs:?}"
+                );
+                let want: u64 = descs.iter().map(|d| u64::from(d.len())).sum();
+                assert_eq!(cap as u64, want, "RX capacity");
+                let bufs = &mut out[1..];
+                assert!(!bufs.is_empty() && bufs.len() <= MAX_FRAGS);
+                let lens: Vec<usize> = bufs.iter().map(DstBuf::cap).collect();
+                let gpas = frag_gpas(descs, &lens);
+                let mut data = Vec::new();
+                let mut back = Vec::new();
+                for (k, (b, &g)) in bufs.iter_mut().zip(&gpas).enumerate() {
+                    let n = b.cap();
+                    check_host_range(mem, debug_ptr(&format!("{b:?}")), g, n);
+                    data.clear();
+                    data.extend((0..n).map(|i| (i as u8) ^ (k as u8) ^ 0x5a));
+                    assert_eq!(b.write(0, &data), n);
+                    back.resize(n, 0);
+                    mem.read_slice(&mut back, GuestAddress(g))
+                        .expect("guest read");
+                    assert_eq!(back, data, "RX buffer {k} wrote elsewhere than {g:#x}");
+                }
+            }
+            Err(e) => {
+                assert_eq!(out.len(), 1, "refused chain left buffers behind");
+                assert!(
+                    !faults.is_empty(),
+                    "refused a well-formed chain ({e:?}): {descs:?}"
+                );
+                check_refusal(e, &faults, descs);
+            }
+        }
+        r
+    }
+
+    pub(super) fn run(data: &[u8]) -> Vec<VringChain> {
+        let layout = byte(data, 0);
+        let qsize: u16 = [4, 16, 64, 128][usize::from((layout >> 5) & 3)];
+        let mut ranges = vec![(GuestAddress(GUEST_MEM_BASE), REGION0 as usize)];
+        if layout & 1 != 0 {
+            let size = (1 + u64::from((layout >> 1) & 3)) * PAGE;
+            let gap = u64::from((layout >> 3) & 3) * PAGE;
+            ranges.push((GuestAddress(GUEST_MEM_BASE + REGION0 + gap), size as usize));
+        }
+        let mem = Mem::from_ranges(&ranges).expect("guest memory");
+        let span_end = ranges
+            .last()
+            .map(|(a, l)| a.0 + *l as u64)
+            .expect("a region");
+        for &(a, l) in &ranges {
+            let fill: Vec<u8> = (a.0..a.0 + l as u64).map(pattern).collect();
+            mem.write_slice(&fill, a).expect("fill");
+        }
+
+        let nmain = usize::from(byte(data, 1)) % (usize::from(qsize) + 1);
+        let nind = usize::from(byte(data, 2)) % 65;
+        let dirs = byte(data, 3);
+        let mut recs = data.get(4..).unwrap_or(&[]).chunks_exact(8);
+        let mut table = vec![0u8; 16 * usize::from(qsize)];
+        let mut used_recs = 0;
+        for i in 0..nmain {
+            let Some(r) = recs.next() else { break };
+            table[16 * i..16 * i + 16].copy_from_slice(&record(r, span_end));
+            used_recs += 1;
+        }
+        mem.write_slice(&table, GuestAddress(DESC))
+            .expect("desc table");
+        for i in 0..nind {
+            let Some(r) = recs.next() else { break };
+            let at = GuestAddress(INDIRECT + 16 * i as u64);
+            mem.write_slice(&record(r, span_end), at).expect("indirect");
+            used_recs += 1;
+        }
+        let heads: Vec<u16> = data
+            .get(4 + 8 * used_recs..)
+            .unwrap_or(&[])
+            .iter()
+            .take(usize::from(qsize))
+            .map(|&b| u16::from(b) % (qsize + 2))
+            .collect();
+        let mut avail = vec![0u8; 4 + 2 * usize::from(qsize) + 2];
+        for (i, h) in heads.iter().enumerate() {
+            avail[4 + 2 * i..6 + 2 * i].copy_from_slice(&h.to_le_bytes());
+        }
+        let mut idx = heads.len() as u16;
+        if layout & 0x80 != 0 {
+            idx = idx.wrapping_add(qsize + 1);
+        }
+        avail[2..4].copy_from_slice(&idx.to_le_bytes());
+        mem.write_slice(&avail, GuestAddress(AVAIL))
+            .expect("avail ring");
+        mem.write_slice(
+            &vec![0u8; 4 + 8 * usize::from(qsize) + 2],
+            GuestAddress(USED),
+        )
+        .expect("used ring");
+
+        let mut q: Queue = QueueT::new(qsize).expect("queue");
+        q.try_set_size(qsize).expect("size");
+        q.try_set_desc_table_address(GuestAddress(DESC))
+            .expect("desc");
+        q.try_set_avail_ring_address(GuestAddress(AVAIL))
+            .expect("avail");
+        q.try_set_used_ring_address(GuestAddress(USED))
+            .expect("used");
+        q.set_ready(true);
+
+        let mut out = Vec::new();
+        while out.len() < heads.len() {
+            let Some(chain) = q.pop_descriptor_chain(&mem) else {
+                break;
+            };
+            let rx = dirs & (1 << (out.len() % 8)) != 0;
+            let head = chain.head_index();
+            let descs: Vec<Descriptor> = chain.clone().collect();
+            let result = if rx {
+                walk_rx(&mem, chain, &descs)
+            } else {
+                walk_tx(&mem, chain, &descs)
+            };
+            // A head past the table cannot be returned; nothing else fails.
+            let used = q.add_used(&mem, head, 0);
+            assert_eq!(used.is_ok(), head < qsize, "add_used of head {head}");
+            out.push(VringChain {
+                rx,
+                head,
+                descs: descs.len(),
+                result,
+            });
+        }
+        if layout & 0x80 == 0 {
+            assert_eq!(out.len(), heads.len(), "chains lost between avail and pop");
+        } else {
+            assert!(out.is_empty(), "chains popped past a runaway avail idx");
+        }
+        out
+    }
+}

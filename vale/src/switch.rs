@@ -11,7 +11,7 @@ use crate::lookup::{Dest, FrameInfo, LearningBridge, Lookup};
 use crate::offload;
 use crate::port::{
     Arm, DropReason, PortConfig, PortCounters, PortId, PortStats, Push, Sink, Source, OFFLOAD_CSUM,
-    OFFLOAD_TSO4, OFFLOAD_TSO6, OFFLOAD_UFO,
+    OFFLOAD_ECN, OFFLOAD_TSO4, OFFLOAD_TSO6, OFFLOAD_UFO,
 };
 
 /// Most frames taken from a source at once.
@@ -369,7 +369,7 @@ impl<L: Lookup> Switch<L> {
                 gather(frags, &mut sc.hdr[..need]);
                 fr.vh[..src_hdr].copy_from_slice(&sc.hdr[..src_hdr]);
                 fr.gso = if src_hdr > 0 {
-                    sc.hdr[VNET_GSO_TYPE] & 0x7f
+                    sc.hdr[VNET_GSO_TYPE]
                 } else {
                     VNET_GSO_NONE
                 };
@@ -627,6 +627,9 @@ fn soft_offload(
 
 /// Whether a reader with `offloads` takes a frame of GSO type `gso`.
 fn gso_ok(gso: u8, offloads: u32) -> bool {
+    if gso & offload::GSO_ECN != 0 && offloads & OFFLOAD_ECN == 0 {
+        return false;
+    }
     match gso & 0x7f {
         VNET_GSO_NONE => true,
         VNET_GSO_TCPV4 => offloads & OFFLOAD_TSO4 != 0,

@@ -318,6 +318,12 @@ impl Registry {
         let full = format!("{switch}:{}", port.name);
         let cfg = PortConfig {
             vnet_hdr_len: port.hdr_len,
+            // netmap passes frames untouched between ports with headers.
+            offloads: if port.hdr_len > 0 {
+                vale::port::OFFLOAD_ALL
+            } else {
+                0
+            },
             ..Default::default()
         };
         let id = sw
@@ -1382,6 +1388,11 @@ impl Registry {
             if let Some(s) = self.switches.get(&sw) {
                 let mut cfg = s.sw.config(id).unwrap_or_default();
                 cfg.vnet_hdr_len = b.nr_hdr_len as u16;
+                cfg.offloads = if cfg.vnet_hdr_len > 0 {
+                    vale::port::OFFLOAD_ALL
+                } else {
+                    0
+                };
                 if s.sw.reconfigure(id, cfg).is_err() {
                     return err(req, libc::EINVAL);
                 }
