@@ -156,6 +156,9 @@ pub fn tx_frags(
             if out.len() - start >= MAX_FRAGS {
                 return Err(ChainError::TooManyFrags);
             }
+            if out.len() == start {
+                crate::vring::prefetch(ptr);
+            }
             // SAFETY: as in `walk_tx`: the range lies in one mapped guest
             // region and the caller holds the memory guard for the batch.
             out.push(unsafe { Frag::new(ptr, len, NS_MOREFRAG) });
@@ -199,6 +202,9 @@ pub fn rx_bufs(
         push_ranges(mem, GuestAddress(d.addr), d.len, |ptr, len| {
             if out.len() - start >= MAX_FRAGS {
                 return Err(ChainError::TooManyFrags);
+            }
+            if out.len() == start {
+                crate::vring::prefetch(ptr);
             }
             // SAFETY: the range lies in one mapped guest region and the
             // caller holds the memory guard until the buffer is returned.

@@ -32,6 +32,21 @@ pub const F_INDIRECT: u16 = 4;
 /// avail.flags: the driver needs no interrupt (without EVENT_IDX).
 const AVAIL_F_NO_INTERRUPT: u16 = 1;
 
+/// Starts loading the cache line at `p` (a guest buffer the batch will
+/// touch): the frames of a batch then miss in parallel instead of one by
+/// one when the engine reaches them.
+#[inline(always)]
+pub fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it never faults and reads nothing into
+    // the program, whatever the address (SSE is baseline on x86_64).
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// One descriptor, as read (once) from guest memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Desc {
