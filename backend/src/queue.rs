@@ -276,6 +276,9 @@ pub struct TxQueue {
     batch: Option<Batch>,
     /// Head index of each chain of the batch, in order (one frame each).
     heads: Vec<u16>,
+    /// Why each chain of the batch was refused, if it was: counted when
+    /// the chain is returned, not each time a held batch walks it again.
+    errs: Vec<Option<ChainError>>,
     /// Binding generation whose kicks are off (the forwarder polls).
     quiet: u64,
 }
@@ -298,6 +301,7 @@ impl TxQueue {
             stats,
             batch: None,
             heads: Vec::with_capacity(256),
+            errs: Vec::with_capacity(256),
             quiet: u64::MAX,
         }
     }
@@ -424,6 +428,7 @@ impl Batch {
 impl Source for TxQueue {
     fn fetch(&mut self, frags: &mut Vec<Frag>, max: usize) -> usize {
         self.heads.clear();
+        self.errs.clear();
         self.ctl.busy.store(true, Ordering::SeqCst);
         let Some((gen, b)) = bound(&self.slot, &mut self.cache) else {
             self.ctl.busy.store(false, Ordering::SeqCst);
@@ -441,11 +446,11 @@ impl Source for TxQueue {
         let n = (pending as usize).min(max) as u16;
         for i in 0..n {
             let head = batch.ring.avail_entry(batch.start.wrapping_add(i));
-            if let Err(e) = tx_frags(&batch.mem, &batch.ring, head, frags) {
-                tracing::debug!(head, "guest TX chain dropped: {e}");
-                self.stats.count(e);
+            let r = tx_frags(&batch.mem, &batch.ring, head, frags);
+            if r.is_err() {
                 frags.push(Frag::bad(0));
             }
+            self.errs.push(r.err());
             self.heads.push(head);
         }
         if n == 0 {
@@ -459,6 +464,12 @@ impl Source for TxQueue {
     fn complete(&mut self, frames: usize) {
         if let (Some(batch), Some((_, b))) = (self.batch.take(), self.cache.as_ref()) {
             let frames = frames.min(self.heads.len());
+            for (e, h) in self.errs[..frames].iter().zip(&self.heads) {
+                if let Some(e) = e {
+                    tracing::debug!(head = h, "guest TX chain dropped: {e}");
+                    self.stats.count(*e);
+                }
+            }
             // Frames held back by a backpressure destination stay on the
             // avail ring: next_avail moves past the completed ones only.
             batch.close(
@@ -468,6 +479,7 @@ impl Source for TxQueue {
             );
         }
         self.heads.clear();
+        self.errs.clear();
         self.ctl.busy.store(false, Ordering::SeqCst);
     }
 }
@@ -488,8 +500,9 @@ struct RxChain {
     first: usize,
     nbufs: usize,
     cap: usize,
-    /// The guest broke it: returned empty when its turn comes.
-    bad: bool,
+    /// The guest broke it: returned empty when its turn comes, and
+    /// counted then.
+    bad: Option<ChainError>,
 }
 
 /// One guest RX queue.
@@ -636,23 +649,33 @@ impl RxQueue {
                         first,
                         nbufs: self.bufs.len() - first,
                         cap,
-                        bad: false,
+                        bad: None,
                     });
                 }
                 Err(e) => {
-                    tracing::debug!(head, "guest RX chain dropped: {e}");
-                    self.stats.count(e);
                     self.chains.push(RxChain {
                         head,
                         first,
                         nbufs: 0,
                         cap: 0,
-                        bad: true,
+                        bad: Some(e),
                     });
                 }
             }
         }
         self.chains.len() > before
+    }
+
+    /// Undoes the takes of a frame that did not fit, except broken chains
+    /// taken before its first good one: those go back to the guest (empty)
+    /// now rather than being walked again by every later frame.
+    fn untake(&mut self, start_next: usize, start_used: usize) {
+        let lead = self.chains[start_next..self.next]
+            .iter()
+            .take_while(|c| c.bad.is_some())
+            .count();
+        self.next = start_next + lead;
+        self.used.truncate(start_used + lead);
     }
 
     /// The next chain not consumed, skipping (and returning empty) chains
@@ -664,7 +687,7 @@ impl RxQueue {
             }
             let c = self.chains[self.next];
             self.next += 1;
-            if !c.bad {
+            if c.bad.is_none() {
                 return Some(c);
             }
             // A used entry of length 0 is how a device says "nothing
@@ -711,15 +734,13 @@ impl Sink for RxQueue {
             let Some(c) = self.take() else {
                 // Un-take this frame's chains; they go back at publish if
                 // no later frame fits them.
-                self.next = start_next;
-                self.used.truncate(start_used);
+                self.untake(start_next, start_used);
                 self.stats.no_rx_buffer.fetch_add(1, Ordering::Relaxed);
                 return Push::Full;
             };
             if (!mrg && c.cap < total) || k == mine.len() {
                 // Without mergeable buffers a frame takes one chain.
-                self.next = start_next;
-                self.used.truncate(start_used);
+                self.untake(start_next, start_used);
                 self.stats.rx_too_small.fetch_add(1, Ordering::Relaxed);
                 return Push::Full;
             }
@@ -746,6 +767,12 @@ impl Sink for RxQueue {
         let Some(batch) = self.batch.take() else {
             return;
         };
+        for c in &self.chains[..self.next] {
+            if let Some(e) = c.bad {
+                tracing::debug!(head = c.head, "guest RX chain dropped: {e}");
+                self.stats.count(e);
+            }
+        }
         if let Some((_, b)) = self.cache.as_ref() {
             // Chains popped and not used go back: next_avail moves past the
             // consumed ones only.

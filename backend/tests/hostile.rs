@@ -728,11 +728,6 @@ fn rx_hostile_chains() {
 /// Each broken RX chain is one guest error: counted once, however many
 /// frames found it at the head of the ring.
 #[test]
-#[ignore = "BUG: RxQueue::refill counts a broken RX chain (QueueStats::count) every time it \
-            pops it, and publish un-pops it again when no good chain followed it in the \
-            batch (go_to_previous_position), so one broken chain at the head of the ring \
-            adds 1 to bad_chains for every frame sent to the guest until a good buffer \
-            follows it (6 here for 1 chain)"]
 fn rx_hostile_chain_counted_once() {
     watch_panics();
     let rig = Rig::new(2, 1);
@@ -1011,12 +1006,6 @@ fn rx_buffers_over_own_rings() {
 /// again on every poll until the destination has room; it is one guest
 /// error and should be counted once.
 #[test]
-#[ignore = "BUG: TxQueue::fetch counts a broken TX chain (QueueStats::count) every time it \
-            walks it; when an earlier frame of the batch is held by a backpressure \
-            destination, complete() un-pops the chain (go_to_previous_position) and the next \
-            poll walks and counts it again, so bad_chains grows by one per forwarding poll \
-            (hundreds in 50 ms) for one broken chain, while the switch's BadSlot drop is \
-            counted once"]
 fn tx_hostile_chain_held_by_backpressure_counted_once() {
     watch_panics();
     let rig = Rig::with_config(
