@@ -8,17 +8,13 @@
 //! nothing past this module sees a guest address.
 //!
 //! Guest memory is hostile and mutable: the descriptors are read once (by
-//! virtio-queue's iterator), lengths come only from that read, and the bytes
+//! [`crate::vring::walk_chain`]), lengths come only from that read, and the bytes
 //! behind the pointers may change under us at any time, which the engine
 //! tolerates (it copies headers once and never trusts a second read).
 
-use std::ops::Deref;
-
 use netmap::abi::NS_MOREFRAG;
 use vale::frag::{DstBuf, Frag};
-use virtio_queue::desc::split::Descriptor;
-use virtio_queue::DescriptorChain;
-use vm_memory::{Address, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 /// Most fragments one frame may take (the engine's limit).
 pub const MAX_FRAGS: usize = vale::MAX_FRAGS;
@@ -60,76 +56,6 @@ pub enum ChainError {
     Empty,
 }
 
-/// Walks a TX chain and appends its fragments to `out`. On error `out` is
-/// left as it was.
-pub fn tx_chain_to_frags<M>(
-    chain: DescriptorChain<M>,
-    mem: &M::Target,
-    out: &mut Vec<Frag>,
-) -> Result<usize, ChainError>
-where
-    M: Deref,
-    M::Target: GuestMemory + GuestMemoryBackend,
-{
-    let start = out.len();
-    let r = walk_tx(chain, mem, out);
-    if r.is_err() {
-        out.truncate(start);
-    }
-    r
-}
-
-fn walk_tx<M>(
-    chain: DescriptorChain<M>,
-    mem: &M::Target,
-    out: &mut Vec<Frag>,
-) -> Result<usize, ChainError>
-where
-    M: Deref,
-    M::Target: GuestMemory + GuestMemoryBackend,
-{
-    let start = out.len();
-    let mut total = 0usize;
-    let mut last: Option<Descriptor> = None;
-    for d in chain {
-        if d.is_write_only() {
-            return Err(ChainError::Direction);
-        }
-        if d.len() == 0 {
-            return Err(ChainError::ZeroLength);
-        }
-        total += d.len() as usize;
-        if total > MAX_FRAME {
-            return Err(ChainError::TooLong);
-        }
-        push_ranges(mem, d.addr(), d.len(), |ptr, len| {
-            if out.len() - start >= MAX_FRAGS {
-                return Err(ChainError::TooManyFrags);
-            }
-            // SAFETY: `ptr..ptr+len` lies inside one mapped guest memory
-            // region (checked by `push_ranges`); the caller keeps the memory
-            // guard for the batch, so the mapping outlives the fragment, as
-            // `Frag::new` requires. The guest may change the bytes: the
-            // engine copies them once and trusts nothing it reads twice.
-            out.push(unsafe { Frag::new(ptr, len, NS_MOREFRAG) });
-            Ok(())
-        })?;
-        last = Some(d);
-    }
-    // virtio-queue's iterator stops silently on a loop (its TTL), on a next
-    // index past the table and on a bad indirect table: the last descriptor
-    // it gave still says "next".
-    match last {
-        None => return Err(ChainError::Empty),
-        Some(d) if d.has_next() => return Err(ChainError::Unterminated),
-        Some(_) => {}
-    }
-    if let Some(f) = out.last_mut() {
-        *f = f.with_flags(f.flags() & !NS_MOREFRAG);
-    }
-    Ok(total)
-}
-
 /// Walks TX chain `head` of `ring` (the data path's walker, see
 /// [`crate::vring`]) and appends its fragments to `out`. On error `out`
 /// is left as it was.
@@ -159,8 +85,11 @@ pub fn tx_frags(
             if out.len() == start {
                 crate::vring::prefetch(ptr);
             }
-            // SAFETY: as in `walk_tx`: the range lies in one mapped guest
-            // region and the caller holds the memory guard for the batch.
+            // SAFETY: the range lies in one mapped guest region (checked
+            // by `push_ranges`) and the caller holds the memory guard for
+            // the batch, so the mapping outlives the fragment, as
+            // `Frag::new` requires. The guest may change the bytes: the
+            // engine copies them once and trusts nothing it reads twice.
             out.push(unsafe { Frag::new(ptr, len, NS_MOREFRAG) });
             Ok(())
         })
@@ -249,63 +178,4 @@ where
         at = at.checked_add(n).ok_or(oom)?;
     }
     Ok(())
-}
-
-/// Walks an RX chain: appends one [`DstBuf`] per writable range to `out`
-/// and returns the chain's capacity in bytes. On error `out` is left as it
-/// was.
-pub fn rx_chain_to_bufs<M>(
-    chain: DescriptorChain<M>,
-    mem: &M::Target,
-    out: &mut Vec<DstBuf>,
-) -> Result<usize, ChainError>
-where
-    M: Deref,
-    M::Target: GuestMemory + GuestMemoryBackend,
-{
-    let start = out.len();
-    let r = walk_rx(chain, mem, out);
-    if r.is_err() {
-        out.truncate(start);
-    }
-    r
-}
-
-fn walk_rx<M>(
-    chain: DescriptorChain<M>,
-    mem: &M::Target,
-    out: &mut Vec<DstBuf>,
-) -> Result<usize, ChainError>
-where
-    M: Deref,
-    M::Target: GuestMemory + GuestMemoryBackend,
-{
-    let start = out.len();
-    let mut total = 0usize;
-    let mut last: Option<Descriptor> = None;
-    for d in chain {
-        if !d.is_write_only() {
-            return Err(ChainError::Direction);
-        }
-        if d.len() == 0 {
-            return Err(ChainError::ZeroLength);
-        }
-        total = total.saturating_add(d.len() as usize);
-        push_ranges(mem, d.addr(), d.len(), |ptr, len| {
-            if out.len() - start >= MAX_FRAGS {
-                return Err(ChainError::TooManyFrags);
-            }
-            // SAFETY: the range lies inside one mapped guest memory region
-            // (checked by `push_ranges`) and the caller holds the memory
-            // guard until the buffer is filled and returned to the guest.
-            out.push(unsafe { DstBuf::new(ptr, len as usize) });
-            Ok(())
-        })?;
-        last = Some(d);
-    }
-    match last {
-        None => Err(ChainError::Empty),
-        Some(d) if d.has_next() => Err(ChainError::Unterminated),
-        Some(_) => Ok(total),
-    }
 }

@@ -269,10 +269,10 @@ fn seeds() -> Vec<Seed> {
                 &[0, 1, 2, 3],
             ),
             want: vec![
-                (false, E("Empty")),
-                (false, E("Empty")),
-                (false, E("Empty")),
-                (false, E("Empty")),
+                (false, E("Unterminated")),
+                (false, E("Unterminated")),
+                (false, E("Unterminated")),
+                (false, E("OutOfMemory")),
             ],
         },
         Seed {
@@ -297,8 +297,8 @@ fn seeds() -> Vec<Seed> {
                 (false, E("Direction")),
                 (true, E("Direction")),
                 (false, E("TooLong")),
-                (false, E("Empty")),
-                (false, E("Empty")),
+                (false, E("Unterminated")),
+                (false, E("Unterminated")),
             ],
         },
     ]
