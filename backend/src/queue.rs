@@ -444,14 +444,20 @@ impl Source for TxQueue {
             return 0;
         };
         let n = (pending as usize).min(max) as u16;
+        // Heads first, their descriptors prefetched, then the walks: the
+        // batch's descriptor misses overlap.
         for i in 0..n {
             let head = batch.ring.avail_entry(batch.start.wrapping_add(i));
+            batch.ring.prefetch_desc(head);
+            self.heads.push(head);
+        }
+        for i in 0..n as usize {
+            let head = self.heads[i];
             let r = tx_frags(&batch.mem, &batch.ring, head, frags);
             if r.is_err() {
                 frags.push(Frag::bad(0));
             }
             self.errs.push(r.err());
-            self.heads.push(head);
         }
         if n == 0 {
             self.ctl.busy.store(false, Ordering::SeqCst);
@@ -638,8 +644,14 @@ impl RxQueue {
             return false;
         };
         let before = self.chains.len();
-        for i in 0..pending.min(RX_BUNCH as u16) {
+        let n = pending.min(RX_BUNCH as u16);
+        let mut heads = [0u16; RX_BUNCH];
+        for i in 0..n {
             let head = batch.ring.avail_entry(from.wrapping_add(i));
+            batch.ring.prefetch_desc(head);
+            heads[i as usize] = head;
+        }
+        for &head in &heads[..n as usize] {
             let first = self.bufs.len();
             match rx_bufs(&batch.mem, &batch.ring, head, &mut self.bufs) {
                 Ok(cap) => {
