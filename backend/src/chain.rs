@@ -14,7 +14,6 @@
 
 use netmap::abi::NS_MOREFRAG;
 use vale::frag::{DstBuf, Frag};
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 /// Most fragments one frame may take (the engine's limit).
 pub const MAX_FRAGS: usize = vale::MAX_FRAGS;
@@ -60,14 +59,14 @@ pub enum ChainError {
 /// [`crate::vring`]) and appends its fragments to `out`. On error `out`
 /// is left as it was.
 pub fn tx_frags(
-    mem: &crate::queue::Mem,
+    map: &crate::vring::HostMap,
     ring: &crate::vring::Ring,
     head: u16,
     out: &mut Vec<Frag>,
 ) -> Result<usize, ChainError> {
     let start = out.len();
     let mut total = 0usize;
-    let r = crate::vring::walk_chain(mem, ring, head, |d| {
+    let r = crate::vring::walk_chain(map, ring, head, |d| {
         if d.flags & crate::vring::F_WRITE != 0 {
             return Err(ChainError::Direction);
         }
@@ -78,7 +77,7 @@ pub fn tx_frags(
         if total > MAX_FRAME {
             return Err(ChainError::TooLong);
         }
-        push_ranges(mem, GuestAddress(d.addr), d.len, |ptr, len| {
+        push_ranges(map, d.addr, d.len, |ptr, len| {
             if out.len() - start >= MAX_FRAGS {
                 return Err(ChainError::TooManyFrags);
             }
@@ -113,14 +112,14 @@ pub fn tx_frags(
 /// writable range to `out`; returns the chain's capacity. On error `out`
 /// is left as it was.
 pub fn rx_bufs(
-    mem: &crate::queue::Mem,
+    map: &crate::vring::HostMap,
     ring: &crate::vring::Ring,
     head: u16,
     out: &mut Vec<DstBuf>,
 ) -> Result<usize, ChainError> {
     let start = out.len();
     let mut total = 0usize;
-    let r = crate::vring::walk_chain(mem, ring, head, |d| {
+    let r = crate::vring::walk_chain(map, ring, head, |d| {
         if d.flags & crate::vring::F_WRITE == 0 {
             return Err(ChainError::Direction);
         }
@@ -128,7 +127,7 @@ pub fn rx_bufs(
             return Err(ChainError::ZeroLength);
         }
         total = total.saturating_add(d.len as usize);
-        push_ranges(mem, GuestAddress(d.addr), d.len, |ptr, len| {
+        push_ranges(map, d.addr, d.len, |ptr, len| {
             if out.len() - start >= MAX_FRAGS {
                 return Err(ChainError::TooManyFrags);
             }
@@ -153,29 +152,23 @@ pub fn rx_bufs(
 
 /// Splits guest range `addr..addr+len` into host pointers, one per memory
 /// region crossed and at most 65535 bytes each.
-fn push_ranges<G>(
-    mem: &G,
-    addr: GuestAddress,
+fn push_ranges(
+    map: &crate::vring::HostMap,
+    addr: u64,
     len: u32,
     mut f: impl FnMut(*mut u8, u16) -> Result<(), ChainError>,
-) -> Result<(), ChainError>
-where
-    G: GuestMemoryBackend + ?Sized,
-{
-    let oom = ChainError::OutOfMemory { addr: addr.0, len };
+) -> Result<(), ChainError> {
+    let oom = ChainError::OutOfMemory { addr, len };
     let mut at = addr;
-    let mut left = len as u64;
+    let mut left = u64::from(len);
     while left > 0 {
-        let (region, off) = mem.to_region_addr(at).ok_or(oom)?;
-        let in_region = region.len().checked_sub(off.0).ok_or(oom)?;
-        let n = left.min(in_region).min(u16::MAX as u64);
-        if n == 0 {
+        let (ptr, in_region) = map.range(at, left.min(u64::from(u16::MAX))).ok_or(oom)?;
+        if in_region == 0 {
             return Err(oom);
         }
-        let slice = region.get_slice(off, n as usize).map_err(|_| oom)?;
-        f(slice.ptr_guard_mut().as_ptr(), n as u16)?;
-        left -= n;
-        at = at.checked_add(n).ok_or(oom)?;
+        f(ptr, in_region as u16)?;
+        left -= in_region;
+        at = at.checked_add(in_region).ok_or(oom)?;
     }
     Ok(())
 }

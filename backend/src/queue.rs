@@ -23,7 +23,7 @@ use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
 
 use crate::chain::{rx_bufs, tx_frags, ChainError};
-use crate::vring::Ring;
+use crate::vring::{HostMap, Ring};
 
 /// Guest memory as the backend maps it.
 pub type Mem = GuestMemoryMmap<()>;
@@ -274,6 +274,7 @@ pub struct TxQueue {
     ctl: Arc<QueueCtl>,
     stats: Arc<QueueStats>,
     batch: Option<Batch>,
+    map: HostMap,
     /// Head index of each chain of the batch, in order (one frame each).
     heads: Vec<u16>,
     /// Why each chain of the batch was refused, if it was: counted when
@@ -300,6 +301,7 @@ impl TxQueue {
             ctl,
             stats,
             batch: None,
+            map: HostMap::default(),
             heads: Vec::with_capacity(256),
             errs: Vec::with_capacity(256),
             quiet: u64::MAX,
@@ -438,6 +440,7 @@ impl Source for TxQueue {
             self.ctl.busy.store(false, Ordering::SeqCst);
             return 0;
         };
+        self.map.refresh(&batch.mem);
         let Some(pending) = batch.pending(batch.start) else {
             tracing::debug!("guest TX avail index more than a ring ahead");
             self.ctl.busy.store(false, Ordering::SeqCst);
@@ -453,7 +456,7 @@ impl Source for TxQueue {
         }
         for i in 0..n as usize {
             let head = self.heads[i];
-            let r = tx_frags(&batch.mem, &batch.ring, head, frags);
+            let r = tx_frags(&self.map, &batch.ring, head, frags);
             if r.is_err() {
                 frags.push(Frag::bad(0));
             }
@@ -527,6 +530,7 @@ pub struct RxQueue {
     mrg: Arc<AtomicBool>,
     size: AtomicU16,
     batch: Option<Batch>,
+    map: HostMap,
     bufs: Vec<DstBuf>,
     /// Chains popped in this batch, in avail order.
     chains: Vec<RxChain>,
@@ -534,6 +538,8 @@ pub struct RxQueue {
     next: usize,
     /// (head, bytes written) to return at publish.
     used: Vec<(u16, u32)>,
+    /// The chains the frame being pushed takes.
+    mine: Vec<RxChain>,
     /// Bytes of the last chain seen, to guess slots per frame.
     buf_hint: usize,
     /// Binding generation whose RX kicks are off (only a held sender
@@ -546,6 +552,9 @@ impl std::fmt::Debug for RxQueue {
         f.debug_struct("RxQueue").finish_non_exhaustive()
     }
 }
+
+/// Most RX chains one frame may take (mergeable buffers).
+const MAX_RX_CHAINS: usize = 64;
 
 /// Chains popped per refill.
 const RX_BUNCH: usize = 32;
@@ -566,10 +575,12 @@ impl RxQueue {
             mrg,
             size: AtomicU16::new(256),
             batch: None,
+            map: HostMap::default(),
             bufs: Vec::with_capacity(RX_BUNCH * 2),
             chains: Vec::with_capacity(RX_BUNCH * 2),
             next: 0,
             used: Vec::with_capacity(RX_BUNCH * 2),
+            mine: Vec::with_capacity(MAX_RX_CHAINS),
             buf_hint: 1518,
             quiet: u64::MAX,
         }
@@ -633,6 +644,7 @@ impl RxQueue {
                 return false;
             };
             self.size.store(batch.ring.size(), Ordering::Relaxed);
+            self.map.refresh(&batch.mem);
             self.batch = Some(batch);
         }
         let Some(batch) = self.batch.as_ref() else {
@@ -653,7 +665,7 @@ impl RxQueue {
         }
         for &head in &heads[..n as usize] {
             let first = self.bufs.len();
-            match rx_bufs(&batch.mem, &batch.ring, head, &mut self.bufs) {
+            match rx_bufs(&self.map, &batch.ring, head, &mut self.bufs) {
                 Ok(cap) => {
                     self.buf_hint = cap;
                     self.chains.push(RxChain {
@@ -739,8 +751,7 @@ impl Sink for RxQueue {
         let mrg = self.mrg.load(Ordering::Relaxed);
         let start_used = self.used.len();
         let start_next = self.next;
-        let mut mine: [Option<RxChain>; 64] = [None; 64];
-        let mut k = 0;
+        self.mine.clear();
         let mut cap = 0usize;
         while cap < total {
             let Some(c) = self.take() else {
@@ -750,19 +761,18 @@ impl Sink for RxQueue {
                 self.stats.no_rx_buffer.fetch_add(1, Ordering::Relaxed);
                 return Push::Full;
             };
-            if (!mrg && c.cap < total) || k == mine.len() {
+            if (!mrg && c.cap < total) || self.mine.len() == MAX_RX_CHAINS {
                 // Without mergeable buffers a frame takes one chain.
                 self.untake(start_next, start_used);
                 self.stats.rx_too_small.fetch_add(1, Ordering::Relaxed);
                 return Push::Full;
             }
             cap += c.cap;
-            mine[k] = Some(c);
-            k += 1;
+            self.mine.push(c);
         }
-        h[10..12].copy_from_slice(&(k as u16).to_le_bytes());
+        h[10..12].copy_from_slice(&(self.mine.len() as u16).to_le_bytes());
         let mut cur = FrameCursor::new(frags, skip, &h);
-        for c in mine[..k].iter().flatten() {
+        for c in &self.mine {
             let mut written = 0usize;
             for b in &mut self.bufs[c.first..c.first + c.nbufs] {
                 if cur.remaining() == 0 {

@@ -1814,7 +1814,7 @@ pub fn fuzz_vring_chains(data: &[u8]) -> Vec<VringChain> {
 mod vring_fuzz {
     use super::{VringChain, GUEST_MEM_BASE};
     use crate::chain::{rx_bufs, tx_frags, MAX_FRAGS, MAX_FRAME};
-    use crate::vring::Ring;
+    use crate::vring::{HostMap, Ring};
     use crate::ChainError;
     use netmap::abi::NS_MOREFRAG;
     use vale::frag::{DstBuf, Frag};
@@ -2068,6 +2068,7 @@ mod vring_fuzz {
 
     fn walk_tx(
         mem: &Mem,
+        map: &HostMap,
         ring: &Ring,
         head: u16,
         descs: &[Descriptor],
@@ -2077,7 +2078,7 @@ mod vring_fuzz {
         static SENTINEL: [u8; 4] = *b"sent";
         let mut out = vec![Frag::from_slice(&SENTINEL, 0x1234)];
         let before = format!("{:?}", out[0]);
-        let r = tx_frags(mem, ring, head, &mut out);
+        let r = tx_frags(map, ring, head, &mut out);
         assert_eq!(format!("{:?}", out[0]), before, "earlier fragment changed");
         match r {
             Ok(total) => {
@@ -2123,6 +2124,7 @@ mod vring_fuzz {
 
     fn walk_rx(
         mem: &Mem,
+        map: &HostMap,
         ring: &Ring,
         head: u16,
         descs: &[Descriptor],
@@ -2131,7 +2133,7 @@ mod vring_fuzz {
         faults.extend(table_faults(mem, head, ring.size()));
         let mut sentinel = [0u8; 4];
         let mut out = vec![DstBuf::from_slice(&mut sentinel)];
-        let r = rx_bufs(mem, ring, head, &mut out);
+        let r = rx_bufs(map, ring, head, &mut out);
         match r {
             Ok(cap) => {
                 assert!(
@@ -2246,6 +2248,8 @@ mod vring_fuzz {
         // is the reference for what each chain holds).
         // SAFETY: `mem` outlives every use of `ring` in this function.
         let ring = unsafe { Ring::new(&mem, qsize, DESC, AVAIL, USED, false) }.expect("ring");
+        let mut map = HostMap::default();
+        map.refresh(&std::sync::Arc::new(mem.clone()));
         let mut out = Vec::new();
         while out.len() < heads.len() {
             let Some(chain) = q.pop_descriptor_chain(&mem) else {
@@ -2255,9 +2259,9 @@ mod vring_fuzz {
             let head = chain.head_index();
             let descs: Vec<Descriptor> = chain.clone().collect();
             let result = if rx {
-                walk_rx(&mem, &ring, head, &descs)
+                walk_rx(&mem, &map, &ring, head, &descs)
             } else {
-                walk_tx(&mem, &ring, head, &descs)
+                walk_tx(&mem, &map, &ring, head, &descs)
             };
             // A head past the table cannot be returned; nothing else fails.
             let used = q.add_used(&mem, head, 0);

@@ -71,6 +71,62 @@ pub fn host_range(mem: &Mem, addr: u64, len: usize) -> Option<*mut u8> {
     Some(s.ptr_guard_mut().as_ptr())
 }
 
+/// Guest memory regions as (guest start, length, host address), for the
+/// data path's lookups: a linear scan of a few entries with the last hit
+/// first, instead of vm-memory's search and slice checks per buffer.
+/// Valid while the map it was made from is (the batch's guard).
+#[derive(Debug, Clone, Default)]
+pub struct HostMap {
+    regions: Vec<(u64, u64, usize)>,
+    last: std::cell::Cell<usize>,
+    /// The map it was made from, held so that its mappings (and its
+    /// address, the identity compared) cannot go away under the table.
+    mem: Option<std::sync::Arc<Mem>>,
+}
+
+impl HostMap {
+    /// Makes (or keeps, if `mem` is the map it was made from) the lookup
+    /// table for `mem`.
+    pub fn refresh(&mut self, mem: &std::sync::Arc<Mem>) {
+        if self
+            .mem
+            .as_ref()
+            .is_some_and(|m| std::sync::Arc::ptr_eq(m, mem))
+        {
+            return;
+        }
+        self.regions.clear();
+        for r in mem.iter() {
+            if let Ok(h) = r.get_host_address(vm_memory::MemoryRegionAddress(0)) {
+                self.regions.push((r.start_addr().0, r.len(), h as usize));
+            }
+        }
+        self.mem = Some(mem.clone());
+        self.last.set(0);
+    }
+
+    /// Host address of guest `addr` and how many bytes from there (up to
+    /// `len`) lie in the same region; None outside guest memory.
+    #[inline]
+    pub fn range(&self, addr: u64, len: u64) -> Option<(*mut u8, u64)> {
+        let hit = |&(start, size, host): &(u64, u64, usize)| {
+            let off = addr.checked_sub(start)?;
+            (off < size).then(|| ((host + off as usize) as *mut u8, len.min(size - off)))
+        };
+        let last = self.last.get();
+        if let Some(r) = self.regions.get(last).and_then(hit) {
+            return Some(r);
+        }
+        for (i, reg) in self.regions.iter().enumerate() {
+            if let Some(r) = hit(reg) {
+                self.last.set(i);
+                return Some(r);
+            }
+        }
+        None
+    }
+}
+
 /// A queue's rings in host memory, valid while the memory guard they were
 /// made under is held (the caller's promise, see [`Ring::new`]).
 #[derive(Debug, Clone, Copy)]
@@ -232,7 +288,7 @@ unsafe fn read_desc(p: *const u8) -> Desc {
 /// or malformed indirect tables and tables outside guest memory are
 /// errors; nothing past an error is visited.
 pub fn walk_chain(
-    mem: &Mem,
+    map: &HostMap,
     ring: &Ring,
     head: u16,
     mut f: impl FnMut(Desc) -> Result<(), ChainError>,
@@ -254,10 +310,14 @@ pub fn walk_chain(
             if n > u32::from(u16::MAX) + 1 {
                 return Err(ChainError::Unterminated);
             }
-            let table = host_range(mem, d.addr, d.len as usize).ok_or(ChainError::OutOfMemory {
+            let oom = ChainError::OutOfMemory {
                 addr: d.addr,
                 len: d.len,
-            })?;
+            };
+            let (table, n_in) = map.range(d.addr, u64::from(d.len)).ok_or(oom)?;
+            if n_in < u64::from(d.len) {
+                return Err(oom);
+            }
             return walk_indirect(table, n, f);
         }
         f(d)?;
