@@ -121,14 +121,6 @@ pub enum BackendError {
     /// A bad queue size.
     #[error("queue size {0}: must be a power of two in 64..=32768")]
     QueueSize(u16),
-    /// Creating the session failed.
-    #[error("vhost-user port {port}: {msg}")]
-    Session {
-        /// Port.
-        port: String,
-        /// What failed.
-        msg: String,
-    },
     /// An OS call failed.
     #[error("vhost-user port: {0}")]
     Io(#[from] std::io::Error),
@@ -144,7 +136,6 @@ impl BackendError {
             } => e.raw_os_error().unwrap_or(libc::EIO),
             BackendError::Listen { .. } => libc::EIO,
             BackendError::QueuePairs(_) | BackendError::QueueSize(_) => libc::EINVAL,
-            BackendError::Session { .. } => libc::EIO,
             BackendError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }
     }
