@@ -1569,6 +1569,18 @@ pub fn tx(qp: u16) -> usize {
     2 * usize::from(qp) + 1
 }
 
+/// A fresh temporary directory for a rig's sockets.
+fn rig_dir(tag: &str) -> PathBuf {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "vale-{tag}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("rig dir");
+    dir
+}
+
 /// A switch with vhost-user ports and one forwarding thread, in-process:
 /// what valed does for VM ports, without valed, for tests and fuzzing.
 pub struct Rig {
@@ -1598,29 +1610,37 @@ impl Rig {
     /// As [`new`](Self::new), each port with options `cfg` (its header
     /// length is forced to 12).
     pub fn with_config(n: usize, pairs: u16, cfg: vale::PortConfig) -> Rig {
-        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "vale-rig-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("rig dir");
+        let dir = rig_dir("rig");
+        let cfgs = (0..n)
+            .map(|i| {
+                let mut c =
+                    crate::NetConfig::new(&format!("p{i}"), &dir.join(format!("p{i}.sock")));
+                c.queue_pairs = pairs;
+                c
+            })
+            .collect();
+        Rig::build(dir, cfgs, cfg)
+    }
+
+    /// Starts the ports of `cfgs` on switch `vale0` as `vale0:NAME` with
+    /// options `cfg` (header length 12), and one forwarding thread over
+    /// every TX queue. `dir` is removed when the rig is dropped.
+    fn build(dir: PathBuf, cfgs: Vec<crate::NetConfig>, cfg: vale::PortConfig) -> Rig {
         let switch = Arc::new(vale::Switch::new("vale0"));
         let mut ports = Vec::new();
         let mut ids = Vec::new();
         let mut txqs = Vec::new();
-        for i in 0..n {
-            let mut c = crate::NetConfig::new(&format!("p{i}"), &dir.join(format!("p{i}.sock")));
-            c.queue_pairs = pairs;
+        for c in cfgs {
+            let name = format!("vale0:{}", c.name);
             let p = crate::NetPort::start(c).expect("start port");
             let pc = vale::PortConfig {
                 vnet_hdr_len: crate::VNET_HDR_LEN as u16,
                 ..cfg
             };
             let id = switch
-                .attach(&format!("vale0:p{i}"), pc, Box::new(p.rx_sink()))
+                .attach(&name, pc, Box::new(p.rx_sink()))
                 .expect("attach");
-            for q in 0..pairs {
+            for q in 0..p.queue_pairs() {
                 txqs.push((id, p.tx_queue(q)));
             }
             ports.push(p);
@@ -1705,57 +1725,7 @@ impl Rig {
     /// `cfgs[i].socket`, as `rig.ports[i].config().socket` says:
     /// [`Rig::socket`] and [`Rig::guest`] assume [`Rig::new`]'s names.
     pub fn with_ports(cfgs: Vec<crate::NetConfig>) -> Rig {
-        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "vale-rig-ports-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("rig dir");
-        let switch = Arc::new(vale::Switch::new("vale0"));
-        let mut ports = Vec::new();
-        let mut ids = Vec::new();
-        let mut txqs = Vec::new();
-        for c in cfgs {
-            let name = format!("vale0:{}", c.name);
-            let p = crate::NetPort::start(c).expect("start port");
-            let pc = vale::PortConfig {
-                vnet_hdr_len: crate::VNET_HDR_LEN as u16,
-                ..Default::default()
-            };
-            let id = switch
-                .attach(&name, pc, Box::new(p.rx_sink()))
-                .expect("attach");
-            for q in 0..p.queue_pairs() {
-                txqs.push((id, p.tx_queue(q)));
-            }
-            ports.push(p);
-            ids.push(id);
-        }
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (sw, st) = (switch.clone(), stop.clone());
-        let thread = thread::spawn(move || {
-            let mut sc = vale::Scratch::default();
-            let t0 = Instant::now();
-            while !st.load(Ordering::Relaxed) {
-                let now = t0.elapsed().as_secs() as u32;
-                let mut moved = 0;
-                for (id, q) in txqs.iter_mut() {
-                    moved += sw.forward(*id, q, &mut sc, now).frames;
-                }
-                if moved == 0 {
-                    thread::sleep(Duration::from_micros(20));
-                }
-            }
-        });
-        Rig {
-            switch,
-            ports,
-            ids,
-            dir,
-            stop,
-            thread: Some(thread),
-        }
+        Rig::build(rig_dir("rig-ports"), cfgs, vale::PortConfig::default())
     }
 }
 
