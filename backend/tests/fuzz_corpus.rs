@@ -20,30 +20,7 @@ fn corpus() -> PathBuf {
 
 #[test]
 fn vring_corpus_replays() {
-    let dir = corpus();
-    let entries = fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    let mut files: Vec<PathBuf> = entries
-        .map(|e| {
-            e.unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-                .path()
-        })
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= MIN_SEEDS,
-        "{}: {} files, expected at least {MIN_SEEDS}",
-        dir.display(),
-        files.len()
-    );
-    for path in &files {
-        let data = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        if let Err(panic) = std::panic::catch_unwind(|| fuzz_vring(&data)) {
-            eprintln!("corpus file {} ({data:02x?}) failed", path.display());
-            std::panic::resume_unwind(panic);
-        }
-    }
-    eprintln!("vring: replayed {} corpus files", files.len());
+    netmap::testing::replay_corpus(&corpus(), MIN_SEEDS, fuzz_vring);
 }
 
 const NEXT: u8 = 1;

@@ -571,3 +571,34 @@ pub fn recv_frames(rx: &AppRing<'_>, out: &mut Vec<Vec<u8>>) -> Result<usize, Sy
     rx.sync()?;
     Ok(n)
 }
+
+/// Runs `f` on every file of the fuzz corpus directory `dir` (sorted) and
+/// checks there were at least `min_seeds` of them, so a missing or emptied
+/// corpus cannot make a replay pass vacuously. A panic in `f` names the
+/// file. Returns the number of files replayed.
+pub fn replay_corpus(dir: &std::path::Path, min_seeds: usize, f: impl Fn(&[u8])) -> usize {
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let mut files: Vec<std::path::PathBuf> = entries
+        .map(|e| {
+            e.unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+                .path()
+        })
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= min_seeds,
+        "{}: {} files, expected at least {min_seeds}",
+        dir.display(),
+        files.len()
+    );
+    for path in &files {
+        let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&data))) {
+            eprintln!("corpus file {} ({data:02x?}) failed", path.display());
+            std::panic::resume_unwind(panic);
+        }
+    }
+    eprintln!("{}: replayed {} corpus files", dir.display(), files.len());
+    files.len()
+}

@@ -330,28 +330,12 @@ fn threads_fill_one_destination_at_once() {
 #[test]
 fn fuzz_corpus_replays() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/engine");
-    let mut n = 0;
-    for e in std::fs::read_dir(&dir).unwrap() {
-        let path = e.unwrap().path();
-        let data = std::fs::read(&path).unwrap();
-        eprintln!("{}", path.display());
-        vale::testing::fuzz_engine(&data);
-        n += 1;
-    }
-    assert!(n >= 20, "{}: only {n} seeds", dir.display());
+    netmap::testing::replay_corpus(&dir, 20, vale::testing::fuzz_engine);
 }
 
 /// Replays the offload fuzz target's seed corpus (`fuzz/corpus/offload`).
 #[test]
 fn offload_fuzz_corpus_replays() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/offload");
-    let mut n = 0;
-    for e in std::fs::read_dir(&dir).unwrap() {
-        let path = e.unwrap().path();
-        let data = std::fs::read(&path).unwrap();
-        eprintln!("{}", path.display());
-        vale::testing::fuzz_offload(&data);
-        n += 1;
-    }
-    assert!(n >= 5, "{}: only {n} seeds", dir.display());
+    netmap::testing::replay_corpus(&dir, 5, vale::testing::fuzz_offload);
 }
