@@ -228,14 +228,17 @@ impl Registry {
 
     /// Stops the forwarding threads.
     pub fn shutdown(&mut self) {
-        let names: Vec<String> = self.vhost.keys().cloned().collect();
-        for n in names {
-            let _ = self.vhost_detach(&n);
-        }
-        self.vhost.clear();
+        // The caller has set the stop flag: the forwarding threads end (and
+        // complete the batches they hold) without taking commands, so they
+        // are joined first, not asked to give units back one by one.
         for f in self.fwd.drain(..) {
             f.join();
         }
+        for v in self.vhost.values() {
+            v.port.clear_hook();
+        }
+        // Each port closes its VMM session and joins its threads.
+        self.vhost.clear();
     }
 
     fn switch(&mut self, name: &str) -> Result<Arc<Switch>, Errno> {

@@ -198,6 +198,12 @@ fn vmm_reconnects_to_the_same_port() {
     }
     let s = stats(&v, "vale0:vma");
     assert_eq!(field(&s, "connections"), 3, "{s}");
+    // SIGTERM with a VMM still connected: valed closes the session and
+    // exits cleanly, promptly.
+    let t0 = Instant::now();
+    assert!(v.stop().success());
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    drop(b);
 }
 
 /// DPDK's testpmd with two virtio-user ports in io forwarding, as a real
