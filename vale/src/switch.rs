@@ -22,12 +22,8 @@ pub const MAX_FRAGS: usize = 64;
 pub const MAX_PORTS: usize = 254;
 
 const ETH_HLEN: usize = 14;
-/// `virtio_net_hdr.gso_type` offset and "none" value.
+/// Offset of `virtio_net_hdr.gso_type` (values in [`offload`]).
 const VNET_GSO_TYPE: usize = 1;
-const VNET_GSO_NONE: u8 = 0;
-const VNET_GSO_UDP: u8 = 3;
-const VNET_GSO_TCPV4: u8 = 1;
-const VNET_GSO_TCPV6: u8 = 4;
 
 /// Errors of switch management.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -371,7 +367,7 @@ impl<L: Lookup> Switch<L> {
                 fr.gso = if src_hdr > 0 {
                     sc.hdr[VNET_GSO_TYPE]
                 } else {
-                    VNET_GSO_NONE
+                    offload::GSO_NONE
                 };
                 let eth = &sc.hdr[src_hdr..need];
                 let flags = frags[0].flags();
@@ -631,10 +627,10 @@ fn gso_ok(gso: u8, offloads: u32) -> bool {
         return false;
     }
     match gso & 0x7f {
-        VNET_GSO_NONE => true,
-        VNET_GSO_TCPV4 => offloads & OFFLOAD_TSO4 != 0,
-        VNET_GSO_TCPV6 => offloads & OFFLOAD_TSO6 != 0,
-        VNET_GSO_UDP => offloads & OFFLOAD_UFO != 0,
+        offload::GSO_NONE => true,
+        offload::GSO_TCPV4 => offloads & OFFLOAD_TSO4 != 0,
+        offload::GSO_TCPV6 => offloads & OFFLOAD_TSO6 != 0,
+        offload::GSO_UDP => offloads & OFFLOAD_UFO != 0,
         _ => false,
     }
 }
@@ -680,7 +676,7 @@ fn split_frames(frags: &[Frag], frames: &mut Vec<Frame>) -> usize {
         frames.push(Frame {
             first: first as u32,
             nfrags: (i - first) as u16,
-            gso: VNET_GSO_NONE,
+            gso: offload::GSO_NONE,
             vh: [0; 12],
             len,
             dest: Dest::Drop,
