@@ -81,7 +81,10 @@ pub fn tx_frags(
             if out.len() - start >= MAX_FRAGS {
                 return Err(ChainError::TooManyFrags);
             }
-            if out.len() == start {
+            if out.len() - start < 2 {
+                // The engine reads the vnet header and the Ethernet
+                // header first: often two descriptors (a driver's header
+                // area, then the packet).
                 crate::vring::prefetch(ptr);
             }
             // SAFETY: the range lies in one mapped guest region (checked

@@ -103,6 +103,17 @@ pub fn rx_offloads(features: u64) -> u32 {
 /// Most queue pairs a port offers.
 pub const MAX_QUEUE_PAIRS: u16 = 16;
 
+/// Most frames a forwarding batch takes from one guest TX queue, unless
+/// the port says otherwise. Taking everything the guest has posted (the
+/// engine allows 1024) leaves the guest nothing to work on while the
+/// switch copies: its completions all come back at once and the two sides
+/// take turns instead of overlapping. Measured in docs/benchmarks.md
+/// ("TX batch").
+pub const DEFAULT_BATCH: u16 = 64;
+
+/// Largest TX batch (the engine's).
+pub const MAX_BATCH: usize = vale::MAX_BATCH;
+
 /// Errors starting or running a port.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -121,6 +132,9 @@ pub enum BackendError {
     /// A bad queue size.
     #[error("queue size {0}: must be a power of two in 64..=32768")]
     QueueSize(u16),
+    /// A bad TX batch.
+    #[error("batch {0}: must be 1..={MAX_BATCH}")]
+    Batch(u16),
     /// An OS call failed.
     #[error("vhost-user port: {0}")]
     Io(#[from] std::io::Error),
@@ -135,7 +149,9 @@ impl BackendError {
                 ..
             } => e.raw_os_error().unwrap_or(libc::EIO),
             BackendError::Listen { .. } => libc::EIO,
-            BackendError::QueuePairs(_) | BackendError::QueueSize(_) => libc::EINVAL,
+            BackendError::QueuePairs(_) | BackendError::QueueSize(_) | BackendError::Batch(_) => {
+                libc::EINVAL
+            }
             BackendError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }
     }
@@ -165,10 +181,13 @@ pub struct NetConfig {
     pub queue_pairs: u16,
     /// Largest queue size accepted.
     pub queue_size: u16,
+    /// Most frames taken from a guest TX queue per forwarding batch.
+    pub batch: u16,
 }
 
 impl NetConfig {
-    /// Defaults: server mode, one queue pair, queues up to 1024.
+    /// Defaults: server mode, one queue pair, queues up to 1024, TX
+    /// batches of [`DEFAULT_BATCH`].
     pub fn new(name: &str, socket: &Path) -> NetConfig {
         NetConfig {
             name: name.into(),
@@ -176,6 +195,7 @@ impl NetConfig {
             mode: SocketMode::Server,
             queue_pairs: 1,
             queue_size: 1024,
+            batch: DEFAULT_BATCH,
         }
     }
 }
@@ -231,6 +251,9 @@ impl NetDevice {
         }
         if !cfg.queue_size.is_power_of_two() || cfg.queue_size < 64 {
             return Err(BackendError::QueueSize(cfg.queue_size));
+        }
+        if cfg.batch == 0 || cfg.batch as usize > MAX_BATCH {
+            return Err(BackendError::Batch(cfg.batch));
         }
         let nq = 2 * cfg.queue_pairs as usize;
         Ok(NetDevice(Arc::new(DevInner {
@@ -448,6 +471,7 @@ impl NetPort {
             self.dev.0.ctls[q].clone(),
             self.dev.0.stats.clone(),
         )
+        .with_batch(self.dev.0.cfg.batch as usize)
     }
 
     /// The sink over all RX queues.

@@ -282,6 +282,8 @@ pub struct TxQueue {
     errs: Vec<Option<ChainError>>,
     /// Binding generation whose kicks are off (the forwarder polls).
     quiet: u64,
+    /// Most chains one fetch takes.
+    max_batch: usize,
 }
 
 impl std::fmt::Debug for TxQueue {
@@ -305,7 +307,14 @@ impl TxQueue {
             heads: Vec::with_capacity(256),
             errs: Vec::with_capacity(256),
             quiet: u64::MAX,
+            max_batch: vale::MAX_BATCH,
         }
+    }
+
+    /// Takes at most `n` chains (at least 1) per fetch.
+    pub fn with_batch(mut self, n: usize) -> Self {
+        self.max_batch = n.max(1);
+        self
     }
 
     /// Asks the guest to kick on new chains; returns true if chains arrived
@@ -446,7 +455,7 @@ impl Source for TxQueue {
             self.ctl.busy.store(false, Ordering::SeqCst);
             return 0;
         };
-        let n = (pending as usize).min(max) as u16;
+        let n = (pending as usize).min(max).min(self.max_batch) as u16;
         // Heads first, their descriptors prefetched, then the walks: the
         // batch's descriptor misses overlap.
         for i in 0..n {
@@ -538,8 +547,8 @@ pub struct RxQueue {
     next: usize,
     /// (head, bytes written) to return at publish.
     used: Vec<(u16, u32)>,
-    /// The chains the frame being pushed takes.
-    mine: Vec<RxChain>,
+    /// The chains (indexes into `chains`) the frame being pushed takes.
+    mine: Vec<usize>,
     /// Bytes of the last chain seen, to guess slots per frame.
     buf_hint: usize,
     /// Binding generation whose RX kicks are off (only a held sender
@@ -702,17 +711,19 @@ impl RxQueue {
         self.used.truncate(start_used + lead);
     }
 
-    /// The next chain not consumed, skipping (and returning empty) chains
-    /// the guest broke.
-    fn take(&mut self) -> Option<RxChain> {
+    /// The index of the next chain not consumed, skipping (and returning
+    /// empty) chains the guest broke. An index, so a frame does not copy
+    /// the chain records it takes.
+    fn take(&mut self) -> Option<usize> {
         loop {
             if self.next == self.chains.len() && !self.refill() {
                 return None;
             }
-            let c = self.chains[self.next];
+            let i = self.next;
             self.next += 1;
+            let c = &self.chains[i];
             if c.bad.is_none() {
-                return Some(c);
+                return Some(i);
             }
             // A used entry of length 0 is how a device says "nothing
             // here" without losing the descriptor.
@@ -744,9 +755,6 @@ impl Sink for RxQueue {
         let flen: usize = frags.iter().map(|f| f.len() as usize).sum();
         // The header this guest gets: the engine's copy (made once), with
         // num_buffers ours to fill.
-        let mut h = [0u8; VNET_HDR_LEN];
-        let n = hdr.len().min(VNET_HDR_LEN);
-        h[..n].copy_from_slice(&hdr[..n]);
         let total = VNET_HDR_LEN + flen.saturating_sub(skip);
         let mrg = self.mrg.load(Ordering::Relaxed);
         let start_used = self.used.len();
@@ -754,25 +762,30 @@ impl Sink for RxQueue {
         self.mine.clear();
         let mut cap = 0usize;
         while cap < total {
-            let Some(c) = self.take() else {
+            let Some(i) = self.take() else {
                 // Un-take this frame's chains; they go back at publish if
                 // no later frame fits them.
                 self.untake(start_next, start_used);
                 self.stats.no_rx_buffer.fetch_add(1, Ordering::Relaxed);
                 return Push::Full;
             };
-            if (!mrg && c.cap < total) || self.mine.len() == MAX_RX_CHAINS {
+            let ccap = self.chains[i].cap;
+            if (!mrg && ccap < total) || self.mine.len() == MAX_RX_CHAINS {
                 // Without mergeable buffers a frame takes one chain.
                 self.untake(start_next, start_used);
                 self.stats.rx_too_small.fetch_add(1, Ordering::Relaxed);
                 return Push::Full;
             }
-            cap += c.cap;
-            self.mine.push(c);
+            cap += ccap;
+            self.mine.push(i);
         }
+        let mut h = [0u8; VNET_HDR_LEN];
+        let n = hdr.len().min(VNET_HDR_LEN);
+        h[..n].copy_from_slice(&hdr[..n]);
         h[10..12].copy_from_slice(&(self.mine.len() as u16).to_le_bytes());
         let mut cur = FrameCursor::new(frags, skip, &h);
-        for c in &self.mine {
+        for &i in &self.mine {
+            let c = &self.chains[i];
             let mut written = 0usize;
             for b in &mut self.bufs[c.first..c.first + c.nbufs] {
                 if cur.remaining() == 0 {

@@ -28,7 +28,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: valed [--socket PATH] [--threads N] [--cpus LIST] [--busy-poll USECS] [--log LEVEL]
-             [--hugepages] [--vhost-inline] [--config FILE] [--vhost-user NAME=PATH[,client][,queues=N][,attach=valeX]]...";
+             [--hugepages] [--vhost-inline] [--config FILE] [--vhost-user NAME=PATH[,client][,queues=N][,batch=N][,attach=valeX]]...";
 
 fn parse_cpus(s: &str) -> Result<Vec<usize>, String> {
     let mut v = Vec::new();

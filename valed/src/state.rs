@@ -1306,6 +1306,7 @@ impl Registry {
             path: path.into(),
             client: b.flags & VALE_VHOST_CLIENT != 0,
             queues: if b.queue_pairs == 0 { 1 } else { b.queue_pairs },
+            batch: backend::device::DEFAULT_BATCH,
             attach: None,
         };
         if spec.queues > backend::device::MAX_QUEUE_PAIRS {

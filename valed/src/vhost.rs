@@ -21,6 +21,8 @@ pub struct VhostSpec {
     pub client: bool,
     /// Queue pairs offered.
     pub queues: u16,
+    /// Most frames per forwarding batch from one TX queue.
+    pub batch: u16,
     /// Switch to attach to (`vale0`), if any.
     pub attach: Option<String>,
 }
@@ -34,10 +36,12 @@ pub fn bad_name(name: &str) -> bool {
 }
 
 impl VhostSpec {
-    /// Parses `NAME=PATH[,client][,queues=N][,attach=valeX]`.
+    /// Parses `NAME=PATH[,client][,queues=N][,batch=N][,attach=valeX]`.
     pub fn parse_arg(s: &str) -> Result<VhostSpec, String> {
         let (name, rest) = s.split_once('=').ok_or_else(|| {
-            format!("--vhost-user {s:?}: want NAME=PATH[,client][,queues=N][,attach=valeX]")
+            format!(
+                "--vhost-user {s:?}: want NAME=PATH[,client][,queues=N][,batch=N][,attach=valeX]"
+            )
         })?;
         let mut parts = rest.split(',');
         let path = parts.next().unwrap_or_default();
@@ -46,6 +50,7 @@ impl VhostSpec {
             path: PathBuf::from(path),
             client: false,
             queues: 1,
+            batch: backend::device::DEFAULT_BATCH,
             attach: None,
         };
         for p in parts {
@@ -69,6 +74,13 @@ impl VhostSpec {
                     .ok_or_else(|| {
                         format!("queues={n}: want 1..={}", backend::device::MAX_QUEUE_PAIRS)
                     })?
+            }
+            Some(("batch", n)) => {
+                self.batch = n
+                    .parse()
+                    .ok()
+                    .filter(|&b: &u16| b >= 1 && b as usize <= backend::device::MAX_BATCH)
+                    .ok_or_else(|| format!("batch={n}: want 1..={}", backend::device::MAX_BATCH))?
             }
             Some(("attach", sw)) => {
                 if !sw.starts_with("vale") || sw.len() <= 4 || sw.contains(':') {
@@ -96,7 +108,7 @@ impl VhostSpec {
     }
 
     /// Parses a config file: one port per line,
-    /// `vhost-user NAME PATH [client] [queues=N] [attach=valeX]`; `#`
+    /// `vhost-user NAME PATH [client] [queues=N] [batch=N] [attach=valeX]`; `#`
     /// starts a comment.
     pub fn parse_file(text: &str, file: &Path) -> Result<Vec<VhostSpec>, String> {
         let mut out = Vec::new();
@@ -120,6 +132,7 @@ impl VhostSpec {
                 path: path.into(),
                 client: false,
                 queues: 1,
+                batch: backend::device::DEFAULT_BATCH,
                 attach: None,
             };
             for o in w {
@@ -140,6 +153,9 @@ impl VhostSpec {
         if self.queues != 1 {
             s.push_str(&format!(" queues={}", self.queues));
         }
+        if self.batch != backend::device::DEFAULT_BATCH {
+            s.push_str(&format!(" batch={}", self.batch));
+        }
         if let Some(a) = &self.attach {
             s.push_str(&format!(" attach={a}"));
         }
@@ -155,6 +171,7 @@ impl VhostSpec {
             SocketMode::Server
         };
         c.queue_pairs = self.queues;
+        c.batch = self.batch;
         c
     }
 }
@@ -240,10 +257,17 @@ mod tests {
 
     #[test]
     fn args_and_lines() {
-        let s = VhostSpec::parse_arg("vm1=/tmp/vm1.sock,client,queues=4,attach=vale0").unwrap();
+        let s = VhostSpec::parse_arg("vm1=/tmp/vm1.sock,client,queues=4,batch=16,attach=vale0")
+            .unwrap();
         assert_eq!(s.name, "vm1");
         assert!(s.client);
         assert_eq!(s.queues, 4);
+        assert_eq!(s.batch, 16);
+        assert_eq!(s.net_config().batch, 16);
+        assert!(s.to_line().contains(" batch=16"));
+        let d = VhostSpec::parse_arg("vm2=/x").unwrap();
+        assert_eq!(d.batch, backend::device::DEFAULT_BATCH);
+        assert!(!d.to_line().contains("batch"));
         assert_eq!(s.attach.as_deref(), Some("vale0"));
         let line = s.to_line();
         let back = VhostSpec::parse_file(&line, Path::new("f")).unwrap();
@@ -255,6 +279,9 @@ mod tests {
             "vm1=",
             "vm1=/x,queues=0",
             "vm1=/x,queues=17",
+            "vm1=/x,batch=0",
+            "vm1=/x,batch=1025",
+            "vm1=/x,batch=x",
             "vm1=/x,attach=foo",
             "vm1=/x,bogus",
         ] {

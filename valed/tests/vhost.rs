@@ -226,11 +226,11 @@ fn testpmd_loop(tag: &str, queues: u16) {
     assert_eq!(attach(&v, "vale0:vma"), 0);
     assert_eq!(attach(&v, "vale0:vmb"), 0);
     let q = queues.to_string();
-    let pmd = Command::new("timeout")
+    let mut pmd = Command::new("timeout")
         .args([
             "-s",
             "INT",
-            "6",
+            "10",
             "dpdk-testpmd",
             "--no-pci",
             "--no-huge",
@@ -251,12 +251,26 @@ fn testpmd_loop(tag: &str, queues: u16) {
             "1",
         ])
         .args([format!("--rxq={q}"), format!("--txq={q}")])
-        .args(["--tx-first", "--txpkts=60"])
+        .args(["-i", "--txpkts=60"])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("run testpmd");
+    // The first bursts go out once every queue of both ports is up: with
+    // `--tx-first` they went out at link-up, and on a loaded host a burst
+    // could meet a peer RX queue the driver had not enabled yet, be
+    // dropped (counted), and leave the loop with nothing in flight.
+    let mut stdin = pmd.stdin.take().expect("testpmd stdin");
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        std::thread::sleep(Duration::from_millis(1500));
+        let _ = stdin.write_all(b"start tx_first\n");
+        std::thread::sleep(Duration::from_secs(3));
+        let _ = stdin.write_all(b"stop\nquit\n");
+    });
     let out = pmd.wait_with_output().expect("testpmd output");
+    let _ = feeder.join();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     // The last "RX-packets:" of each port in the final statistics.
     let rx: Vec<u64> = text
