@@ -278,15 +278,15 @@ fn testpmd_loop(tag: &str, queues: u16) {
         .filter(|l| l.contains("RX-packets:") && l.contains("RX-total"))
         .filter_map(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
         .collect();
+    let (sa, sb) = (stats(&v, "vale0:vma"), stats(&v, "vale0:vmb"));
     assert!(
         rx.len() >= 2 && rx[0] > 1000 && rx[1] > 1000,
-        "testpmd saw too little traffic: {rx:?}\n{}\n{}",
+        "testpmd saw too little traffic: {rx:?}\nvaled: {sa}\n{sb}\n{}\n{}",
         text,
         String::from_utf8_lossy(&out.stderr)
     );
     // valed's view balances: what one port took in went out of the other,
     // less counted drops.
-    let (sa, sb) = (stats(&v, "vale0:vma"), stats(&v, "vale0:vmb"));
     let dst_drops = ["drop_dst_full", "drop_bad_slot", "drop_offload"]
         .iter()
         .map(|k| field(&sb, k))
