@@ -230,7 +230,7 @@ fn testpmd_loop(tag: &str, queues: u16) {
         .args([
             "-s",
             "INT",
-            "10",
+            "60",
             "dpdk-testpmd",
             "--no-pci",
             "--no-huge",
@@ -243,13 +243,7 @@ fn testpmd_loop(tag: &str, queues: u16) {
         .arg(format!("net_virtio_user0,path={},queues={q}", pa.display()))
         .arg("--vdev")
         .arg(format!("net_virtio_user1,path={},queues={q}", pb.display()))
-        .args([
-            "--",
-            "--forward-mode=io",
-            "--nb-cores=1",
-            "--stats-period",
-            "1",
-        ])
+        .args(["--", "--forward-mode=io", "--nb-cores=1"])
         .args([format!("--rxq={q}"), format!("--txq={q}")])
         .args(["-i", "--txpkts=60"])
         .stdin(Stdio::piped())
@@ -257,21 +251,44 @@ fn testpmd_loop(tag: &str, queues: u16) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run testpmd");
-    // The first bursts go out once every queue of both ports is up: with
-    // `--tx-first` they went out at link-up, and on a loaded host a burst
-    // could meet a peer RX queue the driver had not enabled yet, be
-    // dropped (counted), and leave the loop with nothing in flight.
-    let mut stdin = pmd.stdin.take().expect("testpmd stdin");
-    let feeder = std::thread::spawn(move || {
-        use std::io::Write;
-        std::thread::sleep(Duration::from_millis(1500));
-        let _ = stdin.write_all(b"start tx_first\n");
-        std::thread::sleep(Duration::from_secs(3));
-        let _ = stdin.write_all(b"stop\nquit\n");
+    // Forwarding starts at testpmd's first prompt, when both ports and all
+    // their queues are up, and runs 3 s from there. Fixed delays from the
+    // spawn were wrong on a loaded host: testpmd's start-up (shared
+    // libraries, 1 GiB of memory) can take most of them, leaving a window
+    // in which only the first bursts went round once.
+    let mut stdout = pmd.stdout.take().expect("testpmd stdout");
+    let (prompt_tx, prompt_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut told = false;
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+            if !told && all.windows(9).any(|w| w == b"testpmd> ") {
+                told = true;
+                let _ = prompt_tx.send(());
+            }
+        }
+        all
     });
+    let mut stdin = pmd.stdin.take().expect("testpmd stdin");
+    {
+        use std::io::Write;
+        let ready = prompt_rx.recv_timeout(Duration::from_secs(40)).is_ok();
+        if ready {
+            let _ = stdin.write_all(b"start tx_first\n");
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        let _ = stdin.write_all(b"stop\nquit\n");
+    }
+    drop(stdin);
     let out = pmd.wait_with_output().expect("testpmd output");
-    let _ = feeder.join();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let stdout = reader.join().expect("testpmd reader");
+    let text = String::from_utf8_lossy(&stdout).to_string();
     // The last "RX-packets:" of each port in the final statistics.
     let rx: Vec<u64> = text
         .lines()
