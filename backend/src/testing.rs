@@ -1569,8 +1569,8 @@ pub fn tx(qp: u16) -> usize {
     2 * usize::from(qp) + 1
 }
 
-/// A fresh temporary directory for a rig's sockets.
-fn rig_dir(tag: &str) -> PathBuf {
+/// A fresh temporary directory (for sockets), unique per process and call.
+pub fn rig_dir(tag: &str) -> PathBuf {
     static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "vale-{tag}-{}-{}",

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use backend::testing::{frame, FakeGuest, GuestConfig};
+use backend::testing::{frame, rig_dir, FakeGuest, GuestConfig};
 use backend::{BackendError, NetConfig, NetPort};
 use vale::{Frag, Source};
 
@@ -12,7 +12,7 @@ const B: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb];
 
 #[test]
 fn a_fetch_takes_at_most_the_batch() {
-    let dir = tempdir();
+    let dir = rig_dir("batch");
     let mut cfg = NetConfig::new("p0", &dir.join("p0.sock"));
     cfg.batch = 8;
     let port = NetPort::start(cfg).expect("start");
@@ -53,7 +53,7 @@ fn a_fetch_takes_at_most_the_batch() {
 
 #[test]
 fn a_bad_batch_is_refused() {
-    let dir = tempdir();
+    let dir = rig_dir("batch");
     for b in [0u16, 1025] {
         let mut cfg = NetConfig::new("p0", &dir.join("p0.sock"));
         cfg.batch = b;
@@ -66,14 +66,4 @@ fn a_bad_batch_is_refused() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn tempdir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "vale-batch-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use backend::testing::{frame, FakeGuest, GuestConfig, GuestListener, Rig};
+use backend::testing::{frame, rig_dir, FakeGuest, GuestConfig, GuestListener, Rig};
 use backend::{NetConfig, SocketMode};
 use vale::DropReason;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
@@ -303,8 +303,7 @@ fn get_vring_base_mid_batch_loses_nothing() {
 
 #[test]
 fn client_mode_connects_and_reconnects() {
-    let dir = std::env::temp_dir().join(format!("vale-lifecycle-client-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = rig_dir("lifecycle-client");
     let vm = dir.join("vm.sock");
     let listener = GuestListener::bind(&vm).expect("bind");
     let mut client = NetConfig::new("vm", &vm);
