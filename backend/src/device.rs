@@ -1,34 +1,30 @@
-//! The vhost-user-net device: feature negotiation and the crate's trait
-//! glue ([`VhostUserBackend`]), and the port's life: listening or
-//! connecting, one fresh vhost-user session per VMM connection, the same
-//! port (and switch index) across reconnects.
+//! The vhost-user-net device: what it offers, and the port's life:
+//! listening or connecting, one fresh vhost-user [`Session`] per VMM
+//! connection, the same port (and switch index) across reconnects, and
+//! what an operator sees of it (state, last error, rate-limited logs).
 //!
 //! # Threads
-//! vhost-user-backend runs one request thread per connection and one
-//! worker thread per queue pair, which own the guests' kick eventfds. The
-//! workers do no packet work: a kick is handed to the port's [`KickHook`]
-//! (valed relays it to the forwarding thread that owns the queue). The
-//! data path is the forwarding threads' alone.
+//! Each port has one thread: it accepts (or connects), then serves the
+//! session's requests and waits on its guest's kick eventfds. It does no
+//! packet work: a kick is handed to the port's [`KickHook`] (valed relays
+//! it to the forwarding thread that owns the queue). The data path is the
+//! forwarding threads' alone.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use netmap::sys::EventFd;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::Listener;
-use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringT};
-use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
 
-use crate::queue::{
-    collect_vrings, Binding, GuestMem, Mem, QueueCtl, QueueStats, RxQueue, RxSet, TxQueue, Vring,
-    VringSlot,
-};
+use crate::conn::Conn;
+use crate::queue::{Binding, QueueCtl, QueueStats, RxQueue, RxSet, TxQueue, VringSlot};
+use crate::vhost_user::{Device, Session};
+use virtio_queue::QueueT;
 
 /// virtio-net and transport feature bits (virtio 1.2, 5.1.3).
 pub mod features {
@@ -229,10 +225,10 @@ struct DevInner {
     rx_wake: Arc<EventFd>,
     connected: AtomicBool,
     connections: AtomicU64,
+    diag: Diag,
 }
 
-/// The device as vhost-user-backend sees it; cheap to clone (one per
-/// session and worker).
+/// The device as a session sees it; cheap to clone.
 #[derive(Clone)]
 pub struct NetDevice(Arc<DevInner>);
 
@@ -266,6 +262,7 @@ impl NetDevice {
             rx_wake: Arc::new(EventFd::new()?),
             connected: AtomicBool::new(false),
             connections: AtomicU64::new(0),
+            diag: Diag::default(),
             cfg,
         })))
     }
@@ -279,31 +276,13 @@ impl NetDevice {
     }
 }
 
-impl VhostUserBackend for NetDevice {
-    type Bitmap = ();
-    type Vring = Vring;
-
-    fn num_queues(&self) -> usize {
-        2 * self.0.cfg.queue_pairs as usize
-    }
-
-    fn max_queue_size(&self) -> usize {
-        self.0.cfg.queue_size as usize
-    }
-
+impl Device for NetDevice {
     fn features(&self) -> u64 {
         if self.0.cfg.queue_pairs > 1 {
             features::OFFERED
         } else {
             features::OFFERED & !features::MQ
         }
-    }
-
-    fn acked_features(&self, f: u64) {
-        self.0.acked.store(f, Ordering::Release);
-        self.0
-            .mrg
-            .store(f & features::MRG_RXBUF != 0, Ordering::Release);
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -315,67 +294,150 @@ impl VhostUserBackend for NetDevice {
         p
     }
 
-    fn set_event_idx(&self, _enabled: bool) {
-        // The queues track it themselves (set_queue_event_idx).
+    fn num_queues(&self) -> usize {
+        2 * self.0.cfg.queue_pairs as usize
     }
 
-    fn update_memory(&self, _mem: GuestMem) -> std::io::Result<()> {
-        // The session's GuestMemoryAtomic was swapped in place; batches in
-        // flight keep the old map through their load guard.
-        Ok(())
+    fn max_queue_size(&self) -> u16 {
+        self.0.cfg.queue_size
     }
 
-    fn queues_per_thread(&self) -> Vec<u64> {
-        (0..self.0.cfg.queue_pairs)
-            .map(|p| 0b11u64 << (2 * p))
-            .collect()
+    fn set_acked_features(&self, f: u64) {
+        self.0.acked.store(f, Ordering::Release);
+        self.0
+            .mrg
+            .store(f & features::MRG_RXBUF != 0, Ordering::Release);
     }
 
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
-    }
-
-    fn stop_vring(&self, queue_index: u32) -> std::io::Result<()> {
-        // GET_VRING_BASE: the queue is already marked not ready; wait for
-        // its forwarding thread to finish the batch it may be in, so the
-        // base we report counts every chain as returned.
-        if let Some(ctl) = self.0.ctls.get(queue_index as usize) {
+    fn quiesce(&self, q: usize) {
+        // The queue is already marked not ready: wait for its forwarding
+        // thread to finish the batch it may be in, so the base we report
+        // counts every chain as returned.
+        if let Some(ctl) = self.0.ctls.get(q) {
             if !ctl.quiesce(Duration::from_secs(2)) {
                 tracing::warn!(
                     port = self.0.cfg.name,
-                    queue_index,
-                    "stop_vring: forwarding thread did not leave its batch in 2 s"
+                    queue = q,
+                    "forwarding thread did not leave its batch in 2 s"
                 );
             }
         }
-        Ok(())
     }
 
-    fn handle_event(
-        &self,
-        device_event: u16,
-        _evset: EventSet,
-        _vrings: &[Vring],
-        thread_id: usize,
-    ) -> std::io::Result<()> {
-        let pair = thread_id as u16;
-        match device_event {
-            0 => {
-                let _ = self.0.rx_wake.kick();
-                self.hook().rx_kick(pair);
-            }
-            1 => self.hook().tx_kick(pair),
-            _ => {}
+    fn kick(&self, q: usize) {
+        let pair = (q / 2) as u16;
+        if q % 2 == 0 {
+            let _ = self.0.rx_wake.kick();
+            self.hook().rx_kick(pair);
+        } else {
+            self.hook().tx_kick(pair);
         }
-        Ok(())
+    }
+
+    fn refused(&self, what: &str) {
+        self.0.diag.error(&self.0.cfg.name, what);
+    }
+}
+
+/// Where a port's connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PortState {
+    /// No VMM: listening (server mode) or connecting (client mode).
+    #[default]
+    Waiting,
+    /// A VMM is connected; no queue runs yet (or the driver stopped them).
+    Negotiating,
+    /// At least one queue runs.
+    Running,
+}
+
+impl PortState {
+    /// As `vale-ctl --stats` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortState::Waiting => "waiting",
+            PortState::Negotiating => "negotiating",
+            PortState::Running => "running",
+        }
+    }
+}
+
+/// A port's last error, and the rate limit on logging them: a VMM that
+/// reconnects every second into the same failure logs it once a minute
+/// (with a count), not three lines a second.
+#[derive(Debug, Default)]
+struct Diag {
+    inner: Mutex<DiagInner>,
+}
+
+#[derive(Debug, Default)]
+struct DiagInner {
+    last: Option<(String, SystemTime)>,
+    logged: Option<(String, Instant)>,
+    repeats: u64,
+}
+
+/// The same error is logged again at most this often.
+const LOG_EVERY: Duration = Duration::from_secs(60);
+
+impl Diag {
+    /// Records `msg`; logs it at WARN unless it is a repeat inside the
+    /// window. Returns whether it was logged.
+    fn error(&self, port: &str, msg: &str) -> bool {
+        let mut d = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        d.last = Some((msg.to_string(), SystemTime::now()));
+        let repeat = matches!(&d.logged, Some((m, t)) if m == msg && t.elapsed() < LOG_EVERY);
+        if repeat {
+            d.repeats += 1;
+            tracing::debug!(port, "{msg}");
+            return false;
+        }
+        if d.repeats > 0 {
+            tracing::warn!(
+                port,
+                "{msg} (the same error {} more times since last logged)",
+                d.repeats
+            );
+        } else {
+            tracing::warn!(port, "{msg}");
+        }
+        d.logged = Some((msg.to_string(), Instant::now()));
+        d.repeats = 0;
+        true
+    }
+
+    /// Whether the last error logged is recent (to quieten the lines
+    /// around a repeating failure).
+    fn failing(&self) -> bool {
+        let d = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        matches!(&d.logged, Some((_, t)) if t.elapsed() < LOG_EVERY)
+    }
+
+    fn last(&self) -> Option<(String, SystemTime)> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last
+            .clone()
     }
 }
 
 /// Counters of a port, beyond the switch's.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NetPortStats {
     /// Whether a VMM is connected now.
     pub connected: bool,
+    /// Where the connection stands.
+    pub state: PortState,
+    /// Queues (RX and TX) running.
+    pub queues_running: usize,
+    /// The last error: a refused request or why a session ended.
+    pub last_error: Option<String>,
+    /// When it happened (seconds since the epoch).
+    pub last_error_at: Option<u64>,
+    /// Frames for the guest dropped: no queue running (no VMM, or the
+    /// driver has not started the device).
+    pub not_running: u64,
     /// VMM connections so far.
     pub connections: u64,
     /// Acked virtio features.
@@ -394,7 +456,6 @@ pub struct NetPortStats {
 pub struct NetPort {
     dev: NetDevice,
     stop: Arc<EventFd>,
-    session: Arc<Mutex<Option<vhost_user_backend::ShutdownHandle>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -413,7 +474,6 @@ impl NetPort {
     pub fn start(cfg: NetConfig) -> Result<NetPort, BackendError> {
         let dev = NetDevice::new(cfg.clone())?;
         let stop = Arc::new(EventFd::new()?);
-        let session = Arc::new(Mutex::new(None));
         let listener = match cfg.mode {
             SocketMode::Server => {
                 Some(
@@ -425,14 +485,13 @@ impl NetPort {
             }
             SocketMode::Client => None,
         };
-        let (d2, s2, st2) = (dev.clone(), stop.clone(), session.clone());
+        let (d2, s2) = (dev.clone(), stop.clone());
         let thread = std::thread::Builder::new()
             .name(format!("vhost-{}", cfg.name))
-            .spawn(move || serve(d2, listener, &s2, &st2))?;
+            .spawn(move || serve(d2, listener, &s2))?;
         Ok(NetPort {
             dev,
             stop,
-            session,
             thread: Some(thread),
         })
     }
@@ -497,8 +556,17 @@ impl NetPort {
     /// Counters.
     pub fn stats(&self) -> NetPortStats {
         let s = &self.dev.0.stats;
+        let last = self.dev.0.diag.last();
         NetPortStats {
             connected: self.dev.0.connected.load(Ordering::Relaxed),
+            state: self.state(),
+            queues_running: self.queues_running(),
+            last_error_at: last.as_ref().map(|(_, t)| {
+                t.duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            }),
+            last_error: last.map(|(m, _)| m),
+            not_running: s.not_running.load(Ordering::Relaxed),
             connections: self.dev.0.connections.load(Ordering::Relaxed),
             acked_features: self.dev.0.acked.load(Ordering::Relaxed),
             bad_chains: s.bad_chains(),
@@ -511,19 +579,37 @@ impl NetPort {
     pub fn connected(&self) -> bool {
         self.dev.0.connected.load(Ordering::Acquire)
     }
+
+    /// Where the connection stands.
+    pub fn state(&self) -> PortState {
+        if !self.connected() {
+            PortState::Waiting
+        } else if self.queues_running() > 0 {
+            PortState::Running
+        } else {
+            PortState::Negotiating
+        }
+    }
+
+    /// Queues (RX and TX) started and enabled now.
+    pub fn queues_running(&self) -> usize {
+        self.dev
+            .0
+            .slots
+            .iter()
+            .filter(|s| {
+                s.get().is_some_and(|b| {
+                    let st = b.vring.get_ref();
+                    st.get_queue().ready() && st.is_enabled()
+                })
+            })
+            .count()
+    }
 }
 
 impl Drop for NetPort {
     fn drop(&mut self) {
         let _ = self.stop.kick();
-        if let Some(h) = self
-            .session
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            h.shutdown();
-        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -541,80 +627,103 @@ fn wait_readable(fd: Option<BorrowedFd<'_>>, stop: &EventFd, timeout: Option<Dur
     !fds[0].revents.is_empty()
 }
 
-fn serve(
-    dev: NetDevice,
-    mut listener: Option<Listener>,
-    stop: &EventFd,
-    session: &Mutex<Option<vhost_user_backend::ShutdownHandle>>,
-) {
+fn serve(dev: NetDevice, listener: Option<Listener>, stop: &EventFd) {
     let name = dev.0.cfg.name.clone();
     loop {
-        if let Some(l) = &listener {
-            // SAFETY: the listener outlives this borrow (it is only
-            // used for the poll below).
-            let fd = unsafe { BorrowedFd::borrow_raw(l.as_raw_fd()) };
-            if wait_readable(Some(fd), stop, None) {
-                break;
-            }
-        } else if wait_readable(None, stop, Some(Duration::from_millis(0))) {
-            break;
-        }
-        // A fresh session per connection: vhost-user-backend keeps owner
-        // and feature state per handler, and a VMM that reconnects starts
-        // the protocol from the top.
-        let mem = GuestMem::new(Mem::new());
-        let (made, vrings) =
-            collect_vrings(|| VhostUserDaemon::new(name.clone(), dev.clone(), mem.clone()));
-        let mut daemon = match made {
-            Ok(d) => {
-                // The session's queues are known now, before the VMM says a
-                // word: publish them so frames sent right after the queues
-                // are enabled find them.
-                for (q, v) in vrings.into_iter().enumerate() {
-                    if let Some(slot) = dev.0.slots.get(q) {
-                        slot.set(Some(Binding {
-                            vring: v,
-                            mem: mem.clone(),
-                        }));
-                    }
-                }
-                d
-            }
-            Err(e) => {
-                tracing::error!(port = name, "cannot create vhost-user session: {e}");
-                if wait_readable(None, stop, Some(Duration::from_secs(1))) {
+        let stream = match &listener {
+            Some(l) => {
+                // SAFETY: the listener outlives this borrow (it is only
+                // used for the poll below).
+                let fd = unsafe { BorrowedFd::borrow_raw(l.as_raw_fd()) };
+                if wait_readable(Some(fd), stop, None) {
                     break;
                 }
-                continue;
+                match l.accept() {
+                    Ok(Some(s)) => s,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        dev.0.diag.error(&name, &format!("accept: {e}"));
+                        if wait_readable(None, stop, Some(Duration::from_secs(1))) {
+                            break;
+                        }
+                        continue;
+                    }
+                }
             }
+            None => match UnixStream::connect(&dev.0.cfg.socket) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(port = name, "connecting to {:?}: {e}", dev.0.cfg.socket);
+                    if wait_readable(None, stop, Some(Duration::from_secs(1))) {
+                        break;
+                    }
+                    continue;
+                }
+            },
         };
-        let started = match &mut listener {
-            Some(l) => daemon.start(l).map_err(|e| e.to_string()),
-            None => daemon
-                .start_client(&dev.0.cfg.socket.to_string_lossy())
-                .map_err(|e| e.to_string()),
-        };
-        if let Err(e) = started {
-            tracing::debug!(port = name, "vhost-user connection failed: {e}");
-            drop(daemon);
-            if wait_readable(None, stop, Some(Duration::from_secs(1))) {
-                break;
-            }
-            continue;
+        if session(&dev, stream, stop) {
+            break;
         }
-        dev.0.connected.store(true, Ordering::Release);
-        dev.0.connections.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(port = name, "VMM connected");
-        *session.lock().unwrap_or_else(|e| e.into_inner()) = daemon.shutdown_handle();
-        if let Err(e) = daemon.wait() {
-            tracing::info!(port = name, "vhost-user session ended: {e}");
-        }
-        session.lock().unwrap_or_else(|e| e.into_inner()).take();
-        disconnect(&dev);
-        drop(daemon);
-        tracing::info!(port = name, "VMM disconnected");
     }
     disconnect(&dev);
+}
+
+/// Serves one VMM connection; true if the port is being stopped.
+fn session(dev: &NetDevice, stream: UnixStream, stop: &EventFd) -> bool {
+    let name = &dev.0.cfg.name;
+    // A fresh session per connection: a VMM that reconnects starts the
+    // protocol from the top.
+    let mut s = match Session::new(dev, Conn::new(stream)) {
+        Ok(s) => s,
+        Err(e) => {
+            dev.0
+                .diag
+                .error(name, &format!("cannot start a vhost-user session: {e}"));
+            return wait_readable(None, stop, Some(Duration::from_secs(1)));
+        }
+    };
+    // The session's queues are known now, before the VMM says a word:
+    // publish them so frames sent right after the queues are enabled find
+    // them.
+    for (q, v) in s.vrings().iter().enumerate() {
+        if let Some(slot) = dev.0.slots.get(q) {
+            slot.set(Some(Binding {
+                vring: v.clone(),
+                mem: s.guest_mem().clone(),
+            }));
+        }
+    }
+    let quiet = dev.0.diag.failing();
+    dev.0.connected.store(true, Ordering::Release);
+    dev.0.connections.fetch_add(1, Ordering::Relaxed);
+    if quiet {
+        tracing::debug!(port = name, "VMM connected");
+    } else {
+        tracing::info!(port = name, "VMM connected");
+    }
+    let r = s.run(stop);
+    let stopping = r.is_ok();
+    match r {
+        Ok(()) => {}
+        Err(e) if e.is_closed() => {
+            if dev.0.diag.failing() {
+                tracing::debug!(port = name, "VMM disconnected");
+            } else {
+                tracing::info!(port = name, "VMM disconnected");
+            }
+        }
+        Err(e) => {
+            dev.0
+                .diag
+                .error(name, &format!("vhost-user session ended: {e}"));
+        }
+    }
+    // Stop every queue and wait for the forwarding threads to leave their
+    // batches before the session's memory goes.
+    s.shutdown();
+    disconnect(dev);
+    drop(s);
+    stopping
 }
 
 /// The VMM went away: stop every queue, wait for the forwarding threads to

@@ -12,14 +12,13 @@
 
 use std::num::Wrapping;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use netmap::sys::EventFd;
 use vale::frag::{DstBuf, Frag};
 use vale::{Arm, FrameCursor, Push, Sink, Source};
-use vhost_user_backend::{VringRwLock, VringT};
-use virtio_queue::QueueT;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
 
 use crate::chain::{rx_bufs, tx_frags, ChainError};
@@ -29,111 +28,96 @@ use crate::vring::{HostMap, Ring};
 pub type Mem = GuestMemoryMmap<()>;
 /// The atomically swappable guest memory map.
 pub type GuestMem = GuestMemoryAtomic<Mem>;
-/// A virtqueue as vhost-user-backend keeps it: its `VringRwLock`, which
-/// also tells [`collect_vrings`] it was made, so a port learns its
-/// session's queues when the session is created rather than at the first
-/// kick (a frame sent before that would find no queue).
-#[derive(Clone)]
-pub struct Vring(VringRwLock<GuestMem>);
 
-impl std::fmt::Debug for Vring {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vring").finish_non_exhaustive()
+/// A virtqueue's state between batches: virtio-queue's `Queue` (size,
+/// ring addresses, next_avail/next_used, EVENT_IDX), whether the driver
+/// enabled it, and the eventfd that interrupts it. The session
+/// ([`crate::vhost_user`]) configures it; the forwarding thread that owns
+/// the queue reads it at a batch start and writes the indexes back at the
+/// end. The kick eventfd is not here: the session's thread owns it.
+#[derive(Debug)]
+pub struct VringState {
+    queue: Queue,
+    enabled: bool,
+    call: Option<EventFd>,
+}
+
+impl VringState {
+    /// The queue.
+    pub fn get_queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// The queue, to change.
+    pub fn get_queue_mut(&mut self) -> &mut Queue {
+        &mut self.queue
+    }
+
+    /// Whether the driver enabled it (SET_VRING_ENABLE, or a kick
+    /// without PROTOCOL_FEATURES).
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Sets the enable bit.
+    pub fn set_enabled(&mut self, on: bool) {
+        self.enabled = on;
+    }
+
+    /// Sets the call eventfd (None: the driver polls).
+    pub fn set_call(&mut self, call: Option<EventFd>) {
+        self.call = call;
+    }
+
+    /// Interrupts the driver. The eventfd is shared with the VMM, which
+    /// may have made it blocking: written only when that cannot block.
+    pub fn signal_used_queue(&self) -> std::io::Result<()> {
+        match &self.call {
+            Some(c) => c.kick_untrusted(),
+            None => Ok(()),
+        }
     }
 }
 
-thread_local! {
-    static NEW_VRINGS: std::cell::RefCell<Option<Vec<Vring>>> = const { std::cell::RefCell::new(None) };
-}
+/// A virtqueue, shared between the session and the forwarding thread
+/// that owns it (a reconnecting VMM gets fresh ones).
+#[derive(Clone, Debug)]
+pub struct Vring(Arc<RwLock<VringState>>);
 
-/// Runs `f` (which creates a vhost-user session on this thread) and
-/// returns the vrings it created, in queue order.
-pub fn collect_vrings<R>(f: impl FnOnce() -> R) -> (R, Vec<Vring>) {
-    NEW_VRINGS.with(|c| *c.borrow_mut() = Some(Vec::new()));
-    let r = f();
-    let v = NEW_VRINGS
-        .with(|c| c.borrow_mut().take())
-        .unwrap_or_default();
-    (r, v)
-}
+impl Vring {
+    /// A queue of at most `max_size` entries, not ready, not enabled.
+    pub fn new(max_size: u16) -> Vring {
+        let queue = match Queue::new(max_size) {
+            Ok(q) => q,
+            // virtio-queue refuses sizes that are not powers of two; the
+            // port's settings were checked, so this is a smaller default.
+            Err(_) => Queue::new(256).unwrap_or_else(|_| unreachable!("256 is a power of two")),
+        };
+        Vring(Arc::new(RwLock::new(VringState {
+            queue,
+            enabled: false,
+            call: None,
+        })))
+    }
 
-impl<'a> vhost_user_backend::VringStateGuard<'a, GuestMem> for Vring {
-    type G = std::sync::RwLockReadGuard<'a, vhost_user_backend::VringState<GuestMem>>;
-}
+    /// Reads the state.
+    pub fn get_ref(&self) -> RwLockReadGuard<'_, VringState> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
 
-impl<'a> vhost_user_backend::VringStateMutGuard<'a, GuestMem> for Vring {
-    type G = std::sync::RwLockWriteGuard<'a, vhost_user_backend::VringState<GuestMem>>;
-}
+    /// Changes the state.
+    pub fn get_mut(&self) -> RwLockWriteGuard<'_, VringState> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
+    }
 
-impl VringT<GuestMem> for Vring {
-    fn new(mem: GuestMem, max_queue_size: u16) -> Result<Self, virtio_queue::Error> {
-        let v = Vring(VringRwLock::new(mem, max_queue_size)?);
-        NEW_VRINGS.with(|c| {
-            if let Some(list) = c.borrow_mut().as_mut() {
-                list.push(v.clone());
-            }
-        });
-        Ok(v)
+    /// Marks the queue ready or not.
+    pub fn set_queue_ready(&self, ready: bool) {
+        self.get_mut().queue.set_ready(ready);
     }
-    fn get_ref(&self) -> <Self as vhost_user_backend::VringStateGuard<'_, GuestMem>>::G {
-        self.0.get_ref()
-    }
-    fn get_mut(&self) -> <Self as vhost_user_backend::VringStateMutGuard<'_, GuestMem>>::G {
-        self.0.get_mut()
-    }
-    fn add_used(&self, desc_index: u16, len: u32) -> Result<(), virtio_queue::Error> {
-        self.0.add_used(desc_index, len)
-    }
-    fn signal_used_queue(&self) -> std::io::Result<()> {
-        self.0.signal_used_queue()
-    }
-    fn enable_notification(&self) -> Result<bool, virtio_queue::Error> {
-        self.0.enable_notification()
-    }
-    fn disable_notification(&self) -> Result<(), virtio_queue::Error> {
-        self.0.disable_notification()
-    }
-    fn needs_notification(&self) -> Result<bool, virtio_queue::Error> {
-        self.0.needs_notification()
-    }
-    fn set_enabled(&self, enabled: bool) {
-        self.0.set_enabled(enabled)
-    }
-    fn set_queue_info(&self, desc: u64, avail: u64, used: u64) -> Result<(), virtio_queue::Error> {
-        self.0.set_queue_info(desc, avail, used)
-    }
-    fn queue_next_avail(&self) -> u16 {
-        self.0.queue_next_avail()
-    }
-    fn set_queue_next_avail(&self, base: u16) {
-        self.0.set_queue_next_avail(base)
-    }
-    fn set_queue_next_used(&self, idx: u16) {
-        self.0.set_queue_next_used(idx)
-    }
-    fn queue_used_idx(&self) -> Result<u16, virtio_queue::Error> {
-        self.0.queue_used_idx()
-    }
-    fn set_queue_size(&self, num: u16) {
-        self.0.set_queue_size(num)
-    }
-    fn set_queue_event_idx(&self, enabled: bool) {
-        self.0.set_queue_event_idx(enabled)
-    }
-    fn set_queue_ready(&self, ready: bool) {
-        self.0.set_queue_ready(ready)
-    }
-    fn set_kick(&self, file: Option<std::fs::File>) {
-        self.0.set_kick(file)
-    }
-    fn read_kick(&self) -> std::io::Result<bool> {
-        self.0.read_kick()
-    }
-    fn set_call(&self, file: Option<std::fs::File>) {
-        self.0.set_call(file)
-    }
-    fn set_err(&self, file: Option<std::fs::File>) {
-        self.0.set_err(file)
+
+    /// Sets the enable bit.
+    pub fn set_enabled(&self, on: bool) {
+        self.get_mut().enabled = on;
     }
 }
 
@@ -180,6 +164,9 @@ pub struct QueueStats {
     pub too_big: AtomicU64,
     /// Frames for this guest dropped because it had no RX buffer posted.
     pub no_rx_buffer: AtomicU64,
+    /// Frames for this guest dropped because no RX queue was running (no
+    /// VMM connected, or the driver had not started the device).
+    pub not_running: AtomicU64,
     /// Frames for this guest dropped because its buffers were too small
     /// (without mergeable RX buffers).
     pub rx_too_small: AtomicU64,
@@ -955,8 +942,11 @@ impl Sink for RxSet {
         match self.pick(frags, skip) {
             Some(i) => self.queues[i].push(frags, skip, hdr),
             None => {
+                // No queue is running: the VMM is not connected, or the
+                // driver has not started (or has stopped) the device. Not
+                // the same trouble as a guest slow to post buffers.
                 if let Some(q) = self.queues.first() {
-                    q.stats.no_rx_buffer.fetch_add(1, Ordering::Relaxed);
+                    q.stats.not_running.fetch_add(1, Ordering::Relaxed);
                 }
                 Push::Full
             }

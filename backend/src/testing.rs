@@ -85,6 +85,25 @@ pub struct GuestConfig {
     pub region_gap: u64,
     /// More virtio feature bits to ack if offered (CSUM, GUEST_CSUM, TSO...).
     pub features_extra: u64,
+    /// The order of the set-up messages.
+    pub handshake: Handshake,
+}
+
+/// The order in which the fake guest sets the device up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Handshake {
+    /// The `vhost` crate's frontend order: features first, then memory,
+    /// then each queue, then SET_VRING_ENABLE.
+    #[default]
+    Crate,
+    /// QEMU 7.2's order, as recorded in `shared/qemu-7.2-vhost-user-trace.txt`:
+    /// SET_VRING_CALL/ERR and rounds of SET_VRING_ENABLE before
+    /// SET_FEATURES; memory by ADD_MEM_REG, repeated (same region) for
+    /// every queue pair; SET_FEATURES repeated per pair; kicks without any
+    /// SET_VRING_ENABLE after them for one pair, a final enable round for
+    /// several. Sent raw (the crate's frontend refuses that order); the
+    /// frontend object is kept for later requests that need no features.
+    Qemu72,
 }
 
 impl Default for GuestConfig {
@@ -99,6 +118,7 @@ impl Default for GuestConfig {
             regions: 1,
             region_gap: 0,
             features_extra: 0,
+            handshake: Handshake::Crate,
         }
     }
 }
@@ -445,6 +465,75 @@ fn poll_in(fd: i32, timeout: Duration) -> bool {
     r > 0 && pfd.revents & libc::POLLIN != 0
 }
 
+/// Header flag: the frontend wants an ack (REPLY_ACK).
+const NEED_REPLY: u32 = 0x8;
+
+/// vhost-user messages written by hand, for orders the `vhost` crate's
+/// frontend will not send.
+struct RawFrontend {
+    sock: UnixStream,
+}
+
+impl RawFrontend {
+    fn send(
+        &mut self,
+        req: vhost::vhost_user::message::FrontendReq,
+        flags: u32,
+        body: &[u8],
+        fds: &[i32],
+    ) -> io::Result<()> {
+        let mut m = Vec::with_capacity(12 + body.len());
+        m.extend_from_slice(&u32::from(req).to_le_bytes());
+        m.extend_from_slice(&(1 | flags).to_le_bytes());
+        m.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        m.extend_from_slice(body);
+        // SAFETY: the fds are the fake guest's own, open for the call.
+        let owned: Vec<_> = fds
+            .iter()
+            .map(|&fd| unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
+            .collect();
+        let n = netmap::sys::send_with_fds(&self.sock, &m, &owned)?;
+        if n != m.len() {
+            use std::io::Write;
+            self.sock.write_all(&m[n..])?;
+        }
+        Ok(())
+    }
+
+    fn reply_u64(&mut self, req: vhost::vhost_user::message::FrontendReq) -> io::Result<u64> {
+        use std::io::Read;
+        let mut hdr = [0u8; 12];
+        self.sock.read_exact(&mut hdr)?;
+        let code = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
+        let size = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]);
+        if code != u32::from(req) || size != 8 {
+            return Err(io::Error::other(format!(
+                "reply to {req:?}: code {code} size {size}"
+            )));
+        }
+        let mut v = [0u8; 8];
+        self.sock.read_exact(&mut v)?;
+        Ok(u64::from_le_bytes(v))
+    }
+
+    fn get_u64(&mut self, req: vhost::vhost_user::message::FrontendReq) -> io::Result<u64> {
+        self.send(req, 0, &[], &[])?;
+        self.reply_u64(req)
+    }
+
+    fn vring_state(
+        &mut self,
+        req: vhost::vhost_user::message::FrontendReq,
+        q: usize,
+        num: u32,
+    ) -> io::Result<()> {
+        let mut b = Vec::with_capacity(8);
+        b.extend_from_slice(&(q as u32).to_le_bytes());
+        b.extend_from_slice(&num.to_le_bytes());
+        self.send(req, 0, &b, &[])
+    }
+}
+
 /// `vring_need_event()` from the virtio spec.
 fn need_event(event: u16, new: u16, old: u16) -> bool {
     new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
@@ -545,6 +634,9 @@ impl FakeGuest {
     /// The handshake. `fresh`: vring bases are 0; otherwise (reconnection)
     /// each base is the used idx currently in guest memory.
     fn setup(&mut self, stream: UnixStream, fresh: bool) -> io::Result<()> {
+        if self.cfg.handshake == Handshake::Qemu72 {
+            return self.setup_qemu72(stream, fresh);
+        }
         let nq = self.queues.len();
         let mut fe = Frontend::from_stream(stream, nq as u64);
 
@@ -557,22 +649,7 @@ impl FakeGuest {
                 "backend does not offer VIRTIO_F_VERSION_1",
             ));
         }
-        let mut want = (1u64 << VIRTIO_F_VERSION_1)
-            | (1 << VHOST_USER_F_PROTOCOL_FEATURES)
-            | self.cfg.features_extra;
-        if self.cfg.mrg_rxbuf {
-            want |= 1 << VIRTIO_NET_F_MRG_RXBUF;
-        }
-        if self.cfg.event_idx {
-            want |= 1 << VIRTIO_RING_F_EVENT_IDX;
-        }
-        if self.cfg.indirect {
-            want |= 1 << VIRTIO_RING_F_INDIRECT_DESC;
-        }
-        if self.cfg.queue_pairs > 1 {
-            want |= 1 << VIRTIO_NET_F_MQ;
-        }
-        let acked = offered & want;
+        let acked = self.want(offered);
         if self.cfg.queue_pairs > 1 && acked & (1 << VIRTIO_NET_F_MQ) == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -661,6 +738,145 @@ impl FakeGuest {
         self.event_idx = acked & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         self.use_indirect = acked & (1 << VIRTIO_RING_F_INDIRECT_DESC) != 0;
         self.frontend = Some(fe);
+        Ok(())
+    }
+
+    /// The features this guest acks out of `offered`.
+    fn want(&self, offered: u64) -> u64 {
+        let mut want = (1u64 << VIRTIO_F_VERSION_1)
+            | (1 << VHOST_USER_F_PROTOCOL_FEATURES)
+            | self.cfg.features_extra;
+        if self.cfg.mrg_rxbuf {
+            want |= 1 << VIRTIO_NET_F_MRG_RXBUF;
+        }
+        if self.cfg.event_idx {
+            want |= 1 << VIRTIO_RING_F_EVENT_IDX;
+        }
+        if self.cfg.indirect {
+            want |= 1 << VIRTIO_RING_F_INDIRECT_DESC;
+        }
+        if self.cfg.queue_pairs > 1 {
+            want |= 1 << VIRTIO_NET_F_MQ;
+        }
+        offered & want
+    }
+
+    /// [`Handshake::Qemu72`], message for message.
+    fn setup_qemu72(&mut self, stream: UnixStream, fresh: bool) -> io::Result<()> {
+        use vhost::vhost_user::message::FrontendReq as R;
+        let mut raw = RawFrontend {
+            sock: stream.try_clone()?,
+        };
+        let nq = self.queues.len();
+        let pairs = nq / 2;
+        let offered = raw.get_u64(R::GET_FEATURES)?;
+        let proto = raw.get_u64(R::GET_PROTOCOL_FEATURES)?;
+        let ack_proto = proto
+            & (VhostUserProtocolFeatures::MQ
+                | VhostUserProtocolFeatures::REPLY_ACK
+                | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
+                .bits();
+        raw.send(R::SET_PROTOCOL_FEATURES, 0, &ack_proto.to_le_bytes(), &[])?;
+        if pairs > 1 {
+            let max = raw.get_u64(R::GET_QUEUE_NUM)?;
+            if max < nq as u64 {
+                return Err(io::Error::other(format!("backend has {max} queues")));
+            }
+        }
+        raw.get_u64(R::GET_MAX_MEM_SLOTS)?;
+        raw.send(R::SET_OWNER, 0, &[], &[])?;
+        let acked = self.want(offered);
+        let err_fd = EventFd::new(libc::EFD_NONBLOCK)?;
+        for p in 0..pairs {
+            if p > 0 {
+                raw.get_u64(R::GET_FEATURES)?;
+                raw.get_u64(R::GET_PROTOCOL_FEATURES)?;
+                raw.send(R::SET_PROTOCOL_FEATURES, 0, &ack_proto.to_le_bytes(), &[])?;
+                raw.get_u64(R::GET_MAX_MEM_SLOTS)?;
+            }
+            raw.get_u64(R::GET_FEATURES)?;
+            for q in [2 * p, 2 * p + 1] {
+                let idx = (q as u64).to_le_bytes();
+                raw.send(
+                    R::SET_VRING_CALL,
+                    0,
+                    &idx,
+                    &[self.queues[q].call.as_raw_fd()],
+                )?;
+                raw.send(R::SET_VRING_ERR, 0, &idx, &[err_fd.as_raw_fd()])?;
+            }
+        }
+        // Enable rounds before SET_FEATURES: pair 0 on, the others off.
+        for _ in 0..5 {
+            for q in 0..nq {
+                raw.vring_state(R::SET_VRING_ENABLE, q, u32::from(q < 2))?;
+            }
+        }
+        let regions = self.region_infos()?;
+        for p in 0..pairs {
+            raw.send(R::SET_FEATURES, 0, &acked.to_le_bytes(), &[])?;
+            for r in &regions {
+                let mut body = Vec::with_capacity(40);
+                body.extend_from_slice(&0u64.to_le_bytes());
+                for v in [
+                    r.guest_phys_addr,
+                    r.memory_size,
+                    r.userspace_addr,
+                    r.mmap_offset,
+                ] {
+                    body.extend_from_slice(&v.to_le_bytes());
+                }
+                raw.send(R::ADD_MEM_REG, NEED_REPLY, &body, &[r.mmap_handle])?;
+                let ack = raw.reply_u64(R::ADD_MEM_REG)?;
+                if ack != 0 {
+                    return Err(io::Error::other(format!("ADD_MEM_REG refused ({ack})")));
+                }
+            }
+            for q in [2 * p, 2 * p + 1] {
+                let base = if fresh {
+                    0
+                } else {
+                    u16::from_le(
+                        self.mem
+                            .load(GuestAddress(self.queues[q].used + 2), Ordering::Acquire)
+                            .map_err(io::Error::other)?,
+                    )
+                };
+                let vq = &self.queues[q];
+                raw.vring_state(R::SET_VRING_NUM, q, u32::from(vq.size))?;
+                raw.vring_state(R::SET_VRING_BASE, q, u32::from(base))?;
+                let mut addr = Vec::with_capacity(40);
+                addr.extend_from_slice(&(q as u32).to_le_bytes());
+                addr.extend_from_slice(&0u32.to_le_bytes());
+                for v in [
+                    self.hva(vq.desc)?,
+                    self.hva(vq.used)?,
+                    self.hva(vq.avail)?,
+                    0,
+                ] {
+                    addr.extend_from_slice(&v.to_le_bytes());
+                }
+                raw.send(R::SET_VRING_ADDR, 0, &addr, &[])?;
+                let idx = (q as u64).to_le_bytes();
+                raw.send(R::SET_VRING_KICK, 0, &idx, &[vq.kick.as_raw_fd()])?;
+                raw.send(R::SET_VRING_CALL, 0, &idx, &[vq.call.as_raw_fd()])?;
+            }
+        }
+        if pairs > 1 {
+            for on in [false, true] {
+                for q in 0..nq {
+                    raw.vring_state(R::SET_VRING_ENABLE, q, u32::from(on || q < 2))?;
+                }
+            }
+        }
+        self.offered_features = offered;
+        self.acked_features = acked;
+        self.offered_protocol = proto;
+        self.acked_protocol = ack_proto;
+        self.mrg = acked & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
+        self.event_idx = acked & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        self.use_indirect = acked & (1 << VIRTIO_RING_F_INDIRECT_DESC) != 0;
+        self.frontend = Some(Frontend::from_stream(stream, nq as u64));
         Ok(())
     }
 

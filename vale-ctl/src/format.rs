@@ -193,14 +193,43 @@ pub fn stats_table(doc: &str) -> Result<String, StatsError> {
 }
 
 /// A counter for the table: as valed wrote it, but feature bits in hex.
+/// (`last_error_at`, seconds since the epoch, as UTC; strings with spaces
+/// quoted.)
 fn stat_value(key: &str, v: &Json) -> String {
     match v {
         Json::Number(n) if key == "acked_features" => match n.parse::<u64>() {
             Ok(bits) => format!("{bits:#x}"),
             Err(_) => n.clone(),
         },
+        Json::Number(n) if key.ends_with("_at") => match n.parse::<u64>() {
+            Ok(t) => utc(t),
+            Err(_) => n.clone(),
+        },
+        Json::String(s) if s.contains([' ', '"', '=']) || s.is_empty() => json_string(s),
         _ => v.display_scalar().to_owned(),
     }
+}
+
+/// `secs` since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (the civil calendar from
+/// a day count, proleptic Gregorian).
+fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// `--stats --json`: valed's document unchanged, newline-terminated.
@@ -373,6 +402,19 @@ mod tests {
              bad_chains=0 no_rx_buffer=7 rx_too_small=0\n\
              vale0:v0 port_idx=1 in_packets=0\n"
         );
+        // A port that failed: its last error quoted, its time in UTC.
+        let doc = r#"{"ports":[{"name":"vale0:vm2","vhost_user":{"state":"waiting",
+            "last_error":"vhost-user session ended: SET_FEATURES acks GUEST_UFO (0x400), never offered",
+            "last_error_at":1796428800,"not_running":3}}]}"#;
+        assert_eq!(
+            stats_table(doc).unwrap(),
+            "vale0:vm2\n\
+             \x20 vhost_user state=waiting last_error=\"vhost-user session ended: SET_FEATURES \
+             acks GUEST_UFO (0x400), never offered\" last_error_at=2026-12-05T00:00:00Z \
+             not_running=3\n"
+        );
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400 + 86_399), "2000-02-29T23:59:59Z");
         // Unknown members, nested or not, are shown, not refused.
         assert_eq!(
             stats_table(

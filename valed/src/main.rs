@@ -115,6 +115,9 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: logs redirected to files or journald
+        // stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -1285,9 +1285,11 @@ impl Registry {
     fn vhost_stats_json(&self, name: &str) -> Option<String> {
         let v = self.vhost.get(name)?;
         let s = v.port.stats();
+        let last_error = s.last_error.as_deref().map_or("null".into(), json_string);
+        let last_error_at = s.last_error_at.map_or("null".into(), |t| t.to_string());
         Some(format!(
-            "{{\"connected\":{},\"connections\":{},\"acked_features\":{},\"bad_chains\":{},\"no_rx_buffer\":{},\"rx_too_small\":{}}}",
-            s.connected, s.connections, s.acked_features, s.bad_chains, s.no_rx_buffer, s.rx_too_small
+            "{{\"state\":\"{}\",\"connected\":{},\"connections\":{},\"queues_running\":{},\"acked_features\":{},\"last_error\":{last_error},\"last_error_at\":{last_error_at},\"bad_chains\":{},\"no_rx_buffer\":{},\"rx_too_small\":{},\"not_running\":{}}}",
+            s.state.as_str(), s.connected, s.connections, s.queues_running, s.acked_features, s.bad_chains, s.no_rx_buffer, s.rx_too_small, s.not_running
         ))
     }
 
@@ -1574,4 +1576,20 @@ fn pipe_units(pipe: &Pipe) -> std::io::Result<Vec<Unit>> {
         }
     }
     Ok(units)
+}
+
+/// `s` as a JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }

@@ -1,0 +1,295 @@
+//! vhost-user framing on the backend side: one request (12-byte header,
+//! body of at most 4096 bytes, descriptors on the header's first byte) in,
+//! replies out. The `vhost` crate keeps its connection type private, so
+//! this is ours; its message bodies (`vhost::vhost_user::message`) are the
+//! wire types we decode into.
+//!
+//! Everything here comes from the VMM and is checked before it is used:
+//! sizes against the 4 KiB bound, the version bits, the descriptor count.
+
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+
+use vhost::vhost_user::message::FrontendReq;
+use vm_memory::ByteValued;
+
+/// Header size: request, flags, size (u32 each, little endian).
+pub const HDR_LEN: usize = 12;
+/// Largest body (vhost-user's MAX_MSG_SIZE).
+pub const MAX_BODY: usize = 4096;
+/// Most descriptors one request may carry (SET_MEM_TABLE's 8 regions
+/// in QEMU; the spec allows up to 32).
+pub const MAX_FDS: usize = 32;
+
+/// Header flag bits.
+pub mod flags {
+    /// Protocol version 1, in the low two bits.
+    pub const VERSION: u32 = 0x1;
+    /// Mask of the version bits.
+    pub const VERSION_MASK: u32 = 0x3;
+    /// The message is a reply.
+    pub const REPLY: u32 = 0x4;
+    /// The frontend wants an ack (REPLY_ACK).
+    pub const NEED_REPLY: u32 = 0x8;
+}
+
+/// Why a request could not be read. All of these end the session: after a
+/// framing error the stream cannot be trusted to be at a message boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// The VMM closed the connection.
+    #[error("the VMM closed the connection")]
+    Closed,
+    /// The connection broke mid-message.
+    #[error("connection closed in the middle of a message ({got} of {want} bytes)")]
+    Truncated {
+        /// Bytes read.
+        got: usize,
+        /// Bytes expected.
+        want: usize,
+    },
+    /// A header with a version other than 1.
+    #[error("message header version {0:#x}, expected 1")]
+    Version(u32),
+    /// A body larger than vhost-user allows.
+    #[error("request {name} announces a {size}-byte body (at most {MAX_BODY})")]
+    TooLarge {
+        /// The request's name.
+        name: String,
+        /// Announced size.
+        size: u32,
+    },
+    /// Too many descriptors on one message.
+    #[error("{0} descriptors on one message (at most {MAX_FDS})")]
+    TooManyFds(usize),
+    /// The socket failed.
+    #[error("socket: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// The name of request `code` as the vhost-user spec spells it
+/// (`SET_VRING_ENABLE`), or `request 99` for codes we do not know.
+pub fn request_name(code: u32) -> String {
+    match FrontendReq::try_from(code) {
+        Ok(r) => format!("{r:?}"),
+        Err(_) => format!("request {code}"),
+    }
+}
+
+/// One request from the VMM.
+#[derive(Debug)]
+pub struct Request {
+    /// Request code (`FrontendReq` as a number: unknown codes are kept so
+    /// they can be refused by name).
+    pub code: u32,
+    /// Header flags.
+    pub flags: u32,
+    /// The body, exactly as long as the header said.
+    pub body: Vec<u8>,
+    /// Descriptors that came with it.
+    pub fds: Vec<OwnedFd>,
+}
+
+impl Request {
+    /// The request, if it is one vhost-user defines.
+    pub fn req(&self) -> Option<FrontendReq> {
+        FrontendReq::try_from(self.code).ok()
+    }
+
+    /// Its name, for messages.
+    pub fn name(&self) -> String {
+        request_name(self.code)
+    }
+
+    /// Whether the frontend asked for an ack.
+    pub fn need_reply(&self) -> bool {
+        self.flags & flags::NEED_REPLY != 0
+    }
+
+    /// The body as `T`, which must be exactly the body's size.
+    pub fn body_as<T: ByteValued + Default>(&self) -> Result<T, String> {
+        self.prefix_as::<T>(true)
+    }
+
+    /// The first `size_of::<T>()` bytes of the body as `T`; with `exact`,
+    /// nothing may follow.
+    pub fn prefix_as<T: ByteValued + Default>(&self, exact: bool) -> Result<T, String> {
+        let n = std::mem::size_of::<T>();
+        if self.body.len() < n || (exact && self.body.len() != n) {
+            return Err(format!(
+                "{}: body of {} bytes, expected {n}",
+                self.name(),
+                self.body.len()
+            ));
+        }
+        let mut v = T::default();
+        v.as_mut_slice().copy_from_slice(&self.body[..n]);
+        Ok(v)
+    }
+}
+
+/// The backend end of a vhost-user connection.
+#[derive(Debug)]
+pub struct Conn {
+    sock: UnixStream,
+}
+
+impl Conn {
+    /// Wraps a connected stream.
+    pub fn new(sock: UnixStream) -> Conn {
+        Conn { sock }
+    }
+
+    /// The socket (to poll it).
+    pub fn socket(&self) -> &UnixStream {
+        &self.sock
+    }
+
+    /// Reads one request. Blocks until it is whole.
+    pub fn recv(&mut self) -> Result<Request, ConnError> {
+        let mut hdr = [0u8; HDR_LEN];
+        // Descriptors ride on the header's bytes: read it with recvmsg,
+        // then the rest of a short read plainly (a stream socket may split
+        // it, and no descriptor comes after the first byte).
+        let (n, mut fds) = loop {
+            match netmap::sys::recv_with_fds(&self.sock, &mut hdr) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => break r?,
+            }
+        };
+        if n == 0 {
+            return Err(ConnError::Closed);
+        }
+        self.read_rest(&mut hdr, n)?;
+        let code = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
+        let fl = u32::from_le_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
+        let size = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]);
+        if fl & flags::VERSION_MASK != flags::VERSION {
+            return Err(ConnError::Version(fl & flags::VERSION_MASK));
+        }
+        if size as usize > MAX_BODY {
+            return Err(ConnError::TooLarge {
+                name: request_name(code),
+                size,
+            });
+        }
+        if fds.len() > MAX_FDS {
+            let k = fds.len();
+            fds.clear();
+            return Err(ConnError::TooManyFds(k));
+        }
+        let mut body = vec![0u8; size as usize];
+        self.read_rest(&mut body, 0)?;
+        Ok(Request {
+            code,
+            flags: fl,
+            body,
+            fds,
+        })
+    }
+
+    fn read_rest(&mut self, buf: &mut [u8], mut got: usize) -> Result<(), ConnError> {
+        while got < buf.len() {
+            match self.sock.read(&mut buf[got..]) {
+                Ok(0) => {
+                    return Err(ConnError::Truncated {
+                        got,
+                        want: buf.len(),
+                    })
+                }
+                Ok(k) => got += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the reply to request `code` with `body`.
+    pub fn reply(&mut self, code: u32, body: &[u8]) -> io::Result<()> {
+        let mut msg = Vec::with_capacity(HDR_LEN + body.len());
+        msg.extend_from_slice(&code.to_le_bytes());
+        msg.extend_from_slice(&(flags::VERSION | flags::REPLY).to_le_bytes());
+        msg.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        msg.extend_from_slice(body);
+        self.sock.write_all(&msg)
+    }
+
+    /// Replies with a u64.
+    pub fn reply_u64(&mut self, code: u32, v: u64) -> io::Result<()> {
+        self.reply(code, &v.to_le_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vhost::vhost_user::message::VhostUserVringState;
+
+    fn raw(code: u32, fl: u32, body: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&code.to_le_bytes());
+        m.extend_from_slice(&fl.to_le_bytes());
+        m.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    #[test]
+    fn request_split_across_writes() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let mut c = Conn::new(b);
+        let m = raw(18, 1, &[0, 0, 0, 0, 1, 0, 0, 0]);
+        a.write_all(&m[..5]).unwrap();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            a.write_all(&m[5..]).unwrap();
+            a
+        });
+        let r = c.recv().unwrap();
+        let _a = t.join().unwrap();
+        assert_eq!(r.name(), "SET_VRING_ENABLE");
+        let s: VhostUserVringState = r.body_as().unwrap();
+        assert_eq!(({ s.index }, { s.num }), (0, 1));
+        assert!(r.body_as::<u64>().is_ok());
+        assert!(r.prefix_as::<[u8; 16]>(false).is_err());
+    }
+
+    #[test]
+    fn bad_frames_are_named() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let mut c = Conn::new(b);
+        a.write_all(&raw(1, 2, &[])).unwrap();
+        assert!(matches!(c.recv(), Err(ConnError::Version(2))));
+        let mut m = raw(5, 1, &[]);
+        m[8..12].copy_from_slice(&5000u32.to_le_bytes());
+        a.write_all(&m).unwrap();
+        let e = c.recv().unwrap_err().to_string();
+        assert!(e.contains("SET_MEM_TABLE") && e.contains("5000"), "{e}");
+        a.write_all(&raw(8, 1, &[1, 2])[..14]).unwrap();
+        drop(a);
+        // The header says 2 bytes, both came; then EOF.
+        assert!(c.recv().is_ok());
+        assert!(matches!(c.recv(), Err(ConnError::Closed)));
+    }
+
+    #[test]
+    fn truncated_body() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let mut c = Conn::new(b);
+        let m = raw(8, 1, &[0; 8]);
+        a.write_all(&m[..16]).unwrap();
+        drop(a);
+        assert!(matches!(
+            c.recv(),
+            Err(ConnError::Truncated { got: 4, want: 8 })
+        ));
+    }
+
+    #[test]
+    fn unknown_request_named_by_number() {
+        assert_eq!(request_name(1), "GET_FEATURES");
+        assert_eq!(request_name(999), "request 999");
+    }
+}

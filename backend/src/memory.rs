@@ -1,0 +1,527 @@
+//! Guest memory as the VMM hands it over: regions announced by
+//! SET_MEM_TABLE or ADD_MEM_REG, each with a descriptor, checked before it
+//! is mapped and mapped at most once.
+//!
+//! Checks, because the VMM is untrusted (any uid can be one through a
+//! client-mode port): the descriptor is a regular file (memfd, tmpfs and
+//! hugetlbfs files are) at least as long as the offset plus the size it
+//! announces, so the mapping is backed at the time it is made; sizes and
+//! addresses do not wrap; regions do not overlap in guest-physical space.
+//!
+//! QEMU 7.2 sends the same region with ADD_MEM_REG once per queue pair
+//! (its memory listener runs per vhost device, and a multiqueue net device
+//! is one vhost device per pair). DPDK accepts that; so do we: an
+//! identical region (same addresses, same file) is counted, not mapped
+//! again, and unmapped with its last REM_MEM_REG.
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+
+use vhost::vhost_user::message::VhostUserMemoryRegion;
+use vm_memory::mmap::MmapRegion;
+use vm_memory::{FileOffset, GuestAddress, GuestAddressSpace, GuestMemoryRegion, GuestRegionMmap};
+
+use crate::queue::{GuestMem, Mem};
+
+/// Most regions a VMM may map (GET_MAX_MEM_SLOTS). QEMU needs one per
+/// RAM block (a handful, more with DIMM hot-plug); each costs a mapping.
+pub const MAX_REGIONS: usize = 64;
+
+/// Why a region was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MemError {
+    /// Zero size, or an end past 2^64.
+    #[error("region gpa {gpa:#x} size {size:#x}: empty or wraps")]
+    Bounds {
+        /// Guest-physical start.
+        gpa: u64,
+        /// Size.
+        size: u64,
+    },
+    /// The descriptor is not a regular file.
+    #[error(
+        "region gpa {gpa:#x}: the descriptor is not a regular file (memfd, tmpfs or hugetlbfs)"
+    )]
+    NotAFile {
+        /// Guest-physical start.
+        gpa: u64,
+    },
+    /// The file is shorter than the region needs.
+    #[error("region gpa {gpa:#x}: file of {file_len} bytes, the region needs {need} (offset {offset:#x} + size {size:#x})")]
+    Short {
+        /// Guest-physical start.
+        gpa: u64,
+        /// The file's length.
+        file_len: u64,
+        /// offset + size.
+        need: u64,
+        /// mmap offset.
+        offset: u64,
+        /// Size.
+        size: u64,
+    },
+    /// It overlaps a region already mapped.
+    #[error("region gpa {gpa:#x}..{end:#x} (VMM address {uaddr:#x}) overlaps gpa {other_gpa:#x}..{other_end:#x} (VMM address {other_uaddr:#x})")]
+    Overlap {
+        /// New region's start.
+        gpa: u64,
+        /// Its end.
+        end: u64,
+        /// Its VMM address.
+        uaddr: u64,
+        /// The mapped region's start.
+        other_gpa: u64,
+        /// Its end.
+        other_end: u64,
+        /// Its VMM address.
+        other_uaddr: u64,
+    },
+    /// More regions than GET_MAX_MEM_SLOTS said.
+    #[error("more than {MAX_REGIONS} memory regions")]
+    TooMany,
+    /// SET_MEM_TABLE's region and descriptor counts differ.
+    #[error("{regions} regions but {fds} descriptors")]
+    FdCount {
+        /// Regions announced.
+        regions: usize,
+        /// Descriptors received.
+        fds: usize,
+    },
+    /// REM_MEM_REG of a region that is not mapped.
+    #[error("no region at gpa {gpa:#x} size {size:#x} to remove")]
+    NotMapped {
+        /// Guest-physical start.
+        gpa: u64,
+        /// Size.
+        size: u64,
+    },
+    /// mmap or fstat failed.
+    #[error("region gpa {gpa:#x}: {msg}")]
+    Map {
+        /// Guest-physical start.
+        gpa: u64,
+        /// What failed.
+        msg: String,
+    },
+}
+
+impl MemError {
+    /// Whether this is a VMM mistake (as opposed to the host failing).
+    pub fn errno(&self) -> i32 {
+        match self {
+            MemError::Map { .. } => libc::ENOMEM,
+            _ => libc::EINVAL,
+        }
+    }
+}
+
+/// A region as announced: where it is for the guest, for the VMM, and in
+/// its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegionSpec {
+    /// Guest-physical start.
+    pub gpa: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Start in the VMM's address space (vring addresses are given there).
+    pub uaddr: u64,
+    /// Offset in the file.
+    pub offset: u64,
+}
+
+impl From<&VhostUserMemoryRegion> for RegionSpec {
+    fn from(r: &VhostUserMemoryRegion) -> Self {
+        RegionSpec {
+            gpa: r.guest_phys_addr,
+            size: r.memory_size,
+            uaddr: r.user_addr,
+            offset: r.mmap_offset,
+        }
+    }
+}
+
+struct Mapped {
+    spec: RegionSpec,
+    /// (device, inode) of the file, to tell a repeat from a replacement.
+    file_id: (u64, u64),
+    /// ADD_MEM_REGs of this same region not yet removed.
+    refs: u32,
+    region: Arc<GuestRegionMmap<()>>,
+}
+
+/// The guest memory of one vhost-user session.
+pub struct MemTable {
+    regions: Vec<Mapped>,
+    /// What the data path reads (through load guards that keep an old
+    /// map alive until its batch ends).
+    mem: GuestMem,
+}
+
+impl std::fmt::Debug for MemTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemTable")
+            .field(
+                "regions",
+                &self.regions.iter().map(|m| m.spec).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Default for MemTable {
+    fn default() -> Self {
+        MemTable::new()
+    }
+}
+
+fn check(spec: &RegionSpec, file: &File) -> Result<(u64, u64), MemError> {
+    let gpa = spec.gpa;
+    if spec.size == 0
+        || spec.gpa.checked_add(spec.size).is_none()
+        || spec.uaddr.checked_add(spec.size).is_none()
+        || spec.size > usize::MAX as u64
+    {
+        return Err(MemError::Bounds {
+            gpa,
+            size: spec.size,
+        });
+    }
+    let md = file.metadata().map_err(|e| MemError::Map {
+        gpa,
+        msg: format!("fstat: {e}"),
+    })?;
+    if !md.file_type().is_file() {
+        return Err(MemError::NotAFile { gpa });
+    }
+    let need = spec.offset.checked_add(spec.size).ok_or(MemError::Bounds {
+        gpa,
+        size: spec.size,
+    })?;
+    if md.len() < need {
+        return Err(MemError::Short {
+            gpa,
+            file_len: md.len(),
+            need,
+            offset: spec.offset,
+            size: spec.size,
+        });
+    }
+    Ok((md.dev(), md.ino()))
+}
+
+/// Guest-physical overlap. The same VMM memory may appear at two guest
+/// addresses (QEMU aliases), so VMM addresses may repeat.
+fn overlaps(a: &RegionSpec, b: &RegionSpec) -> bool {
+    a.gpa < b.gpa + b.size && b.gpa < a.gpa + a.size
+}
+
+fn map(spec: &RegionSpec, file: File) -> Result<Arc<GuestRegionMmap<()>>, MemError> {
+    let gpa = spec.gpa;
+    let m = MmapRegion::<()>::from_file(FileOffset::new(file, spec.offset), spec.size as usize)
+        .map_err(|e| MemError::Map {
+            gpa,
+            msg: format!("mmap: {e}"),
+        })?;
+    GuestRegionMmap::new(m, GuestAddress(gpa))
+        .map(Arc::new)
+        .ok_or(MemError::Bounds {
+            gpa,
+            size: spec.size,
+        })
+}
+
+impl MemTable {
+    /// No memory yet.
+    pub fn new() -> MemTable {
+        MemTable {
+            regions: Vec::new(),
+            mem: GuestMem::new(Mem::new()),
+        }
+    }
+
+    /// The map the data path reads.
+    pub fn guest_mem(&self) -> &GuestMem {
+        &self.mem
+    }
+
+    /// Regions mapped, in the order they came.
+    pub fn specs(&self) -> Vec<RegionSpec> {
+        self.regions.iter().map(|m| m.spec).collect()
+    }
+
+    /// How many ADD_MEM_REGs region `i` has outstanding.
+    pub fn refs(&self, gpa: u64) -> Option<u32> {
+        self.regions
+            .iter()
+            .find(|m| m.spec.gpa == gpa)
+            .map(|m| m.refs)
+    }
+
+    fn publish(&mut self) -> Result<(), MemError> {
+        let mut rs: Vec<_> = self.regions.iter().map(|m| m.region.clone()).collect();
+        rs.sort_by_key(|r| r.start_addr());
+        let mem = if rs.is_empty() {
+            Mem::new()
+        } else {
+            Mem::from_arc_regions(rs).map_err(|e| MemError::Map {
+                gpa: 0,
+                msg: e.to_string(),
+            })?
+        };
+        // Batches in flight hold the old map through their load guard.
+        self.mem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(mem);
+        Ok(())
+    }
+
+    /// SET_MEM_TABLE: replaces every region. All are checked before any
+    /// is mapped; on error the old table stays.
+    pub fn set_table(&mut self, specs: &[RegionSpec], fds: Vec<OwnedFd>) -> Result<(), MemError> {
+        if specs.len() != fds.len() {
+            return Err(MemError::FdCount {
+                regions: specs.len(),
+                fds: fds.len(),
+            });
+        }
+        if specs.len() > MAX_REGIONS {
+            return Err(MemError::TooMany);
+        }
+        let mut new = Vec::with_capacity(specs.len());
+        for (spec, fd) in specs.iter().zip(fds) {
+            let file = File::from(fd);
+            let id = check(spec, &file)?;
+            if let Some(o) = new.iter().find(|m: &&Mapped| overlaps(&m.spec, spec)) {
+                return Err(overlap_err(spec, &o.spec));
+            }
+            new.push(Mapped {
+                spec: *spec,
+                file_id: id,
+                refs: 1,
+                region: map(spec, file)?,
+            });
+        }
+        let old = std::mem::replace(&mut self.regions, new);
+        if let Err(e) = self.publish() {
+            self.regions = old;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// ADD_MEM_REG.
+    pub fn add(&mut self, spec: &RegionSpec, fd: OwnedFd) -> Result<(), MemError> {
+        let file = File::from(fd);
+        let id = check(spec, &file)?;
+        if let Some(m) = self.regions.iter_mut().find(|m| m.spec == *spec) {
+            if m.file_id == id {
+                m.refs = m.refs.saturating_add(1);
+                return Ok(());
+            }
+        }
+        if let Some(o) = self.regions.iter().find(|m| overlaps(&m.spec, spec)) {
+            return Err(overlap_err(spec, &o.spec));
+        }
+        if self.regions.len() >= MAX_REGIONS {
+            return Err(MemError::TooMany);
+        }
+        self.regions.push(Mapped {
+            spec: *spec,
+            file_id: id,
+            refs: 1,
+            region: map(spec, file)?,
+        });
+        if let Err(e) = self.publish() {
+            self.regions.pop();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// REM_MEM_REG: the region goes when its last ADD_MEM_REG is removed.
+    /// QEMU leaves the user address and offset of a removal as they were
+    /// announced, but matching by guest range is what the spec asks.
+    pub fn remove(&mut self, spec: &RegionSpec) -> Result<(), MemError> {
+        let i = self
+            .regions
+            .iter()
+            .position(|m| m.spec.gpa == spec.gpa && m.spec.size == spec.size)
+            .ok_or(MemError::NotMapped {
+                gpa: spec.gpa,
+                size: spec.size,
+            })?;
+        self.regions[i].refs -= 1;
+        if self.regions[i].refs == 0 {
+            let m = self.regions.remove(i);
+            if let Err(e) = self.publish() {
+                self.regions.insert(i, m);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets every region (RESET_OWNER).
+    pub fn clear(&mut self) {
+        self.regions.clear();
+        let _ = self.publish();
+    }
+
+    /// The guest-physical address of VMM address `va` (vring addresses
+    /// come in the VMM's address space).
+    pub fn va_to_gpa(&self, va: u64) -> Option<u64> {
+        self.regions
+            .iter()
+            .find(|m| va >= m.spec.uaddr && va - m.spec.uaddr < m.spec.size)
+            .map(|m| va - m.spec.uaddr + m.spec.gpa)
+    }
+
+    /// Whether a load of the current map sees `n` regions (for tests).
+    pub fn mapped_regions(&self) -> usize {
+        use vm_memory::GuestMemoryBackend;
+        self.mem.memory().num_regions()
+    }
+}
+
+fn overlap_err(a: &RegionSpec, b: &RegionSpec) -> MemError {
+    MemError::Overlap {
+        gpa: a.gpa,
+        end: a.gpa.wrapping_add(a.size),
+        uaddr: a.uaddr,
+        other_gpa: b.gpa,
+        other_end: b.gpa + b.size,
+        other_uaddr: b.uaddr,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netmap::sys::Memfd;
+
+    fn fd_of(len: usize) -> (Memfd, OwnedFd) {
+        let m = Memfd::create_sealed("t", len, false).unwrap();
+        let fd = m.try_clone_fd().unwrap();
+        (m, fd)
+    }
+
+    fn spec(gpa: u64, size: u64, uaddr: u64) -> RegionSpec {
+        RegionSpec {
+            gpa,
+            size,
+            uaddr,
+            offset: 0,
+        }
+    }
+
+    #[test]
+    fn duplicate_add_is_counted_and_removed_with_the_last() {
+        let (m, fd) = fd_of(1 << 20);
+        let mut t = MemTable::new();
+        let s = spec(0, 1 << 20, 0x7f00_0000_0000);
+        t.add(&s, fd).unwrap();
+        t.add(&s, m.try_clone_fd().unwrap()).unwrap();
+        assert_eq!(t.refs(0), Some(2));
+        assert_eq!(t.mapped_regions(), 1);
+        t.remove(&s).unwrap();
+        assert_eq!(t.mapped_regions(), 1);
+        t.remove(&s).unwrap();
+        assert_eq!(t.mapped_regions(), 0);
+        assert_eq!(
+            t.remove(&s),
+            Err(MemError::NotMapped {
+                gpa: 0,
+                size: 1 << 20
+            })
+        );
+    }
+
+    #[test]
+    fn same_addresses_other_file_is_an_overlap() {
+        let (_m1, fd1) = fd_of(1 << 20);
+        let (_m2, fd2) = fd_of(1 << 20);
+        let mut t = MemTable::new();
+        let s = spec(0, 1 << 20, 0x1000_0000);
+        t.add(&s, fd1).unwrap();
+        assert!(matches!(t.add(&s, fd2), Err(MemError::Overlap { .. })));
+    }
+
+    #[test]
+    fn guest_physical_overlaps_are_refused() {
+        let (m, fd) = fd_of(4 << 20);
+        let mut t = MemTable::new();
+        t.add(&spec(0, 1 << 20, 0x1000_0000), fd).unwrap();
+        let e = t
+            .add(
+                &spec(0x8_0000, 1 << 20, 0x2000_0000),
+                m.try_clone_fd().unwrap(),
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("overlaps gpa 0x0..0x100000"), "{e}");
+        t.add(
+            &spec(1 << 20, 1 << 20, 0x1010_0000),
+            m.try_clone_fd().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(t.va_to_gpa(0x1010_0010), Some((1 << 20) + 0x10));
+        assert_eq!(t.va_to_gpa(0x1020_0000), None);
+    }
+
+    #[test]
+    fn short_file_and_non_file_refused_before_mapping() {
+        let (_m, fd) = fd_of(4096);
+        let mut t = MemTable::new();
+        let e = t.add(&spec(0, 1 << 30, 0), fd).unwrap_err();
+        assert_eq!(
+            e,
+            MemError::Short {
+                gpa: 0,
+                file_len: 4096,
+                need: 1 << 30,
+                offset: 0,
+                size: 1 << 30
+            }
+        );
+        let ev = netmap::sys::EventFd::new().unwrap();
+        let e = t
+            .add(&spec(0, 4096, 0), ev.try_clone_fd().unwrap())
+            .unwrap_err();
+        assert_eq!(e, MemError::NotAFile { gpa: 0 });
+        let (_m, fd) = fd_of(4096);
+        let e = t.add(&spec(u64::MAX - 10, 4096, 0), fd).unwrap_err();
+        assert!(matches!(e, MemError::Bounds { .. }));
+        assert_eq!(t.mapped_regions(), 0);
+    }
+
+    #[test]
+    fn set_table_replaces_and_checks_all_first() {
+        let (m, _) = fd_of(2 << 20);
+        let mut t = MemTable::new();
+        t.set_table(
+            &[
+                spec(0, 1 << 20, 0x1000_0000),
+                spec(1 << 20, 1 << 20, 0x2000_0000),
+            ],
+            vec![m.try_clone_fd().unwrap(), m.try_clone_fd().unwrap()],
+        )
+        .unwrap();
+        assert_eq!(t.mapped_regions(), 2);
+        // A bad second region leaves the old table in place.
+        let (s, _) = fd_of(4096);
+        let e = t
+            .set_table(
+                &[spec(0, 4096, 0x3000_0000), spec(4096, 1 << 20, 0x4000_0000)],
+                vec![s.try_clone_fd().unwrap(), s.try_clone_fd().unwrap()],
+            )
+            .unwrap_err();
+        assert!(matches!(e, MemError::Short { .. }));
+        assert_eq!(t.mapped_regions(), 2);
+        assert!(matches!(
+            t.set_table(&[spec(0, 4096, 0)], vec![]),
+            Err(MemError::FdCount { regions: 1, fds: 0 })
+        ));
+    }
+}

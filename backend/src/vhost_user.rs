@@ -1,0 +1,672 @@
+//! The backend side of the vhost-user protocol, ours: one [`Session`] per
+//! VMM connection, dispatching each request and owning the session's
+//! guest memory, queues and kick eventfds.
+//!
+//! # Why not the `vhost` crate's handler
+//! Its `BackendReqHandler` enforces an order real frontends do not keep:
+//! QEMU 7.2 sends `SET_VRING_ENABLE` before `SET_FEATURES` (at reset, when
+//! the guest driver starts, on every reconnect), and one identical
+//! `ADD_MEM_REG` per queue pair; the crate closes the connection on the
+//! first and vhost-user-backend on the second. DPDK, SPDK and QEMU's
+//! libvhost-user each own their dispatch and accept both; so do we. We
+//! keep the crate's wire types. Owning the dispatch also lets the memory
+//! table check each descriptor before mapping it ([`crate::memory`]), and
+//! keeps the queue state where the forwarding threads read it between
+//! batches ([`crate::queue::Vring`]).
+//!
+//! # Order tolerance
+//! - `SET_VRING_ENABLE` is remembered per queue whenever it comes. A queue
+//!   starts at its kick; once started it runs when enabled, where
+//!   "enabled" is the remembered request if PROTOCOL_FEATURES was acked and
+//!   always otherwise (the spec's rule), decided again when SET_FEATURES
+//!   arrives later.
+//! - A repeated identical `ADD_MEM_REG` is counted (see [`MemTable`]).
+//! - Requests for features we do not offer are refused by name, with a
+//!   failure ack when one was asked for, and the session goes on; only a
+//!   broken stream or a `SET_FEATURES` acking what was never offered ends
+//!   it.
+//!
+//! # Kicks
+//! The session's thread waits on the socket and every queue's kick eventfd
+//! in one edge-triggered epoll, and never reads a kick eventfd (it is
+//! shared with the VMM, which could make it blocking): each write wakes
+//! the edge again.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use netmap::sys::{Epoll, EventFd, PollFd, PollFlags};
+use vhost::vhost_user::message::{
+    FrontendReq, VhostUserMemory, VhostUserMemoryRegion, VhostUserProtocolFeatures,
+    VhostUserSingleMemoryRegion, VhostUserVringAddr, VhostUserVringState,
+};
+use virtio_queue::QueueT;
+use vm_memory::{GuestAddress, GuestAddressSpace};
+
+use crate::conn::{Conn, ConnError, Request};
+use crate::memory::{MemError, MemTable, RegionSpec, MAX_REGIONS};
+use crate::queue::{GuestMem, Vring};
+
+/// virtio feature bit: the device speaks vhost-user protocol features.
+const F_PROTOCOL_FEATURES: u64 = 1 << 30;
+/// virtio feature bit: EVENT_IDX.
+const F_EVENT_IDX: u64 = 1 << 29;
+/// SET_VRING_KICK/CALL/ERR: no descriptor (the driver polls).
+const VRING_NOFD: u64 = 0x100;
+/// SET_VRING_KICK/CALL/ERR: the queue index bits.
+const VRING_IDX: u64 = 0xff;
+
+/// What the session needs from the port it serves.
+pub trait Device {
+    /// Virtio features offered.
+    fn features(&self) -> u64;
+    /// Protocol features offered.
+    fn protocol_features(&self) -> VhostUserProtocolFeatures;
+    /// Queues (two per pair).
+    fn num_queues(&self) -> usize;
+    /// Largest queue size accepted.
+    fn max_queue_size(&self) -> u16;
+    /// The driver acked `features` (SET_FEATURES).
+    fn set_acked_features(&self, features: u64);
+    /// Queue `q` was marked not ready: wait until its forwarding thread is
+    /// between batches, so no chain of it is outstanding.
+    fn quiesce(&self, q: usize);
+    /// The guest kicked queue `q` (or it just started).
+    fn kick(&self, q: usize);
+    /// A request was refused and the session goes on: for diagnostics.
+    fn refused(&self, what: &str);
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The connection failed or the stream broke.
+    #[error(transparent)]
+    Conn(#[from] ConnError),
+    /// SET_FEATURES acked features that were never offered.
+    #[error("SET_FEATURES acks {names} ({bits:#x}), never offered")]
+    Features {
+        /// The bits.
+        bits: u64,
+        /// Their names.
+        names: String,
+    },
+    /// An OS call of ours failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl SessionError {
+    /// The VMM closed the connection (the normal end).
+    pub fn is_closed(&self) -> bool {
+        matches!(self, SessionError::Conn(ConnError::Closed))
+    }
+}
+
+/// A request refused; the session goes on.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("{0}")]
+    Msg(String),
+    #[error(transparent)]
+    Mem(#[from] MemError),
+}
+
+/// Names of the virtio-net and transport feature bits in `bits`
+/// (virtio 1.2 §5.1.3, §6), e.g. `GUEST_UFO|bit 55`.
+pub fn feature_names(bits: u64) -> String {
+    const NAMES: &[(u32, &str)] = &[
+        (0, "CSUM"),
+        (1, "GUEST_CSUM"),
+        (2, "CTRL_GUEST_OFFLOADS"),
+        (3, "MTU"),
+        (5, "MAC"),
+        (6, "GSO"),
+        (7, "GUEST_TSO4"),
+        (8, "GUEST_TSO6"),
+        (9, "GUEST_ECN"),
+        (10, "GUEST_UFO"),
+        (11, "HOST_TSO4"),
+        (12, "HOST_TSO6"),
+        (13, "HOST_ECN"),
+        (14, "HOST_UFO"),
+        (15, "MRG_RXBUF"),
+        (16, "STATUS"),
+        (17, "CTRL_VQ"),
+        (18, "CTRL_RX"),
+        (19, "CTRL_VLAN"),
+        (20, "CTRL_RX_EXTRA"),
+        (21, "GUEST_ANNOUNCE"),
+        (22, "MQ"),
+        (23, "CTRL_MAC_ADDR"),
+        (24, "NOTIFY_ON_EMPTY"),
+        (27, "ANY_LAYOUT"),
+        (28, "RING_INDIRECT_DESC"),
+        (29, "RING_EVENT_IDX"),
+        (30, "PROTOCOL_FEATURES"),
+        (32, "VERSION_1"),
+        (33, "ACCESS_PLATFORM"),
+        (34, "RING_PACKED"),
+        (35, "IN_ORDER"),
+        (36, "ORDER_PLATFORM"),
+        (37, "SR_IOV"),
+        (38, "NOTIFICATION_DATA"),
+        (41, "RING_RESET"),
+        (61, "RSC_EXT"),
+        (62, "STANDBY"),
+        (63, "SPEED_DUPLEX"),
+    ];
+    let mut out = Vec::new();
+    for b in 0..64u32 {
+        if bits & (1u64 << b) != 0 {
+            match NAMES.iter().find(|(n, _)| *n == b) {
+                Some((_, name)) => out.push((*name).to_string()),
+                None => out.push(format!("bit {b}")),
+            }
+        }
+    }
+    if out.is_empty() {
+        "none".into()
+    } else {
+        out.join("|")
+    }
+}
+
+/// Epoll tokens: the stop eventfd, the socket, then queue q's kick at
+/// `TOK_KICK + q`.
+const TOK_STOP: u64 = 0;
+const TOK_SOCK: u64 = 1;
+const TOK_KICK: u64 = 16;
+
+/// One VMM connection.
+pub struct Session<'d, D: Device> {
+    dev: &'d D,
+    conn: Conn,
+    mem: MemTable,
+    vrings: Vec<Vring>,
+    kicks: Vec<Option<EventFd>>,
+    /// Last SET_VRING_ENABLE per queue, whenever it came.
+    enable_req: Vec<bool>,
+    /// Started by a kick and not stopped by GET_VRING_BASE since.
+    started: Vec<bool>,
+    /// SET_FEATURES, once it came.
+    acked: Option<u64>,
+    acked_protocol: u64,
+    epoll: Epoll,
+}
+
+impl<D: Device> std::fmt::Debug for Session<'_, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("acked", &self.acked)
+            .field("started", &self.started)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'d, D: Device> Session<'d, D> {
+    /// A session on `conn`: no memory, queues stopped.
+    pub fn new(dev: &'d D, conn: Conn) -> std::io::Result<Self> {
+        let n = dev.num_queues();
+        let epoll = Epoll::new()?;
+        epoll.add(conn.socket(), TOK_SOCK)?;
+        Ok(Session {
+            dev,
+            conn,
+            mem: MemTable::new(),
+            vrings: (0..n).map(|_| Vring::new(dev.max_queue_size())).collect(),
+            kicks: (0..n).map(|_| None).collect(),
+            enable_req: vec![false; n],
+            started: vec![false; n],
+            acked: None,
+            acked_protocol: 0,
+            epoll,
+        })
+    }
+
+    /// The session's queues, in virtio-net order (RX of pair p at 2p, TX
+    /// at 2p+1), to publish to the forwarding threads before the VMM says
+    /// a word.
+    pub fn vrings(&self) -> &[Vring] {
+        &self.vrings
+    }
+
+    /// The session's guest memory.
+    pub fn guest_mem(&self) -> &GuestMem {
+        self.mem.guest_mem()
+    }
+
+    /// The memory table (for tests and diagnostics).
+    pub fn mem(&self) -> &MemTable {
+        &self.mem
+    }
+
+    /// Serves requests and kicks until the VMM goes, a fatal error, or
+    /// `stop` is kicked (Ok).
+    pub fn run(&mut self, stop: &EventFd) -> Result<(), SessionError> {
+        self.epoll.add(stop, TOK_STOP)?;
+        loop {
+            let toks = self.epoll.wait(64, None)?;
+            for t in toks {
+                match t {
+                    TOK_STOP => return Ok(()),
+                    TOK_SOCK => self.drain_requests()?,
+                    k if k >= TOK_KICK => {
+                        let q = (k - TOK_KICK) as usize;
+                        if self.started.get(q) == Some(&true) {
+                            self.dev.kick(q);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Handles requests while the socket has data (the epoll is
+    /// edge-triggered).
+    fn drain_requests(&mut self) -> Result<(), SessionError> {
+        loop {
+            let req = self.conn.recv()?;
+            self.handle(req)?;
+            let mut p = [PollFd::new(self.conn.socket().as_fd(), PollFlags::IN)];
+            if netmap::sys::poll(&mut p, Some(Duration::ZERO))? == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Handles one request (public for the replay tests).
+    pub fn handle(&mut self, req: Request) -> Result<(), SessionError> {
+        let code = req.code;
+        let need_reply = req.need_reply();
+        let name = req.name();
+        tracing::trace!(
+            request = name,
+            flags = req.flags,
+            size = req.body.len(),
+            "vhost-user"
+        );
+        let r = self.dispatch(req)?;
+        match r {
+            Ok(Some(body)) => self.conn.reply(code, &body)?,
+            Ok(None) => {
+                if need_reply {
+                    self.conn.reply_u64(code, 0)?;
+                }
+            }
+            Err(e) => {
+                let what = format!("{name} refused: {e}");
+                self.dev.refused(&what);
+                if need_reply {
+                    self.conn.reply_u64(code, 1)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn queue_index(&self, i: u64) -> Result<usize, Refusal> {
+        let n = self.vrings.len();
+        if (i as usize) < n && i < u32::MAX as u64 {
+            Ok(i as usize)
+        } else {
+            Err(Refusal::Msg(format!(
+                "queue {i} does not exist (the port has {n})"
+            )))
+        }
+    }
+
+    /// Ok(Ok(Some(body))): reply with body; Ok(Ok(None)): ack if asked;
+    /// Ok(Err(_)): refused, the session goes on; Err(_): the session ends.
+    fn dispatch(&mut self, req: Request) -> Result<Result<Option<Vec<u8>>, Refusal>, SessionError> {
+        let Some(r) = req.req() else {
+            return Ok(Err(Refusal::Msg("unknown request".into())));
+        };
+        let m = |s: String| Refusal::Msg(s);
+        let out = match r {
+            FrontendReq::GET_FEATURES => Ok(Some(self.dev.features().to_le_bytes().to_vec())),
+            FrontendReq::SET_FEATURES => {
+                let f: u64 = match req.body_as() {
+                    Ok(f) => f,
+                    Err(e) => return Ok(Err(m(e))),
+                };
+                let extra = f & !self.dev.features();
+                if extra != 0 {
+                    return Err(SessionError::Features {
+                        bits: extra,
+                        names: feature_names(extra),
+                    });
+                }
+                self.set_features(f);
+                Ok(None)
+            }
+            FrontendReq::GET_PROTOCOL_FEATURES => Ok(Some(
+                self.dev.protocol_features().bits().to_le_bytes().to_vec(),
+            )),
+            FrontendReq::SET_PROTOCOL_FEATURES => req.body_as::<u64>().map_err(m).and_then(|p| {
+                let extra = p & !self.dev.protocol_features().bits();
+                if extra != 0 {
+                    Err(Refusal::Msg(format!(
+                        "acks protocol features {:?} ({extra:#x}), never offered",
+                        VhostUserProtocolFeatures::from_bits_retain(extra)
+                    )))
+                } else {
+                    self.acked_protocol = p;
+                    Ok(None)
+                }
+            }),
+            FrontendReq::SET_OWNER => Ok(None),
+            FrontendReq::RESET_OWNER | FrontendReq::RESET_DEVICE => {
+                self.reset();
+                Ok(None)
+            }
+            FrontendReq::GET_QUEUE_NUM => {
+                Ok(Some((self.vrings.len() as u64).to_le_bytes().to_vec()))
+            }
+            FrontendReq::GET_MAX_MEM_SLOTS => Ok(Some((MAX_REGIONS as u64).to_le_bytes().to_vec())),
+            FrontendReq::SET_MEM_TABLE => self.set_mem_table(&req),
+            FrontendReq::ADD_MEM_REG => {
+                let r = req.body_as::<VhostUserSingleMemoryRegion>().map_err(m);
+                r.and_then(|reg| {
+                    let mut fds = req.fds;
+                    if fds.len() != 1 {
+                        return Err(Refusal::Msg(format!(
+                            "{} descriptors, expected 1",
+                            fds.len()
+                        )));
+                    }
+                    let fd = fds.swap_remove(0);
+                    let region: &VhostUserMemoryRegion = &reg;
+                    self.mem.add(&RegionSpec::from(region), fd)?;
+                    Ok(None)
+                })
+            }
+            FrontendReq::REM_MEM_REG => {
+                let r = req.body_as::<VhostUserSingleMemoryRegion>().map_err(m);
+                r.and_then(|reg| {
+                    let region: &VhostUserMemoryRegion = &reg;
+                    self.mem.remove(&RegionSpec::from(region))?;
+                    Ok(None)
+                })
+            }
+            FrontendReq::SET_VRING_NUM => {
+                let r = req.body_as::<VhostUserVringState>().map_err(m);
+                r.and_then(|s| self.set_vring_num(s.index as u64, s.num))
+            }
+            FrontendReq::SET_VRING_ADDR => {
+                let r = req.body_as::<VhostUserVringAddr>().map_err(m);
+                r.and_then(|a| self.set_vring_addr(&a))
+            }
+            FrontendReq::SET_VRING_BASE => {
+                let r = req.body_as::<VhostUserVringState>().map_err(m);
+                r.and_then(|s| {
+                    let q = self.queue_index(s.index as u64)?;
+                    if s.num > u16::MAX as u32 {
+                        return Err(Refusal::Msg(format!(
+                            "queue {q}: base {} past 65535 (split rings)",
+                            { s.num }
+                        )));
+                    }
+                    self.vrings[q]
+                        .get_mut()
+                        .get_queue_mut()
+                        .set_next_avail(s.num as u16);
+                    Ok(None)
+                })
+            }
+            FrontendReq::GET_VRING_BASE => {
+                let r = req.body_as::<VhostUserVringState>().map_err(m);
+                r.and_then(|s| {
+                    let q = self.queue_index(s.index as u64)?;
+                    let base = self.stop_queue(q);
+                    let reply = VhostUserVringState::new(q as u32, base as u32);
+                    Ok(Some(vm_memory::ByteValued::as_slice(&reply).to_vec()))
+                })
+            }
+            FrontendReq::SET_VRING_KICK => self.vring_fd(&req, FdKind::Kick),
+            FrontendReq::SET_VRING_CALL => self.vring_fd(&req, FdKind::Call),
+            FrontendReq::SET_VRING_ERR => self.vring_fd(&req, FdKind::Err),
+            FrontendReq::SET_VRING_ENABLE => {
+                let r = req.body_as::<VhostUserVringState>().map_err(m);
+                r.and_then(|s| {
+                    let q = self.queue_index(s.index as u64)?;
+                    let on = match s.num {
+                        0 => false,
+                        1 => true,
+                        n => {
+                            return Err(Refusal::Msg(format!(
+                                "queue {q}: enable {n}, expected 0 or 1"
+                            )))
+                        }
+                    };
+                    self.enable_req[q] = on;
+                    self.apply_enable(q);
+                    Ok(None)
+                })
+            }
+            other => Err(Refusal::Msg(format!(
+                "{other:?} is not supported by this port (its feature was not offered)"
+            ))),
+        };
+        Ok(out)
+    }
+
+    fn set_features(&mut self, f: u64) {
+        self.acked = Some(f);
+        self.dev.set_acked_features(f);
+        for q in 0..self.vrings.len() {
+            self.vrings[q]
+                .get_mut()
+                .get_queue_mut()
+                .set_event_idx(f & F_EVENT_IDX != 0);
+            self.apply_enable(q);
+        }
+    }
+
+    /// Runs queue q if it started and the driver wants it.
+    fn apply_enable(&mut self, q: usize) {
+        if !self.started[q] {
+            return;
+        }
+        let on = match self.acked {
+            Some(f) if f & F_PROTOCOL_FEATURES == 0 => true,
+            _ => self.enable_req[q],
+        };
+        let was = {
+            let mut st = self.vrings[q].get_mut();
+            let was = st.is_enabled();
+            st.set_enabled(on);
+            was
+        };
+        if on && !was {
+            self.dev.kick(q);
+        }
+    }
+
+    fn set_mem_table(&mut self, req: &Request) -> Result<Option<Vec<u8>>, Refusal> {
+        let hdr: VhostUserMemory = req.prefix_as(false).map_err(Refusal::Msg)?;
+        let n = hdr.num_regions as usize;
+        let each = std::mem::size_of::<VhostUserMemoryRegion>();
+        let hlen = std::mem::size_of::<VhostUserMemory>();
+        if n == 0 || n > MAX_REGIONS || req.body.len() != hlen + n * each {
+            return Err(Refusal::Msg(format!(
+                "{n} regions in a {}-byte body",
+                req.body.len()
+            )));
+        }
+        let mut specs = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut r = VhostUserMemoryRegion::default();
+            let off = hlen + i * each;
+            vm_memory::ByteValued::as_mut_slice(&mut r).copy_from_slice(&req.body[off..off + each]);
+            specs.push(RegionSpec::from(&r));
+        }
+        let fds: Vec<OwnedFd> = req.fds.iter().filter_map(|f| f.try_clone().ok()).collect();
+        self.mem.set_table(&specs, fds)?;
+        Ok(None)
+    }
+
+    fn set_vring_num(&mut self, i: u64, num: u32) -> Result<Option<Vec<u8>>, Refusal> {
+        let q = self.queue_index(i)?;
+        let max = self.dev.max_queue_size();
+        if num == 0 || num > max as u32 || !num.is_power_of_two() {
+            return Err(Refusal::Msg(format!(
+                "queue {q}: size {num}, must be a power of two up to {max}"
+            )));
+        }
+        self.vrings[q]
+            .get_mut()
+            .get_queue_mut()
+            .try_set_size(num as u16)
+            .map_err(|e| Refusal::Msg(format!("queue {q}: size {num}: {e}")))?;
+        Ok(None)
+    }
+
+    fn set_vring_addr(&mut self, a: &VhostUserVringAddr) -> Result<Option<Vec<u8>>, Refusal> {
+        let q = self.queue_index(a.index as u64)?;
+        let tr = |what: &str, va: u64| {
+            self.mem.va_to_gpa(va).ok_or_else(|| {
+                Refusal::Msg(format!(
+                    "queue {q}: {what} at VMM address {va:#x} is in no memory region"
+                ))
+            })
+        };
+        let (d, av, u) = (
+            tr("descriptor table", a.descriptor)?,
+            tr("available ring", a.available)?,
+            tr("used ring", a.used)?,
+        );
+        let mem = self.mem.guest_mem().memory();
+        let mut st = self.vrings[q].get_mut();
+        let qu = st.get_queue_mut();
+        let bad =
+            |what: &str, e: virtio_queue::Error| Refusal::Msg(format!("queue {q}: {what}: {e}"));
+        qu.try_set_desc_table_address(GuestAddress(d))
+            .map_err(|e| bad("descriptor table", e))?;
+        qu.try_set_avail_ring_address(GuestAddress(av))
+            .map_err(|e| bad("available ring", e))?;
+        qu.try_set_used_ring_address(GuestAddress(u))
+            .map_err(|e| bad("used ring", e))?;
+        // The used index is the device's: after a reconnect or a driver
+        // reload, continue from what is in the ring (SET_VRING_BASE only
+        // carries the avail side).
+        let used = qu
+            .used_idx(&*mem, std::sync::atomic::Ordering::Acquire)
+            .map_err(|e| bad("used ring index", e))?;
+        qu.set_next_used(used.0);
+        Ok(None)
+    }
+
+    fn vring_fd(&mut self, req: &Request, kind: FdKind) -> Result<Option<Vec<u8>>, Refusal> {
+        let v: u64 = req.body_as().map_err(Refusal::Msg)?;
+        let q = self.queue_index(v & VRING_IDX)?;
+        let nofd = v & VRING_NOFD != 0;
+        let fd = match (nofd, req.fds.len()) {
+            (true, 0) => None,
+            (false, 1) => Some(
+                req.fds[0]
+                    .try_clone()
+                    .map_err(|e| Refusal::Msg(format!("queue {q}: {e}")))?,
+            ),
+            (_, k) => {
+                return Err(Refusal::Msg(format!(
+                    "queue {q}: {k} descriptors with{} the no-fd flag",
+                    if nofd { "" } else { "out" }
+                )))
+            }
+        };
+        match kind {
+            FdKind::Kick => {
+                if let Some(old) = self.kicks[q].take() {
+                    let _ = self.epoll.remove(&old);
+                }
+                if let Some(fd) = fd {
+                    let ev = EventFd::from_fd(fd);
+                    self.epoll
+                        .add(&ev, TOK_KICK + q as u64)
+                        .map_err(|e| Refusal::Msg(format!("queue {q}: kick fd: {e}")))?;
+                    self.kicks[q] = Some(ev);
+                }
+                // The spec: a ring starts at its kick.
+                self.start_queue(q);
+            }
+            FdKind::Call => self.vrings[q].get_mut().set_call(fd.map(EventFd::from_fd)),
+            // We never report queue errors; the descriptor is dropped.
+            FdKind::Err => {}
+        }
+        Ok(None)
+    }
+
+    fn start_queue(&mut self, q: usize) {
+        self.started[q] = true;
+        {
+            let mut st = self.vrings[q].get_mut();
+            let ev = self.acked.unwrap_or(0) & F_EVENT_IDX != 0;
+            let qu = st.get_queue_mut();
+            qu.set_event_idx(ev);
+            qu.set_ready(true);
+        }
+        self.apply_enable(q);
+    }
+
+    /// GET_VRING_BASE: stops queue q and returns where the next batch
+    /// would have started. Every chain popped went back first.
+    fn stop_queue(&mut self, q: usize) -> u16 {
+        self.started[q] = false;
+        {
+            let mut st = self.vrings[q].get_mut();
+            st.get_queue_mut().set_ready(false);
+            st.set_enabled(false);
+        }
+        self.dev.quiesce(q);
+        if let Some(old) = self.kicks[q].take() {
+            let _ = self.epoll.remove(&old);
+        }
+        let mut st = self.vrings[q].get_mut();
+        st.set_call(None);
+        st.get_queue().next_avail()
+    }
+
+    fn reset(&mut self) {
+        for q in 0..self.vrings.len() {
+            self.stop_queue(q);
+            self.enable_req[q] = false;
+        }
+        self.acked = None;
+        self.acked_protocol = 0;
+    }
+
+    /// Stops every queue (the VMM went away): the forwarding threads leave
+    /// their batches before the memory goes.
+    pub fn shutdown(&mut self) {
+        for q in 0..self.vrings.len() {
+            self.stop_queue(q);
+        }
+    }
+}
+
+impl<D: Device> Drop for Session<'_, D> {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum FdKind {
+    Kick,
+    Call,
+    Err,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_of_features() {
+        assert_eq!(feature_names(1 << 30), "PROTOCOL_FEATURES");
+        assert_eq!(feature_names((1 << 10) | (1 << 55)), "GUEST_UFO|bit 55");
+        assert_eq!(feature_names(0), "none");
+    }
+}
