@@ -327,6 +327,11 @@ fn tso_to_tso_guest(v6: bool) {
         "C got some"
     );
     t.check_clean(3);
+    assert_eq!(
+        t.rig.stats(1).soft_offload,
+        0,
+        "B takes TSO: nothing segmented"
+    );
 }
 
 #[test]
@@ -355,6 +360,7 @@ fn tso_to_plain_guest(v6: bool) {
     let s = t.rig.stats(2);
     // B's learning frame, then 45 segments per TSO frame.
     assert_eq!(s.out_packets, 1 + 2 * 45, "C: {s:?}");
+    assert_eq!(s.soft_offload, 2, "C: two frames segmented in software");
 }
 
 #[test]

@@ -249,6 +249,10 @@ pub struct PortCounters {
     pub out_packets: AtomicU64,
     /// Bytes delivered to the port.
     pub out_bytes: AtomicU64,
+    /// Frames for the port that needed software segmentation or checksum
+    /// (it lacks the offload the frame asked for), counted once per
+    /// frame before segmentation.
+    pub soft_offload: AtomicU64,
     /// Drops, by [`DropReason`].
     pub drops: [AtomicU64; DROP_REASONS],
 }
@@ -264,6 +268,8 @@ pub struct PortStats {
     pub out_packets: u64,
     /// Bytes delivered to the port.
     pub out_bytes: u64,
+    /// Frames for the port segmented or checksummed in software.
+    pub soft_offload: u64,
     /// Drops, by [`DropReason`].
     pub drops: [u64; DROP_REASONS],
 }
@@ -300,6 +306,7 @@ impl PortCounters {
             in_bytes: l(&self.in_bytes),
             out_packets: l(&self.out_packets),
             out_bytes: l(&self.out_bytes),
+            soft_offload: l(&self.soft_offload),
             drops: std::array::from_fn(|i| l(&self.drops[i])),
         }
     }

@@ -476,8 +476,8 @@ impl<L: Lookup> Switch<L> {
             } else {
                 0
             };
-            let (mut out, mut out_bytes, mut full, mut offload, mut bad) =
-                (0u64, 0u64, 0u64, 0u64, 0u64);
+            let (mut out, mut out_bytes, mut full, mut offload, mut bad, mut soft) =
+                (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
             for &fi in sc.lists[*p as usize]
                 .iter()
                 .take_while(|&&fi| (fi as usize) < limit)
@@ -488,6 +488,7 @@ impl<L: Lookup> Switch<L> {
                 if !gso_ok(fr.gso, dst_off) || (needs_csum && dst_off & OFFLOAD_CSUM == 0) {
                     // The reader lacks what the frame needs: segment and
                     // checksum it here, from one copy of the frame.
+                    soft += 1;
                     match soft_offload(
                         &mut ***sink,
                         frags,
@@ -528,6 +529,7 @@ impl<L: Lookup> Switch<L> {
             copies += out as usize;
             PortCounters::add(&slot.counters.out_packets, out);
             PortCounters::add(&slot.counters.out_bytes, out_bytes);
+            PortCounters::add(&slot.counters.soft_offload, soft);
             slot.counters.count_drop(DropReason::DstFull, full);
             slot.counters.count_drop(DropReason::Offload, offload);
             slot.counters.count_drop(DropReason::BadSlot, bad);

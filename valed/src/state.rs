@@ -1491,8 +1491,8 @@ impl Registry {
                 }
                 first = false;
                 out.push_str(&format!(
-                    "{{\"name\":\"{full}\",\"switch\":\"{swname}\",\"port_idx\":{pid},\"in_packets\":{},\"in_bytes\":{},\"out_packets\":{},\"out_bytes\":{}",
-                    st.in_packets, st.in_bytes, st.out_packets, st.out_bytes
+                    "{{\"name\":\"{full}\",\"switch\":\"{swname}\",\"port_idx\":{pid},\"in_packets\":{},\"in_bytes\":{},\"out_packets\":{},\"out_bytes\":{},\"soft_offload\":{}",
+                    st.in_packets, st.in_bytes, st.out_packets, st.out_bytes, st.soft_offload
                 ));
                 for r in DropReason::ALL {
                     out.push_str(&format!(",\"{}\":{}", r.name(), st.drop(r)));

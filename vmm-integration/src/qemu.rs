@@ -155,6 +155,9 @@ pub fn qemu_argv(spec: &GuestSpec) -> Vec<String> {
         if q > 1 {
             device.push_str(",mq=on");
         }
+        if !nic.guest_tso {
+            device.push_str(",guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_ufo=off");
+        }
         let vectors = if spec.accel.is_kvm() { 2 * q + 2 } else { 0 };
         device.push_str(&format!(",vectors={vectors}"));
         push(&["-chardev", &chardev, "-netdev", &netdev, "-device", &device]);

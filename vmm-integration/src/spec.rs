@@ -134,6 +134,10 @@ pub struct NicSpec {
     pub mac: MacAddr,
     /// Queue pairs (1 = no multiqueue).
     pub queue_pairs: u16,
+    /// Whether the device offers the guest TSO/UFO/ECN on receive
+    /// (QEMU's `guest_tso4`, `guest_tso6`, `guest_ecn`, `guest_ufo`). Off,
+    /// the switch must segment large frames in software for this guest.
+    pub guest_tso: bool,
 }
 
 impl NicSpec {
@@ -143,7 +147,14 @@ impl NicSpec {
             socket: socket.into(),
             mac,
             queue_pairs: 1,
+            guest_tso: true,
         }
+    }
+
+    /// Without receive segmentation offloads in the guest.
+    pub fn no_guest_tso(mut self) -> NicSpec {
+        self.guest_tso = false;
+        self
     }
 
     /// With `n` queue pairs.

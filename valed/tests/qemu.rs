@@ -1,0 +1,381 @@
+//! Real QEMU guests on valed (end to end): the guest image from `images/`
+//! booted by `vmm-integration` (KVM where it can run a guest, TCG here),
+//! virtio-net on valed's vhost-user ports, commands run in the guests
+//! through their agent.
+//!
+//! They need `qemu-system-x86_64` and `images/out` (`images/build.sh`;
+//! `scripts/test.sh` builds it). Without them they fail, saying so, unless
+//! `VALE_SKIP_VM_TESTS=1`. They run one at a time (each boots several
+//! guests; the machine has two cores).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use netmap::ctrl::{CtrlConn, Request, VALE_REQ_STATS};
+use vmm_integration::qemu::{find_on_path, QEMU};
+use vmm_integration::{Accel, Guest, GuestSpec, MacAddr, NicSpec, Vmm};
+
+/// One VM test at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const BOOT: Duration = Duration::from_secs(240);
+const CMD: Duration = Duration::from_secs(60);
+
+fn image() -> Option<(PathBuf, PathBuf)> {
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/out");
+    let (k, i) = (out.join("vmlinuz"), out.join("initramfs.cpio.gz"));
+    if find_on_path(QEMU).is_some() && k.is_file() && i.is_file() {
+        return Some((k, i));
+    }
+    if std::env::var("VALE_SKIP_VM_TESTS").as_deref() == Ok("1") {
+        eprintln!("skipped (VALE_SKIP_VM_TESTS=1): no {QEMU} or no images/out");
+        return None;
+    }
+    panic!(
+        "VM tests need {QEMU} (apt-get install qemu-system-x86) and images/out \
+         (images/build.sh); VALE_SKIP_VM_TESTS=1 skips them"
+    );
+}
+
+/// valed on a private directory, restartable with the same ports.
+struct Daemon {
+    dir: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// valed with vhost-user ports `name=queues` on `vale0`.
+    fn start(tag: &str, ports: &[(&str, u16)]) -> Daemon {
+        let dir = std::env::temp_dir().join(format!("vale-vm-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut args = vec![
+            "--socket".to_string(),
+            dir.join("valed.sock").display().to_string(),
+            "--log".into(),
+            "info".into(),
+        ];
+        for (name, q) in ports {
+            args.push("--vhost-user".into());
+            args.push(format!(
+                "{name}={},attach=vale0,queues={q}",
+                dir.join(format!("{name}.sock")).display()
+            ));
+        }
+        let mut d = Daemon {
+            dir,
+            args,
+            child: None,
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("valed.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_valed"))
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let t0 = Instant::now();
+        while CtrlConn::connect(&self.sock()).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "valed did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.dir.join("valed.sock")
+    }
+
+    fn port_socket(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.sock"))
+    }
+
+    /// Stops valed with `sig` and starts it again with the same ports.
+    fn restart(&mut self, sig: i32) {
+        let mut c = self.child.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(c.id() as i32, sig) };
+        let t0 = Instant::now();
+        while c.try_wait().unwrap().is_none() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "valed did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if sig == libc::SIGKILL {
+            // A killed valed leaves its control socket behind.
+            let _ = std::fs::remove_file(self.sock());
+        }
+        self.spawn();
+    }
+
+    /// The stats document of `port`.
+    fn stats(&self, port: &str) -> String {
+        let c = CtrlConn::connect(&self.sock()).unwrap();
+        let (r, _) = c
+            .call(&Request::with_body(VALE_REQ_STATS, port, Vec::new()).unwrap())
+            .unwrap();
+        assert_eq!(r.error, 0, "stats {port}");
+        String::from_utf8(r.req.body).unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("valed.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("valed log kept in {}", self.dir.display());
+        }
+    }
+}
+
+/// The number after `"key":` in a stats document (the first one).
+fn field(json: &str, key: &str) -> u64 {
+    let pat = format!("\"{key}\":");
+    let at = json.find(&pat).unwrap_or_else(|| panic!("{key} in {json}")) + pat.len();
+    json[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} in {json}"))
+}
+
+fn mac(i: u8) -> MacAddr {
+    format!("52:54:00:00:00:{:02x}", i).parse().unwrap()
+}
+
+/// Guest `i` (address 10.0.0.i) on port `name` of `d`.
+fn guest(
+    d: &Daemon,
+    img: &(PathBuf, PathBuf),
+    name: &str,
+    i: u8,
+    pairs: u16,
+    tso: bool,
+) -> GuestSpec {
+    let mut nic = NicSpec::new(d.port_socket(name), mac(i)).queue_pairs(pairs);
+    if !tso {
+        nic = nic.no_guest_tso();
+    }
+    GuestSpec::new(name, img.0.clone(), img.1.clone())
+        .memory_mib(384)
+        .cpus(u32::from(pairs))
+        .append(&format!("quiet vale.ip=10.0.0.{i}/24 vale.hostname={name}"))
+        .accel(Accel::from_env_or_probe())
+        .dir(d.dir.join(format!("vm-{name}")))
+        .nic(nic)
+}
+
+fn boot(specs: &[GuestSpec]) -> Vec<Guest> {
+    let mut gs: Vec<Guest> = specs
+        .iter()
+        .map(|s| Guest::start_with(s, Vmm::Qemu).expect("QEMU starts"))
+        .collect();
+    for g in &mut gs {
+        g.wait_ready(BOOT).expect("guest boots");
+    }
+    gs
+}
+
+/// Pings `to` from `g` until one answer comes back; how long it took.
+fn ping_until(g: &mut Guest, to: &str, limit: Duration) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        let out = g.run(&format!("ping -c 1 -W 1 {to}"), CMD).expect("agent");
+        if out.code == 0 {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "{}: no answer from {to} in {limit:?}: {}",
+            g.name(),
+            out.stdout
+        );
+    }
+}
+
+/// `iperf3 -c` from `g` to `to` (a server started on the other side),
+/// returning the receiver's Gbit/s line.
+fn iperf(client: &mut Guest, server: &mut Guest, to: &str, extra: &str) -> String {
+    server.spawn_bg("iperf3 -s -1").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let out = client
+        .run_ok(&format!("iperf3 -c {to} -t 3 {extra}"), CMD)
+        .expect("iperf3 runs");
+    let line = out
+        .lines()
+        .rfind(|l| l.contains("receiver"))
+        .unwrap_or_else(|| panic!("no receiver line in {out}"))
+        .to_string();
+    eprintln!("iperf3 {extra}: {line}");
+    line
+}
+
+/// Two guests ping each other, then TCP both ways. Both send TSO frames;
+/// A's device offers guest TSO, so B's frames reach A whole (GSO, no
+/// software segmentation counted); B's does not, so the switch segments
+/// A's frames for B, and counts it.
+#[test]
+fn two_guests_ping_and_tcp_with_and_without_guest_tso() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(img) = image() else { return };
+    let d = Daemon::start("tso", &[("ga", 1), ("gb", 1)]);
+    // B's device does not offer guest TSO: frames to B need software
+    // segmentation; frames to A pass as they are.
+    let mut vms = boot(&[
+        guest(&d, &img, "ga", 1, 1, true),
+        guest(&d, &img, "gb", 2, 1, false),
+    ]);
+    let (a, b) = vms.split_at_mut(1);
+    let (a, b) = (&mut a[0], &mut b[0]);
+    let out = a.run_ok("ping -c 3 -W 2 10.0.0.2", CMD).expect("A pings B");
+    assert!(out.contains("3 packets received"), "{out}");
+    let out = b.run_ok("ping -c 3 -W 2 10.0.0.1", CMD).expect("B pings A");
+    assert!(out.contains("3 packets received"), "{out}");
+
+    // B -> A: B sends TSO frames (the host side takes them), A takes them
+    // whole.
+    iperf(b, a, "10.0.0.1", "");
+    let sa = d.stats("vale0:ga");
+    assert_eq!(field(&sa, "soft_offload"), 0, "A: {sa}");
+    assert!(
+        field(&sa, "out_bytes") / field(&sa, "out_packets").max(1) > 1514,
+        "frames to A were not GSO: {sa}"
+    );
+    // A -> B: B lacks guest TSO: segmented in software, counted.
+    iperf(a, b, "10.0.0.2", "");
+    let sb = d.stats("vale0:gb");
+    assert!(field(&sb, "soft_offload") > 0, "B: {sb}");
+    assert!(
+        field(&sb, "out_bytes") / field(&sb, "out_packets").max(1) <= 1514 + 12,
+        "frames to B larger than the MTU: {sb}"
+    );
+    for p in ["vale0:ga", "vale0:gb"] {
+        let s = d.stats(p);
+        assert!(s.contains("\"state\":\"running\""), "{s}");
+        assert!(s.contains("\"last_error\":null"), "{s}");
+    }
+    assert!(!d.log().contains("session ended"), "{}", d.log());
+}
+
+/// Two queue pairs per guest (QEMU 7.2 sends ADD_MEM_REG once per pair):
+/// all four queues run, and flows use both queue pairs each way.
+#[test]
+fn two_queue_pairs() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(img) = image() else { return };
+    let d = Daemon::start("mq", &[("ma", 2), ("mb", 2)]);
+    let mut vms = boot(&[
+        guest(&d, &img, "ma", 1, 2, true),
+        guest(&d, &img, "mb", 2, 2, true),
+    ]);
+    for p in ["vale0:ma", "vale0:mb"] {
+        let s = d.stats(p);
+        assert_eq!(field(&s, "queues_running"), 4, "{s}");
+    }
+    let (a, b) = vms.split_at_mut(1);
+    let (a, b) = (&mut a[0], &mut b[0]);
+    ping_until(a, "10.0.0.2", Duration::from_secs(20));
+    iperf(a, b, "10.0.0.2", "-P 8");
+    iperf(b, a, "10.0.0.1", "-P 8");
+    for g in [a, b] {
+        let st = g.run_ok("ethtool -S eth0", CMD).unwrap();
+        for q in [
+            "rx_queue_0_packets",
+            "rx_queue_1_packets",
+            "tx_queue_0_packets",
+            "tx_queue_1_packets",
+        ] {
+            let n: u64 = st
+                .lines()
+                .find(|l| l.trim_start().starts_with(q))
+                .and_then(|l| l.split(':').nth(1))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{q} in {st}"));
+            assert!(n > 100, "{}: {q} = {n}\n{st}", g.name());
+        }
+    }
+}
+
+/// A guest's QEMU killed (SIGKILL) and started again gets its port back
+/// while another pair's traffic never stops; then valed itself is
+/// restarted (SIGTERM, then SIGKILL) under running guests, which
+/// reconnect.
+#[test]
+fn qemu_killed_and_valed_restarted() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(img) = image() else { return };
+    let mut d = Daemon::start("restart", &[("ra", 1), ("rb", 1), ("rc", 1)]);
+    let specs = [
+        guest(&d, &img, "ra", 1, 1, true),
+        guest(&d, &img, "rb", 2, 1, true),
+        guest(&d, &img, "rc", 3, 1, true),
+    ];
+    let mut vms = boot(&specs);
+    ping_until(&mut vms[2], "10.0.0.2", Duration::from_secs(20));
+    ping_until(&mut vms[0], "10.0.0.2", Duration::from_secs(20));
+
+    // C pings B every 0.2 s for as long as A's restart takes.
+    vms[2]
+        .spawn_bg("ping -i 0.2 -c 150 -W 1 10.0.0.2 > /tmp/cb.log 2>&1")
+        .unwrap();
+    vms[0].kill().unwrap();
+    let t0 = Instant::now();
+    vms[0] = Guest::start_with(&specs[0], Vmm::Qemu).expect("QEMU restarts");
+    vms[0].wait_ready(BOOT).expect("A boots again");
+    let back = ping_until(&mut vms[0], "10.0.0.2", Duration::from_secs(30));
+    eprintln!(
+        "A killed and restarted: boot {:?}, then ping after {back:?}",
+        t0.elapsed() - back
+    );
+    let conns = field(&d.stats("vale0:ra"), "connections");
+    assert_eq!(conns, 2, "A's port saw the new QEMU");
+    // C's pings over A's restart.
+    let t1 = Instant::now();
+    let log = loop {
+        let l = vms[2].run_ok("cat /tmp/cb.log", CMD).unwrap();
+        if l.contains("packets received") || t1.elapsed() > Duration::from_secs(60) {
+            break l;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let summary = log
+        .lines()
+        .find(|l| l.contains("packets received"))
+        .unwrap_or_else(|| panic!("C's ping did not finish: {log}"));
+    eprintln!("C -> B during A's restart: {summary}");
+    assert!(
+        summary.contains("150 packets received"),
+        "C -> B lost pings while A restarted: {summary}"
+    );
+
+    for (sig, what) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGKILL, "SIGKILL")] {
+        d.restart(sig);
+        let t = ping_until(&mut vms[0], "10.0.0.2", Duration::from_secs(20));
+        let t2 = ping_until(&mut vms[2], "10.0.0.1", Duration::from_secs(20));
+        eprintln!("valed restarted by {what}: A->B back in {t:?}, C->A in {t2:?}");
+    }
+}
