@@ -8,7 +8,10 @@ SUDO=""
 
 # dpdk-dev: testpmd, the real virtio-net driver (virtio-user) the vhost-user
 # tests and benchmarks drive, and the switch we benchmark against.
-pkgs=(build-essential pkg-config ca-certificates curl git bc groff-base dpdk-dev)
+# qemu-system-x86: the guests of the end-to-end tests and the demo (their
+# image is built from Debian packages by images/build.sh: cpio, xz, zstd).
+pkgs=(build-essential pkg-config ca-certificates curl git bc groff-base dpdk-dev
+      qemu-system-x86 cpio xz-utils zstd)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

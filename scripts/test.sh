@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The project's test command: formatting, lints, every test in debug, the
-# sync-protocol tests again in release, and a short live fuzz run when
-# cargo-fuzz and a nightly toolchain are installed.
+# The project's test command: formatting, lints, the guest image, every test
+# in debug (QEMU guests on valed included), the sync-protocol tests again in
+# release, and a short live fuzz run when cargo-fuzz and a nightly toolchain
+# are installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,8 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+echo "== guest image (images/build.sh, cached)"
+./images/build.sh
 echo "== cargo test (debug)"
 cargo test --workspace --all-features
 echo "== cargo test (release): sync protocol"
