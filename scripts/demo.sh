@@ -36,11 +36,12 @@ DIR=${VALE_DEMO_DIR:-$(mktemp -d /tmp/vale-demo.XXXXXX)}
 mkdir -p "$DIR"
 PIDS=()
 cleanup() {
+    trap - EXIT INT TERM
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     echo "== cleaned up (logs in $DIR)"
 }
-trap cleanup EXIT
+trap cleanup EXIT INT TERM
 
 ACCEL=$("$BIN/vale-vm" probe)
 echo "== accelerator: $ACCEL"
@@ -59,46 +60,49 @@ for _ in $(seq 100); do [ -S "$VALE_SOCKET" ] && break; sleep 0.1; done
 MAC_A=52:54:00:00:00:0a
 MAC_B=52:54:00:00:00:0b
 boot() { # name ip mac
-    "$BIN/vale-vm" run --name "$1" --ip "$2/24" --mac "$3" --socket "$DIR/$1.sock" \
+    "$BIN/vale-vm" run --name "$1" --ip "$2/24" --socket "$DIR/$1.sock" --mac "$3" \
         --kernel images/out/vmlinuz --initrd images/out/initramfs.cpio.gz \
         --memory 512 --dir "$DIR/vm-$1" >"$DIR/vm-$1.log" 2>&1 &
     PIDS+=($!)
+    VM_PID[$1]=$!
 }
+declare -A VM_PID
 echo "== booting two guests"
 t0=$SECONDS
 boot ga 10.0.0.1 $MAC_A
 boot gb 10.0.0.2 $MAC_B
-in() { # guest command...
+run_in() { # guest command...
     local g=$1
     shift
     "$BIN/vale-vm" exec --agent "$DIR/vm-$g/agent.sock" --timeout 120 -- "$@"
 }
 for g in ga gb; do
     for _ in $(seq 300); do
-        in "$g" true >/dev/null 2>&1 && break
+        run_in "$g" true >/dev/null 2>&1 && break
+        kill -0 "${VM_PID[$g]}" 2>/dev/null || break
         sleep 1
     done
-    in "$g" true >/dev/null || { cat "$DIR/vm-$g.log"; exit 1; }
+    run_in "$g" true >/dev/null || { cat "$DIR/vm-$g.log"; exit 1; }
 done
 echo "   both up in $((SECONDS - t0)) s"
 
 echo "== ga pings gb"
-in ga ping -c 5 -W 2 10.0.0.2
+run_in ga ping -c 5 -W 2 10.0.0.2
 
 echo "== pktgen burst, ga -> gb, 60-byte frames$NOTE"
-rx0=$(in gb cat /sys/class/net/eth0/statistics/rx_packets)
+rx0=$(run_in gb cat /sys/class/net/eth0/statistics/rx_packets)
 # The agent takes one command line (no newlines), as ssh does.
 PG=/proc/net/pktgen
-in ga "echo rem_device_all > $PG/kpktgend_0; echo add_device eth0 > $PG/kpktgend_0;" \
+run_in ga "echo rem_device_all > $PG/kpktgend_0; echo add_device eth0 > $PG/kpktgend_0;" \
     "for c in 'count 200000' 'pkt_size 64' 'delay 0' 'dst 10.0.0.2' 'dst_mac $MAC_B';" \
     "do echo \"\$c\" > $PG/eth0; done; echo start > $PG/pgctrl; grep -A2 Result: $PG/eth0"
-rx1=$(in gb cat /sys/class/net/eth0/statistics/rx_packets)
+rx1=$(run_in gb cat /sys/class/net/eth0/statistics/rx_packets)
 echo "   gb received $((rx1 - rx0)) of 200000$NOTE"
 
 echo "== iperf3 TCP, ga -> gb$NOTE"
-in gb iperf3 -s -1 -D
+run_in gb iperf3 -s -1 -D
 sleep 1
-in ga 'iperf3 -c 10.0.0.2 -t 5 | tail -4'
+run_in ga 'iperf3 -c 10.0.0.2 -t 5 | tail -4'
 
 echo "== valed's counters"
 "$BIN/vale-ctl" --stats

@@ -10,8 +10,10 @@ SUDO=""
 # tests and benchmarks drive, and the switch we benchmark against.
 # qemu-system-x86: the guests of the end-to-end tests and the demo (their
 # image is built from Debian packages by images/build.sh: cpio, xz, zstd).
+# libvirt-daemon-system: the libvirt end-to-end test runs a domain from our
+# XML.
 pkgs=(build-essential pkg-config ca-certificates curl git bc groff-base dpdk-dev
-      qemu-system-x86 cpio xz-utils zstd)
+      qemu-system-x86 cpio xz-utils zstd libvirt-daemon-system)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -19,6 +21,16 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
     $SUDO apt-get update -q
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
+fi
+
+# Without systemd (containers, CI) nothing started libvirt's daemons.
+if ! virsh -c qemu:///system version >/dev/null 2>&1; then
+    $SUDO virtlogd -d || true
+    $SUDO libvirtd -d || true
+    for _ in $(seq 50); do
+        virsh -c qemu:///system version >/dev/null 2>&1 && break
+        sleep 0.1
+    done
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -23,7 +23,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, Ordering};
@@ -2466,4 +2466,143 @@ mod vring_fuzz {
         }
         out
     }
+}
+
+/// A [`Device`](crate::vhost_user::Device) that offers what a two-pair VM
+/// port offers and does nothing else: for driving a
+/// [`Session`](crate::vhost_user::Session) without a switch.
+#[derive(Debug, Default)]
+pub struct NullDevice {
+    /// Requests refused so far.
+    pub refused: std::sync::atomic::AtomicU64,
+    /// Kicks seen.
+    pub kicks: std::sync::atomic::AtomicU64,
+}
+
+impl crate::vhost_user::Device for NullDevice {
+    fn features(&self) -> u64 {
+        crate::device::features::OFFERED
+    }
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::MQ
+    }
+    fn num_queues(&self) -> usize {
+        4
+    }
+    fn max_queue_size(&self) -> u16 {
+        1024
+    }
+    fn set_acked_features(&self, _: u64) {}
+    fn quiesce(&self, _: usize) {}
+    fn kick(&self, _: usize) {
+        self.kicks.fetch_add(1, Ordering::Relaxed);
+    }
+    fn refused(&self, _: &str) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Fuzz target body: a hostile VMM's vhost-user requests, whatever their
+/// order, sizes and descriptors, served by a [`Session`](crate::vhost_user::Session).
+/// Nothing may panic, hang or map memory that a file does not back; the
+/// memory table never exceeds its bound; the session ends only on a broken
+/// stream or a SET_FEATURES with bits never offered.
+///
+/// Input: a sequence of messages, each `fd` (1 byte: 0 none, 1 a 1 MiB
+/// memfd, 2 an eventfd, 3 a 4 KiB memfd, 4 two memfds), then a 12-byte
+/// header as the VMM sends it (the size field is taken as written, so
+/// bodies may be short, long or split across messages), then the rest of
+/// the message up to the size field's value or the input's end. Sent over
+/// a real socket pair, the descriptors by SCM_RIGHTS.
+pub fn fuzz_vhost_user(data: &[u8]) -> FuzzSession {
+    use crate::conn::Conn;
+    use crate::vhost_user::{Session, SessionError};
+    use netmap::sys::{send_with_fds, EventFd as NmEventFd, Memfd};
+    use std::io::Write;
+
+    let mut out = FuzzSession::default();
+    let (mut a, b) = match UnixStream::pair() {
+        Ok(p) => p,
+        Err(_) => return out,
+    };
+    let big = Memfd::create_sealed("fuzz-big", 1 << 20, false).ok();
+    let small = Memfd::create_sealed("fuzz-small", 4096, false).ok();
+    let ev = NmEventFd::new().ok();
+    let (Some(big), Some(small), Some(ev)) = (big, small, ev) else {
+        return out;
+    };
+    let mut at = 0;
+    while at < data.len() {
+        let sel = data[at];
+        at += 1;
+        let hdr_end = (at + 12).min(data.len());
+        let size = if hdr_end - at == 12 {
+            u32::from_le_bytes([data[at + 8], data[at + 9], data[at + 10], data[at + 11]]) as usize
+        } else {
+            0
+        };
+        let end = hdr_end.saturating_add(size.min(8192)).min(data.len());
+        let msg = &data[at..end];
+        at = end;
+        let fds: Vec<std::os::fd::BorrowedFd<'_>> = match sel % 5 {
+            1 => vec![big.file().as_fd()],
+            2 => vec![ev.as_fd()],
+            3 => vec![small.file().as_fd()],
+            4 => vec![big.file().as_fd(), small.file().as_fd()],
+            _ => vec![],
+        };
+        let sent = if fds.is_empty() || msg.is_empty() {
+            a.write_all(msg).is_ok()
+        } else {
+            match send_with_fds(&a, msg, &fds) {
+                Ok(n) => a.write_all(&msg[n..]).is_ok(),
+                Err(_) => false,
+            }
+        };
+        if !sent {
+            break;
+        }
+    }
+    let _ = a.shutdown(std::net::Shutdown::Write);
+    // Replies pile up in `a`'s receive buffer; the input is small enough
+    // that they never fill it.
+    let dev = NullDevice::default();
+    let Ok(mut s) = Session::new(&dev, Conn::new(b)) else {
+        return out;
+    };
+    loop {
+        match s.serve_one() {
+            Ok(()) => out.served += 1,
+            Err(SessionError::Conn(_)) => break,
+            Err(SessionError::Features { .. }) => {
+                out.features_refused = true;
+                break;
+            }
+            Err(e) => panic!("session error other than the stream or features: {e}"),
+        }
+        assert!(s.mem().specs().len() <= crate::memory::MAX_REGIONS);
+    }
+    out.regions = s.mem().specs().len();
+    drop(s);
+    drop(a);
+    out.refused = dev.refused.load(Ordering::Relaxed);
+    out.kicks = dev.kicks.load(Ordering::Relaxed);
+    out
+}
+
+/// What a [`fuzz_vhost_user`] run did, for the seed tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FuzzSession {
+    /// Requests served (accepted or refused).
+    pub served: u64,
+    /// Requests refused.
+    pub refused: u64,
+    /// Kicks the device saw (queues starting or enabled).
+    pub kicks: u64,
+    /// Regions mapped at the end.
+    pub regions: usize,
+    /// The session ended on a SET_FEATURES acking bits never offered.
+    pub features_refused: bool,
 }

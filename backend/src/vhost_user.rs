@@ -263,12 +263,17 @@ impl<'d, D: Device> Session<'d, D> {
         }
     }
 
+    /// Reads one request and handles it (blocks until it is whole).
+    pub fn serve_one(&mut self) -> Result<(), SessionError> {
+        let req = self.conn.recv()?;
+        self.handle(req)
+    }
+
     /// Handles requests while the socket has data (the epoll is
     /// edge-triggered).
     fn drain_requests(&mut self) -> Result<(), SessionError> {
         loop {
-            let req = self.conn.recv()?;
-            self.handle(req)?;
+            self.serve_one()?;
             let mut p = [PollFd::new(self.conn.socket().as_fd(), PollFlags::IN)];
             if netmap::sys::poll(&mut p, Some(Duration::ZERO))? == 0 {
                 return Ok(());
