@@ -119,6 +119,11 @@ pub struct ValePortConfig {
     pub pad: u32,
 }
 
+/// vale request: the counters of the port named by `nr_name` as lines of
+/// Prometheus' text exposition format (`family{labels} value`, no HELP or
+/// TYPE lines: `valed --metrics` groups them). Variable-length reply body.
+pub const VALE_REQ_METRICS: u16 = 0x8003;
+
 /// Private request: create a vhost-user-net port named by `nr_name`
 /// (persistent, like NEWIF; attach it with VALE_ATTACH). Body:
 /// [`ValeVhostNewif`].

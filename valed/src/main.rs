@@ -1,6 +1,7 @@
 //! valed: the VALE switch daemon. See valed(8).
 
 mod fwd;
+mod metrics;
 mod server;
 mod signal;
 mod state;
@@ -25,10 +26,13 @@ struct Args {
     vhost: Vec<vhost::VhostSpec>,
     config: Option<PathBuf>,
     vhost_inline: bool,
+    metrics: Option<metrics::MetricsAddr>,
 }
 
-const USAGE: &str = "usage: valed [--socket PATH] [--threads N] [--cpus LIST] [--busy-poll USECS] [--log LEVEL]
-             [--hugepages] [--vhost-inline] [--config FILE] [--vhost-user NAME=PATH[,client][,queues=N][,batch=N][,attach=valeX]]...";
+const USAGE: &str =
+    "usage: valed [--socket PATH] [--threads N] [--cpus LIST] [--busy-poll USECS] [--log LEVEL]
+             [--hugepages] [--vhost-inline] [--config FILE] [--metrics HOST:PORT|unix:PATH]
+             [--vhost-user NAME=PATH[,client][,queues=N][,batch=N][,attach=valeX]]...";
 
 fn parse_cpus(s: &str) -> Result<Vec<usize>, String> {
     let mut v = Vec::new();
@@ -60,6 +64,7 @@ fn parse_args() -> Result<Args, String> {
         vhost: Vec::new(),
         config: None,
         vhost_inline: false,
+        metrics: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -92,6 +97,7 @@ fn parse_args() -> Result<Args, String> {
                 .vhost
                 .push(vhost::VhostSpec::parse_arg(&val("--vhost-user")?)?),
             "--config" => a.config = Some(PathBuf::from(val("--config")?)),
+            "--metrics" => a.metrics = Some(metrics::MetricsAddr::parse(&val("--metrics")?)?),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -174,6 +180,9 @@ fn run(args: Args) -> std::io::Result<()> {
     }
     reg.state_file = args.config.clone();
     reg.save_state();
+    if let Some(m) = &args.metrics {
+        metrics::start(m, path.clone())?;
+    }
     let res = server::serve(listener, &mut reg, &signals);
     stop.store(true, Ordering::Relaxed);
     reg.shutdown();

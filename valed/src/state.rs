@@ -10,8 +10,8 @@ use netmap::abi::*;
 use netmap::csb::Csb;
 use netmap::ctrl::{
     Request, ValePortConfig, ValeVhostNewif, VALE_PORT_BACKPRESSURE, VALE_PORT_MASK_OVERRIDE,
-    VALE_REQ_PORT_CONFIG, VALE_REQ_STATS, VALE_REQ_VHOST_NEWIF, VALE_SET_FLAGS, VALE_SET_MAC_LIMIT,
-    VALE_VHOST_CLIENT,
+    VALE_REQ_METRICS, VALE_REQ_PORT_CONFIG, VALE_REQ_STATS, VALE_REQ_VHOST_NEWIF, VALE_SET_FLAGS,
+    VALE_SET_MAC_LIMIT, VALE_VHOST_CLIENT,
 };
 use netmap::portname::{self, PipeEnd, PortKind};
 use netmap::region::{IfRings, PortLayout, Region, RegionConfig, RegionError};
@@ -395,6 +395,7 @@ impl Registry {
             NETMAP_REQ_PORT_HDR_SET => self.hdr_set(conn, req, &name),
             NETMAP_REQ_PORT_HDR_GET => self.hdr_get(req, &name),
             VALE_REQ_STATS => self.stats(req, &name),
+            VALE_REQ_METRICS => self.metrics(req, &name),
             VALE_REQ_PORT_CONFIG => self.port_config(conn, req, &name),
             VALE_REQ_VHOST_NEWIF => self.vale_vhost_newif(conn, req, &name),
             _ => err(req, libc::EOPNOTSUPP),
@@ -1512,6 +1513,81 @@ impl Registry {
         r.body = out.into_bytes();
         (0, r, Vec::new())
     }
+}
+
+impl Registry {
+    /// The counters of port `name` (`valeX:Y`) as Prometheus samples, for
+    /// `valed --metrics`.
+    fn metrics(&mut self, req: &Request, name: &str) -> Answer {
+        let mut out = String::new();
+        for (swname, s) in &self.switches {
+            for (pid, full) in s.sw.ports() {
+                if name != full {
+                    continue;
+                }
+                let Some(st) = s.sw.stats(pid) else { continue };
+                let short = full.split_once(':').map_or("", |x| x.1);
+                let l = format!("switch=\"{}\",port=\"{}\"", label(swname), label(short));
+                for (f, v) in [
+                    ("vale_port_in_packets_total", st.in_packets),
+                    ("vale_port_in_bytes_total", st.in_bytes),
+                    ("vale_port_out_packets_total", st.out_packets),
+                    ("vale_port_out_bytes_total", st.out_bytes),
+                    ("vale_port_soft_offload_total", st.soft_offload),
+                ] {
+                    out.push_str(&format!("{f}{{{l}}} {v}\n"));
+                }
+                for r in DropReason::ALL {
+                    let reason = r.name().trim_start_matches("drop_");
+                    out.push_str(&format!(
+                        "vale_port_drops_total{{{l},reason=\"{reason}\"}} {}\n",
+                        st.drop(r)
+                    ));
+                }
+                if let Some(v) = self.vhost.get(short) {
+                    let p = v.port.stats();
+                    for (f, v) in [
+                        ("vale_vhost_connected", u64::from(p.connected)),
+                        (
+                            "vale_vhost_running",
+                            u64::from(p.state == backend::PortState::Running),
+                        ),
+                        ("vale_vhost_queues_running", p.queues_running as u64),
+                        ("vale_vhost_connections_total", p.connections),
+                        ("vale_vhost_bad_chains_total", p.bad_chains),
+                        (
+                            "vale_vhost_last_error_timestamp_seconds",
+                            p.last_error_at.unwrap_or(0),
+                        ),
+                    ] {
+                        out.push_str(&format!("{f}{{{l}}} {v}\n"));
+                    }
+                    for (reason, v) in [
+                        ("no_rx_buffer", p.no_rx_buffer),
+                        ("rx_too_small", p.rx_too_small),
+                        ("not_running", p.not_running),
+                    ] {
+                        out.push_str(&format!(
+                            "vale_vhost_rx_drops_total{{{l},reason=\"{reason}\"}} {v}\n"
+                        ));
+                    }
+                }
+            }
+        }
+        if out.is_empty() {
+            return err(req, libc::ENXIO);
+        }
+        let mut r = req.clone();
+        r.body = out.into_bytes();
+        (0, r, Vec::new())
+    }
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Puts a ring back to netmap's initial state for a new registration.

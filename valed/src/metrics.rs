@@ -1,0 +1,291 @@
+//! `valed --metrics ADDR`: the counters of `vale-ctl --stats` in
+//! Prometheus' text exposition format, served over HTTP on a loopback TCP
+//! address or a Unix socket.
+//!
+//! The exporter is a client of valed's own control socket (it lists the
+//! ports, then asks `VALE_REQ_METRICS` for each), so the registry keeps
+//! its one owner, the control thread, and a slow scraper can hold up only
+//! this thread. One scrape at a time, each bounded by read and write
+//! timeouts.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use netmap::abi::{NmreqValeList, NETMAP_REQ_VALE_LIST};
+use netmap::ctrl::{CtrlConn, Request, VALE_REQ_METRICS};
+
+/// Where metrics are served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsAddr {
+    /// A loopback TCP address (`127.0.0.1:9469`, `[::1]:9469`).
+    Tcp(SocketAddr),
+    /// A Unix socket (`unix:/run/vale/metrics.sock`).
+    Unix(PathBuf),
+}
+
+impl MetricsAddr {
+    /// Parses `--metrics`' value. Only loopback TCP addresses: valed is
+    /// root and its counters name every tenant's ports.
+    pub fn parse(s: &str) -> Result<MetricsAddr, String> {
+        if let Some(p) = s.strip_prefix("unix:") {
+            if p.is_empty() {
+                return Err("--metrics unix: needs a path".into());
+            }
+            return Ok(MetricsAddr::Unix(PathBuf::from(p)));
+        }
+        let a: SocketAddr = s.parse().map_err(|_| {
+            format!("--metrics {s:?}: want HOST:PORT on loopback (127.0.0.1:9469) or unix:PATH")
+        })?;
+        let lo = match a.ip() {
+            IpAddr::V4(ip) => ip.is_loopback(),
+            IpAddr::V6(ip) => ip.is_loopback(),
+        };
+        if !lo {
+            return Err(format!(
+                "--metrics {s}: {} is not a loopback address (valed's counters name every tenant's ports)",
+                a.ip()
+            ));
+        }
+        Ok(MetricsAddr::Tcp(a))
+    }
+}
+
+/// HELP text and type of each metric family, in output order.
+const FAMILIES: &[(&str, &str, &str)] = &[
+    (
+        "vale_port_in_packets_total",
+        "counter",
+        "Frames the port sent into the switch.",
+    ),
+    (
+        "vale_port_in_bytes_total",
+        "counter",
+        "Bytes the port sent into the switch.",
+    ),
+    (
+        "vale_port_out_packets_total",
+        "counter",
+        "Frames delivered to the port.",
+    ),
+    (
+        "vale_port_out_bytes_total",
+        "counter",
+        "Bytes delivered to the port.",
+    ),
+    (
+        "vale_port_soft_offload_total",
+        "counter",
+        "Frames for the port segmented or checksummed in software.",
+    ),
+    (
+        "vale_port_drops_total",
+        "counter",
+        "Frames for or from the port dropped, by reason.",
+    ),
+    (
+        "vale_vhost_connected",
+        "gauge",
+        "1 if a VMM is connected to the VM port.",
+    ),
+    (
+        "vale_vhost_running",
+        "gauge",
+        "1 if at least one queue of the VM port runs.",
+    ),
+    (
+        "vale_vhost_queues_running",
+        "gauge",
+        "Queues (RX and TX) of the VM port running.",
+    ),
+    (
+        "vale_vhost_connections_total",
+        "counter",
+        "VMM connections to the VM port.",
+    ),
+    (
+        "vale_vhost_bad_chains_total",
+        "counter",
+        "Guest descriptor chains refused as malformed.",
+    ),
+    (
+        "vale_vhost_rx_drops_total",
+        "counter",
+        "Frames for the guest dropped, by reason (no_rx_buffer, rx_too_small, not_running).",
+    ),
+    (
+        "vale_vhost_last_error_timestamp_seconds",
+        "gauge",
+        "When the VM port last refused a request or lost its session (0: never).",
+    ),
+];
+
+/// The exposition of every port valed reports, from its control socket.
+pub fn scrape(ctl: &Path) -> std::io::Result<String> {
+    let c = CtrlConn::connect(ctl).map_err(std::io::Error::other)?;
+    let mut names = Vec::new();
+    let mut b = NmreqValeList::default();
+    loop {
+        let req = Request::new(NETMAP_REQ_VALE_LIST, "", &b).map_err(std::io::Error::other)?;
+        let (r, _) = c.call(&req).map_err(std::io::Error::other)?;
+        if r.error != 0 {
+            break;
+        }
+        let Ok(got) = r.req.body_as::<NmreqValeList>() else {
+            break;
+        };
+        names.push(String::from_utf8_lossy(r.req.name()).into_owned());
+        b = got;
+        b.nr_port_idx += 1;
+        if names.len() > 1 << 16 {
+            break;
+        }
+    }
+    // Samples grouped by family, as the format wants.
+    let mut by: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for n in &names {
+        let req =
+            Request::with_body(VALE_REQ_METRICS, n, Vec::new()).map_err(std::io::Error::other)?;
+        let (r, _) = c.call(&req).map_err(std::io::Error::other)?;
+        if r.error != 0 {
+            // The port went away between the list and now.
+            continue;
+        }
+        for line in String::from_utf8_lossy(&r.req.body).lines() {
+            let fam = line.split(['{', ' ']).next().unwrap_or("");
+            if let Some((f, _, _)) = FAMILIES.iter().find(|(f, _, _)| *f == fam) {
+                by.entry(f).or_default().push(line.to_string());
+            }
+        }
+    }
+    let mut out = String::new();
+    for (f, ty, help) in FAMILIES {
+        if let Some(lines) = by.get(f) {
+            out.push_str(&format!("# HELP {f} {help}\n# TYPE {f} {ty}\n"));
+            for l in lines {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Answers one HTTP request on `s`.
+fn answer(mut s: impl Read + Write, ctl: &Path) {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let line = String::from_utf8_lossy(&buf);
+    let first = line.lines().next().unwrap_or("");
+    let mut parts = first.split(' ');
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, ctype, body) = if method != "GET" {
+        (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_string(),
+        )
+    } else if target != "/metrics" && target != "/" {
+        ("404 Not Found", "text/plain", "try /metrics\n".to_string())
+    } else {
+        match scrape(ctl) {
+            Ok(b) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", b),
+            Err(e) => (
+                "503 Service Unavailable",
+                "text/plain",
+                format!("valed's control socket: {e}\n"),
+            ),
+        }
+    };
+    let _ = write!(
+        s,
+        "HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// How long a scraper may take to send its request or read the answer.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Binds `addr` and serves it on a thread of its own, scraping valed
+/// through `ctl`.
+pub fn start(addr: &MetricsAddr, ctl: PathBuf) -> std::io::Result<()> {
+    match addr {
+        MetricsAddr::Tcp(a) => {
+            let l = TcpListener::bind(a)?;
+            tracing::info!(addr = %a, "metrics on http://{a}/metrics");
+            std::thread::Builder::new()
+                .name("metrics".into())
+                .spawn(move || {
+                    for s in l.incoming().flatten() {
+                        let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+                        let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+                        answer(s, &ctl);
+                    }
+                })?;
+        }
+        MetricsAddr::Unix(p) => {
+            // A stale socket from an earlier run goes; anything else at
+            // the path is refused, never removed.
+            if let Ok(md) = std::fs::symlink_metadata(p) {
+                use std::os::unix::fs::FileTypeExt;
+                if !md.file_type().is_socket() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        format!("--metrics {}: exists and is not a socket", p.display()),
+                    ));
+                }
+                if std::os::unix::net::UnixStream::connect(p).is_ok() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        format!("--metrics {}: in use", p.display()),
+                    ));
+                }
+                std::fs::remove_file(p)?;
+            }
+            let l = UnixListener::bind(p)?;
+            tracing::info!(path = %p.display(), "metrics on unix socket");
+            std::thread::Builder::new()
+                .name("metrics".into())
+                .spawn(move || {
+                    for s in l.incoming().flatten() {
+                        let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+                        let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+                        answer(s, &ctl);
+                    }
+                })?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            MetricsAddr::parse("127.0.0.1:9469"),
+            Ok(MetricsAddr::Tcp("127.0.0.1:9469".parse().unwrap()))
+        );
+        assert!(MetricsAddr::parse("[::1]:9469").is_ok());
+        assert_eq!(
+            MetricsAddr::parse("unix:/run/vale/m.sock"),
+            Ok(MetricsAddr::Unix("/run/vale/m.sock".into()))
+        );
+        let e = MetricsAddr::parse("0.0.0.0:9469").unwrap_err();
+        assert!(e.contains("not a loopback"), "{e}");
+        assert!(MetricsAddr::parse("localhost").is_err());
+        assert!(MetricsAddr::parse("unix:").is_err());
+    }
+}
