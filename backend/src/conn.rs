@@ -63,9 +63,25 @@ pub enum ConnError {
     /// Too many descriptors on one message.
     #[error("{0} descriptors on one message (at most {MAX_FDS})")]
     TooManyFds(usize),
+    /// The VMM stopped in the middle of a message, or stopped reading
+    /// replies, for longer than [`STALL`].
+    #[error("the VMM stalled for {}s in the middle of a message", STALL.as_secs())]
+    Stalled,
     /// The socket failed.
     #[error("socket: {0}")]
     Io(#[from] io::Error),
+}
+
+/// How long a VMM may leave a message half-sent, or a reply unread: the
+/// port's thread waits on the socket only once epoll said a message
+/// began, and must get back to its kicks and to a port being removed.
+pub const STALL: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn stall(e: io::Error) -> ConnError {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ConnError::Stalled,
+        _ => ConnError::Io(e),
+    }
 }
 
 /// The name of request `code` as the vhost-user spec spells it
@@ -136,8 +152,11 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Wraps a connected stream.
+    /// Wraps a connected stream; reads and writes give up after
+    /// [`STALL`].
     pub fn new(sock: UnixStream) -> Conn {
+        let _ = sock.set_read_timeout(Some(STALL));
+        let _ = sock.set_write_timeout(Some(STALL));
         Conn { sock }
     }
 
@@ -155,7 +174,7 @@ impl Conn {
         let (n, mut fds) = loop {
             match netmap::sys::recv_with_fds(&self.sock, &mut hdr) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                r => break r?,
+                r => break r.map_err(stall)?,
             }
         };
         if n == 0 {
@@ -200,24 +219,24 @@ impl Conn {
                 }
                 Ok(k) => got += k,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(stall(e)),
             }
         }
         Ok(())
     }
 
     /// Sends the reply to request `code` with `body`.
-    pub fn reply(&mut self, code: u32, body: &[u8]) -> io::Result<()> {
+    pub fn reply(&mut self, code: u32, body: &[u8]) -> Result<(), ConnError> {
         let mut msg = Vec::with_capacity(HDR_LEN + body.len());
         msg.extend_from_slice(&code.to_le_bytes());
         msg.extend_from_slice(&(flags::VERSION | flags::REPLY).to_le_bytes());
         msg.extend_from_slice(&(body.len() as u32).to_le_bytes());
         msg.extend_from_slice(body);
-        self.sock.write_all(&msg)
+        self.sock.write_all(&msg).map_err(stall)
     }
 
     /// Replies with a u64.
-    pub fn reply_u64(&mut self, code: u32, v: u64) -> io::Result<()> {
+    pub fn reply_u64(&mut self, code: u32, v: u64) -> Result<(), ConnError> {
         self.reply(code, &v.to_le_bytes())
     }
 }
@@ -285,6 +304,16 @@ mod tests {
             c.recv(),
             Err(ConnError::Truncated { got: 4, want: 8 })
         ));
+    }
+
+    #[test]
+    fn a_half_sent_message_times_out() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let mut c = Conn::new(b);
+        a.write_all(&raw(8, 1, &[0; 8])[..6]).unwrap();
+        let t0 = std::time::Instant::now();
+        assert!(matches!(c.recv(), Err(ConnError::Stalled)));
+        assert!(t0.elapsed() >= STALL);
     }
 
     #[test]

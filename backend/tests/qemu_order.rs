@@ -227,3 +227,25 @@ fn bad_memory_is_refused_before_mapping() {
     assert!(e.contains("ADD_MEM_REG") && e.contains("4096"), "{e}");
     assert!(rig.ports[0].connected());
 }
+
+/// A VMM that stops in the middle of a message neither holds its port's
+/// thread nor the removal of the port.
+#[test]
+fn a_vmm_stalled_mid_message_is_dropped() {
+    let rig = Rig::new(1, 1);
+    let mut s = UnixStream::connect(rig.socket(0)).unwrap();
+    wait_for("the connection", || rig.ports[0].connected());
+    s.write_all(&msg(8, 0, &state_body(0, 256))[..7]).unwrap();
+    wait_for("the stall to end the session", || !rig.ports[0].connected());
+    let e = rig.ports[0].stats().last_error.expect("a last error");
+    assert!(e.contains("stalled"), "{e}");
+    // Again, and remove the port while the VMM is mid-message.
+    let mut s2 = UnixStream::connect(rig.socket(0)).unwrap();
+    wait_for("the connection", || rig.ports[0].connected());
+    s2.write_all(&msg(8, 0, &state_body(0, 256))[..7]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let t0 = Instant::now();
+    drop(rig);
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    drop((s, s2));
+}
