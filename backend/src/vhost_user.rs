@@ -643,11 +643,15 @@ impl<'d, D: Device> Session<'d, D> {
     }
 
     /// Stops every queue (the VMM went away): the forwarding threads leave
-    /// their batches before the memory goes.
+    /// their batches before the memory goes. The guest's memory is
+    /// unmapped now, not when an idle forwarding thread next looks at its
+    /// queue: the map every clone of the session's `GuestMem` sees becomes
+    /// empty, and the regions go with the last batch guard.
     pub fn shutdown(&mut self) {
         for q in 0..self.vrings.len() {
             self.stop_queue(q);
         }
+        self.mem.clear();
     }
 }
 

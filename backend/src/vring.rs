@@ -79,9 +79,12 @@ pub fn host_range(mem: &Mem, addr: u64, len: usize) -> Option<*mut u8> {
 pub struct HostMap {
     regions: Vec<(u64, u64, usize)>,
     last: std::cell::Cell<usize>,
-    /// The map it was made from, held so that its mappings (and its
-    /// address, the identity compared) cannot go away under the table.
-    mem: Option<std::sync::Arc<Mem>>,
+    /// The map it was made from, by a weak reference: its address (the
+    /// identity compared) cannot be reused while this is held, yet the
+    /// mappings go as soon as the last batch guard does (a VMM that
+    /// disconnects gets its memory unmapped even if this table is never
+    /// looked at again). The batch that uses the table holds the map.
+    mem: Option<std::sync::Weak<Mem>>,
 }
 
 impl HostMap {
@@ -91,7 +94,7 @@ impl HostMap {
         if self
             .mem
             .as_ref()
-            .is_some_and(|m| std::sync::Arc::ptr_eq(m, mem))
+            .is_some_and(|m| std::ptr::eq(m.as_ptr(), std::sync::Arc::as_ptr(mem)))
         {
             return;
         }
@@ -101,7 +104,7 @@ impl HostMap {
                 self.regions.push((r.start_addr().0, r.len(), h as usize));
             }
         }
-        self.mem = Some(mem.clone());
+        self.mem = Some(std::sync::Arc::downgrade(mem));
         self.last.set(0);
     }
 
