@@ -29,6 +29,11 @@ use crate::queue::{GuestMem, Mem};
 /// RAM block (a handful, more with DIMM hot-plug); each costs a mapping.
 pub const MAX_REGIONS: usize = 64;
 
+/// Regions start on this boundary in guest-physical space and in their
+/// file (mmap needs the latter; the data path's atomic ring indexes need
+/// the former).
+const PAGE: u64 = 4096;
+
 /// Why a region was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MemError {
@@ -39,6 +44,15 @@ pub enum MemError {
         gpa: u64,
         /// Size.
         size: u64,
+    },
+    /// A guest address or file offset not on a page boundary: rings at
+    /// aligned guest addresses would land at misaligned host addresses.
+    #[error("region gpa {gpa:#x} offset {offset:#x}: not page-aligned")]
+    Misaligned {
+        /// Guest-physical start.
+        gpa: u64,
+        /// mmap offset.
+        offset: u64,
     },
     /// The descriptor is not a regular file.
     #[error(
@@ -186,6 +200,12 @@ fn check(spec: &RegionSpec, file: &File) -> Result<(u64, u64), MemError> {
         return Err(MemError::Bounds {
             gpa,
             size: spec.size,
+        });
+    }
+    if spec.gpa % PAGE != 0 || spec.offset % PAGE != 0 {
+        return Err(MemError::Misaligned {
+            gpa,
+            offset: spec.offset,
         });
     }
     let md = file.metadata().map_err(|e| MemError::Map {
@@ -491,8 +511,17 @@ mod tests {
             .unwrap_err();
         assert_eq!(e, MemError::NotAFile { gpa: 0 });
         let (_m, fd) = fd_of(4096);
-        let e = t.add(&spec(u64::MAX - 10, 4096, 0), fd).unwrap_err();
+        let e = t.add(&spec(u64::MAX - 4095, 8192, 0), fd).unwrap_err();
         assert!(matches!(e, MemError::Bounds { .. }));
+        let (m, fd) = fd_of(8192);
+        let e = t.add(&spec(1, 4096, 0), fd).unwrap_err();
+        assert_eq!(e, MemError::Misaligned { gpa: 1, offset: 0 });
+        let odd = RegionSpec {
+            offset: 2,
+            ..spec(0, 4096, 0)
+        };
+        let e = t.add(&odd, m.try_clone_fd().unwrap()).unwrap_err();
+        assert_eq!(e, MemError::Misaligned { gpa: 0, offset: 2 });
         assert_eq!(t.mapped_regions(), 0);
     }
 
