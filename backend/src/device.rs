@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use netmap::sys::EventFd;
+use std::os::unix::net::UnixListener;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use vhost::vhost_user::Listener;
 
 use crate::conn::Conn;
 use crate::queue::{Binding, QueueCtl, QueueStats, RxQueue, RxSet, TxQueue, VringSlot};
@@ -113,15 +113,9 @@ pub const MAX_BATCH: usize = vale::MAX_BATCH;
 /// Errors starting or running a port.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    /// The socket path could not be bound.
-    #[error("vhost-user socket {path}: {source}")]
-    Listen {
-        /// Path.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        source: vhost::vhost_user::Error,
-    },
+    /// The socket could not be made.
+    #[error("vhost-user socket {0}")]
+    Listen(#[from] crate::socket::SocketError),
     /// A bad number of queue pairs.
     #[error("queue pairs {0}: must be 1..={MAX_QUEUE_PAIRS}")]
     QueuePairs(u16),
@@ -140,11 +134,7 @@ impl BackendError {
     /// The errno a control request answers with.
     pub fn errno(&self) -> i32 {
         match self {
-            BackendError::Listen {
-                source: vhost::vhost_user::Error::SocketError(e),
-                ..
-            } => e.raw_os_error().unwrap_or(libc::EIO),
-            BackendError::Listen { .. } => libc::EIO,
+            BackendError::Listen(e) => e.errno(),
             BackendError::QueuePairs(_) | BackendError::QueueSize(_) | BackendError::Batch(_) => {
                 libc::EINVAL
             }
@@ -179,6 +169,9 @@ pub struct NetConfig {
     pub queue_size: u16,
     /// Most frames taken from a guest TX queue per forwarding batch.
     pub batch: u16,
+    /// The uid the port belongs to, if not root: its socket is made theirs
+    /// (mode 0600) and only a VMM of that uid is served.
+    pub owner: Option<u32>,
 }
 
 impl NetConfig {
@@ -192,6 +185,7 @@ impl NetConfig {
             queue_pairs: 1,
             queue_size: 1024,
             batch: DEFAULT_BATCH,
+            owner: None,
         }
     }
 }
@@ -475,14 +469,7 @@ impl NetPort {
         let dev = NetDevice::new(cfg.clone())?;
         let stop = Arc::new(EventFd::new()?);
         let listener = match cfg.mode {
-            SocketMode::Server => {
-                Some(
-                    Listener::new(&cfg.socket, true).map_err(|e| BackendError::Listen {
-                        path: cfg.socket.clone(),
-                        source: e,
-                    })?,
-                )
-            }
+            SocketMode::Server => Some(crate::socket::bind(&cfg.socket, cfg.owner)?),
             SocketMode::Client => None,
         };
         let (d2, s2) = (dev.clone(), stop.clone());
@@ -627,7 +614,7 @@ fn wait_readable(fd: Option<BorrowedFd<'_>>, stop: &EventFd, timeout: Option<Dur
     !fds[0].revents.is_empty()
 }
 
-fn serve(dev: NetDevice, listener: Option<Listener>, stop: &EventFd) {
+fn serve(dev: NetDevice, listener: Option<UnixListener>, stop: &EventFd) {
     let name = dev.0.cfg.name.clone();
     loop {
         let stream = match &listener {
@@ -639,8 +626,8 @@ fn serve(dev: NetDevice, listener: Option<Listener>, stop: &EventFd) {
                     break;
                 }
                 match l.accept() {
-                    Ok(Some(s)) => s,
-                    Ok(None) => continue,
+                    Ok((s, _)) => s,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     Err(e) => {
                         dev.0.diag.error(&name, &format!("accept: {e}"));
                         if wait_readable(None, stop, Some(Duration::from_secs(1))) {
@@ -661,6 +648,19 @@ fn serve(dev: NetDevice, listener: Option<Listener>, stop: &EventFd) {
                 }
             },
         };
+        if let Err(e) = crate::socket::check_peer(&stream, dev.0.cfg.owner) {
+            dev.0.diag.error(&name, &e);
+            drop(stream);
+            if listener.is_none() && wait_readable(None, stop, Some(Duration::from_secs(1))) {
+                break;
+            }
+            continue;
+        }
+        // The listener is non-blocking (nothing may block the port's
+        // thread); the session's socket is blocking with timeouts.
+        if stream.set_nonblocking(false).is_err() {
+            continue;
+        }
         if session(&dev, stream, stop) {
             break;
         }

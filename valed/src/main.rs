@@ -27,11 +27,12 @@ struct Args {
     config: Option<PathBuf>,
     vhost_inline: bool,
     metrics: Option<metrics::MetricsAddr>,
+    vhost_dir: Option<PathBuf>,
 }
 
 const USAGE: &str =
     "usage: valed [--socket PATH] [--threads N] [--cpus LIST] [--busy-poll USECS] [--log LEVEL]
-             [--hugepages] [--vhost-inline] [--config FILE] [--metrics HOST:PORT|unix:PATH]
+             [--hugepages] [--vhost-inline] [--config FILE] [--metrics HOST:PORT|unix:PATH] [--vhost-dir DIR]
              [--vhost-user NAME=PATH[,client][,queues=N][,batch=N][,attach=valeX]]...";
 
 fn parse_cpus(s: &str) -> Result<Vec<usize>, String> {
@@ -65,6 +66,7 @@ fn parse_args() -> Result<Args, String> {
         config: None,
         vhost_inline: false,
         metrics: None,
+        vhost_dir: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -97,6 +99,7 @@ fn parse_args() -> Result<Args, String> {
                 .vhost
                 .push(vhost::VhostSpec::parse_arg(&val("--vhost-user")?)?),
             "--config" => a.config = Some(PathBuf::from(val("--config")?)),
+            "--vhost-dir" => a.vhost_dir = Some(PathBuf::from(val("--vhost-dir")?)),
             "--metrics" => a.metrics = Some(metrics::MetricsAddr::parse(&val("--metrics")?)?),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -134,6 +137,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// Creates the vhost directory (mode 0755: tenants' VMMs need to search
+/// it; only valed creates entries). An existing one must be a directory
+/// owned by root, not a symlink, writable by nobody else.
+fn make_vhost_dir(d: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::symlink_metadata(d) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(d)?;
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
+        }
+        Err(e) => Err(e),
+        Ok(md) => {
+            // SAFETY: geteuid has no preconditions.
+            let me = unsafe { libc::geteuid() };
+            if !md.is_dir() || md.uid() != me || md.mode() & 0o022 != 0 {
+                return Err(std::io::Error::other(format!(
+                    "--vhost-dir {}: must be a directory of uid {me}, not a symlink, writable by no one else",
+                    d.display()
+                )));
+            }
+            Ok(())
+        }
+    }
+}
+
 fn run(args: Args) -> std::io::Result<()> {
     // Before any thread exists, so all of them inherit the blocked mask.
     let signals = signal::StopSignals::install()?;
@@ -151,6 +179,15 @@ fn run(args: Args) -> std::io::Result<()> {
     let mut reg = state::Registry::new(fwd);
     reg.huge_pages = args.huge_pages;
     reg.vhost_inline = args.vhost_inline;
+    // Tenants' vhost-user sockets: beside the control socket unless told.
+    reg.vhost_dir = match &args.vhost_dir {
+        Some(d) => d.clone(),
+        None => path
+            .parent()
+            .map_or_else(|| PathBuf::from("/run/vale"), |p| p.to_path_buf())
+            .join("vhost"),
+    };
+    make_vhost_dir(&reg.vhost_dir)?;
     // Ports from the config file (valed's own record of what vale-ctl
     // created), then the command line's.
     let mut specs = Vec::new();
@@ -169,7 +206,7 @@ fn run(args: Args) -> std::io::Result<()> {
     }
     for s in specs {
         let name = s.name.clone();
-        if let Err((_, msg)) = reg.vhost_create(s, 0) {
+        if let Err((_, msg)) = reg.vhost_create(s) {
             error!(port = name, "vhost-user port: {msg}");
             stop.store(true, Ordering::Relaxed);
             reg.shutdown();

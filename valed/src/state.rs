@@ -177,6 +177,8 @@ pub struct Registry {
     next_unit: u64,
     /// Where vhost-user ports are saved, to come back after a restart.
     pub state_file: Option<std::path::PathBuf>,
+    /// Where tenants' vhost-user sockets live (`--vhost-dir`).
+    pub vhost_dir: std::path::PathBuf,
     /// Forward VM ports' TX on the vhost-user worker threads
     /// (`--vhost-inline`) instead of relaying kicks to forwarding threads.
     pub vhost_inline: bool,
@@ -222,6 +224,7 @@ impl Registry {
             vhost: BTreeMap::new(),
             next_unit: 1 << 62,
             state_file: None,
+            vhost_dir: std::path::PathBuf::from("/run/vale/vhost"),
             vhost_inline: false,
         }
     }
@@ -1003,7 +1006,7 @@ impl Registry {
 
     fn vale_delif(&mut self, conn: &mut Conn, req: &Request, name: &str) -> Answer {
         if let Some(v) = self.vhost.get(name) {
-            if v.owner != conn.uid && conn.uid != 0 {
+            if v.spec.owner != conn.uid && conn.uid != 0 {
                 return err(req, libc::EPERM);
             }
             if v.attached.is_some() {
@@ -1043,7 +1046,7 @@ impl Registry {
             return err(req, libc::ENXIO);
         }
         if let Some(v) = self.vhost.get(&pname) {
-            if v.owner != conn.uid && conn.uid != 0 {
+            if v.spec.owner != conn.uid && conn.uid != 0 {
                 return err(req, libc::EPERM);
             }
             return match self.vhost_attach(&pname, &switch) {
@@ -1084,7 +1087,7 @@ impl Registry {
             if v.attached.as_ref().map(|a| a.0.as_str()) != Some(switch.as_str()) {
                 return err(req, libc::ENXIO);
             }
-            if v.owner != conn.uid && conn.uid != 0 {
+            if v.spec.owner != conn.uid && conn.uid != 0 {
                 return err(req, libc::EPERM);
             }
             return match self.vhost_detach(&pname) {
@@ -1128,7 +1131,7 @@ impl Registry {
     }
 
     /// Creates a vhost-user port (and attaches it if the spec says so).
-    pub fn vhost_create(&mut self, spec: VhostSpec, owner: u32) -> Result<(), (Errno, String)> {
+    pub fn vhost_create(&mut self, spec: VhostSpec) -> Result<(), (Errno, String)> {
         if self.ports.contains_key(&spec.name)
             || self.vhost.contains_key(&spec.name)
             || std::path::Path::new("/sys/class/net")
@@ -1152,7 +1155,6 @@ impl Registry {
                     ..spec
                 },
                 port,
-                owner,
                 attached: None,
                 unit_id,
                 fwd: Vec::new(),
@@ -1304,27 +1306,109 @@ impl Registry {
         if crate::vhost::bad_name(name) {
             return err(req, libc::EINVAL);
         }
+        let client = b.flags & VALE_VHOST_CLIENT != 0;
+        let path = match self.vhost_path(path, client, conn.uid) {
+            Ok(p) => p,
+            Err((e, msg)) => {
+                tracing::warn!(
+                    port = name,
+                    uid = conn.uid,
+                    "vhost-user port refused: {msg}"
+                );
+                return err(req, e);
+            }
+        };
         let spec = VhostSpec {
             name: name.to_string(),
-            path: path.into(),
-            client: b.flags & VALE_VHOST_CLIENT != 0,
+            path,
+            client,
             queues: if b.queue_pairs == 0 { 1 } else { b.queue_pairs },
             batch: backend::device::DEFAULT_BATCH,
             attach: None,
+            owner: conn.uid,
         };
         if spec.queues > backend::device::MAX_QUEUE_PAIRS {
             return err(req, libc::EINVAL);
         }
-        match self.vhost_create(spec, conn.uid) {
+        match self.vhost_create(spec) {
             Ok(()) => {
                 self.save_state();
                 (0, req.clone(), Vec::new())
             }
             Err((e, msg)) => {
-                tracing::warn!(port = name, "vhost-user port not created: {msg}");
+                tracing::warn!(
+                    port = name,
+                    uid = conn.uid,
+                    "vhost-user port not created: {msg}"
+                );
                 err(req, e)
             }
         }
+    }
+
+    /// The socket path a request from `uid` names, by valed's policy
+    /// (valed.8, SECURITY): a plain file name is a socket in the vhost
+    /// directory; root may name any absolute path; a tenant's listening
+    /// socket must be in the vhost directory, and a tenant's client-mode
+    /// port may only connect to a socket that tenant owns.
+    fn vhost_path(
+        &self,
+        given: &str,
+        client: bool,
+        uid: u32,
+    ) -> Result<std::path::PathBuf, (Errno, String)> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let p = std::path::Path::new(given);
+        crate::vhost::check_path(p).map_err(|m| (libc::EINVAL, m))?;
+        let path = if crate::vhost::plain_name(given) {
+            self.vhost_dir.join(given)
+        } else if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            return Err((
+                libc::EINVAL,
+                format!("socket path {given:?}: want a plain file name or an absolute path"),
+            ));
+        };
+        if uid == 0 {
+            return Ok(path);
+        }
+        if client {
+            // connect(2) follows symlinks; so does this check. The VMM's
+            // credentials are checked again once connected.
+            let md = std::fs::metadata(&path).map_err(|e| {
+                (
+                    libc::ENOENT,
+                    format!("client socket {}: {e}", path.display()),
+                )
+            })?;
+            if !md.file_type().is_socket() || md.uid() != uid {
+                return Err((
+                    libc::EPERM,
+                    format!(
+                        "client socket {}: not a socket of uid {uid} (owner {})",
+                        path.display(),
+                        md.uid()
+                    ),
+                ));
+            }
+            return Ok(path);
+        }
+        let inside = path.parent() == Some(self.vhost_dir.as_path())
+            && path
+                .file_name()
+                .and_then(|f| f.to_str())
+                .is_some_and(crate::vhost::plain_name);
+        if !inside {
+            return Err((
+                libc::EPERM,
+                format!(
+                    "socket path {given:?}: uid {uid} may only make sockets in {} (give a plain file name)",
+                    self.vhost_dir.display()
+                ),
+            ));
+        }
+        Ok(path)
     }
 
     /// Every attached port as (bridge idx, port idx, full name), in order.

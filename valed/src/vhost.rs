@@ -25,14 +25,51 @@ pub struct VhostSpec {
     pub batch: u16,
     /// Switch to attach to (`vale0`), if any.
     pub attach: Option<String>,
+    /// The uid it belongs to (0: root's).
+    pub owner: u32,
 }
 
-/// Why a port name is refused (netmap's NEWIF rules).
+/// Characters no port name or socket path may hold: the config file and
+/// `--vhost-user` separate fields by spaces and commas and start comments
+/// with `#`; control characters would break lines. One rule everywhere,
+/// so nothing written to the config file reads back differently.
+fn unsafe_char(c: char) -> bool {
+    c.is_whitespace() || c.is_control() || c == '#' || c == ','
+}
+
+/// Why a port name is refused (netmap's NEWIF rules, and [`unsafe_char`]).
 pub fn bad_name(name: &str) -> bool {
     name.is_empty()
         || name.len() > 15
         || name.starts_with("vale")
-        || name.contains(|c: char| c == ':' || c == '/' || c == '=' || c.is_whitespace())
+        || name.contains(|c: char| c == ':' || c == '/' || c == '=' || unsafe_char(c))
+}
+
+/// A socket path that [`VhostSpec`] can carry: 1-107 bytes, UTF-8, none of
+/// [`unsafe_char`].
+pub fn check_path(path: &Path) -> Result<(), String> {
+    let Some(s) = path.to_str() else {
+        return Err(format!("socket path {path:?}: not UTF-8"));
+    };
+    if s.is_empty() || s.len() >= 108 {
+        return Err(format!("socket path {s:?}: want 1-107 bytes"));
+    }
+    if s.contains(unsafe_char) {
+        return Err(format!(
+            "socket path {s:?}: no spaces, control characters, '#' or ','"
+        ));
+    }
+    Ok(())
+}
+
+/// A plain socket file name a tenant may give: `[A-Za-z0-9._-]`, 1-64
+/// characters, not starting with a dot.
+pub fn plain_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 impl VhostSpec {
@@ -52,6 +89,7 @@ impl VhostSpec {
             queues: 1,
             batch: backend::device::DEFAULT_BATCH,
             attach: None,
+            owner: 0,
         };
         for p in parts {
             spec.option(p)
@@ -82,6 +120,11 @@ impl VhostSpec {
                     .filter(|&b: &u16| b >= 1 && b as usize <= backend::device::MAX_BATCH)
                     .ok_or_else(|| format!("batch={n}: want 1..={}", backend::device::MAX_BATCH))?
             }
+            Some(("owner", n)) => {
+                self.owner = n
+                    .parse()
+                    .map_err(|_| format!("owner={n}: want a numeric uid"))?
+            }
             Some(("attach", sw)) => {
                 if !sw.starts_with("vale") || sw.len() <= 4 || sw.contains(':') {
                     return Err(format!("attach={sw}: want a switch name such as vale0"));
@@ -96,15 +139,11 @@ impl VhostSpec {
     fn check(&self) -> Result<(), String> {
         if bad_name(&self.name) {
             return Err(format!(
-                "port name {:?}: want 1-15 characters, no ':', '/', '=', spaces, not starting with \"vale\"",
+                "port name {:?}: want 1-15 characters, no ':', '/', '=', ',', '#', spaces, not starting with \"vale\"",
                 self.name
             ));
         }
-        let p = self.path.as_os_str().len();
-        if p == 0 || p >= 108 {
-            return Err(format!("socket path {:?}: want 1-107 bytes", self.path));
-        }
-        Ok(())
+        check_path(&self.path)
     }
 
     /// Parses a config file: one port per line,
@@ -134,6 +173,7 @@ impl VhostSpec {
                 queues: 1,
                 batch: backend::device::DEFAULT_BATCH,
                 attach: None,
+                owner: 0,
             };
             for o in w {
                 spec.option(o).map_err(|e| format!("{}: {e}", at()))?;
@@ -159,6 +199,9 @@ impl VhostSpec {
         if let Some(a) = &self.attach {
             s.push_str(&format!(" attach={a}"));
         }
+        if self.owner != 0 {
+            s.push_str(&format!(" owner={}", self.owner));
+        }
         s
     }
 
@@ -172,6 +215,7 @@ impl VhostSpec {
         };
         c.queue_pairs = self.queues;
         c.batch = self.batch;
+        c.owner = (self.owner != 0).then_some(self.owner);
         c
     }
 }
@@ -183,8 +227,6 @@ pub struct VhostPort {
     pub spec: VhostSpec,
     /// The backend.
     pub port: backend::NetPort,
-    /// Who made it.
-    pub owner: u32,
     /// (switch, index) when attached.
     pub attached: Option<(String, PortId)>,
     /// Forwarding units' registration id.
@@ -290,5 +332,59 @@ mod tests {
         let e =
             VhostSpec::parse_file("# c\n\nvhost-user a /p\nfoo b\n", Path::new("f")).unwrap_err();
         assert!(e.contains("f:4"), "{e}");
+    }
+
+    /// Whatever names and paths a client sends, what is written to the
+    /// config file reads back as the same ports: the characters that
+    /// would split a field or a line are refused up front.
+    #[test]
+    fn hostile_names_and_paths_cannot_reach_the_config_file() {
+        for name in ["a b", "a\nb", "a#b", "a,b", "a\tb", "x\u{7f}"] {
+            assert!(bad_name(name), "{name:?}");
+        }
+        for path in [
+            "/tmp/a b.sock",
+            "/tmp/a\nvhost-user evil /etc/shadow",
+            "/tmp/a#b",
+            "/tmp/a,client",
+            "/tmp/\u{1b}[31m",
+        ] {
+            assert!(check_path(Path::new(path)).is_err(), "{path:?}");
+            // (On the command line a comma starts an option instead.)
+            if !path.contains(',') {
+                assert!(
+                    VhostSpec::parse_arg(&format!("vm1={path}")).is_err(),
+                    "{path:?}"
+                );
+            }
+        }
+        // Every accepted spec round-trips, owner included.
+        let mut specs = Vec::new();
+        for (i, path) in ["/run/vale/vhost/vm-1.sock", "/tmp/x_y.z", "/a/b/c"]
+            .iter()
+            .enumerate()
+        {
+            let mut s = VhostSpec::parse_arg(&format!("p{i}={path},queues=2")).unwrap();
+            s.owner = 1000 + i as u32 * 7;
+            specs.push(s);
+        }
+        let text: String = specs.iter().map(|s| s.to_line() + "\n").collect();
+        let back = VhostSpec::parse_file(&text, Path::new("f")).unwrap();
+        assert_eq!(back, specs);
+        assert_eq!(back[1].net_config().owner, Some(1007));
+        let root = VhostSpec::parse_arg("r=/x").unwrap();
+        assert_eq!(root.net_config().owner, None);
+        assert!(!root.to_line().contains("owner"));
+        assert!(VhostSpec::parse_arg("r=/x,owner=bob").is_err());
+    }
+
+    #[test]
+    fn plain_names() {
+        for ok in ["vm1", "vm1.sock", "a-b_c.d", "X"] {
+            assert!(plain_name(ok), "{ok}");
+        }
+        for bad in ["", ".hidden", "..", "a/b", "a b", "é", &"x".repeat(65)] {
+            assert!(!plain_name(bad), "{bad:?}");
+        }
     }
 }

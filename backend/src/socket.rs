@@ -1,0 +1,196 @@
+//! A port's vhost-user socket, as root makes it for a tenant: bound
+//! without replacing anything but a stale socket of the same owner, handed
+//! to the owner (mode 0600), and every connection's peer checked to be that
+//! owner.
+//!
+//! The path itself (which directory a tenant may use) is the daemon's
+//! policy (valed: `--vhost-dir`); this module enforces what holds for
+//! every path: valed is root, and `unlink` + `bind` on a path a tenant
+//! names would let the tenant delete any file or take over another
+//! tenant's VM socket.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+/// Why a socket could not be made or a peer was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// Something that is not a socket is at the path.
+    #[error("{path}: exists and is not a socket; not replaced")]
+    Exists {
+        /// The path.
+        path: PathBuf,
+    },
+    /// A live socket is at the path.
+    #[error("{path}: a socket in use is there")]
+    InUse {
+        /// The path.
+        path: PathBuf,
+    },
+    /// A stale socket of another uid is at the path.
+    #[error("{path}: a socket of uid {uid} is there, not the port owner's ({owner})")]
+    NotOwner {
+        /// The path.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+        /// The port's owner.
+        owner: u32,
+    },
+    /// An OS call failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl SocketError {
+    /// The errno a control request answers with.
+    pub fn errno(&self) -> i32 {
+        match self {
+            SocketError::Exists { .. } => libc::EEXIST,
+            SocketError::InUse { .. } => libc::EADDRINUSE,
+            SocketError::NotOwner { .. } => libc::EPERM,
+            SocketError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+        }
+    }
+}
+
+/// Binds a listening socket at `path` for a port owned by `owner` (None:
+/// root's, left as bind(2) makes it). An existing entry is replaced only
+/// if it is a socket nobody listens on, owned by the port's owner (any,
+/// for root's ports); a symlink is never followed nor replaced.
+pub fn bind(path: &Path, owner: Option<u32>) -> Result<UnixListener, SocketError> {
+    let io_err = |source| SocketError::Io {
+        path: path.into(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(md) => {
+            if !md.file_type().is_socket() {
+                return Err(SocketError::Exists { path: path.into() });
+            }
+            if let Some(o) = owner {
+                if md.uid() != o {
+                    return Err(SocketError::NotOwner {
+                        path: path.into(),
+                        uid: md.uid(),
+                        owner: o,
+                    });
+                }
+            }
+            if UnixStream::connect(path).is_ok() {
+                return Err(SocketError::InUse { path: path.into() });
+            }
+            std::fs::remove_file(path).map_err(io_err)?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(e)),
+    }
+    // bind(2) fails on anything that appeared meanwhile (EADDRINUSE),
+    // symlinks included.
+    let l = UnixListener::bind(path).map_err(io_err)?;
+    if let Some(o) = owner {
+        // Connections that come before the chmod are refused by the peer
+        // check, so the window does not matter.
+        let r = std::os::unix::fs::lchown(path, Some(o), None)
+            .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)));
+        if let Err(e) = r {
+            let _ = std::fs::remove_file(path);
+            return Err(io_err(e));
+        }
+    }
+    l.set_nonblocking(true).map_err(io_err)?;
+    Ok(l)
+}
+
+/// Whether the process at the other end of `s` may serve a port owned by
+/// `owner`: root's ports take any VMM; a tenant's only a VMM of the same
+/// uid (for a client-mode port, the VMM that listens; so a tenant cannot
+/// point its port at another tenant's VM socket).
+pub fn check_peer(s: &UnixStream, owner: Option<u32>) -> Result<(), String> {
+    let Some(o) = owner else {
+        return Ok(());
+    };
+    let (pid, uid, _) =
+        netmap::sys::peer_cred(s).map_err(|e| format!("cannot read the VMM's credentials: {e}"))?;
+    if uid != o {
+        return Err(format!(
+            "the VMM at the other end (pid {pid}) runs as uid {uid}, not as the port owner (uid {o}): refused"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("vale-socket-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn never_replaces_files_symlinks_or_live_sockets() {
+        let d = dir("replace");
+        let f = d.join("victim");
+        std::fs::write(&f, b"precious").unwrap();
+        assert!(matches!(bind(&f, None), Err(SocketError::Exists { .. })));
+        assert_eq!(std::fs::read(&f).unwrap(), b"precious");
+        let l = d.join("link");
+        std::os::unix::fs::symlink(&f, &l).unwrap();
+        assert!(matches!(bind(&l, None), Err(SocketError::Exists { .. })));
+        let dangling = d.join("dangling");
+        std::os::unix::fs::symlink(d.join("nowhere"), &dangling).unwrap();
+        assert!(bind(&dangling, None).is_err());
+        assert!(!d.join("nowhere").exists());
+        let s = d.join("s.sock");
+        let live = bind(&s, None).unwrap();
+        let e = bind(&s, None).unwrap_err();
+        assert!(matches!(e, SocketError::InUse { .. }), "{e}");
+        assert_eq!(e.errno(), libc::EADDRINUSE);
+        drop(live);
+        // Stale now: replaced.
+        let _again = bind(&s, None).unwrap();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn tenant_sockets_are_the_tenants() {
+        let d = dir("owner");
+        let s = d.join("t.sock");
+        // SAFETY: getuid has no preconditions.
+        let me = unsafe { libc::getuid() };
+        let l = bind(&s, Some(me)).unwrap();
+        let md = std::fs::symlink_metadata(&s).unwrap();
+        assert_eq!(md.mode() & 0o777, 0o600);
+        assert_eq!(md.uid(), me);
+        drop(l);
+        // A stale socket of another uid is not taken over.
+        let other = me.wrapping_add(12345);
+        let e = bind(&s, Some(other)).unwrap_err();
+        assert!(matches!(e, SocketError::NotOwner { .. }), "{e}");
+        assert_eq!(e.errno(), libc::EPERM);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn peers_of_another_uid_are_refused() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        // SAFETY: getuid has no preconditions.
+        let me = unsafe { libc::getuid() };
+        assert!(check_peer(&a, None).is_ok());
+        assert!(check_peer(&a, Some(me)).is_ok());
+        let e = check_peer(&a, Some(me.wrapping_add(1))).unwrap_err();
+        assert!(e.contains("not as the port owner"), "{e}");
+    }
+}

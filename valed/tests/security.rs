@@ -1,0 +1,215 @@
+//! Tenants against valed (root): each attack of the hardening issue that
+//! this covers, run as a second uid (`nobody`, 65534) with access to the
+//! control socket, and what it now gets. The tenant's requests are made by
+//! this test binary re-executed under that uid (`tenant_helper`).
+
+mod common;
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use netmap::ctrl::{CtrlConn, Request, ValeVhostNewif, VALE_REQ_VHOST_NEWIF};
+
+const TENANT: u32 = 65534;
+
+/// `vale-ctl -n NAME --vhost-user PATH[,client]` as sent on `sock`; the
+/// errno valed answered.
+fn newif(sock: &Path, name: &str, path: &str, client: bool) -> i32 {
+    let c = CtrlConn::connect(sock).expect("control socket");
+    let body = ValeVhostNewif::new(path, client, 1).expect("body");
+    let (r, _) = c
+        .call(&Request::new(VALE_REQ_VHOST_NEWIF, name, &body).unwrap())
+        .expect("reply");
+    r.error
+}
+
+/// The tenant's side: runs only when re-executed by [`as_tenant`] (the
+/// variable names the request), under the tenant's uid.
+#[test]
+fn tenant_helper() {
+    let Ok(req) = std::env::var("VALE_TENANT_REQUEST") else {
+        return;
+    };
+    let f: Vec<&str> = req.split('\u{1f}').collect();
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    assert_eq!(uid, TENANT, "not running as the tenant");
+    let e = newif(Path::new(f[0]), f[1], f[2], f[3] == "client");
+    println!("TENANT-ERRNO={e}");
+}
+
+/// Sends NEWIF as uid 65534; the errno.
+fn as_tenant(sock: &Path, name: &str, path: &str, client: bool) -> i32 {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "tenant_helper",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(
+            "VALE_TENANT_REQUEST",
+            format!(
+                "{}\u{1f}{name}\u{1f}{path}\u{1f}{}",
+                sock.display(),
+                if client { "client" } else { "server" }
+            ),
+        )
+        .uid(TENANT)
+        .gid(TENANT)
+        .output()
+        .expect("re-exec as the tenant");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("TENANT-ERRNO=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "tenant run failed: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+struct Setup {
+    v: common::Valed,
+    dir: PathBuf,
+    vhost_dir: PathBuf,
+}
+
+/// valed with a config file; its control socket open to every uid (as if
+/// the tenant were in its group).
+fn setup(tag: &str, extra: &[&str]) -> Setup {
+    let v = common::start(tag, extra);
+    let dir = v.dir.0.clone();
+    std::fs::set_permissions(&v.sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let vhost_dir = dir.join("vhost");
+    Setup { v, dir, vhost_dir }
+}
+
+#[test]
+fn a_tenant_cannot_delete_or_take_over_files() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root (valed's tenants are other uids)");
+        return;
+    }
+    let s = setup("sec-files", &[]);
+    let victim = s.dir.join("victim");
+    std::fs::write(&victim, b"root's file").unwrap();
+    // Attack: a socket path on a root-owned file, on valed's own control
+    // socket, outside the vhost directory: EPERM, nothing touched.
+    for (name, path) in [
+        ("evil1", victim.display().to_string()),
+        ("evil2", s.v.sock.display().to_string()),
+        ("evil3", "/tmp/anywhere.sock".to_string()),
+        ("evil4", "../escape.sock".to_string()),
+    ] {
+        let e = as_tenant(&s.v.sock, name, &path, false);
+        assert!(e == libc::EPERM || e == libc::EINVAL, "{path}: errno {e}");
+    }
+    assert_eq!(std::fs::read(&victim).unwrap(), b"root's file");
+    assert!(
+        CtrlConn::connect(&s.v.sock).is_ok(),
+        "control socket intact"
+    );
+    assert!(!Path::new("/tmp/anywhere.sock").exists());
+
+    // A plain name: the tenant's own socket in the vhost directory.
+    assert_eq!(as_tenant(&s.v.sock, "mine", "mine.sock", false), 0);
+    let md = std::fs::symlink_metadata(s.vhost_dir.join("mine.sock")).unwrap();
+    assert!(md.file_type().is_socket());
+    assert_eq!((md.uid(), md.mode() & 0o777), (TENANT, 0o600));
+
+    // Something root put in the vhost directory is not replaced, for a
+    // tenant or for root.
+    let planted = s.vhost_dir.join("planted");
+    std::fs::write(&planted, b"keep").unwrap();
+    assert_eq!(as_tenant(&s.v.sock, "p1", "planted", false), libc::EEXIST);
+    assert_eq!(newif(&s.v.sock, "p2", "planted", false), libc::EEXIST);
+    assert_eq!(
+        newif(&s.v.sock, "p3", victim.to_str().unwrap(), false),
+        libc::EEXIST
+    );
+    assert_eq!(std::fs::read(&planted).unwrap(), b"keep");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"root's file");
+
+    // Another tenant's socket name is taken: not replaced either.
+    assert_eq!(newif(&s.v.sock, "r1", "mine.sock", false), libc::EADDRINUSE);
+
+    // A symlink in the tenant's path is never followed.
+    std::os::unix::fs::symlink(&victim, s.vhost_dir.join("link")).unwrap();
+    assert_eq!(as_tenant(&s.v.sock, "l1", "link", false), libc::EEXIST);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"root's file");
+}
+
+#[test]
+fn a_tenant_cannot_connect_its_port_to_another_uids_vm() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let s = setup("sec-client", &[]);
+    // Root's VMM listening (QEMU server=on) on a socket root owns.
+    let vmm = s.dir.join("root-vm.sock");
+    let _l = std::os::unix::net::UnixListener::bind(&vmm).unwrap();
+    std::fs::set_permissions(&vmm, std::fs::Permissions::from_mode(0o777)).unwrap();
+    assert_eq!(
+        as_tenant(&s.v.sock, "steal", vmm.to_str().unwrap(), true),
+        libc::EPERM
+    );
+    assert_eq!(
+        as_tenant(&s.v.sock, "gone", "/nonexistent/x.sock", true),
+        libc::ENOENT
+    );
+}
+
+#[test]
+fn hostile_paths_never_reach_the_config_file() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let cfg_dir = std::env::temp_dir().join(format!("vale-sec-cfg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cfg_dir);
+    std::fs::create_dir_all(&cfg_dir).unwrap();
+    let cfg = cfg_dir.join("ports.conf");
+    let s = setup("sec-config", &["--config", cfg.to_str().unwrap()]);
+    for (name, path) in [
+        ("n1", "a\nvhost-user evil /etc/shadow"),
+        ("n2", "a b"),
+        ("n3", "a#b"),
+    ] {
+        assert_eq!(
+            as_tenant(&s.v.sock, name, path, false),
+            libc::EINVAL,
+            "{path:?}"
+        );
+    }
+    assert_eq!(as_tenant(&s.v.sock, "t1", "t1.sock", false), 0);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(
+        text.contains(&format!(
+            "vhost-user t1 {}",
+            s.vhost_dir.join("t1.sock").display()
+        )),
+        "{text}"
+    );
+    assert!(text.contains(&format!("owner={TENANT}")), "{text}");
+    assert!(!text.contains("evil"), "{text}");
+    // After a restart the port is the tenant's again, socket and all.
+    let sock = s.v.sock.clone();
+    let vhost_dir = s.vhost_dir.clone();
+    drop(s);
+    let s2 = setup("sec-config", &["--config", cfg.to_str().unwrap()]);
+    assert_eq!(s2.v.sock, sock);
+    let md = std::fs::symlink_metadata(vhost_dir.join("t1.sock")).unwrap();
+    assert_eq!(md.uid(), TENANT);
+    drop(s2);
+    let _ = std::fs::remove_dir_all(&cfg_dir);
+}
