@@ -10,7 +10,7 @@
 //! it to the forwarding thread that owns the queue). The data path is the
 //! forwarding threads' alone.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -619,10 +619,7 @@ fn serve(dev: NetDevice, listener: Option<UnixListener>, stop: &EventFd) {
     loop {
         let stream = match &listener {
             Some(l) => {
-                // SAFETY: the listener outlives this borrow (it is only
-                // used for the poll below).
-                let fd = unsafe { BorrowedFd::borrow_raw(l.as_raw_fd()) };
-                if wait_readable(Some(fd), stop, None) {
+                if wait_readable(Some(l.as_fd()), stop, None) {
                     break;
                 }
                 match l.accept() {
