@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use netmap::ctrl::{recv_request, send_reply, Reply};
 use netmap::sys::{poll, PollFd, PollFlags};
@@ -18,14 +19,34 @@ struct Client {
     conn: Conn,
 }
 
+/// How long the listener rests after accept ran out of descriptors: the
+/// pending connection stays readable, so polling it again at once would
+/// spin.
+const ACCEPT_REST: Duration = Duration::from_millis(500);
+
 /// Serves `listener` until SIGTERM/SIGINT.
+///
+/// The control thread never waits on one client: client sockets are
+/// non-blocking (valed alone holds their open file descriptions), a
+/// request is read only when poll says one is there, and a client whose
+/// receive queue is full when its reply is sent (it sends requests and
+/// does not read) is disconnected.
 pub fn serve(listener: OwnedFd, reg: &mut Registry, signals: &StopSignals) -> std::io::Result<()> {
     let mut clients: HashMap<u64, Client> = HashMap::new();
     let mut next_id = 1u64;
+    let mut resting: Option<Instant> = None;
     loop {
         let ids: Vec<u64> = clients.keys().copied().collect();
+        let listen = resting.is_none_or(|t| t.elapsed() >= ACCEPT_REST);
+        if listen {
+            resting = None;
+        }
+        // While resting, the listener is polled for nothing (no events).
         let mut fds = vec![
-            PollFd::new(listener.as_fd(), PollFlags::IN),
+            PollFd::new(
+                listener.as_fd(),
+                if listen { PollFlags::IN } else { PollFlags(0) },
+            ),
             PollFd::new(signals.as_fd(), PollFlags::IN),
         ];
         for id in &ids {
@@ -34,7 +55,7 @@ pub fn serve(listener: OwnedFd, reg: &mut Registry, signals: &StopSignals) -> st
                 PollFlags::IN | PollFlags::RDHUP,
             ));
         }
-        poll(&mut fds, None)?;
+        poll(&mut fds, (!listen).then_some(ACCEPT_REST))?;
         let revents: Vec<PollFlags> = fds.iter().map(|p| p.revents).collect();
         drop(fds);
         if revents[1].intersects(PollFlags::IN) {
@@ -45,6 +66,7 @@ pub fn serve(listener: OwnedFd, reg: &mut Registry, signals: &StopSignals) -> st
         }
         if revents[0].intersects(PollFlags::IN) {
             match netmap::sys::accept(&listener) {
+                Ok(fd) if netmap::sys::set_nonblocking(&fd).is_err() => drop(fd),
                 Ok(fd) => {
                     let uid = netmap::sys::peer_cred(&fd).map(|c| c.1).unwrap_or(u32::MAX);
                     let id = next_id;
@@ -58,7 +80,12 @@ pub fn serve(listener: OwnedFd, reg: &mut Registry, signals: &StopSignals) -> st
                         },
                     );
                 }
-                Err(e) => warn!("accept: {e}"),
+                Err(e) => {
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                        resting = Some(Instant::now());
+                    }
+                    warn!("accept: {e}");
+                }
             }
         }
         for (k, id) in ids.iter().enumerate() {
@@ -75,11 +102,19 @@ pub fn serve(listener: OwnedFd, reg: &mut Registry, signals: &StopSignals) -> st
                         let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
                         if let Err(e) = send_reply(&c.fd, &Reply { error, req: answer }, &borrowed)
                         {
-                            debug!(conn = id, "reply: {e}");
+                            // EAGAIN included: a client that does not read
+                            // its replies is let go.
+                            warn!(
+                                conn = id,
+                                uid = c.conn.uid,
+                                "reply not sent, client dropped: {e}"
+                            );
                             close = true;
                         }
                     }
                     Ok(None) => close = true,
+                    Err(netmap::ctrl::CtrlError::Io(e))
+                        if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => {
                         // Garbage: answer with the errno it maps to, then
                         // keep the connection (it may send a good one next).

@@ -213,3 +213,97 @@ fn hostile_paths_never_reach_the_config_file() {
     drop(s2);
     let _ = std::fs::remove_dir_all(&cfg_dir);
 }
+
+/// A client that sends requests and never reads the replies is dropped
+/// once its receive queue is full; meanwhile and afterwards every other
+/// client is answered at once.
+#[test]
+fn a_client_that_never_reads_does_not_stop_the_control_plane() {
+    use netmap::abi::{NmreqValeList, NETMAP_REQ_VALE_LIST};
+    use std::time::{Duration, Instant};
+    let v = common::start("sec-noread", &[]);
+    let bad = netmap::sys::seqpacket_connect(&v.sock).unwrap();
+    netmap::sys::set_nonblocking(&bad).unwrap();
+    let msg = Request::new(NETMAP_REQ_VALE_LIST, "", &NmreqValeList::default())
+        .unwrap()
+        .encode()
+        .unwrap();
+    let t0 = Instant::now();
+    let mut sent = 0u64;
+    let mut dropped = false;
+    while t0.elapsed() < Duration::from_secs(10) {
+        match netmap::sys::send_with_fds(&bad, &msg, &[] as &[std::os::fd::BorrowedFd<'_>]) {
+            Ok(_) => sent += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(_) => {
+                dropped = true;
+                break;
+            }
+        }
+        if sent % 64 == 0 {
+            // Another client is answered promptly all along.
+            let t = Instant::now();
+            let c = CtrlConn::connect(&v.sock).unwrap();
+            let (r, _) = c
+                .call(&Request::new(NETMAP_REQ_VALE_LIST, "", &NmreqValeList::default()).unwrap())
+                .unwrap();
+            assert_eq!(r.error, libc::ENOENT);
+            assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        }
+    }
+    assert!(
+        dropped,
+        "valed kept a client that never reads ({sent} requests sent)"
+    );
+    eprintln!("the silent client was dropped after {sent} requests");
+    let c = CtrlConn::connect(&v.sock).unwrap();
+    let (r, _) = c
+        .call(&Request::new(NETMAP_REQ_VALE_LIST, "", &NmreqValeList::default()).unwrap())
+        .unwrap();
+    assert_eq!(r.error, libc::ENOENT);
+}
+
+/// CPU ticks (user + system) of process `pid`.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// valed out of descriptors (EMFILE on accept) does not spin on its
+/// listener, and serves clients again once descriptors are free.
+#[test]
+fn accept_out_of_descriptors_does_not_spin() {
+    use netmap::abi::{NmreqValeList, NETMAP_REQ_VALE_LIST};
+    use std::time::Duration;
+    let v = common::start("sec-emfile", &[]);
+    let pid = v.child.id();
+    let st = Command::new("prlimit")
+        .args([&format!("--pid={pid}"), "--nofile=48:48"])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(st.success());
+    let mut conns = Vec::new();
+    for _ in 0..64 {
+        conns.push(netmap::sys::seqpacket_connect(&v.sock).unwrap());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(pid) - t0;
+    // 100 ticks a second: spinning takes ~100.
+    assert!(
+        used < 20,
+        "valed used {used} ticks in 1 s with accept failing"
+    );
+    conns.clear();
+    std::thread::sleep(Duration::from_millis(700));
+    let c = CtrlConn::connect(&v.sock).unwrap();
+    let (r, _) = c
+        .call(&Request::new(NETMAP_REQ_VALE_LIST, "", &NmreqValeList::default()).unwrap())
+        .unwrap();
+    assert_eq!(r.error, libc::ENOENT);
+}

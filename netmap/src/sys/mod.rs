@@ -50,3 +50,17 @@ pub fn page_size() -> usize {
         sz as usize
     }
 }
+
+/// Sets `O_NONBLOCK` on `fd`'s open file description. Only for
+/// descriptions valed alone holds (an accepted socket, not a peer's
+/// eventfd): a peer sharing the description could clear it again.
+pub fn set_nonblocking(fd: impl std::os::fd::AsFd) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let raw = fd.as_fd().as_raw_fd();
+    // SAFETY: fcntl(F_GETFL) on a descriptor the caller keeps open for
+    // the call; no memory is passed.
+    let fl = cvt(unsafe { libc::fcntl(raw, libc::F_GETFL) })?;
+    // SAFETY: as above, F_SETFL with integer flags.
+    cvt(unsafe { libc::fcntl(raw, libc::F_SETFL, fl | libc::O_NONBLOCK) })?;
+    Ok(())
+}
