@@ -1576,7 +1576,9 @@ impl Registry {
                 }
                 first = false;
                 out.push_str(&format!(
-                    "{{\"name\":\"{full}\",\"switch\":\"{swname}\",\"port_idx\":{pid},\"in_packets\":{},\"in_bytes\":{},\"out_packets\":{},\"out_bytes\":{},\"soft_offload\":{}",
+                    "{{\"name\":{},\"switch\":{},\"port_idx\":{pid},\"in_packets\":{},\"in_bytes\":{},\"out_packets\":{},\"out_bytes\":{},\"soft_offload\":{}",
+                    json_string(&full),
+                    json_string(swname),
                     st.in_packets, st.in_bytes, st.out_packets, st.out_bytes, st.soft_offload
                 ));
                 for r in DropReason::ALL {
