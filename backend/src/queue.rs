@@ -646,13 +646,20 @@ impl RxQueue {
         let Some(batch) = self.batch.as_ref() else {
             return false;
         };
+        // One batch takes at most a ring's worth of chains: a guest that
+        // keeps advancing avail_idx over broken chains cannot keep one
+        // push looping.
+        let room = (batch.ring.size() as usize).saturating_sub(self.chains.len());
+        if room == 0 {
+            return false;
+        }
         let from = batch.start.wrapping_add(self.chains.len() as u16);
         let Some(pending) = batch.pending(from) else {
             tracing::debug!("guest RX avail index more than a ring ahead");
             return false;
         };
         let before = self.chains.len();
-        let n = pending.min(RX_BUNCH as u16);
+        let n = pending.min(RX_BUNCH as u16).min(room as u16);
         let mut heads = [0u16; RX_BUNCH];
         for i in 0..n {
             let head = batch.ring.avail_entry(from.wrapping_add(i));
