@@ -28,11 +28,13 @@ struct Args {
     vhost_inline: bool,
     metrics: Option<metrics::MetricsAddr>,
     vhost_dir: Option<PathBuf>,
+    quotas: state::Quotas,
 }
 
 const USAGE: &str =
     "usage: valed [--socket PATH] [--threads N] [--cpus LIST] [--busy-poll USECS] [--log LEVEL]
              [--hugepages] [--vhost-inline] [--config FILE] [--metrics HOST:PORT|unix:PATH] [--vhost-dir DIR]
+             [--quota-mem MIB] [--quota-vhost N]
              [--vhost-user NAME=PATH[,client][,queues=N][,batch=N][,attach=valeX]]...";
 
 fn parse_cpus(s: &str) -> Result<Vec<usize>, String> {
@@ -67,6 +69,7 @@ fn parse_args() -> Result<Args, String> {
         vhost_inline: false,
         metrics: None,
         vhost_dir: None,
+        quotas: state::Quotas::default(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -100,6 +103,21 @@ fn parse_args() -> Result<Args, String> {
                 .push(vhost::VhostSpec::parse_arg(&val("--vhost-user")?)?),
             "--config" => a.config = Some(PathBuf::from(val("--config")?)),
             "--vhost-dir" => a.vhost_dir = Some(PathBuf::from(val("--vhost-dir")?)),
+            "--quota-mem" => {
+                let v = val("--quota-mem")?;
+                let mib: u64 = v
+                    .parse()
+                    .ok()
+                    .filter(|&m| m >= 1)
+                    .ok_or(format!("--quota-mem {v}: want MiB, at least 1"))?;
+                a.quotas.mem_bytes = mib.saturating_mul(1 << 20);
+            }
+            "--quota-vhost" => {
+                let v = val("--quota-vhost")?;
+                a.quotas.vhost_ports = v
+                    .parse()
+                    .map_err(|_| format!("--quota-vhost {v}: want a number of ports"))?;
+            }
             "--metrics" => a.metrics = Some(metrics::MetricsAddr::parse(&val("--metrics")?)?),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -179,6 +197,7 @@ fn run(args: Args) -> std::io::Result<()> {
     let mut reg = state::Registry::new(fwd);
     reg.huge_pages = args.huge_pages;
     reg.vhost_inline = args.vhost_inline;
+    reg.quotas = args.quotas;
     // Tenants' vhost-user sockets: beside the control socket unless told.
     reg.vhost_dir = match &args.vhost_dir {
         Some(d) => d.clone(),

@@ -139,6 +139,28 @@ struct Pipe {
     fwd: usize,
 }
 
+/// What one uid other than root may hold (`--quota-mem`, `--quota-vhost`):
+/// one tenant cannot take the machine's memory or threads from the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    /// Bytes of regions (ports' and pipes' shared memory, extra buffers
+    /// included).
+    pub mem_bytes: u64,
+    /// VM ports (each one a thread and a mapping of guest memory).
+    pub vhost_ports: usize,
+}
+
+impl Default for Quotas {
+    /// 4 GiB and 16 VM ports per uid: a 24 GiB machine survives five
+    /// tenants at their limit.
+    fn default() -> Self {
+        Quotas {
+            mem_bytes: 4 << 30,
+            vhost_ports: 16,
+        }
+    }
+}
+
 /// Per-connection state.
 #[derive(Debug, Default)]
 pub struct Conn {
@@ -179,6 +201,8 @@ pub struct Registry {
     pub state_file: Option<std::path::PathBuf>,
     /// Where tenants' vhost-user sockets live (`--vhost-dir`).
     pub vhost_dir: std::path::PathBuf,
+    /// Limits on what one uid other than root may hold.
+    pub quotas: Quotas,
     /// Forward VM ports' TX on the vhost-user worker threads
     /// (`--vhost-inline`) instead of relaying kicks to forwarding threads.
     pub vhost_inline: bool,
@@ -225,6 +249,7 @@ impl Registry {
             next_unit: 1 << 62,
             state_file: None,
             vhost_dir: std::path::PathBuf::from("/run/vale/vhost"),
+            quotas: Quotas::default(),
             vhost_inline: false,
         }
     }
@@ -284,6 +309,7 @@ impl Registry {
         let mem_id = self.next_mem_id;
         self.next_mem_id = self.next_mem_id.checked_add(1).unwrap_or(1);
         let mut region = Region::new(mem_id, owner, &cfg).map_err(|e| region_errno(&e))?;
+        self.check_mem_quota(owner, region.memsize() as u64)?;
         let mut tx = Vec::new();
         let mut rx = Vec::new();
         for i in 0..layout.tx_rings {
@@ -313,6 +339,41 @@ impl Registry {
             sink: SinkSlot::default(),
             regs: Vec::new(),
         })
+    }
+
+    /// Bytes of regions `uid` holds now.
+    fn mem_of(&self, uid: u32) -> u64 {
+        let ports = self
+            .ports
+            .values()
+            .filter(|p| p.owner == uid)
+            .map(|p| p.region.memsize() as u64);
+        let pipes = self
+            .pipes
+            .values()
+            .filter(|p| p.owner == uid)
+            .map(|p| p.region.memsize() as u64);
+        ports.chain(pipes).sum()
+    }
+
+    /// ENOMEM if `uid` (not root) would hold more than its quota with
+    /// `more` bytes of region.
+    fn check_mem_quota(&self, uid: u32, more: u64) -> Result<(), Errno> {
+        if uid == 0 {
+            return Ok(());
+        }
+        let have = self.mem_of(uid);
+        if have.saturating_add(more) > self.quotas.mem_bytes {
+            tracing::warn!(
+                uid,
+                have,
+                asked = more,
+                quota = self.quotas.mem_bytes,
+                "memory quota: region refused"
+            );
+            return Err(libc::ENOMEM);
+        }
+        Ok(())
     }
 
     fn attach(&mut self, key: &str, switch: &str) -> Result<PortId, Errno> {
@@ -733,6 +794,9 @@ impl Registry {
                 Ok(r) => r,
                 Err(e) => return err(req, region_errno(&e)),
             };
+            if let Err(e) = self.check_mem_quota(conn.uid, region.memsize() as u64) {
+                return err(req, e);
+            }
             let mut ends: [PipeSide; 2] = Default::default();
             for e in ends.iter_mut() {
                 for i in 0..rings {
@@ -1139,6 +1203,22 @@ impl Registry {
                 .exists()
         {
             return Err((libc::EEXIST, format!("port {} exists", spec.name)));
+        }
+        if spec.owner != 0 {
+            let n = self
+                .vhost
+                .values()
+                .filter(|v| v.spec.owner == spec.owner)
+                .count();
+            if n >= self.quotas.vhost_ports {
+                return Err((
+                    libc::ENOSPC,
+                    format!(
+                        "uid {} has {n} VM ports, its quota (--quota-vhost {})",
+                        spec.owner, self.quotas.vhost_ports
+                    ),
+                ));
+            }
         }
         let port =
             backend::NetPort::start(spec.net_config()).map_err(|e| (e.errno(), e.to_string()))?;

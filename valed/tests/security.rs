@@ -36,12 +36,37 @@ fn tenant_helper() {
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
     assert_eq!(uid, TENANT, "not running as the tenant");
-    let e = newif(Path::new(f[0]), f[1], f[2], f[3] == "client");
+    let e = if f[3] == "register" {
+        // f[2]: extra buffers asked for.
+        let req = netmap::abi::NmreqRegister {
+            nr_extra_bufs: f[2].parse().unwrap(),
+            ..Default::default()
+        };
+        match netmap::port::NmPort::open_with(Path::new(f[0]), f[1], req) {
+            Ok(_) => 0,
+            Err(netmap::port::PortError::Refused { source, .. }) => {
+                source.raw_os_error().unwrap_or(-1)
+            }
+            Err(e) => panic!("{e}"),
+        }
+    } else {
+        newif(Path::new(f[0]), f[1], f[2], f[3] == "client")
+    };
     println!("TENANT-ERRNO={e}");
 }
 
 /// Sends NEWIF as uid 65534; the errno.
 fn as_tenant(sock: &Path, name: &str, path: &str, client: bool) -> i32 {
+    tenant_run(sock, name, path, if client { "client" } else { "server" })
+}
+
+/// Opens `name` (REGISTER) with `extra` extra buffers as uid 65534; the
+/// errno.
+fn register_as_tenant(sock: &Path, name: &str, extra: u32) -> i32 {
+    tenant_run(sock, name, &extra.to_string(), "register")
+}
+
+fn tenant_run(sock: &Path, name: &str, arg: &str, op: &str) -> i32 {
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
             "tenant_helper",
@@ -51,11 +76,7 @@ fn as_tenant(sock: &Path, name: &str, path: &str, client: bool) -> i32 {
         ])
         .env(
             "VALE_TENANT_REQUEST",
-            format!(
-                "{}\u{1f}{name}\u{1f}{path}\u{1f}{}",
-                sock.display(),
-                if client { "client" } else { "server" }
-            ),
+            format!("{}\u{1f}{name}\u{1f}{arg}\u{1f}{op}", sock.display()),
         )
         .uid(TENANT)
         .gid(TENANT)
@@ -306,4 +327,30 @@ fn accept_out_of_descriptors_does_not_spin() {
         .call(&Request::new(NETMAP_REQ_VALE_LIST, "", &NmreqValeList::default()).unwrap())
         .unwrap();
     assert_eq!(r.error, libc::ENOENT);
+}
+
+/// One uid's share: VM ports and region memory past the quotas are
+/// refused (ENOSPC, ENOMEM) for a tenant, not for root.
+#[test]
+fn tenants_are_held_to_their_quotas() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let s = setup("sec-quota", &["--quota-mem", "64", "--quota-vhost", "2"]);
+    assert_eq!(as_tenant(&s.v.sock, "q1", "q1.sock", false), 0);
+    assert_eq!(as_tenant(&s.v.sock, "q2", "q2.sock", false), 0);
+    assert_eq!(as_tenant(&s.v.sock, "q3", "q3.sock", false), libc::ENOSPC);
+    assert_eq!(
+        newif(&s.v.sock, "r3", "r3.sock", false),
+        0,
+        "root has no quota"
+    );
+    // 2^16 extra buffers of 2 KiB: 128 MiB, past 64.
+    assert_eq!(
+        register_as_tenant(&s.v.sock, "vale0:big", 1 << 16),
+        libc::ENOMEM
+    );
+    assert_eq!(register_as_tenant(&s.v.sock, "vale0:small", 16), 0);
 }
