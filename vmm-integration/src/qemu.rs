@@ -34,6 +34,9 @@ use std::time::{Duration, Instant};
 
 use crate::accel::Accel;
 use crate::agent::{AgentClient, AgentError, Output, Secs, PING_INTERVAL};
+
+/// How long a reconnection waits for the agent to answer a ping.
+const RECONNECT_READY: Duration = Duration::from_secs(30);
 use crate::config::{cloud_hypervisor_argv, shell_words, CLOUD_HYPERVISOR};
 use crate::spec::{GuestSpec, SpecError, AGENT_PORT_NAME};
 
@@ -580,11 +583,21 @@ impl Guest {
     fn agent(&mut self) -> Result<&mut AgentClient, GuestError> {
         self.check_running()?;
         if self.agent.is_none() {
-            let a = AgentClient::connect_timeout(&self.agent_socket, Duration::from_secs(5))
-                .map_err(|e| self.agent_err(e))?;
-            self.agent = Some(a);
+            // A new connection pings until the agent answers before the
+            // command goes: after the previous connection closed, the agent
+            // reopens its port a moment later, and QEMU drops what the host
+            // sends while the guest's end is closed.
+            self.wait_ready(RECONNECT_READY)?;
         }
-        Ok(self.agent.as_mut().expect("connected above"))
+        if self.agent.is_none() {
+            return Err(GuestError::NotReady {
+                guest: self.name.clone(),
+                after: Secs(RECONNECT_READY),
+                vmm_log: file_tail(&self.vmm_log, CONSOLE_TAIL_BYTES),
+                console_tail: self.console_tail(CONSOLE_TAIL_BYTES),
+            });
+        }
+        Ok(self.agent.as_mut().expect("checked above"))
     }
 
     fn agent_result<T>(&mut self, r: Result<T, AgentError>) -> Result<T, GuestError> {
