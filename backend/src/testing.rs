@@ -2606,3 +2606,13 @@ pub struct FuzzSession {
     /// The session ended on a SET_FEATURES acking bits never offered.
     pub features_refused: bool,
 }
+
+/// Waits up to 5 s for `cond`, polling every millisecond; panics naming
+/// `what` on timeout.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(1));
+    }
+}

@@ -4,21 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use backend::testing::{frame, FakeGuest, GuestConfig, Handshake, Rig};
+use backend::testing::{frame, wait_for, FakeGuest, GuestConfig, Handshake, Rig};
 use backend::PortState;
 
 const A: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa];
 const B: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb];
 const T: Duration = Duration::from_secs(5);
 const HDR: [u8; 12] = [0; 12];
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + T;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
 
 fn post(g: &mut FakeGuest) {
     g.set_repost(true);

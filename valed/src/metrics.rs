@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener};
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -216,6 +215,47 @@ fn answer(mut s: impl Read + Write, ctl: &Path) {
 /// How long a scraper may take to send its request or read the answer.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A scraper's connection: TCP or Unix, each bounded by [`IO_TIMEOUT`].
+trait Scraper: Read + Write {
+    fn bound(&self);
+}
+
+impl Scraper for std::net::TcpStream {
+    fn bound(&self) {
+        let _ = self.set_read_timeout(Some(IO_TIMEOUT));
+        let _ = self.set_write_timeout(Some(IO_TIMEOUT));
+    }
+}
+
+impl Scraper for std::os::unix::net::UnixStream {
+    fn bound(&self) {
+        let _ = self.set_read_timeout(Some(IO_TIMEOUT));
+        let _ = self.set_write_timeout(Some(IO_TIMEOUT));
+    }
+}
+
+/// Answers scrapers one at a time, on a thread of its own.
+fn spawn<S: Scraper>(
+    incoming: impl Iterator<Item = std::io::Result<S>> + Send + 'static,
+    ctl: PathBuf,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for s in incoming {
+                match s {
+                    Ok(s) => {
+                        s.bound();
+                        answer(s, &ctl);
+                    }
+                    // Out of descriptors, say: rest rather than spin.
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        })?;
+    Ok(())
+}
+
 /// Binds `addr` and serves it on a thread of its own, scraping valed
 /// through `ctl`.
 pub fn start(addr: &MetricsAddr, ctl: PathBuf) -> std::io::Result<()> {
@@ -223,49 +263,24 @@ pub fn start(addr: &MetricsAddr, ctl: PathBuf) -> std::io::Result<()> {
         MetricsAddr::Tcp(a) => {
             let l = TcpListener::bind(a)?;
             tracing::info!(addr = %a, "metrics on http://{a}/metrics");
-            std::thread::Builder::new()
-                .name("metrics".into())
-                .spawn(move || {
-                    for s in l.incoming().flatten() {
-                        let _ = s.set_read_timeout(Some(IO_TIMEOUT));
-                        let _ = s.set_write_timeout(Some(IO_TIMEOUT));
-                        answer(s, &ctl);
-                    }
-                })?;
+            spawn(
+                std::iter::from_fn(move || Some(l.accept().map(|(s, _)| s))),
+                ctl,
+            )
         }
         MetricsAddr::Unix(p) => {
-            // A stale socket from an earlier run goes; anything else at
-            // the path is refused, never removed.
-            if let Ok(md) = std::fs::symlink_metadata(p) {
-                use std::os::unix::fs::FileTypeExt;
-                if !md.file_type().is_socket() {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::AlreadyExists,
-                        format!("--metrics {}: exists and is not a socket", p.display()),
-                    ));
-                }
-                if std::os::unix::net::UnixStream::connect(p).is_ok() {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::AddrInUse,
-                        format!("--metrics {}: in use", p.display()),
-                    ));
-                }
-                std::fs::remove_file(p)?;
-            }
-            let l = UnixListener::bind(p)?;
+            // The rule for every socket valed binds: a stale socket goes,
+            // anything else at the path is refused, never removed.
+            let l = backend::socket::bind(p, None)
+                .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+            l.set_nonblocking(false)?;
             tracing::info!(path = %p.display(), "metrics on unix socket");
-            std::thread::Builder::new()
-                .name("metrics".into())
-                .spawn(move || {
-                    for s in l.incoming().flatten() {
-                        let _ = s.set_read_timeout(Some(IO_TIMEOUT));
-                        let _ = s.set_write_timeout(Some(IO_TIMEOUT));
-                        answer(s, &ctl);
-                    }
-                })?;
+            spawn(
+                std::iter::from_fn(move || Some(l.accept().map(|(s, _)| s))),
+                ctl,
+            )
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -8,11 +8,14 @@
 //! `VALE_SKIP_VM_TESTS=1`. They run one at a time (each boots several
 //! guests; the machine has two cores).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::field;
 use netmap::ctrl::{CtrlConn, Request, VALE_REQ_STATS};
 use vmm_integration::qemu::{find_on_path, QEMU};
 use vmm_integration::{Accel, Guest, GuestSpec, MacAddr, NicSpec, Vmm};
@@ -149,18 +152,6 @@ impl Drop for Daemon {
             eprintln!("valed log kept in {}", self.dir.display());
         }
     }
-}
-
-/// The number after `"key":` in a stats document (the first one).
-fn field(json: &str, key: &str) -> u64 {
-    let pat = format!("\"{key}\":");
-    let at = json.find(&pat).unwrap_or_else(|| panic!("{key} in {json}")) + pat.len();
-    json[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap_or_else(|_| panic!("{key} in {json}"))
 }
 
 fn mac(i: u8) -> MacAddr {

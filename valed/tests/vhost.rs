@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use backend::testing::{frame, FakeGuest, GuestConfig};
-use common::{start, Valed};
+use common::{field, start, Valed};
 use netmap::abi::*;
 use netmap::ctrl::{Request, ValeVhostNewif, VALE_REQ_STATS, VALE_REQ_VHOST_NEWIF};
 
@@ -45,18 +45,6 @@ fn stats(v: &Valed, port: &str) -> String {
     let (e, r) = v.call(&Request::with_body(VALE_REQ_STATS, port, Vec::new()).unwrap());
     assert_eq!(e, 0, "stats {port}");
     String::from_utf8(r.body).unwrap()
-}
-
-/// The number after `"key":` in a stats reply.
-fn field(json: &str, key: &str) -> u64 {
-    let pat = format!("\"{key}\":");
-    let at = json.find(&pat).unwrap_or_else(|| panic!("{key} in {json}")) + pat.len();
-    json[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap()
 }
 
 fn exchange(a: &mut FakeGuest, b: &mut FakeGuest, n: u32) {

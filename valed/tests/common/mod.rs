@@ -100,3 +100,15 @@ impl Drop for Valed {
         let _ = self.child.wait();
     }
 }
+
+/// The number after the first `"key":` in a stats document.
+pub fn field(json: &str, key: &str) -> u64 {
+    let pat = format!("\"{key}\":");
+    let at = json.find(&pat).unwrap_or_else(|| panic!("{key} in {json}")) + pat.len();
+    json[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} in {json}"))
+}
