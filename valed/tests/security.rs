@@ -229,7 +229,18 @@ fn hostile_paths_never_reach_the_config_file() {
     drop(s);
     let s2 = setup("sec-config", &["--config", cfg.to_str().unwrap()]);
     assert_eq!(s2.v.sock, sock);
-    let md = std::fs::symlink_metadata(vhost_dir.join("t1.sock")).unwrap();
+    // The control socket listens before the config's ports are made.
+    let t1 = vhost_dir.join("t1.sock");
+    let t0 = std::time::Instant::now();
+    while !t1.exists() {
+        assert!(
+            t0.elapsed().as_secs() < 10,
+            "{} not made again",
+            t1.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let md = std::fs::symlink_metadata(&t1).unwrap();
     assert_eq!(md.uid(), TENANT);
     drop(s2);
     let _ = std::fs::remove_dir_all(&cfg_dir);
