@@ -447,7 +447,19 @@ fn libvirt_domain_pings_a_second_vm() {
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o660)).unwrap();
     }
     let name = format!("vale-test-{}", std::process::id());
-    let spec = guest(&d, &img, "lv1", 5, 1, true);
+    // QEMU runs as libvirt-qemu, which may not enter the checkout (it can
+    // sit under /root, mode 0700): the kernel and initramfs go beside
+    // valed's sockets.
+    let boot_dir = d.dir.join("boot");
+    std::fs::create_dir_all(&boot_dir).unwrap();
+    let mut copied = Vec::new();
+    for f in [&img.0, &img.1] {
+        let to = boot_dir.join(f.file_name().unwrap());
+        std::fs::copy(f, &to).unwrap();
+        copied.push(to);
+    }
+    let lv_img = (copied[0].clone(), copied[1].clone());
+    let spec = guest(&d, &lv_img, "lv1", 5, 1, true);
     let spec = GuestSpec {
         name: name.clone(),
         ..spec

@@ -66,8 +66,24 @@ fn register_as_tenant(sock: &Path, name: &str, extra: u32) -> i32 {
     tenant_run(sock, name, &extra.to_string(), "register")
 }
 
+/// This test binary, copied where any uid can run it: the checkout may
+/// sit under a directory the tenant cannot enter (`/root` is 0700).
+fn tenant_exe() -> PathBuf {
+    static EXE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("vale-tenant-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let exe = dir.join("security-test");
+        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        exe
+    })
+    .clone()
+}
+
 fn tenant_run(sock: &Path, name: &str, arg: &str, op: &str) -> i32 {
-    let out = Command::new(std::env::current_exe().unwrap())
+    let out = Command::new(tenant_exe())
         .args([
             "tenant_helper",
             "--exact",
