@@ -175,6 +175,10 @@ pub struct Conn {
 struct SwitchRec {
     sw: Arc<Switch>,
     idx: u16,
+    /// The uid whose port created it (it goes when its last port does).
+    /// Root's switches are shared; another uid's take only that uid's
+    /// ports (and root's).
+    owner: u32,
 }
 
 /// The daemon's state.
@@ -269,8 +273,20 @@ impl Registry {
         self.vhost.clear();
     }
 
-    fn switch(&mut self, name: &str) -> Result<Arc<Switch>, Errno> {
+    /// Switch `name` for a port of `uid`, made on first use and then
+    /// `uid`'s. EPERM when it is another uid's (not root's, and `uid` is
+    /// not root).
+    fn switch(&mut self, name: &str, uid: u32) -> Result<Arc<Switch>, Errno> {
         if let Some(s) = self.switches.get(name) {
+            if uid != 0 && s.owner != 0 && s.owner != uid {
+                tracing::warn!(
+                    switch = name,
+                    uid,
+                    owner = s.owner,
+                    "attach refused: the switch belongs to another uid"
+                );
+                return Err(libc::EPERM);
+            }
             return Ok(s.sw.clone());
         }
         if self.switches.len() >= MAX_SWITCHES {
@@ -285,6 +301,7 @@ impl Registry {
             SwitchRec {
                 sw: sw.clone(),
                 idx,
+                owner: uid,
             },
         );
         Ok(sw)
@@ -377,7 +394,8 @@ impl Registry {
     }
 
     fn attach(&mut self, key: &str, switch: &str) -> Result<PortId, Errno> {
-        let sw = self.switch(switch)?;
+        let owner = self.ports.get(key).ok_or(libc::ENXIO)?.owner;
+        let sw = self.switch(switch, owner)?;
         let port = self.ports.get_mut(key).ok_or(libc::ENXIO)?;
         if port.attached.is_some() {
             return Err(libc::EBUSY);
@@ -1248,7 +1266,8 @@ impl Registry {
     }
 
     fn vhost_attach(&mut self, name: &str, switch: &str) -> Result<PortId, Errno> {
-        let sw = self.switch(switch)?;
+        let owner = self.vhost.get(name).ok_or(libc::ENXIO)?.spec.owner;
+        let sw = self.switch(switch, owner)?;
         let nfwd = self.fwd.len().max(1);
         let v = self.vhost.get_mut(name).ok_or(libc::ENXIO)?;
         if v.attached.is_some() {

@@ -33,10 +33,33 @@ fn tenant_helper() {
         return;
     };
     let f: Vec<&str> = req.split('\u{1f}').collect();
+    let want: u32 = std::env::var("VALE_TENANT_UID")
+        .ok()
+        .and_then(|u| u.parse().ok())
+        .unwrap_or(TENANT);
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
-    assert_eq!(uid, TENANT, "not running as the tenant");
-    let e = if f[3] == "register" {
+    assert_eq!(uid, want, "not running as the tenant");
+    let e = if f[3] == "newif-attach" {
+        // A persistent port `f[1]`, attached to switch `f[2]`.
+        use netmap::abi::*;
+        let c = CtrlConn::connect(Path::new(f[0])).expect("control socket");
+        let (r, _) = c
+            .call(&Request::new(NETMAP_REQ_VALE_NEWIF, f[1], &NmreqValeNewif::default()).unwrap())
+            .unwrap();
+        if r.error != 0 {
+            r.error
+        } else {
+            let full = format!("{}:{}", f[2], f[1]);
+            let (r, _) = c
+                .call(
+                    &Request::new(NETMAP_REQ_VALE_ATTACH, &full, &NmreqValeAttach::default())
+                        .unwrap(),
+                )
+                .unwrap();
+            r.error
+        }
+    } else if f[3] == "register" {
         // f[2]: extra buffers asked for.
         let req = netmap::abi::NmreqRegister {
             nr_extra_bufs: f[2].parse().unwrap(),
@@ -83,6 +106,10 @@ fn tenant_exe() -> PathBuf {
 }
 
 fn tenant_run(sock: &Path, name: &str, arg: &str, op: &str) -> i32 {
+    tenant_run_as(TENANT, sock, name, arg, op)
+}
+
+fn tenant_run_as(uid: u32, sock: &Path, name: &str, arg: &str, op: &str) -> i32 {
     let out = Command::new(tenant_exe())
         .args([
             "tenant_helper",
@@ -94,8 +121,9 @@ fn tenant_run(sock: &Path, name: &str, arg: &str, op: &str) -> i32 {
             "VALE_TENANT_REQUEST",
             format!("{}\u{1f}{name}\u{1f}{arg}\u{1f}{op}", sock.display()),
         )
-        .uid(TENANT)
-        .gid(TENANT)
+        .env("VALE_TENANT_UID", uid.to_string())
+        .uid(uid)
+        .gid(uid)
         .output()
         .expect("re-exec as the tenant");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -380,4 +408,39 @@ fn tenants_are_held_to_their_quotas() {
         libc::ENOMEM
     );
     assert_eq!(register_as_tenant(&s.v.sock, "vale0:small", 16), 0);
+}
+
+/// Switches belong to the uid whose port made them: another uid's port is
+/// refused (EPERM); root's switches are shared, and root's ports go
+/// anywhere.
+#[test]
+fn a_tenants_switch_is_its_own() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    const OTHER: u32 = 1; // Debian's `daemon`
+    let s = setup("sec-switch", &[]);
+    // Tenant A's persistent port makes valeA, A's.
+    assert_eq!(tenant_run(&s.v.sock, "pa", "valeA", "newif-attach"), 0);
+    // Another uid's port may not join it, by REGISTER or by ATTACH.
+    assert_eq!(
+        tenant_run_as(OTHER, &s.v.sock, "valeA:b", "16", "register"),
+        libc::EPERM
+    );
+    assert_eq!(
+        tenant_run_as(OTHER, &s.v.sock, "pb", "valeA", "newif-attach"),
+        libc::EPERM
+    );
+    // A's own ports may; so may root's.
+    assert_eq!(register_as_tenant(&s.v.sock, "valeA:c", 16), 0);
+    let root_port = s.v.open("valeA:r");
+    assert!(root_port.is_ok(), "{:?}", root_port.err());
+    // A switch root made is shared.
+    let _r0 = s.v.open("vale0:r").unwrap();
+    assert_eq!(
+        tenant_run_as(OTHER, &s.v.sock, "vale0:o", "16", "register"),
+        0
+    );
 }
