@@ -715,11 +715,10 @@ fn session(dev: &NetDevice, stream: UnixStream, stop: &EventFd) -> bool {
                 .error(name, &format!("vhost-user session ended: {e}"));
         }
     }
-    // Stop every queue and wait for the forwarding threads to leave their
-    // batches before the session's memory goes.
-    s.shutdown();
-    disconnect(dev);
+    // Dropping the session stops every queue and waits for the forwarding
+    // threads to leave their batches before its memory goes.
     drop(s);
+    disconnect(dev);
     stopping
 }
 

@@ -271,7 +271,8 @@ impl MemTable {
         self.regions.iter().map(|m| m.spec).collect()
     }
 
-    /// How many ADD_MEM_REGs region `i` has outstanding.
+    /// How many ADD_MEM_REGs the region at guest address `gpa` has
+    /// outstanding.
     pub fn refs(&self, gpa: u64) -> Option<u32> {
         self.regions
             .iter()

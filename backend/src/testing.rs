@@ -694,15 +694,7 @@ impl FakeGuest {
             .map_err(|e| vhost_err("SET_MEM_TABLE", e))?;
 
         for (i, q) in self.queues.iter().enumerate() {
-            let base = if fresh {
-                0
-            } else {
-                u16::from_le(
-                    self.mem
-                        .load(GuestAddress(q.used + 2), Ordering::Acquire)
-                        .map_err(io::Error::other)?,
-                )
-            };
+            let base = self.resume_base(i, fresh)?;
             let config = VringConfigData {
                 queue_max_size: q.size,
                 queue_size: q.size,
@@ -730,15 +722,33 @@ impl FakeGuest {
             }
         }
 
+        self.negotiated(offered, acked, offered_proto, acked_proto, fe);
+        Ok(())
+    }
+
+    /// Records what the handshake settled and keeps the frontend.
+    fn negotiated(&mut self, offered: u64, acked: u64, proto: u64, ack_proto: u64, fe: Frontend) {
         self.offered_features = offered;
         self.acked_features = acked;
-        self.offered_protocol = offered_proto;
-        self.acked_protocol = acked_proto;
+        self.offered_protocol = proto;
+        self.acked_protocol = ack_proto;
         self.mrg = acked & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
         self.event_idx = acked & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         self.use_indirect = acked & (1 << VIRTIO_RING_F_INDIRECT_DESC) != 0;
         self.frontend = Some(fe);
-        Ok(())
+    }
+
+    /// Where queue `q` resumes: 0 on a fresh set-up, else the used index
+    /// in guest memory (chains made available and not used are processed
+    /// again, as QEMU does without inflight tracking).
+    fn resume_base(&self, q: usize, fresh: bool) -> io::Result<u16> {
+        if fresh {
+            return Ok(0);
+        }
+        self.mem
+            .load(GuestAddress(self.queues[q].used + 2), Ordering::Acquire)
+            .map(u16::from_le)
+            .map_err(io::Error::other)
     }
 
     /// The features this guest acks out of `offered`.
@@ -833,15 +843,7 @@ impl FakeGuest {
                 }
             }
             for q in [2 * p, 2 * p + 1] {
-                let base = if fresh {
-                    0
-                } else {
-                    u16::from_le(
-                        self.mem
-                            .load(GuestAddress(self.queues[q].used + 2), Ordering::Acquire)
-                            .map_err(io::Error::other)?,
-                    )
-                };
+                let base = self.resume_base(q, fresh)?;
                 let vq = &self.queues[q];
                 raw.vring_state(R::SET_VRING_NUM, q, u32::from(vq.size))?;
                 raw.vring_state(R::SET_VRING_BASE, q, u32::from(base))?;
@@ -869,14 +871,13 @@ impl FakeGuest {
                 }
             }
         }
-        self.offered_features = offered;
-        self.acked_features = acked;
-        self.offered_protocol = proto;
-        self.acked_protocol = ack_proto;
-        self.mrg = acked & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
-        self.event_idx = acked & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
-        self.use_indirect = acked & (1 << VIRTIO_RING_F_INDIRECT_DESC) != 0;
-        self.frontend = Some(Frontend::from_stream(stream, nq as u64));
+        self.negotiated(
+            offered,
+            acked,
+            proto,
+            ack_proto,
+            Frontend::from_stream(stream, nq as u64),
+        );
         Ok(())
     }
 

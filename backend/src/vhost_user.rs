@@ -191,7 +191,6 @@ pub struct Session<'d, D: Device> {
     started: Vec<bool>,
     /// SET_FEATURES, once it came.
     acked: Option<u64>,
-    acked_protocol: u64,
     epoll: Epoll,
 }
 
@@ -219,7 +218,6 @@ impl<'d, D: Device> Session<'d, D> {
             enable_req: vec![false; n],
             started: vec![false; n],
             acked: None,
-            acked_protocol: 0,
             epoll,
         })
     }
@@ -357,7 +355,6 @@ impl<'d, D: Device> Session<'d, D> {
                         VhostUserProtocolFeatures::from_bits_retain(extra)
                     )))
                 } else {
-                    self.acked_protocol = p;
                     Ok(None)
                 }
             }),
@@ -639,7 +636,6 @@ impl<'d, D: Device> Session<'d, D> {
             self.enable_req[q] = false;
         }
         self.acked = None;
-        self.acked_protocol = 0;
     }
 
     /// Stops every queue (the VMM went away): the forwarding threads leave
