@@ -39,7 +39,7 @@ pub type GuestMem = GuestMemoryAtomic<Mem>;
 pub struct VringState {
     queue: Queue,
     enabled: bool,
-    call: Option<EventFd>,
+    call: Option<Arc<EventFd>>,
 }
 
 impl VringState {
@@ -65,17 +65,26 @@ impl VringState {
     }
 
     /// Sets the call eventfd (None: the driver polls).
-    pub fn set_call(&mut self, call: Option<EventFd>) {
+    pub fn set_call(&mut self, call: Option<Arc<EventFd>>) {
         self.call = call;
     }
 
-    /// Interrupts the driver. The eventfd is shared with the VMM, which
-    /// may have made it blocking: written only when that cannot block.
-    pub fn signal_used_queue(&self) -> std::io::Result<()> {
-        match &self.call {
-            Some(c) => c.kick_untrusted(),
-            None => Ok(()),
-        }
+    /// The call eventfd, to signal after the lock is let go: the write is
+    /// to a VMM's fd and may take up to the watchdog's bound.
+    pub fn call(&self) -> Option<Arc<EventFd>> {
+        self.call.clone()
+    }
+}
+
+/// Interrupts the driver. The eventfd is shared with the VMM, which may
+/// have made it blocking: `kick_untrusted` writes only when poll says it
+/// cannot block, and the watchdog interrupts a write the VMM raced into
+/// blocking (that fd is then never written again, and it is logged once).
+/// Called with no lock held.
+pub fn signal(call: Option<Arc<EventFd>>) {
+    let Some(c) = call else { return };
+    if let Err(e) = c.kick_untrusted() {
+        tracing::warn!("guest interrupts stop: call fd: {e}");
     }
 }
 
@@ -413,13 +422,14 @@ impl Batch {
             }
         }
         let notify = new_used != self.used && self.ring.publish_used(self.used, new_used);
-        let mut st = b.vring.get_mut();
-        let q = st.get_queue_mut();
-        q.set_next_avail(self.start.wrapping_add(consumed));
-        q.set_next_used(new_used);
-        if notify {
-            let _ = st.signal_used_queue();
-        }
+        let call = {
+            let mut st = b.vring.get_mut();
+            let q = st.get_queue_mut();
+            q.set_next_avail(self.start.wrapping_add(consumed));
+            q.set_next_used(new_used);
+            notify.then(|| st.call()).flatten()
+        };
+        signal(call);
     }
 }
 

@@ -33,6 +33,7 @@
 //! the edge again.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use netmap::sys::{Epoll, EventFd, PollFd, PollFlags};
@@ -578,6 +579,17 @@ impl<'d, D: Device> Session<'d, D> {
                 )))
             }
         };
+        // A call fd is written on the forwarding path and a kick fd
+        // watched there: only an eventfd has the costs the watchdog bounds
+        // (a FIFO, socket or FUSE file could block valed in other ways).
+        if let Some(fd) = &fd {
+            if kind != FdKind::Err && !EventFd::is_eventfd(fd.as_fd()) {
+                return Err(Refusal::Msg(format!(
+                    "queue {q}: {} fd is not an eventfd",
+                    if kind == FdKind::Kick { "kick" } else { "call" }
+                )));
+            }
+        }
         match kind {
             FdKind::Kick => {
                 if let Some(old) = self.kicks[q].take() {
@@ -593,7 +605,9 @@ impl<'d, D: Device> Session<'d, D> {
                 // The spec: a ring starts at its kick.
                 self.start_queue(q);
             }
-            FdKind::Call => self.vrings[q].get_mut().set_call(fd.map(EventFd::from_fd)),
+            FdKind::Call => self.vrings[q]
+                .get_mut()
+                .set_call(fd.map(|f| Arc::new(EventFd::from_fd(f)))),
             // We never report queue errors; the descriptor is dropped.
             FdKind::Err => {}
         }
@@ -657,7 +671,7 @@ impl<D: Device> Drop for Session<'_, D> {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FdKind {
     Kick,
     Call,

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use backend::testing::{frame, rig_dir, FakeGuest, GuestConfig, GuestListener, Rig};
+use backend::testing::{frame, one_way, rig_dir, FakeGuest, GuestConfig, GuestListener, Rig};
 use backend::{NetConfig, SocketMode};
 use vale::DropReason;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
@@ -29,30 +29,9 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// `n` frames from `a` to `b`, one at a time, each byte-exact.
-fn one_way(a: &mut FakeGuest, b: &mut FakeGuest, from: [u8; 6], to: [u8; 6], n: u32, seed: u32) {
-    for i in 0..n {
-        let f = frame(to, from, 60 + (i as usize * 211) % 1450, seed + i);
-        assert!(a.send(0, &HDR, &f, &[12]), "TX full at {i}");
-        let (_, got) = b
-            .recv(0, T)
-            .unwrap_or_else(|| panic!("frame {i} (seed {seed}) did not arrive"));
-        assert!(got == f, "frame {i} (seed {seed}) differs");
-    }
-    reap_all(a);
-}
-
-/// Waits until every TX chain of `g` came back and was reaped.
-fn reap_all(g: &mut FakeGuest) {
-    wait_for("TX chains back", || {
-        g.reap_tx(0);
-        g.tx_inflight(0) == 0
-    });
-}
-
 fn both_ways(a: &mut FakeGuest, b: &mut FakeGuest, n: u32, seed: u32) {
-    one_way(a, b, A, B, n, seed);
-    one_way(b, a, B, A, n, seed + 1000);
+    one_way(a, b, 0, (A, B), n, seed);
+    one_way(b, a, 0, (B, A), n, seed + 1000);
 }
 
 /// Two guests with RX buffers posted, reposted as they are consumed.
@@ -99,8 +78,8 @@ fn reconnect_same_port_traffic_resumes() {
     assert_eq!(rig.switch.port_id("vale0:p0"), Some(id));
     assert_eq!(rig.ids[0], id);
     // B first: A's RX queue is served again without A kicking.
-    one_way(&mut b, &mut a, B, A, 20, 2000);
-    one_way(&mut a, &mut b, A, B, 20, 3000);
+    one_way(&mut b, &mut a, 0, (B, A), 20, 2000);
+    one_way(&mut a, &mut b, 0, (A, B), 20, 3000);
     assert!(
         a.recv(0, Duration::from_millis(20)).is_none(),
         "stale frames"
@@ -210,7 +189,7 @@ fn memory_hotplug_under_traffic() {
     }
     assert_eq!(a.wait_tx(0, sent.len(), T), sent.len());
     // The other way meanwhile, into A's RX buffers of region 0.
-    one_way(&mut b, &mut a, B, A, 10, 300);
+    one_way(&mut b, &mut a, 0, (B, A), 10, 300);
     // Every TX buffer of the region is back: remove it.
     assert_eq!(a.tx_inflight(0), 0);
     a.set_alloc_region(Some(0));
@@ -225,7 +204,7 @@ fn memory_hotplug_under_traffic() {
             .unwrap_or_else(|| panic!("frame {i} after removal"));
         assert!(got == f, "frame {i} after removal differs");
     }
-    one_way(&mut b, &mut a, B, A, 10, 500);
+    one_way(&mut b, &mut a, 0, (B, A), 10, 500);
     assert_eq!(rig.ports[0].stats().bad_chains, 0);
     assert_eq!(rig.stats(0).total_drops(), 0);
     assert_eq!(rig.stats(1).total_drops(), 0);

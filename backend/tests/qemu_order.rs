@@ -9,13 +9,12 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use backend::testing::{frame, wait_for, FakeGuest, GuestConfig, Handshake, Rig};
+use backend::testing::{one_way, wait_for, GuestConfig, Handshake, Rig};
 use backend::PortState;
 
 const A: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa];
 const B: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb];
 const T: Duration = Duration::from_secs(5);
-const HDR: [u8; 12] = [0; 12];
 
 fn qemu(pairs: u16) -> GuestConfig {
     GuestConfig {
@@ -27,56 +26,20 @@ fn qemu(pairs: u16) -> GuestConfig {
     }
 }
 
-/// Frames from `a` (TX on `qp`) to `b` (any RX queue), byte-exact.
-fn one_way(a: &mut FakeGuest, b: &mut FakeGuest, qp: u16, from: [u8; 6], to: [u8; 6], n: u32) {
-    let pairs = b.num_queues() as u16 / 2;
-    for i in 0..n {
-        let f = frame(
-            to,
-            from,
-            60 + (i as usize * 97) % 1400,
-            i + 1000 * qp as u32,
-        );
-        assert!(a.send(qp, &HDR, &f, &[12]), "TX full at {i}");
-        let deadline = Instant::now() + T;
-        let got = loop {
-            if let Some((_, g)) = (0..pairs).find_map(|q| b.recv(q, Duration::from_millis(1))) {
-                break g;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "frame {i} on pair {qp} did not arrive; sender {a:?}"
-            );
-        };
-        assert!(got == f, "frame {i} on pair {qp} differs");
-    }
-    wait_for("TX chains back", || {
-        a.reap_tx(qp);
-        a.tx_inflight(qp) == 0
-    });
-}
-
-fn post(g: &mut FakeGuest) {
-    g.set_repost(true);
-    for qp in 0..g.num_queues() as u16 / 2 {
-        assert_eq!(g.post_rx(qp, 64, 2048), 64);
-    }
-}
-
 #[test]
 fn qemu_7_2_one_pair_runs_and_forwards() {
     let rig = Rig::new(2, 1);
     let mut a = rig.guest(0, qemu(1));
     let mut b = rig.guest(1, GuestConfig::default());
-    post(&mut a);
-    post(&mut b);
+    a.post_rx_all();
+    b.post_rx_all();
     // No SET_VRING_ENABLE came after the kicks: the ones sent before
     // SET_FEATURES must have been remembered.
     wait_for("A's queues to run", || {
         rig.ports[0].state() == PortState::Running
     });
-    one_way(&mut a, &mut b, 0, A, B, 20);
-    one_way(&mut b, &mut a, 0, B, A, 20);
+    one_way(&mut a, &mut b, 0, (A, B), 20, 0);
+    one_way(&mut b, &mut a, 0, (B, A), 20, 0);
     let st = rig.ports[0].stats();
     assert!(st.connected);
     assert_eq!(st.last_error, None, "nothing was refused");
@@ -89,14 +52,14 @@ fn qemu_7_2_two_pairs_duplicate_add_mem_reg() {
     let rig = Rig::new(2, 2);
     let mut a = rig.guest(0, qemu(2));
     let mut b = rig.guest(1, qemu(2));
-    post(&mut a);
-    post(&mut b);
+    a.post_rx_all();
+    b.post_rx_all();
     wait_for("all four queues of both ports to run", || {
         rig.ports.iter().all(|p| p.queues_running() == 4)
     });
     for qp in 0..2 {
-        one_way(&mut a, &mut b, qp, A, B, 16);
-        one_way(&mut b, &mut a, qp, B, A, 16);
+        one_way(&mut a, &mut b, qp, (A, B), 16, 1000 * qp as u32);
+        one_way(&mut b, &mut a, qp, (B, A), 16, 1000 * qp as u32);
     }
     for p in &rig.ports {
         assert_eq!(p.stats().last_error, None);
@@ -108,22 +71,22 @@ fn qemu_7_2_reconnect_resumes() {
     let rig = Rig::new(2, 1);
     let mut a = rig.guest(0, qemu(1));
     let mut b = rig.guest(1, qemu(1));
-    post(&mut a);
-    post(&mut b);
+    a.post_rx_all();
+    b.post_rx_all();
     // QEMU asks for no ack after ADD_MEM_REG: the guest may be done with
     // the handshake before the port is. Frames sent meanwhile are dropped
     // as `not_running` at the other end.
     wait_for("both ports to run", || {
         rig.ports.iter().all(|p| p.state() == PortState::Running)
     });
-    one_way(&mut a, &mut b, 0, A, B, 10);
+    one_way(&mut a, &mut b, 0, (A, B), 10, 0);
     a.reconnect().expect("reconnect in QEMU's order");
     wait_for("A to run again", || {
         rig.ports[0].state() == PortState::Running
     });
     assert_eq!(rig.ports[0].stats().connections, 2);
-    one_way(&mut b, &mut a, 0, B, A, 10);
-    one_way(&mut a, &mut b, 0, A, B, 10);
+    one_way(&mut b, &mut a, 0, (B, A), 10, 0);
+    one_way(&mut a, &mut b, 0, (A, B), 10, 0);
 }
 
 fn msg(code: u32, flags: u32, body: &[u8]) -> Vec<u8> {
@@ -194,7 +157,7 @@ fn features_never_offered_end_the_session_by_name() {
     assert!(e.contains("SET_FEATURES") && e.contains("GUEST_UFO"), "{e}");
     // The port serves the next VMM.
     let mut g = rig.guest(0, qemu(1));
-    post(&mut g);
+    g.post_rx_all();
     wait_for("the new session to run", || {
         rig.ports[0].state() == PortState::Running
     });

@@ -468,9 +468,9 @@ impl KringState {
     pub fn notify(&self, csb: &CsbEntry<'_>, irq: &EventFd) -> io::Result<bool> {
         fence(Ordering::SeqCst);
         if csb.appl_need_kick.load(Ordering::Relaxed) != 0 {
-            // The client shares this eventfd and could make a plain write
-            // block the switch; never let it.
-            irq.kick_untrusted()?;
+            // `irq` must be the switch's own description (a pipe's write
+            // end, see `EventFd::pipe`), which no client can make blocking.
+            irq.kick()?;
             return Ok(true);
         }
         Ok(false)

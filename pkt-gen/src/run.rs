@@ -103,7 +103,7 @@ impl NullPort {
 #[derive(Debug)]
 pub enum Dev {
     /// Served by valed.
-    Nm(NmPort),
+    Nm(Box<NmPort>),
     /// pkt-gen's own `null`.
     Null(Box<NullPort>),
 }
@@ -276,12 +276,12 @@ pub fn open(cfg: &Config, sock: &Path) -> Result<Opened, RunError> {
         )?)
     };
     if n == 1 {
-        return Ok(Opened::PerThread(vec![Dev::Nm(open1(None)?)]));
+        return Ok(Opened::PerThread(vec![Dev::Nm(Box::new(open1(None)?))]));
     }
     let mut devs: Vec<Dev> = Vec::new();
     for i in 0..n {
         match open1(Some(i as u16)) {
-            Ok(p) => devs.push(Dev::Nm(p)),
+            Ok(p) => devs.push(Dev::Nm(Box::new(p))),
             Err(RunError::Open(e)) if i > 0 && is_errno(&e, libc::EBUSY) => {
                 d!(
                     "start_threads",
@@ -294,7 +294,7 @@ pub fn open(cfg: &Config, sock: &Path) -> Result<Opened, RunError> {
                 let t0 = Instant::now();
                 loop {
                     match open1(None) {
-                        Ok(p) => return Ok(Opened::Shared(Box::new(Dev::Nm(p)))),
+                        Ok(p) => return Ok(Opened::Shared(Box::new(Dev::Nm(Box::new(p))))),
                         Err(RunError::Open(e))
                             if is_errno(&e, libc::EBUSY)
                                 && t0.elapsed() < Duration::from_secs(5) =>

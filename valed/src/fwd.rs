@@ -2,7 +2,7 @@
 //! registered clients) and runs `Switch::forward` on them in turn. When
 //! nothing moved for the busy-poll budget, it asks every source's client for
 //! a kick (the CSB need-kick handshake), re-checks, and sleeps in epoll on
-//! the kick eventfds, edge-triggered and never reading them.
+//! the kick doorbells, edge-triggered, emptying only those that rang.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd};
@@ -353,7 +353,18 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
             }
         }
         if may_sleep {
-            ep.wait(64, Some(Duration::from_secs(1)))?;
+            // Clients' doorbells are pipes: empty the ones that rang, so
+            // the next kick is an edge again and a pipe never fills. (The
+            // relays and vhost kicks are eventfds, never full; draining
+            // them is one read.)
+            for k in ep.wait(64, Some(Duration::from_secs(1)))? {
+                let fd = i32::try_from(k).ok();
+                let bell =
+                    fd.and_then(|k| kick_refs.get(&k).map(|e| &e.1).or_else(|| dest_fds.get(&k)));
+                if let Some(b) = bell {
+                    let _ = b.drain();
+                }
+            }
         }
         for u in units.iter_mut() {
             u.source.woken()?;

@@ -112,6 +112,31 @@ pub struct Registration {
 /// to the client (region, CSB, kick, irq).
 type Doorbells = (Arc<Csb>, Arc<EventFd>, Arc<EventFd>, Vec<OwnedFd>);
 
+/// A registration's doorbells. Each is a pipe, so valed's ends and the
+/// client's are separate open file descriptions: the client may make its
+/// ends blocking, never valed's (an eventfd shared by `SCM_RIGHTS` would
+/// let it).
+struct Bells {
+    /// Read end: the client kicks valed.
+    kick: Arc<EventFd>,
+    /// Write end: valed interrupts the client.
+    irq: Arc<EventFd>,
+    /// The client's ends: kick writer, irq reader.
+    peer: [OwnedFd; 2],
+}
+
+impl Bells {
+    fn new() -> std::io::Result<Bells> {
+        let (kick_r, kick_w) = EventFd::pipe()?;
+        let (irq_r, irq_w) = EventFd::pipe()?;
+        Ok(Bells {
+            kick: Arc::new(kick_r),
+            irq: Arc::new(irq_w),
+            peer: [kick_w.into_fd(), irq_r.into_fd()],
+        })
+    }
+}
+
 /// One end of a netmap pipe and its registration.
 #[derive(Default)]
 struct PipeSide {
@@ -639,14 +664,10 @@ impl Registry {
             Ok(o) => o,
             Err(e) => return err(req, region_errno(&e)),
         };
-        let setup = || -> std::io::Result<(Arc<Csb>, Arc<EventFd>, Arc<EventFd>)> {
-            Ok((
-                Arc::new(Csb::create(nrings)?),
-                Arc::new(EventFd::new()?),
-                Arc::new(EventFd::new()?),
-            ))
+        let setup = || -> std::io::Result<(Arc<Csb>, Bells)> {
+            Ok((Arc::new(Csb::create(nrings)?), Bells::new()?))
         };
-        let (csb, kick, irq) = match setup() {
+        let (csb, Bells { kick, irq, peer }) = match setup() {
             Ok(v) => v,
             Err(_) => {
                 let _ = port.region.free_if(nifp);
@@ -696,12 +717,8 @@ impl Registry {
             }
         }
         let fds = match (|| -> std::io::Result<Vec<OwnedFd>> {
-            Ok(vec![
-                port.region.share_fd()?,
-                csb.share_fd()?,
-                kick.try_clone_fd()?,
-                irq.try_clone_fd()?,
-            ])
+            let [kick, irq] = peer;
+            Ok(vec![port.region.share_fd()?, csb.share_fd()?, kick, irq])
         })() {
             Ok(f) => f,
             Err(_) => return err(req, libc::EMFILE),
@@ -870,13 +887,9 @@ impl Registry {
         };
         let made = (|| -> std::io::Result<Doorbells> {
             let csb = Arc::new(Csb::create(nrings)?);
-            let (kick, irq) = (Arc::new(EventFd::new()?), Arc::new(EventFd::new()?));
-            let fds = vec![
-                pipe.region.share_fd()?,
-                csb.share_fd()?,
-                kick.try_clone_fd()?,
-                irq.try_clone_fd()?,
-            ];
+            let Bells { kick, irq, peer } = Bells::new()?;
+            let [pk, pi] = peer;
+            let fds = vec![pipe.region.share_fd()?, csb.share_fd()?, pk, pi];
             Ok((csb, kick, irq, fds))
         })();
         let Ok((csb, kick, irq, fds)) = made else {

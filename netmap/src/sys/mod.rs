@@ -1,5 +1,6 @@
 //! Thin, checked wrappers over the system calls netmap's user side needs:
-//! sealed memfds, shared mappings, eventfds, poll and `SCM_RIGHTS`.
+//! sealed memfds, shared mappings, doorbells (eventfds and pipes), poll,
+//! `SCM_RIGHTS`, and the watchdog that bounds writes a peer can block.
 //!
 //! Every `unsafe` block of the crate that touches the OS lives under this
 //! module; the types here check their arguments once so callers stay safe.
@@ -11,6 +12,7 @@ mod mmap;
 mod poll;
 mod scm;
 mod seqpacket;
+mod watchdog;
 
 pub use epoll::Epoll;
 pub use eventfd::EventFd;
@@ -19,6 +21,7 @@ pub use mmap::SharedMap;
 pub use poll::{poll, PollFd, PollFlags};
 pub use scm::{recv_with_fds, send_with_fds, MAX_FDS};
 pub use seqpacket::{accept, peer_cred, seqpacket_connect, seqpacket_listen, seqpacket_pair};
+pub use watchdog::{write_bounded, TICK as WATCHDOG_TICK};
 
 use std::io;
 
