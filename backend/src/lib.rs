@@ -18,6 +18,7 @@ pub mod conn;
 pub mod device;
 pub mod memory;
 pub mod queue;
+pub mod sigbus;
 pub mod socket;
 #[cfg(feature = "test-utils")]
 pub mod testing;

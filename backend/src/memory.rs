@@ -163,6 +163,7 @@ struct Mapped {
     /// ADD_MEM_REGs of this same region not yet removed.
     refs: u32,
     region: Arc<GuestRegionMmap<()>>,
+    listed: Option<crate::sigbus::Listed>,
 }
 
 /// The guest memory of one vhost-user session.
@@ -237,19 +238,26 @@ fn overlaps(a: &RegionSpec, b: &RegionSpec) -> bool {
     a.gpa < b.gpa + b.size && b.gpa < a.gpa + a.size
 }
 
-fn map(spec: &RegionSpec, file: File) -> Result<Arc<GuestRegionMmap<()>>, MemError> {
+/// A mapped region and its entry in the SIGBUS guard's table.
+type MappedRegion = (Arc<GuestRegionMmap<()>>, Option<crate::sigbus::Listed>);
+
+fn map(spec: &RegionSpec, file: File) -> Result<MappedRegion, MemError> {
     let gpa = spec.gpa;
     let m = MmapRegion::<()>::from_file(FileOffset::new(file, spec.offset), spec.size as usize)
         .map_err(|e| MemError::Map {
             gpa,
             msg: format!("mmap: {e}"),
         })?;
-    GuestRegionMmap::new(m, GuestAddress(gpa))
+    let region = GuestRegionMmap::new(m, GuestAddress(gpa))
         .map(Arc::new)
         .ok_or(MemError::Bounds {
             gpa,
             size: spec.size,
-        })
+        })?;
+    // The file may shrink later: a fault in this mapping is caught
+    // (sigbus.rs) for as long as the mapping lives.
+    let listed = crate::sigbus::list_arc(region.as_ptr() as usize, spec.size as usize, &region);
+    Ok((region, listed))
 }
 
 impl MemTable {
@@ -269,6 +277,16 @@ impl MemTable {
     /// Regions mapped, in the order they came.
     pub fn specs(&self) -> Vec<RegionSpec> {
         self.regions.iter().map(|m| m.spec).collect()
+    }
+
+    /// A region whose file shrank under its mapping (an access past the
+    /// file's new end was caught by the SIGBUS guard): the VMM broke its
+    /// memory and the session ends.
+    pub fn faulted(&self) -> Option<RegionSpec> {
+        self.regions
+            .iter()
+            .find(|m| m.listed.is_some_and(|l| l.faulted()))
+            .map(|m| m.spec)
     }
 
     /// How many ADD_MEM_REGs the region at guest address `gpa` has
@@ -318,11 +336,13 @@ impl MemTable {
             if let Some(o) = new.iter().find(|m: &&Mapped| overlaps(&m.spec, spec)) {
                 return Err(overlap_err(spec, &o.spec));
             }
+            let (region, listed) = map(spec, file)?;
             new.push(Mapped {
                 spec: *spec,
                 file_id: id,
                 refs: 1,
-                region: map(spec, file)?,
+                region,
+                listed,
             });
         }
         let old = std::mem::replace(&mut self.regions, new);
@@ -349,11 +369,13 @@ impl MemTable {
         if self.regions.len() >= MAX_REGIONS {
             return Err(MemError::TooMany);
         }
+        let (region, listed) = map(spec, file)?;
         self.regions.push(Mapped {
             spec: *spec,
             file_id: id,
             refs: 1,
-            region: map(spec, file)?,
+            region,
+            listed,
         });
         if let Err(e) = self.publish() {
             self.regions.pop();

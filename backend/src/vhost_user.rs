@@ -92,6 +92,18 @@ pub enum SessionError {
         /// Their names.
         names: String,
     },
+    /// The file behind a guest memory region shrank while mapped; the
+    /// SIGBUS guard caught valed's access past its end.
+    #[error(
+        "guest memory region gpa {gpa:#x} size {size:#x}: its file shrank under the mapping \
+         (truncated by the VMM); session dropped"
+    )]
+    MemoryShrank {
+        /// Guest-physical start.
+        gpa: u64,
+        /// Size.
+        size: u64,
+    },
     /// An OS call of ours failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -177,6 +189,7 @@ pub fn feature_names(bits: u64) -> String {
 /// `TOK_KICK + q`.
 const TOK_STOP: u64 = 0;
 const TOK_SOCK: u64 = 1;
+const TOK_FAULT: u64 = 2;
 const TOK_KICK: u64 = 16;
 
 /// One VMM connection.
@@ -244,12 +257,24 @@ impl<'d, D: Device> Session<'d, D> {
     /// `stop` is kicked (Ok).
     pub fn run(&mut self, stop: &EventFd) -> Result<(), SessionError> {
         self.epoll.add(stop, TOK_STOP)?;
+        if let Some(n) = crate::sigbus::notifier() {
+            self.epoll.add(n, TOK_FAULT)?;
+        }
         loop {
             let toks = self.epoll.wait(64, None)?;
             for t in toks {
                 match t {
                     TOK_STOP => return Ok(()),
                     TOK_SOCK => self.drain_requests()?,
+                    // Some guest file shrank; ours?
+                    TOK_FAULT => {
+                        if let Some(r) = self.mem.faulted() {
+                            return Err(SessionError::MemoryShrank {
+                                gpa: r.gpa,
+                                size: r.size,
+                            });
+                        }
+                    }
                     k if k >= TOK_KICK => {
                         let q = (k - TOK_KICK) as usize;
                         if self.started.get(q) == Some(&true) {

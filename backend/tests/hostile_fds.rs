@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use backend::testing::{frame, one_way, rx, tx, wait_for, FakeGuest, GuestConfig, Rig};
 use vhost::VhostBackend;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 const A: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa];
@@ -179,4 +180,30 @@ fn a_call_fd_raced_into_blocking_does_not_stop_other_ports() {
         .recv_timeout(Duration::from_secs(60))
         .expect("the forwarding thread stalled on a VMM's call eventfd");
     assert!(frames > 1000 + 8, "traffic flowed");
+}
+
+/// Guest C's VMM truncates its memory file while A sends to C and B:
+/// valed's next access to C's memory would be SIGBUS. It is caught; C's
+/// session is dropped with an error naming the region, and A to B keeps
+/// flowing, frame for frame.
+#[test]
+fn a_guest_memory_file_truncated_mid_traffic_drops_only_that_vmm() {
+    let rig = Rig::new(3, 1);
+    let mut g = guests(&rig);
+    flow(&mut g, (0, A), (2, C), 10, 0);
+    let c = g.pop().expect("guest C");
+    for r in c.memory().iter() {
+        let f = r.file_offset().expect("memfd-backed").file();
+        f.set_len(0).unwrap();
+    }
+    // C's own mapping now faults too: the test never touches it again.
+    for i in 0..64 {
+        assert!(g[0].send(0, &[0; 12], &frame(C, A, 60, i), &[]));
+    }
+    wait_for("C's session to be dropped", || !rig.ports[2].connected());
+    let e = rig.ports[2].stats().last_error.expect("a last error");
+    assert!(e.contains("shrank") && e.contains("gpa"), "{e}");
+    flow(&mut g, (0, A), (1, B), 50, 100);
+    flow(&mut g, (1, B), (0, A), 50, 200);
+    std::mem::forget(c);
 }
