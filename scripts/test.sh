@@ -16,6 +16,8 @@ echo "== cargo test (debug)"
 cargo test --workspace --all-features
 echo "== cargo test (release): sync protocol"
 cargo test --release -p netmap --test sync_threads --test two_process
+echo "== loom: the CSB need-kick handshake, model-checked"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release -p netmap --test loom_csb
 if command -v cargo-fuzz >/dev/null 2>&1 && rustup toolchain list 2>/dev/null | grep -q nightly; then
     echo "== fuzz (${FUZZ_SECONDS:-30}s per target)"
     ./scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
