@@ -20,9 +20,13 @@ pub mod switch;
 pub mod testing;
 
 pub use frag::{DstBuf, Frag};
-pub use lookup::{BridgeConfig, Dest, FrameInfo, LearningBridge, Lookup, LookupStats};
+pub use lookup::{
+    BridgeConfig, Dest, FrameInfo, LearningBridge, Lookup, LookupStats, DEFAULT_PORT_MAC_LIMIT,
+};
 pub use port::{
     Arm, DropReason, FrameCursor, PortConfig, PortCounters, PortId, PortStats, Push, Sink, Source,
     DROP_REASONS,
 };
-pub use switch::{Forwarded, Scratch, Switch, SwitchError, MAX_BATCH, MAX_FRAGS, MAX_PORTS};
+pub use switch::{
+    Forwarded, Scratch, Switch, SwitchError, BACKPRESSURE_HOLD, MAX_BATCH, MAX_FRAGS, MAX_PORTS,
+};

@@ -71,16 +71,24 @@ pub struct BridgeConfig {
     pub capacity: usize,
     /// Seconds an entry lives without being refreshed.
     pub max_age: u32,
-    /// Most MACs one port may have in the table (0: no limit).
+    /// Most MACs one port may have in the table (0: no limit). Bounded by
+    /// default, so one port cannot fill the table for the others: a VM
+    /// has a few MACs; a port with a whole L2 segment behind it (a NIC)
+    /// gets a higher limit of its own (`vale-ctl --config SW:PORT
+    /// mac_limit=N`).
     pub port_mac_limit: u32,
 }
+
+/// The default [`BridgeConfig::port_mac_limit`]: an eighth of the default
+/// table.
+pub const DEFAULT_PORT_MAC_LIMIT: u32 = 1024;
 
 impl Default for BridgeConfig {
     fn default() -> Self {
         BridgeConfig {
             capacity: 8192,
             max_age: 300,
-            port_mac_limit: 0,
+            port_mac_limit: DEFAULT_PORT_MAC_LIMIT,
         }
     }
 }
@@ -202,7 +210,14 @@ impl LearningBridge {
                     break;
                 }
                 if e.port != port {
-                    // A station move: the old port loses the entry.
+                    // A station move: the old port loses the entry, unless
+                    // the new one is at its limit (else a port could hold
+                    // any number of MACs by taking them over).
+                    let limit = self.limit_of(port);
+                    if limit > 0 && *self.count(port) >= limit {
+                        self.st.port_limit += 1;
+                        return;
+                    }
                     let c = self.count(e.port);
                     *c = c.saturating_sub(1);
                     *self.count(port) += 1;
@@ -373,5 +388,32 @@ mod tests {
         b.port_removed(1);
         assert_eq!(b.port_entries(1), 0);
         assert_eq!(b.find(&mac(0), 0), None);
+    }
+
+    /// A port at its limit cannot take more MACs over from other ports by
+    /// sending as them (station moves count against the limit too).
+    #[test]
+    fn station_moves_respect_the_limit() {
+        let mut b = LearningBridge::default();
+        b.set_port_mac_limit(2, 2);
+        for i in 0..6 {
+            b.lookup(&frame(mac(i), [0xff; 6], 1), 0);
+        }
+        for i in 0..6 {
+            b.lookup(&frame(mac(i), [0xff; 6], 2), 0);
+        }
+        assert_eq!((b.port_entries(1), b.port_entries(2)), (4, 2));
+        assert_eq!(b.stats().moves, 2);
+        assert_eq!(b.find(&mac(5), 0), Some(1));
+    }
+
+    #[test]
+    fn ports_are_limited_by_default() {
+        let mut b = LearningBridge::default();
+        for i in 0..(DEFAULT_PORT_MAC_LIMIT as u16 + 100) {
+            b.lookup(&frame(mac(i), [0xff; 6], 1), 0);
+        }
+        assert_eq!(b.port_entries(1), DEFAULT_PORT_MAC_LIMIT);
+        assert_eq!(b.stats().port_limit, 100);
     }
 }

@@ -1,7 +1,9 @@
 //! The forwarding engine: take a batch from a source, look up every frame,
 //! group by destination, then per destination copy and publish once.
 
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::time::Instant;
 
 use netmap::abi::{NS_MOREFRAG, NS_NO_LEARN, NS_PORT_MASK, NS_PORT_SHIFT};
 use thiserror::Error;
@@ -20,6 +22,12 @@ pub const MAX_BATCH: usize = 1024;
 pub const MAX_FRAGS: usize = 64;
 /// Most ports on one switch (netmap: 254 including the host port).
 pub const MAX_PORTS: usize = 254;
+/// How long a backpressure port may hold its senders without making room.
+/// Past it the port counts as stalled: senders stop waiting for it, and
+/// frames for it are dropped (`DstFull`) until it has room again. This
+/// bounds what a reader that never reads can do to a sender's traffic to
+/// every other port (see `valed.8`, SECURITY).
+pub const BACKPRESSURE_HOLD: std::time::Duration = std::time::Duration::from_millis(250);
 
 const ETH_HLEN: usize = 14;
 /// Offset of `virtio_net_hdr.gso_type` (values in [`offload`]).
@@ -63,6 +71,40 @@ struct PortSlot {
     cfg: PortConfig,
     sink: Arc<Mutex<Box<dyn Sink>>>,
     counters: Arc<PortCounters>,
+    /// When a sender last found this backpressure port without room and
+    /// it has not made room since (`hold_clock` + 1; 0: not holding).
+    /// Shared across reconfigurations, like the counters.
+    holding_since: Arc<AtomicU64>,
+}
+
+/// Nanoseconds on a process-wide monotonic clock, read only on the path
+/// where a backpressure port has no room.
+fn hold_clock() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+impl PortSlot {
+    /// A sender found no room: true if the port has held senders for
+    /// longer than [`BACKPRESSURE_HOLD`] (it is then stalled, and not
+    /// waited for).
+    fn stalled(&self) -> bool {
+        let now = hold_clock() + 1;
+        match self.holding_since.load(Ordering::Relaxed) {
+            0 => {
+                self.holding_since.store(now, Ordering::Relaxed);
+                false
+            }
+            t => now.saturating_sub(t) > BACKPRESSURE_HOLD.as_nanos() as u64,
+        }
+    }
+
+    /// The port took a frame: it reads again.
+    fn made_room(&self) {
+        if self.holding_since.load(Ordering::Relaxed) != 0 {
+            self.holding_since.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 impl std::fmt::Debug for PortSlot {
@@ -207,6 +249,7 @@ impl<L: Lookup> Switch<L> {
             cfg,
             sink: Arc::new(Mutex::new(sink)),
             counters: Arc::default(),
+            holding_since: Arc::default(),
         }));
         Ok(i as PortId)
     }
@@ -233,6 +276,7 @@ impl<L: Lookup> Switch<L> {
             cfg,
             sink: Arc::clone(&old.sink),
             counters: Arc::clone(&old.counters),
+            holding_since: Arc::clone(&old.holding_since),
         };
         ports[id as usize] = Some(Arc::new(new));
         Ok(())
@@ -442,6 +486,8 @@ impl<L: Lookup> Switch<L> {
                     .map(|slot| (p, slot, lock(&slot.sink)))
             })
             .collect();
+        // A port that has held senders past BACKPRESSURE_HOLD without
+        // making room is not waited for: its frames are dropped instead.
         let mut limit = nframes;
         let mut blocked_on = None;
         for (p, slot, sink) in guards.iter_mut() {
@@ -450,6 +496,7 @@ impl<L: Lookup> Switch<L> {
             }
             let dst_hdr = slot.cfg.vnet_hdr_len as usize;
             let mut room = sink.room();
+            let mut fit = 0;
             for &fi in sc.lists[*p as usize]
                 .iter()
                 .take_while(|&&fi| (fi as usize) < limit)
@@ -459,11 +506,20 @@ impl<L: Lookup> Switch<L> {
                     continue; // can never fit: dropped as DstFull, not held
                 }
                 if need > room {
-                    limit = fi as usize;
-                    blocked_on = Some(*p);
+                    if fit > 0 {
+                        slot.made_room();
+                    }
+                    if !slot.stalled() {
+                        limit = fi as usize;
+                        blocked_on = Some(*p);
+                    }
                     break;
                 }
                 room -= need;
+                fit += 1;
+            }
+            if fit > 0 && blocked_on != Some(*p) {
+                slot.made_room();
             }
         }
 

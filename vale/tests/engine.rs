@@ -168,6 +168,65 @@ fn backpressure_delivers_everything_in_order() {
     assert_eq!(b.sw.stats(b.ids[0]).unwrap().in_packets, 5000);
 }
 
+/// Three ports: a sender (0), a reader (1), and a backpressure port (2)
+/// whose reader never reads. Port 2 may hold the sender for at most
+/// `BACKPRESSURE_HOLD`; after that the sender's frames to port 1 flow, and
+/// port 2's are dropped and counted until it reads again, when it holds
+/// senders again.
+#[test]
+fn a_silent_backpressure_port_holds_other_traffic_only_for_a_bounded_time() {
+    let bp = PortConfig {
+        backpressure: true,
+        ..Default::default()
+    };
+    let mut b = bed(3, 16, &[PortConfig::default(), PortConfig::default(), bp]);
+    for p in 1..3 {
+        b.send(
+            p,
+            vec![MemFrame::new(eth_frame(BCAST, mac(p as u16), 60, 0))],
+            0,
+        );
+    }
+    for p in 0..3 {
+        b.got(p);
+    }
+    // 64 frames, alternately to port 2 and port 1: port 2 has room for 16.
+    let frames: Vec<Vec<u8>> = (0..64)
+        .map(|i| eth_frame(mac(1 + (i + 1) % 2), mac(0), 60, i as u64))
+        .collect();
+    let mut src = MemSource::default();
+    frames
+        .iter()
+        .for_each(|f| src.push(MemFrame::new(f.clone())));
+    let fw = b.sw.forward(b.ids[0], &mut src, &mut b.sc, 1);
+    assert_eq!(fw.blocked_on, Some(b.ids[2]));
+    assert_eq!(fw.frames, 32, "held at port 2's 17th frame");
+    let to_1: Vec<Vec<u8>> = frames.iter().skip(1).step_by(2).cloned().collect();
+    assert_eq!(b.got(1), to_1[..16]);
+    // Within the hold, the sender stays held.
+    let fw = b.sw.forward(b.ids[0], &mut src, &mut b.sc, 1);
+    assert_eq!((fw.frames, fw.blocked_on), (0, Some(b.ids[2])));
+    // Past it, port 2 is not waited for: port 1 gets the rest, port 2's
+    // frames are dropped and counted.
+    std::thread::sleep(vale::BACKPRESSURE_HOLD + std::time::Duration::from_millis(20));
+    let fw = b.sw.forward(b.ids[0], &mut src, &mut b.sc, 1);
+    assert_eq!((fw.frames, fw.held, fw.blocked_on), (32, 0, None));
+    assert_eq!(b.got(1), to_1[16..]);
+    let st = b.sw.stats(b.ids[2]).unwrap();
+    assert_eq!(st.drop(DropReason::DstFull), 16);
+    assert_eq!(st.out_packets, 1 + 16, "the learning broadcast and 16");
+    // Port 2 reads: it holds senders again.
+    assert_eq!(b.got(2).len(), 16);
+    let fw = b.send(
+        0,
+        (0..40)
+            .map(|i| MemFrame::new(eth_frame(mac(2), mac(0), 60, i)))
+            .collect(),
+        1,
+    );
+    assert_eq!((fw.frames, fw.blocked_on), (16, Some(b.ids[2])));
+}
+
 #[test]
 fn malformed_frames_are_dropped_and_counted() {
     let mut b = bed(2, 256, &[]);

@@ -357,7 +357,14 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
             // the next kick is an edge again and a pipe never fills. (The
             // relays and vhost kicks are eventfds, never full; draining
             // them is one read.)
-            for k in ep.wait(64, Some(Duration::from_secs(1)))? {
+            // A held sender waits for its backpressure port no longer
+            // than the engine's hold: then the port counts as stalled.
+            let nap = if blocked.is_empty() {
+                Duration::from_secs(1)
+            } else {
+                vale::BACKPRESSURE_HOLD
+            };
+            for k in ep.wait(64, Some(nap))? {
                 let fd = i32::try_from(k).ok();
                 let bell =
                     fd.and_then(|k| kick_refs.get(&k).map(|e| &e.1).or_else(|| dest_fds.get(&k)));

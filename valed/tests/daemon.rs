@@ -582,6 +582,61 @@ fn backpressure_port_gets_everything_exactly() {
     assert!(json.contains("\"out_packets\":20000"), "{json}");
 }
 
+/// Three clients: `a` floods frames, `b` reads them, `c` never reads; `b`
+/// and `c` have backpressure on (so `b` must get every frame). Once `c` has held `a` for the engine's hold without
+/// making room, `a`'s frames reach `b` anyway: all of them, in order, and
+/// `c`'s share is dropped and counted. Without the bound, `a` would stay
+/// held for good once `c`'s ring filled.
+#[test]
+fn a_silent_backpressure_port_stops_no_one_for_long() {
+    use netmap::ctrl::{
+        ValePortConfig, VALE_PORT_BACKPRESSURE, VALE_REQ_PORT_CONFIG, VALE_SET_FLAGS,
+    };
+    let v = start("bp-silent", &[]);
+    let small = NmreqRegister {
+        nr_tx_slots: 256,
+        nr_rx_slots: 64,
+        ..Default::default()
+    };
+    let a = NmPort::open_with(&v.sock, "vale9:a", small).unwrap();
+    let b = NmPort::open_with(&v.sock, "vale9:b", small).unwrap();
+    let _c = NmPort::open_with(&v.sock, "vale9:c", small).unwrap();
+    let cfg = ValePortConfig {
+        flags: VALE_PORT_BACKPRESSURE,
+        set: VALE_SET_FLAGS,
+        ..Default::default()
+    };
+    for p in ["vale9:b", "vale9:c"] {
+        let (e, _) = v.call(&Request::new(VALE_REQ_PORT_CONFIG, p, &cfg).unwrap());
+        assert_eq!(e, 0);
+    }
+    let frames: Vec<Vec<u8>> = (0..2000).map(|i| frame(60, i)).collect();
+    let mut got = Vec::new();
+    let mut sent = 0;
+    let t0 = Instant::now();
+    while got.len() < frames.len() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "b got {} of {}: held by c",
+            got.len(),
+            frames.len()
+        );
+        if sent < frames.len() {
+            sent += send(&a, &frames[sent..]);
+        }
+        let _ = b.poll(false, true, Some(Duration::from_millis(20)));
+        recv(&b, &mut got);
+    }
+    assert_eq!(got, frames);
+    let (_, r) = v.call(&Request::with_body(VALE_REQ_STATS, "vale9:c", Vec::new()).unwrap());
+    let json = String::from_utf8(r.body).unwrap();
+    assert!(
+        json.contains("\"out_packets\":63") || json.contains("\"out_packets\":64"),
+        "{json}"
+    );
+    assert!(!json.contains("\"drop_dst_full\":0,"), "{json}");
+}
+
 #[test]
 fn pipe_ends_exchange_frames_zero_copy() {
     let v = start("pipe", &[]);
