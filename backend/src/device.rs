@@ -634,7 +634,10 @@ fn serve(dev: NetDevice, listener: Option<UnixListener>, stop: &EventFd) {
                     }
                 }
             }
-            None => match UnixStream::connect(&dev.0.cfg.socket) {
+            // Never a blocking connect: a VMM whose listener never
+            // accepts (backlog full) would hold this thread, and with it
+            // the port's removal.
+            None => match netmap::sys::stream_connect_nonblocking(&dev.0.cfg.socket) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::debug!(port = name, "connecting to {:?}: {e}", dev.0.cfg.socket);

@@ -85,8 +85,15 @@ pub fn bind(path: &Path, owner: Option<u32>) -> Result<UnixListener, SocketError
                     });
                 }
             }
-            if UnixStream::connect(path).is_ok() {
-                return Err(SocketError::InUse { path: path.into() });
+            // Live if someone listens: a connection taken, or a backlog
+            // so full it would block (a listener that never accepts must
+            // not stall valed here).
+            match netmap::sys::stream_connect_nonblocking(path) {
+                Ok(_) => return Err(SocketError::InUse { path: path.into() }),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Err(SocketError::InUse { path: path.into() })
+                }
+                Err(_) => {}
             }
             std::fs::remove_file(path).map_err(io_err)?;
         }

@@ -207,3 +207,42 @@ fn a_guest_memory_file_truncated_mid_traffic_drops_only_that_vmm() {
     flow(&mut g, (1, B), (0, A), 50, 200);
     std::mem::forget(c);
 }
+
+/// A VMM's listener whose backlog is full and that never accepts: a
+/// client-mode port keeps trying without its thread blocking in
+/// `connect`, so removing the port is prompt; and a server-mode port
+/// asked to bind over that live socket refuses at once (EADDRINUSE).
+#[test]
+fn a_listener_that_never_accepts_blocks_nothing() {
+    let dir = backend::testing::rig_dir("never-accepts");
+    let vm = dir.join("vm.sock");
+    let l = std::os::unix::net::UnixListener::bind(&vm).unwrap();
+    // SAFETY: listen() on our socket, integer arguments only.
+    unsafe { libc::listen(l.as_raw_fd(), 0) };
+    let mut queued = Vec::new();
+    while let Ok(s) = netmap::sys::stream_connect_nonblocking(&vm) {
+        queued.push(s);
+        assert!(queued.len() < 1000, "the backlog never fills");
+    }
+    let mut cfg = backend::NetConfig::new("vm", &vm);
+    cfg.mode = backend::SocketMode::Client;
+    let port = backend::NetPort::start(cfg).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!port.connected());
+    // A port thread stuck in connect would hold the drop for good: drop
+    // it on a thread of its own and wait a bounded time.
+    let (done, dropped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(port);
+        let _ = done.send(());
+    });
+    dropped
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the port's removal is held by a connect that never completes");
+    let t0 = Instant::now();
+    let e = backend::NetPort::start(backend::NetConfig::new("vm2", &vm)).unwrap_err();
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    assert!(e.to_string().contains("in use"), "{e}");
+    drop((l, queued));
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1035,6 +1035,31 @@ pub fn recv_request(fd: impl AsFd) -> Result<Option<(Request, Vec<OwnedFd>)>, Ct
     Ok(Some((Request::decode(&buf)?, fds)))
 }
 
+/// Receives one request as the server does: descriptors the client
+/// attached are discarded by the kernel, never installed in the server
+/// (no request carries one; closing a hostile one could block). `None` at
+/// end of stream.
+pub fn recv_request_discarding_fds(fd: impl AsFd) -> Result<Option<Request>, CtrlError> {
+    let mut buf = vec![0u8; MAX_REQUEST_SIZE + 1];
+    let n = loop {
+        match sys::recv_discarding_fds(fd.as_fd(), &mut buf) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if n > MAX_REQUEST_SIZE {
+        return Err(CtrlError::TooLarge {
+            len: n,
+            max: MAX_REQUEST_SIZE,
+        });
+    }
+    if n == 0 {
+        return Ok(None);
+    }
+    Ok(Some(Request::decode(&buf[..n])?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,8 +7,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use netmap::ctrl::{recv_request, send_reply, Reply};
-use netmap::sys::{poll, PollFd, PollFlags};
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use netmap::ctrl::{recv_request_discarding_fds, send_reply, Reply};
 use tracing::{debug, info, warn};
 
 use crate::signal::StopSignals;
@@ -20,125 +20,191 @@ struct Client {
 }
 
 /// How long the listener rests after accept ran out of descriptors: the
-/// pending connection stays readable, so polling it again at once would
+/// pending connection stays readable, so watching it again at once would
 /// spin.
 const ACCEPT_REST: Duration = Duration::from_millis(500);
 
-/// Serves `listener` until SIGTERM/SIGINT.
-///
-/// The control thread never waits on one client: client sockets are
-/// non-blocking (valed alone holds their open file descriptions), a
-/// request is read only when poll says one is there, and a client whose
-/// receive queue is full when its reply is sent (it sends requests and
-/// does not read) is disconnected.
-pub fn serve(listener: OwnedFd, reg: &mut Registry, signals: &StopSignals) -> std::io::Result<()> {
-    let mut clients: HashMap<u64, Client> = HashMap::new();
-    let mut next_id = 1u64;
-    let mut resting: Option<Instant> = None;
-    loop {
-        let ids: Vec<u64> = clients.keys().copied().collect();
-        let listen = resting.is_none_or(|t| t.elapsed() >= ACCEPT_REST);
-        if listen {
-            resting = None;
-        }
-        // While resting, the listener is polled for nothing (no events).
-        let mut fds = vec![
-            PollFd::new(
-                listener.as_fd(),
-                if listen { PollFlags::IN } else { PollFlags(0) },
-            ),
-            PollFd::new(signals.as_fd(), PollFlags::IN),
-        ];
-        for id in &ids {
-            fds.push(PollFd::new(
-                clients[id].fd.as_fd(),
-                PollFlags::IN | PollFlags::RDHUP,
-            ));
-        }
-        poll(&mut fds, (!listen).then_some(ACCEPT_REST))?;
-        let revents: Vec<PollFlags> = fds.iter().map(|p| p.revents).collect();
-        drop(fds);
-        if revents[1].intersects(PollFlags::IN) {
-            if let Some(sig) = signals.take() {
-                info!(signal = sig, "stopping");
-                break;
+/// Event data of the listener and of the stop signals; clients use the
+/// numbers below.
+const LISTENER: u32 = u32::MAX;
+const SIGNALS: u32 = u32::MAX - 1;
+
+/// What a client's socket is watched for.
+const CLIENT_EVENTS: EventSet = EventSet::IN.union(EventSet::READ_HANG_UP);
+
+/// The control plane as one event-manager subscriber: the listener, the
+/// stop signals and every client, each client under its own event data.
+struct ControlPlane<'r> {
+    listener: OwnedFd,
+    signals: &'r StopSignals,
+    reg: &'r mut Registry,
+    clients: HashMap<u32, Client>,
+    next_key: u32,
+    next_conn: u64,
+    /// Since when the listener is out of the interest list (EMFILE).
+    resting: Option<Instant>,
+    stop: bool,
+}
+
+impl ControlPlane<'_> {
+    fn listener_events(&self) -> Events {
+        Events::with_data(&self.listener, LISTENER, EventSet::IN)
+    }
+
+    fn accept(&mut self, ops: &mut EventOps<'_>) {
+        match netmap::sys::accept(&self.listener) {
+            Ok(fd) if netmap::sys::set_nonblocking(&fd).is_err() => drop(fd),
+            Ok(fd) => {
+                let uid = netmap::sys::peer_cred(&fd).map(|c| c.1).unwrap_or(u32::MAX);
+                // A free key: they wrap after 2^32 - 2 connections.
+                while self.clients.contains_key(&self.next_key) || self.next_key >= SIGNALS {
+                    self.next_key = self.next_key.wrapping_add(1) % SIGNALS;
+                }
+                let key = self.next_key;
+                self.next_key = self.next_key.wrapping_add(1);
+                let id = self.next_conn;
+                self.next_conn += 1;
+                if let Err(e) = ops.add(Events::with_data(&fd, key, CLIENT_EVENTS)) {
+                    warn!(conn = id, uid, "client not watched, dropped: {e:?}");
+                    return;
+                }
+                debug!(conn = id, uid, "client connected");
+                self.clients.insert(
+                    key,
+                    Client {
+                        fd,
+                        conn: Conn { id, uid, reg: None },
+                    },
+                );
+            }
+            Err(e) => {
+                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                    let _ = ops.remove(self.listener_events());
+                    self.resting = Some(Instant::now());
+                }
+                warn!("accept: {e}");
             }
         }
-        if revents[0].intersects(PollFlags::IN) {
-            match netmap::sys::accept(&listener) {
-                Ok(fd) if netmap::sys::set_nonblocking(&fd).is_err() => drop(fd),
-                Ok(fd) => {
-                    let uid = netmap::sys::peer_cred(&fd).map(|c| c.1).unwrap_or(u32::MAX);
-                    let id = next_id;
-                    next_id += 1;
-                    debug!(conn = id, uid, "client connected");
-                    clients.insert(
-                        id,
-                        Client {
-                            fd,
-                            conn: Conn { id, uid, reg: None },
-                        },
+    }
+
+    /// Serves one readable client; false if it is to be let go.
+    fn serve_client(&mut self, key: u32) -> bool {
+        let Some(c) = self.clients.get_mut(&key) else {
+            return true;
+        };
+        match recv_request_discarding_fds(&c.fd) {
+            Ok(Some(req)) => {
+                let (error, answer, fds) = self.reg.handle(&mut c.conn, &req);
+                let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+                if let Err(e) = send_reply(&c.fd, &Reply { error, req: answer }, &borrowed) {
+                    // EAGAIN included: a client that does not read its
+                    // replies is let go.
+                    warn!(
+                        conn = c.conn.id,
+                        uid = c.conn.uid,
+                        "reply not sent, client dropped: {e}"
                     );
+                    return false;
                 }
-                Err(e) => {
-                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
-                        resting = Some(Instant::now());
-                    }
-                    warn!("accept: {e}");
-                }
+                true
+            }
+            Ok(None) => false,
+            Err(netmap::ctrl::CtrlError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                true
+            }
+            Err(e) => {
+                // Garbage: answer with the errno it maps to, then keep the
+                // connection (it may send a good one next).
+                debug!(conn = c.conn.id, "bad request: {e}");
+                send_reply(&c.fd, &Reply::failure(e.errno()), &[]).is_ok()
             }
         }
-        for (k, id) in ids.iter().enumerate() {
-            let ev = revents[2 + k];
-            if ev.is_empty() {
-                continue;
-            }
-            let mut close = false;
-            if ev.intersects(PollFlags::IN) {
-                let c = clients.get_mut(id).expect("present");
-                match recv_request(&c.fd) {
-                    Ok(Some((req, _fds))) => {
-                        let (error, answer, fds) = reg.handle(&mut c.conn, &req);
-                        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-                        if let Err(e) = send_reply(&c.fd, &Reply { error, req: answer }, &borrowed)
-                        {
-                            // EAGAIN included: a client that does not read
-                            // its replies is let go.
-                            warn!(
-                                conn = id,
-                                uid = c.conn.uid,
-                                "reply not sent, client dropped: {e}"
-                            );
-                            close = true;
-                        }
-                    }
-                    Ok(None) => close = true,
-                    Err(netmap::ctrl::CtrlError::Io(e))
-                        if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => {
-                        // Garbage: answer with the errno it maps to, then
-                        // keep the connection (it may send a good one next).
-                        debug!(conn = id, "bad request: {e}");
-                        if send_reply(&c.fd, &Reply::failure(e.errno()), &[]).is_err() {
-                            close = true;
-                        }
-                    }
+    }
+
+    fn drop_client(&mut self, key: u32, ops: &mut EventOps<'_>) {
+        if let Some(mut c) = self.clients.remove(&key) {
+            let _ = ops.remove(Events::with_data(&c.fd, key, CLIENT_EVENTS));
+            debug!(conn = c.conn.id, fd = c.fd.as_raw_fd(), "client gone");
+            self.reg.unregister(&mut c.conn);
+        }
+    }
+}
+
+impl MutEventSubscriber for ControlPlane<'_> {
+    fn init(&mut self, ops: &mut EventOps<'_>) {
+        let signals = Events::with_data(&self.signals.as_fd(), SIGNALS, EventSet::IN);
+        if let Err(e) = ops.add(self.listener_events()).and(ops.add(signals)) {
+            warn!("control socket not watched: {e:?}");
+            self.stop = true;
+        }
+    }
+
+    fn process(&mut self, ev: Events, ops: &mut EventOps<'_>) {
+        match ev.data() {
+            SIGNALS => {
+                if let Some(sig) = self.signals.take() {
+                    info!(signal = sig, "stopping");
+                    self.stop = true;
                 }
-            } else if ev
-                .intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR | PollFlags::NVAL)
-            {
-                close = true;
             }
-            if close {
-                if let Some(mut c) = clients.remove(id) {
-                    debug!(conn = id, fd = c.fd.as_raw_fd(), "client gone");
-                    reg.unregister(&mut c.conn);
+            LISTENER => self.accept(ops),
+            key => {
+                let set = ev.event_set();
+                let keep = if set.contains(EventSet::IN) {
+                    self.serve_client(key)
+                } else {
+                    !set.intersects(EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR)
+                };
+                if !keep {
+                    self.drop_client(key, ops);
                 }
             }
         }
     }
-    for (_, mut c) in clients.drain() {
-        reg.unregister(&mut c.conn);
+}
+
+/// Serves `listener` until SIGTERM/SIGINT.
+///
+/// The loop is rust-vmm's `event-manager` with one subscriber, the control
+/// plane. It never waits on one client: client sockets are non-blocking
+/// (valed alone holds their open file descriptions), a request is read
+/// only when epoll says one is there, descriptors a client attaches are
+/// discarded by the kernel (never installed, so never closed here), and a
+/// client whose receive queue is full when its reply is sent (it sends
+/// requests and does not read) is disconnected.
+pub fn serve(listener: OwnedFd, reg: &mut Registry, signals: &StopSignals) -> std::io::Result<()> {
+    let em_err = |e: event_manager::Error| std::io::Error::other(format!("{e:?}"));
+    let mut em: EventManager<ControlPlane<'_>> = EventManager::new().map_err(em_err)?;
+    let id = em.add_subscriber(ControlPlane {
+        listener,
+        signals,
+        reg,
+        clients: HashMap::new(),
+        next_key: 0,
+        next_conn: 1,
+        resting: None,
+        stop: false,
+    });
+    loop {
+        let cp = em.subscriber_mut(id).map_err(em_err)?;
+        if cp.stop {
+            break;
+        }
+        let timeout = match cp.resting {
+            Some(t) if t.elapsed() >= ACCEPT_REST => {
+                cp.resting = None;
+                let ev = cp.listener_events();
+                em.event_ops(id).map_err(em_err)?.add(ev).map_err(em_err)?;
+                -1
+            }
+            Some(t) => (ACCEPT_REST - t.elapsed()).as_millis() as i32 + 1,
+            None => -1,
+        };
+        em.run_with_timeout(timeout).map_err(em_err)?;
+    }
+    let cp = em.remove_subscriber(id).map_err(em_err)?;
+    for (_, mut c) in cp.clients {
+        cp.reg.unregister(&mut c.conn);
     }
     Ok(())
 }

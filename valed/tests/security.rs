@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -443,4 +444,78 @@ fn a_tenants_switch_is_its_own() {
         tenant_run_as(OTHER, &s.v.sock, "vale0:o", "16", "register"),
         0
     );
+}
+
+/// Descriptors a client attaches to its requests never enter valed: no
+/// request carries one, and closing a hostile one (a FUSE file's flush)
+/// could block the control thread. The kernel discards them: a request
+/// with more descriptors than any receive buffer holds is still answered
+/// as a request (not refused as truncated), 200 requests with 80 each
+/// leave valed's descriptor count where it was.
+#[test]
+fn descriptors_a_client_attaches_never_enter_valed() {
+    use netmap::abi::{NmreqValeList, NETMAP_REQ_VALE_LIST};
+    use netmap::ctrl::Reply;
+    let v = common::start("sec-fds", &[]);
+    let fds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let c = netmap::sys::seqpacket_connect(&v.sock).unwrap();
+    let msg = Request::new(NETMAP_REQ_VALE_LIST, "", &NmreqValeList::default())
+        .unwrap()
+        .encode()
+        .unwrap();
+    let pid = v.child.id();
+    let mut buf = vec![0u8; 4096];
+    // One round without descriptors first: valed has accepted us.
+    netmap::sys::send_with_fds(&c, &msg, &[] as &[std::os::fd::BorrowedFd<'_>]).unwrap();
+    assert!(netmap::sys::recv_discarding_fds(&c, &mut buf).unwrap() > 0);
+    let before = fds(pid);
+    let files: Vec<std::fs::File> = (0..netmap::sys::MAX_FDS + 16)
+        .map(|_| std::fs::File::open("/dev/null").unwrap())
+        .collect();
+    let borrowed: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
+    for i in 0..200 {
+        send_many_fds(&c, &msg, &borrowed);
+        let n = netmap::sys::recv_discarding_fds(&c, &mut buf).unwrap();
+        let r = Reply::decode(&buf[..n]).unwrap();
+        assert_eq!(r.error, libc::ENOENT, "request {i} answered as a request");
+    }
+    assert!(fds(pid) <= before, "descriptors stayed in valed");
+}
+
+/// sendmsg with one SCM_RIGHTS message of all of `fds` (more than the
+/// netmap crate's own sender allows).
+fn send_many_fds(sock: &std::os::fd::OwnedFd, msg: &[u8], fds: &[i32]) {
+    let bytes = std::mem::size_of_val(fds);
+    // SAFETY: CMSG_SPACE is arithmetic on its argument.
+    let space = unsafe { libc::CMSG_SPACE(bytes as u32) } as usize;
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: msg.as_ptr() as *mut libc::c_void,
+        iov_len: msg.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid empty header; it is filled
+    // below with pointers to iov and cbuf, which outlive the sendmsg; the
+    // cmsg header is the first in cbuf, which has room for it and `bytes`.
+    unsafe {
+        let mut m: libc::msghdr = std::mem::zeroed();
+        m.msg_iov = &mut iov;
+        m.msg_iovlen = 1;
+        m.msg_control = cbuf.as_mut_ptr().cast();
+        m.msg_controllen = space;
+        let c = libc::CMSG_FIRSTHDR(&m);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(bytes as u32) as usize;
+        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c).cast::<i32>(), fds.len());
+        assert_eq!(
+            libc::sendmsg(sock.as_raw_fd(), &m, 0),
+            msg.len() as isize,
+            "sendmsg: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }

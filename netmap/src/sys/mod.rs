@@ -19,8 +19,11 @@ pub use eventfd::EventFd;
 pub use memfd::{memfd_seals, HugePages, Memfd};
 pub use mmap::SharedMap;
 pub use poll::{poll, PollFd, PollFlags};
-pub use scm::{recv_with_fds, send_with_fds, MAX_FDS};
-pub use seqpacket::{accept, peer_cred, seqpacket_connect, seqpacket_listen, seqpacket_pair};
+pub use scm::{recv_discarding_fds, recv_with_fds, send_with_fds, MAX_FDS};
+pub use seqpacket::{
+    accept, peer_cred, seqpacket_connect, seqpacket_listen, seqpacket_pair,
+    stream_connect_nonblocking,
+};
 pub use watchdog::{write_bounded, TICK as WATCHDOG_TICK};
 
 use std::io;

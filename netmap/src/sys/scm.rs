@@ -97,11 +97,40 @@ pub fn recv_with_fds(sock: impl AsFd, buf: &mut [u8]) -> io::Result<(usize, Vec<
     Ok((n, fds))
 }
 
+/// Receives one message into `buf` with no room for descriptors: any the
+/// peer attached are discarded by the kernel and never enter this process
+/// (so closing them cannot block it, e.g. on a FUSE file's flush).
+pub fn recv_discarding_fds(sock: impl AsFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is a live writable slice of buf.len() bytes.
+    let r = unsafe {
+        libc::recv(
+            sock.as_fd().as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            0,
+        )
+    };
+    cvt_isize(r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sys::EventFd;
     use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn fds_sent_to_a_discarding_receiver_never_arrive() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let e = EventFd::new().unwrap();
+        send_with_fds(&a, b"hi", &[e.as_fd()]).unwrap();
+        let before = std::fs::read_dir("/proc/self/fd").unwrap().count();
+        let mut buf = [0u8; 8];
+        assert_eq!(recv_discarding_fds(&b, &mut buf).unwrap(), 2);
+        assert_eq!(&buf[..2], b"hi");
+        let after = std::fs::read_dir("/proc/self/fd").unwrap().count();
+        assert_eq!(before, after, "no descriptor was installed");
+    }
 
     #[test]
     fn fds_cross_a_socket() {

@@ -58,6 +58,34 @@ pub fn seqpacket_connect(path: &Path) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Connects a `SOCK_STREAM` Unix socket to `path` without waiting: a
+/// listener whose backlog is full (one that never accepts) gets
+/// `WouldBlock` at once instead of a `connect` that blocks until it
+/// accepts. The stream comes back non-blocking.
+pub fn stream_connect_nonblocking(path: &Path) -> io::Result<std::os::unix::net::UnixStream> {
+    let (addr, len) = sockaddr(path)?;
+    // SAFETY: socket() has no memory-safety preconditions.
+    let fd = cvt(unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    })?;
+    // SAFETY: fd was just returned by socket() and nobody else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: addr is a valid sockaddr_un of at least len bytes, alive
+    // across the call.
+    cvt(unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    })?;
+    Ok(fd.into())
+}
+
 /// Binds a new `SOCK_SEQPACKET` socket to `path` and listens on it. The path
 /// must not exist (remove a stale socket first).
 pub fn seqpacket_listen(path: &Path, backlog: i32) -> io::Result<OwnedFd> {
