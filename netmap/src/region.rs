@@ -413,6 +413,188 @@ impl Pool {
     }
 }
 
+/// Who holds a buffer of the pool: the switch's record, never read back
+/// from shared memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Holder {
+    /// On the free list.
+    Free,
+    /// Buffers 0 and 1 (0 means "no buffer").
+    Reserved,
+    /// Ring `ri` of the ring pool: one of the buffers its slots were
+    /// given.
+    Ring(u16),
+    /// `netmap_if` `ii` of the if pool: one of its extra buffers.
+    If(u16),
+    /// Lost by a client of a swap domain (see [`Region::free_if_swapped`]):
+    /// out of use until the region goes.
+    Stray,
+}
+
+/// The buffer pool, with a holder per buffer.
+///
+/// # Ownership
+///
+/// Every buffer has exactly one holder: free, reserved (0 and 1), ring `r`
+/// (the buffers [`Region::alloc_ring`] put in its slots) or `netmap_if` `i`
+/// (the extra buffers [`Region::alloc_if`] linked from its `ni_bufs_head`).
+/// Holders change only in control-plane calls, never per frame, and never
+/// because of what a client wrote: a client may move buffers among its
+/// bound rings' slots and its extra-buffer list (netmap's zero copy), and
+/// that does not change who holds them.
+///
+/// - [`Region::free_if`] frees exactly the buffers its `netmap_if` holds,
+///   wherever the client left them, and nothing else; the client's list is
+///   not read, so no list (another registration's buffer, a ring's buffer,
+///   a loop, duplicates, nonsense) frees a buffer someone else holds.
+/// - [`Region::free_ring`] frees exactly the buffers its ring holds.
+/// - [`Region::reinit_ring`], run for every ring a new registration binds,
+///   points every slot at the ring's own buffers again (distinct, with
+///   netmap's initial `len` and `flags`), so a registration never sees the
+///   buffers, nor the data, its predecessor swapped in. Until then an
+///   unbound ring's slots may still name buffers freed with a `netmap_if`;
+///   nothing reads an unbound ring.
+/// - Where the forwarding itself swaps buffers between rings (a netmap
+///   pipe's two ends), where a buffer is no longer says who holds it: the
+///   region is one swap domain and [`Region::free_if_swapped`] applies
+///   (the client's list, checked, with an exchange that keeps every
+///   holder's count).
+///
+/// The data path checks a slot's `buf_idx` against the pool's size only, so
+/// a client can still name any buffer of its region while it is
+/// registered; a region is one port's (or one pipe's) and one uid's.
+#[derive(Debug)]
+struct BufPool {
+    offset: usize,
+    objsize: usize,
+    total: u32,
+    free: Vec<u32>,
+    holder: Vec<Holder>,
+}
+
+impl BufPool {
+    fn new(offset: usize, objsize: u32, total: u32) -> BufPool {
+        let mut holder = vec![Holder::Free; total as usize];
+        holder
+            .iter_mut()
+            .take(2)
+            .for_each(|h| *h = Holder::Reserved);
+        BufPool {
+            offset,
+            objsize: objsize as usize,
+            total,
+            // Hand out low indexes first: pop from the end of a reversed list.
+            free: (2..total).rev().collect(),
+            holder,
+        }
+    }
+
+    /// `n` buffers for `to`, or none at all.
+    fn alloc_n(&mut self, mem_id: u16, n: u32, to: Holder) -> Result<Vec<u32>, RegionError> {
+        let n = n as usize;
+        if self.free.len() < n {
+            return Err(RegionError::Exhausted {
+                mem_id,
+                pool: "buffer",
+                total: self.total,
+            });
+        }
+        let got: Vec<u32> = self.free.drain(self.free.len() - n..).rev().collect();
+        for &b in &got {
+            self.holder[b as usize] = to;
+        }
+        Ok(got)
+    }
+
+    /// Who holds `b` (`None` out of range).
+    fn holder(&self, b: u32) -> Option<Holder> {
+        self.holder.get(b as usize).copied()
+    }
+
+    /// Gives `b` back if `from` holds it; false (nothing changed) otherwise.
+    fn release(&mut self, b: u32, from: Holder) -> bool {
+        match self.holder.get_mut(b as usize) {
+            Some(h) if *h == from && from != Holder::Free && from != Holder::Reserved => {
+                *h = Holder::Free;
+                self.free.push(b);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn offset_of(&self, b: u32) -> usize {
+        self.offset + b as usize * self.objsize
+    }
+
+    fn in_use(&self) -> usize {
+        self.holder.iter().filter(|h| **h != Holder::Free).count()
+    }
+}
+
+/// The switch's record of a ring.
+#[derive(Debug, Clone)]
+struct RingRec {
+    num_slots: u32,
+    dir: Dir,
+    ringid: u16,
+    /// The buffers the ring holds, one per slot, in the order its slots
+    /// get them.
+    bufs: Vec<u32>,
+}
+
+impl Default for RingRec {
+    fn default() -> Self {
+        RingRec {
+            num_slots: 0,
+            dir: Dir::Tx,
+            ringid: 0,
+            bufs: Vec::new(),
+        }
+    }
+}
+
+/// A `netmap_if` whose registration is not complete yet, from
+/// [`Region::pending_if`]: dropped without [`keep`](Self::keep) (an error
+/// return, `?`, a panic) it is freed with its extra buffers, so no failed
+/// registration can leak it. Reads the region through `Deref`.
+#[must_use = "dropping it frees the netmap_if"]
+#[derive(Debug)]
+pub struct PendingIf<'a> {
+    region: &'a mut Region,
+    off: usize,
+    kept: bool,
+}
+
+impl PendingIf<'_> {
+    /// Its offset (`nr_offset`).
+    pub fn offset(&self) -> usize {
+        self.off
+    }
+
+    /// The registration is complete: the `netmap_if` stays. Returns its
+    /// offset.
+    pub fn keep(mut self) -> usize {
+        self.kept = true;
+        self.off
+    }
+}
+
+impl std::ops::Deref for PendingIf<'_> {
+    type Target = Region;
+    fn deref(&self) -> &Region {
+        self.region
+    }
+}
+
+impl Drop for PendingIf<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = self.region.free_if(self.off);
+        }
+    }
+}
+
 /// The rings one registration binds, for its `netmap_if`. Each entry is the
 /// ring's offset in the region, or `None` for a ring that exists on the port
 /// but is not bound (netmap writes 0), and for fake host rings.
@@ -450,11 +632,14 @@ pub struct Region {
     layout: PoolLayout,
     memfd: Memfd,
     map: Arc<SharedMap>,
-    /// num_slots of each ring, by ring pool index: the switch's own record.
-    ring_slots: Vec<u32>,
+    /// Each ring's geometry and buffers, by ring pool index: the switch's
+    /// own record.
+    ring_recs: Vec<RingRec>,
+    /// Each `netmap_if`'s extra buffers, by if pool index.
+    if_bufs: Vec<Vec<u32>>,
     ifs: Pool,
     rings: Pool,
-    bufs: Pool,
+    bufs: BufPool,
 }
 
 impl Region {
@@ -480,7 +665,8 @@ impl Region {
         }
         let map = Arc::new(SharedMap::map(&memfd, memfd.size())?);
         Ok(Region {
-            ring_slots: vec![0; cfg.ring_objtotal as usize],
+            ring_recs: vec![RingRec::default(); cfg.ring_objtotal as usize],
+            if_bufs: vec![Vec::new(); cfg.if_objtotal as usize],
             mem_id,
             owner,
             cfg: *cfg,
@@ -500,13 +686,7 @@ impl Region {
                 0,
             ),
             // Buffers 0 and 1 are reserved: 0 means "no buffer".
-            bufs: Pool::new(
-                "buffer",
-                layout.buf_pool_offset,
-                cfg.buf_objsize,
-                cfg.buf_objtotal,
-                2,
-            ),
+            bufs: BufPool::new(layout.buf_pool_offset, cfg.buf_objsize, cfg.buf_objtotal),
             memfd,
             map,
         })
@@ -593,15 +773,15 @@ impl Region {
     pub fn ring_params(&self, off: usize) -> Result<(u32, usize, u32, u32), RegionError> {
         let ri = self.rings.index_of(off, self.mem_id)?;
         Ok((
-            self.ring_slots[ri as usize],
+            self.ring_recs[ri as usize].num_slots,
             self.layout.buf_pool_offset,
             self.cfg.buf_objsize,
             self.cfg.buf_objtotal,
         ))
     }
 
-    /// Allocates a ring of `num_slots` with a buffer in every slot, and
-    /// initialises it as netmap does: `head = cur = 0`, TX `tail =
+    /// Allocates a ring of `num_slots` with a buffer of its own in every
+    /// slot, and initialises it as netmap does: `head = cur = 0`, TX `tail =
     /// num_slots - 1` (all free), RX `tail = 0` (empty). Returns its offset.
     pub fn alloc_ring(
         &mut self,
@@ -619,7 +799,35 @@ impl Region {
             });
         }
         let ri = self.rings.alloc(self.mem_id)?;
-        self.ring_slots[ri as usize] = num_slots;
+        // plan() bounds the ring pool to 2^16 objects: the index fits.
+        let bufs = match self
+            .bufs
+            .alloc_n(self.mem_id, num_slots, Holder::Ring(ri as u16))
+        {
+            Ok(b) => b,
+            Err(e) => {
+                self.rings.free(ri);
+                return Err(e);
+            }
+        };
+        self.ring_recs[ri as usize] = RingRec {
+            num_slots,
+            dir,
+            ringid,
+            bufs,
+        };
+        let off = self.rings.offset_of(ri);
+        if let Err(e) = self.write_ring(ri) {
+            let _ = self.free_ring(off);
+            return Err(e);
+        }
+        Ok(off)
+    }
+
+    /// Writes ring `ri` as new from the switch's record: header, pointers,
+    /// and each slot on the ring's own buffer.
+    fn write_ring(&self, ri: u32) -> Result<(), RegionError> {
+        let rec = &self.ring_recs[ri as usize];
         let off = self.rings.offset_of(ri);
         let m = &self.map;
         // Zero the whole object: stale slots past num_slots must not look
@@ -629,19 +837,20 @@ impl Region {
             off + field::BUF_OFS,
             self.layout.buf_pool_offset as i64 - off as i64,
         )?;
-        m.write(off + field::NUM_SLOTS, num_slots)?;
+        m.write(off + field::NUM_SLOTS, rec.num_slots)?;
         m.write(off + field::NR_BUF_SIZE, self.cfg.buf_objsize)?;
-        m.write(off + field::RINGID, ringid)?;
-        m.write(off + field::DIR, if dir == Dir::Tx { 0u16 } else { 1u16 })?;
-        let tail = if dir == Dir::Tx { num_slots - 1 } else { 0 };
-        m.write(off + field::TAIL, tail)?;
-        for i in 0..num_slots as usize {
-            let buf_idx = self.bufs.alloc(self.mem_id)?;
-            let len = if dir == Dir::Tx {
-                self.cfg.buf_objsize as u16
-            } else {
-                0
-            };
+        m.write(off + field::RINGID, rec.ringid)?;
+        m.write(
+            off + field::DIR,
+            if rec.dir == Dir::Tx { 0u16 } else { 1u16 },
+        )?;
+        self.write_pointers(off, rec)?;
+        let len = if rec.dir == Dir::Tx {
+            self.cfg.buf_objsize as u16
+        } else {
+            0
+        };
+        for (i, &buf_idx) in rec.bufs.iter().enumerate() {
             let slot = NetmapSlot {
                 buf_idx,
                 len,
@@ -650,30 +859,57 @@ impl Region {
             };
             m.write(off + RING_HEADER_SIZE + i * size_of::<NetmapSlot>(), slot)?;
         }
-        Ok(off)
+        Ok(())
     }
 
-    /// Frees the ring at `off` and the buffers its slots hold now (the user
-    /// may have swapped them; indexes out of range or already free are
-    /// skipped, so a hostile ring can leak its own buffers but never free
-    /// someone else's twice).
+    fn write_pointers(&self, off: usize, rec: &RingRec) -> Result<(), RegionError> {
+        let m = &self.map;
+        m.write(off + field::HEAD, 0u32)?;
+        m.write(off + field::CUR, 0u32)?;
+        let tail = if rec.dir == Dir::Tx {
+            rec.num_slots - 1
+        } else {
+            0
+        };
+        m.write(off + field::TAIL, tail)?;
+        Ok(())
+    }
+
+    /// The ring at `off` as [`alloc_ring`](Self::alloc_ring) made it: header
+    /// and pointers rewritten, every slot on one of the ring's own buffers
+    /// (distinct), `len` and `flags` as new. For a new registration of a
+    /// ring another one had bound: whatever buffers the previous client
+    /// swapped into the slots are not handed on.
+    pub fn reinit_ring(&self, off: usize) -> Result<(), RegionError> {
+        let ri = self.rings.index_of(off, self.mem_id)?;
+        self.write_ring(ri)
+    }
+
+    /// Puts only the pointers of the ring at `off` back to netmap's initial
+    /// state (`head = cur = 0`, `tail` all free or empty), leaving the
+    /// slots: for a ring of a swap domain, whose slots may hold buffers the
+    /// other side still counts on (a pipe end bound again while the other
+    /// end is open).
+    pub fn rewind_ring(&self, off: usize) -> Result<(), RegionError> {
+        let ri = self.rings.index_of(off, self.mem_id)?;
+        self.write_pointers(off, &self.ring_recs[ri as usize])
+    }
+
+    /// Frees the ring at `off` and the buffers it holds, whatever its slots
+    /// say now.
     pub fn free_ring(&mut self, off: usize) -> Result<(), RegionError> {
         let ri = self.rings.index_of(off, self.mem_id)?;
-        for i in 0..self.ring_slots[ri as usize] as usize {
-            let s: NetmapSlot = self
-                .map
-                .read(off + RING_HEADER_SIZE + i * size_of::<NetmapSlot>())?;
-            if s.buf_idx >= 2 {
-                self.bufs.free(s.buf_idx);
-            }
+        let rec = std::mem::take(&mut self.ring_recs[ri as usize]);
+        for b in rec.bufs {
+            self.bufs.release(b, Holder::Ring(ri as u16));
         }
         self.rings.free(ri);
         Ok(())
     }
 
     /// Writes a `netmap_if` for one registration of port `name` binding
-    /// `rings`, with `extra_bufs` extra buffers linked from `ni_bufs_head`.
-    /// Returns its offset (`nr_offset`).
+    /// `rings`, with `extra_bufs` extra buffers of its own linked from
+    /// `ni_bufs_head`. Returns its offset (`nr_offset`).
     pub fn alloc_if(
         &mut self,
         name: &str,
@@ -702,7 +938,32 @@ impl Region {
             });
         }
         let ii = self.ifs.alloc(self.mem_id)?;
+        // plan() bounds the if pool to 2^16 objects: the index fits.
+        match self
+            .bufs
+            .alloc_n(self.mem_id, extra_bufs, Holder::If(ii as u16))
+        {
+            Ok(b) => self.if_bufs[ii as usize] = b,
+            Err(e) => {
+                self.ifs.free(ii);
+                return Err(e);
+            }
+        }
         let off = self.ifs.offset_of(ii);
+        if let Err(e) = self.write_if(off, ii, name, rings) {
+            let _ = self.free_if(off);
+            return Err(e);
+        }
+        Ok(off)
+    }
+
+    fn write_if(
+        &self,
+        off: usize,
+        ii: u32,
+        name: &str,
+        rings: &IfRings,
+    ) -> Result<(), RegionError> {
         let m = &self.map;
         m.fill(off, self.cfg.if_objsize as usize, 0)?;
         m.copy_in(off + nif::NAME, name.as_bytes())?;
@@ -719,28 +980,100 @@ impl Region {
         }
         // Extra buffers: a list linked through each buffer's first u32.
         let mut head = 0u32;
-        for _ in 0..extra_bufs {
-            let b = self.bufs.alloc(self.mem_id)?;
+        for &b in &self.if_bufs[ii as usize] {
             m.write(self.bufs.offset_of(b), head)?;
             head = b;
         }
         m.write(off + nif::BUFS_HEAD, head)?;
-        Ok(off)
+        Ok(())
     }
 
-    /// Frees the `netmap_if` at `off` and the extra buffers still on its list
-    /// (walked with a bound, so a looped list cannot hang the switch).
+    /// As [`alloc_if`](Self::alloc_if), held by a guard that frees it unless
+    /// the registration completes ([`PendingIf::keep`]).
+    pub fn pending_if(
+        &mut self,
+        name: &str,
+        rings: &IfRings,
+        extra_bufs: u32,
+    ) -> Result<PendingIf<'_>, RegionError> {
+        let off = self.alloc_if(name, rings, extra_bufs)?;
+        Ok(PendingIf {
+            region: self,
+            off,
+            kept: false,
+        })
+    }
+
+    /// Frees the `netmap_if` at `off` and exactly the extra buffers it
+    /// holds, wherever the client moved them; `ni_bufs_head` is not read.
     pub fn free_if(&mut self, off: usize) -> Result<(), RegionError> {
         let ii = self.ifs.index_of(off, self.mem_id)?;
+        for b in std::mem::take(&mut self.if_bufs[ii as usize]) {
+            self.bufs.release(b, Holder::If(ii as u16));
+        }
+        self.ifs.free(ii);
+        Ok(())
+    }
+
+    /// Frees the `netmap_if` at `off` in a region that is one swap domain
+    /// (a netmap pipe's: its forwarding exchanges buffers between the two
+    /// ends' rings, so the buffers a client has in hand are not those it
+    /// was given). Location is then the only truth: the client's list is
+    /// walked (at most as many entries as the `netmap_if` holds buffers,
+    /// each buffer once, stopping at the first index out of range, free or
+    /// reserved), and each buffer named there that a ring or a `netmap_if`
+    /// of the region holds is freed. Every other holder that lost a buffer
+    /// this way is given one of this `netmap_if`'s buffers instead, so each
+    /// ring keeps one per slot and nothing is freed twice; this
+    /// `netmap_if`'s buffers the list did not account for (a client that
+    /// lost track of them; they may sit in the other end's rings) become
+    /// stray, out of use until the region goes.
+    pub fn free_if_swapped(&mut self, off: usize) -> Result<(), RegionError> {
+        let ii = self.ifs.index_of(off, self.mem_id)?;
+        let me = Holder::If(ii as u16);
         let mut b: u32 = self.map.read(off + nif::BUFS_HEAD)?;
-        let mut budget = self.bufs.total;
-        while b >= 2 && b < self.bufs.total && budget > 0 {
-            let next: u32 = self.map.read(self.bufs.offset_of(b))?;
-            if !self.bufs.free(b) {
+        let mine = std::mem::take(&mut self.if_bufs[ii as usize]);
+        let mut owed = Vec::new();
+        for _ in 0..mine.len() {
+            let Some(h) = self.bufs.holder(b) else { break };
+            if matches!(h, Holder::Free | Holder::Reserved | Holder::Stray) {
                 break;
             }
+            // In range (it has a holder), so inside the mapping.
+            let next: u32 = self.map.read(self.bufs.offset_of(b)).unwrap_or(0);
+            self.bufs.release(b, h);
+            if h != me {
+                owed.push(h);
+            }
             b = next;
-            budget -= 1;
+        }
+        // The records of the holders that lost buffers, once each.
+        let mut losers = owed.clone();
+        losers.sort_unstable();
+        losers.dedup();
+        for h in losers {
+            let bufs = match h {
+                Holder::Ring(r) => &mut self.ring_recs[r as usize].bufs,
+                Holder::If(i) => &mut self.if_bufs[i as usize],
+                _ => continue,
+            };
+            let holders = &self.bufs.holder;
+            bufs.retain(|x| holders[*x as usize] == h);
+        }
+        // Every buffer still held by this netmap_if pays a debt, or strays.
+        let left: Vec<u32> = mine
+            .into_iter()
+            .filter(|&x| self.bufs.holder(x) == Some(me))
+            .collect();
+        let mut owed = owed.into_iter();
+        for x in left {
+            let to = owed.next().unwrap_or(Holder::Stray);
+            self.bufs.holder[x as usize] = to;
+            match to {
+                Holder::Ring(r) => self.ring_recs[r as usize].bufs.push(x),
+                Holder::If(i) => self.if_bufs[i as usize].push(x),
+                _ => {}
+            }
         }
         self.ifs.free(ii);
         Ok(())
@@ -982,7 +1315,7 @@ mod tests {
     }
 
     #[test]
-    fn hostile_buffer_indexes_do_not_double_free() {
+    fn a_ring_frees_its_own_buffers_whatever_its_slots_say() {
         let cfg = RegionConfig {
             huge_pages: false,
             ..RegionConfig::for_ports(&small(), 1, 1).unwrap()
@@ -1006,9 +1339,11 @@ mod tests {
             );
         }
         r.free_ring(tx).unwrap();
-        // Only buffer of slot 0 came back; the others leak inside the region.
-        assert_eq!(r.bufs_in_use(), 2 + 63 + 64);
+        // Every buffer the ring was given came back, none of the RX ring's.
+        assert_eq!(r.bufs_in_use(), 2 + 64);
+        check_books(&r);
         r.free_ring(rx).unwrap();
+        assert_eq!(r.bufs_in_use(), 2);
     }
 
     #[test]
@@ -1033,5 +1368,398 @@ mod tests {
                 <= p.nr_memsize
         );
         assert_eq!(p.nr_buf_pool_objtotal, 2 + 2 * 128);
+    }
+
+    /// A region for `ports` ports of one TX and one RX ring of 64 slots,
+    /// `regs` registrations each with `extra` extra buffers.
+    fn region_for(ports: u32, regs: u32, extra: u32) -> Region {
+        let l = PortLayout {
+            extra_bufs: extra,
+            ..small()
+        };
+        let cfg = RegionConfig {
+            huge_pages: false,
+            ..RegionConfig::for_ports(&l, ports, regs).unwrap()
+        };
+        Region::new(1, 0, &cfg).unwrap()
+    }
+
+    fn if_rings(tx: usize, rx: usize) -> IfRings {
+        IfRings {
+            tx: vec![Some(tx)],
+            host_tx: vec![None],
+            rx: vec![Some(rx)],
+            host_rx: vec![None],
+        }
+    }
+
+    /// The buffers a ring's slots name now.
+    fn slots(r: &Region, off: usize) -> Vec<u32> {
+        let v = r.ring_view(off).unwrap();
+        (0..v.num_slots()).map(|i| v.slot(i).buf_idx).collect()
+    }
+
+    /// Swaps slot `i` of the ring at `off` with buffer `b`; returns the
+    /// buffer the slot had.
+    fn swap_in(r: &Region, off: usize, i: u32, b: u32) -> u32 {
+        let v = r.ring_view(off).unwrap();
+        let mut s = v.slot(i);
+        let old = s.buf_idx;
+        s.buf_idx = b;
+        s.flags |= crate::abi::NS_BUF_CHANGED;
+        v.set_slot(i, s);
+        old
+    }
+
+    /// The client's extra-buffer list of `nifp`, as it links it (bounded).
+    fn list(r: &Region, nifp: usize) -> Vec<u32> {
+        let mut b = IfView::new(r.map(), nifp).unwrap().bufs_head();
+        let mut out = Vec::new();
+        while b != 0 && out.len() < 100 {
+            out.push(b);
+            b = r.map().read(r.bufs.offset_of(b)).unwrap_or(0);
+        }
+        out
+    }
+
+    /// Writes `links` as the client's list of `nifp`: head first, each
+    /// buffer pointing at the next, the last at `end` (0, or anything).
+    fn set_list(r: &Region, nifp: usize, links: &[u32], end: u32) {
+        let head = links.first().copied().unwrap_or(end);
+        r.map().write(nifp + nif::BUFS_HEAD, head).unwrap();
+        for (k, &b) in links.iter().enumerate() {
+            if (2..r.bufs.total).contains(&b) {
+                let next = links.get(k + 1).copied().unwrap_or(end);
+                r.map().write(r.bufs.offset_of(b), next).unwrap();
+            }
+        }
+    }
+
+    /// The region's books balance: each ring holds one buffer per slot,
+    /// each record names only buffers its holder holds, each held buffer
+    /// is in exactly one record.
+    fn check_books(r: &Region) {
+        let mut seen = std::collections::HashSet::new();
+        for (ri, rec) in r.ring_recs.iter().enumerate() {
+            if !r.rings.used[ri] {
+                assert!(rec.bufs.is_empty(), "free ring {ri} holds buffers");
+                continue;
+            }
+            assert_eq!(rec.bufs.len(), rec.num_slots as usize, "ring {ri}");
+            for &b in &rec.bufs {
+                assert_eq!(r.bufs.holder(b), Some(Holder::Ring(ri as u16)));
+                assert!(seen.insert(b), "buffer {b} in two records");
+            }
+        }
+        for (ii, bufs) in r.if_bufs.iter().enumerate() {
+            for &b in bufs {
+                assert_eq!(r.bufs.holder(b), Some(Holder::If(ii as u16)));
+                assert!(seen.insert(b), "buffer {b} in two records");
+            }
+        }
+        let stray = r.bufs.holder.iter().filter(|h| **h == Holder::Stray);
+        assert_eq!(seen.len() + 2 + stray.count(), r.bufs_in_use());
+        let free: std::collections::HashSet<u32> = r.bufs.free.iter().copied().collect();
+        assert_eq!(
+            free.len(),
+            r.bufs.free.len(),
+            "a buffer twice on the free list"
+        );
+        for b in 0..r.bufs.total {
+            let held = r.bufs.holder(b) != Some(Holder::Free);
+            assert_eq!(held, !free.contains(&b), "buffer {b}");
+        }
+    }
+
+    /// Registration A and B of one port (A on its TX and RX rings, B with
+    /// no ring of its own, as a second registration of other rings would
+    /// be), 4 extra buffers each.
+    fn two_registrations() -> (Region, usize, usize, usize, usize) {
+        // Room for a third, so that some buffers are free.
+        let mut r = region_for(1, 3, 4);
+        let tx = r.alloc_ring(Dir::Tx, 0, 64).unwrap();
+        let rx = r.alloc_ring(Dir::Rx, 0, 64).unwrap();
+        let a = r.alloc_if("vale0:a", &if_rings(tx, rx), 4).unwrap();
+        let b = r.alloc_if("vale0:b", &IfRings::default(), 4).unwrap();
+        (r, tx, rx, a, b)
+    }
+
+    #[test]
+    fn free_if_frees_its_own_buffers_whatever_the_list_says() {
+        type Hostile = fn(&Region, usize, usize, usize, usize);
+        let cases: &[(&str, Hostile)] = &[
+            ("another registration's buffers", |r, _, _, a, b| {
+                set_list(r, a, &list(r, b), 0)
+            }),
+            ("ring buffers", |r, tx, rx, a, _| {
+                set_list(r, a, &[slots(r, tx)[0], slots(r, rx)[3]], 0)
+            }),
+            ("a loop", |r, _, _, a, _| {
+                let l = list(r, a);
+                set_list(r, a, &[l[0], l[1]], l[0])
+            }),
+            ("duplicates", |r, _, _, a, _| {
+                let l = list(r, a);
+                set_list(r, a, &[l[2], l[2], l[2]], 0);
+                r.map().write(r.bufs.offset_of(l[2]), l[2]).unwrap();
+            }),
+            ("out of range and reserved", |r, _, _, a, _| {
+                set_list(r, a, &[1, u32::MAX, 0], 0);
+            }),
+            ("a free buffer", |r, _, _, a, _| {
+                let free = *r.bufs.free.last().unwrap();
+                set_list(r, a, &[free], 0);
+            }),
+        ];
+        for (what, hostile) in cases {
+            let (mut r, tx, rx, a, b) = two_registrations();
+            let a_bufs = list(&r, a);
+            let b_bufs = list(&r, b);
+            let (tx_bufs, rx_bufs) = (slots(&r, tx), slots(&r, rx));
+            hostile(&r, tx, rx, a, b);
+            r.free_if(a).unwrap();
+            check_books(&r);
+            assert_eq!(r.bufs_in_use(), 2 + 128 + 4, "{what}");
+            for x in &a_bufs {
+                assert_eq!(r.bufs.holder(*x), Some(Holder::Free), "{what}");
+            }
+            for x in &b_bufs {
+                let ii = r.ifs.index_of(b, 1).unwrap() as u16;
+                assert_eq!(r.bufs.holder(*x), Some(Holder::If(ii)), "{what}");
+            }
+            assert_eq!(slots(&r, tx), tx_bufs, "{what}");
+            assert_eq!(slots(&r, rx), rx_bufs, "{what}");
+            // A new registration gets exactly A's buffers back, never B's
+            // or a ring's.
+            let c = r.alloc_if("vale0:c", &IfRings::default(), 4).unwrap();
+            let mut got = list(&r, c);
+            got.sort_unstable();
+            let mut want = a_bufs.clone();
+            want.sort_unstable();
+            assert_eq!(got, want, "{what}");
+            r.free_if(c).unwrap();
+            r.free_if(b).unwrap();
+            assert!(r.free_if(a).is_err(), "{what}: a second free is refused");
+            assert_eq!(r.bufs_in_use(), 2 + 128, "{what}");
+            check_books(&r);
+        }
+    }
+
+    #[test]
+    fn swapped_buffers_come_back_and_a_new_registration_gets_fresh_slots() {
+        let (mut r, tx, rx, a, b) = two_registrations();
+        let (tx_bufs, rx_bufs) = (slots(&r, tx), slots(&r, rx));
+        let extra = list(&r, a);
+        // Zero copy, as netmap applications do: extra buffers into slots
+        // (with data), the slots' buffers onto the list.
+        let out0 = swap_in(&r, tx, 0, extra[0]);
+        let out1 = swap_in(&r, tx, 7, extra[1]);
+        let out2 = swap_in(&r, rx, 5, extra[2]);
+        for &e in &extra[..3] {
+            r.map().copy_in(r.bufs.offset_of(e), b"client A").unwrap();
+        }
+        set_list(&r, a, &[out0, out1, out2, extra[3]], 0);
+        // And a hostile touch: an RX ring's buffer in a TX slot too, and
+        // the header rewritten.
+        swap_in(&r, tx, 9, rx_bufs[10]);
+        r.map().write(tx + field::NUM_SLOTS, 9999u32).unwrap();
+        let v = r.ring_view(tx).unwrap();
+        v.set_head(17);
+        r.free_if(a).unwrap();
+        check_books(&r);
+        assert_eq!(r.bufs_in_use(), 2 + 128 + 4);
+        for &e in &extra {
+            assert_eq!(r.bufs.holder(e), Some(Holder::Free));
+        }
+        // The next registration of these rings.
+        r.reinit_ring(tx).unwrap();
+        r.reinit_ring(rx).unwrap();
+        assert_eq!(slots(&r, tx), tx_bufs);
+        assert_eq!(slots(&r, rx), rx_bufs);
+        let (t, x) = (r.ring_view(tx).unwrap(), r.ring_view(rx).unwrap());
+        assert_eq!((t.head(), t.cur(), t.tail()), (0, 0, 63));
+        assert_eq!((x.head(), x.cur(), x.tail()), (0, 0, 0));
+        let full = r.config().buf_objsize as u16;
+        for i in 0..64 {
+            assert_eq!((t.slot(i).len, t.slot(i).flags), (full, 0));
+            assert_eq!((x.slot(i).len, x.slot(i).flags), (0, 0));
+        }
+        let opened = crate::ring::RingView::open(r.map(), tx).unwrap();
+        assert_eq!(opened.num_slots(), 64, "header rewritten");
+        let a2 = r.alloc_if("vale0:a", &if_rings(tx, rx), 4).unwrap();
+        r.free_if(a2).unwrap();
+        r.free_if(b).unwrap();
+        r.free_ring(tx).unwrap();
+        r.free_ring(rx).unwrap();
+        assert_eq!(r.bufs_in_use(), 2);
+        check_books(&r);
+    }
+
+    #[test]
+    fn a_pending_if_is_freed_unless_kept() {
+        let (mut r, tx, rx, a, b) = two_registrations();
+        r.free_if(a).unwrap();
+        r.free_if(b).unwrap();
+        let rings = if_rings(tx, rx);
+        // Far more failed registrations than the pool has netmap_ifs.
+        for _ in 0..50 {
+            let p = r.pending_if("vale0:a", &rings, 4).unwrap();
+            assert_eq!(p.ifs_in_use(), 1);
+            drop(p);
+            assert_eq!((r.ifs_in_use(), r.bufs_in_use()), (0, 2 + 128));
+        }
+        let failed: Result<(), RegionError> = (|| {
+            let _p = r.pending_if("vale0:a", &rings, 4)?;
+            Err(RegionError::NameTooLong("a late failure".into()))
+        })();
+        assert!(failed.is_err());
+        assert_eq!(r.ifs_in_use(), 0);
+        let p = r.pending_if("vale0:a", &rings, 4).unwrap();
+        let off = p.offset();
+        assert_eq!(p.keep(), off);
+        assert_eq!((r.ifs_in_use(), r.bufs_in_use()), (1, 2 + 128 + 4));
+        check_books(&r);
+    }
+
+    /// A pipe: two ends in one region, frames crossing by swapping slots
+    /// between one end's TX ring and the other's RX ring.
+    struct Pipe {
+        r: Region,
+        /// (tx, rx, netmap_if) of each end.
+        ends: [(usize, usize, usize); 2],
+    }
+
+    fn pipe() -> Pipe {
+        // valed sizes a pipe's region for one registration per end; two
+        // here leave some buffers free.
+        let mut r = region_for(2, 2, 4);
+        let mut ends = [(0, 0, 0); 2];
+        for e in &mut ends {
+            let tx = r.alloc_ring(Dir::Tx, 0, 64).unwrap();
+            let rx = r.alloc_ring(Dir::Rx, 0, 64).unwrap();
+            let nif = r.alloc_if("p{0", &if_rings(tx, rx), 4).unwrap();
+            *e = (tx, rx, nif);
+        }
+        Pipe { r, ends }
+    }
+
+    impl Pipe {
+        /// The pipe forwards TX slot `i` of `from` into RX slot `i` of the
+        /// other end.
+        fn cross(&self, from: usize, i: u32) {
+            let (tx, rx) = (self.ends[from].0, self.ends[1 - from].1);
+            let b = slots(&self.r, tx)[i as usize];
+            let back = swap_in(&self.r, rx, i, b);
+            swap_in(&self.r, tx, i, back);
+        }
+        /// Buffers where the end `e` has them: its slots and its list.
+        fn in_hand(&self, e: usize) -> Vec<u32> {
+            let (tx, rx, nif) = self.ends[e];
+            let mut all = slots(&self.r, tx);
+            all.extend(slots(&self.r, rx));
+            all.extend(list(&self.r, nif));
+            all
+        }
+    }
+
+    #[test]
+    fn a_swap_domain_keeps_every_holders_count() {
+        let mut p = pipe();
+        let ((atx, arx, a), (btx, brx, b)) = (p.ends[0], p.ends[1]);
+        let (ea, eb) = (list(&p.r, a), list(&p.r, b));
+        // A sends its extra ea[0] through the pipe; B keeps it on its list
+        // and puts its own eb[0] in the RX slot.
+        let t0 = swap_in(&p.r, atx, 0, ea[0]);
+        p.cross(0, 0);
+        let got = swap_in(&p.r, brx, 0, eb[0]);
+        assert_eq!(got, ea[0]);
+        // B sends eb[1] to A, which keeps it and gives the slot ea[1].
+        let u0 = swap_in(&p.r, btx, 3, eb[1]);
+        p.cross(1, 3);
+        let got_a = swap_in(&p.r, arx, 3, ea[1]);
+        assert_eq!(got_a, eb[1]);
+        set_list(&p.r, a, &[t0, eb[1], ea[2], ea[3]], 0);
+        set_list(&p.r, b, &[ea[0], u0, eb[2], eb[3]], 0);
+        // A closes: B's rings and list keep every buffer they name.
+        p.r.free_if_swapped(a).unwrap();
+        check_books(&p.r);
+        assert_eq!(p.r.bufs_in_use(), 2 + 4 * 64 + 4);
+        let mut b_hand = p.in_hand(1);
+        b_hand.sort_unstable();
+        b_hand.dedup();
+        assert_eq!(b_hand.len(), 128 + 4);
+        for x in &b_hand {
+            assert_ne!(p.r.bufs.holder(*x), Some(Holder::Free), "B's {x} freed");
+        }
+        // A's rings stay whole for A's next registration.
+        let mut a_rings = slots(&p.r, atx);
+        a_rings.extend(slots(&p.r, arx));
+        for x in &a_rings {
+            assert_ne!(p.r.bufs.holder(*x), Some(Holder::Free), "A's slot on {x}");
+            assert!(!b_hand.contains(x), "{x} on both ends");
+        }
+        // Rings and B's list together name exactly the held buffers.
+        let mut all = a_rings;
+        all.extend(b_hand);
+        all.sort_unstable();
+        let held: Vec<u32> = (2..p.r.bufs.total)
+            .filter(|x| p.r.bufs.holder(*x) != Some(Holder::Free))
+            .collect();
+        assert_eq!(all, held);
+        p.r.free_if_swapped(b).unwrap();
+        check_books(&p.r);
+        assert_eq!(p.r.bufs_in_use(), 2 + 4 * 64);
+        let _ = (btx, arx);
+    }
+
+    #[test]
+    fn a_swap_domain_survives_hostile_lists() {
+        type Hostile = fn(&Pipe);
+        let cases: &[(&str, Hostile)] = &[
+            ("a loop", |p| {
+                let l = list(&p.r, p.ends[0].2);
+                set_list(&p.r, p.ends[0].2, &[l[0], l[1]], l[0]);
+            }),
+            ("duplicates", |p| {
+                let l = list(&p.r, p.ends[0].2);
+                set_list(&p.r, p.ends[0].2, &[l[1], l[1], l[1], l[1]], 0);
+            }),
+            ("out of range, reserved, free", |p| {
+                let free = *p.r.bufs.free.last().unwrap();
+                set_list(&p.r, p.ends[0].2, &[free, 1, u32::MAX], 0);
+            }),
+            ("the other end's buffers", |p| {
+                let l = list(&p.r, p.ends[1].2);
+                let s = slots(&p.r, p.ends[1].0);
+                set_list(&p.r, p.ends[0].2, &[l[0], s[0], s[1], l[1]], 0);
+            }),
+            ("more than it holds", |p| {
+                let s = slots(&p.r, p.ends[0].1);
+                set_list(&p.r, p.ends[0].2, &s[..10], 0);
+            }),
+        ];
+        for (what, hostile) in cases {
+            let mut p = pipe();
+            hostile(&p);
+            p.r.free_if_swapped(p.ends[0].2).unwrap();
+            check_books(&p.r);
+            // At most its 4 buffers were freed; each ring still has a
+            // buffer per slot in its books.
+            let in_use = p.r.bufs_in_use();
+            assert!(
+                (2 + 4 * 64 + 4..=2 + 4 * 64 + 8).contains(&in_use),
+                "{what}: {in_use}"
+            );
+            p.r.free_if_swapped(p.ends[1].2).unwrap();
+            check_books(&p.r);
+            for (tx, rx, _) in p.ends {
+                p.r.free_ring(tx).unwrap();
+                p.r.free_ring(rx).unwrap();
+            }
+            check_books(&p.r);
+            // Only stray buffers (lost by the hostile end) stay out.
+            let stray = p.r.bufs.holder.iter().filter(|h| **h == Holder::Stray);
+            assert_eq!(p.r.bufs_in_use(), 2 + stray.count(), "{what}");
+        }
     }
 }

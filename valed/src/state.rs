@@ -17,6 +17,7 @@ use netmap::portname::{self, PipeEnd, PortKind};
 use netmap::region::{IfRings, PortLayout, Region, RegionConfig, RegionError};
 use netmap::sync::{Dir, KringState};
 use netmap::sys::EventFd;
+use serde::Serialize;
 use tracing::info;
 use vale::ring_port::{RingGeometry, RingSink, RingSinkSet, RingSource};
 use vale::{DropReason, PortConfig, PortId, Push, Sink, Switch};
@@ -33,6 +34,12 @@ const NR_NAME: portname::ParseOptions = portname::ParseOptions {
 
 /// Most switches (netmap: 8).
 pub const MAX_SWITCHES: usize = 64;
+
+/// Extra buffers (`nr_extra_bufs`) each registration of a persistent port
+/// may ask for: its region is sized when the port is made, before anyone
+/// asks (netmap draws them from a global pool), with this many for each
+/// registration it can have at once (one per ring): 512 KiB per ring.
+pub const PERSISTENT_EXTRA_BUFS: u32 = 256;
 
 /// An errno to answer with.
 pub type Errno = i32;
@@ -527,6 +534,11 @@ impl Registry {
             let _ = self.detach(&key);
             self.ports.remove(&key);
         }
+        if ans.0 != 0 {
+            // Nor a pipe made for it: a pipe lives while an end is open.
+            self.pipes
+                .retain(|_, p| p.ends.iter().any(|e| e.reg.is_some()));
+        }
         ans
     }
 
@@ -660,22 +672,20 @@ impl Registry {
             host_rx: vec![None],
         };
         let if_name: String = name.chars().take(15).collect();
-        let nifp = match port.region.alloc_if(&if_name, &rings, body.nr_extra_bufs) {
-            Ok(o) => o,
+        // From here on every early return drops `nif`, which frees the
+        // netmap_if and its extra buffers: a failed registration leaks
+        // nothing. It is kept only once nothing can fail.
+        let nif = match port.region.pending_if(&if_name, &rings, body.nr_extra_bufs) {
+            Ok(n) => n,
             Err(e) => return err(req, region_errno(&e)),
         };
         let setup = || -> std::io::Result<(Arc<Csb>, Bells)> {
             Ok((Arc::new(Csb::create(nrings)?), Bells::new()?))
         };
-        let (csb, Bells { kick, irq, peer }) = match setup() {
-            Ok(v) => v,
-            Err(_) => {
-                let _ = port.region.free_if(nifp);
-                return err(req, libc::ENOMEM);
-            }
+        let Ok((csb, Bells { kick, irq, peer })) = setup() else {
+            return err(req, libc::ENOMEM);
         };
-        // Fresh rings for a fresh registration, as netmap reinitialises.
-        let map = port.region.map_arc();
+        let map = nif.map_arc();
         // CSB entries: the bound TX rings, then the bound RX rings.
         let bound: Vec<(Dir, usize)> = port
             .tx
@@ -695,8 +705,15 @@ impl Registry {
         let mut sinks = Vec::new();
         for (idx, (dir, off)) in bound.into_iter().enumerate() {
             let idx = idx as u32;
-            let (ns, base, bs, nb) = port.region.ring_params(off).expect("own ring");
-            reset_ring(&port.region, off, dir, ns);
+            // Fresh rings for a fresh registration, as netmap gives: every
+            // slot on one of the ring's own buffers, whatever the previous
+            // client swapped in.
+            if nif.reinit_ring(off).is_err() {
+                return err(req, libc::EIO);
+            }
+            let Ok((ns, base, bs, nb)) = nif.ring_params(off) else {
+                return err(req, libc::EIO);
+            };
             KringState::new(dir, ns).publish(&csb.entry(idx).expect("sized"));
             let geo = RingGeometry {
                 off,
@@ -718,11 +735,12 @@ impl Registry {
         }
         let fds = match (|| -> std::io::Result<Vec<OwnedFd>> {
             let [kick, irq] = peer;
-            Ok(vec![port.region.share_fd()?, csb.share_fd()?, kick, irq])
+            Ok(vec![nif.share_fd()?, csb.share_fd()?, kick, irq])
         })() {
             Ok(f) => f,
             Err(_) => return err(req, libc::EMFILE),
         };
+        let nifp = nif.keep();
         lock(&port.sink).add(conn.id, sinks);
         port.regs.push(RegRec {
             conn: conn.id,
@@ -881,21 +899,23 @@ impl Registry {
         let nrings = (me.tx.len() + me.rx.len()) as u32;
         let (tx, rx) = (me.tx.clone(), me.rx.clone());
         let if_name: String = name.chars().take(15).collect();
-        let nifp = match pipe.region.alloc_if(&if_name, &rings, body.nr_extra_bufs) {
-            Ok(o) => o,
+        // Every early return from here drops `nif`, which frees the
+        // netmap_if and its extra buffers; kept once nothing can fail.
+        let nif = match pipe.region.pending_if(&if_name, &rings, body.nr_extra_bufs) {
+            Ok(n) => n,
             Err(e) => return err(req, region_errno(&e)),
         };
         let made = (|| -> std::io::Result<Doorbells> {
             let csb = Arc::new(Csb::create(nrings)?);
             let Bells { kick, irq, peer } = Bells::new()?;
             let [pk, pi] = peer;
-            let fds = vec![pipe.region.share_fd()?, csb.share_fd()?, pk, pi];
+            let fds = vec![nif.share_fd()?, csb.share_fd()?, pk, pi];
             Ok((csb, kick, irq, fds))
         })();
         let Ok((csb, kick, irq, fds)) = made else {
-            let _ = pipe.region.free_if(nifp);
             return err(req, libc::ENOMEM);
         };
+        let peer_open = pipe.ends[1 - end].reg.is_some();
         for (idx, (dir, off)) in tx
             .iter()
             .map(|&o| (Dir::Tx, o))
@@ -903,7 +923,17 @@ impl Registry {
             .enumerate()
         {
             let ns = pipe.layout.tx_slots;
-            reset_ring(&pipe.region, off, dir, ns);
+            // The pipe swaps buffers between its ends: while the other end
+            // is open its rings may hold buffers these slots were given, so
+            // only the pointers start over. Otherwise the rings are new.
+            let fresh = if peer_open {
+                nif.rewind_ring(off)
+            } else {
+                nif.reinit_ring(off)
+            };
+            if fresh.is_err() {
+                return err(req, libc::EIO);
+            }
             KringState::new(dir, ns).publish(&csb.entry(idx as u32).expect("sized"));
         }
         pipe.ends[end].reg = Some(PipeReg {
@@ -913,9 +943,8 @@ impl Registry {
             kick,
         });
         // Both ends open: start both directions.
-        if pipe.ends[1 - end].reg.is_some() {
-            let units = pipe_units(pipe);
-            match units {
+        if peer_open {
+            match pipe_units(&nif, &pipe.ends, pipe.unit_id) {
                 Ok(units) => {
                     if let Some(f) = self.fwd.get(pipe.fwd) {
                         units.into_iter().for_each(|u| f.add(u));
@@ -923,11 +952,11 @@ impl Registry {
                 }
                 Err(_) => {
                     pipe.ends[end].reg = None;
-                    let _ = pipe.region.free_if(nifp);
                     return err(req, libc::EIO);
                 }
             }
         }
+        let nifp = nif.keep();
         body.nr_offset = nifp as u64;
         body.nr_memsize = pipe.region.memsize() as u64;
         body.nr_tx_slots = pipe.layout.tx_slots;
@@ -960,7 +989,9 @@ impl Registry {
         if pipe.ends[end].reg.as_ref().is_some_and(|r| r.conn == conn) {
             pipe.ends[end].reg = None;
         }
-        let _ = pipe.region.free_if(reg.nifp);
+        // The pipe swapped buffers between its ends: what this end hands
+        // back is what its list names (see Region::free_if_swapped).
+        let _ = pipe.region.free_if_swapped(reg.nifp);
         info!(pipe = reg.port_key, end, conn, "pipe end unregistered");
         if pipe.ends.iter().all(|e| e.reg.is_none()) {
             self.pipes.remove(&reg.port_key);
@@ -1068,6 +1099,7 @@ impl Registry {
             rx_rings: u32::from(b.nr_rx_rings).max(1),
             tx_slots: pick(b.nr_tx_slots),
             rx_slots: pick(b.nr_rx_slots),
+            extra_bufs: PERSISTENT_EXTRA_BUFS,
             ..Default::default()
         };
         if layout.tx_rings > 16 || layout.rx_rings > 16 {
@@ -1397,15 +1429,21 @@ impl Registry {
     }
 
     /// Counters of vhost-user port `name`, for the stats request.
-    fn vhost_stats_json(&self, name: &str) -> Option<String> {
-        let v = self.vhost.get(name)?;
-        let s = v.port.stats();
-        let last_error = s.last_error.as_deref().map_or("null".into(), json_string);
-        let last_error_at = s.last_error_at.map_or("null".into(), |t| t.to_string());
-        Some(format!(
-            "{{\"state\":\"{}\",\"connected\":{},\"connections\":{},\"queues_running\":{},\"acked_features\":{},\"last_error\":{last_error},\"last_error_at\":{last_error_at},\"bad_chains\":{},\"no_rx_buffer\":{},\"rx_too_small\":{},\"not_running\":{}}}",
-            s.state.as_str(), s.connected, s.connections, s.queues_running, s.acked_features, s.bad_chains, s.no_rx_buffer, s.rx_too_small, s.not_running
-        ))
+    fn vhost_stats(&self, name: &str) -> Option<VhostStatsDoc> {
+        let s = self.vhost.get(name)?.port.stats();
+        Some(VhostStatsDoc {
+            state: s.state.as_str(),
+            connected: s.connected,
+            connections: s.connections,
+            queues_running: s.queues_running,
+            acked_features: s.acked_features,
+            last_error: s.last_error,
+            last_error_at: s.last_error_at,
+            bad_chains: s.bad_chains,
+            no_rx_buffer: s.no_rx_buffer,
+            rx_too_small: s.rx_too_small,
+            not_running: s.not_running,
+        })
     }
 
     fn vale_vhost_newif(&mut self, conn: &mut Conn, req: &Request, name: &str) -> Answer {
@@ -1675,42 +1713,94 @@ impl Registry {
 
     /// Per-port counters as JSON, for `vale-ctl --stats`.
     fn stats(&mut self, req: &Request, name: &str) -> Answer {
-        let mut out = String::from("{\"ports\":[");
-        let mut first = true;
+        let mut doc = StatsDoc { ports: Vec::new() };
         for (swname, s) in &self.switches {
             for (pid, full) in s.sw.ports() {
                 if !name.is_empty() && name != full {
                     continue;
                 }
                 let Some(st) = s.sw.stats(pid) else { continue };
-                if !first {
-                    out.push(',');
-                }
-                first = false;
-                out.push_str(&format!(
-                    "{{\"name\":{},\"switch\":{},\"port_idx\":{pid},\"in_packets\":{},\"in_bytes\":{},\"out_packets\":{},\"out_bytes\":{},\"soft_offload\":{}",
-                    json_string(&full),
-                    json_string(swname),
-                    st.in_packets, st.in_bytes, st.out_packets, st.out_bytes, st.soft_offload
-                ));
-                for r in DropReason::ALL {
-                    out.push_str(&format!(",\"{}\":{}", r.name(), st.drop(r)));
-                }
                 let short = full.split_once(':').map_or("", |x| x.1);
-                if let Some(v) = self.vhost_stats_json(short) {
-                    out.push_str(&format!(",\"vhost_user\":{v}"));
-                }
-                out.push('}');
+                let vhost_user = self.vhost_stats(short);
+                doc.ports.push(PortStatsDoc {
+                    switch: swname,
+                    port_idx: pid,
+                    in_packets: st.in_packets,
+                    in_bytes: st.in_bytes,
+                    out_packets: st.out_packets,
+                    out_bytes: st.out_bytes,
+                    soft_offload: st.soft_offload,
+                    drops: Drops(st),
+                    vhost_user,
+                    name: full,
+                });
             }
         }
-        out.push_str("]}");
-        if !name.is_empty() && first {
+        if !name.is_empty() && doc.ports.is_empty() {
             return err(req, libc::ENXIO);
         }
+        let Ok(out) = serde_json::to_vec(&doc) else {
+            return err(req, libc::EIO);
+        };
         let mut r = req.clone();
-        r.body = out.into_bytes();
+        r.body = out;
         (0, r, Vec::new())
     }
+}
+
+/// `vale-ctl --stats --json`: `{"ports":[...]}`.
+#[derive(Debug, Serialize)]
+struct StatsDoc<'a> {
+    ports: Vec<PortStatsDoc<'a>>,
+}
+
+/// One port's counters; the drop counters by reason follow
+/// `soft_offload`, a VM port's counters come last as `vhost_user`.
+#[derive(Debug, Serialize)]
+struct PortStatsDoc<'a> {
+    name: String,
+    switch: &'a str,
+    port_idx: PortId,
+    in_packets: u64,
+    in_bytes: u64,
+    out_packets: u64,
+    out_bytes: u64,
+    soft_offload: u64,
+    #[serde(flatten)]
+    drops: Drops,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vhost_user: Option<VhostStatsDoc>,
+}
+
+/// A port's drops as `"drop_<reason>": n`, in [`DropReason::ALL`] order.
+#[derive(Debug)]
+struct Drops(vale::PortStats);
+
+impl Serialize for Drops {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = ser.serialize_map(Some(DropReason::ALL.len()))?;
+        for r in DropReason::ALL {
+            m.serialize_entry(r.name(), &self.0.drop(r))?;
+        }
+        m.end()
+    }
+}
+
+/// A VM port's vhost-user counters (`null` for no error yet).
+#[derive(Debug, Serialize)]
+struct VhostStatsDoc {
+    state: &'static str,
+    connected: bool,
+    connections: u64,
+    queues_running: usize,
+    acked_features: u64,
+    last_error: Option<String>,
+    last_error_at: Option<u64>,
+    bad_chains: u64,
+    no_rx_buffer: u64,
+    rx_too_small: u64,
+    not_running: u64,
 }
 
 impl Registry {
@@ -1788,31 +1878,19 @@ fn label(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Puts a ring back to netmap's initial state for a new registration.
-fn reset_ring(region: &Region, off: usize, dir: Dir, num_slots: u32) {
-    if let Ok(v) = region.ring_view(off) {
-        v.set_head(0);
-        v.set_cur(0);
-        v.set_tail(if dir == Dir::Tx { num_slots - 1 } else { 0 });
-    }
-}
-
 /// The two forwarding units of an open pipe: each end's TX ring i into the
 /// other end's RX ring i.
-fn pipe_units(pipe: &Pipe) -> std::io::Result<Vec<Unit>> {
-    let map = pipe.region.map_arc();
+fn pipe_units(region: &Region, ends: &[PipeSide; 2], unit_id: u64) -> std::io::Result<Vec<Unit>> {
+    let map = region.map_arc();
     let mut units = Vec::new();
     for from in 0..2 {
-        let (a, b) = (&pipe.ends[from], &pipe.ends[1 - from]);
+        let (a, b) = (&ends[from], &ends[1 - from]);
         let (Some(ra), Some(rb)) = (&a.reg, &b.reg) else {
             continue;
         };
         for i in 0..a.tx.len() {
             let geo = |off: usize| {
-                let (ns, base, bs, nb) = pipe
-                    .region
-                    .ring_params(off)
-                    .map_err(std::io::Error::other)?;
+                let (ns, base, bs, nb) = region.ring_params(off).map_err(std::io::Error::other)?;
                 Ok::<_, std::io::Error>(RingGeometry {
                     off,
                     num_slots: ns,
@@ -1838,7 +1916,7 @@ fn pipe_units(pipe: &Pipe) -> std::io::Result<Vec<Unit>> {
             )?
             .with_kick(rb.kick.clone());
             units.push(Unit {
-                reg: pipe.unit_id,
+                reg: unit_id,
                 path: Path::Pipe { dst: Box::new(dst) },
                 source: UnitSource::Ring {
                     source: src,
@@ -1852,18 +1930,77 @@ fn pipe_units(pipe: &Pipe) -> std::io::Result<Vec<Unit>> {
     Ok(units)
 }
 
-/// `s` as a JSON string literal.
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stats document as serde writes it: the fields in the order
+    /// `vale-ctl` and the tests know, and any name or error text (quotes,
+    /// backslashes, control characters) back unchanged through a parser.
+    #[test]
+    fn stats_document_keeps_its_shape_and_escapes_everything() {
+        let mut st = vale::PortStats {
+            in_packets: 7,
+            ..Default::default()
+        };
+        st.drops[DropReason::NoDst as usize] = 2;
+        let name = "vale0:a\"b\\c\u{1}\u{1f}";
+        let error = "SET_FEATURES \"x\"\\\n\t\u{7}";
+        let doc = StatsDoc {
+            ports: vec![PortStatsDoc {
+                name: name.into(),
+                switch: "vale0",
+                port_idx: 3,
+                in_packets: st.in_packets,
+                in_bytes: 0,
+                out_packets: 0,
+                out_bytes: 0,
+                soft_offload: 0,
+                drops: Drops(st),
+                vhost_user: Some(VhostStatsDoc {
+                    state: "waiting",
+                    connected: false,
+                    connections: 1,
+                    queues_running: 0,
+                    acked_features: 0,
+                    last_error: Some(error.into()),
+                    last_error_at: None,
+                    bad_chains: 0,
+                    no_rx_buffer: 0,
+                    rx_too_small: 0,
+                    not_running: 0,
+                }),
+            }],
+        };
+        let text = serde_json::to_string(&doc).unwrap();
+        assert!(!text.contains('\n') && !text.contains('\u{1}'), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let p = &v["ports"][0];
+        assert_eq!(p["name"], name);
+        assert_eq!(p["vhost_user"]["last_error"], error);
+        assert_eq!(p["vhost_user"]["last_error_at"], serde_json::Value::Null);
+        assert_eq!(
+            (p["port_idx"].as_u64(), p["in_packets"].as_u64()),
+            (Some(3), Some(7))
+        );
+        assert_eq!(p["drop_no_dst"].as_u64(), Some(2));
+        let mut keys = vec!["name", "switch", "port_idx", "in_packets", "in_bytes"];
+        keys.extend(["out_packets", "out_bytes", "soft_offload"]);
+        keys.extend(DropReason::ALL.map(|r| r.name()));
+        keys.push("vhost_user");
+        let at: Vec<usize> = keys
+            .iter()
+            .map(|k| text.find(&format!("\"{k}\":")).unwrap())
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
+        // No VM port: no vhost_user key.
+        let doc = StatsDoc {
+            ports: vec![PortStatsDoc {
+                vhost_user: None,
+                ..doc.ports.into_iter().next().unwrap()
+            }],
+        };
+        let text = serde_json::to_string(&doc).unwrap();
+        assert!(!text.contains("vhost_user"), "{text}");
     }
-    out.push('"');
-    out
 }
