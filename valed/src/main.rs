@@ -1,11 +1,6 @@
 //! valed: the VALE switch daemon. See valed(8).
 
-mod fwd;
-mod metrics;
-mod server;
-mod signal;
-mod state;
-mod vhost;
+use valed::{fwd, metrics, server, signal, state, vhost};
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
