@@ -124,6 +124,35 @@ pub struct ValePortConfig {
 /// TYPE lines: `valed --metrics` groups them). Variable-length reply body.
 pub const VALE_REQ_METRICS: u16 = 0x8003;
 
+/// vale request: read or change switch `nr_name`'s (`valeN`) sharing.
+/// A switch belongs to the uid whose port made it; other uids' ports may
+/// attach only if that uid is in its share list (root's switches take
+/// everyone's). Body: [`ValeSwitchConfig`]; only the owner or root may set.
+pub const VALE_REQ_SWITCH_CONFIG: u16 = 0x8004;
+
+/// Most uids one switch may be shared with.
+pub const VALE_SHARE_MAX: usize = 16;
+
+/// [`ValeSwitchConfig::set`]: replace the share list with `share[..nshare]`.
+pub const VALE_SET_SHARE: u32 = 1 << 0;
+
+/// Body of [`VALE_REQ_SWITCH_CONFIG`]; the reply carries the switch's
+/// owner and share list as they are after the request.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ValeSwitchConfig {
+    /// (out) The uid the switch belongs to.
+    pub owner: u32,
+    /// Entries of `share` in use (at most [`VALE_SHARE_MAX`]).
+    pub nshare: u32,
+    /// Which fields to apply (`VALE_SET_*`); 0 only reads.
+    pub set: u32,
+    /// Zero.
+    pub pad: u32,
+    /// uids whose ports may attach besides the owner's and root's.
+    pub share: [u32; VALE_SHARE_MAX],
+}
+
 /// Private request: create a vhost-user-net port named by `nr_name`
 /// (persistent, like NEWIF; attach it with VALE_ATTACH). Body:
 /// [`ValeVhostNewif`].

@@ -46,4 +46,5 @@ pod!(
     crate::abi::NmreqOptOffsets,
     crate::ctrl::ValePortConfig,
     crate::ctrl::ValeVhostNewif,
+    crate::ctrl::ValeSwitchConfig,
 );

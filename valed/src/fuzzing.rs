@@ -26,8 +26,8 @@ use netmap::abi::{
     NETMAP_REQ_VALE_LIST, NETMAP_REQ_VALE_NEWIF,
 };
 use netmap::ctrl::{
-    Request, ValePortConfig, ValeVhostNewif, VALE_REQ_METRICS, VALE_REQ_PORT_CONFIG,
-    VALE_REQ_STATS, VALE_REQ_VHOST_NEWIF,
+    Request, ValePortConfig, ValeSwitchConfig, ValeVhostNewif, VALE_REQ_METRICS,
+    VALE_REQ_PORT_CONFIG, VALE_REQ_STATS, VALE_REQ_SWITCH_CONFIG, VALE_REQ_VHOST_NEWIF,
 };
 
 use crate::fwd::Forwarder;
@@ -49,6 +49,7 @@ const REQUESTS: &[(u16, usize)] = &[
     (VALE_REQ_METRICS, 0),
     (VALE_REQ_PORT_CONFIG, size_of::<ValePortConfig>()),
     (VALE_REQ_VHOST_NEWIF, size_of::<ValeVhostNewif>()),
+    (VALE_REQ_SWITCH_CONFIG, size_of::<ValeSwitchConfig>()),
 ];
 
 /// Names the requests use: ports of two switches, a persistent port by
@@ -105,6 +106,8 @@ pub fn control_trace(data: &[u8]) -> Vec<(u16, String, i32)> {
     reg.quotas = Quotas {
         mem_bytes: 64 << 20,
         vhost_ports: 2,
+        ports: 8,
+        switches: 2,
     };
     reg.default_slots = 64;
     reg.vhost_dir = dir.join("vhost");

@@ -29,7 +29,7 @@ struct Args {
 const USAGE: &str =
     "usage: valed [--socket PATH] [--threads N] [--cpus LIST] [--busy-poll USECS] [--log LEVEL]
              [--hugepages] [--vhost-inline] [--config FILE] [--metrics HOST:PORT|unix:PATH] [--vhost-dir DIR]
-             [--quota-mem MIB] [--quota-vhost N]
+             [--quota-mem MIB] [--quota-vhost N] [--quota-ports N] [--quota-switches N]
              [--vhost-user NAME=PATH[,client][,queues=N][,batch=N][,attach=valeX]]...";
 
 fn parse_cpus(s: &str) -> Result<Vec<usize>, String> {
@@ -112,6 +112,18 @@ fn parse_args() -> Result<Args, String> {
                 a.quotas.vhost_ports = v
                     .parse()
                     .map_err(|_| format!("--quota-vhost {v}: want a number of ports"))?;
+            }
+            "--quota-ports" => {
+                let v = val("--quota-ports")?;
+                a.quotas.ports = v
+                    .parse()
+                    .map_err(|_| format!("--quota-ports {v}: want a number of ports"))?;
+            }
+            "--quota-switches" => {
+                let v = val("--quota-switches")?;
+                a.quotas.switches = v
+                    .parse()
+                    .map_err(|_| format!("--quota-switches {v}: want a number of switches"))?;
             }
             "--metrics" => a.metrics = Some(metrics::MetricsAddr::parse(&val("--metrics")?)?),
             "-h" | "--help" => {

@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use netmap::abi::*;
 use netmap::csb::Csb;
 use netmap::ctrl::{
-    Request, ValePortConfig, ValeVhostNewif, VALE_PORT_BACKPRESSURE, VALE_PORT_MASK_OVERRIDE,
-    VALE_REQ_METRICS, VALE_REQ_PORT_CONFIG, VALE_REQ_STATS, VALE_REQ_VHOST_NEWIF, VALE_SET_FLAGS,
-    VALE_SET_MAC_LIMIT, VALE_VHOST_CLIENT,
+    Request, ValePortConfig, ValeSwitchConfig, ValeVhostNewif, VALE_PORT_BACKPRESSURE,
+    VALE_PORT_MASK_OVERRIDE, VALE_REQ_METRICS, VALE_REQ_PORT_CONFIG, VALE_REQ_STATS,
+    VALE_REQ_SWITCH_CONFIG, VALE_REQ_VHOST_NEWIF, VALE_SET_FLAGS, VALE_SET_MAC_LIMIT,
+    VALE_SET_SHARE, VALE_SHARE_MAX, VALE_VHOST_CLIENT,
 };
 use netmap::portname::{self, PipeEnd, PortKind};
 use netmap::region::{IfRings, PortLayout, Region, RegionConfig, RegionError};
@@ -180,15 +181,23 @@ pub struct Quotas {
     pub mem_bytes: u64,
     /// VM ports (each one a thread and a mapping of guest memory).
     pub vhost_ports: usize,
+    /// Ports of every kind (netmap, persistent and VM ports).
+    pub ports: usize,
+    /// Switches the uid made (each holds up to 254 ports and one of the
+    /// 64 switch indexes).
+    pub switches: usize,
 }
 
 impl Default for Quotas {
-    /// 4 GiB and 16 VM ports per uid: a 24 GiB machine survives five
-    /// tenants at their limit.
+    /// 4 GiB, 16 VM ports, 64 ports and 8 switches per uid: a 24 GiB
+    /// machine survives five tenants at their limit, and eight tenants
+    /// cannot take all 64 switch indexes.
     fn default() -> Self {
         Quotas {
             mem_bytes: 4 << 30,
             vhost_ports: 16,
+            ports: 64,
+            switches: 8,
         }
     }
 }
@@ -209,8 +218,10 @@ struct SwitchRec {
     idx: u16,
     /// The uid whose port created it (it goes when its last port does).
     /// Root's switches are shared; another uid's take only that uid's
-    /// ports (and root's).
+    /// ports, root's, and those of the uids in `share`.
     owner: u32,
+    /// uids the owner shares the switch with (`VALE_REQ_SWITCH_CONFIG`).
+    share: Vec<u32>,
 }
 
 /// The daemon's state.
@@ -310,7 +321,7 @@ impl Registry {
     /// not root).
     fn switch(&mut self, name: &str, uid: u32) -> Result<Arc<Switch>, Errno> {
         if let Some(s) = self.switches.get(name) {
-            if uid != 0 && s.owner != 0 && s.owner != uid {
+            if uid != 0 && s.owner != 0 && s.owner != uid && !s.share.contains(&uid) {
                 tracing::warn!(
                     switch = name,
                     uid,
@@ -324,6 +335,19 @@ impl Registry {
         if self.switches.len() >= MAX_SWITCHES {
             return Err(libc::ENOMEM);
         }
+        if uid != 0 {
+            let have = self.switches.values().filter(|s| s.owner == uid).count();
+            if have >= self.quotas.switches {
+                tracing::warn!(
+                    switch = name,
+                    uid,
+                    have,
+                    quota = self.quotas.switches,
+                    "switch quota (--quota-switches): switch not made"
+                );
+                return Err(libc::ENOSPC);
+            }
+        }
         let used: Vec<u16> = self.switches.values().map(|s| s.idx).collect();
         let idx = (0..).find(|i| !used.contains(i)).unwrap_or(0);
         let sw = Arc::new(Switch::new(name));
@@ -334,9 +358,32 @@ impl Registry {
                 sw: sw.clone(),
                 idx,
                 owner: uid,
+                share: Vec::new(),
             },
         );
         Ok(sw)
+    }
+
+    /// Ports of every kind `uid` holds.
+    fn ports_of(&self, uid: u32) -> usize {
+        self.ports.values().filter(|p| p.owner == uid).count()
+            + self.vhost.values().filter(|v| v.spec.owner == uid).count()
+    }
+
+    /// ENOSPC if `uid` (not root) already holds its quota of ports.
+    fn check_port_quota(&self, uid: u32, name: &str) -> Result<(), Errno> {
+        let have = self.ports_of(uid);
+        if uid != 0 && have >= self.quotas.ports {
+            tracing::warn!(
+                port = name,
+                uid,
+                have,
+                quota = self.quotas.ports,
+                "port quota (--quota-ports): port not made"
+            );
+            return Err(libc::ENOSPC);
+        }
+        Ok(())
     }
 
     fn new_port(
@@ -346,6 +393,7 @@ impl Registry {
         layout: PortLayout,
         persistent: bool,
     ) -> Result<Port, Errno> {
+        self.check_port_quota(owner, name)?;
         // Each ring is bound by at most one registration at a time, so a
         // port has at most one registration per ring.
         let regs = layout.tx_rings + layout.rx_rings;
@@ -512,6 +560,7 @@ impl Registry {
             VALE_REQ_METRICS => self.metrics(req, &name),
             VALE_REQ_PORT_CONFIG => self.port_config(conn, req, &name),
             VALE_REQ_VHOST_NEWIF => self.vale_vhost_newif(conn, req, &name),
+            VALE_REQ_SWITCH_CONFIG => self.switch_config(conn, req, &name),
             _ => err(req, libc::EOPNOTSUPP),
         }
     }
@@ -1267,6 +1316,15 @@ impl Registry {
         {
             return Err((libc::EEXIST, format!("port {} exists", spec.name)));
         }
+        self.check_port_quota(spec.owner, &spec.name).map_err(|e| {
+            (
+                e,
+                format!(
+                    "uid {} holds its quota of ports (--quota-ports {})",
+                    spec.owner, self.quotas.ports
+                ),
+            )
+        })?;
         if spec.owner != 0 {
             let n = self
                 .vhost
@@ -1706,6 +1764,45 @@ impl Registry {
             set: 0,
             pad: 0,
         };
+        let mut r = req.clone();
+        r.set_body(&now);
+        (0, r, Vec::new())
+    }
+
+    /// VALE_REQ_SWITCH_CONFIG: reads, or (owner or root) sets, whom switch
+    /// `name` is shared with.
+    fn switch_config(&mut self, conn: &mut Conn, req: &Request, name: &str) -> Answer {
+        let Ok(b) = req.body_as::<ValeSwitchConfig>() else {
+            return err(req, libc::EINVAL);
+        };
+        let Some(s) = self.switches.get_mut(name) else {
+            return err(req, libc::ENXIO);
+        };
+        if b.set & !VALE_SET_SHARE != 0 || b.nshare as usize > VALE_SHARE_MAX {
+            return err(req, libc::EINVAL);
+        }
+        if b.set & VALE_SET_SHARE != 0 {
+            if conn.uid != 0 && conn.uid != s.owner {
+                tracing::warn!(
+                    switch = name,
+                    uid = conn.uid,
+                    owner = s.owner,
+                    "share refused: the switch belongs to another uid"
+                );
+                return err(req, libc::EPERM);
+            }
+            let mut share: Vec<u32> = b.share[..b.nshare as usize].to_vec();
+            share.sort_unstable();
+            share.dedup();
+            info!(switch = name, uid = conn.uid, ?share, "switch shared");
+            s.share = share;
+        }
+        let mut now = ValeSwitchConfig {
+            owner: s.owner,
+            nshare: s.share.len() as u32,
+            ..Default::default()
+        };
+        now.share[..s.share.len()].copy_from_slice(&s.share);
         let mut r = req.clone();
         r.set_body(&now);
         (0, r, Vec::new())

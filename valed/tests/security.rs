@@ -60,6 +60,22 @@ fn tenant_helper() {
                 .unwrap();
             r.error
         }
+    } else if f[3] == "share" {
+        // Switch `f[1]` shared with the uids listed in f[2].
+        use netmap::ctrl::{ValeSwitchConfig, VALE_REQ_SWITCH_CONFIG, VALE_SET_SHARE};
+        let mut b = ValeSwitchConfig {
+            set: VALE_SET_SHARE,
+            ..Default::default()
+        };
+        for (i, u) in f[2].split(',').filter(|u| !u.is_empty()).enumerate() {
+            b.share[i] = u.parse().unwrap();
+            b.nshare += 1;
+        }
+        let c = CtrlConn::connect(Path::new(f[0])).expect("control socket");
+        let (r, _) = c
+            .call(&Request::new(VALE_REQ_SWITCH_CONFIG, f[1], &b).unwrap())
+            .unwrap();
+        r.error
     } else if f[3] == "register" {
         // f[2]: extra buffers asked for.
         let req = netmap::abi::NmreqRegister {
@@ -444,6 +460,80 @@ fn a_tenants_switch_is_its_own() {
         tenant_run_as(OTHER, &s.v.sock, "vale0:o", "16", "register"),
         0
     );
+}
+
+/// A switch's owner, and only its owner (or root), shares it with chosen
+/// uids (`VALE_REQ_SWITCH_CONFIG`, `vale-ctl --config valeA share=UID`);
+/// a shared uid's ports may attach, and no longer once the share is gone.
+#[test]
+fn a_switch_is_shared_only_by_its_owner() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    const OTHER: u32 = 1;
+    let s = setup("sec-share", &[]);
+    let sock = &s.v.sock;
+    assert_eq!(tenant_run(sock, "pa", "valeA", "newif-attach"), 0);
+    let other_joins = || tenant_run_as(OTHER, sock, "valeA:b", "0", "register");
+    assert_eq!(other_joins(), libc::EPERM);
+    // The other uid cannot share A's switch with itself.
+    assert_eq!(
+        tenant_run_as(OTHER, sock, "valeA", "1", "share"),
+        libc::EPERM
+    );
+    assert_eq!(tenant_run(sock, "valeA", "1", "share"), 0);
+    assert_eq!(other_joins(), 0);
+    assert_eq!(tenant_run(sock, "valeA", "", "share"), 0);
+    assert_eq!(other_joins(), libc::EPERM);
+    assert_eq!(tenant_run(sock, "valeZ", "1", "share"), libc::ENXIO);
+    // Root may share anyone's switch.
+    use netmap::ctrl::{ValeSwitchConfig, VALE_REQ_SWITCH_CONFIG, VALE_SET_SHARE};
+    let mut b = ValeSwitchConfig {
+        set: VALE_SET_SHARE,
+        nshare: 2,
+        ..Default::default()
+    };
+    b.share[..2].copy_from_slice(&[OTHER, OTHER]);
+    let (e, r) =
+        s.v.call(&Request::new(VALE_REQ_SWITCH_CONFIG, "valeA", &b).unwrap());
+    assert_eq!(e, 0);
+    let now: ValeSwitchConfig = r.body_as().unwrap();
+    assert_eq!((now.owner, now.nshare, now.share[0]), (TENANT, 1, OTHER));
+    assert_eq!(other_joins(), 0);
+}
+
+/// Ports and switches per uid are bounded (`--quota-ports`,
+/// `--quota-switches`): past them ENOSPC; root is not held to them.
+#[test]
+fn tenants_are_held_to_port_and_switch_quotas() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let s = setup(
+        "sec-quota2",
+        &["--quota-ports", "2", "--quota-switches", "1"],
+    );
+    let sock = &s.v.sock;
+    assert_eq!(tenant_run(sock, "p1", "valeA", "newif-attach"), 0);
+    // A second switch: over the switch quota (the port p2 is made).
+    assert_eq!(
+        tenant_run(sock, "p2", "valeB", "newif-attach"),
+        libc::ENOSPC
+    );
+    // A third port: over the port quota.
+    assert_eq!(
+        tenant_run(sock, "p3", "valeA", "newif-attach"),
+        libc::ENOSPC
+    );
+    assert_eq!(register_as_tenant(sock, "valeA:e", 0), libc::ENOSPC);
+    // Root is not held to them.
+    let _r1 = s.v.open("valeB:r1").unwrap();
+    let _r2 = s.v.open("valeC:r2").unwrap();
+    let _r3 = s.v.open("valeC:r3").unwrap();
 }
 
 /// Descriptors a client attaches to its requests never enter valed: no
