@@ -1,0 +1,344 @@
+//! REGISTER of a VALE port and the end of a registration: rings bound,
+//! doorbells made, units given to a forwarding thread, and everything
+//! taken back when the connection goes.
+
+use super::*;
+
+impl Sink for SinkProxy {
+    fn room(&mut self) -> usize {
+        lock(&self.0).room()
+    }
+    fn slots_for(&self, len: usize) -> usize {
+        lock(&self.0).slots_for(len)
+    }
+    fn capacity(&self) -> usize {
+        lock(&self.0).capacity()
+    }
+    fn push(&mut self, frags: &[vale::Frag], skip: usize, hdr: &[u8]) -> Push {
+        lock(&self.0).push(frags, skip, hdr)
+    }
+    fn publish(&mut self) {
+        lock(&self.0).publish()
+    }
+    fn arm(&mut self) -> vale::Arm {
+        lock(&self.0).arm()
+    }
+    fn disarm(&mut self) {
+        lock(&self.0).disarm()
+    }
+}
+
+impl Bells {
+    pub(super) fn new() -> std::io::Result<Bells> {
+        let (kick_r, kick_w) = EventFd::pipe()?;
+        let (irq_r, irq_w) = EventFd::pipe()?;
+        Ok(Bells {
+            kick: Arc::new(kick_r),
+            irq: Arc::new(irq_w),
+            peer: [kick_w.into_fd(), irq_r.into_fd()],
+        })
+    }
+}
+
+impl Registry {
+    pub(super) fn register(&mut self, conn: &mut Conn, req: &Request, name: &str) -> Answer {
+        self.just_created = None;
+        let ans = self.register_inner(conn, req, name);
+        if let (Some(key), true) = (self.just_created.take(), ans.0 != 0) {
+            // A port made for this registration must not outlive its failure.
+            let _ = self.detach(&key);
+            self.ports.remove(&key);
+        }
+        if ans.0 != 0 {
+            // Nor a pipe made for it: a pipe lives while an end is open.
+            self.pipes
+                .retain(|_, p| p.ends.iter().any(|e| e.reg.is_some()));
+        }
+        ans
+    }
+
+    pub(super) fn register_inner(&mut self, conn: &mut Conn, req: &Request, name: &str) -> Answer {
+        if conn.reg.is_some() {
+            return err(req, libc::EBUSY);
+        }
+        let Ok(mut body) = req.body_as::<NmreqRegister>() else {
+            return err(req, libc::EINVAL);
+        };
+        let spec = match portname::parse_with(name, NR_NAME) {
+            Ok(s) => s,
+            Err(_) => return err(req, libc::EINVAL),
+        };
+        if let Some(pipe) = &spec.name.pipe {
+            let end = usize::from(pipe.end != PipeEnd::Master);
+            return self.register_pipe(
+                conn,
+                req,
+                body,
+                &spec.name.parent_nr_name(),
+                &pipe.id,
+                end,
+                name,
+            );
+        }
+        let (switch, pname) = match &spec.name.kind {
+            PortKind::Vale { switch, port } => (format!("vale{switch}"), port.clone()),
+            PortKind::Nic { .. } => return err(req, libc::ENXIO), // NIC ports: later issue
+        };
+        // The request's mode wins over the name's, as in netmap.
+        let mode = if body.nr_mode != 0 {
+            body.nr_mode
+        } else {
+            spec.nr_mode()
+        };
+        let ringid = if body.nr_mode != 0 {
+            body.nr_ringid
+        } else {
+            spec.nr_ringid()
+        };
+        let flags = body.nr_flags | spec.nr_flags();
+        if !matches!(mode, NR_REG_ALL_NIC | NR_REG_ONE_NIC) {
+            return err(req, libc::EINVAL);
+        }
+        let key = match self.lookup(&switch, &pname) {
+            Some(k) => k,
+            None => {
+                let d = self.default_slots;
+                let pick = |v: u32| if v == 0 { d } else { v };
+                let layout = PortLayout {
+                    tx_rings: u32::from(body.nr_tx_rings.max(spec.conf.tx_rings)).max(1),
+                    rx_rings: u32::from(body.nr_rx_rings.max(spec.conf.rx_rings)).max(1),
+                    tx_slots: pick(body.nr_tx_slots.max(spec.conf.tx_slots)),
+                    rx_slots: pick(body.nr_rx_slots.max(spec.conf.rx_slots)),
+                    extra_bufs: body.nr_extra_bufs,
+                    ..Default::default()
+                };
+                if layout.tx_rings > 16 || layout.rx_rings > 16 {
+                    return err(req, libc::EINVAL);
+                }
+                let port = match self.new_port(&pname, conn.uid, layout, false) {
+                    Ok(p) => p,
+                    Err(e) => return err(req, e),
+                };
+                let key = format!("{switch}:{pname}");
+                self.ports.insert(key.clone(), port);
+                self.just_created = Some(key.clone());
+                if let Err(e) = self.attach(&key, &switch) {
+                    return err(req, e);
+                }
+                key
+            }
+        };
+        let port = self.ports.get_mut(&key).expect("just found");
+        if port.regs.iter().any(|r| r.exclusive)
+            || (flags & NR_EXCLUSIVE != 0 && !port.regs.is_empty())
+        {
+            return err(req, libc::EBUSY);
+        }
+        if let Err(r) = limits::check_owner(name, port.owner, conn.uid) {
+            return err(req, r.into());
+        }
+        if port.hdr_len > 0 && flags & NR_ACCEPT_VNET_HDR == 0 {
+            return err(req, libc::EIO);
+        }
+        let n_tx = port.tx.len() as u16;
+        let n_rx = port.rx.len() as u16;
+        let (tx_sel, rx_sel): (Vec<u16>, Vec<u16>) = match mode {
+            NR_REG_ONE_NIC => {
+                if ringid >= n_tx.max(n_rx) {
+                    return err(req, libc::EINVAL);
+                }
+                (
+                    (ringid < n_tx).then_some(ringid).into_iter().collect(),
+                    (ringid < n_rx).then_some(ringid).into_iter().collect(),
+                )
+            }
+            _ => ((0..n_tx).collect(), (0..n_rx).collect()),
+        };
+        let tx_sel = if flags & NR_RX_RINGS_ONLY != 0 {
+            Vec::new()
+        } else {
+            tx_sel
+        };
+        let rx_sel = if flags & NR_TX_RINGS_ONLY != 0 {
+            Vec::new()
+        } else {
+            rx_sel
+        };
+        let nrings = (tx_sel.len() + rx_sel.len()) as u32;
+        if nrings == 0 {
+            return err(req, libc::EINVAL);
+        }
+        // A ring is bound by one registration at a time, as in netmap.
+        let taken = port.regs.iter().any(|r| {
+            r.tx.iter().any(|t| tx_sel.contains(t)) || r.rx.iter().any(|t| rx_sel.contains(t))
+        });
+        if taken {
+            return err(req, libc::EBUSY);
+        }
+        let bound = |all: &[usize], sel: &[u16]| -> Vec<Option<usize>> {
+            (0..all.len())
+                .map(|i| sel.contains(&(i as u16)).then(|| all[i]))
+                .collect()
+        };
+        let rings = IfRings {
+            tx: bound(&port.tx, &tx_sel),
+            host_tx: vec![None],
+            rx: bound(&port.rx, &rx_sel),
+            host_rx: vec![None],
+        };
+        let if_name: String = name.chars().take(15).collect();
+        // From here on every early return drops `nif`, which frees the
+        // netmap_if and its extra buffers: a failed registration leaks
+        // nothing. It is kept only once nothing can fail.
+        let nif = match port.region.pending_if(&if_name, &rings, body.nr_extra_bufs) {
+            Ok(n) => n,
+            Err(e) => return err(req, region_errno(&e)),
+        };
+        let setup = || -> std::io::Result<(Arc<Csb>, Bells)> {
+            Ok((Arc::new(Csb::create(nrings)?), Bells::new()?))
+        };
+        let Ok((csb, Bells { kick, irq, peer })) = setup() else {
+            return err(req, libc::ENOMEM);
+        };
+        let map = nif.map_arc();
+        // CSB entries: the bound TX rings, then the bound RX rings.
+        let bound: Vec<(Dir, usize)> = port
+            .tx
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| tx_sel.contains(&(*i as u16)))
+            .map(|(_, &off)| (Dir::Tx, off))
+            .chain(
+                port.rx
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| rx_sel.contains(&(*i as u16)))
+                    .map(|(_, &off)| (Dir::Rx, off)),
+            )
+            .collect();
+        let mut sources = Vec::new();
+        let mut sinks = Vec::new();
+        for (idx, (dir, off)) in bound.into_iter().enumerate() {
+            let idx = idx as u32;
+            // Fresh rings for a fresh registration, as netmap gives: every
+            // slot on one of the ring's own buffers, whatever the previous
+            // client swapped in.
+            if nif.reinit_ring(off).is_err() {
+                return err(req, libc::EIO);
+            }
+            let Ok((ns, base, bs, nb)) = nif.ring_params(off) else {
+                return err(req, libc::EIO);
+            };
+            KringState::new(dir, ns).publish(&csb.entry(idx).expect("sized"));
+            let geo = RingGeometry {
+                off,
+                num_slots: ns,
+                buf_base: base,
+                buf_size: bs,
+                nbufs: nb,
+            };
+            let made = match dir {
+                Dir::Tx => RingSource::new(map.clone(), geo, csb.clone(), idx, irq.clone())
+                    .map(|s| sources.push((s, idx))),
+                // Frames spread over the bound RX rings by flow.
+                Dir::Rx => RingSink::new(map.clone(), geo, csb.clone(), idx, irq.clone())
+                    .map(|s| sinks.push(s.with_kick(kick.clone()))),
+            };
+            if made.is_err() {
+                return err(req, libc::EIO);
+            }
+        }
+        let fds = match (|| -> std::io::Result<Vec<OwnedFd>> {
+            let [kick, irq] = peer;
+            Ok(vec![nif.share_fd()?, csb.share_fd()?, kick, irq])
+        })() {
+            Ok(f) => f,
+            Err(_) => return err(req, libc::EMFILE),
+        };
+        let nifp = nif.keep();
+        lock(&port.sink).add(conn.id, sinks);
+        port.regs.push(RegRec {
+            conn: conn.id,
+            tx: tx_sel.clone(),
+            rx: rx_sel.clone(),
+            exclusive: flags & NR_EXCLUSIVE != 0,
+        });
+        let (swname, pid) = port
+            .attached
+            .clone()
+            .expect("registered ports are attached");
+        let sw = self
+            .switches
+            .get(&swname)
+            .expect("attached switch")
+            .sw
+            .clone();
+        let fwd = self.next_fwd % self.fwd.len().max(1);
+        self.next_fwd += 1;
+        for (source, csb_idx) in sources {
+            if let Some(f) = self.fwd.get(fwd) {
+                f.add(Unit {
+                    reg: conn.id,
+                    path: Path::Switch {
+                        switch: sw.clone(),
+                        port: pid,
+                    },
+                    source: UnitSource::Ring {
+                        source,
+                        csb: csb.clone(),
+                        csb_idx,
+                    },
+                    kick: kick.clone(),
+                });
+            }
+        }
+        let port = self.ports.get(&key).expect("present");
+        body.nr_offset = nifp as u64;
+        body.nr_memsize = port.region.memsize() as u64;
+        body.nr_tx_slots = port.layout.tx_slots;
+        body.nr_rx_slots = port.layout.rx_slots;
+        body.nr_tx_rings = port.tx.len() as u16;
+        body.nr_rx_rings = port.rx.len() as u16;
+        body.nr_host_tx_rings = 1;
+        body.nr_host_rx_rings = 1;
+        body.nr_mem_id = port.region.mem_id();
+        body.nr_mode = mode;
+        body.nr_ringid = ringid;
+        body.nr_flags = flags;
+        conn.reg = Some(Registration {
+            port_key: key.clone(),
+            nifp,
+            fwd,
+            pipe_end: None,
+        });
+        info!(port = key, conn = conn.id, uid = conn.uid, "registered");
+        let mut r = req.clone();
+        r.set_body(&body);
+        (0, r, fds)
+    }
+
+    /// Drops `conn`'s registration (its connection closed). The rings are
+    /// taken back from the forwarding thread first; an ephemeral port goes
+    /// away with its last client.
+    pub fn unregister(&mut self, conn: &mut Conn) {
+        let Some(reg) = conn.reg.take() else { return };
+        if let Some(end) = reg.pipe_end {
+            self.unregister_pipe(conn.id, &reg, end);
+            return;
+        }
+        if let Some(f) = self.fwd.get(reg.fwd) {
+            f.remove(conn.id);
+        }
+        let Some(port) = self.ports.get_mut(&reg.port_key) else {
+            return;
+        };
+        lock(&port.sink).remove(conn.id);
+        port.regs.retain(|r| r.conn != conn.id);
+        let _ = port.region.free_if(reg.nifp);
+        info!(port = reg.port_key, conn = conn.id, "unregistered");
+        if !port.persistent && port.regs.is_empty() {
+            let _ = self.detach(&reg.port_key);
+            self.ports.remove(&reg.port_key);
+        }
+    }
+}
