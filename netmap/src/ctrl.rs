@@ -111,7 +111,7 @@ pub const VALE_SET_MAC_LIMIT: u32 = 1 << 1;
 pub struct ValePortConfig {
     /// `VALE_PORT_*` bits.
     pub flags: u32,
-    /// Most MACs the port may teach the bridge (0: no limit).
+    /// Most MACs the port may teach the bridge (0: the switch default, `vale::DEFAULT_PORT_MAC_LIMIT`).
     pub mac_limit: u32,
     /// Which fields to apply (`VALE_SET_*`); 0 only reads.
     pub set: u32,

@@ -4,7 +4,8 @@
 //! "d:a:h:g:l:n:r:C:p:P:m:v")`; this parser accepts the same language (clustered
 //! short options, `-aNAME` and `-a NAME`, `--` ends the options, the last command
 //! option wins, operands are an error) plus long options of our own:
-//! `--stats [PORT]`, `--config PORT [SPEC]`, `--vhost-user PATH[,client][,queues=N]`
+//! `--stats [PORT]`, `--config PORT [SPEC]`, `--config SWITCH [share=UIDS]`,
+//! `--vhost-user PATH[,client][,queues=N]`
 //! (with `-n NAME`), `--json` and `--socket PATH`.
 
 use std::path::{Component, Path, PathBuf};
@@ -13,6 +14,8 @@ use netmap::abi::{
     NmreqValePolling, NETMAP_POLLING_MODE_MULTI_CPU, NETMAP_POLLING_MODE_SINGLE_CPU, NM_BDG_NAME,
     NR_REG_ALL_NIC, NR_REG_NIC_SW,
 };
+use netmap::ctrl::VALE_SHARE_MAX;
+use netmap::portname::MAX_VALE_SWITCH_LEN;
 
 /// The program name used in diagnostics, as getopt prints `argv[0]`.
 pub const PROG: &str = "vale-ctl";
@@ -37,7 +40,9 @@ vale-ctl [arguments]\n\
 \t-v increase verbosity\n\
 \t--stats [port]\tshow the counters of one port or of all ports\n\
 \t--config port [spec]\tshow or change a vale port's options; spec:\n\
-\t\t backpressure=on|off,port-mask=on|off,mac-limit=N (0: no limit)\n\
+\t\t backpressure=on|off,port-mask=on|off,mac-limit=N (0: the default, 1024)\n\
+\t--config switch [share=uids]\tshow or set whom a switch is shared with;\n\
+\t\t uids: uid,... (the new list; empty: none), +uid, -uid\n\
 \t--vhost-user path[,client][,queues=N]\n\
 \t\twith -n: create a vhost-user-net port on socket path\n\
 \t\t (client: valed connects to the VMM; queues: 1..16 pairs)\n\
@@ -143,7 +148,7 @@ pub struct PortConfigSpec {
     pub backpressure: Option<bool>,
     /// `port-mask=on|off`.
     pub port_mask: Option<bool>,
-    /// `mac-limit=N` (0: no limit).
+    /// `mac-limit=N` (0: the switch default, 1024).
     pub mac_limit: Option<u32>,
 }
 
@@ -184,6 +189,139 @@ impl PortConfigSpec {
     pub fn is_read(&self) -> bool {
         *self == PortConfigSpec::default()
     }
+}
+
+/// A change to a switch's share list (`--config SWITCH share=...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShareChange {
+    /// `share=UID,...`, or `share=` (none): replace the list. Duplicates are
+    /// dropped (the first stays); at most [`VALE_SHARE_MAX`] uids.
+    Set(Vec<u32>),
+    /// `share=+UID` and `share=-UID` (several, comma-separated): add or remove
+    /// uids from the list valed has, in the order given.
+    Edit(Vec<ShareEdit>),
+}
+
+/// One `+UID` or `-UID` of `share=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShareEdit {
+    /// `+UID`: add the uid unless it is there.
+    Add(u32),
+    /// `-UID`: remove the uid if it is there.
+    Remove(u32),
+}
+
+impl ShareChange {
+    /// The list to send, given the one valed has (`current`, used by
+    /// [`ShareChange::Edit`] only). An added uid goes last; the result may be
+    /// longer than [`VALE_SHARE_MAX`], which the caller refuses.
+    pub fn apply(&self, current: &[u32]) -> Vec<u32> {
+        match self {
+            ShareChange::Set(uids) => uids.clone(),
+            ShareChange::Edit(edits) => {
+                let mut list: Vec<u32> = Vec::with_capacity(current.len() + edits.len());
+                for &uid in current {
+                    if !list.contains(&uid) {
+                        list.push(uid);
+                    }
+                }
+                for edit in edits {
+                    match *edit {
+                        ShareEdit::Add(uid) if !list.contains(&uid) => list.push(uid),
+                        ShareEdit::Add(_) => {}
+                        ShareEdit::Remove(uid) => list.retain(|&u| u != uid),
+                    }
+                }
+                list
+            }
+        }
+    }
+}
+
+/// What `--config SWITCH SPEC` asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SwitchConfigSpec {
+    /// `share=...`; `None` only reads.
+    pub share: Option<ShareChange>,
+}
+
+/// The largest uid `share=` takes: `(uid_t)-1` is no uid.
+const MAX_UID: u32 = u32::MAX - 1;
+
+impl SwitchConfigSpec {
+    /// Reads `share=LIST`: `LIST` is empty (share with nobody), or
+    /// comma-separated decimal uids (the new list), or comma-separated `+UID`
+    /// and `-UID` (changes to the current list); the two kinds do not mix.
+    ///
+    /// # Errors
+    ///
+    /// What is wrong, naming the item: `bad item "..." for a switch ...`,
+    /// `share=: bad uid "..." ...`, `share=: 17 uids, at most 16`, ...
+    pub fn parse(spec: &str) -> Result<SwitchConfigSpec, String> {
+        let Some(list) = spec.strip_prefix("share=") else {
+            return Err(format!(
+                "bad item \"{spec}\" for a switch (want share=UID[,UID...])"
+            ));
+        };
+        if list.is_empty() {
+            return Ok(SwitchConfigSpec {
+                share: Some(ShareChange::Set(Vec::new())),
+            });
+        }
+        let uid = |item: &str, digits: &str| -> Result<u32, String> {
+            Some(digits)
+                .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|d| d.parse::<u32>().ok())
+                .filter(|&u| u <= MAX_UID)
+                .ok_or_else(|| {
+                    format!("share=: bad uid \"{item}\" (want a decimal uid, 0 to {MAX_UID})")
+                })
+        };
+        let mut set: Vec<u32> = Vec::new();
+        let mut edits: Vec<ShareEdit> = Vec::new();
+        for item in list.split(',') {
+            let edit = match item.as_bytes().first() {
+                Some(b'+') => Some(ShareEdit::Add(uid(item, &item[1..])?)),
+                Some(b'-') => Some(ShareEdit::Remove(uid(item, &item[1..])?)),
+                _ => None,
+            };
+            match edit {
+                Some(e) => edits.push(e),
+                None => {
+                    let u = uid(item, item)?;
+                    if !set.contains(&u) {
+                        set.push(u);
+                    }
+                }
+            }
+            if !set.is_empty() && !edits.is_empty() {
+                return Err(format!(
+                    "share=: \"{item}\": a new list (UID,...) and changes (+UID, -UID) do not mix"
+                ));
+            }
+        }
+        if set.len() > VALE_SHARE_MAX {
+            return Err(format!(
+                "share=: {} uids, at most {VALE_SHARE_MAX}",
+                set.len()
+            ));
+        }
+        let share = if edits.is_empty() {
+            ShareChange::Set(set)
+        } else {
+            ShareChange::Edit(edits)
+        };
+        Ok(SwitchConfigSpec { share: Some(share) })
+    }
+}
+
+/// Whether `name` is a switch name as valed's port names have them: `vale`
+/// then up to 11 of `[A-Za-z0-9_]` (15 bytes in all).
+pub fn is_switch_name(name: &str) -> bool {
+    name.len() <= MAX_VALE_SWITCH_LEN
+        && name
+            .strip_prefix(NM_BDG_NAME)
+            .is_some_and(|id| id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
 }
 
 /// Longest vhost-user socket path: a `sun_path` (108 bytes) less its NUL.
@@ -380,6 +518,17 @@ pub enum Command {
         /// `--json`: print the result as a JSON object.
         json: bool,
     },
+    /// `--config SWITCH [share=...]` (a name without `:`):
+    /// `VALE_REQ_SWITCH_CONFIG`, reading or changing whom the switch is shared
+    /// with.
+    SwitchConfig {
+        /// The switch (`valeX`).
+        name: String,
+        /// What to change; `share: None` only reads.
+        spec: SwitchConfigSpec,
+        /// `--json`: print the result as a JSON object.
+        json: bool,
+    },
 }
 
 /// A parsed command line.
@@ -403,7 +552,7 @@ pub enum ParseError {
 }
 
 /// Which command option came last (netmap keeps only the last one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Which {
     List,
     Attach(u32),
@@ -415,6 +564,7 @@ enum Which {
     PollOff,
     Stats,
     Config(PortConfigSpec),
+    SwitchConfig(SwitchConfigSpec),
 }
 
 /// Short options that take an argument.
@@ -482,15 +632,32 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ParseError> {
                     let spec = match args.get(i).map(AsRef::as_ref) {
                         Some(next) if !next.starts_with('-') => {
                             i += 1;
-                            PortConfigSpec::parse(next).map_err(|item| {
-                                ParseError::Usage(Some(format!(
-                                    "{PROG}: --config: bad item \"{item}\""
-                                )))
-                            })?
+                            Some(next)
                         }
-                        _ => PortConfigSpec::default(),
+                        _ => None,
                     };
-                    which = Some((Which::Config(spec), Some(port)));
+                    let usage =
+                        |m: String| ParseError::Usage(Some(format!("{PROG}: --config: {m}")));
+                    // A port is valeX:Y; a name without ':' is a switch.
+                    let w = if port.contains(':') {
+                        Which::Config(match spec {
+                            Some(s) => PortConfigSpec::parse(s)
+                                .map_err(|item| usage(format!("bad item \"{item}\"")))?,
+                            None => PortConfigSpec::default(),
+                        })
+                    } else {
+                        if !is_switch_name(&port) {
+                            return Err(usage(format!(
+                                "bad switch name \"{port}\" (want valeX, X up to 11 of \
+                                 [A-Za-z0-9_]; or valeX:PORT for a port)"
+                            )));
+                        }
+                        Which::SwitchConfig(match spec {
+                            Some(s) => SwitchConfigSpec::parse(s).map_err(usage)?,
+                            None => SwitchConfigSpec::default(),
+                        })
+                    };
+                    which = Some((w, Some(port)));
                 }
                 "json" | "help" => {
                     if inline.is_some() {
@@ -642,6 +809,11 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ParseError> {
             spec,
             json,
         },
+        Some((Which::SwitchConfig(spec), name)) => Command::SwitchConfig {
+            name: name.unwrap_or_default(),
+            spec,
+            json,
+        },
         Some(_) if json => {
             return Err(ParseError::Usage(Some(format!(
                 "{PROG}: option '--json' needs '--stats' or '--config'"
@@ -674,7 +846,9 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Invocation, ParseError> {
                     name,
                     poll: PollConfig::parse(conf, false),
                 },
-                Which::Stats | Which::Config(_) => unreachable!("handled above"),
+                Which::Stats | Which::Config(_) | Which::SwitchConfig(_) => {
+                    unreachable!("handled above")
+                }
             }
         }
     };
@@ -1012,6 +1186,202 @@ mod tests {
         );
         // A second word that is not SPEC is an operand, as anywhere else.
         assert_eq!(usage(&["--config", "vale0:a", "mac-limit=1", "x"]), None);
+    }
+
+    fn switch(name: &str, share: Option<ShareChange>, json: bool) -> Command {
+        Command::SwitchConfig {
+            name: name.to_owned(),
+            spec: SwitchConfigSpec { share },
+            json,
+        }
+    }
+
+    #[test]
+    fn switch_config_table() {
+        use ShareChange::{Edit, Set};
+        use ShareEdit::{Add, Remove};
+        let cases: Vec<(&[&str], Command)> = vec![
+            (&["--config", "vale0"], switch("vale0", None, false)),
+            (&["--config=vale12", "--json"], switch("vale12", None, true)),
+            // "vale" alone is the default switch; ids take [A-Za-z0-9_].
+            (&["--config", "vale"], switch("vale", None, false)),
+            (
+                &["--config", "valeA_b9XYZ1234"],
+                switch("valeA_b9XYZ1234", None, false),
+            ),
+            (
+                &["--config", "vale0", "share=1001,1002"],
+                switch("vale0", Some(Set(vec![1001, 1002])), false),
+            ),
+            (
+                &["--json", "--config", "vale0", "share=0"],
+                switch("vale0", Some(Set(vec![0])), true),
+            ),
+            // share= alone clears the list.
+            (
+                &["--config", "vale0", "share="],
+                switch("vale0", Some(Set(vec![])), false),
+            ),
+            // Duplicates collapse, the first place kept; leading zeros are decimal.
+            (
+                &["--config", "vale0", "share=7,1001,7,01001,8"],
+                switch("vale0", Some(Set(vec![7, 1001, 8])), false),
+            ),
+            (
+                &["--config", "vale0", "share=4294967294"],
+                switch("vale0", Some(Set(vec![u32::MAX - 1])), false),
+            ),
+            (
+                &["--config", "vale1", "share=+1003"],
+                switch("vale1", Some(Edit(vec![Add(1003)])), false),
+            ),
+            // "-1001" does not start the word with '-': it is SPEC, not an option.
+            (
+                &["--config", "vale1", "share=-1001"],
+                switch("vale1", Some(Edit(vec![Remove(1001)])), false),
+            ),
+            (
+                &["--config", "vale1", "share=+5,-6,+5"],
+                switch("vale1", Some(Edit(vec![Add(5), Remove(6), Add(5)])), false),
+            ),
+            // A next word starting with '-' is an option, not SPEC.
+            (&["--config", "vale0", "-v"], switch("vale0", None, false)),
+            // The last command option wins.
+            (
+                &["--config", "vale0:a", "--config", "vale0", "share=1"],
+                switch("vale0", Some(Set(vec![1])), false),
+            ),
+            (
+                &["--config", "vale0", "share=1", "--config", "vale0:a"],
+                config_cmd("vale0:a"),
+            ),
+        ];
+        for (args, want) in cases {
+            assert_eq!(cmd(args), want, "{args:?}");
+        }
+        // 16 distinct uids fit, duplicates not counted.
+        let sixteen: Vec<String> = (1..=16).map(|u| u.to_string()).collect();
+        let spec = format!("share={},1,16", sixteen.join(","));
+        assert_eq!(
+            cmd(&["--config", "vale0", &spec]),
+            switch("vale0", Some(Set((1..=16).collect())), false)
+        );
+    }
+
+    fn config_cmd(name: &str) -> Command {
+        Command::Config {
+            name: name.to_owned(),
+            spec: PortConfigSpec::default(),
+            json: false,
+        }
+    }
+
+    #[test]
+    fn switch_config_bad_specs() {
+        let want_uid = "(want a decimal uid, 0 to 4294967294)";
+        let cases: Vec<(&str, String)> = vec![
+            (
+                "backpressure=on",
+                "bad item \"backpressure=on\" for a switch (want share=UID[,UID...])".into(),
+            ),
+            (
+                "share",
+                "bad item \"share\" for a switch (want share=UID[,UID...])".into(),
+            ),
+            (
+                "Share=1",
+                "bad item \"Share=1\" for a switch (want share=UID[,UID...])".into(),
+            ),
+            (
+                "share=alice",
+                format!("share=: bad uid \"alice\" {want_uid}"),
+            ),
+            ("share=1001,x", format!("share=: bad uid \"x\" {want_uid}")),
+            ("share=0x10", format!("share=: bad uid \"0x10\" {want_uid}")),
+            ("share=1.5", format!("share=: bad uid \"1.5\" {want_uid}")),
+            ("share= 1", format!("share=: bad uid \" 1\" {want_uid}")),
+            ("share=1,", format!("share=: bad uid \"\" {want_uid}")),
+            ("share=,", format!("share=: bad uid \"\" {want_uid}")),
+            ("share=1,,2", format!("share=: bad uid \"\" {want_uid}")),
+            ("share=+", format!("share=: bad uid \"+\" {want_uid}")),
+            ("share=-", format!("share=: bad uid \"-\" {want_uid}")),
+            ("share=++1", format!("share=: bad uid \"++1\" {want_uid}")),
+            ("share=+-1", format!("share=: bad uid \"+-1\" {want_uid}")),
+            (
+                "share=4294967295",
+                format!("share=: bad uid \"4294967295\" {want_uid}"),
+            ),
+            (
+                "share=-4294967296",
+                format!("share=: bad uid \"-4294967296\" {want_uid}"),
+            ),
+            (
+                "share=1,+2",
+                "share=: \"+2\": a new list (UID,...) and changes (+UID, -UID) do not mix".into(),
+            ),
+            (
+                "share=-1,2",
+                "share=: \"2\": a new list (UID,...) and changes (+UID, -UID) do not mix".into(),
+            ),
+        ];
+        for (spec, msg) in &cases {
+            assert_eq!(SwitchConfigSpec::parse(spec), Err(msg.clone()), "{spec:?}");
+            assert_eq!(
+                usage(&["--config", "vale0", spec]),
+                Some(format!("vale-ctl: --config: {msg}")),
+                "{spec:?}"
+            );
+        }
+        let seventeen: Vec<String> = (1..=17).map(|u| u.to_string()).collect();
+        assert_eq!(
+            usage(&[
+                "--config",
+                "vale0",
+                &format!("share={}", seventeen.join(","))
+            ]),
+            Some("vale-ctl: --config: share=: 17 uids, at most 16".to_owned())
+        );
+        // Bad switch names, with or without SPEC.
+        for name in ["foo", "vale-x", "vale0.1", "valeABCDEFGHIJKL", "Vale0", ""] {
+            let msg = Some(format!(
+                "vale-ctl: --config: bad switch name \"{name}\" (want valeX, X up to 11 of \
+                 [A-Za-z0-9_]; or valeX:PORT for a port)"
+            ));
+            assert_eq!(usage(&["--config", name]), msg, "{name:?}");
+            assert_eq!(usage(&["--config", name, "share=1"]), msg, "{name:?}");
+        }
+        assert!(is_switch_name("valeABCDEFGHIJK"));
+        assert!(!is_switch_name("valeé"));
+        // The port form is unchanged: share= is no port item.
+        assert_eq!(
+            usage(&["--config", "vale0:a", "share=1"]),
+            Some("vale-ctl: --config: bad item \"share=1\"".to_owned())
+        );
+        assert_eq!(
+            usage(&["--config=vale0:", "share="]),
+            Some("vale-ctl: --config: bad item \"share=\"".to_owned())
+        );
+        // A second word that is not SPEC is an operand.
+        assert_eq!(usage(&["--config", "vale0", "share=1", "x"]), None);
+    }
+
+    #[test]
+    fn share_apply() {
+        use ShareEdit::{Add, Remove};
+        let edit = |e: Vec<ShareEdit>| ShareChange::Edit(e);
+        assert_eq!(ShareChange::Set(vec![3, 1]).apply(&[9, 8]), vec![3, 1]);
+        assert_eq!(ShareChange::Set(vec![]).apply(&[9]), Vec::<u32>::new());
+        assert_eq!(edit(vec![Add(3)]).apply(&[1, 2]), vec![1, 2, 3]);
+        assert_eq!(edit(vec![Add(2)]).apply(&[1, 2]), vec![1, 2]);
+        assert_eq!(edit(vec![Remove(1)]).apply(&[1, 2]), vec![2]);
+        assert_eq!(edit(vec![Remove(7)]).apply(&[1, 2]), vec![1, 2]);
+        assert_eq!(edit(vec![Remove(2), Add(2)]).apply(&[2, 1]), vec![1, 2]);
+        assert_eq!(edit(vec![Add(5), Remove(5)]).apply(&[]), Vec::<u32>::new());
+        // A current list with duplicates (valed should not send one) collapses.
+        assert_eq!(edit(vec![Add(4)]).apply(&[1, 1]), vec![1, 4]);
+        // Growing past 16 is left to the caller to refuse.
+        let full: Vec<u32> = (1..=16).collect();
+        assert_eq!(edit(vec![Add(17)]).apply(&full).len(), 17);
     }
 
     fn vhost(path: &str, client: bool, queues: Option<u16>) -> VhostUserSpec {

@@ -13,14 +13,17 @@ use netmap::abi::{
     NETMAP_REQ_VALE_POLLING_DISABLE, NETMAP_REQ_VALE_POLLING_ENABLE,
 };
 use netmap::ctrl::{
-    CtrlConn, CtrlError, Reply, Request, ValePortConfig, ValeVhostNewif, VALE_PORT_BACKPRESSURE,
-    VALE_PORT_MASK_OVERRIDE, VALE_REQ_PORT_CONFIG, VALE_REQ_STATS, VALE_REQ_VHOST_NEWIF,
-    VALE_SET_FLAGS, VALE_SET_MAC_LIMIT,
+    CtrlConn, CtrlError, Reply, Request, ValePortConfig, ValeSwitchConfig, ValeVhostNewif,
+    VALE_PORT_BACKPRESSURE, VALE_PORT_MASK_OVERRIDE, VALE_REQ_PORT_CONFIG, VALE_REQ_STATS,
+    VALE_REQ_SWITCH_CONFIG, VALE_REQ_VHOST_NEWIF, VALE_SET_FLAGS, VALE_SET_MAC_LIMIT,
+    VALE_SET_SHARE, VALE_SHARE_MAX,
 };
 use netmap::pod::Pod;
 use netmap::portname::{self, PortNameErrorKind};
 
-use crate::cli::{Command, Invocation, MemSpec, PortConfigSpec, RingConfig};
+use crate::cli::{
+    Command, Invocation, MemSpec, PortConfigSpec, RingConfig, ShareChange, SwitchConfigSpec,
+};
 use crate::format;
 
 /// `ENOENT`: ends the port enumeration.
@@ -231,6 +234,54 @@ fn port_config(
     ask(&want)
 }
 
+/// `--config SWITCH [share=...]`: the switch's owner and share list, after the
+/// change if any.
+///
+/// `share=+UID` and `share=-UID` read the list first (a `set: 0` request) and
+/// send it back changed; valed only replaces whole lists.
+fn switch_config(
+    ctl: &mut dyn Control,
+    name: &str,
+    spec: &SwitchConfigSpec,
+) -> Result<ValeSwitchConfig, Failed> {
+    let action = "configure";
+    let fail = |reason: &str| Failed(format::failed(action, name, reason));
+    let mut ask = |cfg: &ValeSwitchConfig| -> Result<ValeSwitchConfig, Failed> {
+        let req = Request::new(VALE_REQ_SWITCH_CONFIG, nr_name(name), cfg);
+        let rep = call(ctl, req, action, name)?;
+        let got: ValeSwitchConfig = body(&rep, action, name)?;
+        if got.nshare as usize > VALE_SHARE_MAX {
+            return Err(fail(&format!(
+                "valed answered a share list of {} uids (at most {VALE_SHARE_MAX})",
+                got.nshare
+            )));
+        }
+        Ok(got)
+    };
+    let read = ValeSwitchConfig::default();
+    let Some(change) = &spec.share else {
+        return ask(&read);
+    };
+    let current = match change {
+        ShareChange::Set(_) => Vec::new(),
+        ShareChange::Edit(_) => format::shared(&ask(&read)?).to_vec(),
+    };
+    let list = change.apply(&current);
+    if list.len() > VALE_SHARE_MAX {
+        return Err(fail(&format!(
+            "cannot share with {} uids (at most {VALE_SHARE_MAX})",
+            list.len()
+        )));
+    }
+    let mut want = ValeSwitchConfig {
+        nshare: list.len() as u32,
+        set: VALE_SET_SHARE,
+        ..ValeSwitchConfig::default()
+    };
+    want.share[..list.len()].copy_from_slice(&list);
+    ask(&want)
+}
+
 fn warn_ignored(rings: &RingConfig, io: &mut Out<'_>) {
     for tok in &rings.ignored {
         io.err(&format::ignored_config(tok));
@@ -364,6 +415,14 @@ fn one(cmd: &Command, verbose: u32, ctl: &mut dyn Control, io: &mut Out<'_>) -> 
                 format::port_config_json(name, &now)
             } else {
                 format::port_config(name, &now)
+            });
+        }
+        Command::SwitchConfig { name, spec, json } => {
+            let now = switch_config(ctl, name, spec)?;
+            io.out(&if *json {
+                format::switch_config_json(name, &now)
+            } else {
+                format::switch_config(name, &now)
             });
         }
         Command::Stats { port, json } => {
@@ -1006,6 +1065,250 @@ mod tests {
         });
         assert_eq!(rc, 1);
         assert!(err.starts_with("failed to configure vale0:x: "), "{err}");
+    }
+
+    /// valed's switch sharing on one switch, `vale0`, owned by uid 1000 with
+    /// `share` as its list: reads answer it, `VALE_SET_SHARE` replaces it. Any
+    /// other name is ENXIO, as a switch with no port.
+    fn switch_server(share: &[u32]) -> impl FnMut(&Request) -> Reply {
+        let mut now = sw(1000, share, 0);
+        move |req| {
+            assert_eq!(req.reqtype(), VALE_REQ_SWITCH_CONFIG);
+            assert_eq!(req.body.len(), size_of::<ValeSwitchConfig>());
+            if name(req) != "vale0" {
+                return Reply::new(6, req.clone());
+            }
+            let b: ValeSwitchConfig = req.body_as().unwrap();
+            assert_eq!((b.pad, b.owner), (0, 0));
+            assert!(b.nshare as usize <= VALE_SHARE_MAX);
+            // Past nshare, the list is zeros.
+            assert!(b.share[b.nshare as usize..].iter().all(|&u| u == 0));
+            if b.set & VALE_SET_SHARE != 0 {
+                now.nshare = b.nshare;
+                now.share = b.share;
+            }
+            ok_with(req, &now)
+        }
+    }
+
+    fn sw(owner: u32, share: &[u32], set: u32) -> ValeSwitchConfig {
+        let mut c = ValeSwitchConfig {
+            owner,
+            nshare: share.len() as u32,
+            set,
+            ..ValeSwitchConfig::default()
+        };
+        c.share[..share.len()].copy_from_slice(share);
+        c
+    }
+
+    fn switch_bodies(seen: &[Request]) -> Vec<ValeSwitchConfig> {
+        seen.iter().map(|r| r.body_as().unwrap()).collect()
+    }
+
+    #[test]
+    fn switch_config() {
+        const SS: u32 = VALE_SET_SHARE;
+        let read = sw(0, &[], 0);
+        /// (args, list before, requests sent, line printed)
+        type Case<'a> = (&'a [&'a str], &'a [u32], Vec<ValeSwitchConfig>, &'a str);
+        let cases: &[Case<'_>] = &[
+            // No SPEC: one read.
+            (
+                &["--config", "vale0"],
+                &[1001, 1002],
+                vec![read],
+                "vale0 owner=1000 share=1001,1002\n",
+            ),
+            (
+                &["--config", "vale0"],
+                &[],
+                vec![read],
+                "vale0 owner=1000 share=\n",
+            ),
+            // A new list: sent as is, no read.
+            (
+                &["--config", "vale0", "share=1001,1002"],
+                &[7],
+                vec![sw(0, &[1001, 1002], SS)],
+                "vale0 owner=1000 share=1001,1002\n",
+            ),
+            (
+                &["--config", "vale0", "share=5,5,6,5"],
+                &[],
+                vec![sw(0, &[5, 6], SS)],
+                "vale0 owner=1000 share=5,6\n",
+            ),
+            // share= clears.
+            (
+                &["--config", "vale0", "share="],
+                &[1001, 1002],
+                vec![sw(0, &[], SS)],
+                "vale0 owner=1000 share=\n",
+            ),
+            // +UID / -UID: read, then the changed list.
+            (
+                &["--config", "vale0", "share=+1003"],
+                &[1001, 1002],
+                vec![read, sw(0, &[1001, 1002, 1003], SS)],
+                "vale0 owner=1000 share=1001,1002,1003\n",
+            ),
+            (
+                &["--config", "vale0", "share=-1001"],
+                &[1001, 1002],
+                vec![read, sw(0, &[1002], SS)],
+                "vale0 owner=1000 share=1002\n",
+            ),
+            // Already there / not there: the same list is still sent (valed
+            // decides whether the caller may set it).
+            (
+                &["--config", "vale0", "share=+1002"],
+                &[1001, 1002],
+                vec![read, sw(0, &[1001, 1002], SS)],
+                "vale0 owner=1000 share=1001,1002\n",
+            ),
+            (
+                &["--config", "vale0", "share=-9"],
+                &[],
+                vec![read, sw(0, &[], SS)],
+                "vale0 owner=1000 share=\n",
+            ),
+            (
+                &["--config", "vale0", "share=-1001,+4,+5"],
+                &[1001],
+                vec![read, sw(0, &[4, 5], SS)],
+                "vale0 owner=1000 share=4,5\n",
+            ),
+        ];
+        for (args, before, sent, line) in cases {
+            let (rc, out, err, seen) = drive(args, switch_server(before));
+            assert_eq!((rc, err.as_str()), (0, ""), "{args:?}");
+            assert_eq!(out, *line, "{args:?}");
+            assert_eq!(switch_bodies(&seen), *sent, "{args:?}");
+            assert!(seen.iter().all(|r| name(r) == "vale0"), "{args:?}");
+        }
+
+        // 16 uids fit; a full list sent as a new list.
+        let full: Vec<u32> = (1..=16).collect();
+        let spec = format!(
+            "share={}",
+            full.iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let (rc, out, _, seen) = drive(&["--config", "vale0", &spec], switch_server(&[]));
+        assert_eq!(rc, 0);
+        assert_eq!(switch_bodies(&seen), vec![sw(0, &full, SS)]);
+        assert_eq!(out, format!("vale0 owner=1000 {}\n", &spec));
+
+        // JSON, read and after a change.
+        let (rc, out, _, _) = drive(
+            &["--config", "vale0", "--json"],
+            switch_server(&[1001, 1002]),
+        );
+        assert_eq!(rc, 0);
+        assert_eq!(
+            out,
+            "{\"switch\":\"vale0\",\"owner\":1000,\"share\":[1001,1002]}\n"
+        );
+        let (rc, out, _, _) = drive(
+            &["--config", "vale0", "share=", "--json"],
+            switch_server(&[1001]),
+        );
+        assert_eq!(rc, 0);
+        assert_eq!(out, "{\"switch\":\"vale0\",\"owner\":1000,\"share\":[]}\n");
+    }
+
+    #[test]
+    fn switch_config_errors() {
+        // valed's refusals, named by the switch, as for a port.
+        let cases: &[(&[&str], i32, &str)] = &[
+            (
+                &["--config", "vale3"],
+                6,
+                "failed to configure vale3: No such device or address\n",
+            ),
+            (
+                &["--config", "vale0", "share=1001"],
+                1,
+                "failed to configure vale0: Operation not permitted\n",
+            ),
+            (
+                &["--config", "vale0", "share=", "--json"],
+                22,
+                "failed to configure vale0: Invalid argument\n",
+            ),
+        ];
+        for &(args, errno, want) in cases {
+            let (rc, out, err, seen) = drive(args, |req| Reply::new(errno, req.clone()));
+            assert_eq!((rc, out.as_str()), (1, ""), "{args:?}");
+            assert_eq!(err, want, "{args:?}");
+            assert_eq!(seen.len(), 1, "{args:?}");
+        }
+
+        // No such switch (no ports): the read before +UID fails, nothing is set.
+        let (rc, out, err, seen) = drive(&["--config", "vale7", "share=+1"], switch_server(&[]));
+        assert_eq!((rc, out.as_str()), (1, ""));
+        assert_eq!(
+            err,
+            "failed to configure vale7: No such device or address\n"
+        );
+        assert_eq!(switch_bodies(&seen), vec![sw(0, &[], 0)]);
+
+        // Not the owner: the read succeeds, the set is refused.
+        let mut inner = switch_server(&[1001]);
+        let (rc, out, err, seen) = drive(&["--config", "vale0", "share=-1001"], |req| {
+            let b: ValeSwitchConfig = req.body_as().unwrap();
+            if b.set != 0 {
+                Reply::new(1, req.clone())
+            } else {
+                inner(req)
+            }
+        });
+        assert_eq!((rc, out.as_str()), (1, ""));
+        assert_eq!(err, "failed to configure vale0: Operation not permitted\n");
+        assert_eq!(
+            switch_bodies(&seen),
+            vec![sw(0, &[], 0), sw(0, &[], VALE_SET_SHARE)]
+        );
+
+        // +UID onto a full list: refused here, nothing is set.
+        let full: Vec<u32> = (1..=16).collect();
+        let (rc, out, err, seen) = drive(&["--config", "vale0", "share=+17"], switch_server(&full));
+        assert_eq!((rc, out.as_str()), (1, ""));
+        assert_eq!(
+            err,
+            "failed to configure vale0: cannot share with 17 uids (at most 16)\n"
+        );
+        assert_eq!(seen.len(), 1);
+        // ... but removing one and adding another fits.
+        let (rc, _, err, seen) =
+            drive(&["--config", "vale0", "share=-1,+17"], switch_server(&full));
+        assert_eq!((rc, err.as_str()), (0, ""));
+        let want: Vec<u32> = (2..=17).collect();
+        assert_eq!(switch_bodies(&seen)[1], sw(0, &want, VALE_SET_SHARE));
+
+        // A reply without a proper body.
+        let (rc, out, err, _) = drive(&["--config", "vale0"], |req| {
+            let mut r = req.clone();
+            r.body.truncate(16);
+            Reply::new(0, r)
+        });
+        assert_eq!((rc, out.as_str()), (1, ""));
+        assert!(err.starts_with("failed to configure vale0: "), "{err}");
+
+        // A reply claiming more than 16 uids.
+        let (rc, out, err, _) = drive(&["--config", "vale0"], |req| {
+            let mut c = sw(1000, &[1; 16], 0);
+            c.nshare = 17;
+            ok_with(req, &c)
+        });
+        assert_eq!((rc, out.as_str()), (1, ""));
+        assert_eq!(
+            err,
+            "failed to configure vale0: valed answered a share list of 17 uids (at most 16)\n"
+        );
     }
 
     const DOC: &str = r#"{"ports":[{"name":"vale0:a","switch":"vale0","port_idx":0,"in_packets":5,"drop_runt":1}]}"#;

@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 
 use netmap::abi::{NmreqPortInfoGet, NmreqValeList, NmreqValeNewif};
 use netmap::ctrl::{
-    ValePortConfig, ValeVhostNewif, VALE_PORT_BACKPRESSURE, VALE_PORT_MASK_OVERRIDE,
-    VALE_VHOST_CLIENT,
+    ValePortConfig, ValeSwitchConfig, ValeVhostNewif, VALE_PORT_BACKPRESSURE,
+    VALE_PORT_MASK_OVERRIDE, VALE_VHOST_CLIENT,
 };
 
 use crate::stats::{Json, StatsError};
@@ -122,6 +122,39 @@ pub fn port_config_json(name: &str, c: &ValePortConfig) -> String {
         c.flags & VALE_PORT_BACKPRESSURE != 0,
         c.flags & VALE_PORT_MASK_OVERRIDE != 0,
         c.mac_limit
+    )
+}
+
+/// The uids a switch is shared with: `share[..nshare]` (all 16 at most).
+pub fn shared(c: &ValeSwitchConfig) -> &[u32] {
+    &c.share[..(c.nshare as usize).min(c.share.len())]
+}
+
+/// `uids` as `A,B,C` (empty for none).
+fn uid_list(uids: &[u32]) -> String {
+    let mut out = String::new();
+    for (i, uid) in uids.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{uid}");
+    }
+    out
+}
+
+/// `--config SWITCH`: `SWITCH owner=UID share=UID,UID` (`share=` alone when the
+/// switch is shared with nobody).
+pub fn switch_config(name: &str, c: &ValeSwitchConfig) -> String {
+    format!("{name} owner={} share={}\n", c.owner, uid_list(shared(c)))
+}
+
+/// `--config SWITCH --json`: `{"switch":"SWITCH","owner":UID,"share":[UID,...]}`.
+pub fn switch_config_json(name: &str, c: &ValeSwitchConfig) -> String {
+    format!(
+        "{{\"switch\":{},\"owner\":{},\"share\":[{}]}}\n",
+        json_string(name),
+        c.owner,
+        uid_list(shared(c))
     )
 }
 
@@ -360,6 +393,44 @@ mod tests {
         assert_eq!(
             doc.get("name").and_then(Json::as_str),
             Some("v\"\\\n\u{1}é")
+        );
+    }
+
+    #[test]
+    fn switch_config_line_and_json() {
+        let mut c = ValeSwitchConfig {
+            owner: 1000,
+            nshare: 2,
+            ..ValeSwitchConfig::default()
+        };
+        c.share[..2].copy_from_slice(&[1001, 1002]);
+        assert_eq!(
+            switch_config("vale0", &c),
+            "vale0 owner=1000 share=1001,1002\n"
+        );
+        assert_eq!(
+            switch_config_json("vale0", &c),
+            "{\"switch\":\"vale0\",\"owner\":1000,\"share\":[1001,1002]}\n"
+        );
+        // Nobody: share= empty, [] in JSON; entries past nshare are not shown.
+        c.nshare = 0;
+        assert_eq!(switch_config("vale12", &c), "vale12 owner=1000 share=\n");
+        assert_eq!(
+            switch_config_json("vale12", &c),
+            "{\"switch\":\"vale12\",\"owner\":1000,\"share\":[]}\n"
+        );
+        // A count past the array shows the array, no more.
+        c.nshare = 99;
+        assert_eq!(shared(&c).len(), 16);
+        c.owner = 0;
+        c.nshare = 1;
+        let j = switch_config_json("vale_x", &c);
+        assert_eq!(j, "{\"switch\":\"vale_x\",\"owner\":0,\"share\":[1001]}\n");
+        let doc = Json::parse(&j).unwrap();
+        assert_eq!(doc.get("switch").and_then(Json::as_str), Some("vale_x"));
+        assert_eq!(
+            doc.get("share").and_then(Json::as_array).map(<[Json]>::len),
+            Some(1)
         );
     }
 

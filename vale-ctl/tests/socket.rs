@@ -11,9 +11,10 @@ use netmap::abi::{
     NETMAP_REQ_VALE_LIST, NR_REG_NIC_SW,
 };
 use netmap::ctrl::{
-    recv_request, send_reply, Reply, Request, ValePortConfig, ValeVhostNewif,
+    recv_request, send_reply, Reply, Request, ValePortConfig, ValeSwitchConfig, ValeVhostNewif,
     VALE_PORT_BACKPRESSURE, VALE_PORT_MASK_OVERRIDE, VALE_REQ_PORT_CONFIG, VALE_REQ_STATS,
-    VALE_REQ_VHOST_NEWIF, VALE_SET_FLAGS, VALE_SET_MAC_LIMIT, VALE_VHOST_CLIENT,
+    VALE_REQ_SWITCH_CONFIG, VALE_REQ_VHOST_NEWIF, VALE_SET_FLAGS, VALE_SET_MAC_LIMIT,
+    VALE_SET_SHARE, VALE_VHOST_CLIENT,
 };
 use netmap::sys::{accept, seqpacket_listen};
 
@@ -72,7 +73,9 @@ fn fake_valed(dir: &Path, answer: fn(&Request) -> Reply) -> (PathBuf, Seen) {
 
 /// Two ports, vale0:a (0, 0) and vale1:b (1, 3); stats for all; port options
 /// for vale0:vm1 only (port-mask on, MAC limit 5, before any change; ENXIO for
-/// any other port); vhost-user ports on any socket but `/busy.sock`; everything
+/// any other port); switch vale0 owned by uid 1000 and shared with 1001 before
+/// any change (ENXIO for any other switch); vhost-user ports on any socket but
+/// `/busy.sock`; everything
 /// else succeeds except DELIF, which finds nothing.
 fn model(req: &Request) -> Reply {
     let mut r = req.clone();
@@ -121,6 +124,26 @@ fn model(req: &Request) -> Reply {
             if b.set & VALE_SET_MAC_LIMIT != 0 {
                 now.mac_limit = b.mac_limit;
             }
+            r.set_body(&now);
+            Reply::new(0, r)
+        }
+        VALE_REQ_SWITCH_CONFIG => {
+            if req.name() != b"vale0" {
+                return Reply::new(ENXIO, r);
+            }
+            let b: ValeSwitchConfig = req.body_as().unwrap();
+            let mut now = if b.set & VALE_SET_SHARE != 0 {
+                b
+            } else {
+                let mut c = ValeSwitchConfig {
+                    nshare: 1,
+                    ..ValeSwitchConfig::default()
+                };
+                c.share[0] = 1001;
+                c
+            };
+            now.owner = 1000;
+            now.set = 0;
             r.set_body(&now);
             Reply::new(0, r)
         }
@@ -266,6 +289,68 @@ fn config_reads_then_sets_both_flags() {
     assert_eq!(text(&o.stdout), "");
     assert!(text(&o.stderr)
         .starts_with("vale-ctl: --config: bad item \"backpressure=maybe\"\nUsage:\n"));
+    assert_eq!(seen.lock().unwrap().len(), 4);
+}
+
+#[test]
+fn switch_config_reads_then_sets_the_share_list() {
+    let dir = scratch();
+    let (path, seen) = fake_valed(&dir, model);
+    let o = vale_ctl(&["--config", "vale0"], Some(&path));
+    assert_eq!(text(&o.stderr), "");
+    assert!(o.status.success());
+    assert_eq!(text(&o.stdout), "vale0 owner=1000 share=1001\n");
+
+    // +UID: a read, then the whole list.
+    let o = vale_ctl(&["--config", "vale0", "share=+1002", "--json"], Some(&path));
+    assert_eq!(text(&o.stderr), "");
+    assert!(o.status.success());
+    assert_eq!(
+        text(&o.stdout),
+        "{\"switch\":\"vale0\",\"owner\":1000,\"share\":[1001,1002]}\n"
+    );
+    {
+        let seen = seen.lock().unwrap();
+        let sent: Vec<ValeSwitchConfig> = seen
+            .iter()
+            .inspect(|r| {
+                assert_eq!(r.reqtype(), VALE_REQ_SWITCH_CONFIG);
+                assert_eq!(r.name(), b"vale0");
+            })
+            .map(|r| r.body_as().unwrap())
+            .collect();
+        let mut set = ValeSwitchConfig {
+            nshare: 2,
+            set: VALE_SET_SHARE,
+            ..ValeSwitchConfig::default()
+        };
+        set.share[..2].copy_from_slice(&[1001, 1002]);
+        assert_eq!(
+            sent,
+            vec![
+                ValeSwitchConfig::default(),
+                ValeSwitchConfig::default(),
+                set
+            ]
+        );
+    }
+
+    let o = vale_ctl(&["--config", "vale9", "share="], Some(&path));
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(text(&o.stdout), "");
+    assert_eq!(
+        text(&o.stderr),
+        "failed to configure vale9: No such device or address\n"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 4);
+
+    // A bad uid is a usage error; nothing is sent.
+    let o = vale_ctl(&["--config", "vale0", "share=bob"], Some(&path));
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(text(&o.stdout), "");
+    assert!(text(&o.stderr).starts_with(
+        "vale-ctl: --config: share=: bad uid \"bob\" (want a decimal uid, 0 to 4294967294)\nUsage:\n"
+    ));
     assert_eq!(seen.lock().unwrap().len(), 4);
 }
 
