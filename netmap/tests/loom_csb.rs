@@ -453,135 +453,52 @@ fn sleep_head_load_is_redundant() {
 // Direction 1, application to switch: `sync` publishes head, then looks at
 // kern_need_kick; `prepare_sleep` stores kern_need_kick, then re-reads head.
 
-#[test]
-fn finds_lost_kick_without_sync_fence() {
-    let o = Orderings {
-        app_sync_fence: None,
-        ..REAL
+/// A test that weakens one field of [`REAL`] and expects loom to find
+/// `$failure`.
+macro_rules! weakening {
+    ($name:ident, $field:ident: $value:expr, $failure:ident) => {
+        #[test]
+        fn $name() {
+            let o = Orderings {
+                $field: $value,
+                ..REAL
+            };
+            expect_failure(o, Failure::$failure);
+        }
     };
-    expect_failure(o, Failure::LostWakeup);
 }
 
-#[test]
-fn finds_lost_kick_with_acqrel_sync_fence() {
-    let o = Orderings {
-        app_sync_fence: Some(AcqRel),
-        ..REAL
-    };
-    expect_failure(o, Failure::LostWakeup);
-}
+weakening!(finds_lost_kick_without_sync_fence, app_sync_fence: None, LostWakeup);
 
-#[test]
-fn finds_lost_kick_without_prepare_sleep_fence() {
-    let o = Orderings {
-        sw_sleep_fence: None,
-        ..REAL
-    };
-    expect_failure(o, Failure::LostWakeup);
-}
+weakening!(finds_lost_kick_with_acqrel_sync_fence, app_sync_fence: Some(AcqRel), LostWakeup);
 
-#[test]
-fn finds_lost_kick_with_acqrel_prepare_sleep_fence() {
-    let o = Orderings {
-        sw_sleep_fence: Some(AcqRel),
-        ..REAL
-    };
-    expect_failure(o, Failure::LostWakeup);
-}
+weakening!(finds_lost_kick_without_prepare_sleep_fence, sw_sleep_fence: None, LostWakeup);
+
+weakening!(finds_lost_kick_with_acqrel_prepare_sleep_fence, sw_sleep_fence: Some(AcqRel), LostWakeup);
 
 // Direction 2, switch to application: `publish` + `notify` store hwcur and
 // hwtail, then look at appl_need_kick; `arm` stores appl_need_kick, then
 // re-reads hwtail (and hwcur, for `drained`).
 
-#[test]
-fn finds_lost_interrupt_without_notify_fence() {
-    let o = Orderings {
-        sw_notify_fence: None,
-        ..REAL
-    };
-    expect_failure(o, Failure::LostWakeup);
-}
+weakening!(finds_lost_interrupt_without_notify_fence, sw_notify_fence: None, LostWakeup);
 
-#[test]
-fn finds_lost_interrupt_with_acqrel_notify_fence() {
-    let o = Orderings {
-        sw_notify_fence: Some(AcqRel),
-        ..REAL
-    };
-    expect_failure(o, Failure::LostWakeup);
-}
+weakening!(finds_lost_interrupt_with_acqrel_notify_fence, sw_notify_fence: Some(AcqRel), LostWakeup);
 
-#[test]
-fn finds_lost_interrupt_without_arm_fence() {
-    let o = Orderings {
-        app_arm_fence: None,
-        ..REAL
-    };
-    expect_failure(o, Failure::LostWakeup);
-}
+weakening!(finds_lost_interrupt_without_arm_fence, app_arm_fence: None, LostWakeup);
 
-#[test]
-fn finds_lost_interrupt_with_acqrel_arm_fence() {
-    let o = Orderings {
-        app_arm_fence: Some(AcqRel),
-        ..REAL
-    };
-    expect_failure(o, Failure::LostWakeup);
-}
+weakening!(finds_lost_interrupt_with_acqrel_arm_fence, app_arm_fence: Some(AcqRel), LostWakeup);
 
 // The release/acquire pairs hand over slot buffers (and `cur`), not
 // wake-ups: each weakened alone lets a buffer access race.
 
-#[test]
-fn finds_race_with_relaxed_head_store() {
-    let o = Orderings {
-        app_head_store: Relaxed,
-        ..REAL
-    };
-    expect_failure(o, Failure::Unordered);
-}
+weakening!(finds_race_with_relaxed_head_store, app_head_store: Relaxed, Unordered);
 
-#[test]
-fn finds_race_with_relaxed_prologue_head_load() {
-    let o = Orderings {
-        sw_head_load: Relaxed,
-        ..REAL
-    };
-    expect_failure(o, Failure::Unordered);
-}
+weakening!(finds_race_with_relaxed_prologue_head_load, sw_head_load: Relaxed, Unordered);
 
-#[test]
-fn finds_race_with_relaxed_hwtail_store() {
-    let o = Orderings {
-        sw_hwtail_store: Relaxed,
-        ..REAL
-    };
-    expect_failure(o, Failure::Unordered);
-}
+weakening!(finds_race_with_relaxed_hwtail_store, sw_hwtail_store: Relaxed, Unordered);
 
-#[test]
-fn finds_race_with_relaxed_hwtail_load() {
-    let o = Orderings {
-        app_hwtail_load: Relaxed,
-        ..REAL
-    };
-    expect_failure(o, Failure::Unordered);
-}
+weakening!(finds_race_with_relaxed_hwtail_load, app_hwtail_load: Relaxed, Unordered);
 
-#[test]
-fn finds_race_with_relaxed_hwcur_store() {
-    let o = Orderings {
-        sw_hwcur_store: Relaxed,
-        ..REAL
-    };
-    expect_failure(o, Failure::Unordered);
-}
+weakening!(finds_race_with_relaxed_hwcur_store, sw_hwcur_store: Relaxed, Unordered);
 
-#[test]
-fn finds_race_with_relaxed_hwcur_load() {
-    let o = Orderings {
-        app_hwcur_load: Relaxed,
-        ..REAL
-    };
-    expect_failure(o, Failure::Unordered);
-}
+weakening!(finds_race_with_relaxed_hwcur_load, app_hwcur_load: Relaxed, Unordered);

@@ -532,104 +532,99 @@ fn flows_spread_over_rx_rings_in_order() {
     assert!(used.len() > 1, "all flows on one ring: {flow_ring:?}");
 }
 
-#[test]
-fn backpressure_port_gets_everything_exactly() {
+/// valed with clients `vale9:<name>` on small rings (256 TX, 64 RX slots),
+/// those in `bp` with backpressure on.
+fn backpressure_bed(tag: &str, names: &[&str], bp: &[&str]) -> (common::Valed, Vec<NmPort>) {
     use netmap::ctrl::{
         ValePortConfig, VALE_PORT_BACKPRESSURE, VALE_REQ_PORT_CONFIG, VALE_SET_FLAGS,
     };
-    let v = start("bp", &[]);
+    let v = start(tag, &[]);
     let small = NmreqRegister {
         nr_tx_slots: 256,
         nr_rx_slots: 64,
         ..Default::default()
     };
-    let a = NmPort::open_with(&v.sock, "vale9:a", small).unwrap();
-    let b = NmPort::open_with(&v.sock, "vale9:b", small).unwrap();
+    let ports = names
+        .iter()
+        .map(|n| NmPort::open_with(&v.sock, &format!("vale9:{n}"), small).unwrap())
+        .collect();
     let cfg = ValePortConfig {
         flags: VALE_PORT_BACKPRESSURE,
         set: VALE_SET_FLAGS,
         ..Default::default()
     };
-    let (e, r) = v.call(&Request::new(VALE_REQ_PORT_CONFIG, "vale9:b", &cfg).unwrap());
-    assert_eq!(e, 0);
-    assert_eq!(
-        r.body_as::<ValePortConfig>().unwrap().flags,
-        VALE_PORT_BACKPRESSURE
-    );
-    let frames: Vec<Vec<u8>> = (0..20_000)
-        .map(|i| frame(60 + (i as usize % 7) * 100, i))
-        .collect();
+    for n in bp {
+        let req = Request::new(VALE_REQ_PORT_CONFIG, &format!("vale9:{n}"), &cfg).unwrap();
+        let (e, r) = v.call(&req);
+        assert_eq!(e, 0);
+        assert_eq!(
+            r.body_as::<ValePortConfig>().unwrap().flags,
+            VALE_PORT_BACKPRESSURE
+        );
+    }
+    (v, ports)
+}
+
+/// Sends `frames` from `a` while `b` reads (polling 20 ms at a time) until
+/// `b` has them all; panics after `limit` naming `why`.
+fn pump(a: &NmPort, b: &NmPort, frames: &[Vec<u8>], limit: Duration, why: &str) -> Vec<Vec<u8>> {
     let mut got = Vec::new();
     let mut sent = 0;
     let t0 = Instant::now();
     while got.len() < frames.len() {
         assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "stalled at {}",
-            got.len()
+            t0.elapsed() < limit,
+            "{why}: stalled at {} of {}",
+            got.len(),
+            frames.len()
         );
         if sent < frames.len() {
-            sent += send(&a, &frames[sent..]);
+            sent += send(a, &frames[sent..]);
         }
-        // A slow reader: a few frames at a time.
         let _ = b.poll(false, true, Some(Duration::from_millis(20)));
-        recv(&b, &mut got);
+        recv(b, &mut got);
     }
+    got
+}
+
+fn port_stats(v: &common::Valed, port: &str) -> String {
+    let (_, r) = v.call(&Request::with_body(VALE_REQ_STATS, port, Vec::new()).unwrap());
+    String::from_utf8(r.body).unwrap()
+}
+
+#[test]
+fn backpressure_port_gets_everything_exactly() {
+    let (v, p) = backpressure_bed("bp", &["a", "b"], &["b"]);
+    let frames: Vec<Vec<u8>> = (0..20_000)
+        .map(|i| frame(60 + (i as usize % 7) * 100, i))
+        .collect();
+    // A slow reader: a few frames at a time.
+    let got = pump(&p[0], &p[1], &frames, Duration::from_secs(60), "b");
     assert_eq!(got, frames);
-    let (_, r) = v.call(&Request::with_body(VALE_REQ_STATS, "vale9:b", Vec::new()).unwrap());
-    let json = String::from_utf8(r.body).unwrap();
+    let json = port_stats(&v, "vale9:b");
     assert!(json.contains("\"drop_dst_full\":0"), "{json}");
     assert!(json.contains("\"out_packets\":20000"), "{json}");
 }
 
 /// Three clients: `a` floods frames, `b` reads them, `c` never reads; `b`
-/// and `c` have backpressure on (so `b` must get every frame). Once `c` has held `a` for the engine's hold without
-/// making room, `a`'s frames reach `b` anyway: all of them, in order, and
-/// `c`'s share is dropped and counted. Without the bound, `a` would stay
-/// held for good once `c`'s ring filled.
+/// and `c` have backpressure on (so `b` must get every frame). Once `c`
+/// has held `a` for the engine's hold without making room, `a`'s frames
+/// reach `b` anyway: all of them, in order, and `c`'s share is dropped and
+/// counted. Without the bound, `a` would stay held for good once `c`'s
+/// ring filled.
 #[test]
 fn a_silent_backpressure_port_stops_no_one_for_long() {
-    use netmap::ctrl::{
-        ValePortConfig, VALE_PORT_BACKPRESSURE, VALE_REQ_PORT_CONFIG, VALE_SET_FLAGS,
-    };
-    let v = start("bp-silent", &[]);
-    let small = NmreqRegister {
-        nr_tx_slots: 256,
-        nr_rx_slots: 64,
-        ..Default::default()
-    };
-    let a = NmPort::open_with(&v.sock, "vale9:a", small).unwrap();
-    let b = NmPort::open_with(&v.sock, "vale9:b", small).unwrap();
-    let _c = NmPort::open_with(&v.sock, "vale9:c", small).unwrap();
-    let cfg = ValePortConfig {
-        flags: VALE_PORT_BACKPRESSURE,
-        set: VALE_SET_FLAGS,
-        ..Default::default()
-    };
-    for p in ["vale9:b", "vale9:c"] {
-        let (e, _) = v.call(&Request::new(VALE_REQ_PORT_CONFIG, p, &cfg).unwrap());
-        assert_eq!(e, 0);
-    }
+    let (v, p) = backpressure_bed("bp-silent", &["a", "b", "c"], &["b", "c"]);
     let frames: Vec<Vec<u8>> = (0..2000).map(|i| frame(60, i)).collect();
-    let mut got = Vec::new();
-    let mut sent = 0;
-    let t0 = Instant::now();
-    while got.len() < frames.len() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "b got {} of {}: held by c",
-            got.len(),
-            frames.len()
-        );
-        if sent < frames.len() {
-            sent += send(&a, &frames[sent..]);
-        }
-        let _ = b.poll(false, true, Some(Duration::from_millis(20)));
-        recv(&b, &mut got);
-    }
+    let got = pump(
+        &p[0],
+        &p[1],
+        &frames,
+        Duration::from_secs(30),
+        "b, held by c",
+    );
     assert_eq!(got, frames);
-    let (_, r) = v.call(&Request::with_body(VALE_REQ_STATS, "vale9:c", Vec::new()).unwrap());
-    let json = String::from_utf8(r.body).unwrap();
+    let json = port_stats(&v, "vale9:c");
     assert!(
         json.contains("\"out_packets\":63") || json.contains("\"out_packets\":64"),
         "{json}"

@@ -44,8 +44,14 @@ fn sockaddr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
 
 /// Connects a new `SOCK_SEQPACKET` socket to the listener at `path`.
 pub fn seqpacket_connect(path: &Path) -> io::Result<OwnedFd> {
-    let (addr, len) = sockaddr(path)?;
     let fd = seqpacket_socket()?;
+    connect(&fd, path)?;
+    Ok(fd)
+}
+
+/// connect(2) of socket `fd` to the Unix socket at `path`.
+fn connect(fd: &OwnedFd, path: &Path) -> io::Result<()> {
+    let (addr, len) = sockaddr(path)?;
     // SAFETY: addr is a valid sockaddr_un of at least len bytes, alive
     // across the call.
     cvt(unsafe {
@@ -55,7 +61,7 @@ pub fn seqpacket_connect(path: &Path) -> io::Result<OwnedFd> {
             len,
         )
     })?;
-    Ok(fd)
+    Ok(())
 }
 
 /// Connects a `SOCK_STREAM` Unix socket to `path` without waiting: a
@@ -63,7 +69,6 @@ pub fn seqpacket_connect(path: &Path) -> io::Result<OwnedFd> {
 /// `WouldBlock` at once instead of a `connect` that blocks until it
 /// accepts. The stream comes back non-blocking.
 pub fn stream_connect_nonblocking(path: &Path) -> io::Result<std::os::unix::net::UnixStream> {
-    let (addr, len) = sockaddr(path)?;
     // SAFETY: socket() has no memory-safety preconditions.
     let fd = cvt(unsafe {
         libc::socket(
@@ -74,15 +79,7 @@ pub fn stream_connect_nonblocking(path: &Path) -> io::Result<std::os::unix::net:
     })?;
     // SAFETY: fd was just returned by socket() and nobody else owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: addr is a valid sockaddr_un of at least len bytes, alive
-    // across the call.
-    cvt(unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            (&addr as *const libc::sockaddr_un).cast(),
-            len,
-        )
-    })?;
+    connect(&fd, path)?;
     Ok(fd.into())
 }
 

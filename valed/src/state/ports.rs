@@ -250,12 +250,7 @@ impl Registry {
             return match self.vhost_detach(&pname) {
                 Ok(idx) => {
                     self.save_state();
-                    let mut r = req.clone();
-                    r.set_body(&NmreqValeDetach {
-                        port_index: u32::from(idx),
-                        ..Default::default()
-                    });
-                    (0, r, Vec::new())
+                    detached(req, idx)
                 }
                 Err(e) => err(req, e),
             };
@@ -275,15 +270,18 @@ impl Registry {
         }
         let idx = p.attached.as_ref().map_or(0, |a| a.1);
         match self.detach(&key) {
-            Ok(()) => {
-                let mut r = req.clone();
-                r.set_body(&NmreqValeDetach {
-                    port_index: u32::from(idx),
-                    ..Default::default()
-                });
-                (0, r, Vec::new())
-            }
+            Ok(()) => detached(req, idx),
             Err(e) => err(req, e),
         }
     }
+}
+
+/// DETACH's answer: the index the port had.
+fn detached(req: &Request, idx: PortId) -> Answer {
+    let mut r = req.clone();
+    r.set_body(&NmreqValeDetach {
+        port_index: u32::from(idx),
+        ..Default::default()
+    });
+    (0, r, Vec::new())
 }

@@ -138,6 +138,13 @@ impl Registry {
         }
     }
 
+    /// The key of VALE port `name` (`valeX:Y`): EINVAL/ENXIO for a name
+    /// that is not one, ENXIO for a port that does not exist.
+    fn vale_key(&self, name: &str) -> Result<String, Errno> {
+        let (switch, pname) = Self::vale_name(name)?;
+        self.lookup(&switch, &pname).ok_or(libc::ENXIO)
+    }
+
     pub(super) fn hdr_set(&mut self, conn: &mut Conn, req: &Request, name: &str) -> Answer {
         let Ok(b) = req.body_as::<NmreqPortHdr>() else {
             return err(req, libc::EINVAL);
@@ -145,12 +152,9 @@ impl Registry {
         if ![0, 10, 12].contains(&b.nr_hdr_len) {
             return err(req, libc::EINVAL);
         }
-        let (switch, pname) = match Self::vale_name(name) {
-            Ok(v) => v,
+        let key = match self.vale_key(name) {
+            Ok(k) => k,
             Err(e) => return err(req, e),
-        };
-        let Some(key) = self.lookup(&switch, &pname) else {
-            return err(req, libc::ENXIO);
         };
         if let Err(e) = self.owned(conn, &key) {
             return err(req, e);
@@ -196,12 +200,9 @@ impl Registry {
         let Ok(b) = req.body_as::<ValePortConfig>() else {
             return err(req, libc::EINVAL);
         };
-        let (switch, pname) = match Self::vale_name(name) {
-            Ok(v) => v,
+        let key = match self.vale_key(name) {
+            Ok(k) => k,
             Err(e) => return err(req, e),
-        };
-        let Some(key) = self.lookup(&switch, &pname) else {
-            return err(req, libc::ENXIO);
         };
         if b.set != 0 {
             if let Err(e) = self.owned(conn, &key) {
