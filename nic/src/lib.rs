@@ -1,0 +1,81 @@
+//! NIC ports for VALE: a Linux interface as the engine's [`vale::Source`]
+//! (what it received) and [`vale::Sink`] (what to send on it).
+//!
+//! The generic adapter (netmap's emulated mode) works on any interface,
+//! through AF_PACKET memory-mapped rings: [`NicRx`] and [`NicTx`]. Frames
+//! carry a 10-byte virtio-net header both ways (`PACKET_VNET_HDR`), so the
+//! port's header length on the switch is [`VNET_HDR_LEN`]: GSO and partial
+//! checksums pass whole between the interface and ports that take them,
+//! and the switch completes them for ports that do not.
+
+mod rx;
+mod sys;
+mod tx;
+
+pub use rx::NicRx;
+pub use tx::NicTx;
+
+/// The virtio-net header in front of every frame (`struct virtio_net_hdr`,
+/// no `num_buffers`).
+pub const VNET_HDR_LEN: usize = 10;
+
+/// Why an interface could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum NicError {
+    /// No interface by that name.
+    #[error("{name}: no such interface")]
+    NoInterface {
+        /// The name asked for.
+        name: String,
+    },
+    /// A socket call failed (EPERM without CAP_NET_RAW, ENOMEM for the
+    /// rings, ENETDOWN...).
+    #[error("{name}: {what}: {source}")]
+    Socket {
+        /// The interface.
+        name: String,
+        /// The step that failed.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl NicError {
+    /// The errno for netmap's clients.
+    pub fn errno(&self) -> i32 {
+        match self {
+            NicError::NoInterface { .. } => libc::ENXIO,
+            NicError::Socket { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+        }
+    }
+}
+
+/// The generic adapter on one interface: its receive and transmit rings.
+#[derive(Debug)]
+pub struct GenericNic {
+    /// Frames the interface received.
+    pub rx: NicRx,
+    /// Frames to send on it.
+    pub tx: NicTx,
+}
+
+impl GenericNic {
+    /// Opens interface `name` (needs CAP_NET_RAW).
+    pub fn open(name: &str) -> Result<GenericNic, NicError> {
+        let ifindex =
+            sys::if_index(name).map_err(|_| NicError::NoInterface { name: name.into() })?;
+        let err = |what| {
+            let name = name.to_string();
+            move |source| NicError::Socket { name, what, source }
+        };
+        let rx = rx::open(ifindex).map_err(err("receive ring"))?;
+        let tx = tx::open(ifindex).map_err(err("transmit ring"))?;
+        tracing::info!(
+            interface = name,
+            ifindex,
+            "generic adapter: AF_PACKET TPACKET_V3 receive, TPACKET_V2 transmit, virtio-net headers"
+        );
+        Ok(GenericNic { rx, tx })
+    }
+}

@@ -1,0 +1,248 @@
+//! Packet sockets and their mapped rings: the system calls and the
+//! kernel's ring layouts (`linux/if_packet.h`), written out here so the
+//! rings' ABI is in one file.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+
+pub const PACKET_RX_RING: libc::c_int = 5;
+pub const PACKET_VERSION: libc::c_int = 10;
+pub const PACKET_TX_RING: libc::c_int = 13;
+pub const PACKET_VNET_HDR: libc::c_int = 15;
+pub const PACKET_QDISC_BYPASS: libc::c_int = 20;
+pub const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+pub const TPACKET_V2: libc::c_int = 1;
+pub const TPACKET_V3: libc::c_int = 2;
+
+/// `tp_status` / `block_status` bits.
+pub const TP_STATUS_KERNEL: u32 = 0;
+pub const TP_STATUS_USER: u32 = 1;
+pub const TP_STATUS_AVAILABLE: u32 = 0;
+pub const TP_STATUS_SEND_REQUEST: u32 = 1;
+pub const TP_STATUS_WRONG_FORMAT: u32 = 1 << 2;
+
+/// `struct tpacket_req3`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TpacketReq3 {
+    pub block_size: u32,
+    pub block_nr: u32,
+    pub frame_size: u32,
+    pub frame_nr: u32,
+    pub retire_blk_tov: u32,
+    pub sizeof_priv: u32,
+    pub feature_req_word: u32,
+}
+
+/// `struct tpacket_req` (V2 rings).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TpacketReq {
+    pub block_size: u32,
+    pub block_nr: u32,
+    pub frame_size: u32,
+    pub frame_nr: u32,
+}
+
+/// Offsets in `struct tpacket_block_desc` (version, offset_to_priv, then
+/// `struct tpacket_hdr_v1`).
+pub mod block {
+    pub const STATUS: usize = 8;
+    pub const NUM_PKTS: usize = 12;
+    pub const OFFSET_TO_FIRST_PKT: usize = 16;
+}
+
+/// Offsets in `struct tpacket3_hdr`.
+pub mod v3 {
+    pub const NEXT_OFFSET: usize = 0;
+    pub const SNAPLEN: usize = 12;
+    pub const MAC: usize = 24;
+}
+
+/// Offsets in `struct tpacket2_hdr`, and where TX data starts in a frame
+/// (`TPACKET2_HDRLEN - sizeof(struct sockaddr_ll)`).
+pub mod v2 {
+    pub const STATUS: usize = 0;
+    pub const LEN: usize = 4;
+    pub const DATA: usize = 32;
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// The interface's index.
+pub fn if_index(name: &str) -> io::Result<u32> {
+    let c = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: c is a NUL-terminated string alive across the call.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if i == 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(i)
+    }
+}
+
+/// A raw packet socket for every protocol, not yet bound.
+pub fn packet_socket() -> io::Result<OwnedFd> {
+    let proto = (libc::ETH_P_ALL as u16).to_be() as libc::c_int;
+    // SAFETY: socket() has no memory-safety preconditions.
+    let fd = cvt(unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            proto,
+        )
+    })?;
+    // SAFETY: fd was just returned by socket() and nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// setsockopt(SOL_PACKET, opt) with a plain-data value.
+pub fn set_packet_opt<T: Copy>(fd: &OwnedFd, opt: libc::c_int, v: &T) -> io::Result<()> {
+    // SAFETY: v points to size_of::<T>() readable bytes for the call; T is
+    // one of the plain structs or integers above.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            opt,
+            (v as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// Binds the socket to interface `ifindex`, every protocol.
+pub fn bind(fd: &OwnedFd, ifindex: u32) -> io::Result<()> {
+    // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+    let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sa.sll_family = libc::AF_PACKET as u16;
+    sa.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+    sa.sll_ifindex = ifindex as i32;
+    // SAFETY: sa is a valid sockaddr_ll alive across the call.
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_ll).cast(),
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// Asks the kernel to send what the TX ring holds, without waiting.
+pub fn kick_tx(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: a zero-length send with no buffer: the kernel walks the ring.
+    let r = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            std::ptr::null(),
+            0,
+            libc::MSG_DONTWAIT,
+            std::ptr::null(),
+            0,
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::WouldBlock {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// A ring mapped from a packet socket; unmapped on drop.
+#[derive(Debug)]
+pub struct RingMap {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory shared with the kernel; the ring
+// modules synchronise with the kernel through each frame's status word.
+unsafe impl Send for RingMap {}
+
+impl RingMap {
+    /// Maps `len` bytes of `fd`'s rings (RX first, then TX, as set).
+    pub fn map(fd: &OwnedFd, len: usize) -> io::Result<RingMap> {
+        // SAFETY: a fresh shared mapping of the socket's ring; nothing in
+        // this process aliases it yet.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned NULL"))?;
+        Ok(RingMap { ptr, len })
+    }
+
+    /// Address of byte `off`; None past the end (for `len` bytes).
+    pub fn at(&self, off: usize, len: usize) -> Option<*mut u8> {
+        (off.checked_add(len)? <= self.len)
+            // SAFETY: off + len is inside the mapping.
+            .then(|| unsafe { self.ptr.as_ptr().add(off) })
+    }
+
+    /// The 32-bit word at `off` (a status, length or offset the kernel
+    /// writes), read with acquire ordering; 0 past the end.
+    pub fn load_u32(&self, off: usize) -> u32 {
+        match self.at(off, 4) {
+            // SAFETY: 4 bytes inside the mapping, 4-aligned (every field
+            // read this way is); the kernel writes the word concurrently,
+            // which an atomic access permits.
+            Some(p) if off % 4 == 0 => unsafe {
+                (*(p as *const std::sync::atomic::AtomicU32))
+                    .load(std::sync::atomic::Ordering::Acquire)
+            },
+            _ => 0,
+        }
+    }
+
+    /// The 16-bit word at `off` (plain read; the kernel wrote it before
+    /// the status that made it ours).
+    pub fn load_u16(&self, off: usize) -> u16 {
+        match self.at(off, 2) {
+            // SAFETY: 2 bytes inside the mapping; an unaligned volatile read.
+            Some(p) => u16::from_ne_bytes(unsafe { std::ptr::read_volatile(p as *const [u8; 2]) }),
+            None => 0,
+        }
+    }
+
+    /// Stores `v` at `off` with release ordering (a status handed back).
+    pub fn store_u32(&self, off: usize, v: u32) {
+        if let Some(p) = self.at(off, 4) {
+            if off % 4 == 0 {
+                // SAFETY: as in load_u32.
+                unsafe {
+                    (*(p as *const std::sync::atomic::AtomicU32))
+                        .store(v, std::sync::atomic::Ordering::Release)
+                }
+            }
+        }
+    }
+}
+
+impl Drop for RingMap {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in map(); no Frag or
+        // DstBuf into it outlives the port that owns this RingMap.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
