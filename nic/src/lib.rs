@@ -12,6 +12,9 @@ mod rx;
 mod sys;
 mod tx;
 
+#[cfg(feature = "test-utils")]
+pub mod testing;
+
 pub use rx::NicRx;
 pub use tx::NicTx;
 

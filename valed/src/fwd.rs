@@ -42,6 +42,8 @@ pub enum UnitSource {
     },
     /// A guest's TX virtqueue.
     Vhost(backend::TxQueue),
+    /// What an interface received (the generic adapter's ring).
+    Nic(Box<nic::NicRx>),
 }
 
 impl UnitSource {
@@ -54,6 +56,9 @@ impl UnitSource {
                 csb_idx,
             } => source.kring().prepare_sleep(&csb.entry(*csb_idx)?),
             UnitSource::Vhost(q) => !q.enable_notification(),
+            // The kernel wakes the receive socket when it hands a block
+            // over; one already handed over means work.
+            UnitSource::Nic(rx) => !rx.pending(),
         })
     }
 
@@ -66,6 +71,7 @@ impl UnitSource {
                 csb_idx,
             } => source.kring().woken(&csb.entry(*csb_idx)?),
             UnitSource::Vhost(q) => q.disable_notification(),
+            UnitSource::Nic(_) => {}
         }
         Ok(())
     }
@@ -74,6 +80,7 @@ impl UnitSource {
         match self {
             UnitSource::Ring { source, .. } => source,
             UnitSource::Vhost(q) => q,
+            UnitSource::Nic(rx) => &mut **rx,
         }
     }
 }

@@ -60,6 +60,14 @@ fn tenant_helper() {
                 .unwrap();
             r.error
         }
+    } else if f[3] == "attach" {
+        // ATTACH of `f[1]` (valeX:name).
+        use netmap::abi::*;
+        let c = CtrlConn::connect(Path::new(f[0])).expect("control socket");
+        let (r, _) = c
+            .call(&Request::new(NETMAP_REQ_VALE_ATTACH, f[1], &NmreqValeAttach::default()).unwrap())
+            .unwrap();
+        r.error
     } else if f[3] == "share" {
         // Switch `f[1]` shared with the uids listed in f[2].
         use netmap::ctrl::{ValeSwitchConfig, VALE_REQ_SWITCH_CONFIG, VALE_SET_SHARE};
@@ -502,6 +510,22 @@ fn a_switch_is_shared_only_by_its_owner() {
     let now: ValeSwitchConfig = r.body_as().unwrap();
     assert_eq!((now.owner, now.nshare, now.share[0]), (TENANT, 1, OTHER));
     assert_eq!(other_joins(), 0);
+}
+
+/// A host interface is root's: a tenant cannot put one on a switch, even
+/// its own, or take one off.
+#[test]
+fn a_tenant_cannot_attach_a_host_interface() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let s = setup("sec-nic", &[]);
+    let sock = &s.v.sock;
+    assert_eq!(tenant_run(sock, "valeT:lo", "", "attach"), libc::EPERM);
+    assert_eq!(tenant_run(sock, "pt", "valeT", "newif-attach"), 0);
+    assert_eq!(tenant_run(sock, "valeT:lo", "", "attach"), libc::EPERM);
 }
 
 /// Ports and switches per uid are bounded (`--quota-ports`,

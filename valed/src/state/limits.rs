@@ -78,6 +78,14 @@ pub enum Refused {
         /// Whose it is.
         owner: u32,
     },
+    /// Only root may put a host interface on a switch.
+    #[error("{ifname} is a host interface: only root may attach or detach it (uid {uid})")]
+    NicNeedsRoot {
+        /// The interface.
+        ifname: String,
+        /// Who asked.
+        uid: u32,
+    },
     /// The port (or pipe) is another uid's.
     #[error("{port} belongs to uid {owner}, not to uid {uid}")]
     NotYourPort {
@@ -98,7 +106,9 @@ impl Refused {
                 libc::ENOSPC
             }
             Refused::NoSwitchIndex { .. } | Refused::Memory { .. } => libc::ENOMEM,
-            Refused::NotYourSwitch { .. } | Refused::NotYourPort { .. } => libc::EPERM,
+            Refused::NotYourSwitch { .. }
+            | Refused::NotYourPort { .. }
+            | Refused::NicNeedsRoot { .. } => libc::EPERM,
         }
     }
 }
@@ -118,6 +128,17 @@ pub(super) fn check_owner(what: &str, owner: u32, uid: u32) -> Result<(), Refuse
             port: what.into(),
             uid,
             owner,
+        });
+    }
+    Ok(())
+}
+
+/// `uid` attaching or detaching host interface `ifname`: root only.
+pub(super) fn check_nic(ifname: &str, uid: u32) -> Result<(), Refused> {
+    if uid != 0 {
+        return Err(Refused::NicNeedsRoot {
+            ifname: ifname.into(),
+            uid,
         });
     }
     Ok(())

@@ -27,6 +27,7 @@ use crate::fwd::{Forwarder, Path, Unit, UnitSource};
 use crate::vhost::{Relay, VhostPort, VhostSpec};
 
 mod limits;
+mod nics;
 mod pipes;
 mod ports;
 mod register;
@@ -215,6 +216,8 @@ pub struct Registry {
     just_created: Option<String>,
     /// vhost-user ports by name.
     vhost: BTreeMap<String, VhostPort>,
+    /// NIC ports by interface name.
+    nics: BTreeMap<String, nics::NicPort>,
     next_unit: u64,
     /// Where vhost-user ports are saved, to come back after a restart.
     pub state_file: Option<std::path::PathBuf>,
@@ -265,6 +268,7 @@ impl Registry {
             pipes: BTreeMap::new(),
             next_pipe: 0,
             vhost: BTreeMap::new(),
+            nics: BTreeMap::new(),
             next_unit: 1 << 62,
             state_file: None,
             vhost_dir: std::path::PathBuf::from("/run/vale/vhost"),

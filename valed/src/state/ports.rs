@@ -217,6 +217,17 @@ impl Registry {
                 Err(e) => err(req, e),
             };
         }
+        if !self.ports.contains_key(&pname) && nics::is_interface(&pname) {
+            return match self.nic_attach(conn, &pname, &switch) {
+                Ok(id) => {
+                    b.port_index = u32::from(id);
+                    let mut r = req.clone();
+                    r.set_body(&b);
+                    (0, r, Vec::new())
+                }
+                Err(e) => err(req, e),
+            };
+        }
         match self.ports.get(&pname) {
             Some(p) if p.persistent => {}
             _ => return err(req, libc::ENXIO),
@@ -252,6 +263,12 @@ impl Registry {
                     self.save_state();
                     detached(req, idx)
                 }
+                Err(e) => err(req, e),
+            };
+        }
+        if self.nics.contains_key(&pname) {
+            return match self.nic_detach(conn, &pname, &switch) {
+                Ok(idx) => detached(req, idx),
                 Err(e) => err(req, e),
             };
         }

@@ -1,0 +1,136 @@
+//! Test helpers: a veth pair into a network namespace, and the ARP and
+//! ICMP frames that make the namespace's stack answer. For this crate's
+//! tests and valed's.
+
+use std::process::Command;
+
+/// The MAC the test frames come from.
+pub const OUR_MAC: [u8; 6] = [0x02, 0, 0, 0x77, 0, 1];
+
+fn ip(args: &[&str]) {
+    let ok = Command::new("ip")
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "ip {args:?} failed");
+}
+
+/// A namespace with one end of a veth pair (address 10.77.N.2/24, up) and
+/// the other end here (up, no address); removed on drop.
+#[derive(Debug)]
+pub struct Veth {
+    /// The namespace.
+    pub ns: String,
+    /// The veth end in this namespace.
+    pub here: String,
+    /// N in 10.77.N.0/24.
+    pub subnet: u8,
+}
+
+impl Veth {
+    /// A new pair; `tag` keeps concurrent tests apart.
+    pub fn new(tag: &str) -> Veth {
+        let id = std::process::id() % 100_000;
+        let ns = format!("vale-{tag}-{id}");
+        let here = format!("v{tag}{id}");
+        let there = format!("w{tag}{id}");
+        let subnet = (id % 200) as u8 + 20;
+        let _ = Command::new("ip")
+            .args(["netns", "del", &ns])
+            .stderr(std::process::Stdio::null())
+            .status();
+        ip(&["netns", "add", &ns]);
+        ip(&[
+            "link", "add", &here, "type", "veth", "peer", "name", &there, "netns", &ns,
+        ]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("10.77.{subnet}.2/24"),
+            "dev",
+            &there,
+        ]);
+        ip(&["-n", &ns, "link", "set", &there, "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&["link", "set", &here, "up"]);
+        Veth { ns, here, subnet }
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        for args in [["netns", "del", &self.ns], ["link", "del", &self.here]] {
+            let _ = Command::new("ip")
+                .args(args)
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Whether the tests run as root (the namespace tests need it).
+pub fn root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// An ARP request from [`OUR_MAC`], 10.77.`subnet`.1, for 10.77.`subnet`.2.
+pub fn arp_request(subnet: u8) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&OUR_MAC);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&OUR_MAC);
+    f.extend_from_slice(&[10, 77, subnet, 1]);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&[10, 77, subnet, 2]);
+    f.resize(60, 0);
+    f
+}
+
+/// The Internet checksum of `b`.
+pub fn csum(b: &[u8]) -> u16 {
+    let mut s: u32 = 0;
+    for c in b.chunks(2) {
+        s += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+/// An ICMP echo request from 10.77.`subnet`.1 to .2, sequence `seq`.
+pub fn echo_request(dst_mac: [u8; 6], subnet: u8, seq: u16) -> Vec<u8> {
+    let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34];
+    icmp.extend_from_slice(&seq.to_be_bytes());
+    icmp.extend_from_slice(b"vale generic adapter");
+    let c = csum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut ipv4 = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 1, 0, 0];
+    ipv4.extend_from_slice(&[10, 77, subnet, 1, 10, 77, subnet, 2]);
+    let total = (20 + icmp.len()) as u16;
+    ipv4[2..4].copy_from_slice(&total.to_be_bytes());
+    let c = csum(&ipv4);
+    ipv4[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = dst_mac.to_vec();
+    f.extend_from_slice(&OUR_MAC);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&ipv4);
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// Whether `f` (no vnet header) is an ARP reply from 10.77.`subnet`.2.
+pub fn is_arp_reply(f: &[u8], subnet: u8) -> bool {
+    f.len() >= 42
+        && f[12..14] == [0x08, 0x06]
+        && f[20..22] == [0, 2]
+        && f[28..32] == [10, 77, subnet, 2]
+}
+
+/// Whether `f` (no vnet header) is the ICMP echo reply with sequence `seq`.
+pub fn is_echo_reply(f: &[u8], seq: u16) -> bool {
+    f.len() >= 42 && f[12..14] == [0x08, 0x00] && f[34] == 0 && f[40..42] == seq.to_be_bytes()
+}
