@@ -191,7 +191,7 @@ impl Registry {
     }
 
     pub(super) fn vale_attach(&mut self, conn: &mut Conn, req: &Request, name: &str) -> Answer {
-        let Ok(mut b) = req.body_as::<NmreqValeAttach>() else {
+        let Ok(b) = req.body_as::<NmreqValeAttach>() else {
             return err(req, libc::EINVAL);
         };
         let (switch, pname) = match Self::vale_name(name) {
@@ -206,27 +206,15 @@ impl Registry {
             if let Err(r) = limits::check_owner(name, v.spec.owner, conn.uid) {
                 return err(req, r.into());
             }
-            return match self.vhost_attach(&pname, &switch) {
-                Ok(id) => {
-                    b.port_index = u32::from(id);
-                    self.save_state();
-                    let mut r = req.clone();
-                    r.set_body(&b);
-                    (0, r, Vec::new())
-                }
-                Err(e) => err(req, e),
-            };
+            let res = self.vhost_attach(&pname, &switch);
+            if res.is_ok() {
+                self.save_state();
+            }
+            return attached(req, b, res);
         }
         if !self.ports.contains_key(&pname) && nics::is_interface(&pname) {
-            return match self.nic_attach(conn, &pname, &switch) {
-                Ok(id) => {
-                    b.port_index = u32::from(id);
-                    let mut r = req.clone();
-                    r.set_body(&b);
-                    (0, r, Vec::new())
-                }
-                Err(e) => err(req, e),
-            };
+            let res = self.nic_attach(conn, &pname, &switch);
+            return attached(req, b, res);
         }
         match self.ports.get(&pname) {
             Some(p) if p.persistent => {}
@@ -235,15 +223,8 @@ impl Registry {
         if let Err(e) = self.owned(conn, &pname) {
             return err(req, e);
         }
-        match self.attach(&pname, &switch) {
-            Ok(id) => {
-                b.port_index = u32::from(id);
-                let mut r = req.clone();
-                r.set_body(&b);
-                (0, r, Vec::new())
-            }
-            Err(e) => err(req, e),
-        }
+        let res = self.attach(&pname, &switch);
+        attached(req, b, res)
     }
 
     pub(super) fn vale_detach(&mut self, conn: &mut Conn, req: &Request, name: &str) -> Answer {
@@ -290,6 +271,19 @@ impl Registry {
             Ok(()) => detached(req, idx),
             Err(e) => err(req, e),
         }
+    }
+}
+
+/// ATTACH's answer: the index the port got, or the errno.
+fn attached(req: &Request, mut b: NmreqValeAttach, res: Result<PortId, Errno>) -> Answer {
+    match res {
+        Ok(id) => {
+            b.port_index = u32::from(id);
+            let mut r = req.clone();
+            r.set_body(&b);
+            (0, r, Vec::new())
+        }
+        Err(e) => err(req, e),
     }
 }
 
