@@ -8,6 +8,7 @@
 //! checksums pass whole between the interface and ports that take them,
 //! and the switch completes them for ports that do not.
 
+pub mod baseline;
 mod rx;
 mod sys;
 mod tx;
