@@ -8,12 +8,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use backend::testing::{FakeGuest, GuestConfig};
 use netmap::abi::{
     NmreqValeAttach, NmreqValeDetach, NETMAP_REQ_VALE_ATTACH, NETMAP_REQ_VALE_DETACH,
 };
-use netmap::ctrl::Request;
+use netmap::ctrl::{Request, ValeVhostNewif, VALE_REQ_STATS, VALE_REQ_VHOST_NEWIF};
 use netmap::port::NmPort;
-use nic::testing::{arp_request, echo_request, is_arp_reply, is_echo_reply, root, Veth, OUR_MAC};
+use nic::testing::{
+    arp_request, csum, echo_request, is_arp_reply, is_echo_reply, root, Veth, OUR_MAC,
+};
 
 /// Sends `frame` from `p` and waits for a frame `want` accepts (3 s).
 fn ask(p: &NmPort, frame: &[u8], want: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
@@ -83,4 +86,149 @@ fn a_client_port_pings_a_namespace_through_a_nic_port() {
         v.call(&Request::new(NETMAP_REQ_VALE_DETACH, &name, &NmreqValeDetach::default()).unwrap());
     assert_eq!(e, 0, "detach {name}");
     assert!(!v.list().contains(&name));
+}
+
+fn attach(v: &common::Valed, name: &str) {
+    let (e, _) =
+        v.call(&Request::new(NETMAP_REQ_VALE_ATTACH, name, &NmreqValeAttach::default()).unwrap());
+    assert_eq!(e, 0, "attach {name}");
+}
+
+/// A TCP segment from 10.77.S.1:40000 to 10.77.S.2:`port`, its checksum
+/// left to the device (the pseudo-header sum in place, as a guest with
+/// CSUM does), and the 12-byte virtio-net header that says so; a payload
+/// longer than `mss` is one TSO frame of `mss`-byte segments.
+fn tcp(
+    dst_mac: [u8; 6],
+    s: u8,
+    port: u16,
+    (seq, ack, flags): (u32, u32, u8),
+    payload: &[u8],
+    mss: u16,
+) -> ([u8; 12], Vec<u8>) {
+    let tcp_len = 20 + payload.len();
+    let mut f = dst_mac.to_vec();
+    f.extend_from_slice(&OUR_MAC);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let mut ip = vec![
+        0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 77, s, 1, 10, 77, s, 2,
+    ];
+    ip[2..4].copy_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
+    let c = csum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    let mut t = Vec::with_capacity(tcp_len);
+    t.extend_from_slice(&40000u16.to_be_bytes());
+    t.extend_from_slice(&port.to_be_bytes());
+    t.extend_from_slice(&seq.to_be_bytes());
+    t.extend_from_slice(&ack.to_be_bytes());
+    t.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    // Pseudo-header sum, not complemented: the device finishes it.
+    let mut pseudo = vec![10, 77, s, 1, 10, 77, s, 2, 0, 6];
+    pseudo.extend_from_slice(&(tcp_len as u16).to_be_bytes());
+    let partial = !csum(&pseudo);
+    t[16..18].copy_from_slice(&partial.to_be_bytes());
+    t.extend_from_slice(payload);
+    f.extend_from_slice(&t);
+    let mut h = [0u8; 12];
+    h[0] = 1; // NEEDS_CSUM
+    if payload.len() > mss as usize {
+        h[1] = 1; // GSO_TCPV4
+        h[2..4].copy_from_slice(&54u16.to_le_bytes());
+        h[4..6].copy_from_slice(&mss.to_le_bytes());
+    }
+    h[6..8].copy_from_slice(&34u16.to_le_bytes());
+    h[8..10].copy_from_slice(&16u16.to_le_bytes());
+    (h, f)
+}
+
+/// A TCP listener inside the namespace, on a thread of its own that
+/// entered it; sends back what one connection delivered.
+fn listen_in(ns: &str, port: u16) -> std::sync::mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).unwrap();
+        // SAFETY: setns on this thread only, with a namespace fd we opened.
+        let r = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+        let l = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
+        ready_tx.send(()).unwrap();
+        let (mut c, _) = l.accept().unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut c, &mut got);
+        let _ = tx.send(got);
+    });
+    ready.recv().unwrap();
+    rx
+}
+
+/// A VM port reaches a namespace's TCP listener through a NIC port: ARP,
+/// the handshake, then 64000 bytes as one 64 KiB TSO frame, which the
+/// interface's kernel takes whole; the listener gets every byte.
+#[test]
+fn a_vm_port_sends_a_tso_frame_to_a_namespace_through_a_nic_port() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let veth = Veth::new("t");
+    let v = common::start("nic-vm", &[]);
+    let sock = v.dir.0.join("vm1.sock");
+    let body = ValeVhostNewif::new(sock.to_str().unwrap(), false, 1).unwrap();
+    let (e, _) = v.call(&Request::new(VALE_REQ_VHOST_NEWIF, "vm1", &body).unwrap());
+    assert_eq!(e, 0);
+    attach(&v, "vale0:vm1");
+    attach(&v, &format!("vale0:{}", veth.here));
+    let mut g = FakeGuest::connect(
+        &sock,
+        GuestConfig {
+            mrg_rxbuf: true,
+            features_extra: (1 << 0) | (1 << 11),
+            ..Default::default()
+        },
+    )
+    .expect("guest connects");
+    g.set_repost(true);
+    g.post_rx(0, 128, 2048);
+    let s = veth.subnet;
+    let got = listen_in(&veth.ns, 7777);
+    let recv = |g: &mut FakeGuest, want: &dyn Fn(&[u8]) -> bool| -> Vec<u8> {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            if let Some((_, f)) = g.recv(0, Duration::from_millis(50)) {
+                if want(&f) {
+                    return f;
+                }
+            }
+        }
+        panic!("no answer from the namespace");
+    };
+    assert!(g.send(0, &[0; 12], &arp_request(s), &[]));
+    let reply = recv(&mut g, &|f| is_arp_reply(f, s));
+    let mac: [u8; 6] = reply[6..12].try_into().unwrap();
+    let (h, syn) = tcp(mac, s, 7777, (1000, 0, 0x02), &[], 1448);
+    assert!(g.send(0, &h, &syn, &[]));
+    let synack = recv(&mut g, &|f| f.len() >= 54 && f[23] == 6 && f[47] == 0x12);
+    let their_seq = u32::from_be_bytes(synack[38..42].try_into().unwrap());
+    let payload: Vec<u8> = (0..64000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let (h, data) = tcp(mac, s, 7777, (1001, their_seq + 1, 0x18), &payload, 1448);
+    assert!(g.send(0, &h, &data, &[4096; 16]), "the TSO frame is posted");
+    let (h, fin) = tcp(mac, s, 7777, (1001 + 64000, their_seq + 1, 0x11), &[], 1448);
+    // Give the data a head start, then close.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(g.send(0, &h, &fin, &[]));
+    let delivered = got
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the listener finished");
+    assert_eq!(delivered.len(), payload.len(), "bytes delivered");
+    assert!(delivered == payload, "payload intact");
+    // Whole: the switch did not segment it (the interface's kernel did).
+    let port = format!("vale0:{}", veth.here);
+    let (_, r) = v.call(&Request::with_body(VALE_REQ_STATS, &port, Vec::new()).unwrap());
+    let json = String::from_utf8(r.body).unwrap();
+    assert_eq!(common::field(&json, "soft_offload"), 0, "{json}");
+    assert!(common::field(&json, "out_bytes") > 64000, "{json}");
 }
