@@ -55,6 +55,11 @@ impl NicError {
     }
 }
 
+/// The index of interface `name` now (None: no such interface).
+pub fn if_index(name: &str) -> Option<u32> {
+    sys::if_index(name).ok()
+}
+
 /// The generic adapter on one interface: its receive and transmit rings.
 #[derive(Debug)]
 pub struct GenericNic {
@@ -62,6 +67,8 @@ pub struct GenericNic {
     pub rx: NicRx,
     /// Frames to send on it.
     pub tx: NicTx,
+    /// The interface's index when it was opened.
+    pub ifindex: u32,
 }
 
 impl GenericNic {
@@ -80,6 +87,6 @@ impl GenericNic {
             ifindex,
             "generic adapter: AF_PACKET TPACKET_V3 receive, TPACKET_V2 transmit, virtio-net headers"
         );
-        Ok(GenericNic { rx, tx })
+        Ok(GenericNic { rx, tx, ifindex })
     }
 }

@@ -24,6 +24,10 @@ struct Client {
 /// spin.
 const ACCEPT_REST: Duration = Duration::from_millis(500);
 
+/// How often the control thread looks after what no request announces
+/// (interfaces that went away under a NIC port).
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+
 /// Event data of the listener and of the stop signals; clients use the
 /// numbers below.
 const LISTENER: u32 = u32::MAX;
@@ -185,22 +189,29 @@ pub fn serve(listener: OwnedFd, reg: &mut Registry, signals: &StopSignals) -> st
         resting: None,
         stop: false,
     });
+    let mut housekept = Instant::now();
     loop {
         let cp = em.subscriber_mut(id).map_err(em_err)?;
         if cp.stop {
             break;
         }
+        if housekept.elapsed() >= HOUSEKEEPING {
+            cp.reg.housekeeping();
+            housekept = Instant::now();
+        }
+        let next = HOUSEKEEPING.saturating_sub(housekept.elapsed());
         let timeout = match cp.resting {
             Some(t) if t.elapsed() >= ACCEPT_REST => {
                 cp.resting = None;
                 let ev = cp.listener_events();
                 em.event_ops(id).map_err(em_err)?.add(ev).map_err(em_err)?;
-                -1
+                next
             }
-            Some(t) => (ACCEPT_REST - t.elapsed()).as_millis() as i32 + 1,
-            None => -1,
+            Some(t) => (ACCEPT_REST - t.elapsed()).min(next),
+            None => next,
         };
-        em.run_with_timeout(timeout).map_err(em_err)?;
+        em.run_with_timeout(timeout.as_millis() as i32 + 1)
+            .map_err(em_err)?;
     }
     let cp = em.remove_subscriber(id).map_err(em_err)?;
     for (_, mut c) in cp.clients {

@@ -232,3 +232,30 @@ fn a_vm_port_sends_a_tso_frame_to_a_namespace_through_a_nic_port() {
     assert_eq!(common::field(&json, "soft_offload"), 0, "{json}");
     assert!(common::field(&json, "out_bytes") > 64000, "{json}");
 }
+
+/// An interface deleted while attached is detached by valed (with a log
+/// line) within a couple of seconds; valed goes on serving, and the name
+/// can be attached again once it exists again.
+#[test]
+fn an_interface_deleted_while_attached_is_detached() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let v = common::start("nic-gone", &[]);
+    let veth = Veth::new("x");
+    let name = format!("vale0:{}", veth.here);
+    attach(&v, &name);
+    assert!(v.list().contains(&name));
+    drop(veth);
+    let t0 = Instant::now();
+    while v.list().contains(&name) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "{name} still listed after its interface went"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let again = Veth::new("x");
+    attach(&v, &format!("vale0:{}", again.here));
+}

@@ -277,6 +277,11 @@ impl Registry {
         }
     }
 
+    /// What the control thread does once a second besides requests.
+    pub fn housekeeping(&mut self) {
+        self.check_nics();
+    }
+
     /// Stops the forwarding threads.
     pub fn shutdown(&mut self) {
         // The caller has set the stop flag: the forwarding threads end (and

@@ -17,6 +17,8 @@ pub struct NicPort {
     pub unit_id: u64,
     /// The forwarding thread holding its receive ring.
     pub fwd: usize,
+    /// The interface's index when attached.
+    pub ifindex: u32,
 }
 
 /// Whether `name` names an interface of this host (and could be one: no
@@ -46,6 +48,7 @@ impl Registry {
             tracing::warn!("NIC {ifname} not attached: {e}");
             e.errno()
         })?;
+        let ifindex = nic.ifindex;
         let sw = self.switch(switch, 0)?;
         let kick = nic
             .rx
@@ -92,6 +95,7 @@ impl Registry {
                 id,
                 unit_id,
                 fwd,
+                ifindex,
             },
         );
         info!(port = full, index = id, "NIC attached (generic adapter)");
@@ -123,5 +127,29 @@ impl Registry {
         }
         info!(port = format!("{switch}:{ifname}"), "NIC detached");
         Ok(n.id)
+    }
+
+    /// Detaches, with a log line, every NIC whose interface is gone
+    /// (deleted, renamed, or moved to another namespace): its rings pass
+    /// nothing any more, and its port should not stay listed.
+    pub fn check_nics(&mut self) {
+        let gone: Vec<(String, String)> = self
+            .nics
+            .iter()
+            .filter(|(name, n)| nic::if_index(name) != Some(n.ifindex))
+            .map(|(name, n)| (name.clone(), n.switch.clone()))
+            .collect();
+        let root = Conn {
+            id: 0,
+            uid: 0,
+            reg: None,
+        };
+        for (ifname, switch) in gone {
+            tracing::warn!(
+                port = format!("{switch}:{ifname}"),
+                "interface gone while attached: detached"
+            );
+            let _ = self.nic_detach(&root, &ifname, &switch);
+        }
     }
 }
