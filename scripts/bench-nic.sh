@@ -9,6 +9,10 @@
 #            (nic/examples/sendto.rs): the program that does not use netmap
 # Runs are interleaved (valed sendto valed sendto ...). veth delivers each
 # frame to the namespace's stack on the sending CPU, so both pay that.
+# Then the receive side: the same plain sender, inside the namespace
+# (core 0), sends to the near end; valed (core 1) takes the frames off the
+# generic adapter's TPACKET_V3 ring (its NIC port's in_packets), against
+# what the namespace sent (its tx counter).
 #
 # usage: scripts/bench-nic.sh [RUNS] [SECS]   (default 5 runs of 5 s)
 # Needs root, iproute2, two cores. Prints one line per run and the medians.
@@ -43,6 +47,14 @@ rx_count() {
     ip -n "$ns" -s link show "$there" | awk '/RX:/ {getline; print $2; exit}'
 }
 
+tx_count() {
+    ip -n "$ns" -s link show "$there" | awk '/TX:/ {getline; print $2; exit}'
+}
+
+nic_in() {
+    target/release/vale-ctl --stats "vale0:$here" | tr ' ' '\n' | awk -F= '$1 == "in_packets" {print $2}'
+}
+
 export VALE_SOCKET=$work/valed.sock
 taskset -c 1 target/release/valed --socket "$VALE_SOCKET" --threads 1 --cpus 1 --log warn &
 valed_pid=$!
@@ -73,3 +85,18 @@ for sw in valed sendto; do
     printf '%s\n' "${results[@]}" | awk -v s="$sw" '$1 == s {print $2}' | sort -n |
         awk -v s="$sw" '{v[NR] = $1} END {printf "%-7s median %.3f Mpps (min %.3f, max %.3f, %d runs)\n", s, v[int((NR + 1) / 2)], v[1], v[NR], NR}'
 done
+
+here_mac=$(ip -br link show "$here" | awk '{print $3}')
+rx_results=()
+for run in $(seq "$runs"); do
+    sent0=$(tx_count)
+    in0=$(nic_in)
+    ip netns exec "$ns" taskset -c 0 target/release/examples/sendto "$there" "$secs" "$here_mac" >/dev/null
+    sent=$(($(tx_count) - sent0))
+    took=$(($(nic_in) - in0))
+    line=$(awk -v s="$sent" -v t="$took" -v d="$secs" 'BEGIN {printf "%.3f %.3f", s / d / 1e6, t / d / 1e6}')
+    echo "run $run receive: offered/taken $line Mpps (60 B)"
+    rx_results+=("$line")
+done
+printf '%s\n' "${rx_results[@]}" | sort -n -k2 |
+    awk '{o[NR] = $1; t[NR] = $2} END {m = int((NR + 1) / 2); printf "receive median: valed took %.3f Mpps of %.3f offered (%d runs)\n", t[m], o[m], NR}'
