@@ -32,6 +32,14 @@ pub enum NicError {
         /// The name asked for.
         name: String,
     },
+    /// Another process (or port) has the interface, as netmap's EBUSY.
+    #[error("{name}: busy: another process has it (lock in {dir})")]
+    Busy {
+        /// The interface.
+        name: String,
+        /// Where the locks are.
+        dir: &'static str,
+    },
     /// A socket call failed (EPERM without CAP_NET_RAW, ENOMEM for the
     /// rings, ENETDOWN...).
     #[error("{name}: {what}: {source}")]
@@ -50,6 +58,7 @@ impl NicError {
     pub fn errno(&self) -> i32 {
         match self {
             NicError::NoInterface { .. } => libc::ENXIO,
+            NicError::Busy { .. } => libc::EBUSY,
             NicError::Socket { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
         }
     }
@@ -80,8 +89,27 @@ impl GenericNic {
             let name = name.to_string();
             move |source| NicError::Socket { name, what, source }
         };
-        let rx = rx::open(ifindex).map_err(err("receive ring"))?;
-        let tx = tx::open(ifindex).map_err(err("transmit ring"))?;
+        // One owner per interface across processes, as with netmap's
+        // kernel module; the lock goes with the last of the two rings.
+        let lock = sys::lock_interface(name).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                NicError::Busy {
+                    name: name.into(),
+                    dir: sys::LOCK_DIR,
+                }
+            } else {
+                NicError::Socket {
+                    name: name.into(),
+                    what: "ownership lock",
+                    source: e,
+                }
+            }
+        })?;
+        let lock = std::sync::Arc::new(lock);
+        let mut rx = rx::open(ifindex).map_err(err("receive ring"))?;
+        let mut tx = tx::open(ifindex).map_err(err("transmit ring"))?;
+        rx.lock = Some(lock.clone());
+        tx.lock = Some(lock);
         tracing::info!(
             interface = name,
             ifindex,

@@ -246,3 +246,22 @@ impl Drop for RingMap {
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
+
+/// Where the interfaces' ownership locks live (one file per interface).
+pub const LOCK_DIR: &str = "/run/vale/nic";
+
+/// Takes interface `name` for this process: an exclusive `flock` on
+/// `LOCK_DIR/<name>.lock`, held while the returned file is open (the
+/// kernel drops it when the process dies). `WouldBlock` if another holds
+/// it.
+pub fn lock_interface(name: &str) -> io::Result<std::fs::File> {
+    std::fs::create_dir_all(LOCK_DIR)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::path::Path::new(LOCK_DIR).join(format!("{name}.lock")))?;
+    // SAFETY: flock on a descriptor we own, integer arguments only.
+    cvt(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) })?;
+    Ok(f)
+}

@@ -71,3 +71,27 @@ fn a_missing_interface_is_named() {
     assert_eq!(e.errno(), libc::ENXIO);
     assert!(e.to_string().contains("vale-no-such-if"), "{e}");
 }
+
+/// One owner per interface, across processes as with netmap's EBUSY (the
+/// lock is per open file, so a second open in this process counts too);
+/// the interface is free again once the first owner's rings are gone.
+#[test]
+fn an_interface_has_one_owner() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let v = Veth::new("b");
+    let first = GenericNic::open(&v.here).unwrap();
+    let e = GenericNic::open(&v.here).unwrap_err();
+    assert_eq!(e.errno(), libc::EBUSY, "{e}");
+    let GenericNic { rx, tx, .. } = first;
+    drop(rx);
+    assert_eq!(
+        GenericNic::open(&v.here).unwrap_err().errno(),
+        libc::EBUSY,
+        "held while either ring lives"
+    );
+    drop(tx);
+    GenericNic::open(&v.here).unwrap();
+}

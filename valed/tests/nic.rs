@@ -259,3 +259,20 @@ fn an_interface_deleted_while_attached_is_detached() {
     let again = Veth::new("x");
     attach(&v, &format!("vale0:{}", again.here));
 }
+
+/// Two valeds cannot both own an interface: the second gets EBUSY.
+#[test]
+fn two_valeds_cannot_share_an_interface() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let veth = Veth::new("y");
+    let name = format!("vale0:{}", veth.here);
+    let a = common::start("nic-own-a", &[]);
+    let b = common::start("nic-own-b", &[]);
+    attach(&a, &name);
+    let (e, _) =
+        b.call(&Request::new(NETMAP_REQ_VALE_ATTACH, &name, &NmreqValeAttach::default()).unwrap());
+    assert_eq!(e, libc::EBUSY);
+}
