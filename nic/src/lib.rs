@@ -11,12 +11,14 @@
 pub mod baseline;
 mod rx;
 mod sys;
+mod tap;
 mod tx;
 
 #[cfg(feature = "test-utils")]
 pub mod testing;
 
 pub use rx::NicRx;
+pub use tap::{HostTap, TapRx, TapTx};
 pub use tx::NicTx;
 
 /// The virtio-net header in front of every frame (`struct virtio_net_hdr`,

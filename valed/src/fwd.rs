@@ -25,8 +25,12 @@ pub struct Unit {
     /// The ring.
     pub source: UnitSource,
     /// The client's kick eventfd (shared by the registration's rings), or
-    /// the eventfd a vhost-user worker relays the guest's kicks to.
+    /// the eventfd a vhost-user worker relays the guest's kicks to, or the
+    /// device a NIC or host stack port receives on.
     pub kick: Arc<EventFd>,
+    /// Whether `kick` is a doorbell to empty when it rang (false for a
+    /// device: reading it would take a frame).
+    pub drain: bool,
 }
 
 /// What a unit forwards from.
@@ -44,6 +48,8 @@ pub enum UnitSource {
     Vhost(backend::TxQueue),
     /// What an interface received (the generic adapter's ring).
     Nic(Box<nic::NicRx>),
+    /// What the host stack sent out of its TAP (`eth0^`).
+    HostStack(Box<nic::TapRx>),
 }
 
 impl UnitSource {
@@ -59,6 +65,7 @@ impl UnitSource {
             // The kernel wakes the receive socket when it hands a block
             // over; one already handed over means work.
             UnitSource::Nic(rx) => !rx.pending(),
+            UnitSource::HostStack(rx) => !rx.pending(),
         })
     }
 
@@ -71,7 +78,7 @@ impl UnitSource {
                 csb_idx,
             } => source.kring().woken(&csb.entry(*csb_idx)?),
             UnitSource::Vhost(q) => q.disable_notification(),
-            UnitSource::Nic(_) => {}
+            UnitSource::Nic(_) | UnitSource::HostStack(_) => {}
         }
         Ok(())
     }
@@ -81,6 +88,7 @@ impl UnitSource {
             UnitSource::Ring { source, .. } => source,
             UnitSource::Vhost(q) => q,
             UnitSource::Nic(rx) => &mut **rx,
+            UnitSource::HostStack(rx) => &mut **rx,
         }
     }
 }
@@ -228,7 +236,8 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
     ep.add(&sh.wake, WAKE_TOKEN)?;
     let mut units: Vec<Unit> = Vec::new();
     // Kick fds are shared by the rings of one registration: watch once.
-    let mut kick_refs: HashMap<i32, (usize, Arc<EventFd>)> = HashMap::new();
+    // (units using it, the fd, whether to empty it when it rang)
+    let mut kick_refs: HashMap<i32, (usize, Arc<EventFd>, bool)> = HashMap::new();
     // Readers' kick fds watched for backpressure wake-ups.
     let mut dest_fds: HashMap<i32, Arc<EventFd>> = HashMap::new();
     let mut blocked: Vec<(Arc<Switch>, PortId)> = Vec::new();
@@ -246,7 +255,9 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
                         // Was watched as a reader: now a source fd.
                         let _ = ep.remove(&*fd);
                     }
-                    let e = kick_refs.entry(k).or_insert_with(|| (0, u.kick.clone()));
+                    let e = kick_refs
+                        .entry(k)
+                        .or_insert_with(|| (0, u.kick.clone(), u.drain));
                     if e.0 == 0 {
                         ep.add(&*u.kick, k as u64)?;
                     }
@@ -373,8 +384,11 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
             };
             for k in ep.wait(64, Some(nap))? {
                 let fd = i32::try_from(k).ok();
-                let bell =
-                    fd.and_then(|k| kick_refs.get(&k).map(|e| &e.1).or_else(|| dest_fds.get(&k)));
+                let bell = fd.and_then(|k| match kick_refs.get(&k) {
+                    Some((_, b, true)) => Some(b),
+                    Some((_, _, false)) => None,
+                    None => dest_fds.get(&k),
+                });
                 if let Some(b) = bell {
                     let _ = b.drain();
                 }

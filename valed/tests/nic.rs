@@ -276,3 +276,67 @@ fn two_valeds_cannot_share_an_interface() {
         b.call(&Request::new(NETMAP_REQ_VALE_ATTACH, &name, &NmreqValeAttach::default()).unwrap());
     assert_eq!(e, libc::EBUSY);
 }
+
+/// `vale-ctl -h vale0:IF`: the interface and its host stack, as the TAP
+/// `IF^`, on one switch. The host's stack, addressed on `IF^`, opens a
+/// TCP connection to a listener in the namespace and sends 1 MB (TSO
+/// frames from the host stack, through the switch, out of the interface);
+/// every byte arrives. `-d` takes both away.
+#[test]
+fn the_host_stack_reaches_a_namespace_through_its_nic() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let veth = Veth::new("h");
+    let v = common::start("nic-host", &[]);
+    let name = format!("vale0:{}", veth.here);
+    let tap = format!("{}^", veth.here);
+    let body = NmreqValeAttach {
+        reg: netmap::abi::NmreqRegister {
+            nr_mode: netmap::abi::NR_REG_NIC_SW,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (e, _) = v.call(&Request::new(NETMAP_REQ_VALE_ATTACH, &name, &body).unwrap());
+    assert_eq!(e, 0, "attach {name} with its host stack");
+    let list = v.list();
+    assert!(
+        list.contains(&name) && list.contains(&format!("{name}^")),
+        "{list:?}"
+    );
+    let s = veth.subnet;
+    let ip = |args: &[&str]| {
+        let ok = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .is_ok_and(|st| st.success());
+        assert!(ok, "ip {args:?}");
+    };
+    ip(&["addr", "add", &format!("10.77.{s}.1/24"), "dev", &tap]);
+    ip(&["link", "set", &tap, "up"]);
+    let got = listen_in(&veth.ns, 7778);
+    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i * 13 % 253) as u8).collect();
+    let mut c = std::net::TcpStream::connect_timeout(
+        &format!("10.77.{s}.2:7778").parse().unwrap(),
+        Duration::from_secs(5),
+    )
+    .expect("the host stack connects through IF^ and IF");
+    std::io::Write::write_all(&mut c, &payload).unwrap();
+    drop(c);
+    let delivered = got
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the listener finished");
+    assert!(
+        delivered == payload,
+        "{} of {} bytes, intact?",
+        delivered.len(),
+        payload.len()
+    );
+    let (e, _) =
+        v.call(&Request::new(NETMAP_REQ_VALE_DETACH, &name, &NmreqValeDetach::default()).unwrap());
+    assert_eq!(e, 0);
+    assert!(v.list().is_empty());
+    assert!(nic::if_index(&tap).is_none(), "the TAP went with the port");
+}

@@ -7,16 +7,24 @@ use std::os::fd::AsFd;
 
 use super::*;
 
-/// A NIC on a switch.
-pub struct NicPort {
-    /// Its switch and index there.
-    pub switch: String,
+/// One side of a NIC on a switch: its index there and its receive unit.
+pub struct DevicePort {
     /// Index on the switch.
     pub id: PortId,
     /// The forwarding unit's registration id.
     pub unit_id: u64,
-    /// The forwarding thread holding its receive ring.
+    /// The forwarding thread holding its receive side.
     pub fwd: usize,
+}
+
+/// A NIC on a switch, and its host stack port when attached with `-h`.
+pub struct NicPort {
+    /// Its switch.
+    pub switch: String,
+    /// The interface's side.
+    pub nic: DevicePort,
+    /// The host stack's side (`eth0^`, a TAP).
+    pub host: Option<DevicePort>,
     /// The interface's index when attached.
     pub ifindex: u32,
 }
@@ -33,28 +41,94 @@ pub(super) fn is_interface(name: &str) -> bool {
 }
 
 impl Registry {
-    /// Attaches interface `ifname` to `switch`; its index there.
+    /// Attaches interface `ifname` to `switch`, and with `host` its host
+    /// stack as `ifname^` (a TAP); the interface's index there.
     pub(super) fn nic_attach(
         &mut self,
         conn: &Conn,
         ifname: &str,
         switch: &str,
+        host: bool,
     ) -> Result<PortId, Errno> {
         limits::check_nic(ifname, conn.uid)?;
         if self.nics.contains_key(ifname) {
             return Err(libc::EBUSY);
         }
-        let nic = nic::GenericNic::open(ifname).map_err(|e| {
+        let refuse = |e: nic::NicError| {
             tracing::warn!("NIC {ifname} not attached: {e}");
             e.errno()
-        })?;
-        let ifindex = nic.ifindex;
+        };
+        let nic = nic::GenericNic::open(ifname).map_err(refuse)?;
+        let tap = if host {
+            Some(nic::HostTap::create(&format!("{ifname}^")).map_err(refuse)?)
+        } else {
+            None
+        };
         let sw = self.switch(switch, 0)?;
-        let kick = nic
-            .rx
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|_| libc::EMFILE)?;
+        let ifindex = nic.ifindex;
+        let full = format!("{switch}:{ifname}");
+        let rx_fd = nic.rx.as_fd().try_clone_to_owned();
+        let port = self.device_port(
+            &sw,
+            &full,
+            Box::new(nic.tx),
+            rx_fd,
+            |rx| UnitSource::Nic(Box::new(rx)),
+            nic.rx,
+        )?;
+        let host = match tap {
+            Some(t) => {
+                let fd = t.rx.as_fd().try_clone_to_owned();
+                match self.device_port(
+                    &sw,
+                    &format!("{full}^"),
+                    Box::new(t.tx),
+                    fd,
+                    |rx| UnitSource::HostStack(Box::new(rx)),
+                    t.rx,
+                ) {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        self.drop_device_port(&sw, &port);
+                        return Err(e);
+                    }
+                }
+            }
+            None => None,
+        };
+        let id = port.id;
+        let with_host = host.is_some();
+        self.nics.insert(
+            ifname.to_string(),
+            NicPort {
+                switch: switch.to_string(),
+                nic: port,
+                host,
+                ifindex,
+            },
+        );
+        info!(
+            port = full,
+            index = id,
+            host_stack = with_host,
+            "NIC attached (generic adapter)"
+        );
+        Ok(id)
+    }
+
+    /// Puts a device on `sw` as `name`: `sink` for what the switch sends
+    /// it, and a forwarding unit reading `rx`, woken by `fd` (the device,
+    /// never read by the forwarding thread: that would take a frame).
+    fn device_port<R>(
+        &mut self,
+        sw: &Arc<Switch>,
+        name: &str,
+        sink: Box<dyn Sink>,
+        fd: std::io::Result<std::os::fd::OwnedFd>,
+        source: impl FnOnce(R) -> UnitSource,
+        rx: R,
+    ) -> Result<DevicePort, Errno> {
+        let fd = fd.map_err(|_| libc::EMFILE)?;
         let cfg = PortConfig {
             vnet_hdr_len: nic::VNET_HDR_LEN as u16,
             offloads: vale::port::OFFLOAD_CSUM
@@ -62,14 +136,11 @@ impl Registry {
                 | vale::port::OFFLOAD_TSO6,
             ..Default::default()
         };
-        let full = format!("{switch}:{ifname}");
-        let id = sw
-            .attach(&full, cfg, Box::new(nic.tx))
-            .map_err(|e| match e {
-                vale::SwitchError::Full(_) => libc::ENOMEM,
-                vale::SwitchError::Exists { .. } => libc::EEXIST,
-                _ => libc::EINVAL,
-            })?;
+        let id = sw.attach(name, cfg, sink).map_err(|e| match e {
+            vale::SwitchError::Full(_) => libc::ENOMEM,
+            vale::SwitchError::Exists { .. } => libc::EEXIST,
+            _ => libc::EINVAL,
+        })?;
         let unit_id = self.next_unit;
         self.next_unit += 1;
         let fwd = self.next_fwd % self.fwd.len().max(1);
@@ -81,25 +152,20 @@ impl Registry {
                     switch: sw.clone(),
                     port: id,
                 },
-                source: UnitSource::Nic(Box::new(nic.rx)),
-                // The receive socket: readable when the kernel hands a
-                // block over. Reading it returns nothing (frames go to the
-                // ring), so the forwarding thread's drain is harmless.
-                kick: Arc::new(EventFd::from_fd(kick)),
+                source: source(rx),
+                kick: Arc::new(EventFd::from_fd(fd)),
+                drain: false,
             });
         }
-        self.nics.insert(
-            ifname.to_string(),
-            NicPort {
-                switch: switch.to_string(),
-                id,
-                unit_id,
-                fwd,
-                ifindex,
-            },
-        );
-        info!(port = full, index = id, "NIC attached (generic adapter)");
-        Ok(id)
+        Ok(DevicePort { id, unit_id, fwd })
+    }
+
+    /// Takes a device port off its switch and its unit off its thread.
+    fn drop_device_port(&mut self, sw: &Arc<Switch>, p: &DevicePort) {
+        if let Some(f) = self.fwd.get(p.fwd) {
+            f.remove(p.unit_id);
+        }
+        let _ = sw.detach(p.id);
     }
 
     /// Detaches interface `ifname` from `switch`; the index it had.
@@ -115,18 +181,18 @@ impl Registry {
             _ => return Err(libc::ENXIO),
         }
         let n = self.nics.remove(ifname).expect("checked");
-        if let Some(f) = self.fwd.get(n.fwd) {
-            f.remove(n.unit_id);
-        }
         if let Some(s) = self.switches.get(&n.switch) {
-            let _ = s.sw.detach(n.id);
-            if s.sw.ports().is_empty() {
+            let sw = s.sw.clone();
+            for p in std::iter::once(&n.nic).chain(n.host.as_ref()) {
+                self.drop_device_port(&sw, p);
+            }
+            if sw.ports().is_empty() {
                 info!(switch = n.switch, "switch removed (no ports)");
                 self.switches.remove(&n.switch);
             }
         }
         info!(port = format!("{switch}:{ifname}"), "NIC detached");
-        Ok(n.id)
+        Ok(n.nic.id)
     }
 
     /// Detaches, with a log line, every NIC whose interface is gone

@@ -48,6 +48,7 @@ fn pipe_units(region: &Region, ends: &[PipeSide; 2], unit_id: u64) -> std::io::R
                     csb_idx: i as u32,
                 },
                 kick: ra.kick.clone(),
+                drain: true,
             });
         }
     }

@@ -198,10 +198,8 @@ impl Registry {
             Ok(v) => v,
             Err(e) => return err(req, e),
         };
-        if b.reg.nr_mode == NR_REG_NIC_SW {
-            // `vale-ctl -h`: host stack ports need NIC ports (a later issue).
-            return err(req, libc::ENXIO);
-        }
+        // `vale-ctl -h`: a NIC with its host stack.
+        let host = b.reg.nr_mode == NR_REG_NIC_SW;
         if let Some(v) = self.vhost.get(&pname) {
             if let Err(r) = limits::check_owner(name, v.spec.owner, conn.uid) {
                 return err(req, r.into());
@@ -213,11 +211,11 @@ impl Registry {
             return attached(req, b, res);
         }
         if !self.ports.contains_key(&pname) && nics::is_interface(&pname) {
-            let res = self.nic_attach(conn, &pname, &switch);
+            let res = self.nic_attach(conn, &pname, &switch, host);
             return attached(req, b, res);
         }
         match self.ports.get(&pname) {
-            Some(p) if p.persistent => {}
+            Some(p) if p.persistent && !host => {}
             _ => return err(req, libc::ENXIO),
         }
         if let Err(e) = self.owned(conn, &pname) {

@@ -289,6 +289,7 @@ impl Registry {
                         csb_idx,
                     },
                     kick: kick.clone(),
+                    drain: true,
                 });
             }
         }

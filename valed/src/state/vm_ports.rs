@@ -105,6 +105,7 @@ impl Registry {
                     },
                     source: UnitSource::Vhost(v.port.tx_queue(pair)),
                     kick: kick.clone(),
+                    drain: true,
                 });
             }
             v.fwd.push(f);
