@@ -39,15 +39,24 @@ fn ask(p: &NmPort, frame: &[u8], want: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>
     None
 }
 
-#[test]
-fn a_client_port_pings_a_namespace_through_a_nic_port() {
+/// A veth into a fresh namespace, a valed, and the near end's port name
+/// on vale0; None (test skipped) without root.
+fn bed(tag: &str) -> Option<(Veth, common::Valed, String)> {
     if !root() {
         eprintln!("skipped: needs root");
-        return;
+        return None;
     }
-    let veth = Veth::new("d");
-    let v = common::start("nic", &[]);
+    let veth = Veth::new(tag);
+    let v = common::start(&format!("nic-{tag}"), &[]);
     let name = format!("vale0:{}", veth.here);
+    Some((veth, v, name))
+}
+
+#[test]
+fn a_client_port_pings_a_namespace_through_a_nic_port() {
+    let Some((veth, v, name)) = bed("d") else {
+        return;
+    };
     let (e, _) =
         v.call(&Request::new(NETMAP_REQ_VALE_ATTACH, &name, &NmreqValeAttach::default()).unwrap());
     assert_eq!(e, 0, "attach {name}");
@@ -284,13 +293,9 @@ fn two_valeds_cannot_share_an_interface() {
 /// every byte arrives. `-d` takes both away.
 #[test]
 fn the_host_stack_reaches_a_namespace_through_its_nic() {
-    if !root() {
-        eprintln!("skipped: needs root");
+    let Some((veth, v, name)) = bed("h") else {
         return;
-    }
-    let veth = Veth::new("h");
-    let v = common::start("nic-host", &[]);
-    let name = format!("vale0:{}", veth.here);
+    };
     let tap = format!("{}^", veth.here);
     let body = NmreqValeAttach {
         reg: netmap::abi::NmreqRegister {
