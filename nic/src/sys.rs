@@ -250,17 +250,20 @@ impl Drop for RingMap {
 /// Where the interfaces' ownership locks live (one file per interface).
 pub const LOCK_DIR: &str = "/run/vale/nic";
 
-/// Takes interface `name` for this process: an exclusive `flock` on
-/// `LOCK_DIR/<name>.lock`, held while the returned file is open (the
+/// Takes interface `name` of this thread's network namespace for this
+/// process: an exclusive `flock` on `LOCK_DIR/<netns inode>-<name>.lock`
+/// (names are per namespace), held while the returned file is open (the
 /// kernel drops it when the process dies). `WouldBlock` if another holds
 /// it.
 pub fn lock_interface(name: &str) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
     std::fs::create_dir_all(LOCK_DIR)?;
+    let netns = std::fs::metadata("/proc/thread-self/ns/net")?.ino();
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(std::path::Path::new(LOCK_DIR).join(format!("{name}.lock")))?;
+        .open(std::path::Path::new(LOCK_DIR).join(format!("{netns}-{name}.lock")))?;
     // SAFETY: flock on a descriptor we own, integer arguments only.
     cvt(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) })?;
     Ok(f)

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::Valed;
+use common::{leak_flag, spawn, Valed};
 
 fn start(tag: &str) -> Valed {
     common::start(tag, &[])
@@ -20,10 +20,9 @@ use netmap::ctrl::{
     VALE_REQ_STATS, VALE_SET_FLAGS,
 };
 use netmap::port::NmPort;
-use pkt_gen::args::{self, Config, Parsed};
+use pkt_gen::args::Config;
 use pkt_gen::frame::{Af, FrameSpec, IpRange, Template, BROADCAST};
 use pkt_gen::seq::{self, ErrorKind, Gap};
-use pkt_gen::stats::Outcome;
 
 trait PktGenExt {
     fn cfg(&self, args: &[&str]) -> Config;
@@ -34,13 +33,7 @@ trait PktGenExt {
 
 impl PktGenExt for Valed {
     fn cfg(&self, args: &[&str]) -> Config {
-        let mut v: Vec<&str> = args.to_vec();
-        let s = self.sock.to_str().unwrap();
-        v.extend(["--socket", s]);
-        match args::parse(&v).unwrap() {
-            Parsed::Run(c) => *c,
-            Parsed::Help => unreachable!(),
-        }
+        common::pktgen_cfg(&self.sock, args)
     }
 
     /// A persistent port (`vale-ctl -n NAME` then `-a SWITCH:NAME`): its
@@ -103,28 +96,6 @@ impl PktGenExt for Valed {
         .map(|k| self.stat(port, k))
         .sum()
     }
-}
-
-/// Runs pkt-gen's `cfg` in a thread; returns once its port is open.
-fn spawn(cfg: Config, stop: &'static AtomicBool) -> std::thread::JoinHandle<Outcome> {
-    let opened: &'static AtomicBool = leak_flag();
-    let h = std::thread::spawn(move || {
-        pkt_gen::run::run_with(&cfg, stop, Some(opened)).expect("pkt-gen run")
-    });
-    let t0 = Instant::now();
-    while !opened.load(Ordering::Acquire) {
-        assert!(!h.is_finished(), "pkt-gen ended before opening its port");
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "pkt-gen did not open its port"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    h
-}
-
-fn leak_flag() -> &'static AtomicBool {
-    Box::leak(Box::new(AtomicBool::new(false)))
 }
 
 #[test]

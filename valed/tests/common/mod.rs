@@ -24,11 +24,25 @@ impl Drop for TempDir {
 }
 
 pub fn start(tag: &str, extra: &[&str]) -> Valed {
+    start_in(None, tag, extra)
+}
+
+/// As [`start`], with valed inside network namespace `ns` (`ip netns
+/// exec`, which execs valed: the child is valed).
+pub fn start_in(ns: Option<&str>, tag: &str, extra: &[&str]) -> Valed {
     let dir = std::env::temp_dir().join(format!("valed-test-{}-{tag}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("valed.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_valed"))
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_valed")]);
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_valed")),
+    };
+    let child = cmd
         .arg("--socket")
         .arg(&sock)
         .args(["--log", "warn"])
@@ -111,4 +125,41 @@ pub fn field(json: &str, key: &str) -> u64 {
         .collect::<String>()
         .parse()
         .unwrap_or_else(|_| panic!("{key} in {json}"))
+}
+
+/// pkt-gen's configuration for `args` on valed's socket `sock`.
+pub fn pktgen_cfg(sock: &std::path::Path, args: &[&str]) -> pkt_gen::args::Config {
+    let mut v: Vec<&str> = args.to_vec();
+    v.extend(["--socket", sock.to_str().unwrap()]);
+    match pkt_gen::args::parse(&v).unwrap() {
+        pkt_gen::args::Parsed::Run(c) => *c,
+        pkt_gen::args::Parsed::Help => unreachable!(),
+    }
+}
+
+/// Runs pkt-gen's `cfg` in a thread; returns once its port is open.
+pub fn spawn(
+    cfg: pkt_gen::args::Config,
+    stop: &'static std::sync::atomic::AtomicBool,
+) -> std::thread::JoinHandle<pkt_gen::stats::Outcome> {
+    use std::sync::atomic::Ordering;
+    let opened: &'static std::sync::atomic::AtomicBool = leak_flag();
+    let h = std::thread::spawn(move || {
+        pkt_gen::run::run_with(&cfg, stop, Some(opened)).expect("pkt-gen run")
+    });
+    let t0 = Instant::now();
+    while !opened.load(Ordering::Acquire) {
+        assert!(!h.is_finished(), "pkt-gen ended before opening its port");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "pkt-gen did not open its port"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    h
+}
+
+/// A flag that lives as long as the test process (pkt-gen threads hold it).
+pub fn leak_flag() -> &'static std::sync::atomic::AtomicBool {
+    Box::leak(Box::new(std::sync::atomic::AtomicBool::new(false)))
 }
