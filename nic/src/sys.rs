@@ -5,7 +5,6 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::ptr::NonNull;
 
 pub const PACKET_RX_RING: libc::c_int = 5;
 pub const PACKET_VERSION: libc::c_int = 10;
@@ -160,90 +159,42 @@ pub fn kick_tx(fd: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
-/// A ring mapped from a packet socket; unmapped on drop.
+/// A ring mapped from a packet socket (netmap's shared mapping, which
+/// checks every offset), with the accesses the ring layouts need.
 #[derive(Debug)]
-pub struct RingMap {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: the mapping is plain memory shared with the kernel; the ring
-// modules synchronise with the kernel through each frame's status word.
-unsafe impl Send for RingMap {}
+pub struct RingMap(netmap::sys::SharedMap);
 
 impl RingMap {
     /// Maps `len` bytes of `fd`'s rings (RX first, then TX, as set).
     pub fn map(fd: &OwnedFd, len: usize) -> io::Result<RingMap> {
-        // SAFETY: a fresh shared mapping of the socket's ring; nothing in
-        // this process aliases it yet.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned NULL"))?;
-        Ok(RingMap { ptr, len })
+        netmap::sys::SharedMap::map(fd, len).map(RingMap)
     }
 
     /// Address of byte `off`; None past the end (for `len` bytes).
     pub fn at(&self, off: usize, len: usize) -> Option<*mut u8> {
-        (off.checked_add(len)? <= self.len)
-            // SAFETY: off + len is inside the mapping.
-            .then(|| unsafe { self.ptr.as_ptr().add(off) })
+        self.0.check(off, len, 1).ok()?;
+        Some(self.0.as_ptr().wrapping_add(off))
     }
 
     /// The 32-bit word at `off` (a status, length or offset the kernel
     /// writes), read with acquire ordering; 0 past the end.
     pub fn load_u32(&self, off: usize) -> u32 {
-        match self.at(off, 4) {
-            // SAFETY: 4 bytes inside the mapping, 4-aligned (every field
-            // read this way is); the kernel writes the word concurrently,
-            // which an atomic access permits.
-            Some(p) if off % 4 == 0 => unsafe {
-                (*(p as *const std::sync::atomic::AtomicU32))
-                    .load(std::sync::atomic::Ordering::Acquire)
-            },
-            _ => 0,
-        }
+        self.0
+            .atomic_u32(off)
+            .map_or(0, |a| a.load(std::sync::atomic::Ordering::Acquire))
     }
 
-    /// The 16-bit word at `off` (plain read; the kernel wrote it before
-    /// the status that made it ours).
+    /// The 16-bit word at `off` (the kernel wrote it before the status that
+    /// made it ours); 0 past the end.
     pub fn load_u16(&self, off: usize) -> u16 {
-        match self.at(off, 2) {
-            // SAFETY: 2 bytes inside the mapping; an unaligned volatile read.
-            Some(p) => u16::from_ne_bytes(unsafe { std::ptr::read_volatile(p as *const [u8; 2]) }),
-            None => 0,
-        }
+        self.0.read::<u16>(off).unwrap_or(0)
     }
 
     /// Stores `v` at `off` with release ordering (a status handed back).
     pub fn store_u32(&self, off: usize, v: u32) {
-        if let Some(p) = self.at(off, 4) {
-            if off % 4 == 0 {
-                // SAFETY: as in load_u32.
-                unsafe {
-                    (*(p as *const std::sync::atomic::AtomicU32))
-                        .store(v, std::sync::atomic::Ordering::Release)
-                }
-            }
+        if let Ok(a) = self.0.atomic_u32(off) {
+            a.store(v, std::sync::atomic::Ordering::Release);
         }
-    }
-}
-
-impl Drop for RingMap {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in map(); no Frag or
-        // DstBuf into it outlives the port that owns this RingMap.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
 

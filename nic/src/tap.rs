@@ -57,7 +57,9 @@ impl HostTap {
             move |source: std::io::Error| NicError::Socket { name, what, source }
         };
         if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-            return Err(NicError::NoInterface { name: name.into() });
+            return Err(err("TAP name (1 to 15 bytes)")(
+                std::io::Error::from_raw_os_error(libc::EINVAL),
+            ));
         }
         let path = c"/dev/net/tun";
         // SAFETY: open() of a NUL-terminated path; no memory is passed.
@@ -118,9 +120,11 @@ pub struct TapRx {
 
 impl Source for TapRx {
     fn fetch(&mut self, frags: &mut Vec<Frag>, max: usize) -> usize {
-        // Frames held back by a backpressure port are still in `bufs`.
-        let mut n = self.lens.len().min(max);
-        while n < max.min(BATCH) {
+        // Frames held back by a backpressure port are still in `bufs`;
+        // new ones are read only behind all of them.
+        let held = self.lens.len();
+        let mut n = held.min(max);
+        while n == self.lens.len() && n < max.min(BATCH) {
             let buf = &mut self.bufs[n];
             // SAFETY: reads at most buf.len() bytes into a live buffer.
             let r = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };

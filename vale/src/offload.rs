@@ -1082,7 +1082,7 @@ mod tests {
     /// Writes the seed corpus of the `offload` fuzz target:
     /// `cargo test -p vale --lib offload::tests::write_fuzz_corpus -- --ignored`.
     #[test]
-    #[ignore]
+    #[ignore = "writes the seed corpus"]
     fn write_fuzz_corpus() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/offload");
         std::fs::create_dir_all(&dir).unwrap();
