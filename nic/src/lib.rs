@@ -9,6 +9,7 @@
 //! and the switch completes them for ports that do not.
 
 pub mod baseline;
+mod bpf;
 mod rx;
 mod sys;
 mod tap;
@@ -80,6 +81,9 @@ pub struct GenericNic {
     pub tx: NicTx,
     /// The interface's index when it was opened.
     pub ifindex: u32,
+    /// Whether frames it receives no longer also reach the host stack
+    /// (the tcx ingress drop is in place).
+    pub host_stack_cut: bool,
 }
 
 impl GenericNic {
@@ -91,8 +95,40 @@ impl GenericNic {
             let name = name.to_string();
             move |source| NicError::Socket { name, what, source }
         };
-        // One owner per interface across processes, as with netmap's
-        // kernel module; the lock goes with the last of the two rings.
+        let owned = std::sync::Arc::new(Owned::take(name, ifindex)?);
+        let mut rx = rx::open(ifindex).map_err(err("receive ring"))?;
+        let mut tx = tx::open(ifindex).map_err(err("transmit ring"))?;
+        let cut = owned.ingress_drop.is_some();
+        rx.owned = Some(owned.clone());
+        tx.owned = Some(owned);
+        tracing::info!(
+            interface = name,
+            ifindex,
+            host_stack_cut = cut,
+            "generic adapter: AF_PACKET TPACKET_V3 receive, TPACKET_V2 transmit, virtio-net headers"
+        );
+        Ok(GenericNic {
+            rx,
+            tx,
+            ifindex,
+            host_stack_cut: cut,
+        })
+    }
+}
+
+/// What makes an interface a port's while the port is open, as netmap's
+/// kernel module owns a NIC in netmap mode: an exclusive lock across
+/// processes, and a tcx ingress drop so that frames the port receives do
+/// not also go up the host stack. Both go away with the last ring (or
+/// the process), leaving the interface as it was.
+#[derive(Debug)]
+pub(crate) struct Owned {
+    _lock: std::fs::File,
+    ingress_drop: Option<std::os::fd::OwnedFd>,
+}
+
+impl Owned {
+    pub(crate) fn take(name: &str, ifindex: u32) -> Result<Owned, NicError> {
         let lock = sys::lock_interface(name).map_err(|e| {
             if e.kind() == std::io::ErrorKind::WouldBlock {
                 NicError::Busy {
@@ -107,16 +143,19 @@ impl GenericNic {
                 }
             }
         })?;
-        let lock = std::sync::Arc::new(lock);
-        let mut rx = rx::open(ifindex).map_err(err("receive ring"))?;
-        let mut tx = tx::open(ifindex).map_err(err("transmit ring"))?;
-        rx.lock = Some(lock.clone());
-        tx.lock = Some(lock);
-        tracing::info!(
-            interface = name,
-            ifindex,
-            "generic adapter: AF_PACKET TPACKET_V3 receive, TPACKET_V2 transmit, virtio-net headers"
-        );
-        Ok(GenericNic { rx, tx, ifindex })
+        let ingress_drop = match bpf::ingress_drop(ifindex) {
+            Ok(link) => Some(link),
+            Err(e) => {
+                tracing::warn!(
+                    interface = name,
+                    "cannot install the tcx ingress drop ({e}): frames the port receives also reach the host stack, which may answer them too"
+                );
+                None
+            }
+        };
+        Ok(Owned {
+            _lock: lock,
+            ingress_drop,
+        })
     }
 }

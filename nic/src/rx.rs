@@ -36,8 +36,8 @@ pub struct NicRx {
     fetched: Vec<Pos>,
     /// Frames whose offsets made no sense (never seen from a sane kernel).
     bad: u64,
-    /// The interface's ownership lock, shared with the other ring.
-    pub(crate) lock: Option<std::sync::Arc<std::fs::File>>,
+    /// The interface's ownership, shared with the other ring.
+    pub(crate) owned: Option<std::sync::Arc<crate::Owned>>,
 }
 
 impl NicRx {
@@ -50,7 +50,7 @@ impl NicRx {
             at: Pos::default(),
             fetched: Vec::new(),
             bad: 0,
-            lock: None,
+            owned: None,
         }
     }
 

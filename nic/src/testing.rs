@@ -134,3 +134,26 @@ pub fn is_arp_reply(f: &[u8], subnet: u8) -> bool {
 pub fn is_echo_reply(f: &[u8], seq: u16) -> bool {
     f.len() >= 42 && f[12..14] == [0x08, 0x00] && f[34] == 0 && f[40..42] == seq.to_be_bytes()
 }
+
+/// Whether the stack owning `addr` answers a TCP connect from namespace
+/// `ns` (a reset counts: the SYN got there). False when nothing answers
+/// within 2 s, e.g. its ARP replies never come because the interface's
+/// frames are dropped before its stack.
+pub fn stack_answers(ns: &str, addr: &str) -> bool {
+    let script = "import socket,sys\n\
+s=socket.socket(); s.settimeout(2)\n\
+try:\n    s.connect((sys.argv[1], 9)); print('answered')\n\
+except ConnectionRefusedError: print('answered')\n\
+except OSError as e: print('silent', e)\n";
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c", script, addr])
+        .output()
+        .expect("python3 in the namespace");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("answered") || text.starts_with("silent"),
+        "probe failed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.starts_with("answered")
+}

@@ -34,8 +34,8 @@ pub struct NicTx {
     refused: u64,
     /// Errors from the send that kicks the ring.
     send_errors: u64,
-    /// The interface's ownership lock, shared with the other ring.
-    pub(crate) lock: Option<std::sync::Arc<std::fs::File>>,
+    /// The interface's ownership, shared with the other ring.
+    pub(crate) owned: Option<std::sync::Arc<crate::Owned>>,
 }
 
 impl NicTx {
@@ -158,6 +158,6 @@ pub(crate) fn open(ifindex: u32) -> std::io::Result<NicTx> {
         unsent: 0,
         refused: 0,
         send_errors: 0,
-        lock: None,
+        owned: None,
     })
 }

@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use nic::testing::{arp_request, echo_request, is_arp_reply, is_echo_reply, root, Veth, OUR_MAC};
+use nic::testing::{
+    arp_request, echo_request, is_arp_reply, is_echo_reply, root, stack_answers, Veth, OUR_MAC,
+};
 use nic::{GenericNic, VNET_HDR_LEN};
 use vale::{Frag, Sink, Source};
 
@@ -94,4 +96,37 @@ fn an_interface_has_one_owner() {
     );
     drop(tx);
     GenericNic::open(&v.here).unwrap();
+}
+
+/// netmap-owned: while the adapter has the interface, what arrives on it
+/// goes to the adapter only, not also up the host stack; closing the
+/// adapter gives the stack its interface back.
+#[test]
+fn the_host_stack_is_cut_off_while_the_adapter_owns_the_interface() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let v = Veth::new("c");
+    let host = format!("10.77.{}.3", v.subnet);
+    let ok = std::process::Command::new("ip")
+        .args(["addr", "add", &format!("{host}/24"), "dev", &v.here])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "address on the near end");
+    assert!(stack_answers(&v.ns, &host), "the host stack answers before");
+    let mut nic = GenericNic::open(&v.here).unwrap();
+    assert!(nic.host_stack_cut, "the ingress drop is in place");
+    assert!(
+        !stack_answers(&v.ns, &host),
+        "the host stack is cut off while the adapter has the interface"
+    );
+    // The adapter itself still receives: the namespace's ARP requests
+    // for the host address arrived on its ring.
+    let mut frags = Vec::new();
+    let n = nic.rx.fetch(&mut frags, 256);
+    assert!(n > 0, "the adapter received the namespace's frames");
+    nic.rx.complete(n);
+    drop(nic);
+    assert!(stack_answers(&v.ns, &host), "the host stack answers after");
 }
