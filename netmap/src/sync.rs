@@ -98,6 +98,15 @@ impl<'a> AppRing<'a> {
     /// for RX it also stamps `ring->ts`.
     #[inline]
     pub fn sync(&self) -> Result<(), SyncError> {
+        self.sync_with(|| ())
+    }
+
+    /// [`sync`](Self::sync) with `work` run between publishing `head` and
+    /// `cur` and taking `tail`: the switch's side of the sync, for rings
+    /// served in the caller's own process (an interface opened without
+    /// valed).
+    #[inline]
+    pub fn sync_with(&self, work: impl FnOnce()) -> Result<(), SyncError> {
         let head = self.ring.head();
         let cur = self.ring.cur();
         let n = self.ring.num_slots();
@@ -122,6 +131,7 @@ impl<'a> AppRing<'a> {
         if self.csb.kern_need_kick.load(Ordering::Relaxed) != 0 {
             self.kick.kick()?;
         }
+        work();
         let tail = self.read_hwtail()?;
         self.ring.set_tail(tail);
         if self.dir == Dir::Rx {

@@ -28,7 +28,6 @@ const BPF_XDP: u32 = 37;
 const BPF_TCX_INGRESS: u32 = 46;
 
 /// `XDP_FLAGS_*` for a BPF_XDP link.
-pub const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
 pub const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 
 const TC_ACT_SHOT: i32 = 2;
@@ -116,7 +115,10 @@ fn link_create(prog: &OwnedFd, ifindex: u32, attach_type: u32, flags: u32) -> io
 pub fn ingress_drop(ifindex: u32) -> io::Result<OwnedFd> {
     let prog = prog_load(
         BPF_PROG_TYPE_SCHED_CLS,
-        &[insn(MOV64_IMM, 0, 0, 0, TC_ACT_SHOT), insn(EXIT, 0, 0, 0, 0)],
+        &[
+            insn(MOV64_IMM, 0, 0, 0, TC_ACT_SHOT),
+            insn(EXIT, 0, 0, 0, 0),
+        ],
     )?;
     link_create(&prog, ifindex, BPF_TCX_INGRESS, 0)
 }

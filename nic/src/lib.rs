@@ -10,17 +10,21 @@
 
 pub mod baseline;
 mod bpf;
+mod rings;
 mod rx;
 mod sys;
 mod tap;
 mod tx;
+mod xdp;
 
 #[cfg(feature = "test-utils")]
 pub mod testing;
 
+pub use rings::{DevRx, NicRings};
 pub use rx::NicRx;
 pub use tap::{HostTap, TapRx, TapTx};
 pub use tx::NicTx;
+pub use xdp::{XdpNic, XdpRx, XdpTx, XDP_FRAME};
 
 /// The virtio-net header in front of every frame (`struct virtio_net_hdr`,
 /// no `num_buffers`).
@@ -43,6 +47,14 @@ pub enum NicError {
         /// Where the locks are.
         dir: &'static str,
     },
+    /// Native mode was asked for and is not possible on this interface.
+    #[error("{name}: no native (AF_XDP) mode: {why}")]
+    NoNative {
+        /// The interface.
+        name: String,
+        /// What failed, and why.
+        why: String,
+    },
     /// A socket call failed (EPERM without CAP_NET_RAW, ENOMEM for the
     /// rings, ENETDOWN...).
     #[error("{name}: {what}: {source}")]
@@ -62,6 +74,7 @@ impl NicError {
         match self {
             NicError::NoInterface { .. } => libc::ENXIO,
             NicError::Busy { .. } => libc::EBUSY,
+            NicError::NoNative { .. } => libc::EOPNOTSUPP,
             NicError::Socket { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
         }
     }
@@ -95,7 +108,7 @@ impl GenericNic {
             let name = name.to_string();
             move |source| NicError::Socket { name, what, source }
         };
-        let owned = std::sync::Arc::new(Owned::take(name, ifindex)?);
+        let owned = std::sync::Arc::new(Owned::take(name, ifindex, true)?);
         let mut rx = rx::open(ifindex).map_err(err("receive ring"))?;
         let mut tx = tx::open(ifindex).map_err(err("transmit ring"))?;
         let cut = owned.ingress_drop.is_some();
@@ -128,7 +141,9 @@ pub(crate) struct Owned {
 }
 
 impl Owned {
-    pub(crate) fn take(name: &str, ifindex: u32) -> Result<Owned, NicError> {
+    /// `ingress_drop`: cut the host stack off with a tcx program (the
+    /// native adapter's XDP redirect already takes the frames first).
+    pub(crate) fn take(name: &str, ifindex: u32, ingress_drop: bool) -> Result<Owned, NicError> {
         let lock = sys::lock_interface(name).map_err(|e| {
             if e.kind() == std::io::ErrorKind::WouldBlock {
                 NicError::Busy {
@@ -143,9 +158,10 @@ impl Owned {
                 }
             }
         })?;
-        let ingress_drop = match bpf::ingress_drop(ifindex) {
-            Ok(link) => Some(link),
-            Err(e) => {
+        let ingress_drop = match ingress_drop.then(|| bpf::ingress_drop(ifindex)) {
+            None => None,
+            Some(Ok(link)) => Some(link),
+            Some(Err(e)) => {
                 tracing::warn!(
                     interface = name,
                     "cannot install the tcx ingress drop ({e}): frames the port receives also reach the host stack, which may answer them too"
@@ -158,4 +174,122 @@ impl Owned {
             ingress_drop,
         })
     }
+}
+
+/// Which adapter [`open`] may use, as netmap's `admode` sysctl.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AdMode {
+    /// Native where the driver has XDP (veth excepted), else generic
+    /// (netmap's 0).
+    #[default]
+    Best,
+    /// Native or nothing (netmap's 1).
+    Native,
+    /// Generic only (netmap's 2).
+    Generic,
+}
+
+impl std::str::FromStr for AdMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<AdMode, String> {
+        match s {
+            "best" | "0" => Ok(AdMode::Best),
+            "native" | "1" => Ok(AdMode::Native),
+            "generic" | "2" => Ok(AdMode::Generic),
+            _ => Err(format!("{s}: adapter mode is best, native or generic")),
+        }
+    }
+}
+
+/// An interface opened as a port: native or generic.
+#[derive(Debug)]
+pub enum Nic {
+    /// AF_XDP on an XDP driver.
+    Native(XdpNic),
+    /// AF_PACKET rings, any interface.
+    Generic(GenericNic),
+}
+
+impl Nic {
+    /// The interface's index when it was opened.
+    pub fn ifindex(&self) -> u32 {
+        match self {
+            Nic::Native(n) => n.ifindex,
+            Nic::Generic(g) => g.ifindex,
+        }
+    }
+
+    /// The virtio-net header length its frames carry (0 native, 10 generic).
+    pub fn vnet_hdr_len(&self) -> usize {
+        match self {
+            Nic::Native(_) => 0,
+            Nic::Generic(_) => VNET_HDR_LEN,
+        }
+    }
+
+    /// Its receive side, its transmit side, and the port configuration a
+    /// switch gives it (header length, offloads the interface takes).
+    pub fn split(self) -> (DevRx, Box<dyn vale::Sink>, vale::PortConfig) {
+        let hdr = self.vnet_hdr_len();
+        let cfg = vale::PortConfig {
+            vnet_hdr_len: hdr as u16,
+            offloads: if hdr > 0 {
+                vale::port::OFFLOAD_CSUM | vale::port::OFFLOAD_TSO4 | vale::port::OFFLOAD_TSO6
+            } else {
+                0
+            },
+            ..Default::default()
+        };
+        match self {
+            Nic::Native(x) => (DevRx::Native(x.rx), Box::new(x.tx), cfg),
+            Nic::Generic(g) => (DevRx::Generic(g.rx), Box::new(g.tx), cfg),
+        }
+    }
+
+    /// "native", "native zero-copy" or "generic", for logs and stats.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Nic::Native(n) if n.zero_copy => "native zero-copy",
+            Nic::Native(_) => "native",
+            Nic::Generic(_) => "generic",
+        }
+    }
+}
+
+/// Opens interface `name` with the adapter `mode` allows: native first
+/// under [`AdMode::Best`], falling back to the generic adapter with a log
+/// line saying why.
+pub fn open(name: &str, mode: AdMode) -> Result<Nic, NicError> {
+    if mode != AdMode::Generic {
+        let ifindex =
+            sys::if_index(name).map_err(|_| NicError::NoInterface { name: name.into() })?;
+        // A veth hands XDP the frames its peer's stack sent with partial
+        // checksums, which no one completes then: native mode there only
+        // when asked for by name.
+        let veth = sys::driver(name).is_ok_and(|d| d == "veth");
+        let native = if veth && mode == AdMode::Best {
+            Err(Ok(xdp::NoNative {
+                what: "veth",
+                source: std::io::Error::other(
+                    "the peer's partial checksums reach XDP uncompleted (--admode native forces it)",
+                ),
+            }))
+        } else {
+            XdpNic::open(name, ifindex)
+        };
+        match native {
+            Ok(n) => return Ok(Nic::Native(n)),
+            Err(Err(e)) => return Err(e),
+            Err(Ok(why)) if mode == AdMode::Native => {
+                return Err(NicError::NoNative {
+                    name: name.into(),
+                    why: why.to_string(),
+                })
+            }
+            Err(Ok(why)) => {
+                tracing::info!(interface = name, "no native mode ({why}): generic adapter");
+            }
+        }
+    }
+    GenericNic::open(name).map(Nic::Generic)
 }

@@ -172,6 +172,9 @@ pub struct Config {
     pub ifname: String,
     /// Port kind.
     pub dev: DevKind,
+    /// Which adapter an interface opened in this process gets
+    /// (`VALE_ADMODE`: best, native or generic; netmap's `admode`).
+    pub admode: nic::AdMode,
     /// `-n` (0: forever).
     pub npackets: u64,
     /// `-l`: frame size without CRC.
@@ -595,7 +598,12 @@ pub fn parse_with<S: AsRef<str>>(
     if options & opt::INDIRECT != 0 && (frags > 1 || pkt_min_size > 0) {
         return bad("-I sends one slot per frame of one size: not with -F or a second -l");
     }
+    let admode = match std::env::var("VALE_ADMODE") {
+        Ok(m) => m.parse().map_err(ArgError)?,
+        Err(_) => nic::AdMode::Best,
+    };
     Ok(Parsed::Run(Box::new(Config {
+        admode,
         func,
         ifname,
         dev,

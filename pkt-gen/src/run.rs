@@ -106,6 +106,8 @@ pub enum Dev {
     Nm(Box<NmPort>),
     /// pkt-gen's own `null`.
     Null(Box<NullPort>),
+    /// An interface opened in this process (`netmap:eth0`), no valed.
+    Nic(Box<nic::NicRings>),
 }
 
 impl Dev {
@@ -114,6 +116,7 @@ impl Dev {
         match self {
             Dev::Nm(p) => p.tx_rings(),
             Dev::Null(n) => n.tx.len(),
+            Dev::Nic(n) => n.rings(),
         }
     }
 
@@ -122,6 +125,7 @@ impl Dev {
         match self {
             Dev::Nm(p) => p.rx_rings(),
             Dev::Null(n) => n.rx.len(),
+            Dev::Nic(n) => n.rings(),
         }
     }
 
@@ -129,6 +133,7 @@ impl Dev {
     pub fn tx(&self, i: usize) -> Result<Ring<'_>, RunError> {
         Ok(match self {
             Dev::Nm(p) => Ring::Nm(p.tx_ring(i)),
+            Dev::Nic(n) => Ring::Nic(n.tx_ring(i).ok_or_else(no_ring)?, n, i),
             Dev::Null(n) => Ring::Null(
                 n.region
                     .ring_view(n.tx[i])
@@ -142,6 +147,7 @@ impl Dev {
     pub fn rx(&self, i: usize) -> Result<Ring<'_>, RunError> {
         Ok(match self {
             Dev::Nm(p) => Ring::Nm(p.rx_ring(i)),
+            Dev::Nic(n) => Ring::Nic(n.rx_ring(i).ok_or_else(no_ring)?, n, i),
             Dev::Null(n) => Ring::Null(
                 n.region
                     .ring_view(n.rx[i])
@@ -152,11 +158,17 @@ impl Dev {
     }
 }
 
+fn no_ring() -> RunError {
+    RunError::Setup("no such ring".into())
+}
+
 /// One ring of a thread.
 #[derive(Debug, Clone, Copy)]
 pub enum Ring<'a> {
     /// A ring synced with valed.
     Nm(AppRing<'a>),
+    /// Ring `i` of an interface in this process.
+    Nic(AppRing<'a>, &'a nic::NicRings, usize),
     /// A ring of the null port.
     Null(RingView<'a>, Dir),
 }
@@ -166,7 +178,7 @@ impl<'a> Ring<'a> {
     #[inline]
     pub fn view(&self) -> RingView<'a> {
         match self {
-            Ring::Nm(r) => r.ring,
+            Ring::Nm(r) | Ring::Nic(r, ..) => r.ring,
             Ring::Null(v, _) => *v,
         }
     }
@@ -176,6 +188,8 @@ impl<'a> Ring<'a> {
     pub fn sync(&self) -> Result<(), SyncError> {
         match self {
             Ring::Nm(r) => r.sync(),
+            Ring::Nic(r, n, i) if r.dir == Dir::Tx => n.txsync(*i),
+            Ring::Nic(_, n, i) => n.rxsync(*i),
             Ring::Null(v, Dir::Tx) => {
                 // Everything published is consumed at once.
                 v.set_tail(ring::prev(v.head(), v.num_slots()));
@@ -194,7 +208,7 @@ impl<'a> Ring<'a> {
 
     fn drained(&self) -> bool {
         match self {
-            Ring::Nm(r) => r.drained(),
+            Ring::Nm(r) | Ring::Nic(r, ..) => r.drained(),
             Ring::Null(..) => true,
         }
     }
@@ -268,6 +282,17 @@ pub fn open(cfg: &Config, sock: &Path) -> Result<Opened, RunError> {
             .collect::<Result<Vec<_>, _>>()?;
         return Ok(Opened::PerThread(devs));
     }
+    if let Some(rings) = open_nic(cfg)? {
+        if n > 1 && n > rings.rings() {
+            return setup(format!("bad nthreads {n}, have {} queues", rings.rings()));
+        }
+        let dev = Dev::Nic(Box::new(rings));
+        return Ok(if n == 1 {
+            Opened::PerThread(vec![dev])
+        } else {
+            Opened::Shared(Box::new(dev))
+        });
+    }
     let open1 = |ringid: Option<u16>| -> Result<NmPort, RunError> {
         Ok(NmPort::open_with(
             sock,
@@ -318,11 +343,38 @@ pub fn open(cfg: &Config, sock: &Path) -> Result<Opened, RunError> {
     Ok(Opened::PerThread(devs))
 }
 
+/// `netmap:IF` names an interface of this host: open it here, as
+/// netmap's kernel module would, without valed. None for other names.
+fn open_nic(cfg: &Config) -> Result<Option<nic::NicRings>, RunError> {
+    let spec = portname::parse(&cfg.ifname).map_err(PortError::from)?;
+    let portname::PortKind::Nic { ifname } = &spec.name.kind else {
+        return Ok(None);
+    };
+    if nic::if_index(ifname).is_none() {
+        return Ok(None);
+    }
+    let mode = cfg.admode;
+    let slots = match cfg.nmr_config.map_or(0, |c| c.tx_slots) {
+        0 => 1024,
+        s => s,
+    };
+    let rings = nic::NicRings::open(&spec, mode, cfg.virt_header as u16, slots)
+        .map_err(|e| RunError::Setup(format!("{}: {e}", cfg.ifname)))?;
+    d!(
+        "nm_open",
+        "{}: {} adapter, {} ring pair(s) in this process",
+        cfg.ifname,
+        rings.kind(),
+        rings.rings()
+    );
+    Ok(Some(rings))
+}
+
 impl Dev {
     fn register_info(&self) -> Option<&NmreqRegister> {
         match self {
             Dev::Nm(p) => Some(p.register_info()),
-            Dev::Null(_) => None,
+            Dev::Null(_) | Dev::Nic(_) => None,
         }
     }
 
@@ -339,8 +391,8 @@ impl Dev {
 
 /// netmap's `get_vnet_hdr_len` / `set_vnet_hdr_len`: the virtio-net header
 /// length frames carry on this port.
-fn vnet_header(cfg: &Config, sock: &Path) -> usize {
-    if cfg.dev == DevKind::Null {
+fn vnet_header(cfg: &Config, sock: &Path, dev: &Dev) -> usize {
+    if cfg.dev == DevKind::Null || matches!(dev, Dev::Nic(_)) {
         return cfg.virt_header;
     }
     let Ok(spec) = portname::parse(&cfg.ifname) else {
@@ -539,7 +591,7 @@ impl<'a> Worker<'a> {
                     let mut rings: Vec<AppRing<'_>> = Vec::new();
                     let pick = |r: &Ring<'a>| match r {
                         Ring::Nm(a) => Some(*a),
-                        Ring::Null(..) => None,
+                        Ring::Null(..) | Ring::Nic(..) => None,
                     };
                     if tx {
                         rings.extend(self.tx.iter().filter_map(pick));
@@ -548,6 +600,41 @@ impl<'a> Worker<'a> {
                         rings.extend(self.rx.iter().filter_map(pick));
                     }
                     poll_rings(&rings, Want::Ready, None, Some(slice)).map(|_| ())
+                }
+                Dev::Nic(n) => {
+                    if tx {
+                        for r in &self.tx {
+                            r.sync()?;
+                        }
+                        if self.tx.iter().any(|r| r.space() > 0) {
+                            return Ok(true);
+                        }
+                    }
+                    if rx {
+                        let mine: Vec<usize> = self
+                            .rx
+                            .iter()
+                            .filter_map(|r| match r {
+                                Ring::Nic(_, _, i) => Some(*i),
+                                _ => None,
+                            })
+                            .collect();
+                        // Frames already in the ring count as ready.
+                        if self.rx.iter().any(|r| r.space() > 0) {
+                            return Ok(true);
+                        }
+                        n.wait_rx(&mine, slice).map_err(RunError::Buf)?;
+                        for r in &self.rx {
+                            r.sync()?;
+                        }
+                        if self.rx.iter().any(|r| r.space() > 0) {
+                            return Ok(true);
+                        }
+                    } else {
+                        // The device's TX ring drains by itself.
+                        std::thread::sleep(slice.min(Duration::from_micros(100)));
+                    }
+                    Err(SyncError::TimedOut(slice))
                 }
                 Dev::Null(_) => {
                     if tx {
@@ -1491,7 +1578,7 @@ pub fn run_with(
         f.store(true, Ordering::Release);
     }
     let opened = ports;
-    let vh = vnet_header(cfg, &sock);
+    let vh = vnet_header(cfg, &sock, opened.first());
     let shared = matches!(opened, Opened::Shared(_));
     let first = opened.first();
     if cfg.has(opt::INDIRECT) && (shared || cfg.dev == DevKind::Null) {
@@ -1499,6 +1586,9 @@ pub fn run_with(
             return setup("-I with -p needs one registration per thread, which valed refuses");
         }
         d!("main", "-I on null: the slots are discarded unread");
+    }
+    if cfg.has(opt::INDIRECT) && matches!(first, Dev::Nic(_)) {
+        return setup("-I: an interface takes no indirect buffers (VALE ports do)");
     }
     let role = cfg.func.role();
     if shared {

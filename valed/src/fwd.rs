@@ -46,8 +46,8 @@ pub enum UnitSource {
     },
     /// A guest's TX virtqueue.
     Vhost(backend::TxQueue),
-    /// What an interface received (the generic adapter's ring).
-    Nic(Box<nic::NicRx>),
+    /// What an interface received (the native or generic adapter's ring).
+    Nic(Box<nic::DevRx>),
     /// What the host stack sent out of its TAP (`eth0^`).
     HostStack(Box<nic::TapRx>),
 }

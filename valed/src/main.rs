@@ -24,12 +24,14 @@ struct Args {
     metrics: Option<metrics::MetricsAddr>,
     vhost_dir: Option<PathBuf>,
     quotas: state::Quotas,
+    admode: nic::AdMode,
 }
 
 const USAGE: &str =
     "usage: valed [--socket PATH] [--threads N] [--cpus LIST] [--busy-poll USECS] [--log LEVEL]
              [--hugepages] [--vhost-inline] [--config FILE] [--metrics HOST:PORT|unix:PATH] [--vhost-dir DIR]
              [--quota-mem MIB] [--quota-vhost N] [--quota-ports N] [--quota-switches N]
+             [--admode best|native|generic]
              [--vhost-user NAME=PATH[,client][,queues=N][,batch=N][,attach=valeX]]...";
 
 fn parse_cpus(s: &str) -> Result<Vec<usize>, String> {
@@ -65,6 +67,7 @@ fn parse_args() -> Result<Args, String> {
         metrics: None,
         vhost_dir: None,
         quotas: state::Quotas::default(),
+        admode: nic::AdMode::Best,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -125,6 +128,7 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|_| format!("--quota-switches {v}: want a number of switches"))?;
             }
+            "--admode" => a.admode = val("--admode")?.parse()?,
             "--metrics" => a.metrics = Some(metrics::MetricsAddr::parse(&val("--metrics")?)?),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -205,6 +209,7 @@ fn run(args: Args) -> std::io::Result<()> {
     reg.huge_pages = args.huge_pages;
     reg.vhost_inline = args.vhost_inline;
     reg.quotas = args.quotas;
+    reg.admode = args.admode;
     // Tenants' vhost-user sockets: beside the control socket unless told.
     reg.vhost_dir = match &args.vhost_dir {
         Some(d) => d.clone(),

@@ -40,6 +40,14 @@ fn oob(off: usize, len: usize, map: usize) -> io::Error {
 impl SharedMap {
     /// Maps `len` bytes of `fd` from offset 0, readable and writable, shared.
     pub fn map(fd: impl AsFd, len: usize) -> io::Result<SharedMap> {
+        SharedMap::map_at(fd, len, 0)
+    }
+
+    /// Maps `len` bytes of `fd` from `offset` (a page multiple; sockets
+    /// such as AF_XDP's name their rings by offset).
+    pub fn map_at(fd: impl AsFd, len: usize, offset: u64) -> io::Result<SharedMap> {
+        let offset = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "mapping offset"))?;
         if len == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -55,7 +63,7 @@ impl SharedMap {
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd.as_fd().as_raw_fd(),
-                0,
+                offset,
             )
         };
         if p == libc::MAP_FAILED {

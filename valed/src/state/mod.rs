@@ -225,6 +225,8 @@ pub struct Registry {
     pub vhost_dir: std::path::PathBuf,
     /// Limits on what one uid other than root may hold.
     pub quotas: Quotas,
+    /// Which adapter a NIC gets (`--admode`, netmap's `admode` sysctl).
+    pub admode: nic::AdMode,
     /// Forward VM ports' TX on the vhost-user worker threads
     /// (`--vhost-inline`) instead of relaying kicks to forwarding threads.
     pub vhost_inline: bool,
@@ -273,6 +275,7 @@ impl Registry {
             state_file: None,
             vhost_dir: std::path::PathBuf::from("/run/vale/vhost"),
             quotas: Quotas::default(),
+            admode: nic::AdMode::Best,
             vhost_inline: false,
         }
     }

@@ -40,6 +40,16 @@ pub(super) fn is_interface(name: &str) -> bool {
         && std::path::Path::new("/sys/class/net").join(name).exists()
 }
 
+/// A host stack port's configuration: its TAP carries virtio-net headers
+/// and takes partial checksums and TSO.
+fn host_cfg() -> PortConfig {
+    PortConfig {
+        vnet_hdr_len: nic::VNET_HDR_LEN as u16,
+        offloads: vale::port::OFFLOAD_CSUM | vale::port::OFFLOAD_TSO4 | vale::port::OFFLOAD_TSO6,
+        ..Default::default()
+    }
+}
+
 impl Registry {
     /// Attaches interface `ifname` to `switch`, and with `host` its host
     /// stack as `ifname^` (a TAP); the interface's index there.
@@ -58,23 +68,25 @@ impl Registry {
             tracing::warn!("NIC {ifname} not attached: {e}");
             e.errno()
         };
-        let nic = nic::GenericNic::open(ifname).map_err(refuse)?;
+        let nic = nic::open(ifname, self.admode).map_err(refuse)?;
+        let kind = nic.kind();
         let tap = if host {
             Some(nic::HostTap::create(&format!("{ifname}^")).map_err(refuse)?)
         } else {
             None
         };
         let sw = self.switch(switch, 0)?;
-        let ifindex = nic.ifindex;
+        let ifindex = nic.ifindex();
         let full = format!("{switch}:{ifname}");
-        let rx_fd = nic.rx.as_fd().try_clone_to_owned();
+        let (rx, tx, cfg) = nic.split();
+        let rx_fd = rx.as_fd().try_clone_to_owned();
         let port = self.device_port(
             &sw,
             &full,
-            Box::new(nic.tx),
+            (tx, cfg),
             rx_fd,
             |rx| UnitSource::Nic(Box::new(rx)),
-            nic.rx,
+            rx,
         )?;
         let host = match tap {
             Some(t) => {
@@ -82,7 +94,7 @@ impl Registry {
                 match self.device_port(
                     &sw,
                     &format!("{full}^"),
-                    Box::new(t.tx),
+                    (Box::new(t.tx), host_cfg()),
                     fd,
                     |rx| UnitSource::HostStack(Box::new(rx)),
                     t.rx,
@@ -111,7 +123,8 @@ impl Registry {
             port = full,
             index = id,
             host_stack = with_host,
-            "NIC attached (generic adapter)"
+            adapter = kind,
+            "NIC attached"
         );
         Ok(id)
     }
@@ -123,19 +136,12 @@ impl Registry {
         &mut self,
         sw: &Arc<Switch>,
         name: &str,
-        sink: Box<dyn Sink>,
+        (sink, cfg): (Box<dyn Sink>, PortConfig),
         fd: std::io::Result<std::os::fd::OwnedFd>,
         source: impl FnOnce(R) -> UnitSource,
         rx: R,
     ) -> Result<DevicePort, Errno> {
         let fd = fd.map_err(|_| libc::EMFILE)?;
-        let cfg = PortConfig {
-            vnet_hdr_len: nic::VNET_HDR_LEN as u16,
-            offloads: vale::port::OFFLOAD_CSUM
-                | vale::port::OFFLOAD_TSO4
-                | vale::port::OFFLOAD_TSO6,
-            ..Default::default()
-        };
         let id = sw.attach(name, cfg, sink).map_err(|e| match e {
             vale::SwitchError::Full(_) => libc::ENOMEM,
             vale::SwitchError::Exists { .. } => libc::EEXIST,
