@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# NIC port transmit benchmark on a veth pair (issue "NIC ports"): frames of
-# 60 B go out of the near end, and the far end's receive counter, in a
-# network namespace this script creates and deletes, says how many arrived.
+# NIC port benchmark on a veth pair (issue "NIC ports"): 60 B frames.
+# Transmit, counted by the far end's receive counter in a network
+# namespace this script creates and deletes:
 #   valed    pkt-gen tx on client port vale0:a (core 0) -> valed, one
-#            forwarding thread (core 1) -> NIC port vale0:IF, the generic
+#            forwarding thread (core 1) -> NIC port vale0:IF, generic
 #            adapter (TPACKET_V2 ring, PACKET_QDISC_BYPASS) -> veth
+#   generic  pkt-gen -i netmap:IF in its own process (core 0), no valed:
+#            in-process rings -> the generic adapter
+#   native   the same with VALE_ADMODE=native: AF_XDP, copy mode (veth
+#            has XDP in driver mode, no zero-copy)
 #   sendto   a plain AF_PACKET socket, one send() per frame (core 0)
 #            (nic/examples/sendto.rs): the program that does not use netmap
-# Runs are interleaved (valed sendto valed sendto ...). veth delivers each
-# frame to the namespace's stack on the sending CPU, so both pay that.
-# Then the receive side: the same plain sender, inside the namespace
-# (core 0), sends to the near end; valed (core 1) takes the frames off the
-# generic adapter's TPACKET_V3 ring (its NIC port's in_packets), against
-# what the namespace sent (its tx counter).
+# Runs are interleaved (valed generic native sendto valed ...). veth hands
+# each frame to the namespace's stack on the sending CPU, so all pay that.
+# Receive: the plain sender inside the namespace (core 0) offers frames;
+# valed's NIC port (core 1, its in_packets), or pkt-gen -f rx on
+# netmap:IF generic or native (core 1) takes them.
 #
 # usage: scripts/bench-nic.sh [RUNS] [SECS]   (default 5 runs of 5 s)
 # Needs root, iproute2, two cores. Prints one line per run and the medians.
@@ -59,21 +62,32 @@ export VALE_SOCKET=$work/valed.sock
 taskset -c 1 target/release/valed --socket "$VALE_SOCKET" --threads 1 --cpus 1 --log warn &
 valed_pid=$!
 for _ in $(seq 50); do [ -S "$VALE_SOCKET" ] && break; sleep 0.1; done
-target/release/vale-ctl -a "vale0:$here"
 
+modes="valed generic native sendto"
 results=()
 for run in $(seq "$runs"); do
-    for sw in valed sendto; do
+    for sw in $modes; do
         before=$(rx_count)
-        if [ "$sw" = valed ]; then
+        case $sw in
+        valed)
+            target/release/vale-ctl -a "vale0:$here"
             timeout --signal=INT "$((secs + 1))" taskset -c 0 \
                 target/release/pkt-gen -i vale0:a -f tx -l 60 -D "$mac" -w 0 -T 100000 \
                 >"$work/pktgen.log" 2>&1 || true
+            target/release/vale-ctl -d "vale0:$here"
             took=$((secs + 1))
-        else
+            ;;
+        generic | native)
+            VALE_ADMODE=$sw timeout --signal=INT "$((secs + 1))" taskset -c 0 \
+                target/release/pkt-gen -i "netmap:$here" -f tx -l 60 -D "$mac" -w 0 -T 100000 \
+                >"$work/pktgen.log" 2>&1 || true
+            took=$((secs + 1))
+            ;;
+        sendto)
             taskset -c 0 target/release/examples/sendto "$here" "$secs" "$mac" >/dev/null
             took=$secs
-        fi
+            ;;
+        esac
         after=$(rx_count)
         mpps=$(awk -v a="$before" -v b="$after" -v s="$took" 'BEGIN {printf "%.3f", (b - a) / s / 1e6}')
         echo "run $run $sw $mpps Mpps (60 B, received by the far end)"
@@ -81,22 +95,44 @@ for run in $(seq "$runs"); do
     done
 done
 
-for sw in valed sendto; do
+for sw in $modes; do
     printf '%s\n' "${results[@]}" | awk -v s="$sw" '$1 == s {print $2}' | sort -n |
-        awk -v s="$sw" '{v[NR] = $1} END {printf "%-7s median %.3f Mpps (min %.3f, max %.3f, %d runs)\n", s, v[int((NR + 1) / 2)], v[1], v[NR], NR}'
+        awk -v s="$sw" '{v[NR] = $1} END {printf "transmit %-7s median %.3f Mpps (min %.3f, max %.3f, %d runs)\n", s, v[int((NR + 1) / 2)], v[1], v[NR], NR}'
 done
 
 here_mac=$(ip -br link show "$here" | awk '{print $3}')
 rx_results=()
 for run in $(seq "$runs"); do
-    sent0=$(tx_count)
-    in0=$(nic_in)
-    ip netns exec "$ns" taskset -c 0 target/release/examples/sendto "$there" "$secs" "$here_mac" >/dev/null
-    sent=$(($(tx_count) - sent0))
-    took=$(($(nic_in) - in0))
-    line=$(awk -v s="$sent" -v t="$took" -v d="$secs" 'BEGIN {printf "%.3f %.3f", s / d / 1e6, t / d / 1e6}')
-    echo "run $run receive: offered/taken $line Mpps (60 B)"
-    rx_results+=("$line")
+    for sw in valed generic native; do
+        sent0=$(tx_count)
+        case $sw in
+        valed)
+            target/release/vale-ctl -a "vale0:$here"
+            in0=$(nic_in)
+            ip netns exec "$ns" taskset -c 0 target/release/examples/sendto "$there" "$secs" "$here_mac" >/dev/null
+            took=$(($(nic_in) - in0))
+            target/release/vale-ctl -d "vale0:$here"
+            ;;
+        *)
+            VALE_ADMODE=$sw timeout --signal=INT "$((secs + 3))" taskset -c 1 \
+                target/release/pkt-gen -i "netmap:$here" -f rx -w 0 >"$work/rx.log" 2>&1 &
+            rx_pid=$!
+            sleep 1
+            ip netns exec "$ns" taskset -c 0 target/release/examples/sendto "$there" "$secs" "$here_mac" >/dev/null
+            sleep 0.5
+            kill -INT "$rx_pid" 2>/dev/null || true
+            wait "$rx_pid" 2>/dev/null || true
+            took=$(awk '/^Received/ {print $2}' "$work/rx.log")
+            took=${took:-0}
+            ;;
+        esac
+        sent=$(($(tx_count) - sent0))
+        line=$(awk -v s="$sent" -v t="$took" -v d="$secs" 'BEGIN {printf "%.3f %.3f", s / d / 1e6, t / d / 1e6}')
+        echo "run $run receive $sw: offered/taken $line Mpps (60 B)"
+        rx_results+=("$sw $line")
+    done
 done
-printf '%s\n' "${rx_results[@]}" | sort -n -k2 |
-    awk '{o[NR] = $1; t[NR] = $2} END {m = int((NR + 1) / 2); printf "receive median: valed took %.3f Mpps of %.3f offered (%d runs)\n", t[m], o[m], NR}'
+for sw in valed generic native; do
+    printf '%s\n' "${rx_results[@]}" | awk -v s="$sw" '$1 == s {print $2, $3}' | sort -n -k2 |
+        awk -v s="$sw" '{o[NR] = $1; t[NR] = $2} END {m = int((NR + 1) / 2); printf "receive %-7s median took %.3f Mpps of %.3f offered (%d runs)\n", s, t[m], o[m], NR}'
+done
