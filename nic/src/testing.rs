@@ -140,20 +140,19 @@ pub fn is_echo_reply(f: &[u8], seq: u16) -> bool {
 /// within 2 s, e.g. its ARP replies never come because the interface's
 /// frames are dropped before its stack.
 pub fn stack_answers(ns: &str, addr: &str) -> bool {
-    let script = "import socket,sys\n\
-s=socket.socket(); s.settimeout(2)\n\
-try:\n    s.connect((sys.argv[1], 9)); print('answered')\n\
-except ConnectionRefusedError: print('answered')\n\
-except OSError as e: print('silent', e)\n";
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "python3", "-c", script, addr])
-        .output()
-        .expect("python3 in the namespace");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.starts_with("answered") || text.starts_with("silent"),
-        "probe failed: {text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text.starts_with("answered")
+    let path = format!("/run/netns/{ns}");
+    let addr: std::net::IpAddr = addr.parse().expect("an IP address");
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).expect("the namespace");
+        // SAFETY: setns on this thread only, with a namespace fd we opened.
+        let r = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+        let to = std::net::SocketAddr::new(addr, 9);
+        match std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(2)) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+        }
+    })
+    .join()
+    .expect("probe thread")
 }
