@@ -64,8 +64,17 @@ valed_pid=$!
 for _ in $(seq 50); do [ -S "$VALE_SOCKET" ] && break; sleep 0.1; done
 
 modes="valed generic native sendto"
+# Each transmit run twice over: the far end's stack receives (as a host
+# would), then an XDP_DROP program on the far end (nic/examples/xdp_drop.rs)
+# drops in XDP, so the sender's rate shows less of the far stack's cost.
 results=()
 for run in $(seq "$runs"); do
+    for far in stack xdp; do
+    if [ "$far" = xdp ]; then
+        ip netns exec "$ns" target/release/examples/xdp_drop "$there" $((4 * (secs + 2))) &
+        drop_pid=$!
+        sleep 0.5
+    fi
     for sw in $modes; do
         before=$(rx_count)
         case $sw in
@@ -90,14 +99,21 @@ for run in $(seq "$runs"); do
         esac
         after=$(rx_count)
         mpps=$(awk -v a="$before" -v b="$after" -v s="$took" 'BEGIN {printf "%.3f", (b - a) / s / 1e6}')
-        echo "run $run $sw $mpps Mpps (60 B, received by the far end)"
-        results+=("$sw $mpps")
+        echo "run $run far end $far: $sw $mpps Mpps (60 B, received by the far end)"
+        results+=("$far-$sw $mpps")
+    done
+    if [ "$far" = xdp ]; then
+        kill "$drop_pid" 2>/dev/null || true
+        wait "$drop_pid" 2>/dev/null || true
+    fi
     done
 done
 
-for sw in $modes; do
-    printf '%s\n' "${results[@]}" | awk -v s="$sw" '$1 == s {print $2}' | sort -n |
-        awk -v s="$sw" '{v[NR] = $1} END {printf "transmit %-7s median %.3f Mpps (min %.3f, max %.3f, %d runs)\n", s, v[int((NR + 1) / 2)], v[1], v[NR], NR}'
+for far in stack xdp; do
+    for sw in $modes; do
+        printf '%s\n' "${results[@]}" | awk -v s="$far-$sw" '$1 == s {print $2}' | sort -n |
+            awk -v s="$sw" -v f="$far" '{v[NR] = $1} END {printf "transmit, far end %-5s %-7s median %.3f Mpps (min %.3f, max %.3f, %d runs)\n", f, s, v[int((NR + 1) / 2)], v[1], v[NR], NR}'
+    done
 done
 
 here_mac=$(ip -br link show "$here" | awk '{print $3}')

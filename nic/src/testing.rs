@@ -156,3 +156,11 @@ pub fn stack_answers(ns: &str, addr: &str) -> bool {
     .join()
     .expect("probe thread")
 }
+
+/// Drops what interface `name` receives in XDP while the returned link is
+/// open (see `scripts/bench-nic.sh`: a receiver that costs the sender's
+/// CPU as little as the interface allows).
+pub fn xdp_drop(name: &str) -> std::io::Result<std::os::fd::OwnedFd> {
+    let ifindex = crate::sys::if_index(name)?;
+    crate::bpf::xdp_drop(ifindex)
+}
