@@ -335,33 +335,32 @@ impl NicRings {
     /// netmap's txsync on ring `i`: everything the application published
     /// goes to the device, as far as the device has room.
     pub fn txsync(&self, i: usize) -> Result<(), netmap::sync::SyncError> {
-        let Some(ring) = self.tx_ring(i) else {
-            return Ok(());
-        };
-        ring.sync_with(|| {
-            let mut l = self.lane(i);
-            let l = &mut *l;
-            // Bounded: a device that takes nothing ends the loop.
-            for _ in 0..64 {
-                let f = l.sw.forward(l.app, &mut l.tx, &mut l.sc, 0);
-                if f.frames == 0 || f.held > 0 {
-                    break;
-                }
-            }
-        })
+        self.sync(Dir::Tx, i)
     }
 
     /// netmap's rxsync on ring `i`: the application's released slots go
     /// back, and what the device received fills the ring.
     pub fn rxsync(&self, i: usize) -> Result<(), netmap::sync::SyncError> {
-        let Some(ring) = self.rx_ring(i) else {
+        self.sync(Dir::Rx, i)
+    }
+
+    /// One sync of ring `i` in direction `dir`: the switch forwards from
+    /// the application's TX ring (TX) or the device (RX) until the source
+    /// is empty or the destination holds it back (bounded, so a device
+    /// that takes nothing ends the loop).
+    fn sync(&self, dir: Dir, i: usize) -> Result<(), netmap::sync::SyncError> {
+        let Some(ring) = self.app_ring(dir, i) else {
             return Ok(());
         };
         ring.sync_with(|| {
             let mut l = self.lane(i);
             let l = &mut *l;
+            let (port, source): (PortId, &mut dyn Source) = match dir {
+                Dir::Tx => (l.app, &mut l.tx),
+                Dir::Rx => (l.dev, &mut l.rx),
+            };
             for _ in 0..64 {
-                let f = l.sw.forward(l.dev, &mut l.rx, &mut l.sc, 0);
+                let f = l.sw.forward(port, source, &mut l.sc, 0);
                 if f.frames == 0 || f.held > 0 {
                     break;
                 }

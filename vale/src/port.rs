@@ -30,7 +30,10 @@ pub trait Source {
 
 /// Where frames go.
 pub trait Sink: Send {
-    /// Free slots now.
+    /// Free slots now. The switch asks only backpressure ports; for the
+    /// others it calls `push` directly, so a sink whose room comes back
+    /// asynchronously (a device's completions) must also take it back in
+    /// `push` before answering `Full`.
     fn room(&mut self) -> usize;
 
     /// Slots a frame of `len` bytes needs.
