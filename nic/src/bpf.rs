@@ -31,6 +31,7 @@ const BPF_TCX_INGRESS: u32 = 46;
 pub const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 
 const TC_ACT_SHOT: i32 = 2;
+#[cfg(feature = "test-utils")]
 const XDP_DROP: i32 = 1;
 const XDP_PASS: i32 = 2;
 const BPF_FUNC_REDIRECT_MAP: i32 = 51;
@@ -124,6 +125,7 @@ pub fn ingress_drop(ifindex: u32) -> io::Result<OwnedFd> {
     link_create(&prog, ifindex, BPF_TCX_INGRESS, 0)
 }
 
+#[cfg(feature = "test-utils")]
 /// Drops every frame `ifindex` receives in XDP (driver mode), before any
 /// skb exists, while the returned link is open: the cheapest receiver an
 /// interface can have, for benchmarks that measure a sender.

@@ -1,8 +1,9 @@
 //! NIC ports for VALE: a Linux interface as the engine's [`vale::Source`]
 //! (what it received) and [`vale::Sink`] (what to send on it).
 //!
-//! The generic adapter (netmap's emulated mode) works on any interface,
-//! through AF_PACKET memory-mapped rings: [`NicRx`] and [`NicTx`]. Frames
+//! The native adapter ([`XdpNic`]) is AF_XDP on drivers with XDP. The
+//! generic adapter (netmap's emulated mode, [`GenericNic`]) works on any
+//! interface, through AF_PACKET: [`NicRx`] and [`NicTx`]. Its frames
 //! carry a 10-byte virtio-net header both ways (`PACKET_VNET_HDR`), so the
 //! port's header length on the switch is [`VNET_HDR_LEN`]: GSO and partial
 //! checksums pass whole between the interface and ports that take them,
@@ -118,7 +119,7 @@ impl GenericNic {
             interface = name,
             ifindex,
             host_stack_cut = cut,
-            "generic adapter: AF_PACKET TPACKET_V3 receive, TPACKET_V2 transmit, virtio-net headers"
+            "generic adapter: AF_PACKET TPACKET_V3 receive, sendmmsg transmit, virtio-net headers"
         );
         Ok(GenericNic {
             rx,

@@ -8,19 +8,14 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 pub const PACKET_RX_RING: libc::c_int = 5;
 pub const PACKET_VERSION: libc::c_int = 10;
-pub const PACKET_TX_RING: libc::c_int = 13;
 pub const PACKET_VNET_HDR: libc::c_int = 15;
 pub const PACKET_QDISC_BYPASS: libc::c_int = 20;
 pub const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
-pub const TPACKET_V2: libc::c_int = 1;
 pub const TPACKET_V3: libc::c_int = 2;
 
 /// `tp_status` / `block_status` bits.
 pub const TP_STATUS_KERNEL: u32 = 0;
 pub const TP_STATUS_USER: u32 = 1;
-pub const TP_STATUS_AVAILABLE: u32 = 0;
-pub const TP_STATUS_SEND_REQUEST: u32 = 1;
-pub const TP_STATUS_WRONG_FORMAT: u32 = 1 << 2;
 
 /// `struct tpacket_req3`.
 #[repr(C)]
@@ -33,16 +28,6 @@ pub struct TpacketReq3 {
     pub retire_blk_tov: u32,
     pub sizeof_priv: u32,
     pub feature_req_word: u32,
-}
-
-/// `struct tpacket_req` (V2 rings).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TpacketReq {
-    pub block_size: u32,
-    pub block_nr: u32,
-    pub frame_size: u32,
-    pub frame_nr: u32,
 }
 
 /// Offsets in `struct tpacket_block_desc` (version, offset_to_priv, then
@@ -58,14 +43,6 @@ pub mod v3 {
     pub const NEXT_OFFSET: usize = 0;
     pub const SNAPLEN: usize = 12;
     pub const MAC: usize = 24;
-}
-
-/// Offsets in `struct tpacket2_hdr`, and where TX data starts in a frame
-/// (`TPACKET2_HDRLEN - sizeof(struct sockaddr_ll)`).
-pub mod v2 {
-    pub const STATUS: usize = 0;
-    pub const LEN: usize = 4;
-    pub const DATA: usize = 32;
 }
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -137,7 +114,50 @@ pub fn bind(fd: &OwnedFd, ifindex: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// Asks the kernel to send what the TX ring holds, without waiting.
+/// Sends frames `from..` of a batch (frame i is `buf[ends[i-1]..ends[i]]`)
+/// with `sendmmsg`, without waiting; the number the kernel took (it stops
+/// at the first it refuses, which then is the error if it is the first).
+pub fn send_batch(fd: &OwnedFd, buf: &[u8], ends: &[usize], from: usize) -> io::Result<usize> {
+    const MAX: usize = 1024; // UIO_MAXIOV: sendmmsg's own limit
+    let to = ends.len().min(from + MAX);
+    let mut iov: Vec<libc::iovec> = Vec::with_capacity(to - from);
+    for i in from..to {
+        let start = if i == 0 { 0 } else { ends[i - 1] };
+        let frame = &buf[start..ends[i]];
+        iov.push(libc::iovec {
+            iov_base: frame.as_ptr() as *mut libc::c_void,
+            iov_len: frame.len(),
+        });
+    }
+    let mut msgs: Vec<libc::mmsghdr> = iov
+        .iter_mut()
+        .map(|v| {
+            // SAFETY: mmsghdr is plain data; all-zero is valid.
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_iov = v;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect();
+    // SAFETY: every message points to one iovec over a live slice of
+    // `buf`, which the kernel only reads; `msgs` and `iov` outlive the call.
+    let r = unsafe {
+        libc::sendmmsg(
+            fd.as_raw_fd(),
+            msgs.as_mut_ptr(),
+            msgs.len() as libc::c_uint,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// Asks the kernel to send what the socket's TX ring holds, without
+/// waiting.
 pub fn kick_tx(fd: &OwnedFd) -> io::Result<()> {
     // SAFETY: a zero-length send with no buffer: the kernel walks the ring.
     let r = unsafe {
