@@ -4,7 +4,7 @@
 # namespace this script creates and deletes:
 #   valed    pkt-gen tx on client port vale0:a (core 0) -> valed, one
 #            forwarding thread (core 1) -> NIC port vale0:IF, generic
-#            adapter (TPACKET_V2 ring, PACKET_QDISC_BYPASS) -> veth
+#            adapter (one sendmmsg per batch, PACKET_QDISC_BYPASS) -> veth
 #   generic  pkt-gen -i netmap:IF in its own process (core 0), no valed:
 #            in-process rings -> the generic adapter
 #   native   the same with VALE_ADMODE=native: AF_XDP, copy mode (veth
