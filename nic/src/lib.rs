@@ -93,6 +93,9 @@ pub struct GenericNic {
     pub rx: NicRx,
     /// Frames to send on it.
     pub tx: NicTx,
+    /// Queues 1 and up, in order: each a member of queue 0's fanout group
+    /// and a transmit socket of its own.
+    pub extra: Vec<(NicRx, NicTx)>,
     /// The interface's index when it was opened.
     pub ifindex: u32,
     /// Whether frames it receives no longer also reach the host stack
@@ -110,20 +113,35 @@ impl GenericNic {
             move |source| NicError::Socket { name, what, source }
         };
         let owned = std::sync::Arc::new(Owned::take(name, ifindex, true)?);
-        let mut rx = rx::open(ifindex).map_err(err("receive ring"))?;
-        let mut tx = tx::open(ifindex).map_err(err("transmit ring"))?;
+        // One receive ring per queue, in a fanout group by queue, as
+        // netmap's rings map to the NIC's; one transmit socket each.
+        let queues = sys::rx_queues(name);
+        let fanout = (queues > 1).then_some(None);
+        let (mut rx, group) = rx::open(ifindex, fanout).map_err(err("receive ring"))?;
+        let mut tx = tx::open(ifindex).map_err(err("transmit socket"))?;
         let cut = owned.ingress_drop.is_some();
         rx.owned = Some(owned.clone());
-        tx.owned = Some(owned);
+        tx.owned = Some(owned.clone());
+        let mut extra = Vec::new();
+        for _ in 1..queues {
+            let (mut r, _) =
+                rx::open(ifindex, Some(group)).map_err(err("receive ring (fanout)"))?;
+            let mut t = tx::open(ifindex).map_err(err("transmit socket"))?;
+            r.owned = Some(owned.clone());
+            t.owned = Some(owned.clone());
+            extra.push((r, t));
+        }
         tracing::info!(
             interface = name,
             ifindex,
             host_stack_cut = cut,
+            queues,
             "generic adapter: AF_PACKET TPACKET_V3 receive, sendmmsg transmit, virtio-net headers"
         );
         Ok(GenericNic {
             rx,
             tx,
+            extra,
             ifindex,
             host_stack_cut: cut,
         })
@@ -202,6 +220,9 @@ impl std::str::FromStr for AdMode {
     }
 }
 
+/// One queue of an interface: what it received, and where to send.
+pub type Queue = (DevRx, Box<dyn vale::Sink>);
+
 /// An interface opened as a port: native or generic.
 #[derive(Debug)]
 pub enum Nic {
@@ -228,9 +249,10 @@ impl Nic {
         }
     }
 
-    /// Its receive side, its transmit side, and the port configuration a
-    /// switch gives it (header length, offloads the interface takes).
-    pub fn split(self) -> (DevRx, Box<dyn vale::Sink>, vale::PortConfig) {
+    /// Its queues in order, each a receive side and a transmit side, and
+    /// the port configuration a switch gives it (header length, offloads
+    /// the interface takes).
+    pub fn into_queues(self) -> (Vec<Queue>, vale::PortConfig) {
         let hdr = self.vnet_hdr_len();
         let cfg = vale::PortConfig {
             vnet_hdr_len: hdr as u16,
@@ -241,10 +263,17 @@ impl Nic {
             },
             ..Default::default()
         };
-        match self {
-            Nic::Native(x) => (DevRx::Native(x.rx), Box::new(x.tx), cfg),
-            Nic::Generic(g) => (DevRx::Generic(g.rx), Box::new(g.tx), cfg),
-        }
+        let queues: Vec<Queue> = match self {
+            Nic::Native(x) => std::iter::once((x.rx, x.tx))
+                .chain(x.extra)
+                .map(|(r, t)| (DevRx::Native(r), Box::new(t) as Box<dyn vale::Sink>))
+                .collect(),
+            Nic::Generic(g) => std::iter::once((g.rx, g.tx))
+                .chain(g.extra)
+                .map(|(r, t)| (DevRx::Generic(r), Box::new(t) as Box<dyn vale::Sink>))
+                .collect(),
+        };
+        (queues, cfg)
     }
 
     /// "native", "native zero-copy" or "generic", for logs and stats.

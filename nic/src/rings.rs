@@ -1,8 +1,9 @@
 //! An interface opened as netmap rings in the caller's own process, as
 //! `nmport_open("netmap:eth0")` gives with netmap's kernel module: no
-//! daemon. `eth0` (or `eth0-0`) binds the NIC's ring, `eth0^` the host
-//! stack's (a TAP device `eth0^`, as valed's host ports), `eth0*` both
-//! (NIC ring 0, host ring 1, netmap's order).
+//! daemon. `eth0` binds the NIC's rings (one per receive queue), `eth0-N`
+//! ring N only, `eth0^` the host stack's (a TAP device `eth0^`, as valed's
+//! host ports), `eth0*` both (NIC rings, then the host ring: netmap's
+//! order).
 //!
 //! Each ring pair is a lane: the application's rings in a private region,
 //! and the device's rings, joined by a two-port switch whose lookup sends
@@ -153,22 +154,34 @@ impl NicRings {
                 "pipes of an interface are not supported".into(),
             ));
         }
-        let (nic, host) = match spec.rings {
-            RingSel::AllNic | RingSel::OneNic(0) => (true, false),
-            RingSel::Sw | RingSel::OneSw(0) => (false, true),
-            RingSel::NicSw => (true, true),
-            RingSel::OneNic(n) | RingSel::OneSw(n) => {
-                return Err(inval(ifname, format!("ring {n}: the interface has one")))
-            }
+        // Which NIC queues (None: all), and whether the host ring.
+        let (nic, one, host) = match spec.rings {
+            RingSel::AllNic => (true, None, false),
+            RingSel::OneNic(k) => (true, Some(usize::from(k)), false),
+            RingSel::Sw | RingSel::OneSw(0) => (false, None, true),
+            RingSel::NicSw => (true, None, true),
+            RingSel::OneSw(n) => return Err(inval(ifname, format!("host ring {n}: there is one"))),
         };
-        let mut devs: Vec<(DevRx, Box<dyn Sink>, PortConfig)> = Vec::new();
+        // Each device with the ring id the application sees.
+        let mut devs: Vec<(u16, DevRx, Box<dyn Sink>, PortConfig)> = Vec::new();
         let mut kind = "host";
         if nic {
             let n = open(ifname, mode)?;
             kind = n.kind();
-            let (rx, tx, mut cfg) = n.split();
+            let (queues, mut cfg) = n.into_queues();
             cfg.backpressure = true;
-            devs.push((rx, tx, cfg));
+            let have = queues.len();
+            if one.is_some_and(|k| k >= have) {
+                return Err(inval(
+                    ifname,
+                    format!("ring {}: the interface has {have}", one.unwrap_or(0)),
+                ));
+            }
+            for (k, (rx, tx)) in queues.into_iter().enumerate() {
+                if one.is_none_or(|o| o == k) {
+                    devs.push((k as u16, rx, tx, cfg));
+                }
+            }
         }
         if host {
             let t = crate::HostTap::create(&format!("{ifname}^"))?;
@@ -180,7 +193,8 @@ impl NicRings {
                     | vale::port::OFFLOAD_TSO6,
                 ..Default::default()
             };
-            devs.push((DevRx::Host(t.rx), Box::new(t.tx), cfg));
+            let id = devs.len() as u16;
+            devs.push((id, DevRx::Host(t.rx), Box::new(t.tx), cfg));
         }
         let n = devs.len() as u32;
         let layout = PortLayout {
@@ -215,9 +229,9 @@ impl NicRings {
             },
             ..Default::default()
         };
-        for (i, (dev_rx, dev_tx, dev_cfg)) in devs.into_iter().enumerate() {
-            let t = region.alloc_ring(Dir::Tx, i as u16, slots).map_err(err)?;
-            let r = region.alloc_ring(Dir::Rx, i as u16, slots).map_err(err)?;
+        for (i, (id, dev_rx, dev_tx, dev_cfg)) in devs.into_iter().enumerate() {
+            let t = region.alloc_ring(Dir::Tx, id, slots).map_err(err)?;
+            let r = region.alloc_ring(Dir::Rx, id, slots).map_err(err)?;
             let geo = |off| -> Result<RingGeometry, NicError> {
                 let (num_slots, buf_base, buf_size, nbufs) =
                     region.ring_params(off).map_err(err)?;

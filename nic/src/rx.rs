@@ -230,8 +230,13 @@ pub(crate) const RX_BLOCK_NR: u32 = 16;
 pub(crate) const RX_FRAME_SIZE: u32 = 2048;
 pub(crate) const RX_RETIRE_MS: u32 = 1;
 
-/// Opens the RX socket on `ifindex` with its ring.
-pub(crate) fn open(ifindex: u32) -> std::io::Result<NicRx> {
+/// Opens the RX socket on `ifindex` with its ring; with `fanout`, as a
+/// member of a fanout group by receive queue (`Some(None)`: a new group).
+/// Returns the group's id too.
+pub(crate) fn open(
+    ifindex: u32,
+    fanout: Option<Option<u16>>,
+) -> std::io::Result<(NicRx, Option<u16>)> {
     let fd = sys::packet_socket()?;
     sys::set_packet_opt(&fd, sys::PACKET_VERSION, &sys::TPACKET_V3)?;
     sys::set_packet_opt(&fd, sys::PACKET_VNET_HDR, &1i32)?;
@@ -249,5 +254,12 @@ pub(crate) fn open(ifindex: u32) -> std::io::Result<NicRx> {
     sys::set_packet_opt(&fd, sys::PACKET_RX_RING, &req)?;
     let map = RingMap::map(&fd, RX_BLOCK_SIZE as usize * RX_BLOCK_NR as usize)?;
     sys::bind(&fd, ifindex)?;
-    Ok(NicRx::new(fd, map, RX_BLOCK_SIZE as usize, RX_BLOCK_NR))
+    let group = match fanout {
+        Some(id) => Some(sys::join_fanout(&fd, id)?),
+        None => None,
+    };
+    Ok((
+        NicRx::new(fd, map, RX_BLOCK_SIZE as usize, RX_BLOCK_NR),
+        group,
+    ))
 }

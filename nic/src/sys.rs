@@ -11,6 +11,10 @@ pub const PACKET_VERSION: libc::c_int = 10;
 pub const PACKET_VNET_HDR: libc::c_int = 15;
 pub const PACKET_QDISC_BYPASS: libc::c_int = 20;
 pub const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+pub const PACKET_FANOUT: libc::c_int = 18;
+/// Fanout by the frame's receive queue (`skb_get_rx_queue`).
+pub const PACKET_FANOUT_QM: u32 = 5;
+pub const PACKET_FANOUT_FLAG_UNIQUEID: u32 = 0x2000;
 pub const TPACKET_V3: libc::c_int = 2;
 
 /// `tp_status` / `block_status` bits.
@@ -266,4 +270,43 @@ pub fn driver(name: &str) -> io::Result<String> {
     let drv = &info[4..36];
     let end = drv.iter().position(|&b| b == 0).unwrap_or(drv.len());
     Ok(String::from_utf8_lossy(&drv[..end]).into_owned())
+}
+
+/// Number of receive queues interface `name` has (1 if unknown).
+pub fn rx_queues(name: &str) -> usize {
+    std::fs::read_dir(format!("/sys/class/net/{name}/queues"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count()
+        })
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// Joins a bound packet socket to fanout group `id` by receive queue; with
+/// `id` None, makes a new group with an id the kernel picks, and returns
+/// it.
+pub fn join_fanout(fd: &OwnedFd, id: Option<u16>) -> io::Result<u16> {
+    let arg: u32 = match id {
+        Some(id) => u32::from(id) | (PACKET_FANOUT_QM << 16),
+        None => (PACKET_FANOUT_QM | PACKET_FANOUT_FLAG_UNIQUEID) << 16,
+    };
+    set_packet_opt(fd, PACKET_FANOUT, &arg)?;
+    if let Some(id) = id {
+        return Ok(id);
+    }
+    let mut got: u32 = 0;
+    let mut len = size_of::<u32>() as libc::socklen_t;
+    // SAFETY: got is writable for len bytes across the call.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            PACKET_FANOUT,
+            (&mut got as *mut u32).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(got as u16)
 }

@@ -30,6 +30,12 @@ pub struct Veth {
 impl Veth {
     /// A new pair; `tag` keeps concurrent tests apart.
     pub fn new(tag: &str) -> Veth {
+        Veth::with_queues(tag, 1)
+    }
+
+    /// A new pair whose ends have `queues` receive and transmit queues.
+    pub fn with_queues(tag: &str, queues: u32) -> Veth {
+        let q = queues.to_string();
         let id = std::process::id() % 100_000;
         let ns = format!("vale-{tag}-{id}");
         let here = format!("v{tag}{id}");
@@ -41,7 +47,24 @@ impl Veth {
             .status();
         ip(&["netns", "add", &ns]);
         ip(&[
-            "link", "add", &here, "type", "veth", "peer", "name", &there, "netns", &ns,
+            "link",
+            "add",
+            &here,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &there,
+            "netns",
+            &ns,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
         ]);
         ip(&[
             "-n",
@@ -103,7 +126,14 @@ pub fn csum(b: &[u8]) -> u16 {
 
 /// An ICMP echo request from 10.77.`subnet`.1 to .2, sequence `seq`.
 pub fn echo_request(dst_mac: [u8; 6], subnet: u8, seq: u16) -> Vec<u8> {
-    let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34];
+    echo_request_id(dst_mac, subnet, 0x1234, seq)
+}
+
+/// [`echo_request`] with identifier `id` (a flow of its own).
+pub fn echo_request_id(dst_mac: [u8; 6], subnet: u8, id: u16, seq: u16) -> Vec<u8> {
+    let mut icmp = vec![8, 0];
+    icmp.extend_from_slice(&[0, 0]);
+    icmp.extend_from_slice(&id.to_be_bytes());
     icmp.extend_from_slice(&seq.to_be_bytes());
     icmp.extend_from_slice(b"vale generic adapter");
     let c = csum(&icmp);
@@ -163,4 +193,35 @@ pub fn stack_answers(ns: &str, addr: &str) -> bool {
 pub fn xdp_drop(name: &str) -> std::io::Result<std::os::fd::OwnedFd> {
     let ifindex = crate::sys::if_index(name)?;
     crate::bpf::xdp_drop(ifindex)
+}
+
+/// A TCP SYN from 10.77.`subnet`.1:`sport` to .2 port 9 (closed: the
+/// namespace answers with a reset), checksums complete. Each `sport` is a
+/// flow of its own, which the sender's queue choice hashes.
+pub fn tcp_syn(dst_mac: [u8; 6], subnet: u8, sport: u16) -> Vec<u8> {
+    let mut ip = vec![
+        0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 77, subnet, 1, 10, 77, subnet, 2,
+    ];
+    let c = csum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut t = Vec::with_capacity(20);
+    t.extend_from_slice(&sport.to_be_bytes());
+    t.extend_from_slice(&9u16.to_be_bytes());
+    t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    let mut sum = vec![10, 77, subnet, 1, 10, 77, subnet, 2, 0, 6, 0, 20];
+    sum.extend_from_slice(&t);
+    let c = csum(&sum);
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut f = dst_mac.to_vec();
+    f.extend_from_slice(&OUR_MAC);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&t);
+    f
+}
+
+/// The port a TCP reset from the namespace (no vnet header) went to.
+pub fn tcp_reset_to(f: &[u8]) -> Option<u16> {
+    (f.len() >= 54 && f[12..14] == [0x08, 0x00] && f[23] == 6 && f[47] & 0x04 != 0)
+        .then(|| u16::from_be_bytes([f[36], f[37]]))
 }

@@ -1,5 +1,5 @@
-//! The native adapter: an AF_XDP socket on queue 0 of an interface whose
-//! driver runs XDP programs, as the engine's `Source` ([`XdpRx`]) and
+//! The native adapter: an AF_XDP socket on each queue of an interface
+//! whose driver runs XDP programs, as the engine's `Source` ([`XdpRx`]) and
 //! `Sink` ([`XdpTx`]).
 //!
 //! The socket has one UMEM of 2 KiB chunks: the first half is lent to the
@@ -173,16 +173,22 @@ impl XRing {
     }
 }
 
-/// What RX and TX share: the socket, the UMEM, the program and the
-/// interface's ownership (dropped last).
+/// What every queue's socket shares: the redirect program's link and map,
+/// and the interface's ownership (dropped last).
+#[derive(Debug)]
+struct Program {
+    _link: OwnedFd,
+    _redirect: XdpRedirect,
+    _owned: Owned,
+}
+
+/// What one queue's RX and TX share: the socket and its UMEM.
 #[derive(Debug)]
 struct Xsk {
     fd: OwnedFd,
     umem: SharedMap,
     _memfd: Memfd,
-    _link: OwnedFd,
-    _redirect: XdpRedirect,
-    _owned: Owned,
+    _prog: Arc<Program>,
 }
 
 impl Xsk {
@@ -194,13 +200,15 @@ impl Xsk {
     }
 }
 
-/// The native adapter on one interface.
+/// The native adapter on one interface: a socket per receive queue.
 #[derive(Debug)]
 pub struct XdpNic {
-    /// Frames the interface received.
+    /// Frames queue 0 received.
     pub rx: XdpRx,
-    /// Frames to send on it.
+    /// Frames to send on queue 0.
     pub tx: XdpTx,
+    /// Queues 1 and up, in order.
+    pub extra: Vec<(XdpRx, XdpTx)>,
     /// The interface's index when it was opened.
     pub ifindex: u32,
     /// Whether the driver moves frames in and out of the UMEM itself.
@@ -223,143 +231,130 @@ impl std::fmt::Display for NoNative {
     }
 }
 
-/// Number of RX queues the interface has.
-fn rx_queues(name: &str) -> usize {
-    std::fs::read_dir(format!("/sys/class/net/{name}/queues"))
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
-                .count()
-        })
-        .unwrap_or(1)
+/// One queue's socket, bound, before the program is attached.
+struct Sock {
+    fd: OwnedFd,
+    umem: SharedMap,
+    memfd: Memfd,
+    rx: XRing,
+    tx: XRing,
+    fill: XRing,
+    comp: XRing,
+    zero_copy: bool,
 }
 
-impl XdpNic {
-    /// Opens `name` (index `ifindex`) in native mode. `Err(Ok(why))`:
-    /// native mode is not possible here, the interface is untouched and
-    /// free; `Err(Err(e))`: the interface cannot be opened at all (busy).
-    pub(crate) fn open(name: &str, ifindex: u32) -> Result<XdpNic, Result<NoNative, NicError>> {
-        let no = |what| move |source| Ok(NoNative { what, source });
-        let queues = rx_queues(name);
-        if queues != 1 {
-            return Err(Ok(NoNative {
-                what: "queues",
-                source: io::Error::other(format!(
-                    "{queues} receive queues; the native adapter takes one"
-                )),
-            }));
-        }
-        let owned = Owned::take(name, ifindex, false).map_err(Err)?;
-        let redirect = XdpRedirect::new(1).map_err(no("loading the XDP redirect program"))?;
-        let umem_len = (2 * FRAMES * XDP_FRAME) as usize;
-        let memfd =
-            Memfd::create_sealed("vale-xdp-umem", umem_len, false).map_err(no("UMEM memory"))?;
-        let umem = SharedMap::map(memfd.file(), umem_len).map_err(no("UMEM mapping"))?;
-        // SAFETY: socket() has no memory-safety preconditions.
-        let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
-            return Err(Ok(NoNative {
-                what: "AF_XDP socket",
-                source: io::Error::last_os_error(),
-            }));
-        }
-        // SAFETY: raw was just returned by socket() and nobody owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let reg = UmemReg {
-            addr: umem.as_ptr() as u64,
-            len: umem_len as u64,
-            chunk_size: XDP_FRAME,
-            headroom: 0,
-            flags: 0,
-            pad: 0,
+fn no(what: &'static str) -> impl FnOnce(io::Error) -> NoNative {
+    move |source| NoNative { what, source }
+}
+
+/// An AF_XDP socket with its own UMEM, bound to queue `queue`.
+fn socket(ifindex: u32, queue: u32) -> Result<Sock, NoNative> {
+    let umem_len = (2 * FRAMES * XDP_FRAME) as usize;
+    let memfd =
+        Memfd::create_sealed("vale-xdp-umem", umem_len, false).map_err(no("UMEM memory"))?;
+    let umem = SharedMap::map(memfd.file(), umem_len).map_err(no("UMEM mapping"))?;
+    // SAFETY: socket() has no memory-safety preconditions.
+    let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(no("AF_XDP socket")(io::Error::last_os_error()));
+    }
+    // SAFETY: raw was just returned by socket() and nobody owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let reg = UmemReg {
+        addr: umem.as_ptr() as u64,
+        len: umem_len as u64,
+        chunk_size: XDP_FRAME,
+        headroom: 0,
+        flags: 0,
+        pad: 0,
+    };
+    set_opt(&fd, XDP_UMEM_REG, &reg).map_err(no("UMEM registration"))?;
+    for opt in [
+        XDP_UMEM_FILL_RING,
+        XDP_UMEM_COMPLETION_RING,
+        XDP_RX_RING,
+        XDP_TX_RING,
+    ] {
+        set_opt(&fd, opt, &FRAMES).map_err(no("ring sizes"))?;
+    }
+    let mut off = MmapOffsets::default();
+    let mut len = size_of::<MmapOffsets>() as libc::socklen_t;
+    // SAFETY: off is writable for len bytes across the call.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            SOL_XDP,
+            XDP_MMAP_OFFSETS,
+            (&mut off as *mut MmapOffsets).cast(),
+            &mut len,
+        )
+    })
+    .map_err(no("ring offsets"))?;
+    let rx = XRing::map(&fd, off.rx, PGOFF_RX, 16).map_err(no("RX ring mapping"))?;
+    let tx = XRing::map(&fd, off.tx, PGOFF_TX, 16).map_err(no("TX ring mapping"))?;
+    let fill = XRing::map(&fd, off.fr, PGOFF_FILL, 8).map_err(no("fill ring mapping"))?;
+    let comp =
+        XRing::map(&fd, off.cr, PGOFF_COMPLETION, 8).map_err(no("completion ring mapping"))?;
+    let bind = |flags: u16| {
+        let sa = SockaddrXdp {
+            family: libc::AF_XDP as u16,
+            flags,
+            ifindex,
+            queue_id: queue,
+            shared_umem_fd: 0,
         };
-        set_opt(&fd, XDP_UMEM_REG, &reg).map_err(no("UMEM registration"))?;
-        for opt in [
-            XDP_UMEM_FILL_RING,
-            XDP_UMEM_COMPLETION_RING,
-            XDP_RX_RING,
-            XDP_TX_RING,
-        ] {
-            set_opt(&fd, opt, &FRAMES).map_err(no("ring sizes"))?;
-        }
-        let mut off = MmapOffsets::default();
-        let mut len = size_of::<MmapOffsets>() as libc::socklen_t;
-        // SAFETY: off is writable for len bytes across the call.
+        // SAFETY: sa is a valid sockaddr_xdp alive across the call.
         cvt(unsafe {
-            libc::getsockopt(
+            libc::bind(
                 fd.as_raw_fd(),
-                SOL_XDP,
-                XDP_MMAP_OFFSETS,
-                (&mut off as *mut MmapOffsets).cast(),
-                &mut len,
+                (&sa as *const SockaddrXdp).cast(),
+                size_of::<SockaddrXdp>() as libc::socklen_t,
             )
         })
-        .map_err(no("ring offsets"))?;
-        let rx_ring = XRing::map(&fd, off.rx, PGOFF_RX, 16).map_err(no("RX ring mapping"))?;
-        let tx_ring = XRing::map(&fd, off.tx, PGOFF_TX, 16).map_err(no("TX ring mapping"))?;
-        let fill = XRing::map(&fd, off.fr, PGOFF_FILL, 8).map_err(no("fill ring mapping"))?;
-        let comp =
-            XRing::map(&fd, off.cr, PGOFF_COMPLETION, 8).map_err(no("completion ring mapping"))?;
-        let bind = |flags: u16| {
-            let sa = SockaddrXdp {
-                family: libc::AF_XDP as u16,
-                flags,
-                ifindex,
-                queue_id: 0,
-                shared_umem_fd: 0,
-            };
-            // SAFETY: sa is a valid sockaddr_xdp alive across the call.
-            cvt(unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&sa as *const SockaddrXdp).cast(),
-                    size_of::<SockaddrXdp>() as libc::socklen_t,
-                )
-            })
-        };
-        let zero_copy = bind(XDP_ZEROCOPY).is_ok();
-        if !zero_copy {
-            bind(XDP_COPY).map_err(no("binding the socket to queue 0"))?;
-        }
-        redirect.set(0, &fd).map_err(no("socket map"))?;
-        // Driver mode only: skb-mode XDP is no faster than the generic
-        // adapter and loses the virtio-net header.
-        let link = redirect
-            .attach(ifindex, XDP_FLAGS_DRV_MODE)
-            .map_err(no("attaching XDP in driver mode"))?;
-        // The kernel gets the first half of the UMEM to receive into.
-        for i in 0..FRAMES {
-            fill.write_desc(i, u64::from(i * XDP_FRAME), 0);
-        }
-        fill.producer().store(FRAMES, Ordering::Release);
+    };
+    let zero_copy = bind(XDP_ZEROCOPY).is_ok();
+    if !zero_copy {
+        bind(XDP_COPY).map_err(no("binding the socket to its queue"))?;
+    }
+    // The kernel gets the first half of the UMEM to receive into.
+    for i in 0..FRAMES {
+        fill.write_desc(i, u64::from(i * XDP_FRAME), 0);
+    }
+    fill.producer().store(FRAMES, Ordering::Release);
+    Ok(Sock {
+        fd,
+        umem,
+        memfd,
+        rx,
+        tx,
+        fill,
+        comp,
+        zero_copy,
+    })
+}
+
+impl Sock {
+    fn into_queue(self, prog: &Arc<Program>) -> (XdpRx, XdpTx) {
         let xsk = Arc::new(Xsk {
-            fd,
-            umem,
-            _memfd: memfd,
-            _link: link,
-            _redirect: redirect,
-            _owned: owned,
+            fd: self.fd,
+            umem: self.umem,
+            _memfd: self.memfd,
+            _prog: prog.clone(),
         });
-        tracing::info!(
-            interface = name,
-            ifindex,
-            zero_copy,
-            "native adapter: AF_XDP on queue 0, XDP in driver mode"
-        );
-        Ok(XdpNic {
-            rx: XdpRx {
+        (
+            XdpRx {
                 xsk: xsk.clone(),
-                ring: rx_ring,
-                fill,
+                ring: self.rx,
+                fill: self.fill,
                 cons: 0,
                 fill_prod: FRAMES,
                 fetched: 0,
                 bad: 0,
             },
-            tx: XdpTx {
+            XdpTx {
                 xsk,
-                ring: tx_ring,
-                comp,
+                ring: self.tx,
+                comp: self.comp,
                 prod: 0,
                 comp_cons: 0,
                 free: (FRAMES..2 * FRAMES)
@@ -368,6 +363,55 @@ impl XdpNic {
                 unsent: 0,
                 send_errors: 0,
             },
+        )
+    }
+}
+
+impl XdpNic {
+    /// Opens `name` (index `ifindex`) in native mode, a socket on each of
+    /// its receive queues. `Err(Ok(why))`: native mode is not possible
+    /// here, the interface is untouched and free; `Err(Err(e))`: the
+    /// interface cannot be opened at all (busy).
+    pub(crate) fn open(name: &str, ifindex: u32) -> Result<XdpNic, Result<NoNative, NicError>> {
+        let queues = crate::sys::rx_queues(name).max(1) as u32;
+        let owned = Owned::take(name, ifindex, false).map_err(Err)?;
+        let redirect = XdpRedirect::new(queues)
+            .map_err(no("loading the XDP redirect program"))
+            .map_err(Ok)?;
+        let mut socks = Vec::new();
+        for q in 0..queues {
+            let s = socket(ifindex, q).map_err(Ok)?;
+            redirect
+                .set(q, &s.fd)
+                .map_err(no("socket map"))
+                .map_err(Ok)?;
+            socks.push(s);
+        }
+        // Driver mode only: skb-mode XDP is no faster than the generic
+        // adapter and loses the virtio-net header.
+        let link = redirect
+            .attach(ifindex, XDP_FLAGS_DRV_MODE)
+            .map_err(no("attaching XDP in driver mode"))
+            .map_err(Ok)?;
+        let zero_copy = socks.iter().all(|s| s.zero_copy);
+        let prog = Arc::new(Program {
+            _link: link,
+            _redirect: redirect,
+            _owned: owned,
+        });
+        let mut qs = socks.into_iter().map(|s| s.into_queue(&prog));
+        let (rx, tx) = qs.next().expect("at least one queue");
+        tracing::info!(
+            interface = name,
+            ifindex,
+            zero_copy,
+            queues,
+            "native adapter: AF_XDP on every queue, XDP in driver mode"
+        );
+        Ok(XdpNic {
+            rx,
+            tx,
+            extra: qs.collect(),
             ifindex,
             zero_copy,
         })

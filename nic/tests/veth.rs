@@ -6,7 +6,8 @@
 use std::time::{Duration, Instant};
 
 use nic::testing::{
-    arp_request, echo_request, is_arp_reply, is_echo_reply, root, stack_answers, Veth, OUR_MAC,
+    arp_request, echo_request, is_arp_reply, is_echo_reply, root, stack_answers, tcp_reset_to,
+    tcp_syn, Veth, OUR_MAC,
 };
 use nic::{GenericNic, VNET_HDR_LEN};
 use vale::{Frag, Sink, Source};
@@ -284,4 +285,110 @@ fn a_refused_frame_does_not_take_its_batch_with_it() {
         one.get(),
         three.get()
     );
+}
+
+/// An interface with two receive queues is opened with a ring per queue
+/// (a fanout member each for generic, an AF_XDP socket each for native):
+/// SYNs of many flows to a closed port are answered by a reset each,
+/// which the namespace sends on the queue its flow hashes to; every reset
+/// arrives once, on one ring, none lost, none seen twice, and both rings
+/// get some.
+#[test]
+fn every_queue_has_its_ring() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    type Queues = Vec<nic::Queue>;
+    for mode in [nic::AdMode::Generic, nic::AdMode::Native] {
+        let v = Veth::with_queues(
+            if mode == nic::AdMode::Native {
+                "qn"
+            } else {
+                "qg"
+            },
+            2,
+        );
+        let (mut queues, cfg) = nic::open(&v.here, mode).unwrap().into_queues();
+        assert_eq!(queues.len(), 2, "{mode:?}: a ring per queue");
+        let hdr = vec![0u8; cfg.vnet_hdr_len as usize];
+        let mut frags = Vec::new();
+        // Every frame each queue received, header stripped.
+        let mut drain = |queues: &mut Queues| {
+            let mut got = vec![Vec::new(); queues.len()];
+            for (q, (rx, _)) in queues.iter_mut().enumerate() {
+                frags.clear();
+                let n = rx.fetch(&mut frags, 256);
+                for f in &frags {
+                    let mut b = vec![0u8; f.len() as usize];
+                    f.read(0, &mut b);
+                    got[q].push(b.split_off(hdr.len().min(b.len())));
+                }
+                rx.complete(n);
+            }
+            got
+        };
+        let send = |queues: &mut Queues, f: &[u8]| {
+            let tx = &mut queues[0].1;
+            assert_eq!(
+                tx.push(&[Frag::from_slice(f, 0)], 0, &hdr),
+                vale::Push::Done
+            );
+            tx.publish();
+        };
+        let t0 = Instant::now();
+        let mut their_mac = None;
+        while their_mac.is_none() && t0.elapsed() < Duration::from_secs(5) {
+            send(&mut queues, &arp_request(v.subnet));
+            std::thread::sleep(Duration::from_millis(50));
+            for f in drain(&mut queues).into_iter().flatten() {
+                if is_arp_reply(&f, v.subnet) {
+                    their_mac = Some(<[u8; 6]>::try_from(&f[6..12]).unwrap());
+                }
+            }
+        }
+        let their_mac = their_mac.expect("ARP reply");
+        let n = 200u16;
+        let base = 20000u16;
+        for i in 0..n {
+            send(&mut queues, &tcp_syn(their_mac, v.subnet, base + i));
+        }
+        let mut seen = vec![0u32; usize::from(n)];
+        let mut per_queue = [0u32; 2];
+        let t0 = Instant::now();
+        loop {
+            for (q, frames) in drain(&mut queues).into_iter().enumerate() {
+                for f in frames {
+                    let Some(port) = tcp_reset_to(&f) else {
+                        continue;
+                    };
+                    if let Some(c) = port
+                        .checked_sub(base)
+                        .and_then(|i| seen.get_mut(usize::from(i)))
+                    {
+                        *c += 1;
+                        per_queue[q] += 1;
+                    }
+                }
+            }
+            // Once all arrived, a last look for duplicates.
+            if seen.iter().all(|&c| c > 0) && t0.elapsed() > Duration::from_millis(300) {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(5) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            seen.iter().all(|&c| c == 1),
+            "{mode:?}: each reset once (per queue {per_queue:?}, missing {}, twice {})",
+            seen.iter().filter(|&&c| c == 0).count(),
+            seen.iter().filter(|&&c| c > 1).count()
+        );
+        assert!(
+            per_queue.iter().all(|&c| c > 0),
+            "{mode:?}: both queues used {per_queue:?}"
+        );
+    }
 }

@@ -7,14 +7,13 @@ use std::os::fd::AsFd;
 
 use super::*;
 
-/// One side of a NIC on a switch: its index there and its receive unit.
+/// One side of a NIC on a switch: its index there and its receive units.
 pub struct DevicePort {
     /// Index on the switch.
     pub id: PortId,
-    /// The forwarding unit's registration id.
-    pub unit_id: u64,
-    /// The forwarding thread holding its receive side.
-    pub fwd: usize,
+    /// Each receive queue's forwarding unit: its registration id and the
+    /// forwarding thread holding it.
+    pub units: Vec<(u64, usize)>,
 }
 
 /// A NIC on a switch, and its host stack port when attached with `-h`.
@@ -78,26 +77,27 @@ impl Registry {
         let sw = self.switch(switch, 0)?;
         let ifindex = nic.ifindex();
         let full = format!("{switch}:{ifname}");
-        let (rx, tx, cfg) = nic.split();
-        let rx_fd = rx.as_fd().try_clone_to_owned();
-        let port = self.device_port(
-            &sw,
-            &full,
-            (tx, cfg),
-            rx_fd,
-            |rx| UnitSource::Nic(Box::new(rx)),
-            rx,
-        )?;
+        let (queues, cfg) = nic.into_queues();
+        // The switch sends through queue 0's transmit side; every queue's
+        // receive side is a forwarding unit of its own.
+        let mut rxs = Vec::new();
+        let mut sink = None;
+        for (rx, tx) in queues {
+            sink.get_or_insert(tx);
+            rxs.push(rx);
+        }
+        let sink = sink.ok_or(libc::ENXIO)?;
+        let port = self.device_port(&sw, &full, (sink, cfg), rxs, |rx| {
+            UnitSource::Nic(Box::new(rx))
+        })?;
         let host = match tap {
             Some(t) => {
-                let fd = t.rx.as_fd().try_clone_to_owned();
                 match self.device_port(
                     &sw,
                     &format!("{full}^"),
                     (Box::new(t.tx), host_cfg()),
-                    fd,
+                    vec![t.rx],
                     |rx| UnitSource::HostStack(Box::new(rx)),
-                    t.rx,
                 ) {
                     Ok(h) => Some(h),
                     Err(e) => {
@@ -130,46 +130,56 @@ impl Registry {
     }
 
     /// Puts a device on `sw` as `name`: `sink` for what the switch sends
-    /// it, and a forwarding unit reading `rx`, woken by `fd` (the device,
-    /// never read by the forwarding thread: that would take a frame).
-    fn device_port<R>(
+    /// it, and a forwarding unit reading each of `rxs`, woken by its fd
+    /// (the device's, never read by the forwarding thread: that would take
+    /// a frame).
+    fn device_port<R: AsFd>(
         &mut self,
         sw: &Arc<Switch>,
         name: &str,
         (sink, cfg): (Box<dyn Sink>, PortConfig),
-        fd: std::io::Result<std::os::fd::OwnedFd>,
-        source: impl FnOnce(R) -> UnitSource,
-        rx: R,
+        rxs: Vec<R>,
+        source: impl Fn(R) -> UnitSource,
     ) -> Result<DevicePort, Errno> {
-        let fd = fd.map_err(|_| libc::EMFILE)?;
+        let fds = rxs
+            .iter()
+            .map(|r| r.as_fd().try_clone_to_owned())
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|_| libc::EMFILE)?;
         let id = sw.attach(name, cfg, sink).map_err(|e| match e {
             vale::SwitchError::Full(_) => libc::ENOMEM,
             vale::SwitchError::Exists { .. } => libc::EEXIST,
             _ => libc::EINVAL,
         })?;
-        let unit_id = self.next_unit;
-        self.next_unit += 1;
-        let fwd = self.next_fwd % self.fwd.len().max(1);
-        self.next_fwd += 1;
-        if let Some(f) = self.fwd.get(fwd) {
-            f.add(Unit {
-                reg: unit_id,
-                path: Path::Switch {
-                    switch: sw.clone(),
-                    port: id,
-                },
-                source: source(rx),
-                kick: Arc::new(EventFd::from_fd(fd)),
-                drain: false,
-            });
+        let mut units = Vec::new();
+        for (rx, fd) in rxs.into_iter().zip(fds) {
+            let unit_id = self.next_unit;
+            self.next_unit += 1;
+            let fwd = self.next_fwd % self.fwd.len().max(1);
+            self.next_fwd += 1;
+            if let Some(f) = self.fwd.get(fwd) {
+                f.add(Unit {
+                    reg: unit_id,
+                    path: Path::Switch {
+                        switch: sw.clone(),
+                        port: id,
+                    },
+                    source: source(rx),
+                    kick: Arc::new(EventFd::from_fd(fd)),
+                    drain: false,
+                });
+            }
+            units.push((unit_id, fwd));
         }
-        Ok(DevicePort { id, unit_id, fwd })
+        Ok(DevicePort { id, units })
     }
 
-    /// Takes a device port off its switch and its unit off its thread.
+    /// Takes a device port off its switch and its units off their threads.
     fn drop_device_port(&mut self, sw: &Arc<Switch>, p: &DevicePort) {
-        if let Some(f) = self.fwd.get(p.fwd) {
-            f.remove(p.unit_id);
+        for &(unit_id, fwd) in &p.units {
+            if let Some(f) = self.fwd.get(fwd) {
+                f.remove(unit_id);
+            }
         }
         let _ = sw.detach(p.id);
     }
