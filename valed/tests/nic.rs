@@ -375,9 +375,11 @@ fn two_hosts(link: &str, admode: &str) {
         return;
     }
     let id = std::process::id() % 100_000;
+    // Names apart for each link and mode: these tests run at once.
+    let m = &admode[..1];
     let (na, nb) = (
-        format!("vale-ha-{link}-{id}"),
-        format!("vale-hb-{link}-{id}"),
+        format!("vale-ha-{link}-{m}-{id}"),
+        format!("vale-hb-{link}-{m}-{id}"),
     );
     let run = |args: &[&str]| {
         let ok = std::process::Command::new("ip")
@@ -412,7 +414,7 @@ fn two_hosts(link: &str, admode: &str) {
             .is_ok_and(|s| s.success());
         assert!(ok, "disable IPv6 in {ns}");
     }
-    let (ua, ub) = (format!("u{id}a"), format!("u{id}b"));
+    let (ua, ub) = (format!("u{id}{m}a"), format!("u{id}{m}b"));
     run(&[
         "link", "add", &ua, "netns", &na, "type", "veth", "peer", "name", &ub, "netns", &nb,
     ]);
@@ -454,8 +456,16 @@ fn two_hosts(link: &str, admode: &str) {
         }
         (ua.clone(), ub.clone())
     };
-    let va = common::start_in(Some(&na), &format!("host-a-{link}"), &["--admode", admode]);
-    let vb = common::start_in(Some(&nb), &format!("host-b-{link}"), &["--admode", admode]);
+    let va = common::start_in(
+        Some(&na),
+        &format!("host-a-{link}-{m}"),
+        &["--admode", admode],
+    );
+    let vb = common::start_in(
+        Some(&nb),
+        &format!("host-b-{link}-{m}"),
+        &["--admode", admode],
+    );
     attach(&va, &format!("vale0:{ia}"));
     attach(&vb, &format!("vale0:{ib}"));
     let n = 10_000u64;
