@@ -160,6 +160,23 @@ pub fn send_batch(fd: &OwnedFd, buf: &[u8], ends: &[usize], from: usize) -> io::
     }
 }
 
+/// Wakes a socket's receive path (an AF_XDP socket whose driver waits for
+/// fill-ring buffers): a non-blocking zero-length receive.
+pub fn wake_rx(fd: &OwnedFd) {
+    // SAFETY: a zero-length receive into no buffer; the result (EAGAIN as
+    // a rule) is of no interest, only the wake-up.
+    unsafe {
+        libc::recvfrom(
+            fd.as_raw_fd(),
+            std::ptr::null_mut(),
+            0,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    };
+}
+
 /// Asks the kernel to send what the socket's TX ring holds, without
 /// waiting.
 pub fn kick_tx(fd: &OwnedFd) -> io::Result<()> {

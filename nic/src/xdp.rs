@@ -41,6 +41,9 @@ const XDP_UMEM_FILL_RING: libc::c_int = 5;
 const XDP_UMEM_COMPLETION_RING: libc::c_int = 6;
 const XDP_COPY: u16 = 1 << 1;
 const XDP_ZEROCOPY: u16 = 1 << 2;
+const XDP_USE_NEED_WAKEUP: u16 = 1 << 3;
+/// In a ring's flags word: the kernel waits for a system call to go on.
+const XDP_RING_NEED_WAKEUP: u32 = 1;
 const PGOFF_RX: u64 = 0;
 const PGOFF_TX: u64 = 0x8000_0000;
 const PGOFF_FILL: u64 = 0x1_0000_0000;
@@ -146,6 +149,13 @@ impl XRing {
 
     fn consumer(&self) -> &AtomicU32 {
         self.word(self.off.consumer)
+    }
+
+    /// Whether the kernel asks for a system call before it goes on
+    /// (`XDP_USE_NEED_WAKEUP`: a zero-copy driver sleeps instead of
+    /// polling the ring; copy mode always asks on TX).
+    fn needs_wakeup(&self) -> bool {
+        self.word(self.off.flags).load(Ordering::Acquire) & XDP_RING_NEED_WAKEUP != 0
     }
 
     /// Byte offset of entry `i` (any index, masked).
@@ -312,9 +322,9 @@ fn socket(ifindex: u32, queue: u32) -> Result<Sock, NoNative> {
             )
         })
     };
-    let zero_copy = bind(XDP_ZEROCOPY).is_ok();
+    let zero_copy = bind(XDP_ZEROCOPY | XDP_USE_NEED_WAKEUP).is_ok();
     if !zero_copy {
-        bind(XDP_COPY).map_err(no("binding the socket to its queue"))?;
+        bind(XDP_COPY | XDP_USE_NEED_WAKEUP).map_err(no("binding the socket to its queue"))?;
     }
     // The kernel gets the first half of the UMEM to receive into.
     for i in 0..FRAMES {
@@ -483,6 +493,10 @@ impl Source for XdpRx {
             .store(self.fill_prod, Ordering::Release);
         self.ring.consumer().store(self.cons, Ordering::Release);
         self.fetched = 0;
+        if n > 0 && self.fill.needs_wakeup() {
+            // The driver stopped for want of buffers: tell it there are.
+            crate::sys::wake_rx(&self.xsk.fd);
+        }
     }
 }
 
@@ -597,10 +611,14 @@ impl Sink for XdpTx {
         }
         self.ring.producer().store(self.prod, Ordering::Release);
         // Copy mode sends a bounded batch per call (32 frames): kick until
-        // the kernel has taken everything or says it is busy.
+        // the kernel has taken everything or says it is busy. A zero-copy
+        // driver that polls the ring needs no call at all.
         let calls = self.unsent / 16 + 2;
         self.unsent = 0;
         for _ in 0..calls {
+            if !self.ring.needs_wakeup() {
+                break;
+            }
             if let Err(e) = crate::sys::kick_tx(&self.xsk.fd) {
                 if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::ENOBUFS)
                 {
