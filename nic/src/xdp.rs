@@ -322,9 +322,27 @@ fn socket(ifindex: u32, queue: u32) -> Result<Sock, NoNative> {
             )
         })
     };
-    let zero_copy = bind(XDP_ZEROCOPY | XDP_USE_NEED_WAKEUP).is_ok();
-    if !zero_copy {
-        bind(XDP_COPY | XDP_USE_NEED_WAKEUP).map_err(no("binding the socket to its queue"))?;
+    // A socket closed a moment ago (by this or another process) leaves
+    // its queue busy until the kernel's deferred release has run: wait for
+    // that, briefly.
+    let t0 = std::time::Instant::now();
+    let zero_copy = loop {
+        if bind(XDP_ZEROCOPY | XDP_USE_NEED_WAKEUP).is_ok() {
+            break true;
+        }
+        match bind(XDP_COPY | XDP_USE_NEED_WAKEUP) {
+            Ok(()) => break false,
+            Err(e)
+                if e.raw_os_error() == Some(libc::EBUSY)
+                    && t0.elapsed() < std::time::Duration::from_secs(1) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => return Err(no("binding the socket to its queue")(e)),
+        }
+    };
+    if t0.elapsed() > std::time::Duration::from_millis(5) {
+        tracing::debug!(queue, waited = ?t0.elapsed(), "AF_XDP queue was still being released");
     }
     // The kernel gets the first half of the UMEM to receive into.
     for i in 0..FRAMES {
