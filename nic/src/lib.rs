@@ -27,6 +27,10 @@ pub use tap::{HostTap, TapRx, TapTx};
 pub use tx::NicTx;
 pub use xdp::{XdpNic, XdpRx, XdpTx, XDP_FRAME};
 
+/// Most rings (and forwarding units) one interface gets: each receive ring
+/// holds 4 MiB.
+pub const MAX_QUEUES: usize = 16;
+
 /// The virtio-net header in front of every frame (`struct virtio_net_hdr`,
 /// no `num_buffers`).
 pub const VNET_HDR_LEN: usize = 10;
@@ -115,7 +119,9 @@ impl GenericNic {
         let owned = std::sync::Arc::new(Owned::take(name, ifindex, true)?);
         // One receive ring per queue, in a fanout group by queue, as
         // netmap's rings map to the NIC's; one transmit socket each.
-        let queues = sys::rx_queues(name);
+        // At most MAX_QUEUES rings: fanout by queue spreads the other
+        // queues' frames over them (member = queue % members).
+        let queues = sys::rx_queues(name).min(MAX_QUEUES);
         let fanout = (queues > 1).then_some(None);
         let (mut rx, group) = rx::open(ifindex, fanout).map_err(err("receive ring"))?;
         let mut tx = tx::open(ifindex).map_err(err("transmit socket"))?;

@@ -401,7 +401,18 @@ impl XdpNic {
     /// here, the interface is untouched and free; `Err(Err(e))`: the
     /// interface cannot be opened at all (busy).
     pub(crate) fn open(name: &str, ifindex: u32) -> Result<XdpNic, Result<NoNative, NicError>> {
-        let queues = crate::sys::rx_queues(name).max(1) as u32;
+        let queues = crate::sys::rx_queues(name);
+        if queues > crate::MAX_QUEUES {
+            // Every queue needs its socket, or its frames bypass the port.
+            return Err(Ok(NoNative {
+                what: "queues",
+                source: io::Error::other(format!(
+                    "{queues} receive queues, more than {}",
+                    crate::MAX_QUEUES
+                )),
+            }));
+        }
+        let queues = queues as u32;
         let owned = Owned::take(name, ifindex, false).map_err(Err)?;
         let redirect = XdpRedirect::new(queues)
             .map_err(no("loading the XDP redirect program"))
