@@ -60,6 +60,15 @@ pub enum NicError {
         /// What failed, and why.
         why: String,
     },
+    /// The port name asks for what the interface does not have (a ring
+    /// past its last, a pipe...), as netmap's EINVAL.
+    #[error("{name}: {why}")]
+    BadName {
+        /// The interface.
+        name: String,
+        /// What was wrong.
+        why: String,
+    },
     /// A socket call failed (EPERM without CAP_NET_RAW, ENOMEM for the
     /// rings, ENETDOWN...).
     #[error("{name}: {what}: {source}")]
@@ -80,6 +89,7 @@ impl NicError {
             NicError::NoInterface { .. } => libc::ENXIO,
             NicError::Busy { .. } => libc::EBUSY,
             NicError::NoNative { .. } => libc::EOPNOTSUPP,
+            NicError::BadName { .. } => libc::EINVAL,
             NicError::Socket { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
         }
     }

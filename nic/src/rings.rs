@@ -128,10 +128,9 @@ impl std::fmt::Debug for NicRings {
 }
 
 fn inval(name: &str, why: String) -> NicError {
-    NicError::Socket {
+    NicError::BadName {
         name: name.into(),
-        what: "port name",
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
+        why,
     }
 }
 

@@ -395,3 +395,68 @@ fn every_queue_has_its_ring() {
         );
     }
 }
+
+/// netmap's ring suffixes on an interface opened in this process: `IF*`
+/// binds the NIC's ring and the host stack's (the TAP `IF^` exists while
+/// the rings are open), `IF-N` past the last queue and `IF^1` are refused
+/// by name, and an ARP request written into the NIC's TX ring is answered
+/// on its RX ring through txsync and rxsync.
+#[test]
+fn an_interface_opens_as_netmap_rings() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let v = Veth::new("n");
+    let open = |name: &str| {
+        let spec = netmap::portname::parse(name).unwrap();
+        nic::NicRings::open(&spec, nic::AdMode::Generic, 0, 256)
+    };
+    for bad in [
+        format!("netmap:{}-1", v.here),
+        format!("netmap:{}^1", v.here),
+    ] {
+        let e = open(&bad).unwrap_err();
+        assert_eq!(e.errno(), libc::EINVAL, "{bad}: {e}");
+    }
+    let tap = format!("/sys/class/net/{}^", v.here);
+    let rings = open(&format!("netmap:{}*", v.here)).unwrap();
+    assert_eq!(rings.rings(), 2, "the NIC's ring, then the host's");
+    assert!(std::path::Path::new(&tap).exists(), "{tap} while open");
+    // ARP through ring 0: write the slot, txsync, rxsync until the reply.
+    let tx = rings.tx_ring(0).unwrap();
+    let req = arp_request(v.subnet);
+    let v0 = tx.ring;
+    let slot = v0.slot(v0.cur());
+    v0.write_buf(slot.buf_idx, 0, &req).unwrap();
+    let mut s = slot;
+    s.len = req.len() as u16;
+    v0.set_slot(v0.cur(), s);
+    let next = netmap::ring::next(v0.cur(), v0.num_slots());
+    v0.set_head(next);
+    v0.set_cur(next);
+    rings.txsync(0).unwrap();
+    let rx = rings.rx_ring(0).unwrap();
+    let t0 = Instant::now();
+    let mut answered = false;
+    while !answered && t0.elapsed() < Duration::from_secs(3) {
+        rings.rxsync(0).unwrap();
+        let r = rx.ring;
+        while r.cur() != r.tail() {
+            let s = r.slot(r.cur());
+            let mut b = vec![0u8; usize::from(s.len)];
+            r.read_buf(s.buf_idx, 0, &mut b).unwrap();
+            answered |= is_arp_reply(&b, v.subnet);
+            let n = netmap::ring::next(r.cur(), r.num_slots());
+            r.set_cur(n);
+            r.set_head(n);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(answered, "the namespace's ARP reply on the NIC's RX ring");
+    drop(rings);
+    assert!(
+        !std::path::Path::new(&tap).exists(),
+        "{tap} gone with the rings"
+    );
+}
