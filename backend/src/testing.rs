@@ -46,6 +46,8 @@ use vm_memory::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
+pub mod mem_queue;
+
 /// Guest physical address of the first byte of guest memory.
 pub const GUEST_MEM_BASE: u64 = 0x10_0000;
 /// Size of `struct virtio_net_hdr_v1` (with `num_buffers`).

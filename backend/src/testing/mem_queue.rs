@@ -1,0 +1,340 @@
+//! A split virtqueue in process memory, driven by hand: the guest side of
+//! one queue without a VMM, a socket or a thread, for benchmarks of the
+//! data path ([`TxQueue`](crate::queue::TxQueue) and
+//! [`RxQueue`](crate::queue::RxQueue) see a queue bound as a vhost-user
+//! session binds it).
+//!
+//! Layout, from [`GUEST_MEM_BASE`]: the descriptor table, the avail ring
+//! and the used ring, each on its own pages, then one buffer of `buf_len`
+//! bytes per descriptor. Every chain is one descriptor, and descriptor `i`
+//! always points at buffer `i`: the guest posts descriptor ids from a FIFO
+//! free list and takes them back from the used ring, so a device that
+//! returns chains in order sees the ids cycle through the table.
+//!
+//! Ring indexes are stored and loaded with the orderings the virtio spec
+//! asks for; the avail entries of one post go in with one copy.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use virtio_queue::QueueT;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::GUEST_MEM_BASE;
+use crate::queue::{Binding, GuestMem, Mem, Vring, VringSlot};
+
+const PAGE: u64 = 4096;
+const F_WRITE: u16 = 2;
+
+fn page_up(n: u64) -> u64 {
+    n.div_ceil(PAGE) * PAGE
+}
+
+/// Which way the queue carries frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    /// Guest TX: the device reads the buffers.
+    Tx,
+    /// Guest RX: the device writes the buffers.
+    Rx,
+}
+
+/// One split virtqueue in its own guest memory, and the guest's view of it.
+pub struct MemQueue {
+    mem: Mem,
+    gmem: GuestMem,
+    vring: Vring,
+    dir: Dir,
+    size: u16,
+    buf_len: u32,
+    avail: u64,
+    used: u64,
+    data: u64,
+    /// The guest's avail index (next entry it writes).
+    avail_idx: u16,
+    /// Used entries already taken back.
+    last_used: u16,
+    /// Descriptor ids the guest owns, in the order it posts them.
+    free: VecDeque<u16>,
+    /// Which ids the device holds.
+    in_flight: Vec<bool>,
+    /// Used entries taken back by the last `reap`: (id, len).
+    reaped: Vec<(u16, u32)>,
+    /// Used entries that named an id not in flight or a length past its
+    /// buffer.
+    violations: u64,
+    heads: Vec<u8>,
+    used_buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for MemQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemQueue")
+            .field("dir", &self.dir)
+            .field("size", &self.size)
+            .field("avail_idx", &self.avail_idx)
+            .field("last_used", &self.last_used)
+            .field("violations", &self.violations)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemQueue {
+    /// A ready, enabled queue of `size` entries (a power of two) with one
+    /// `buf_len`-byte buffer per descriptor; `event_idx` as if
+    /// `VIRTIO_RING_F_EVENT_IDX` were acked. Nothing is posted yet.
+    pub fn new(dir: Dir, size: u16, buf_len: u32, event_idx: bool) -> MemQueue {
+        assert!(size.is_power_of_two(), "queue size {size}");
+        assert!(buf_len > 0, "empty buffers");
+        let n = u64::from(size);
+        let desc = GUEST_MEM_BASE;
+        let avail = desc + page_up(16 * n);
+        let used = avail + page_up(6 + 2 * n);
+        let data = used + page_up(6 + 8 * n);
+        let end = data + page_up(n * u64::from(buf_len));
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(
+            GuestAddress(GUEST_MEM_BASE),
+            (end - GUEST_MEM_BASE) as usize,
+        )])
+        .expect("guest memory");
+
+        // Descriptor i is buffer i, for good.
+        let flags = if dir == Dir::Rx { F_WRITE } else { 0 };
+        let mut table = vec![0u8; 16 * size as usize];
+        for (i, d) in table.chunks_exact_mut(16).enumerate() {
+            d[0..8].copy_from_slice(&(data + i as u64 * u64::from(buf_len)).to_le_bytes());
+            d[8..12].copy_from_slice(&buf_len.to_le_bytes());
+            d[12..14].copy_from_slice(&flags.to_le_bytes());
+        }
+        mem.write_slice(&table, GuestAddress(desc))
+            .expect("descriptor table");
+
+        let vring = Vring::new(size);
+        {
+            let mut st = vring.get_mut();
+            let q = st.get_queue_mut();
+            q.try_set_size(size).expect("queue size");
+            q.try_set_desc_table_address(GuestAddress(desc))
+                .expect("descriptor table address");
+            q.try_set_avail_ring_address(GuestAddress(avail))
+                .expect("avail ring address");
+            q.try_set_used_ring_address(GuestAddress(used))
+                .expect("used ring address");
+            q.set_event_idx(event_idx);
+            q.set_ready(true);
+            st.set_enabled(true);
+        }
+        MemQueue {
+            gmem: GuestMem::new(mem.clone()),
+            mem,
+            vring,
+            dir,
+            size,
+            buf_len,
+            avail,
+            used,
+            data,
+            avail_idx: 0,
+            last_used: 0,
+            free: (0..size).collect(),
+            in_flight: vec![false; size as usize],
+            reaped: Vec::with_capacity(size as usize),
+            violations: 0,
+            heads: Vec::with_capacity(2 * size as usize),
+            used_buf: Vec::with_capacity(8 * size as usize),
+        }
+    }
+
+    /// The queue and its memory, as a session publishes them.
+    pub fn binding(&self) -> Binding {
+        Binding {
+            vring: self.vring.clone(),
+            mem: self.gmem.clone(),
+        }
+    }
+
+    /// A slot with this queue bound in it.
+    pub fn slot(&self) -> Arc<VringSlot> {
+        let s = Arc::new(VringSlot::default());
+        s.set(Some(self.binding()));
+        s
+    }
+
+    /// Queue size.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// Bytes of each buffer.
+    pub fn buf_len(&self) -> u32 {
+        self.buf_len
+    }
+
+    /// Descriptor ids the guest holds (not posted).
+    pub fn free(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Used entries that were wrong (see [`MemQueue::reap`]).
+    pub fn violations(&self) -> u64 {
+        self.violations
+    }
+
+    fn buf_addr(&self, id: u16) -> GuestAddress {
+        GuestAddress(self.data + u64::from(id) * u64::from(self.buf_len))
+    }
+
+    /// TX: makes every chain carry `frame(id)` (header included), so
+    /// that later posts need not write any bytes.
+    pub fn fill_tx(&mut self, mut frame: impl FnMut(u16) -> Vec<u8>) {
+        assert_eq!(self.dir, Dir::Tx, "fill_tx on an RX queue");
+        for id in 0..self.size {
+            let f = frame(id);
+            self.set_tx(id, &f);
+        }
+    }
+
+    /// TX: descriptor `id` now carries `bytes`.
+    pub fn set_tx(&mut self, id: u16, bytes: &[u8]) {
+        assert_eq!(self.dir, Dir::Tx, "set_tx on an RX queue");
+        assert!(id < self.size && !bytes.is_empty() && bytes.len() <= self.buf_len as usize);
+        self.mem
+            .write_slice(bytes, self.buf_addr(id))
+            .expect("TX buffer");
+        let d = GuestAddress(GUEST_MEM_BASE + 16 * u64::from(id) + 8);
+        self.mem
+            .write_obj(bytes.len() as u32, d)
+            .expect("descriptor length");
+    }
+
+    /// The bytes chain `id` carries (TX) or the first `len` bytes the
+    /// device wrote into it (RX).
+    pub fn read(&self, id: u16, len: usize) -> Vec<u8> {
+        let len = match self.dir {
+            Dir::Rx => len,
+            Dir::Tx => {
+                let d = GuestAddress(GUEST_MEM_BASE + 16 * u64::from(id) + 8);
+                self.mem.read_obj::<u32>(d).expect("descriptor length") as usize
+            }
+        };
+        let mut out = vec![0u8; len.min(self.buf_len as usize)];
+        self.mem
+            .read_slice(&mut out, self.buf_addr(id))
+            .expect("guest buffer");
+        out
+    }
+
+    /// Makes up to `n` chains available (the oldest free ids first) and
+    /// publishes the avail index once. Returns how many went.
+    pub fn post(&mut self, n: usize) -> usize {
+        let n = n.min(self.free.len());
+        if n == 0 {
+            return 0;
+        }
+        self.heads.clear();
+        for _ in 0..n {
+            let Some(id) = self.free.pop_front() else {
+                break;
+            };
+            self.in_flight[id as usize] = true;
+            self.heads.extend_from_slice(&id.to_le_bytes());
+        }
+        // The ring's entries from avail_idx on, in at most two runs.
+        let mask = self.size - 1;
+        let first = (self.avail_idx & mask) as usize;
+        let run = n.min(self.size as usize - first);
+        let at = |slot: usize| GuestAddress(self.avail + 4 + 2 * slot as u64);
+        self.mem
+            .write_slice(&self.heads[..2 * run], at(first))
+            .expect("avail ring");
+        if run < n {
+            self.mem
+                .write_slice(&self.heads[2 * run..2 * n], at(0))
+                .expect("avail ring");
+        }
+        self.avail_idx = self.avail_idx.wrapping_add(n as u16);
+        self.mem
+            .store(
+                self.avail_idx.to_le(),
+                GuestAddress(self.avail + 2),
+                Ordering::Release,
+            )
+            .expect("avail idx");
+        n
+    }
+
+    /// The ids the last [`MemQueue::post`] made available, in order.
+    pub fn last_posted(&self) -> Vec<u16> {
+        self.heads
+            .chunks_exact(2)
+            .map(|h| u16::from_le_bytes([h[0], h[1]]))
+            .collect()
+    }
+
+    /// Makes every free chain available.
+    pub fn post_all(&mut self) -> usize {
+        self.post(self.free.len())
+    }
+
+    /// Takes back what the device put on the used ring since the last
+    /// call; the entries are in [`MemQueue::reaped`] until the next call.
+    /// An id not in flight, or a length past the buffer (RX) or non-zero
+    /// (TX), counts a violation. Returns how many came back.
+    pub fn reap(&mut self) -> usize {
+        self.reaped.clear();
+        let idx: u16 = u16::from_le(
+            self.mem
+                .load(GuestAddress(self.used + 2), Ordering::Acquire)
+                .expect("used idx"),
+        );
+        let n = idx.wrapping_sub(self.last_used) as usize;
+        if n == 0 {
+            return 0;
+        }
+        if n > self.size as usize {
+            // The device broke its ring: nothing can be trusted.
+            self.violations += 1;
+            self.last_used = idx;
+            return 0;
+        }
+        let mask = self.size - 1;
+        let first = (self.last_used & mask) as usize;
+        let run = n.min(self.size as usize - first);
+        self.used_buf.resize(8 * n, 0);
+        let at = |slot: usize| GuestAddress(self.used + 4 + 8 * slot as u64);
+        self.mem
+            .read_slice(&mut self.used_buf[..8 * run], at(first))
+            .expect("used ring");
+        if run < n {
+            self.mem
+                .read_slice(&mut self.used_buf[8 * run..8 * n], at(0))
+                .expect("used ring");
+        }
+        for e in self.used_buf[..8 * n].chunks_exact(8) {
+            let id = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
+            let len = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
+            let bad_len = match self.dir {
+                Dir::Rx => len > self.buf_len,
+                Dir::Tx => len != 0,
+            };
+            let ok = id < u32::from(self.size) && self.in_flight[id as usize];
+            if !ok || bad_len {
+                self.violations += 1;
+            }
+            if ok {
+                let id = id as u16;
+                self.in_flight[id as usize] = false;
+                self.free.push_back(id);
+                self.reaped.push((id, len));
+            }
+        }
+        self.last_used = idx;
+        self.reaped.len()
+    }
+
+    /// The entries the last [`MemQueue::reap`] took back: (id, len).
+    pub fn reaped(&self) -> &[(u16, u32)] {
+        &self.reaped
+    }
+}
