@@ -14,6 +14,8 @@ echo "== guest image (images/build.sh, cached)"
 ./images/build.sh
 echo "== cargo test (debug)"
 cargo test --workspace --all-features
+echo "== vm2vm bench once, as a test (its setup checks the frames it measures)"
+cargo test --all-features -p vale-backend --bench vm2vm
 echo "== cargo test (release): sync protocol"
 cargo test --release -p netmap --test sync_threads --test two_process
 echo "== loom: the CSB need-kick handshake, model-checked"
