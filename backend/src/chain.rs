@@ -64,6 +64,18 @@ pub fn tx_frags(
     head: u16,
     out: &mut Vec<Frag>,
 ) -> Result<usize, ChainError> {
+    if let Some((d, ptr)) = single(map, ring, head) {
+        // One descriptor, in one region (how Linux and DPDK send a linear
+        // frame with its header pushed in front): one fragment.
+        if d.flags & crate::vring::F_WRITE != 0 {
+            return Err(ChainError::Direction);
+        }
+        crate::vring::prefetch(ptr);
+        // SAFETY: as in the walk below: `single` checked that the range
+        // lies in one mapped region, alive for the caller's batch.
+        out.push(unsafe { Frag::new(ptr, d.len as u16, 0) });
+        return Ok(d.len as usize);
+    }
     let start = out.len();
     let mut total = 0usize;
     let r = crate::vring::walk_chain(map, ring, head, |d| {
@@ -120,6 +132,17 @@ pub fn rx_bufs(
     head: u16,
     out: &mut Vec<DstBuf>,
 ) -> Result<usize, ChainError> {
+    if let Some((d, ptr)) = single(map, ring, head) {
+        // One writable buffer (how Linux posts mergeable RX buffers).
+        if d.flags & crate::vring::F_WRITE == 0 {
+            return Err(ChainError::Direction);
+        }
+        crate::vring::prefetch(ptr);
+        // SAFETY: `single` checked the range lies in one mapped region;
+        // the caller holds the memory guard until the buffer is returned.
+        out.push(unsafe { DstBuf::new(ptr, d.len as usize) });
+        return Ok(d.len as usize);
+    }
     let start = out.len();
     let mut total = 0usize;
     let r = crate::vring::walk_chain(map, ring, head, |d| {
@@ -151,6 +174,29 @@ pub fn rx_bufs(
             Err(e)
         }
     }
+}
+
+/// The chain at `head` when it is a single direct descriptor of 1 to
+/// 65535 bytes in one memory region, with its host address; None sends
+/// the caller to the full walk (which also reports every error).
+#[inline(always)]
+fn single(
+    map: &crate::vring::HostMap,
+    ring: &crate::vring::Ring,
+    head: u16,
+) -> Option<(crate::vring::Desc, *mut u8)> {
+    if head >= ring.size() {
+        return None;
+    }
+    let d = ring.desc(head);
+    if d.flags & (crate::vring::F_NEXT | crate::vring::F_INDIRECT) != 0
+        || d.len == 0
+        || d.len > u32::from(u16::MAX)
+    {
+        return None;
+    }
+    let (ptr, n) = map.range(d.addr, u64::from(d.len))?;
+    (n == u64::from(d.len)).then_some((d, ptr))
 }
 
 /// Splits guest range `addr..addr+len` into host pointers, one per memory

@@ -760,6 +760,36 @@ impl Sink for RxQueue {
         // The header this guest gets: the engine's copy (made once), with
         // num_buffers ours to fill.
         let total = VNET_HDR_LEN + flen.saturating_sub(skip);
+        // The common case first: the next chain is one buffer that holds
+        // the whole frame (every frame with big buffers, mergeable or
+        // not), copied straight in with no chain list or cursor.
+        if self.next == self.chains.len() {
+            self.refill();
+        }
+        if let Some(c) = self.chains.get(self.next) {
+            if c.bad.is_none() && c.nbufs == 1 && c.cap >= total {
+                let (head, first) = (c.head, c.first);
+                self.next += 1;
+                let mut h = [0u8; VNET_HDR_LEN];
+                let n = hdr.len().min(VNET_HDR_LEN);
+                h[..n].copy_from_slice(&hdr[..n]);
+                h[10..12].copy_from_slice(&1u16.to_le_bytes());
+                let b = &mut self.bufs[first];
+                let mut at = b.write_prefix(&h);
+                let mut skip = skip;
+                for f in frags {
+                    let fl = f.len() as usize;
+                    if skip >= fl {
+                        skip -= fl;
+                        continue;
+                    }
+                    at += b.copy_from(at, f, skip, fl - skip);
+                    skip = 0;
+                }
+                self.used.push((head, at as u32));
+                return Push::Done;
+            }
+        }
         let mrg = self.mrg.load(Ordering::Relaxed);
         let start_used = self.used.len();
         let start_next = self.next;

@@ -114,6 +114,22 @@ impl Frag {
     }
 }
 
+impl Frag {
+    /// Copies the fragment's first `N` bytes into `out` in one fixed-size
+    /// copy (a few register moves, no `memcpy` call); false, with `out`
+    /// untouched, if the fragment is shorter.
+    #[inline]
+    pub fn read_prefix<const N: usize>(&self, out: &mut [u8; N]) -> bool {
+        if (self.len as usize) < N {
+            return false;
+        }
+        // SAFETY: the fragment is readable for `len >= N` bytes (the
+        // constructor's contract); `out` is a distinct Rust buffer.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr(), out.as_mut_ptr(), N) };
+        true
+    }
+}
+
 /// A destination buffer a sink lends the engine.
 #[derive(Debug)]
 pub struct DstBuf {
@@ -170,6 +186,19 @@ impl DstBuf {
         n
     }
 
+    /// Writes `data` at the start in one fixed-size copy when it fits
+    /// (as [`write`](Self::write) otherwise); returns the bytes written.
+    #[inline]
+    pub fn write_prefix<const N: usize>(&mut self, data: &[u8; N]) -> usize {
+        if self.cap < N {
+            return self.write(0, data);
+        }
+        // SAFETY: N <= cap bytes of the buffer; `data` is a Rust array
+        // distinct from it.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr(), N) };
+        N
+    }
+
     /// Writes `data` at `at`; returns the bytes written.
     #[inline]
     pub fn write(&mut self, at: usize, data: &[u8]) -> usize {
@@ -201,5 +230,15 @@ mod tests {
         assert_eq!(d.copy_from(7, &f, 0, 1), 0);
         assert_eq!(d.write(5, b"xy"), 1);
         assert_eq!(&dst, &[0, 0, b'5', b'6', b'7', b'x']);
+        let mut four = [0u8; 4];
+        assert!(f.read_prefix(&mut four));
+        assert_eq!(&four, b"0123");
+        let mut big = [9u8; 11];
+        assert!(!f.read_prefix(&mut big), "past the fragment");
+        assert_eq!(big, [9; 11]);
+        let mut d = DstBuf::from_slice(&mut dst[..3]);
+        assert_eq!(d.write_prefix(b"ab"), 2);
+        assert_eq!(d.write_prefix(b"wxyz"), 3, "clamped to the buffer");
+        assert_eq!(&dst[..4], b"wxy6");
     }
 }

@@ -406,7 +406,7 @@ impl<L: Lookup> Switch<L> {
                     continue;
                 }
                 // Copy the headers once; never re-read them from the source.
-                gather(frags, &mut sc.hdr[..need]);
+                gather_head(frags, &mut sc.hdr, need);
                 fr.vh[..src_hdr].copy_from_slice(&sc.hdr[..src_hdr]);
                 fr.gso = if src_hdr > 0 {
                     sc.hdr[VNET_GSO_TYPE]
@@ -437,15 +437,11 @@ impl<L: Lookup> Switch<L> {
         }
 
         // Group frame indexes by destination, in source order. Flooding
-        // walks only the ports that exist, not all MAX_PORTS indexes.
+        // walks only the ports that exist, not all MAX_PORTS indexes; the
+        // list of those is made at the batch's first flood (a unicast
+        // batch never scans the port table).
         sc.active.clear();
-        sc.active.extend(
-            ports
-                .iter()
-                .enumerate()
-                .filter(|(p, s)| s.is_some() && *p != src as usize)
-                .map(|(p, _)| p as PortId),
-        );
+        let mut have_active = false;
         for &p in &sc.touched {
             sc.lists[p as usize].clear();
         }
@@ -464,6 +460,16 @@ impl<L: Lookup> Switch<L> {
                     }
                 }
                 Dest::Flood => {
+                    if !have_active {
+                        have_active = true;
+                        sc.active.extend(
+                            ports
+                                .iter()
+                                .enumerate()
+                                .filter(|(p, s)| s.is_some() && *p != src as usize)
+                                .map(|(p, _)| p as PortId),
+                        );
+                    }
                     if sc.active.is_empty() {
                         fr.drop = Some(DropReason::NoDst);
                     }
@@ -691,6 +697,20 @@ fn gso_ok(gso: u8, offloads: u32) -> bool {
         offload::GSO_UDP => offloads & OFFLOAD_UFO != 0,
         _ => false,
     }
+}
+
+/// Copies a frame's first `need` bytes (its headers, at most 32) into
+/// `out`; bytes of `out` past them are left undefined.
+#[inline]
+fn gather_head(frags: &[Frag], out: &mut [u8; 64], need: usize) {
+    // The headers in the first fragment: one fixed copy instead of a
+    // `memcpy` call of a length known only at run time.
+    if let Some(head) = out.first_chunk_mut::<32>() {
+        if need <= 32 && frags.first().is_some_and(|f| f.read_prefix(head)) {
+            return;
+        }
+    }
+    gather(frags, &mut out[..need]);
 }
 
 /// Copies the first `out.len()` bytes of a frame, across fragments.

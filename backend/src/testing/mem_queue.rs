@@ -15,17 +15,23 @@
 //! asks for; the avail entries of one post go in with one copy.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::GUEST_MEM_BASE;
 use crate::queue::{Binding, GuestMem, Mem, Vring, VringSlot};
 
 const PAGE: u64 = 4096;
 const F_WRITE: u16 = 2;
+
+/// Host address of guest `addr` in `mem` (inside it, by construction).
+fn host(mem: &Mem, addr: u64) -> *mut u8 {
+    mem.get_host_address(GuestAddress(addr))
+        .expect("ring inside guest memory")
+}
 
 fn page_up(n: u64) -> u64 {
     n.div_ceil(PAGE) * PAGE
@@ -48,8 +54,6 @@ pub struct MemQueue {
     dir: Dir,
     size: u16,
     buf_len: u32,
-    avail: u64,
-    used: u64,
     data: u64,
     /// The guest's avail index (next entry it writes).
     avail_idx: u16,
@@ -64,9 +68,16 @@ pub struct MemQueue {
     /// Used entries that named an id not in flight or a length past its
     /// buffer.
     violations: u64,
-    heads: Vec<u8>,
-    used_buf: Vec<u8>,
+    heads: Vec<u16>,
+    /// Host addresses of the avail and used rings, written and read as a
+    /// guest driver does: plain stores and loads, the indexes atomic.
+    avail_host: *mut u8,
+    used_host: *mut u8,
 }
+
+// SAFETY: the ring pointers point into `mem`, which the queue owns; which
+// thread drives the guest side changes nothing.
+unsafe impl Send for MemQueue {}
 
 impl std::fmt::Debug for MemQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -127,13 +138,10 @@ impl MemQueue {
         }
         MemQueue {
             gmem: GuestMem::new(mem.clone()),
-            mem,
             vring,
             dir,
             size,
             buf_len,
-            avail,
-            used,
             data,
             avail_idx: 0,
             last_used: 0,
@@ -141,8 +149,10 @@ impl MemQueue {
             in_flight: vec![false; size as usize],
             reaped: Vec::with_capacity(size as usize),
             violations: 0,
-            heads: Vec::with_capacity(2 * size as usize),
-            used_buf: Vec::with_capacity(8 * size as usize),
+            heads: Vec::with_capacity(size as usize),
+            avail_host: host(&mem, avail),
+            used_host: host(&mem, used),
+            mem,
         }
     }
 
@@ -233,43 +243,37 @@ impl MemQueue {
             return 0;
         }
         self.heads.clear();
-        for _ in 0..n {
+        let mask = self.size - 1;
+        for k in 0..n {
             let Some(id) = self.free.pop_front() else {
                 break;
             };
             self.in_flight[id as usize] = true;
-            self.heads.extend_from_slice(&id.to_le_bytes());
-        }
-        // The ring's entries from avail_idx on, in at most two runs.
-        let mask = self.size - 1;
-        let first = (self.avail_idx & mask) as usize;
-        let run = n.min(self.size as usize - first);
-        let at = |slot: usize| GuestAddress(self.avail + 4 + 2 * slot as u64);
-        self.mem
-            .write_slice(&self.heads[..2 * run], at(first))
-            .expect("avail ring");
-        if run < n {
-            self.mem
-                .write_slice(&self.heads[2 * run..2 * n], at(0))
-                .expect("avail ring");
+            self.heads.push(id);
+            let slot = (self.avail_idx.wrapping_add(k as u16) & mask) as usize;
+            // SAFETY: avail entry `slot < size` lies in the avail ring
+            // (4 + 2 * size bytes from its 2-aligned start), inside `mem`,
+            // which this queue owns; the device reads it only after the
+            // index store below (release).
+            unsafe { (self.avail_host.add(4 + 2 * slot) as *mut u16).write_volatile(id.to_le()) };
         }
         self.avail_idx = self.avail_idx.wrapping_add(n as u16);
-        self.mem
-            .store(
-                self.avail_idx.to_le(),
-                GuestAddress(self.avail + 2),
-                Ordering::Release,
-            )
-            .expect("avail idx");
+        self.idx(self.avail_host)
+            .store(self.avail_idx.to_le(), Ordering::Release);
         n
+    }
+
+    /// The index field of the ring at `ring` (avail or used).
+    fn idx(&self, ring: *mut u8) -> &AtomicU16 {
+        // SAFETY: offset 2 of a ring inside `mem` (owned, alive as long as
+        // the borrow of self), 2-aligned; the device accesses it
+        // concurrently, hence atomic.
+        unsafe { &*(ring.add(2) as *const AtomicU16) }
     }
 
     /// The ids the last [`MemQueue::post`] made available, in order.
     pub fn last_posted(&self) -> Vec<u16> {
-        self.heads
-            .chunks_exact(2)
-            .map(|h| u16::from_le_bytes([h[0], h[1]]))
-            .collect()
+        self.heads.clone()
     }
 
     /// Makes every free chain available.
@@ -283,11 +287,7 @@ impl MemQueue {
     /// (TX), counts a violation. Returns how many came back.
     pub fn reap(&mut self) -> usize {
         self.reaped.clear();
-        let idx: u16 = u16::from_le(
-            self.mem
-                .load(GuestAddress(self.used + 2), Ordering::Acquire)
-                .expect("used idx"),
-        );
+        let idx = u16::from_le(self.idx(self.used_host).load(Ordering::Acquire));
         let n = idx.wrapping_sub(self.last_used) as usize;
         if n == 0 {
             return 0;
@@ -299,21 +299,19 @@ impl MemQueue {
             return 0;
         }
         let mask = self.size - 1;
-        let first = (self.last_used & mask) as usize;
-        let run = n.min(self.size as usize - first);
-        self.used_buf.resize(8 * n, 0);
-        let at = |slot: usize| GuestAddress(self.used + 4 + 8 * slot as u64);
-        self.mem
-            .read_slice(&mut self.used_buf[..8 * run], at(first))
-            .expect("used ring");
-        if run < n {
-            self.mem
-                .read_slice(&mut self.used_buf[8 * run..8 * n], at(0))
-                .expect("used ring");
-        }
-        for e in self.used_buf[..8 * n].chunks_exact(8) {
-            let id = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
-            let len = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
+        for k in 0..n {
+            let slot = (self.last_used.wrapping_add(k as u16) & mask) as usize;
+            // SAFETY: used entry `slot < size` lies in the used ring (4 +
+            // 8 * size bytes from its 4-aligned start) inside `mem`; the
+            // device wrote it before its index store, read above with
+            // acquire.
+            let (id, len) = unsafe {
+                let e = self.used_host.add(4 + 8 * slot) as *const u32;
+                (
+                    u32::from_le(e.read_volatile()),
+                    u32::from_le(e.add(1).read_volatile()),
+                )
+            };
             let bad_len = match self.dir {
                 Dir::Rx => len > self.buf_len,
                 Dir::Tx => len != 0,
