@@ -15,45 +15,7 @@
 use netmap::abi::NS_MOREFRAG;
 use vale::frag::{DstBuf, Frag};
 
-/// Most fragments one frame may take (the engine's limit).
-pub const MAX_FRAGS: usize = vale::MAX_FRAGS;
-
-/// Most bytes one guest frame may carry, header included: a 64 KiB GSO
-/// frame plus its Ethernet and virtio-net headers, with room to spare.
-pub const MAX_FRAME: usize = 65_536 + 1024;
-
-/// Why a chain was refused. Each maps to one drop counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ChainError {
-    /// A descriptor points outside guest memory.
-    #[error("descriptor at {addr:#x} len {len} is outside guest memory")]
-    OutOfMemory {
-        /// Guest address.
-        addr: u64,
-        /// Length.
-        len: u32,
-    },
-    /// The chain does not end: a loop, a next index out of the table, or a
-    /// broken indirect table.
-    #[error("descriptor chain does not end (loop or bad next index)")]
-    Unterminated,
-    /// A device-writable descriptor where the device must read (TX), or a
-    /// device-readable one where it must write (RX).
-    #[error("descriptor has the wrong direction (write-only on TX, read-only on RX)")]
-    Direction,
-    /// A descriptor of length 0.
-    #[error("descriptor of length 0")]
-    ZeroLength,
-    /// More fragments than the engine takes.
-    #[error("chain needs more than {MAX_FRAGS} fragments")]
-    TooManyFrags,
-    /// More bytes than a frame may have.
-    #[error("chain carries more than {MAX_FRAME} bytes")]
-    TooLong,
-    /// Nothing in the chain.
-    #[error("empty descriptor chain")]
-    Empty,
-}
+pub use crate::types::{ChainError, MAX_FRAGS, MAX_FRAME};
 
 /// Walks TX chain `head` of `ring` (the data path's walker, see
 /// [`crate::vring`]) and appends its fragments to `out`. On error `out`

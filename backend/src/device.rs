@@ -24,77 +24,8 @@ use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use crate::conn::Conn;
 use crate::queue::{Binding, QueueCtl, QueueStats, RxQueue, RxSet, TxQueue, VringSlot};
 use crate::vhost_user::{Device, Session};
-use virtio_queue::QueueT;
 
-/// virtio-net and transport feature bits (virtio 1.2, 5.1.3).
-pub mod features {
-    /// Device handles partial checksums (guest TX).
-    pub const CSUM: u64 = 1 << 0;
-    /// Guest handles partial checksums (guest RX).
-    pub const GUEST_CSUM: u64 = 1 << 1;
-    /// Guest takes TSO over IPv4.
-    pub const GUEST_TSO4: u64 = 1 << 7;
-    /// Guest takes TSO over IPv6.
-    pub const GUEST_TSO6: u64 = 1 << 8;
-    /// Guest takes TSO with ECN.
-    pub const GUEST_ECN: u64 = 1 << 9;
-    /// Guest takes UFO.
-    pub const GUEST_UFO: u64 = 1 << 10;
-    /// Device takes TSO over IPv4.
-    pub const HOST_TSO4: u64 = 1 << 11;
-    /// Device takes TSO over IPv6.
-    pub const HOST_TSO6: u64 = 1 << 12;
-    /// Device takes TSO with ECN.
-    pub const HOST_ECN: u64 = 1 << 13;
-    /// Mergeable RX buffers.
-    pub const MRG_RXBUF: u64 = 1 << 15;
-    /// Multiqueue.
-    pub const MQ: u64 = 1 << 22;
-    /// Indirect descriptors.
-    pub const INDIRECT_DESC: u64 = 1 << 28;
-    /// used_event/avail_event notification suppression.
-    pub const EVENT_IDX: u64 = 1 << 29;
-    /// vhost-user protocol features.
-    pub const PROTOCOL_FEATURES: u64 = 1 << 30;
-    /// virtio 1.0.
-    pub const VERSION_1: u64 = 1 << 32;
-
-    /// What the port offers.
-    pub const OFFERED: u64 = VERSION_1
-        | PROTOCOL_FEATURES
-        | EVENT_IDX
-        | INDIRECT_DESC
-        | MRG_RXBUF
-        | CSUM
-        | GUEST_CSUM
-        | HOST_TSO4
-        | HOST_TSO6
-        | HOST_ECN
-        | GUEST_TSO4
-        | GUEST_TSO6
-        | GUEST_ECN
-        | MQ;
-}
-
-/// The engine's `OFFLOAD_*` bits for a guest that acked `features`: what
-/// it takes on RX without software segmentation or checksum.
-pub fn rx_offloads(features: u64) -> u32 {
-    let mut o = 0;
-    if features & features::GUEST_CSUM != 0 {
-        o |= vale::port::OFFLOAD_CSUM;
-        // TSO needs partial checksums too (virtio 5.1.3.1).
-        if features & features::GUEST_TSO4 != 0 {
-            o |= vale::port::OFFLOAD_TSO4;
-        }
-        if features & features::GUEST_TSO6 != 0 {
-            o |= vale::port::OFFLOAD_TSO6;
-        }
-        if features & features::GUEST_ECN != 0 {
-            o |= vale::port::OFFLOAD_ECN;
-        }
-    }
-    o
-}
+pub use crate::types::{features, rx_offloads};
 
 /// Most queue pairs a port offers.
 pub const MAX_QUEUE_PAIRS: u16 = 16;
@@ -584,12 +515,7 @@ impl NetPort {
             .0
             .slots
             .iter()
-            .filter(|s| {
-                s.get().is_some_and(|b| {
-                    let st = b.vring.get_ref();
-                    st.get_queue().ready() && st.is_enabled()
-                })
-            })
+            .filter(|s| s.get().is_some_and(|b| b.vring.config().running()))
             .count()
     }
 }
@@ -732,8 +658,7 @@ fn disconnect(dev: &NetDevice) {
     dev.0.connected.store(false, Ordering::Release);
     for (q, slot) in dev.0.slots.iter().enumerate() {
         if let Some(b) = slot.get() {
-            b.vring.set_queue_ready(false);
-            b.vring.set_enabled(false);
+            b.vring.configure(|c| (c.ready, c.enabled) = (false, false));
         }
         let _ = dev.0.ctls[q].quiesce(Duration::from_secs(2));
         slot.set(None);

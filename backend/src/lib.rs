@@ -22,6 +22,7 @@ pub mod sigbus;
 pub mod socket;
 #[cfg(feature = "test-utils")]
 pub mod testing;
+pub mod types;
 pub mod vhost_user;
 pub mod vring;
 

@@ -1,137 +1,48 @@
 //! A guest's virtqueues as VALE ports: the TX queue is a [`Source`] whose
 //! frames point into guest memory, the RX queues are a [`Sink`].
 //!
-//! # The lifetime invariant
-//! A [`TxQueue`] takes a guest memory guard in `fetch` and drops it in
-//! `complete`, after every used entry of the batch went back: slots that
-//! point into guest memory never outlive their batch, so SET_MEM_TABLE and
-//! REM_MEM_REG (which swap the map under the crate's lock) can never unmap
-//! memory the engine is reading. The vring lock is taken only briefly, to
-//! pop and to return chains, never across the copy: `stop_vring` waits for
-//! the `busy` flag instead (see [`QueueCtl`]).
+//! # Ownership and the lifetime invariant
+//! Each queue is served by one forwarding thread, which owns its ring
+//! state ([`Live`]: the rings translated, next_avail, next_used) between
+//! batches; the session's [`Vring`] is read only when its generation
+//! moved, and told the indexes once per batch without a lock (see
+//! [`crate::vring`]).
+//!
+//! A batch takes a guest memory guard when it starts (`fetch`, or the
+//! first `push`) and drops it when it ends (`complete`, `publish`), after
+//! every used entry of the batch went back: slots that point into guest
+//! memory never outlive their batch, so SET_MEM_TABLE and REM_MEM_REG
+//! (which swap the map) can never unmap memory the engine is reading.
+//! No lock is held across the copy: `stop_vring` waits for the `busy`
+//! flag instead (see [`QueueCtl`]).
 
-use std::num::Wrapping;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use netmap::sys::EventFd;
 use vale::frag::{DstBuf, Frag};
 use vale::{Arm, FrameCursor, Push, Sink, Source};
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
+use vm_memory::{GuestAddressSpace, GuestMemoryLoadGuard};
 
-use crate::chain::{rx_bufs, tx_frags, ChainError};
+use crate::chain::{rx_bufs, tx_frags};
+use crate::types::ChainError;
 use crate::vring::{HostMap, Ring};
 
-/// Guest memory as the backend maps it.
-pub type Mem = GuestMemoryMmap<()>;
-/// The atomically swappable guest memory map.
-pub type GuestMem = GuestMemoryAtomic<Mem>;
-
-/// A virtqueue's state between batches: virtio-queue's `Queue` (size,
-/// ring addresses, next_avail/next_used, EVENT_IDX), whether the driver
-/// enabled it, and the eventfd that interrupts it. The session
-/// ([`crate::vhost_user`]) configures it; the forwarding thread that owns
-/// the queue reads it at a batch start and writes the indexes back at the
-/// end. The kick eventfd is not here: the session's thread owns it.
-#[derive(Debug)]
-pub struct VringState {
-    queue: Queue,
-    enabled: bool,
-    call: Option<Arc<EventFd>>,
-}
-
-impl VringState {
-    /// The queue.
-    pub fn get_queue(&self) -> &Queue {
-        &self.queue
-    }
-
-    /// The queue, to change.
-    pub fn get_queue_mut(&mut self) -> &mut Queue {
-        &mut self.queue
-    }
-
-    /// Whether the driver enabled it (SET_VRING_ENABLE, or a kick
-    /// without PROTOCOL_FEATURES).
-    pub fn is_enabled(&self) -> bool {
-        self.enabled
-    }
-
-    /// Sets the enable bit.
-    pub fn set_enabled(&mut self, on: bool) {
-        self.enabled = on;
-    }
-
-    /// Sets the call eventfd (None: the driver polls).
-    pub fn set_call(&mut self, call: Option<Arc<EventFd>>) {
-        self.call = call;
-    }
-
-    /// The call eventfd, to signal after the lock is let go: the write is
-    /// to a VMM's fd and may take up to the watchdog's bound.
-    pub fn call(&self) -> Option<Arc<EventFd>> {
-        self.call.clone()
-    }
-}
+pub use crate::types::{GuestMem, Mem, VNET_HDR_LEN};
+pub use crate::vring::{Vring, VringConfig};
 
 /// Interrupts the driver. The eventfd is shared with the VMM, which may
 /// have made it blocking: `kick_untrusted` writes only when poll says it
 /// cannot block, and the watchdog interrupts a write the VMM raced into
 /// blocking (that fd is then never written again, and it is logged once).
 /// Called with no lock held.
-pub fn signal(call: Option<Arc<EventFd>>) {
+pub fn signal(call: Option<&EventFd>) {
     let Some(c) = call else { return };
     if let Err(e) = c.kick_untrusted() {
         tracing::warn!("guest interrupts stop: call fd: {e}");
     }
 }
-
-/// A virtqueue, shared between the session and the forwarding thread
-/// that owns it (a reconnecting VMM gets fresh ones).
-#[derive(Clone, Debug)]
-pub struct Vring(Arc<RwLock<VringState>>);
-
-impl Vring {
-    /// A queue of at most `max_size` entries, not ready, not enabled.
-    pub fn new(max_size: u16) -> Vring {
-        let queue = match Queue::new(max_size) {
-            Ok(q) => q,
-            // virtio-queue refuses sizes that are not powers of two; the
-            // port's settings were checked, so this is a smaller default.
-            Err(_) => Queue::new(256).unwrap_or_else(|_| unreachable!("256 is a power of two")),
-        };
-        Vring(Arc::new(RwLock::new(VringState {
-            queue,
-            enabled: false,
-            call: None,
-        })))
-    }
-
-    /// Reads the state.
-    pub fn get_ref(&self) -> RwLockReadGuard<'_, VringState> {
-        self.0.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Changes the state.
-    pub fn get_mut(&self) -> RwLockWriteGuard<'_, VringState> {
-        self.0.write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Marks the queue ready or not.
-    pub fn set_queue_ready(&self, ready: bool) {
-        self.get_mut().queue.set_ready(ready);
-    }
-
-    /// Sets the enable bit.
-    pub fn set_enabled(&self, on: bool) {
-        self.get_mut().enabled = on;
-    }
-}
-
-/// Size of `virtio_net_hdr_v1`, in front of every frame (VERSION_1).
-pub const VNET_HDR_LEN: usize = 12;
 
 /// The handshake between the request thread (`stop_vring`) and the
 /// forwarding thread that owns a queue: the forwarder sets `busy` before it
@@ -263,21 +174,204 @@ fn bound<'a>(
     cache.as_ref().map(|c| (c.0, &c.1))
 }
 
-/// A guest TX queue as a switch [`Source`].
-pub struct TxQueue {
+/// The forwarding thread's own state of a queue, kept between batches:
+/// what it last read of the session's configuration, the rings
+/// translated, and the indexes, which only it moves while the queue runs.
+#[derive(Debug)]
+struct Live {
+    /// Slot and vring generations this was made at (`u64::MAX`: never).
+    slot_gen: u64,
+    vring_gen: u64,
+    /// The session's configuration says the queue runs.
+    running: bool,
+    /// The rings, when the queue runs and they lie in guest memory.
+    ring: Option<Ring>,
+    next_avail: u16,
+    next_used: u16,
+    size: u16,
+    call: Option<Arc<EventFd>>,
+    /// The guest may kick: a new session starts so, and a sleeping
+    /// forwarder asks for it. The next batch turns kicks off again.
+    kicks_on: bool,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Live {
+            slot_gen: u64::MAX,
+            vring_gen: u64::MAX,
+            running: false,
+            ring: None,
+            next_avail: 0,
+            next_used: 0,
+            size: 256,
+            call: None,
+            kicks_on: true,
+        }
+    }
+}
+
+/// One queue as its forwarding thread holds it: where the session
+/// publishes it, the live state, and the guest memory table.
+struct Owner {
     slot: Arc<VringSlot>,
     cache: Option<(u64, Binding)>,
     ctl: Arc<QueueCtl>,
+    map: HostMap,
+    live: Live,
+}
+
+/// What an open batch holds: the guest memory guard, so the rings and
+/// buffers stay mapped until it ends.
+struct Batch {
+    _guard: GuestMemoryLoadGuard<Mem>,
+}
+
+impl Owner {
+    fn new(slot: Arc<VringSlot>, ctl: Arc<QueueCtl>) -> Owner {
+        Owner {
+            slot,
+            cache: None,
+            ctl,
+            map: HostMap::default(),
+            live: Live::default(),
+        }
+    }
+
+    /// Starts a batch: marks the queue busy, takes the memory guard and
+    /// brings the live state up to date (reading the session's
+    /// configuration only if it changed). None, and not busy, if the queue
+    /// is not running.
+    fn begin(&mut self) -> Option<Batch> {
+        self.ctl.busy.store(true, Ordering::SeqCst);
+        let r = self.sync();
+        if r.is_none() {
+            self.ctl.busy.store(false, Ordering::SeqCst);
+        }
+        r
+    }
+
+    fn sync(&mut self) -> Option<Batch> {
+        let (sgen, b) = bound(&self.slot, &mut self.cache)?;
+        // After `busy` (SeqCst both): either the session sees us busy, or
+        // we see its change (see `QueueCtl`).
+        let vgen = b.vring.gen();
+        let guard = b.mem.memory();
+        let new_map = !self.map.is_for(&guard) && self.map.refresh(&guard.clone().into_inner());
+        let l = &mut self.live;
+        if sgen != l.slot_gen || vgen != l.vring_gen {
+            let cfg = b.vring.config();
+            l.slot_gen = sgen;
+            l.vring_gen = vgen;
+            l.next_avail = b.vring.next_avail();
+            l.next_used = b.vring.next_used();
+            l.size = cfg.size;
+            l.call = cfg.call.clone();
+            l.kicks_on = true;
+            l.running = cfg.running();
+            l.ring = if l.running {
+                // SAFETY: the ring is used only within batches, each
+                // holding a guard of the map `self.map` was made from; a
+                // new map remakes the ring below before any use.
+                unsafe { Ring::new(&self.map, &cfg) }
+            } else {
+                None
+            };
+            if cfg.running() && l.ring.is_none() {
+                tracing::debug!("virtqueue rings outside guest memory or misaligned");
+            }
+        } else if new_map && l.running {
+            // Same queue, new memory table (hot-plug, or a region the
+            // rings were missing from arrived): translate again.
+            let cfg = b.vring.config();
+            // SAFETY: as above, for the new map.
+            l.ring = unsafe { Ring::new(&self.map, &cfg) };
+        }
+        let ring = l.ring.as_ref()?;
+        if l.kicks_on {
+            // The forwarder polls while it has work: no kicks until it
+            // sleeps again.
+            ring.set_notify(false, l.next_avail);
+            l.kicks_on = false;
+        }
+        Some(Batch { _guard: guard })
+    }
+
+    /// Ends a batch: the indexes go to the session, then the queue is not
+    /// busy. Signals the driver if `notify`.
+    fn finish(&mut self, batch: Batch, notify: bool) {
+        if let Some((_, b)) = self.cache.as_ref() {
+            b.vring
+                .store_indexes(self.live.next_avail, self.live.next_used);
+        }
+        drop(batch);
+        self.ctl.busy.store(false, Ordering::SeqCst);
+        if notify {
+            signal(self.live.call.as_deref());
+        }
+    }
+
+    /// Runs `f` on the rings inside a batch of its own (the rings are
+    /// guest memory: touched only while busy and guarded).
+    fn with_ring<R>(&mut self, f: impl FnOnce(&Ring, &mut Live) -> R) -> Option<R> {
+        let batch = self.begin()?;
+        let ring = self.live.ring?;
+        let r = f(&ring, &mut self.live);
+        drop(batch);
+        self.ctl.busy.store(false, Ordering::SeqCst);
+        Some(r)
+    }
+
+    /// Whether the queue runs, as of the session's configuration now.
+    fn running(&mut self) -> bool {
+        let Some((sgen, b)) = bound(&self.slot, &mut self.cache) else {
+            return false;
+        };
+        if sgen == self.live.slot_gen && b.vring.gen() == self.live.vring_gen {
+            return self.live.running;
+        }
+        b.vring.config().running()
+    }
+
+    /// Returns used entries `(head, len)` from `next_used` on, and says
+    /// whether the driver asked to be interrupted for them.
+    fn put_used(&mut self, entries: impl Iterator<Item = (u16, u32)>) -> bool {
+        let Some(ring) = self.live.ring.as_ref() else {
+            return false;
+        };
+        let old = self.live.next_used;
+        let mut new = old;
+        for (head, len) in entries {
+            // A head past the table cannot be returned: the guest broke
+            // its own ring and the frame was dropped as a bad slot.
+            if head < ring.size() {
+                ring.put_used(new, head, len);
+                new = new.wrapping_add(1);
+            }
+        }
+        self.live.next_used = new;
+        new != old && ring.publish_used(old, new)
+    }
+
+    /// Chains the driver made available past `from` (None: the avail
+    /// index is more than a ring ahead, the guest broke its ring).
+    fn pending(&self, from: u16) -> Option<u16> {
+        let ring = self.live.ring.as_ref()?;
+        let n = ring.avail_idx().wrapping_sub(from);
+        (n <= ring.size()).then_some(n)
+    }
+}
+
+/// A guest TX queue as a switch [`Source`].
+pub struct TxQueue {
+    own: Owner,
     stats: Arc<QueueStats>,
     batch: Option<Batch>,
-    map: HostMap,
     /// Head index of each chain of the batch, in order (one frame each).
     heads: Vec<u16>,
     /// Why each chain of the batch was refused, if it was: counted when
     /// the chain is returned, not each time a held batch walks it again.
     errs: Vec<Option<ChainError>>,
-    /// Binding generation whose kicks are off (the forwarder polls).
-    quiet: u64,
     /// Most chains one fetch takes.
     max_batch: usize,
 }
@@ -291,18 +385,14 @@ impl std::fmt::Debug for TxQueue {
 }
 
 impl TxQueue {
-    /// The source for `vring`.
+    /// The source for the queue published in `slot`.
     pub fn new(slot: Arc<VringSlot>, ctl: Arc<QueueCtl>, stats: Arc<QueueStats>) -> Self {
         TxQueue {
-            slot,
-            cache: None,
-            ctl,
+            own: Owner::new(slot, ctl),
             stats,
             batch: None,
-            map: HostMap::default(),
             heads: Vec::with_capacity(256),
             errs: Vec::with_capacity(256),
-            quiet: u64::MAX,
             max_batch: vale::MAX_BATCH,
         }
     }
@@ -316,120 +406,18 @@ impl TxQueue {
     /// Asks the guest to kick on new chains; returns true if chains arrived
     /// meanwhile (do not sleep).
     pub fn enable_notification(&mut self) -> bool {
-        self.quiet = u64::MAX;
-        let Some((_, b)) = bound(&self.slot, &mut self.cache) else {
-            return false;
-        };
-        let mem = b.mem.memory();
-        let mut st = b.vring.get_mut();
-        if !st.get_queue().ready() {
-            return false;
-        }
-        st.get_queue_mut()
-            .enable_notification(&*mem)
+        self.own
+            .with_ring(|ring, live| {
+                live.kicks_on = true;
+                ring.set_notify(true, live.next_avail)
+            })
             .unwrap_or(false)
     }
 
     /// Tells the guest not to kick (the forwarder is polling).
     pub fn disable_notification(&mut self) {
-        let Some((gen, b)) = bound(&self.slot, &mut self.cache) else {
-            return;
-        };
-        let mem = b.mem.memory();
-        let mut st = b.vring.get_mut();
-        if st.get_queue().ready() {
-            let _ = st.get_queue_mut().disable_notification(&*mem);
-            self.quiet = gen;
-        }
-    }
-}
-
-/// What a batch holds between `fetch`/first `push` and
-/// `complete`/`publish`: the memory guard (so the rings and the buffers
-/// stay mapped), the rings, and the queue's indexes at the batch start.
-struct Batch {
-    _guard: GuestMemoryLoadGuard<Mem>,
-    mem: Arc<Mem>,
-    ring: Ring,
-    /// next_avail at the batch start.
-    start: u16,
-    /// next_used at the batch start.
-    used: u16,
-}
-
-impl Batch {
-    /// Reads the queue's state under the vring lock; None if the queue is
-    /// not running or its rings are not in guest memory.
-    fn open(b: &Binding, quiet: &mut u64, gen: u64) -> Option<Batch> {
-        let guard = b.mem.memory();
-        let mem = guard.clone().into_inner();
-        let mut st = b.vring.get_mut();
-        if !st.get_queue().ready() || !st.is_enabled() {
-            return None;
-        }
-        let q = st.get_queue_mut();
-        if *quiet != gen {
-            // A new session starts with kicks on: the forwarder is polling
-            // now, so tell the guest not to kick until it sleeps again.
-            let _ = q.disable_notification(&*mem);
-            *quiet = gen;
-        }
-        // SAFETY: the ring pointers are used only while this Batch, which
-        // holds the memory guard, is alive.
-        let ring = unsafe {
-            Ring::new(
-                &mem,
-                q.size(),
-                q.desc_table(),
-                q.avail_ring(),
-                q.used_ring(),
-                q.event_idx_enabled(),
-            )
-        };
-        let Some(ring) = ring else {
-            tracing::debug!("virtqueue rings outside guest memory or misaligned");
-            return None;
-        };
-        let (start, used) = (q.next_avail(), q.next_used());
-        drop(st);
-        Some(Batch {
-            _guard: guard,
-            mem,
-            ring,
-            start,
-            used,
-        })
-    }
-
-    /// Chains the driver made available past `from` (None: the avail index
-    /// is more than a ring ahead, the guest broke its ring).
-    fn pending(&self, from: u16) -> Option<u16> {
-        let n = self.ring.avail_idx().wrapping_sub(from);
-        (n <= self.ring.size()).then_some(n)
-    }
-
-    /// Returns `entries` (head, len) to the used ring, moves the queue's
-    /// next_avail to `start + consumed` and signals the driver if it
-    /// asked.
-    fn close(self, b: &Binding, entries: impl Iterator<Item = (u16, u32)>, consumed: u16) {
-        let mut new_used = self.used;
-        for (head, len) in entries {
-            // A head past the table cannot be returned: the guest broke
-            // its own ring and the frame was dropped as a bad slot.
-            if head < self.ring.size() {
-                self.ring.put_used(new_used, head, len);
-                new_used = new_used.wrapping_add(1);
-            }
-        }
-        let notify = new_used != self.used && self.ring.publish_used(self.used, new_used);
-        let call = {
-            let mut st = b.vring.get_mut();
-            let q = st.get_queue_mut();
-            q.set_next_avail(self.start.wrapping_add(consumed));
-            q.set_next_used(new_used);
-            notify.then(|| st.call()).flatten()
-        };
-        signal(call);
+        // Opening a batch turns kicks off.
+        let _ = self.own.with_ring(|_, _| ());
     }
 }
 
@@ -437,47 +425,40 @@ impl Source for TxQueue {
     fn fetch(&mut self, frags: &mut Vec<Frag>, max: usize) -> usize {
         self.heads.clear();
         self.errs.clear();
-        self.ctl.busy.store(true, Ordering::SeqCst);
-        let Some((gen, b)) = bound(&self.slot, &mut self.cache) else {
-            self.ctl.busy.store(false, Ordering::SeqCst);
+        let Some(batch) = self.own.begin() else {
             return 0;
         };
-        let Some(batch) = Batch::open(b, &mut self.quiet, gen) else {
-            self.ctl.busy.store(false, Ordering::SeqCst);
-            return 0;
-        };
-        self.map.refresh(&batch.mem);
-        let Some(pending) = batch.pending(batch.start) else {
+        let start = self.own.live.next_avail;
+        let (Some(ring), Some(pending)) = (self.own.live.ring, self.own.pending(start)) else {
             tracing::debug!("guest TX avail index more than a ring ahead");
-            self.ctl.busy.store(false, Ordering::SeqCst);
+            self.own.finish(batch, false);
             return 0;
         };
         let n = (pending as usize).min(max).min(self.max_batch) as u16;
+        if n == 0 {
+            self.own.finish(batch, false);
+            return 0;
+        }
         // Heads first, their descriptors prefetched, then the walks: the
         // batch's descriptor misses overlap.
         for i in 0..n {
-            let head = batch.ring.avail_entry(batch.start.wrapping_add(i));
-            batch.ring.prefetch_desc(head);
+            let head = ring.avail_entry(start.wrapping_add(i));
+            ring.prefetch_desc(head);
             self.heads.push(head);
         }
         for i in 0..n as usize {
-            let head = self.heads[i];
-            let r = tx_frags(&self.map, &batch.ring, head, frags);
+            let r = tx_frags(&self.own.map, &ring, self.heads[i], frags);
             if r.is_err() {
                 frags.push(Frag::bad(0));
             }
             self.errs.push(r.err());
-        }
-        if n == 0 {
-            self.ctl.busy.store(false, Ordering::SeqCst);
-            return 0;
         }
         self.batch = Some(batch);
         n as usize
     }
 
     fn complete(&mut self, frames: usize) {
-        if let (Some(batch), Some((_, b))) = (self.batch.take(), self.cache.as_ref()) {
+        if let Some(batch) = self.batch.take() {
             let frames = frames.min(self.heads.len());
             for (e, h) in self.errs[..frames].iter().zip(&self.heads) {
                 if let Some(e) = e {
@@ -487,15 +468,14 @@ impl Source for TxQueue {
             }
             // Frames held back by a backpressure destination stay on the
             // avail ring: next_avail moves past the completed ones only.
-            batch.close(
-                b,
-                self.heads[..frames].iter().map(|&h| (h, 0)),
-                frames as u16,
-            );
+            let notify = self
+                .own
+                .put_used(self.heads[..frames].iter().map(|&h| (h, 0)));
+            self.own.live.next_avail = self.own.live.next_avail.wrapping_add(frames as u16);
+            self.own.finish(batch, notify);
         }
         self.heads.clear();
         self.errs.clear();
-        self.ctl.busy.store(false, Ordering::SeqCst);
     }
 }
 
@@ -523,20 +503,16 @@ struct RxChain {
 /// One guest RX queue.
 ///
 /// Chains are popped in bunches and returned once per batch (at
-/// `publish`): the vring lock and the memory guard are taken once per
-/// batch, not per frame, since every locked instruction waits for the
-/// frame copies' stores into guest memory to drain. Chains popped and not
-/// used are un-popped at `publish`, in order; `busy` keeps `stop_vring`
-/// waiting while any are out.
+/// `publish`), since every locked instruction waits for the frame copies'
+/// stores into guest memory to drain. Chains popped and not used are
+/// un-popped at `publish`, in order; `busy` keeps `stop_vring` waiting
+/// while any are out.
 pub struct RxQueue {
-    slot: Arc<VringSlot>,
-    cache: Option<(u64, Binding)>,
-    ctl: Arc<QueueCtl>,
+    own: Owner,
     stats: Arc<QueueStats>,
     mrg: Arc<AtomicBool>,
     size: AtomicU16,
     batch: Option<Batch>,
-    map: HostMap,
     bufs: Vec<DstBuf>,
     /// Chains popped in this batch, in avail order.
     chains: Vec<RxChain>,
@@ -548,9 +524,6 @@ pub struct RxQueue {
     mine: Vec<usize>,
     /// Bytes of the last chain seen, to guess slots per frame.
     buf_hint: usize,
-    /// Binding generation whose RX kicks are off (only a held sender
-    /// needs them).
-    quiet: u64,
 }
 
 impl std::fmt::Debug for RxQueue {
@@ -566,7 +539,8 @@ const MAX_RX_CHAINS: usize = 64;
 const RX_BUNCH: usize = 32;
 
 impl RxQueue {
-    /// The sink side of `slot`; `mrg` follows the acked `MRG_RXBUF`.
+    /// The sink side of the queue published in `slot`; `mrg` follows the
+    /// acked `MRG_RXBUF`.
     pub fn new(
         slot: Arc<VringSlot>,
         ctl: Arc<QueueCtl>,
@@ -574,97 +548,83 @@ impl RxQueue {
         mrg: Arc<AtomicBool>,
     ) -> Self {
         RxQueue {
-            slot,
-            cache: None,
-            ctl,
+            own: Owner::new(slot, ctl),
             stats,
             mrg,
             size: AtomicU16::new(256),
             batch: None,
-            map: HostMap::default(),
             bufs: Vec::with_capacity(RX_BUNCH * 2),
             chains: Vec::with_capacity(RX_BUNCH * 2),
             next: 0,
             used: Vec::with_capacity(RX_BUNCH * 2),
             mine: Vec::with_capacity(MAX_RX_CHAINS),
             buf_hint: 1518,
-            quiet: u64::MAX,
         }
     }
 
     /// Whether the guest enabled the queue.
     pub fn ready(&mut self) -> bool {
-        let Some((_, b)) = bound(&self.slot, &mut self.cache) else {
-            return false;
-        };
-        let st = b.vring.get_ref();
-        st.get_queue().ready() && st.is_enabled()
+        self.own.running()
     }
 
+    /// Chains the guest posted and the switch may fill.
     fn avail(&mut self) -> usize {
         let pending = self.chains.len() - self.next;
-        let Some((_, b)) = bound(&self.slot, &mut self.cache) else {
-            return 0;
-        };
-        let mem = b.mem.memory();
-        let st = b.vring.get_ref();
-        let q = st.get_queue();
-        if !q.ready() || !st.is_enabled() {
-            return 0;
+        if self.batch.is_some() {
+            let from = self
+                .own
+                .live
+                .next_avail
+                .wrapping_add(self.chains.len() as u16);
+            return pending + self.own.pending(from).unwrap_or(0) as usize;
         }
-        self.size.store(q.size(), Ordering::Relaxed);
-        match q.avail_idx(&*mem, Ordering::Acquire) {
-            Ok(idx) => pending + ((idx - Wrapping(q.next_avail())).0).min(q.size()) as usize,
-            Err(_) => pending,
-        }
+        let posted = self.own.with_ring(|ring, live| {
+            let n = ring.avail_idx().wrapping_sub(live.next_avail);
+            n.min(ring.size())
+        });
+        self.size.store(self.own.live.size, Ordering::Relaxed);
+        posted.unwrap_or(0) as usize
     }
 
     /// Arms the guest's RX kick (for backpressure); true if buffers are
     /// already there.
     fn arm(&mut self) -> bool {
-        self.quiet = u64::MAX;
-        let Some((_, b)) = bound(&self.slot, &mut self.cache) else {
-            return false;
-        };
-        let mem = b.mem.memory();
-        let mut st = b.vring.get_mut();
-        st.get_queue().ready()
-            && st.is_enabled()
-            && st
-                .get_queue_mut()
-                .enable_notification(&*mem)
-                .unwrap_or(false)
+        if self.batch.is_some() {
+            return true;
+        }
+        self.own
+            .with_ring(|ring, live| {
+                live.kicks_on = true;
+                ring.set_notify(true, live.next_avail)
+            })
+            .unwrap_or(false)
     }
 
-    /// Pops up to `RX_BUNCH` more chains (at least what a frame of
-    /// `need` bytes takes, with mergeable buffers). False if none came.
+    /// Pops up to `RX_BUNCH` more chains. False if none came.
     fn refill(&mut self) -> bool {
         if self.batch.is_none() {
-            self.ctl.busy.store(true, Ordering::SeqCst);
-            let opened = match bound(&self.slot, &mut self.cache) {
-                Some((gen, b)) => Batch::open(b, &mut self.quiet, gen),
-                None => None,
-            };
-            let Some(batch) = opened else {
-                self.ctl.busy.store(false, Ordering::SeqCst);
+            let Some(batch) = self.own.begin() else {
                 return false;
             };
-            self.size.store(batch.ring.size(), Ordering::Relaxed);
-            self.map.refresh(&batch.mem);
+            self.size.store(self.own.live.size, Ordering::Relaxed);
             self.batch = Some(batch);
         }
-        let Some(batch) = self.batch.as_ref() else {
+        let Some(ring) = self.own.live.ring else {
             return false;
         };
         // One batch takes at most a ring's worth of chains: a guest that
         // keeps advancing avail_idx over broken chains cannot keep one
         // push looping.
-        let room = (batch.ring.size() as usize).saturating_sub(self.chains.len());
+        let room = (ring.size() as usize).saturating_sub(self.chains.len());
         if room == 0 {
             return false;
         }
-        let from = batch.start.wrapping_add(self.chains.len() as u16);
-        let Some(pending) = batch.pending(from) else {
+        let from = self
+            .own
+            .live
+            .next_avail
+            .wrapping_add(self.chains.len() as u16);
+        let Some(pending) = self.own.pending(from) else {
             tracing::debug!("guest RX avail index more than a ring ahead");
             return false;
         };
@@ -672,13 +632,13 @@ impl RxQueue {
         let n = pending.min(RX_BUNCH as u16).min(room as u16);
         let mut heads = [0u16; RX_BUNCH];
         for i in 0..n {
-            let head = batch.ring.avail_entry(from.wrapping_add(i));
-            batch.ring.prefetch_desc(head);
+            let head = ring.avail_entry(from.wrapping_add(i));
+            ring.prefetch_desc(head);
             heads[i as usize] = head;
         }
         for &head in &heads[..n as usize] {
             let first = self.bufs.len();
-            match rx_bufs(&self.map, &batch.ring, head, &mut self.bufs) {
+            match rx_bufs(&self.own.map, &ring, head, &mut self.bufs) {
                 Ok(cap) => {
                     self.buf_hint = cap;
                     self.chains.push(RxChain {
@@ -842,16 +802,15 @@ impl Sink for RxQueue {
                 self.stats.count(e);
             }
         }
-        if let Some((_, b)) = self.cache.as_ref() {
-            // Chains popped and not used go back: next_avail moves past the
-            // consumed ones only.
-            batch.close(b, self.used.iter().copied(), self.next as u16);
-        }
+        // Chains popped and not used go back: next_avail moves past the
+        // consumed ones only.
+        let notify = self.own.put_used(self.used.iter().copied());
+        self.own.live.next_avail = self.own.live.next_avail.wrapping_add(self.next as u16);
+        self.own.finish(batch, notify);
         self.used.clear();
         self.chains.clear();
         self.bufs.clear();
         self.next = 0;
-        self.ctl.busy.store(false, Ordering::SeqCst);
     }
 }
 

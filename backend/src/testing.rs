@@ -47,6 +47,7 @@ use vm_memory::{
 use vmm_sys_util::eventfd::EventFd;
 
 pub mod mem_queue;
+pub mod vm2vm;
 
 /// Guest physical address of the first byte of guest memory.
 pub const GUEST_MEM_BASE: u64 = 0x10_0000;
@@ -2482,10 +2483,22 @@ mod vring_fuzz {
 
         // The data path's view of the same rings (virtio-queue's iterator
         // is the reference for what each chain holds).
-        // SAFETY: `mem` outlives every use of `ring` in this function.
-        let ring = unsafe { Ring::new(&mem, qsize, DESC, AVAIL, USED, false) }.expect("ring");
         let mut map = HostMap::default();
-        map.refresh(&std::sync::Arc::new(mem.clone()));
+        let mem_arc = std::sync::Arc::new(mem.clone());
+        map.refresh(&mem_arc);
+        let cfg = crate::vring::VringConfig {
+            size: qsize,
+            desc: DESC,
+            avail: AVAIL,
+            used: USED,
+            event_idx: false,
+            ready: true,
+            enabled: true,
+            call: None,
+        };
+        // SAFETY: `mem_arc` (the map `map` was made from) outlives every
+        // use of `ring` in this function.
+        let ring = unsafe { Ring::new(&map, &cfg) }.expect("ring");
         let mut out = Vec::new();
         while out.len() < heads.len() {
             let Some(chain) = q.pop_descriptor_chain(&mem) else {

@@ -41,7 +41,7 @@ use vhost::vhost_user::message::{
     FrontendReq, VhostUserMemory, VhostUserMemoryRegion, VhostUserProtocolFeatures,
     VhostUserSingleMemoryRegion, VhostUserVringAddr, VhostUserVringState,
 };
-use virtio_queue::QueueT;
+use vm_memory::Bytes;
 use vm_memory::{GuestAddress, GuestAddressSpace};
 
 use crate::conn::{Conn, ConnError, Request};
@@ -436,10 +436,7 @@ impl<'d, D: Device> Session<'d, D> {
                             { s.num }
                         )));
                     }
-                    self.vrings[q]
-                        .get_mut()
-                        .get_queue_mut()
-                        .set_next_avail(s.num as u16);
+                    self.vrings[q].set_next_avail(s.num as u16);
                     Ok(None)
                 })
             }
@@ -484,10 +481,7 @@ impl<'d, D: Device> Session<'d, D> {
         self.acked = Some(f);
         self.dev.set_acked_features(f);
         for q in 0..self.vrings.len() {
-            self.vrings[q]
-                .get_mut()
-                .get_queue_mut()
-                .set_event_idx(f & F_EVENT_IDX != 0);
+            self.vrings[q].configure(|c| c.event_idx = f & F_EVENT_IDX != 0);
             self.apply_enable(q);
         }
     }
@@ -501,12 +495,7 @@ impl<'d, D: Device> Session<'d, D> {
             Some(f) if f & F_PROTOCOL_FEATURES == 0 => true,
             _ => self.enable_req[q],
         };
-        let was = {
-            let mut st = self.vrings[q].get_mut();
-            let was = st.is_enabled();
-            st.set_enabled(on);
-            was
-        };
+        let was = self.vrings[q].configure(|c| std::mem::replace(&mut c.enabled, on));
         if on && !was {
             self.dev.kick(q);
         }
@@ -537,17 +526,9 @@ impl<'d, D: Device> Session<'d, D> {
 
     fn set_vring_num(&mut self, i: u64, num: u32) -> Result<Option<Vec<u8>>, Refusal> {
         let q = self.queue_index(i)?;
-        let max = self.dev.max_queue_size();
-        if num == 0 || num > max as u32 || !num.is_power_of_two() {
-            return Err(Refusal::Msg(format!(
-                "queue {q}: size {num}, must be a power of two up to {max}"
-            )));
-        }
         self.vrings[q]
-            .get_mut()
-            .get_queue_mut()
-            .try_set_size(num as u16)
-            .map_err(|e| Refusal::Msg(format!("queue {q}: size {num}: {e}")))?;
+            .set_size(num)
+            .map_err(|e| Refusal::Msg(format!("queue {q}: {e}")))?;
         Ok(None)
     }
 
@@ -565,24 +546,20 @@ impl<'d, D: Device> Session<'d, D> {
             tr("available ring", a.available)?,
             tr("used ring", a.used)?,
         );
-        let mem = self.mem.guest_mem().memory();
-        let mut st = self.vrings[q].get_mut();
-        let qu = st.get_queue_mut();
-        let bad =
-            |what: &str, e: virtio_queue::Error| Refusal::Msg(format!("queue {q}: {what}: {e}"));
-        qu.try_set_desc_table_address(GuestAddress(d))
-            .map_err(|e| bad("descriptor table", e))?;
-        qu.try_set_avail_ring_address(GuestAddress(av))
-            .map_err(|e| bad("available ring", e))?;
-        qu.try_set_used_ring_address(GuestAddress(u))
-            .map_err(|e| bad("used ring", e))?;
         // The used index is the device's: after a reconnect or a driver
         // reload, continue from what is in the ring (SET_VRING_BASE only
         // carries the avail side).
-        let used = qu
-            .used_idx(&*mem, std::sync::atomic::Ordering::Acquire)
-            .map_err(|e| bad("used ring index", e))?;
-        qu.set_next_used(used.0);
+        let mem = self.mem.guest_mem().memory();
+        let used: u16 = (*mem)
+            .load(
+                GuestAddress(u.wrapping_add(2)),
+                std::sync::atomic::Ordering::Acquire,
+            )
+            .map_err(|e| Refusal::Msg(format!("queue {q}: used ring index: {e}")))?;
+        let v = &self.vrings[q];
+        v.set_addresses(d, av, u)
+            .map_err(|e| Refusal::Msg(format!("queue {q}: {e}")))?;
+        v.set_next_used(u16::from_le(used));
         Ok(None)
     }
 
@@ -630,9 +607,10 @@ impl<'d, D: Device> Session<'d, D> {
                 // The spec: a ring starts at its kick.
                 self.start_queue(q);
             }
-            FdKind::Call => self.vrings[q]
-                .get_mut()
-                .set_call(fd.map(|f| Arc::new(EventFd::from_fd(f)))),
+            FdKind::Call => {
+                let call = fd.map(|f| Arc::new(EventFd::from_fd(f)));
+                self.vrings[q].configure(|c| c.call = call);
+            }
             // We never report queue errors; the descriptor is dropped.
             FdKind::Err => {}
         }
@@ -641,13 +619,8 @@ impl<'d, D: Device> Session<'d, D> {
 
     fn start_queue(&mut self, q: usize) {
         self.started[q] = true;
-        {
-            let mut st = self.vrings[q].get_mut();
-            let ev = self.acked.unwrap_or(0) & F_EVENT_IDX != 0;
-            let qu = st.get_queue_mut();
-            qu.set_event_idx(ev);
-            qu.set_ready(true);
-        }
+        let ev = self.acked.unwrap_or(0) & F_EVENT_IDX != 0;
+        self.vrings[q].configure(|c| (c.event_idx, c.ready) = (ev, true));
         self.apply_enable(q);
     }
 
@@ -655,18 +628,13 @@ impl<'d, D: Device> Session<'d, D> {
     /// would have started. Every chain popped went back first.
     fn stop_queue(&mut self, q: usize) -> u16 {
         self.started[q] = false;
-        {
-            let mut st = self.vrings[q].get_mut();
-            st.get_queue_mut().set_ready(false);
-            st.set_enabled(false);
-        }
+        self.vrings[q].configure(|c| (c.ready, c.enabled) = (false, false));
         self.dev.quiesce(q);
         if let Some(old) = self.kicks[q].take() {
             let _ = self.epoll.remove(&old);
         }
-        let mut st = self.vrings[q].get_mut();
-        st.set_call(None);
-        st.get_queue().next_avail()
+        self.vrings[q].configure(|c| c.call = None);
+        self.vrings[q].next_avail()
     }
 
     fn reset(&mut self) {

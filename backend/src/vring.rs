@@ -1,36 +1,220 @@
-//! The split virtqueue as the data path touches it: the three rings
-//! translated to host pointers once per batch, descriptors read straight
-//! from them, used entries written in bulk and the used index published
-//! once per batch.
+//! A split virtqueue: its state as the vhost-user session sets it
+//! ([`Vring`]), and its rings as the data path touches them ([`Ring`]):
+//! translated to host pointers once, descriptors read straight from
+//! them, used entries written in bulk and the used index published once
+//! per batch.
 //!
-//! virtio-queue's `Queue` stays the owner of the queue's state (addresses,
-//! size, next_avail/next_used, EVENT_IDX): the request thread configures
-//! it, and the data path reads it at the start of a batch and writes
-//! next_avail/next_used back at the end. What this module replaces is the
-//! per-descriptor and per-used-entry path through vm-memory, whose region
-//! lookup and volatile copies cost more than the frame copy for small
-//! frames.
+//! # Who owns what
+//! The session owns the configuration (size, ring addresses, EVENT_IDX,
+//! ready, enabled, the call eventfd) and changes it under the lock,
+//! bumping a generation number each time. The forwarding thread that
+//! serves the queue owns the ring indexes (next_avail, next_used) while
+//! the queue runs: it reads the configuration only when the generation
+//! moved, keeps its indexes in its own memory, and stores them in
+//! [`Vring`] at the end of each batch for the session, which reads them
+//! only when the protocol needs them (GET_VRING_BASE), after the
+//! forwarder stepped out of its batch (see `QueueCtl` in [`crate::queue`]).
+//! The session writes them only while the queue is stopped
+//! (SET_VRING_BASE, SET_VRING_ADDR).
 //!
-//! Every guest address is checked here: the rings once per batch (each
-//! must lie in one memory region), descriptors as they are read, indirect
-//! tables as they are entered. The guest can change any of these bytes at
-//! any time: each is read once and used as read.
+//! Every guest address is checked here: the rings when they are
+//! translated (each must lie in one memory region), descriptors as they
+//! are read, indirect tables as they are entered. The guest can change any
+//! of these bytes at any time: each is read once and used as read.
 
-use std::sync::atomic::{fence, AtomicU16, Ordering};
+use std::sync::atomic::{fence, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use netmap::sys::EventFd;
+use virtio_bindings::virtio_ring;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::chain::ChainError;
-use crate::queue::Mem;
+use crate::types::{ChainError, Mem};
 
 /// `next` is valid.
-pub const F_NEXT: u16 = 1;
+pub const F_NEXT: u16 = virtio_ring::VRING_DESC_F_NEXT as u16;
 /// Device-writable buffer.
-pub const F_WRITE: u16 = 2;
+pub const F_WRITE: u16 = virtio_ring::VRING_DESC_F_WRITE as u16;
 /// The buffer is a table of descriptors.
-pub const F_INDIRECT: u16 = 4;
+pub const F_INDIRECT: u16 = virtio_ring::VRING_DESC_F_INDIRECT as u16;
 /// avail.flags: the driver needs no interrupt (without EVENT_IDX).
-const AVAIL_F_NO_INTERRUPT: u16 = 1;
+const AVAIL_F_NO_INTERRUPT: u16 = virtio_ring::VRING_AVAIL_F_NO_INTERRUPT as u16;
+/// used.flags: the device needs no kick (without EVENT_IDX).
+const USED_F_NO_NOTIFY: u16 = virtio_ring::VRING_USED_F_NO_NOTIFY as u16;
+
+/// Why the session refused a ring setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VringError {
+    /// Size zero, not a power of two, or past the port's maximum.
+    #[error("size {size}, must be a power of two up to {max}")]
+    Size {
+        /// Size asked for.
+        size: u32,
+        /// The port's maximum.
+        max: u16,
+    },
+    /// A ring address not aligned as virtio requires (2.7: descriptor
+    /// table 16, available ring 2, used ring 4).
+    #[error("{what} at guest address {addr:#x} is not {align}-byte aligned")]
+    Misaligned {
+        /// Which ring.
+        what: &'static str,
+        /// Guest address.
+        addr: u64,
+        /// Alignment required.
+        align: u64,
+    },
+}
+
+/// A virtqueue's configuration, as the session sets it.
+#[derive(Debug, Clone)]
+pub struct VringConfig {
+    /// Entries (SET_VRING_NUM; the port's maximum until then).
+    pub size: u16,
+    /// Guest address of the descriptor table.
+    pub desc: u64,
+    /// Guest address of the available ring.
+    pub avail: u64,
+    /// Guest address of the used ring.
+    pub used: u64,
+    /// `VIRTIO_RING_F_EVENT_IDX` acked.
+    pub event_idx: bool,
+    /// Started (its kick fd arrived) and not stopped since.
+    pub ready: bool,
+    /// Enabled by the driver (SET_VRING_ENABLE, or implied without
+    /// PROTOCOL_FEATURES).
+    pub enabled: bool,
+    /// The eventfd that interrupts the driver (None: it polls).
+    pub call: Option<Arc<EventFd>>,
+}
+
+impl VringConfig {
+    /// Whether the data path may use the queue.
+    pub fn running(&self) -> bool {
+        self.ready && self.enabled
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    max_size: u16,
+    cfg: RwLock<VringConfig>,
+    /// Bumped after every change of `cfg` or of the indexes by the
+    /// session.
+    gen: AtomicU64,
+    next_avail: AtomicU16,
+    next_used: AtomicU16,
+}
+
+/// A virtqueue as the session and the forwarding thread share it (a
+/// reconnecting VMM gets fresh ones).
+#[derive(Clone, Debug)]
+pub struct Vring(Arc<Shared>);
+
+impl Vring {
+    /// A queue of at most `max_size` entries (a power of two; a smaller
+    /// default otherwise), not ready, not enabled.
+    pub fn new(max_size: u16) -> Vring {
+        let max_size = if max_size.is_power_of_two() {
+            max_size
+        } else {
+            256
+        };
+        Vring(Arc::new(Shared {
+            max_size,
+            cfg: RwLock::new(VringConfig {
+                size: max_size,
+                desc: 0,
+                avail: 0,
+                used: 0,
+                event_idx: false,
+                ready: false,
+                enabled: false,
+                call: None,
+            }),
+            gen: AtomicU64::new(0),
+            next_avail: AtomicU16::new(0),
+            next_used: AtomicU16::new(0),
+        }))
+    }
+
+    /// The configuration now.
+    pub fn config(&self) -> RwLockReadGuard<'_, VringConfig> {
+        self.0.cfg.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes the configuration; the forwarder picks it up at its next
+    /// batch.
+    pub fn configure<R>(&self, f: impl FnOnce(&mut VringConfig) -> R) -> R {
+        let r = f(&mut self.0.cfg.write().unwrap_or_else(|e| e.into_inner()));
+        // SeqCst: `QueueCtl`'s handshake pairs this with the forwarder's
+        // `busy` store and generation load.
+        self.0.gen.fetch_add(1, Ordering::SeqCst);
+        r
+    }
+
+    /// SET_VRING_NUM.
+    pub fn set_size(&self, size: u32) -> Result<(), VringError> {
+        let max = self.0.max_size;
+        if size == 0 || size > u32::from(max) || !size.is_power_of_two() {
+            return Err(VringError::Size { size, max });
+        }
+        self.configure(|c| c.size = size as u16);
+        Ok(())
+    }
+
+    /// SET_VRING_ADDR (guest addresses).
+    pub fn set_addresses(&self, desc: u64, avail: u64, used: u64) -> Result<(), VringError> {
+        for (what, addr, align) in [
+            ("descriptor table", desc, 16),
+            ("available ring", avail, 2),
+            ("used ring", used, 4),
+        ] {
+            if addr % align != 0 {
+                return Err(VringError::Misaligned { what, addr, align });
+            }
+        }
+        self.configure(|c| (c.desc, c.avail, c.used) = (desc, avail, used));
+        Ok(())
+    }
+
+    /// The generation of the configuration and indexes.
+    #[inline]
+    pub fn gen(&self) -> u64 {
+        self.0.gen.load(Ordering::SeqCst)
+    }
+
+    /// Where the next batch would start taking chains (GET_VRING_BASE,
+    /// once the forwarder is out of its batch).
+    pub fn next_avail(&self) -> u16 {
+        self.0.next_avail.load(Ordering::Acquire)
+    }
+
+    /// The next used entry the device writes.
+    pub fn next_used(&self) -> u16 {
+        self.0.next_used.load(Ordering::Acquire)
+    }
+
+    /// SET_VRING_BASE: the next avail entry to take.
+    pub fn set_next_avail(&self, v: u16) {
+        self.0.next_avail.store(v, Ordering::Release);
+        self.0.gen.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The next used entry to write (the used index in the ring, after
+    /// SET_VRING_ADDR).
+    pub fn set_next_used(&self, v: u16) {
+        self.0.next_used.store(v, Ordering::Release);
+        self.0.gen.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The forwarder's indexes after a batch (no generation bump: it
+    /// already has them).
+    pub(crate) fn store_indexes(&self, next_avail: u16, next_used: u16) {
+        self.0.next_avail.store(next_avail, Ordering::Relaxed);
+        self.0.next_used.store(next_used, Ordering::Relaxed);
+    }
+}
 
 /// Starts loading the cache line at `p` (a guest buffer the batch will
 /// touch): the frames of a batch then miss in parallel instead of one by
@@ -60,17 +244,6 @@ pub struct Desc {
     pub next: u16,
 }
 
-/// Host address of `len` bytes at guest `addr`, if they lie in one region.
-pub fn host_range(mem: &Mem, addr: u64, len: usize) -> Option<*mut u8> {
-    let (region, off) = mem.to_region_addr(GuestAddress(addr))?;
-    let end = off.0.checked_add(len as u64)?;
-    if end > region.len() {
-        return None;
-    }
-    let s = region.get_slice(off, len.max(1)).ok()?;
-    Some(s.ptr_guard_mut().as_ptr())
-}
-
 /// Guest memory regions as (guest start, length, host address), for the
 /// data path's lookups: a linear scan of a few entries with the last hit
 /// first, instead of vm-memory's search and slice checks per buffer.
@@ -88,15 +261,20 @@ pub struct HostMap {
 }
 
 impl HostMap {
-    /// Makes (or keeps, if `mem` is the map it was made from) the lookup
-    /// table for `mem`.
-    pub fn refresh(&mut self, mem: &std::sync::Arc<Mem>) {
-        if self
-            .mem
+    /// Whether the table was made from `mem` (compared by address; the
+    /// weak reference keeps that address from being reused).
+    #[inline]
+    pub fn is_for(&self, mem: &Mem) -> bool {
+        self.mem
             .as_ref()
-            .is_some_and(|m| std::ptr::eq(m.as_ptr(), std::sync::Arc::as_ptr(mem)))
-        {
-            return;
+            .is_some_and(|m| std::ptr::eq(m.as_ptr(), mem))
+    }
+
+    /// Makes (or keeps, if `mem` is the map it was made from) the lookup
+    /// table for `mem`. True if it was made anew.
+    pub fn refresh(&mut self, mem: &std::sync::Arc<Mem>) -> bool {
+        if self.is_for(mem) {
+            return false;
         }
         self.regions.clear();
         for r in mem.iter() {
@@ -106,6 +284,14 @@ impl HostMap {
         }
         self.mem = Some(std::sync::Arc::downgrade(mem));
         self.last.set(0);
+        true
+    }
+
+    /// Host address of `len` bytes at guest `addr`, if they lie in one
+    /// region.
+    pub fn whole(&self, addr: u64, len: u64) -> Option<*mut u8> {
+        let (p, n) = self.range(addr, len)?;
+        (n == len).then_some(p)
     }
 
     /// Host address of guest `addr` and how many bytes from there (up to
@@ -147,35 +333,29 @@ pub struct Ring {
 unsafe impl Send for Ring {}
 
 impl Ring {
-    /// Translates the rings of a queue of `size` entries.
+    /// Translates the rings of a queue configured as `cfg` through `map`.
     ///
     /// # Safety
-    /// The pointers are valid only while the guest memory map `mem` is
-    /// alive: the caller keeps its load guard for as long as it uses the
-    /// ring.
-    pub unsafe fn new(
-        mem: &Mem,
-        size: u16,
-        desc: u64,
-        avail: u64,
-        used: u64,
-        event_idx: bool,
-    ) -> Option<Ring> {
+    /// The pointers are valid only while the guest memory map `map` was
+    /// made from is alive: the caller keeps its load guard for as long as
+    /// it uses the ring.
+    pub unsafe fn new(map: &HostMap, cfg: &VringConfig) -> Option<Ring> {
+        let size = cfg.size;
         if size == 0 || !size.is_power_of_two() {
             return None;
         }
         // Alignment as virtio requires, so the index fields can be read
-        // atomically.
-        if desc % 16 != 0 || avail % 2 != 0 || used % 4 != 0 {
+        // atomically (the session checked it too).
+        if cfg.desc % 16 != 0 || cfg.avail % 2 != 0 || cfg.used % 4 != 0 {
             return None;
         }
-        let n = size as usize;
+        let n = u64::from(size);
         Some(Ring {
             size,
-            desc: host_range(mem, desc, 16 * n)?,
-            avail: host_range(mem, avail, 6 + 2 * n)?,
-            used: host_range(mem, used, 6 + 8 * n)?,
-            event_idx,
+            desc: map.whole(cfg.desc, 16 * n)?,
+            avail: map.whole(cfg.avail, 6 + 2 * n)?,
+            used: map.whole(cfg.used, 6 + 8 * n)?,
+            event_idx: cfg.event_idx,
         })
     }
 
@@ -254,6 +434,45 @@ impl Ring {
             std::ptr::write_volatile(e, u32::from(id).to_le());
             std::ptr::write_volatile(e.add(1), len.to_le());
         }
+    }
+
+    /// Tells the driver whether to kick on new avail entries: the
+    /// NO_NOTIFY flag, or with EVENT_IDX the avail_event field (kick once
+    /// the avail index passes `next_avail`). When enabling, returns true
+    /// if entries past `next_avail` are already there (do not sleep).
+    pub fn set_notify(&self, on: bool, next_avail: u16) -> bool {
+        if self.event_idx {
+            if on {
+                let off = 4 + 8 * self.size as usize;
+                // SAFETY: avail_event, the 2 bytes after the used entries
+                // (6 + 8 * size bytes were checked), 2-aligned.
+                self.idx_atomic(unsafe { self.used.add(off) })
+                    .store(next_avail.to_le(), Ordering::Relaxed);
+            }
+            // Disabling with EVENT_IDX writes nothing: the driver kicks at
+            // most once more, when it passes the stale avail_event.
+        } else {
+            let flags = if on { 0 } else { USED_F_NO_NOTIFY };
+            // SAFETY: used.flags, offset 0 of the checked used ring.
+            self.idx_atomic(self.used)
+                .store(flags.to_le(), Ordering::Relaxed);
+        }
+        if !on {
+            return false;
+        }
+        // The store must be visible before the avail index is read again
+        // (virtio 2.7.10), or a kick can be lost.
+        fence(Ordering::SeqCst);
+        self.avail_idx() != next_avail
+    }
+
+    /// The used index in the ring (what the device last published).
+    pub fn used_idx(&self) -> u16 {
+        // SAFETY: offset 2 of the used ring, inside the checked range.
+        u16::from_le(
+            self.idx_atomic(unsafe { self.used.add(2) })
+                .load(Ordering::Acquire),
+        )
     }
 
     /// Publishes the used index `new` (after `put_used` of every entry

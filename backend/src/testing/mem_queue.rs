@@ -18,7 +18,6 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::GUEST_MEM_BASE;
@@ -122,20 +121,15 @@ impl MemQueue {
             .expect("descriptor table");
 
         let vring = Vring::new(size);
-        {
-            let mut st = vring.get_mut();
-            let q = st.get_queue_mut();
-            q.try_set_size(size).expect("queue size");
-            q.try_set_desc_table_address(GuestAddress(desc))
-                .expect("descriptor table address");
-            q.try_set_avail_ring_address(GuestAddress(avail))
-                .expect("avail ring address");
-            q.try_set_used_ring_address(GuestAddress(used))
-                .expect("used ring address");
-            q.set_event_idx(event_idx);
-            q.set_ready(true);
-            st.set_enabled(true);
-        }
+        vring.set_size(u32::from(size)).expect("queue size");
+        vring
+            .set_addresses(desc, avail, used)
+            .expect("ring addresses");
+        vring.configure(|c| {
+            c.event_idx = event_idx;
+            c.ready = true;
+            c.enabled = true;
+        });
         MemQueue {
             gmem: GuestMem::new(mem.clone()),
             vring,
