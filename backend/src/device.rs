@@ -1,5 +1,5 @@
 //! The vhost-user-net device: what it offers, and the port's life:
-//! listening or connecting, one fresh vhost-user [`Session`] per VMM
+//! listening or connecting, one fresh vhost-user `Session` per VMM
 //! connection, the same port (and switch index) across reconnects, and
 //! what an operator sees of it (state, last error, rate-limited logs).
 //!

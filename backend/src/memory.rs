@@ -21,9 +21,9 @@ use std::sync::Arc;
 
 use vhost::vhost_user::message::VhostUserMemoryRegion;
 use vm_memory::mmap::MmapRegion;
-use vm_memory::{FileOffset, GuestAddress, GuestAddressSpace, GuestMemoryRegion, GuestRegionMmap};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryRegion, GuestRegionMmap};
 
-use crate::queue::{GuestMem, Mem};
+use crate::types::{GuestMem, Mem};
 
 /// Most regions a VMM may map (GET_MAX_MEM_SLOTS). QEMU needs one per
 /// RAM block (a handful, more with DIMM hot-plug); each costs a mapping.
@@ -119,16 +119,6 @@ pub enum MemError {
         /// What failed.
         msg: String,
     },
-}
-
-impl MemError {
-    /// Whether this is a VMM mistake (as opposed to the host failing).
-    pub fn errno(&self) -> i32 {
-        match self {
-            MemError::Map { .. } => libc::ENOMEM,
-            _ => libc::EINVAL,
-        }
-    }
 }
 
 /// A region as announced: where it is for the guest, for the VMM, and in
@@ -291,6 +281,7 @@ impl MemTable {
 
     /// How many ADD_MEM_REGs the region at guest address `gpa` has
     /// outstanding.
+    #[cfg(test)]
     pub fn refs(&self, gpa: u64) -> Option<u32> {
         self.regions
             .iter()
@@ -423,8 +414,9 @@ impl MemTable {
     }
 
     /// Whether a load of the current map sees `n` regions (for tests).
+    #[cfg(test)]
     pub fn mapped_regions(&self) -> usize {
-        use vm_memory::GuestMemoryBackend;
+        use vm_memory::{GuestAddressSpace, GuestMemoryBackend};
         self.mem.memory().num_regions()
     }
 }

@@ -3,10 +3,10 @@
 //!
 //! # Ownership and the lifetime invariant
 //! Each queue is served by one forwarding thread, which owns its ring
-//! state ([`Live`]: the rings translated, next_avail, next_used) between
+//! state (`Live`: the rings translated, next_avail, next_used) between
 //! batches; the session's [`Vring`] is read only when its generation
 //! moved, and told the indexes once per batch without a lock (see
-//! [`crate::vring`]).
+//! `crate::vring`).
 //!
 //! A batch takes a guest memory guard when it starts (`fetch`, or the
 //! first `push`) and drops it when it ends (`complete`, `publish`), after
@@ -925,7 +925,7 @@ pub fn flow_hash(frags: &[Frag], skip: usize) -> usize {
 
 impl Sink for RxSet {
     fn offloads(&self) -> Option<u32> {
-        Some(crate::device::rx_offloads(
+        Some(crate::types::rx_offloads(
             self.acked.load(Ordering::Acquire),
         ))
     }

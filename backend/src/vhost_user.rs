@@ -46,7 +46,8 @@ use vm_memory::{GuestAddress, GuestAddressSpace};
 
 use crate::conn::{Conn, ConnError, Request};
 use crate::memory::{MemError, MemTable, RegionSpec, MAX_REGIONS};
-use crate::queue::{GuestMem, Vring};
+use crate::types::GuestMem;
+use crate::vring::Vring;
 
 /// virtio feature bit: the device speaks vhost-user protocol features.
 const F_PROTOCOL_FEATURES: u64 = 1 << 30;

@@ -466,15 +466,6 @@ impl Ring {
         self.avail_idx() != next_avail
     }
 
-    /// The used index in the ring (what the device last published).
-    pub fn used_idx(&self) -> u16 {
-        // SAFETY: offset 2 of the used ring, inside the checked range.
-        u16::from_le(
-            self.idx_atomic(unsafe { self.used.add(2) })
-                .load(Ordering::Acquire),
-        )
-    }
-
     /// Publishes the used index `new` (after `put_used` of every entry
     /// before it) and says whether the driver wants an interrupt for the
     /// entries from `old` on.

@@ -27,7 +27,7 @@ const B: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb];
 const C: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc];
 const T: Duration = Duration::from_secs(5);
 /// Most bytes a guest frame may carry.
-const MAX_FRAME: u32 = backend::chain::MAX_FRAME as u32;
+const MAX_FRAME: u32 = backend::MAX_FRAME as u32;
 /// First descriptor-table index the hand-made chains use: the fake guest
 /// hands out table entries from 0 up, so these stay clear of its own
 /// chains.
