@@ -369,9 +369,10 @@ pub struct TxQueue {
     batch: Option<Batch>,
     /// Head index of each chain of the batch, in order (one frame each).
     heads: Vec<u16>,
-    /// Why each chain of the batch was refused, if it was: counted when
-    /// the chain is returned, not each time a held batch walks it again.
-    errs: Vec<Option<ChainError>>,
+    /// The chains of the batch that were refused (index in `heads`, and
+    /// why): counted when the chain is returned, not each time a held
+    /// batch walks it again. Rare, so kept apart from `heads`.
+    errs: Vec<(usize, ChainError)>,
     /// Most chains one fetch takes.
     max_batch: usize,
 }
@@ -392,7 +393,7 @@ impl TxQueue {
             stats,
             batch: None,
             heads: Vec::with_capacity(256),
-            errs: Vec::with_capacity(256),
+            errs: Vec::new(),
             max_batch: vale::MAX_BATCH,
         }
     }
@@ -447,11 +448,10 @@ impl Source for TxQueue {
             self.heads.push(head);
         }
         for i in 0..n as usize {
-            let r = tx_frags(&self.own.map, &ring, self.heads[i], frags);
-            if r.is_err() {
+            if let Err(e) = tx_frags(&self.own.map, &ring, self.heads[i], frags) {
                 frags.push(Frag::bad(0));
+                self.errs.push((i, e));
             }
-            self.errs.push(r.err());
         }
         self.batch = Some(batch);
         n as usize
@@ -460,11 +460,9 @@ impl Source for TxQueue {
     fn complete(&mut self, frames: usize) {
         if let Some(batch) = self.batch.take() {
             let frames = frames.min(self.heads.len());
-            for (e, h) in self.errs[..frames].iter().zip(&self.heads) {
-                if let Some(e) = e {
-                    tracing::debug!(head = h, "guest TX chain dropped: {e}");
-                    self.stats.count(*e);
-                }
+            for &(i, e) in self.errs.iter().take_while(|e| e.0 < frames) {
+                tracing::debug!(head = self.heads[i], "guest TX chain dropped: {e}");
+                self.stats.count(e);
             }
             // Frames held back by a backpressure destination stay on the
             // avail ring: next_avail moves past the completed ones only.
@@ -492,12 +490,14 @@ impl Drop for TxQueue {
 #[derive(Debug, Clone, Copy)]
 struct RxChain {
     head: u16,
-    first: usize,
-    nbufs: usize,
-    cap: usize,
     /// The guest broke it: returned empty when its turn comes, and
-    /// counted then.
-    bad: Option<ChainError>,
+    /// counted then (why is in `RxQueue::errs`).
+    bad: bool,
+    /// Its buffers: `bufs[first..first + nbufs]`.
+    nbufs: u16,
+    first: u32,
+    /// Bytes the buffers hold.
+    cap: u32,
 }
 
 /// One guest RX queue.
@@ -516,6 +516,8 @@ pub struct RxQueue {
     bufs: Vec<DstBuf>,
     /// Chains popped in this batch, in avail order.
     chains: Vec<RxChain>,
+    /// Why the broken ones among them were refused (index in `chains`).
+    errs: Vec<(usize, ChainError)>,
     /// First chain not yet consumed.
     next: usize,
     /// (head, bytes written) to return at publish.
@@ -555,6 +557,7 @@ impl RxQueue {
             batch: None,
             bufs: Vec::with_capacity(RX_BUNCH * 2),
             chains: Vec::with_capacity(RX_BUNCH * 2),
+            errs: Vec::new(),
             next: 0,
             used: Vec::with_capacity(RX_BUNCH * 2),
             mine: Vec::with_capacity(MAX_RX_CHAINS),
@@ -638,27 +641,24 @@ impl RxQueue {
         }
         for &head in &heads[..n as usize] {
             let first = self.bufs.len();
-            match rx_bufs(&self.own.map, &ring, head, &mut self.bufs) {
+            let (cap, bad) = match rx_bufs(&self.own.map, &ring, head, &mut self.bufs) {
                 Ok(cap) => {
                     self.buf_hint = cap;
-                    self.chains.push(RxChain {
-                        head,
-                        first,
-                        nbufs: self.bufs.len() - first,
-                        cap,
-                        bad: None,
-                    });
+                    (cap, false)
                 }
                 Err(e) => {
-                    self.chains.push(RxChain {
-                        head,
-                        first,
-                        nbufs: 0,
-                        cap: 0,
-                        bad: Some(e),
-                    });
+                    self.errs.push((self.chains.len(), e));
+                    (0, true)
                 }
-            }
+            };
+            // A chain holds at most MAX_FRAGS buffers of at most 64 KiB.
+            self.chains.push(RxChain {
+                head,
+                bad,
+                nbufs: (self.bufs.len() - first) as u16,
+                first: first as u32,
+                cap: cap.min(u32::MAX as usize) as u32,
+            });
         }
         self.chains.len() > before
     }
@@ -669,7 +669,7 @@ impl RxQueue {
     fn untake(&mut self, start_next: usize, start_used: usize) {
         let lead = self.chains[start_next..self.next]
             .iter()
-            .take_while(|c| c.bad.is_some())
+            .take_while(|c| c.bad)
             .count();
         self.next = start_next + lead;
         self.used.truncate(start_used + lead);
@@ -686,7 +686,7 @@ impl RxQueue {
             let i = self.next;
             self.next += 1;
             let c = &self.chains[i];
-            if c.bad.is_none() {
+            if !c.bad {
                 return Some(i);
             }
             // A used entry of length 0 is how a device says "nothing
@@ -727,8 +727,8 @@ impl Sink for RxQueue {
             self.refill();
         }
         if let Some(c) = self.chains.get(self.next) {
-            if c.bad.is_none() && c.nbufs == 1 && c.cap >= total {
-                let (head, first) = (c.head, c.first);
+            if !c.bad && c.nbufs == 1 && c.cap as usize >= total {
+                let (head, first) = (c.head, c.first as usize);
                 self.next += 1;
                 let mut h = [0u8; VNET_HDR_LEN];
                 let n = hdr.len().min(VNET_HDR_LEN);
@@ -763,7 +763,7 @@ impl Sink for RxQueue {
                 self.stats.no_rx_buffer.fetch_add(1, Ordering::Relaxed);
                 return Push::Full;
             };
-            let ccap = self.chains[i].cap;
+            let ccap = self.chains[i].cap as usize;
             if (!mrg && ccap < total) || self.mine.len() == MAX_RX_CHAINS {
                 // Without mergeable buffers a frame takes one chain.
                 self.untake(start_next, start_used);
@@ -781,7 +781,7 @@ impl Sink for RxQueue {
         for &i in &self.mine {
             let c = &self.chains[i];
             let mut written = 0usize;
-            for b in &mut self.bufs[c.first..c.first + c.nbufs] {
+            for b in &mut self.bufs[c.first as usize..c.first as usize + c.nbufs as usize] {
                 if cur.remaining() == 0 {
                     break;
                 }
@@ -796,12 +796,11 @@ impl Sink for RxQueue {
         let Some(batch) = self.batch.take() else {
             return;
         };
-        for c in &self.chains[..self.next] {
-            if let Some(e) = c.bad {
-                tracing::debug!(head = c.head, "guest RX chain dropped: {e}");
-                self.stats.count(e);
-            }
+        for &(i, e) in self.errs.iter().take_while(|e| e.0 < self.next) {
+            tracing::debug!(head = self.chains[i].head, "guest RX chain dropped: {e}");
+            self.stats.count(e);
         }
+        self.errs.clear();
         // Chains popped and not used go back: next_avail moves past the
         // consumed ones only.
         let notify = self.own.put_used(self.used.iter().copied());
