@@ -35,6 +35,8 @@
 #   CSV, SVG  outputs (default docs/bench-switch.csv, docs/bench-switch.svg;
 #             SVG= skips the plot)
 #   VALED     a valed binary to use instead of building target/release/valed
+#   VALED_B   a second valed binary, run as switch "valed-b" (add it to
+#             SWITCHES): two builds interleaved run by run, for A/B tests
 #   KEEP      set: keep the last run's logs (testpmd, switch, bridge state)
 # Needs root for the bridge (network namespace, TAP), dpdk-testpmd (Debian
 # package dpdk-dev), two cores.
@@ -67,7 +69,10 @@ case " $SWITCHES " in
     ;;
 esac
 for sw in $SWITCHES; do
-    case $sw in valed | testpmd | bridge | bridge-norps) ;; *) echo "unknown switch $sw" >&2; exit 1 ;; esac
+    case $sw in valed | testpmd | bridge | bridge-norps) ;;
+    valed-b) [ -x "${VALED_B:-}" ] || { echo "valed-b needs VALED_B, a valed binary" >&2; exit 1; } ;;
+    *) echo "unknown switch $sw" >&2; exit 1 ;;
+    esac
 done
 
 VALED_FROM="given"
@@ -149,8 +154,10 @@ start_switch() {
     SW=
     rm -f "$W"/p0.sock "$W"/p1.sock
     case $1 in
-    valed)
-        taskset -c 1 "$VALED" --socket "$W/ctl.sock" --threads 1 --cpus 1 \
+    valed | valed-b)
+        local bin=$VALED
+        [ "$1" = valed-b ] && bin=$VALED_B
+        taskset -c 1 "$bin" --socket "$W/ctl.sock" --threads 1 --cpus 1 \
             --vhost-user "p0=$W/p0.sock,attach=vale0" --vhost-user "p1=$W/p1.sock,attach=vale0" \
             --log warn >"$W/switch.log" 2>&1 &
         ;;
@@ -266,6 +273,7 @@ case " $SWITCHES " in *" bridge"*) make_bridge ;; esac
 echo "switch loopback: $RUNS runs x ${SECS}s per switch and size, $BURSTS bursts of 32 in flight per port, $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "core 0: testpmd, 2 ports (virtio-user, or net_tap for the bridge), io fwd; core 1: the switch under test"
 echo "frame sizes: $SIZES bytes as testpmd sends them (--txpkts), without the 4-byte CRC: on the wire with CRC add 4 (60 = 64 B, 1514 = 1518 B)"
+[ -n "${VALED_B:-}" ] && echo "valed-b $VALED_B"
 echo "valed $VALED ($VALED_FROM); DPDK $(dpkg-query -W -f '${Version}' dpdk-dev 2>/dev/null || echo '?'); kernel $(uname -r)"
 echo "size,run,switch,secs,bursts,rx0,rx1,tx0,tx1,mpps,cpu0_usr,cpu0_sys,cpu0_irq,cpu0_idle,cpu0_steal,cpu1_usr,cpu1_sys,cpu1_irq,cpu1_idle,cpu1_steal,other" >"$W/runs.csv"
 for size in $SIZES; do

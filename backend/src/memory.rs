@@ -264,7 +264,8 @@ impl MemTable {
         &self.mem
     }
 
-    /// Regions mapped, in the order they came.
+    /// Regions mapped, in the order they came (for the fuzz harness).
+    #[cfg(feature = "test-utils")]
     pub fn specs(&self) -> Vec<RegionSpec> {
         self.regions.iter().map(|m| m.spec).collect()
     }

@@ -249,7 +249,8 @@ impl<'d, D: Device> Session<'d, D> {
         self.mem.guest_mem()
     }
 
-    /// The memory table (for tests and diagnostics).
+    /// The memory table (for the fuzz harness).
+    #[cfg(feature = "test-utils")]
     pub fn mem(&self) -> &MemTable {
         &self.mem
     }
