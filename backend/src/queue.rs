@@ -423,6 +423,14 @@ impl TxQueue {
 }
 
 impl Source for TxQueue {
+    fn arm(&mut self) -> bool {
+        !self.enable_notification()
+    }
+
+    fn disarm(&mut self) {
+        self.disable_notification();
+    }
+
     fn fetch(&mut self, frags: &mut Vec<Frag>, max: usize) -> usize {
         self.heads.clear();
         self.errs.clear();

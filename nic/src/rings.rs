@@ -69,6 +69,12 @@ impl Source for DevRx {
             DevRx::Host(r) => r.complete(frames),
         }
     }
+
+    /// The kernel wakes the socket's fd when it hands a frame (or block)
+    /// over: nothing to ask, only whether one is already there.
+    fn arm(&mut self) -> bool {
+        !self.pending()
+    }
 }
 
 impl DevRx {

@@ -119,6 +119,12 @@ pub struct TapRx {
 }
 
 impl Source for TapRx {
+    /// The TAP's fd wakes the forwarder by itself: only whether a frame
+    /// is already there.
+    fn arm(&mut self) -> bool {
+        !self.pending()
+    }
+
     fn fetch(&mut self, frags: &mut Vec<Frag>, max: usize) -> usize {
         // Frames held back by a backpressure port are still in `bufs`;
         // new ones are read only behind all of them.

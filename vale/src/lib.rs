@@ -28,5 +28,6 @@ pub use port::{
     DROP_REASONS,
 };
 pub use switch::{
-    Forwarded, Scratch, Switch, SwitchError, BACKPRESSURE_HOLD, MAX_BATCH, MAX_FRAGS, MAX_PORTS,
+    Forwarded, Scratch, SharedSink, Switch, SwitchError, BACKPRESSURE_HOLD, MAX_BATCH, MAX_FRAGS,
+    MAX_PORTS,
 };

@@ -26,6 +26,18 @@ pub trait Source {
     /// dropped) and their memory may be reused. Frames after them were held
     /// back by a backpressure destination and must be fetched again.
     fn complete(&mut self, frames: usize);
+
+    /// The forwarder found nothing to do and is about to sleep: ask the
+    /// writer to wake it when it adds work (netmap's need-kick handshake
+    /// on a ring, notifications on a virtqueue). False if work arrived
+    /// meanwhile: poll again rather than sleep. A source whose fd wakes
+    /// the forwarder by itself (a socket) only says whether work waits.
+    fn arm(&mut self) -> bool {
+        true
+    }
+
+    /// The forwarder woke and polls again: the writer need not wake it.
+    fn disarm(&mut self) {}
 }
 
 /// Where frames go.
@@ -65,6 +77,34 @@ pub trait Sink: Send {
     /// connects. None: use [`PortConfig::offloads`].
     fn offloads(&self) -> Option<u32> {
         None
+    }
+}
+
+/// A boxed sink is a sink (a port whose kind is chosen at run time).
+impl<S: Sink + ?Sized> Sink for Box<S> {
+    fn room(&mut self) -> usize {
+        (**self).room()
+    }
+    fn slots_for(&self, len: usize) -> usize {
+        (**self).slots_for(len)
+    }
+    fn capacity(&self) -> usize {
+        (**self).capacity()
+    }
+    fn push(&mut self, frags: &[Frag], skip: usize, hdr: &[u8]) -> Push {
+        (**self).push(frags, skip, hdr)
+    }
+    fn publish(&mut self) {
+        (**self).publish()
+    }
+    fn arm(&mut self) -> Arm {
+        (**self).arm()
+    }
+    fn disarm(&mut self) {
+        (**self).disarm()
+    }
+    fn offloads(&self) -> Option<u32> {
+        (**self).offloads()
     }
 }
 

@@ -194,6 +194,24 @@ impl RingSource {
 }
 
 impl Source for RingSource {
+    fn arm(&mut self) -> bool {
+        let csb = self
+            .p
+            .csb
+            .entry(self.p.csb_idx)
+            .expect("checked at creation");
+        self.p.kring.prepare_sleep(&csb)
+    }
+
+    fn disarm(&mut self) {
+        let csb = self
+            .p
+            .csb
+            .entry(self.p.csb_idx)
+            .expect("checked at creation");
+        self.p.kring.woken(&csb);
+    }
+
     fn fetch(&mut self, frags: &mut Vec<Frag>, max: usize) -> usize {
         self.p.prologue();
         self.frame_slots.clear();

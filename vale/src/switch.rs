@@ -69,7 +69,7 @@ pub enum SwitchError {
 struct PortSlot {
     name: String,
     cfg: PortConfig,
-    sink: Arc<Mutex<Box<dyn Sink>>>,
+    sink: SharedSink,
     counters: Arc<PortCounters>,
     /// When a sender last found this backpressure port without room and
     /// it has not made room since (`hold_clock` + 1; 0: not holding).
@@ -117,7 +117,12 @@ impl std::fmt::Debug for PortSlot {
 }
 
 /// A destination locked for the batch.
-type LockedDst<'a> = (PortId, &'a PortSlot, MutexGuard<'a, Box<dyn Sink>>);
+type LockedDst<'a> = (PortId, &'a PortSlot, MutexGuard<'a, dyn Sink + 'static>);
+
+/// A port's sink as the switch holds it: the switch locks it once per
+/// batch. Its owner may keep a clone, to change the sink between batches
+/// under the same lock (a client binding or unbinding RX rings).
+pub type SharedSink = Arc<Mutex<dyn Sink>>;
 
 /// Per-frame state of a batch.
 #[derive(Debug, Clone, Copy)]
@@ -221,11 +226,21 @@ impl<L: Lookup> Switch<L> {
     }
 
     /// Attaches a port; returns its index (the lowest free one, as netmap).
-    pub fn attach(
+    pub fn attach<S: Sink + 'static>(
         &self,
         name: &str,
         cfg: PortConfig,
-        sink: Box<dyn Sink>,
+        sink: S,
+    ) -> Result<PortId, SwitchError> {
+        self.attach_shared(name, cfg, Arc::new(Mutex::new(sink)))
+    }
+
+    /// Attaches a port whose sink its owner shares (see [`SharedSink`]).
+    pub fn attach_shared(
+        &self,
+        name: &str,
+        cfg: PortConfig,
+        sink: SharedSink,
     ) -> Result<PortId, SwitchError> {
         if ![0, 10, 12].contains(&cfg.vnet_hdr_len) {
             return Err(SwitchError::BadHdrLen {
@@ -247,7 +262,7 @@ impl<L: Lookup> Switch<L> {
         ports[i] = Some(Arc::new(PortSlot {
             name: name.into(),
             cfg,
-            sink: Arc::new(Mutex::new(sink)),
+            sink,
             counters: Arc::default(),
             holding_since: Arc::default(),
         }));
@@ -552,7 +567,7 @@ impl<L: Lookup> Switch<L> {
                     // checksum it here, from one copy of the frame.
                     soft += 1;
                     match soft_offload(
-                        &mut ***sink,
+                        &mut **sink,
                         frags,
                         src_hdr,
                         dst_hdr,

@@ -10,20 +10,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use netmap::csb::Csb;
 use netmap::sys::{Epoll, EventFd};
 use tracing::{debug, warn};
 use vale::ring_port::{pipe_forward, RingSink, RingSource};
-use vale::{PortId, Scratch, Sink, Switch};
+use vale::{PortId, Scratch, Sink, Source, Switch};
 
-/// One TX ring (or guest TX queue) to forward from.
+/// One TX ring (or guest TX queue, or device) to forward from.
 pub struct Unit {
     /// Registration it belongs to (removed together).
     pub reg: u64,
-    /// Where the ring's frames go.
+    /// Where the frames come from and go.
     pub path: Path,
-    /// The ring.
-    pub source: UnitSource,
     /// The client's kick eventfd (shared by the registration's rings), or
     /// the eventfd a vhost-user worker relays the guest's kicks to, or the
     /// device a NIC or host stack port receives on.
@@ -33,80 +30,34 @@ pub struct Unit {
     pub drain: bool,
 }
 
-/// What a unit forwards from.
-pub enum UnitSource {
-    /// A client's TX ring.
-    Ring {
-        /// The ring.
-        source: RingSource,
-        /// The CSB and the ring's entry in it, for the need-kick handshake.
-        csb: Arc<Csb>,
-        /// Entry of this ring in the CSB.
-        csb_idx: u32,
-    },
-    /// A guest's TX virtqueue.
-    Vhost(backend::TxQueue),
-    /// What an interface received (the native or generic adapter's ring).
-    Nic(Box<nic::DevRx>),
-    /// What the host stack sent out of its TAP (`eth0^`).
-    HostStack(Box<nic::TapRx>),
-}
-
-impl UnitSource {
-    /// Asks the writer for a kick; false if work arrived meanwhile.
-    fn prepare_sleep(&mut self) -> std::io::Result<bool> {
-        Ok(match self {
-            UnitSource::Ring {
-                source,
-                csb,
-                csb_idx,
-            } => source.kring().prepare_sleep(&csb.entry(*csb_idx)?),
-            UnitSource::Vhost(q) => !q.enable_notification(),
-            // The kernel wakes the receive socket when it hands a block
-            // over; one already handed over means work.
-            UnitSource::Nic(rx) => !rx.pending(),
-            UnitSource::HostStack(rx) => !rx.pending(),
-        })
-    }
-
-    /// Back to polling: the writer need not kick.
-    fn woken(&mut self) -> std::io::Result<()> {
-        match self {
-            UnitSource::Ring {
-                source,
-                csb,
-                csb_idx,
-            } => source.kring().woken(&csb.entry(*csb_idx)?),
-            UnitSource::Vhost(q) => q.disable_notification(),
-            UnitSource::Nic(_) | UnitSource::HostStack(_) => {}
-        }
-        Ok(())
-    }
-
-    fn as_source(&mut self) -> &mut dyn vale::Source {
-        match self {
-            UnitSource::Ring { source, .. } => source,
-            UnitSource::Vhost(q) => q,
-            UnitSource::Nic(rx) => &mut **rx,
-            UnitSource::HostStack(rx) => &mut **rx,
-        }
-    }
-}
-
-/// Where a unit's frames go.
+/// Where a unit's frames come from and go.
 pub enum Path {
-    /// Into a switch, as port `port`.
+    /// From any source (a client's TX ring, a guest's TX virtqueue, what
+    /// an interface or the host stack sent) into a switch, as port `port`.
     Switch {
         /// The switch.
         switch: Arc<Switch>,
-        /// The port the ring belongs to.
+        /// The port the source belongs to.
         port: PortId,
+        /// The source.
+        source: Box<dyn Source + Send>,
     },
-    /// Straight into the other end of a netmap pipe, zero copy.
+    /// From one end of a netmap pipe straight into the other, zero copy.
     Pipe {
+        /// This end's TX ring.
+        source: RingSource,
         /// The other end's RX ring.
         dst: Box<RingSink>,
     },
+}
+
+impl Path {
+    fn source(&mut self) -> &mut dyn Source {
+        match self {
+            Path::Switch { source, .. } => &mut **source,
+            Path::Pipe { source, .. } => source,
+        }
+    }
 }
 
 impl std::fmt::Debug for Unit {
@@ -291,8 +242,12 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
         blocked.clear();
         for u in units.iter_mut() {
             match &mut u.path {
-                Path::Switch { switch, port } => {
-                    let fw = switch.forward(*port, u.source.as_source(), &mut sc, now);
+                Path::Switch {
+                    switch,
+                    port,
+                    source,
+                } => {
+                    let fw = switch.forward(*port, &mut **source, &mut sc, now);
                     moved += fw.frames;
                     if let Some(p) = fw.blocked_on {
                         if !blocked
@@ -303,11 +258,7 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
                         }
                     }
                 }
-                Path::Pipe { dst } => {
-                    if let UnitSource::Ring { source, .. } = &mut u.source {
-                        moved += pipe_forward(source, dst);
-                    }
-                }
+                Path::Pipe { source, dst } => moved += pipe_forward(source, dst),
             }
         }
         if moved > 0 {
@@ -323,7 +274,7 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
         // that hold a sender for room.
         let mut may_sleep = true;
         for u in units.iter_mut() {
-            if !u.source.prepare_sleep()? {
+            if !u.path.source().arm() {
                 may_sleep = false;
                 break;
             }
@@ -332,8 +283,7 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
             if !may_sleep {
                 break;
             }
-            let (Path::Pipe { dst }, UnitSource::Ring { source, .. }) = (&mut u.path, &u.source)
-            else {
+            let Path::Pipe { source, dst } = &mut u.path else {
                 continue;
             };
             if source.kring().tx_pending().1 == 0 {
@@ -395,13 +345,13 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
             }
         }
         for u in units.iter_mut() {
-            u.source.woken()?;
+            u.path.source().disarm();
         }
         for (sw, p) in &blocked {
             sw.disarm_port(*p);
         }
         for u in units.iter_mut() {
-            if let Path::Pipe { dst } = &mut u.path {
+            if let Path::Pipe { dst, .. } = &mut u.path {
                 dst.disarm();
             }
         }

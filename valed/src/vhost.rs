@@ -282,9 +282,9 @@ impl KickHook for Inline {
         let (q, sc) = &mut *g;
         let now = self.t0.elapsed().as_secs() as u32;
         loop {
-            q.disable_notification();
+            vale::Source::disarm(q);
             while self.switch.forward(self.port, q, sc, now).frames > 0 {}
-            if !q.enable_notification() {
+            if vale::Source::arm(q) {
                 break;
             }
         }

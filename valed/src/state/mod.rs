@@ -21,9 +21,9 @@ use netmap::sys::EventFd;
 use serde::Serialize;
 use tracing::info;
 use vale::ring_port::{RingGeometry, RingSink, RingSinkSet, RingSource};
-use vale::{DropReason, PortConfig, PortId, Push, Sink, Switch};
+use vale::{DropReason, PortConfig, PortId, Sink, Switch};
 
-use crate::fwd::{Forwarder, Path, Unit, UnitSource};
+use crate::fwd::{Forwarder, Path, Unit};
 use crate::vhost::{Relay, VhostPort, VhostSpec};
 
 mod limits;
@@ -54,11 +54,11 @@ pub const PERSISTENT_EXTRA_BUFS: u32 = 256;
 /// An errno to answer with.
 pub type Errno = i32;
 
-/// A port's RX side as the switch sees it: the RX rings its clients bound
-/// (none: frames to a port nobody has open are dropped as `DstFull`).
+/// A port's RX side: the RX rings its clients bound (none: frames to a
+/// port nobody has open are dropped as `DstFull`). The switch holds the
+/// same lock (`vale::SharedSink`), taken once per batch; REGISTER and the
+/// end of a registration change the set under it.
 type SinkSlot = Arc<Mutex<RingSinkSet>>;
-
-struct SinkProxy(SinkSlot);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())

@@ -87,9 +87,7 @@ impl Registry {
             rxs.push(rx);
         }
         let sink = sink.ok_or(libc::ENXIO)?;
-        let port = self.device_port(&sw, &full, (sink, cfg), rxs, |rx| {
-            UnitSource::Nic(Box::new(rx))
-        })?;
+        let port = self.device_port(&sw, &full, (sink, cfg), rxs)?;
         let host = match tap {
             Some(t) => {
                 match self.device_port(
@@ -97,7 +95,6 @@ impl Registry {
                     &format!("{full}^"),
                     (Box::new(t.tx), host_cfg()),
                     vec![t.rx],
-                    |rx| UnitSource::HostStack(Box::new(rx)),
                 ) {
                     Ok(h) => Some(h),
                     Err(e) => {
@@ -133,13 +130,12 @@ impl Registry {
     /// it, and a forwarding unit reading each of `rxs`, woken by its fd
     /// (the device's, never read by the forwarding thread: that would take
     /// a frame).
-    fn device_port<R: AsFd>(
+    fn device_port<R: AsFd + vale::Source + Send + 'static>(
         &mut self,
         sw: &Arc<Switch>,
         name: &str,
         (sink, cfg): (Box<dyn Sink>, PortConfig),
         rxs: Vec<R>,
-        source: impl Fn(R) -> UnitSource,
     ) -> Result<DevicePort, Errno> {
         let fds = rxs
             .iter()
@@ -163,8 +159,8 @@ impl Registry {
                     path: Path::Switch {
                         switch: sw.clone(),
                         port: id,
+                        source: Box::new(rx),
                     },
-                    source: source(rx),
                     kick: Arc::new(EventFd::from_fd(fd)),
                     drain: false,
                 });

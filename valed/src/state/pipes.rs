@@ -41,11 +41,9 @@ fn pipe_units(region: &Region, ends: &[PipeSide; 2], unit_id: u64) -> std::io::R
             .with_kick(rb.kick.clone());
             units.push(Unit {
                 reg: unit_id,
-                path: Path::Pipe { dst: Box::new(dst) },
-                source: UnitSource::Ring {
+                path: Path::Pipe {
                     source: src,
-                    csb: ra.csb.clone(),
-                    csb_idx: i as u32,
+                    dst: Box::new(dst),
                 },
                 kick: ra.kick.clone(),
                 drain: true,

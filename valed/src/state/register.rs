@@ -4,30 +4,6 @@
 
 use super::*;
 
-impl Sink for SinkProxy {
-    fn room(&mut self) -> usize {
-        lock(&self.0).room()
-    }
-    fn slots_for(&self, len: usize) -> usize {
-        lock(&self.0).slots_for(len)
-    }
-    fn capacity(&self) -> usize {
-        lock(&self.0).capacity()
-    }
-    fn push(&mut self, frags: &[vale::Frag], skip: usize, hdr: &[u8]) -> Push {
-        lock(&self.0).push(frags, skip, hdr)
-    }
-    fn publish(&mut self) {
-        lock(&self.0).publish()
-    }
-    fn arm(&mut self) -> vale::Arm {
-        lock(&self.0).arm()
-    }
-    fn disarm(&mut self) {
-        lock(&self.0).disarm()
-    }
-}
-
 impl Bells {
     pub(super) fn new() -> std::io::Result<Bells> {
         let (kick_r, kick_w) = EventFd::pipe()?;
@@ -239,7 +215,7 @@ impl Registry {
             };
             let made = match dir {
                 Dir::Tx => RingSource::new(map.clone(), geo, csb.clone(), idx, irq.clone())
-                    .map(|s| sources.push((s, idx))),
+                    .map(|s| sources.push(s)),
                 // Frames spread over the bound RX rings by flow.
                 Dir::Rx => RingSink::new(map.clone(), geo, csb.clone(), idx, irq.clone())
                     .map(|s| sinks.push(s.with_kick(kick.clone()))),
@@ -275,18 +251,14 @@ impl Registry {
             .clone();
         let fwd = self.next_fwd % self.fwd.len().max(1);
         self.next_fwd += 1;
-        for (source, csb_idx) in sources {
+        for source in sources {
             if let Some(f) = self.fwd.get(fwd) {
                 f.add(Unit {
                     reg: conn.id,
                     path: Path::Switch {
                         switch: sw.clone(),
                         port: pid,
-                    },
-                    source: UnitSource::Ring {
-                        source,
-                        csb: csb.clone(),
-                        csb_idx,
+                        source: Box::new(source),
                     },
                     kick: kick.clone(),
                     drain: true,

@@ -48,7 +48,7 @@ impl Registry {
             ..Default::default()
         };
         let id = sw
-            .attach(&full, cfg, Box::new(SinkProxy(port.sink.clone())))
+            .attach_shared(&full, cfg, port.sink.clone())
             .map_err(|e| match e {
                 vale::SwitchError::Full(_) => libc::ENOMEM,
                 vale::SwitchError::Exists { .. } => libc::EEXIST,

@@ -102,8 +102,8 @@ impl Registry {
                     path: Path::Switch {
                         switch: sw.clone(),
                         port: id,
+                        source: Box::new(v.port.tx_queue(pair)),
                     },
-                    source: UnitSource::Vhost(v.port.tx_queue(pair)),
                     kick: kick.clone(),
                     drain: true,
                 });
