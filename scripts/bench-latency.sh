@@ -49,7 +49,7 @@ start_switch() {
     testpmd)
         taskset -c 1 dpdk-testpmd --no-pci --no-huge -m 1024 --file-prefix "lat$$" --lcores '0@1,1@1' \
             --vdev "net_vhost0,iface=$W/a.sock,queues=1" --vdev "net_vhost1,iface=$W/b.sock,queues=1" \
-            -- --forward-mode=io --nb-cores=1 -a >"$W/switch.log" 2>&1 &
+            -- --forward-mode=io --nb-cores=1 -a --stats-period 100 >"$W/switch.log" 2>&1 &
         ;;
     esac
     SW=$!
@@ -98,7 +98,7 @@ echo "| gap between round trips | switch | p50 (median of runs) | p99 (median of
 echo "|---|---|---|---|"
 for gap in $GAPS; do
     for sw in $SWITCHES; do
-        awk -F, -v g="$gap" -v s="$sw" '$1 == g && $3 == s { p50[n] = $4; p99[n] = $6; n++ }
+        awk -F, -v g="$gap" -v s="$sw" 'BEGIN { n = 0 } $1 == g && $3 == s { p50[n] = $4; p99[n] = $6; n++ }
             function med(a, n,   i, j, t) {
                 for (i = 0; i < n; i++) for (j = i + 1; j < n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
                 return a[int((n - 1) / 2)] }

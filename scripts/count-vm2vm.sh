@@ -14,9 +14,10 @@
 #   tx walk    TxQueue::fetch: avail entries, descriptors, fragments
 #   switch     Switch::forward less the port calls: headers, lookup,
 #              grouping by destination, locks, counters
-#   rx walk    RxSet::push less the copy: RX chains, header, bookkeeping
+#   rx walk    the sink's push (RxSet) less the copy: RX chains, header,
+#              bookkeeping
 #   copy       libc memcpy/memmove called by RxSet::push (the frame bytes)
-#   rx used    RxSet::publish: used entries, used index, interrupt check
+#   rx used    the sink's publish: used entries, used index, interrupt check
 #   tx used    TxQueue::complete: the same for A's TX chains
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +43,8 @@ run() {
 }
 
 total_of() {
-    awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }' "$1"
+    # callgrind_annotate writes "." for zero.
+    awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 + 0 }' "$1"
 }
 
 # Instructions of libc's memcpy/memmove in a profile.
@@ -70,8 +72,14 @@ for cfg in "$@"; do
     count "$cfg" '*MemQueue::reap'; guests=$((guests + COUNT))
     count "$cfg" '<backend::queue::TxQueue as vale::port::Source>::fetch'; txw=$COUNT
     count "$cfg" '<backend::queue::TxQueue as vale::port::Source>::complete'; txu=$COUNT
-    count "$cfg" '<backend::queue::RxSet as vale::port::Sink>::push'; rxw=$COUNT; copy=$COPY
-    count "$cfg" '<backend::queue::RxSet as vale::port::Sink>::publish'; rxu=$COUNT
+    # The switch calls the port's sink through `Box<RxSet>` (RxSet's code
+    # inlined there); RxQueue's own Sink methods are called inside.
+    count "$cfg" '<alloc::boxed::Box<S> as vale::port::Sink>::push'; rxw=$COUNT; copy=$COPY
+    count "$cfg" '<alloc::boxed::Box<S> as vale::port::Sink>::publish'; rxu=$COUNT
+    if [ "$rxw" -eq 0 ] || [ "$txw" -eq 0 ]; then
+        echo "$cfg: a stage function was not found (renamed or inlined?)" >&2
+        exit 1
+    fi
     awk -v cfg="$cfg" -v f="$frames" -v t="$total" -v g="$guests" -v tw="$txw" \
         -v tu="$txu" -v rw="$rxw" -v ru="$rxu" -v c="$copy" 'BEGIN {
         printf "| %-24s | %6.0f | %6.0f | %7.0f | %6.0f | %7.0f | %6.0f | %7.0f | %7.0f |\n",
