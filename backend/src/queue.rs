@@ -521,7 +521,9 @@ pub struct RxQueue {
     mrg: Arc<AtomicBool>,
     size: AtomicU16,
     batch: Option<Batch>,
-    bufs: Vec<DstBuf>,
+    /// The batch's RX buffers (guest memory, kept mapped by the batch's
+    /// guard).
+    bufs: Vec<DstBuf<'static>>,
     /// Chains popped in this batch, in avail order.
     chains: Vec<RxChain>,
     /// Why the broken ones among them were refused (index in `chains`).

@@ -149,7 +149,11 @@ impl Source for TapRx {
                 } else {
                     0
                 };
-                frags.push(Frag::from_slice(&buf[done..done + piece], more));
+                // SAFETY: `bufs` keeps this frame, unchanged, until
+                // `complete` drops it from `lens` (fetch reads new frames
+                // only into buffers behind the held ones), as `Frag::new`
+                // asks.
+                frags.push(unsafe { Frag::new(buf[done..].as_ptr(), piece as u16, more) });
                 done += piece;
             }
         }

@@ -9,22 +9,28 @@
 //! the `unsafe` constructors here; everything the engine does with them is
 //! bounds-checked safe code.
 
+use std::marker::PhantomData;
 use std::ptr::NonNull;
 
 /// One fragment of a frame in source memory.
 #[derive(Debug, Clone, Copy)]
-pub struct Frag {
+///
+/// `'a` is the borrow the fragment was made from ([`Frag::from_slice`]);
+/// a fragment made from a raw pointer ([`Frag::new`]) is `'static`, its
+/// maker having promised validity until the source completes.
+pub struct Frag<'a> {
     ptr: NonNull<u8>,
     len: u16,
     flags: u16,
     bad: bool,
+    _data: PhantomData<&'a [u8]>,
 }
 
 // SAFETY: a Frag is a read-only view whose validity is guaranteed by the
 // source until `complete`; moving it to another thread changes nothing.
-unsafe impl Send for Frag {}
+unsafe impl Send for Frag<'_> {}
 
-impl Frag {
+impl Frag<'static> {
     /// A fragment of `len` bytes at `ptr`, with netmap slot `flags`.
     ///
     /// # Safety
@@ -34,12 +40,13 @@ impl Frag {
     /// races the caller accepts (another process may change the bytes; the
     /// engine copies them once and trusts nothing it read twice).
     #[inline]
-    pub unsafe fn new(ptr: *const u8, len: u16, flags: u16) -> Frag {
+    pub unsafe fn new(ptr: *const u8, len: u16, flags: u16) -> Frag<'static> {
         Frag {
             ptr: NonNull::new(ptr as *mut u8).unwrap_or(NonNull::dangling()),
             len,
             flags,
             bad: false,
+            _data: PhantomData,
         }
     }
 
@@ -48,34 +55,40 @@ impl Frag {
     /// it keeps the source's frame count right and the engine drops the
     /// frame as [`DropReason::BadSlot`](crate::DropReason::BadSlot).
     #[inline]
-    pub fn bad(flags: u16) -> Frag {
+    pub fn bad(flags: u16) -> Frag<'static> {
         Frag {
             ptr: NonNull::dangling(),
             len: 0,
             flags,
             bad: true,
+            _data: PhantomData,
         }
     }
+}
 
+impl<'a> Frag<'a> {
     /// Whether this is a [`bad`](Self::bad) placeholder.
     #[inline]
     pub fn is_bad(&self) -> bool {
         self.bad
     }
 
-    /// A fragment over a byte slice the caller keeps alive and unchanged
-    /// until the source completes — the safe constructor for owned memory.
+    /// A fragment over (the first 65535 bytes of) a byte slice, for as
+    /// long as the slice is borrowed — the safe constructor.
     #[inline]
-    pub fn from_slice(data: &[u8], flags: u16) -> Frag {
-        let len = data.len().min(u16::MAX as usize) as u16;
-        // SAFETY: the slice is readable for its length; the caller keeps it
-        // alive for the batch, as the trait contract of Source requires.
-        unsafe { Frag::new(data.as_ptr(), len, flags) }
+    pub fn from_slice(data: &'a [u8], flags: u16) -> Frag<'a> {
+        Frag {
+            ptr: NonNull::new(data.as_ptr() as *mut u8).unwrap_or(NonNull::dangling()),
+            len: data.len().min(u16::MAX as usize) as u16,
+            flags,
+            bad: false,
+            _data: PhantomData,
+        }
     }
 
     /// The same fragment with other slot flags.
     #[inline]
-    pub fn with_flags(self, flags: u16) -> Frag {
+    pub fn with_flags(self, flags: u16) -> Frag<'a> {
         Frag { flags, ..self }
     }
 
@@ -114,7 +127,7 @@ impl Frag {
     }
 }
 
-impl Frag {
+impl Frag<'_> {
     /// Copies the fragment's first `N` bytes into `out` in one fixed-size
     /// copy (a few register moves, no `memcpy` call); false, with `out`
     /// untouched, if the fragment is shorter.
@@ -132,36 +145,44 @@ impl Frag {
 
 /// A destination buffer a sink lends the engine.
 #[derive(Debug)]
-pub struct DstBuf {
+///
+/// `'a` is the borrow it was made from ([`DstBuf::from_slice`]), or
+/// `'static` for one made from a raw pointer ([`DstBuf::new`]).
+pub struct DstBuf<'a> {
     ptr: NonNull<u8>,
     cap: usize,
+    _buf: PhantomData<&'a mut [u8]>,
 }
 
 // SAFETY: a DstBuf is a write view whose validity the sink guarantees until
 // it publishes; which thread writes through it changes nothing.
-unsafe impl Send for DstBuf {}
+unsafe impl Send for DstBuf<'_> {}
 
-impl DstBuf {
+impl DstBuf<'static> {
     /// A buffer of `cap` writable bytes at `ptr`.
     ///
     /// # Safety
     /// `ptr` must be writable for `cap` bytes while the `DstBuf` lives, and
     /// nothing else in this process may access those bytes meanwhile.
     #[inline]
-    pub unsafe fn new(ptr: *mut u8, cap: usize) -> DstBuf {
+    pub unsafe fn new(ptr: *mut u8, cap: usize) -> DstBuf<'static> {
         DstBuf {
             ptr: NonNull::new(ptr).unwrap_or(NonNull::dangling()),
             cap,
+            _buf: PhantomData,
         }
     }
+}
 
-    /// A buffer over a mutable slice.
+impl<'a> DstBuf<'a> {
+    /// A buffer over a mutable slice, for as long as it is borrowed.
     #[inline]
-    pub fn from_slice(buf: &mut [u8]) -> DstBuf {
-        // SAFETY: the slice is writable for its length and exclusively
-        // borrowed; DstBuf does not outlive the borrow in practice because
-        // sinks create it per write.
-        unsafe { DstBuf::new(buf.as_mut_ptr(), buf.len()) }
+    pub fn from_slice(buf: &'a mut [u8]) -> DstBuf<'a> {
+        DstBuf {
+            ptr: NonNull::new(buf.as_mut_ptr()).unwrap_or(NonNull::dangling()),
+            cap: buf.len(),
+            _buf: PhantomData,
+        }
     }
 
     /// Capacity in bytes.
@@ -173,7 +194,7 @@ impl DstBuf {
     /// Copies `len` bytes of `src` starting at `src_off` to `at`. Returns the
     /// bytes copied (clamped to both ends).
     #[inline]
-    pub fn copy_from(&mut self, at: usize, src: &Frag, src_off: usize, len: usize) -> usize {
+    pub fn copy_from(&mut self, at: usize, src: &Frag<'_>, src_off: usize, len: usize) -> usize {
         let n = len
             .min((src.len as usize).saturating_sub(src_off))
             .min(self.cap.saturating_sub(at));

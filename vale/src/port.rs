@@ -137,7 +137,7 @@ pub enum Push {
 pub struct FrameCursor<'a> {
     hdr: &'a [u8],
     hdr_pos: usize,
-    frags: &'a [Frag],
+    frags: &'a [Frag<'a>],
     frag: usize,
     off: usize,
     left: usize,
@@ -145,7 +145,7 @@ pub struct FrameCursor<'a> {
 
 impl<'a> FrameCursor<'a> {
     /// A cursor over the frame; `len` is the frame's total fragment length.
-    pub fn new(frags: &'a [Frag], skip: usize, hdr: &'a [u8]) -> FrameCursor<'a> {
+    pub fn new(frags: &'a [Frag<'a>], skip: usize, hdr: &'a [u8]) -> FrameCursor<'a> {
         let total: usize = frags.iter().map(|f| f.len() as usize).sum();
         let mut c = FrameCursor {
             hdr,

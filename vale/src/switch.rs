@@ -141,7 +141,7 @@ struct Frame {
 /// Reusable per-thread buffers, so a batch allocates nothing.
 #[derive(Debug)]
 pub struct Scratch {
-    frags: Vec<Frag>,
+    frags: Vec<Frag<'static>>,
     frames: Vec<Frame>,
     /// Frame indexes per destination port.
     lists: Vec<Vec<u32>>,

@@ -77,9 +77,11 @@ impl Source for MemSource {
             let last = f.frags.len().saturating_sub(1);
             for (i, (data, flags)) in f.frags.iter().enumerate() {
                 let more = if i < last { NS_MOREFRAG } else { 0 };
-                // The frame's Vec stays in the queue, unchanged, until
-                // `complete`, which is what Frag::from_slice asks for.
-                frags.push(Frag::from_slice(data, flags | more));
+                let len = data.len().min(u16::MAX as usize) as u16;
+                // SAFETY: the frame's Vec stays in the queue, unchanged,
+                // until `complete` (it is only read meanwhile), as
+                // `Frag::new` asks.
+                frags.push(unsafe { Frag::new(data.as_ptr(), len, flags | more) });
             }
             n += 1;
         }
