@@ -52,7 +52,7 @@ pub mod vm2vm;
 /// Guest physical address of the first byte of guest memory.
 pub const GUEST_MEM_BASE: u64 = 0x10_0000;
 /// Size of `struct virtio_net_hdr_v1` (with `num_buffers`).
-pub const VIRTIO_NET_HDR_LEN: usize = 12;
+pub const VIRTIO_NET_HDR_LEN: usize = crate::VNET_HDR_LEN;
 /// `VHOST_USER_F_PROTOCOL_FEATURES`.
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u32 = 30;
 

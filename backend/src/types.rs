@@ -9,9 +9,11 @@ pub type Mem = GuestMemoryMmap<()>;
 /// The atomically swappable guest memory map.
 pub type GuestMem = GuestMemoryAtomic<Mem>;
 
-/// Size of `virtio_net_hdr_v1`, in front of every frame (VERSION_1).
-pub const VNET_HDR_LEN: usize =
-    std::mem::size_of::<virtio_bindings::virtio_net::virtio_net_hdr_v1>();
+/// Size of `virtio_net_hdr_v1`, in front of every frame (VERSION_1): the
+/// engine's header form ([`vale::offload::VnetHdr`]).
+pub const VNET_HDR_LEN: usize = vale::offload::VnetHdr::LEN;
+const _: () =
+    assert!(VNET_HDR_LEN == std::mem::size_of::<virtio_bindings::virtio_net::virtio_net_hdr_v1>());
 
 /// virtio-net and transport feature bits (virtio 1.2, 5.1.3).
 pub mod features {

@@ -400,8 +400,9 @@ impl Sink for RingSink {
 /// The RX rings of one port as one sink, possibly bound by several
 /// registrations (netmap lets each ring of a port be registered by a
 /// different file descriptor). Each frame goes to the ring its flow hashes
-/// to (source and destination MAC), so a flow stays in order on one ring,
-/// as a multiqueue NIC spreads flows. With no ring bound, the port is full.
+/// to ([`crate::flow::flow_hash`]: MACs, IP addresses, L4 ports), so a
+/// flow stays in order on one ring, as a multiqueue NIC spreads flows.
+/// With no ring bound, the port is full.
 #[derive(Debug, Default)]
 pub struct RingSinkSet {
     /// (owner, ring): the owner is the registration that bound the ring.
@@ -434,20 +435,7 @@ impl RingSinkSet {
         if self.rings.len() == 1 {
             return 0;
         }
-        let mut h = [0u8; 12];
-        let mut at = 0;
-        let mut off = skip;
-        for f in frags {
-            if at == h.len() {
-                break;
-            }
-            let n = f.read(off, &mut h[at..]);
-            off = off.saturating_sub(f.len() as usize);
-            at += n;
-        }
-        let v = u64::from_le_bytes(h[..8].try_into().unwrap_or_default())
-            ^ u64::from(u32::from_le_bytes(h[8..12].try_into().unwrap_or_default()));
-        (v.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % self.rings.len()
+        crate::flow::flow_hash(frags, skip) % self.rings.len()
     }
 }
 
