@@ -114,6 +114,60 @@ pub struct RingView<'a> {
     nbufs: u32,
 }
 
+/// A ring whose geometry (the switch's own record of it) was checked
+/// against its mapping once: views of it are made without checking again,
+/// as the mapping never changes size. Every access through a view stays
+/// bounds-checked by the mapping.
+#[derive(Debug, Clone)]
+pub struct RingHandle {
+    map: std::sync::Arc<SharedMap>,
+    off: usize,
+    num_slots: u32,
+    buf_base: usize,
+    buf_size: u32,
+    nbufs: u32,
+}
+
+impl RingHandle {
+    /// Checks the geometry as [`RingView::from_parts`] does.
+    pub fn new(
+        map: std::sync::Arc<SharedMap>,
+        off: usize,
+        num_slots: u32,
+        buf_base: usize,
+        buf_size: u32,
+        nbufs: u32,
+    ) -> io::Result<RingHandle> {
+        RingView::from_parts(&map, off, num_slots, buf_base, buf_size, nbufs)?;
+        Ok(RingHandle {
+            map,
+            off,
+            num_slots,
+            buf_base,
+            buf_size,
+            nbufs,
+        })
+    }
+
+    /// A view of the ring.
+    #[inline]
+    pub fn view(&self) -> RingView<'_> {
+        RingView {
+            map: &self.map,
+            off: self.off,
+            num_slots: self.num_slots,
+            buf_base: self.buf_base,
+            buf_size: self.buf_size,
+            nbufs: self.nbufs,
+        }
+    }
+
+    /// The mapping the ring lives in.
+    pub fn map(&self) -> &std::sync::Arc<SharedMap> {
+        &self.map
+    }
+}
+
 impl<'a> RingView<'a> {
     /// Opens the ring at `off`, reading `num_slots`, `nr_buf_size` and
     /// `buf_ofs` once. `nbufs` is the number of buffers in the region's pool;
@@ -318,6 +372,21 @@ impl<'a> RingView<'a> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_handle_checks_once_and_views_alike() {
+        let fd = crate::sys::Memfd::create_sealed("ring-handle", 1 << 16, false).unwrap();
+        let map = std::sync::Arc::new(SharedMap::map(&fd, 1 << 16).unwrap());
+        // 64 slots at 0, 16 buffers of 2 KiB at 8 KiB.
+        let h = RingHandle::new(map.clone(), 0, 64, 8192, 2048, 16).unwrap();
+        let v = RingView::from_parts(&map, 0, 64, 8192, 2048, 16).unwrap();
+        assert_eq!(h.view().num_slots(), v.num_slots());
+        assert_eq!(h.view().buf_offset(15), v.buf_offset(15));
+        assert_eq!(h.view().buf_offset(16), None);
+        // Buffers past the mapping, or a ring of one slot: refused.
+        assert!(RingHandle::new(map.clone(), 0, 64, 8192, 2048, 64).is_err());
+        assert!(RingHandle::new(map, 0, 1, 8192, 2048, 16).is_err());
+    }
 
     #[test]
     fn next_prev_wrap() {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use netmap::abi::{NetmapSlot, NS_BUF_CHANGED, NS_INDIRECT, NS_MOREFRAG};
 use netmap::csb::Csb;
-use netmap::ring::{self, RingView};
+use netmap::ring::{self, RingHandle, RingView};
 use netmap::sync::{Dir, KringState};
 use netmap::sys::{EventFd, SharedMap};
 
@@ -51,7 +51,8 @@ pub struct RingPortStats {
 }
 
 struct RingPort {
-    map: Arc<SharedMap>,
+    /// The ring, its geometry checked once, at creation.
+    ring: RingHandle,
     geo: RingGeometry,
     csb: Arc<Csb>,
     csb_idx: u32,
@@ -79,8 +80,8 @@ impl RingPort {
         irq: Arc<EventFd>,
     ) -> std::io::Result<RingPort> {
         // Validate the geometry once against the mapping.
-        RingView::from_parts(
-            &map,
+        let ring = RingHandle::new(
+            map,
             geo.off,
             geo.num_slots,
             geo.buf_base,
@@ -90,7 +91,7 @@ impl RingPort {
         csb.entry(csb_idx)?;
         let kring = KringState::new(dir, geo.num_slots);
         Ok(RingPort {
-            map,
+            ring,
             geo,
             csb,
             csb_idx,
@@ -100,35 +101,17 @@ impl RingPort {
         })
     }
 
+    #[inline]
     fn view(&self) -> RingView<'_> {
-        let g = &self.geo;
-        // Checked in `new`; the mapping never changes size.
-        RingView::from_parts(
-            &self.map,
-            g.off,
-            g.num_slots,
-            g.buf_base,
-            g.buf_size,
-            g.nbufs,
-        )
-        .expect("ring geometry checked at creation")
+        self.ring.view()
     }
 
     /// Reads head/cur; resets the ring on a contract violation.
     fn prologue(&mut self) {
         let csb = self.csb.entry(self.csb_idx).expect("checked at creation");
         if self.kring.prologue(&csb).is_err() {
-            let g = &self.geo;
-            let view = RingView::from_parts(
-                &self.map,
-                g.off,
-                g.num_slots,
-                g.buf_base,
-                g.buf_size,
-                g.nbufs,
-            )
-            .ok();
-            self.kring.reset(&csb, view.as_ref());
+            let view = self.ring.view();
+            self.kring.reset(&csb, Some(&view));
             self.stats.resets += 1;
             // An application asleep in poll must learn of the reset.
             if self.kring.notify(&csb, &self.irq).unwrap_or(false) {
@@ -151,10 +134,11 @@ impl RingPort {
             return None;
         }
         let off = self.geo.buf_base + s.buf_idx as usize * self.geo.buf_size as usize;
-        self.map.check(off, len, 1).ok()?;
+        let map = self.ring.map();
+        map.check(off, len, 1).ok()?;
         // SAFETY: `off + len` was checked to lie inside the mapping; the
         // pointer is only formed here, dereferenced by Frag/DstBuf.
-        Some(unsafe { self.map.as_ptr().add(off) })
+        Some(unsafe { map.as_ptr().add(off) })
     }
 }
 
