@@ -50,6 +50,14 @@ pub fn signal(call: Option<&EventFd>) {
 /// looks at the queue and clears it once the batch's chains are back, so
 /// once the request thread marked the queue not ready (under the vring
 /// lock) and saw `busy` clear, no chain of that queue is outstanding.
+///
+/// Setting `busy` and then reading the vring's generation is a store then
+/// a load on two locations, which only SeqCst on both sides orders (the
+/// request thread bumps the generation, SeqCst, then reads `busy`).
+/// Clearing `busy` needs only Release: the request thread reads it with
+/// Acquire and then sees every index the batch stored. A SeqCst (locked)
+/// clear would wait for the batch's stores into the guest's rings, lines
+/// the guest's core holds, to drain.
 #[derive(Debug, Default)]
 pub struct QueueCtl {
     busy: AtomicBool,
@@ -247,7 +255,7 @@ impl Owner {
         self.ctl.busy.store(true, Ordering::SeqCst);
         let r = self.sync();
         if r.is_none() {
-            self.ctl.busy.store(false, Ordering::SeqCst);
+            self.ctl.busy.store(false, Ordering::Release);
         }
         r
     }
@@ -306,7 +314,7 @@ impl Owner {
                 .store_indexes(self.live.next_avail, self.live.next_used);
         }
         drop(batch);
-        self.ctl.busy.store(false, Ordering::SeqCst);
+        self.ctl.busy.store(false, Ordering::Release);
         if notify {
             signal(self.live.call.as_deref());
         }
@@ -319,7 +327,7 @@ impl Owner {
         let ring = self.live.ring?;
         let r = f(&ring, &mut self.live);
         drop(batch);
-        self.ctl.busy.store(false, Ordering::SeqCst);
+        self.ctl.busy.store(false, Ordering::Release);
         Some(r)
     }
 
