@@ -39,13 +39,20 @@ pub fn flow_hash(frags: &[Frag], skip: usize) -> usize {
     if b.len() >= 14 {
         sym(&b[0..6], &b[6..12], &mut mix);
         let et = u16::from_be_bytes([b[12], b[13]]);
-        if et == 0x0800 && b.len() >= 14 + 20 {
+        // What follows the EtherType is hashed only if it looks like the
+        // header it claims to be: otherwise a flow of malformed frames
+        // would spread over the rings by their garbage.
+        if et == 0x0800 && b.len() >= 14 + 20 && b[14] >> 4 == 4 && b[14] & 0xf >= 5 {
             let ihl = (b[14] & 0xf) as usize * 4;
             sym(&b[26..30], &b[30..34], &mut mix);
-            if (b[14 + 9] == 6 || b[14 + 9] == 17) && b.len() >= 14 + ihl + 4 {
+            // Ports only in a whole datagram: a later fragment carries
+            // none, and every fragment (the first too) must go to one
+            // ring, in order.
+            let frag = u16::from_be_bytes([b[20], b[21]]) & 0x3fff != 0;
+            if !frag && (b[14 + 9] == 6 || b[14 + 9] == 17) && b.len() >= 14 + ihl + 4 {
                 sym(&b[14 + ihl..16 + ihl], &b[16 + ihl..18 + ihl], &mut mix);
             }
-        } else if et == 0x86dd && b.len() >= 14 + 40 {
+        } else if et == 0x86dd && b.len() >= 14 + 40 && b[14] >> 4 == 6 {
             sym(&b[22..38], &b[38..54], &mut mix);
         }
     }
@@ -103,5 +110,36 @@ mod tests {
         back[26..30].copy_from_slice(&[10, 0, 0, 2]);
         back[30..34].copy_from_slice(&[10, 0, 0, 1]);
         assert_eq!(hash(&tcp4(40_000, 5201)), hash(&back));
+    }
+
+    /// A frame that says IPv4 or IPv6 but is not (wrong version, short
+    /// header) hashes by its MACs alone: its garbage does not spread its
+    /// flow. Fragments of one datagram hash alike, ports or not.
+    #[test]
+    fn malformed_headers_and_fragments_keep_their_flow() {
+        let mut a = tcp4(1, 2);
+        let mut b = tcp4(3, 4);
+        for f in [&mut a, &mut b] {
+            f[14] = 0x15; // version 1
+        }
+        b[26] = 99;
+        assert_eq!(hash(&a), hash(&b));
+        let mut v6 = tcp4(1, 2);
+        v6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+        v6.resize(80, 0);
+        let mut v6b = v6.clone();
+        v6b[30] = 7; // in the "addresses", but version 4 where 6 belongs
+        assert_eq!(hash(&v6), hash(&v6b));
+        let first = tcp4(40_000, 5201);
+        let mut later = tcp4(0, 0);
+        later[20] = 0x00;
+        later[21] = 0xb9; // fragment offset 185 (1480 bytes)
+        let mut first_mf = first.clone();
+        first_mf[20] = 0x20; // more fragments, offset 0: the first one
+        assert_eq!(hash(&first_mf), hash(&later), "fragments part ways");
+        assert_ne!(hash(&first), hash(&later), "ports ignored when whole");
+        let mut later2 = later.clone();
+        later2[34..38].copy_from_slice(&[9, 9, 9, 9]); // payload, not ports
+        assert_eq!(hash(&later), hash(&later2));
     }
 }

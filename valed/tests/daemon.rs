@@ -478,11 +478,13 @@ fn flows_spread_over_rx_rings_in_order() {
     let m = NmPort::open_with(&v.sock, "vale8:m", req).unwrap();
     assert_eq!(m.rx_rings(), 4);
     let s = v.open("vale8:s").unwrap();
-    // 8 flows (source MACs), 50 frames each, interleaved.
+    // 8 flows (source MACs), 50 frames each, interleaved. Not IP (the
+    // local experimental EtherType): a flow is its MAC pair.
     let frames: Vec<Vec<u8>> = (0..400u32)
         .map(|i| {
             let mut f = frame(64, i);
             f[11] = (i % 8) as u8;
+            f[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
             f
         })
         .collect();
