@@ -548,6 +548,9 @@ impl<'d, D: Device> Session<'d, D> {
             tr("available ring", a.available)?,
             tr("used ring", a.used)?,
         );
+        let v = &self.vrings[q];
+        v.set_addresses(d, av, u)
+            .map_err(|e| Refusal::Msg(format!("queue {q}: {e}")))?;
         // The used index is the device's: after a reconnect or a driver
         // reload, continue from what is in the ring (SET_VRING_BASE only
         // carries the avail side).
@@ -558,9 +561,6 @@ impl<'d, D: Device> Session<'d, D> {
                 std::sync::atomic::Ordering::Acquire,
             )
             .map_err(|e| Refusal::Msg(format!("queue {q}: used ring index: {e}")))?;
-        let v = &self.vrings[q];
-        v.set_addresses(d, av, u)
-            .map_err(|e| Refusal::Msg(format!("queue {q}: {e}")))?;
         v.set_next_used(u16::from_le(used));
         Ok(None)
     }

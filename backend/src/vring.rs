@@ -608,6 +608,35 @@ mod tests {
         b
     }
 
+    /// SET_VRING_NUM and SET_VRING_ADDR values are checked, and a refused
+    /// one changes nothing (not even the generation the forwarder watches).
+    #[test]
+    fn ring_settings_are_checked() {
+        let v = Vring::new(256);
+        assert_eq!(v.set_size(0), Err(VringError::Size { size: 0, max: 256 }));
+        assert!(v.set_size(300).is_err(), "not a power of two");
+        assert!(v.set_size(512).is_err(), "past the maximum");
+        let g = v.gen();
+        assert!(matches!(
+            v.set_addresses(0x1008, 0x2000, 0x3000),
+            Err(VringError::Misaligned {
+                what: "descriptor table",
+                ..
+            })
+        ));
+        assert!(v.set_addresses(0x1000, 0x2001, 0x3000).is_err());
+        assert!(v.set_addresses(0x1000, 0x2000, 0x3002).is_err());
+        assert_eq!(v.gen(), g);
+        v.set_size(128).unwrap();
+        v.set_addresses(0x1000, 0x2002, 0x3004).unwrap();
+        assert!(v.gen() > g);
+        let c = v.config().clone();
+        assert_eq!(
+            (c.size, c.desc, c.avail, c.used),
+            (128, 0x1000, 0x2002, 0x3004)
+        );
+    }
+
     #[test]
     fn descriptors_read_alike_aligned_or_not() {
         let d = Desc {
