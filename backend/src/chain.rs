@@ -183,3 +183,166 @@ fn push_ranges(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    use super::*;
+    use crate::types::Mem;
+    use crate::vring::{HostMap, Ring, VringConfig, F_INDIRECT, F_NEXT, F_WRITE};
+
+    const BASE: u64 = 0x10_0000;
+    const DESC: u64 = BASE;
+    const AVAIL: u64 = BASE + 0x1000;
+    const USED: u64 = BASE + 0x2000;
+    const TABLE: u64 = BASE + 0x3000;
+    const DATA: u64 = BASE + 0x4000;
+    const SIZE: u16 = 16;
+
+    /// A queue of 16 entries in 64 KiB of guest memory, its descriptors
+    /// as given (addr, len, flags, next).
+    struct Q {
+        mem: Arc<Mem>,
+        map: HostMap,
+        ring: Ring,
+    }
+
+    fn queue(descs: &[(u64, u32, u16, u16)]) -> Q {
+        let mem = Arc::new(
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(BASE), 0x1_0000)]).unwrap(),
+        );
+        write_table(&mem, DESC, descs);
+        let mut map = HostMap::default();
+        map.refresh(&mem);
+        let cfg = VringConfig {
+            size: SIZE,
+            desc: DESC,
+            avail: AVAIL,
+            used: USED,
+            event_idx: false,
+            ready: true,
+            enabled: true,
+            call: None,
+        };
+        // SAFETY: `mem`, which `map` was made from, lives in `Q` beside
+        // the ring and outlives every use of it.
+        let ring = unsafe { Ring::new(&map, &cfg) }.unwrap();
+        Q { mem, map, ring }
+    }
+
+    fn write_table(mem: &Mem, at: u64, descs: &[(u64, u32, u16, u16)]) {
+        for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
+            let mut d = [0u8; 16];
+            d[0..8].copy_from_slice(&addr.to_le_bytes());
+            d[8..12].copy_from_slice(&len.to_le_bytes());
+            d[12..14].copy_from_slice(&flags.to_le_bytes());
+            d[14..16].copy_from_slice(&next.to_le_bytes());
+            mem.write_slice(&d, GuestAddress(at + 16 * i as u64))
+                .unwrap();
+        }
+    }
+
+    fn tx(q: &Q, head: u16) -> Result<Vec<(Vec<u8>, u16)>, ChainError> {
+        let mut out = Vec::new();
+        tx_frags(&q.map, &q.ring, head, &mut out)?;
+        Ok(out
+            .iter()
+            .map(|f| {
+                let mut b = vec![0u8; f.len() as usize];
+                f.read(0, &mut b);
+                (b, f.flags() & NS_MOREFRAG)
+            })
+            .collect())
+    }
+
+    #[test]
+    fn tx_chains_become_fragments_in_order() {
+        let q = queue(&[
+            (DATA, 4, 0, 0),
+            (DATA + 0x100, 2, F_NEXT, 2),
+            (DATA + 0x200, 3, 0, 0),
+            (TABLE, 32, F_INDIRECT, 0),
+        ]);
+        q.mem.write_slice(b"abcd", GuestAddress(DATA)).unwrap();
+        q.mem
+            .write_slice(b"xy", GuestAddress(DATA + 0x100))
+            .unwrap();
+        q.mem
+            .write_slice(b"123", GuestAddress(DATA + 0x200))
+            .unwrap();
+        assert_eq!(tx(&q, 0).unwrap(), vec![(b"abcd".to_vec(), 0)]);
+        assert_eq!(
+            tx(&q, 1).unwrap(),
+            vec![(b"xy".to_vec(), NS_MOREFRAG), (b"123".to_vec(), 0)]
+        );
+        // An indirect table of two: the same two buffers.
+        write_table(
+            &q.mem,
+            TABLE,
+            &[(DATA + 0x100, 2, F_NEXT, 1), (DATA + 0x200, 3, 0, 0)],
+        );
+        assert_eq!(tx(&q, 3).unwrap(), tx(&q, 1).unwrap());
+    }
+
+    #[test]
+    fn broken_tx_chains_are_refused_by_name() {
+        let q = queue(&[
+            (DATA, 4, F_WRITE, 0),
+            (DATA, 0, 0, 0),
+            (DATA, 4, F_NEXT, 3),
+            (DATA, 4, F_NEXT, 2),
+            (BASE + 0x2_0000, 4, 0, 0),
+            (DATA, 4, F_NEXT, SIZE),
+        ]);
+        assert_eq!(tx(&q, 0), Err(ChainError::Direction));
+        assert_eq!(tx(&q, 1), Err(ChainError::ZeroLength));
+        assert_eq!(tx(&q, 2), Err(ChainError::Unterminated), "a loop");
+        assert!(matches!(tx(&q, 4), Err(ChainError::OutOfMemory { .. })));
+        assert_eq!(
+            tx(&q, 5),
+            Err(ChainError::Unterminated),
+            "next past the table"
+        );
+        assert_eq!(
+            tx(&q, SIZE),
+            Err(ChainError::Unterminated),
+            "head past the table"
+        );
+        // A refused chain leaves what was there.
+        let mut out = vec![Frag::bad(7)];
+        assert!(tx_frags(&q.map, &q.ring, 2, &mut out).is_err());
+        assert_eq!(out.len(), 1);
+        assert!(out[0].is_bad());
+    }
+
+    #[test]
+    fn rx_chains_become_buffers_with_their_capacity() {
+        let q = queue(&[
+            (DATA, 2048, F_WRITE, 0),
+            (DATA, 100, F_WRITE | F_NEXT, 2),
+            (DATA + 0x1000, 50, F_WRITE, 0),
+            (DATA, 64, 0, 0),
+        ]);
+        let mut out = Vec::new();
+        assert_eq!(rx_bufs(&q.map, &q.ring, 0, &mut out), Ok(2048));
+        assert_eq!(rx_bufs(&q.map, &q.ring, 1, &mut out), Ok(150));
+        assert_eq!(
+            out.iter().map(DstBuf::cap).collect::<Vec<_>>(),
+            vec![2048, 100, 50]
+        );
+        let mut b = [0u8; 3];
+        out[2].write(0, b"rx!");
+        q.mem
+            .read_slice(&mut b, GuestAddress(DATA + 0x1000))
+            .unwrap();
+        assert_eq!(&b, b"rx!", "the buffer is the guest's");
+        assert_eq!(
+            rx_bufs(&q.map, &q.ring, 3, &mut out),
+            Err(ChainError::Direction)
+        );
+        assert_eq!(out.len(), 3);
+    }
+}
