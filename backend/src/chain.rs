@@ -217,16 +217,7 @@ mod tests {
         write_table(&mem, DESC, descs);
         let mut map = HostMap::default();
         map.refresh(&mem);
-        let cfg = VringConfig {
-            size: SIZE,
-            desc: DESC,
-            avail: AVAIL,
-            used: USED,
-            event_idx: false,
-            ready: true,
-            enabled: true,
-            call: None,
-        };
+        let cfg = VringConfig::started(SIZE, DESC, AVAIL, USED);
         // SAFETY: `mem`, which `map` was made from, lives in `Q` beside
         // the ring and outlives every use of it.
         let ring = unsafe { Ring::new(&map, &cfg) }.unwrap();

@@ -2486,16 +2486,7 @@ mod vring_fuzz {
         let mut map = HostMap::default();
         let mem_arc = std::sync::Arc::new(mem.clone());
         map.refresh(&mem_arc);
-        let cfg = crate::vring::VringConfig {
-            size: qsize,
-            desc: DESC,
-            avail: AVAIL,
-            used: USED,
-            event_idx: false,
-            ready: true,
-            enabled: true,
-            call: None,
-        };
+        let cfg = crate::vring::VringConfig::started(qsize, DESC, AVAIL, USED);
         // SAFETY: `mem_arc` (the map `map` was made from) outlives every
         // use of `ring` in this function.
         let ring = unsafe { Ring::new(&map, &cfg) }.expect("ring");

@@ -89,6 +89,22 @@ pub struct VringConfig {
 }
 
 impl VringConfig {
+    /// A queue started and enabled with these rings, no call fd (for
+    /// tests that build rings by hand).
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn started(size: u16, desc: u64, avail: u64, used: u64) -> VringConfig {
+        VringConfig {
+            size,
+            desc,
+            avail,
+            used,
+            event_idx: false,
+            ready: true,
+            enabled: true,
+            call: None,
+        }
+    }
+
     /// Whether the data path may use the queue.
     pub fn running(&self) -> bool {
         self.ready && self.enabled

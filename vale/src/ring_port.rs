@@ -120,6 +120,19 @@ impl RingPort {
         }
     }
 
+    /// The need-kick handshake before the switch sleeps on this ring: true
+    /// if it may sleep (see `KringState::prepare_sleep`).
+    fn prepare_sleep(&self) -> bool {
+        let csb = self.csb.entry(self.csb_idx).expect("checked at creation");
+        self.kring.prepare_sleep(&csb)
+    }
+
+    /// The switch woke: the client need not kick.
+    fn woken(&self) {
+        let csb = self.csb.entry(self.csb_idx).expect("checked at creation");
+        self.kring.woken(&csb);
+    }
+
     fn publish_and_notify(&mut self) {
         let csb = self.csb.entry(self.csb_idx).expect("checked at creation");
         self.kring.publish(&csb);
@@ -179,21 +192,11 @@ impl RingSource {
 
 impl Source for RingSource {
     fn arm(&mut self) -> bool {
-        let csb = self
-            .p
-            .csb
-            .entry(self.p.csb_idx)
-            .expect("checked at creation");
-        self.p.kring.prepare_sleep(&csb)
+        self.p.prepare_sleep()
     }
 
     fn disarm(&mut self) {
-        let csb = self
-            .p
-            .csb
-            .entry(self.p.csb_idx)
-            .expect("checked at creation");
-        self.p.kring.woken(&csb);
+        self.p.woken();
     }
 
     fn fetch(&mut self, frags: &mut Vec<Frag>, max: usize) -> usize {
@@ -359,12 +362,7 @@ impl Sink for RingSink {
         let Some(kick) = self.kick.clone() else {
             return Arm::Never;
         };
-        let csb = self
-            .p
-            .csb
-            .entry(self.p.csb_idx)
-            .expect("checked at creation");
-        if self.p.kring.prepare_sleep(&csb) {
+        if self.p.prepare_sleep() {
             Arm::Wait(kick)
         } else {
             Arm::Ready
@@ -372,12 +370,7 @@ impl Sink for RingSink {
     }
 
     fn disarm(&mut self) {
-        let csb = self
-            .p
-            .csb
-            .entry(self.p.csb_idx)
-            .expect("checked at creation");
-        self.p.kring.woken(&csb);
+        self.p.woken();
     }
 }
 
