@@ -455,6 +455,12 @@ fn an_interface_opens_as_netmap_rings() {
     }
     assert!(answered, "the namespace's ARP reply on the NIC's RX ring");
     drop(rings);
+    // The kernel unregisters a closed TAP without waiting for its last
+    // references (a frame just received may hold one): allow it a moment.
+    let t0 = Instant::now();
+    while std::path::Path::new(&tap).exists() && t0.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(
         !std::path::Path::new(&tap).exists(),
         "{tap} gone with the rings"
