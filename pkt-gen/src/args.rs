@@ -119,6 +119,9 @@ pub enum DevKind {
     Netmap,
     /// `null`: TX discards, RX never receives, inside pkt-gen.
     Null,
+    /// `virtio:SOCK` (or `virtio:PCI`): a virtio-net device driven by
+    /// pkt-gen's own user-space driver.
+    Virtio,
 }
 
 /// `-C tx_slots[,rx_slots[,tx_rings[,rx_rings]]]`.
@@ -457,6 +460,12 @@ pub fn parse_with<S: AsRef<str>>(
                 if v == "null" {
                     dev = DevKind::Null;
                     ifname = Some(v);
+                } else if v.starts_with(guest_driver::name::PREFIX) {
+                    if let Some(Err(e)) = guest_driver::VirtioName::parse(&v) {
+                        return bad(e.to_string());
+                    }
+                    dev = DevKind::Virtio;
+                    ifname = Some(v);
                 } else if v.starts_with("tap:") || v.starts_with("pcap:") {
                     return bad(format!(
                         "{v}: tap and pcap devices are not supported (netmap ports only)"
@@ -530,7 +539,7 @@ pub fn parse_with<S: AsRef<str>>(
     if report_ms < 1 {
         return bad(format!("bad report interval {report_ms} ms"));
     }
-    let wait_link = wait_link.unwrap_or(if ifname.starts_with("vale") || dev == DevKind::Null {
+    let wait_link = wait_link.unwrap_or(if ifname.starts_with("vale") || dev != DevKind::Netmap {
         0
     } else {
         2

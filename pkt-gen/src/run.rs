@@ -108,6 +108,8 @@ pub enum Dev {
     Null(Box<NullPort>),
     /// An interface opened in this process (`netmap:eth0`), no valed.
     Nic(Box<nic::NicRings>),
+    /// A virtio-net device driven in this process (`virtio:SOCK`).
+    Virtio(Box<guest_driver::VirtioRings>),
 }
 
 impl Dev {
@@ -117,6 +119,7 @@ impl Dev {
             Dev::Nm(p) => p.tx_rings(),
             Dev::Null(n) => n.tx.len(),
             Dev::Nic(n) => n.rings(),
+            Dev::Virtio(v) => v.rings(),
         }
     }
 
@@ -126,6 +129,7 @@ impl Dev {
             Dev::Nm(p) => p.rx_rings(),
             Dev::Null(n) => n.rx.len(),
             Dev::Nic(n) => n.rings(),
+            Dev::Virtio(v) => v.rings(),
         }
     }
 
@@ -134,6 +138,7 @@ impl Dev {
         Ok(match self {
             Dev::Nm(p) => Ring::Nm(p.tx_ring(i)),
             Dev::Nic(n) => Ring::Nic(n.tx_ring(i).ok_or_else(no_ring)?, n, i),
+            Dev::Virtio(v) => Ring::Virtio(v.tx_ring(i).ok_or_else(no_ring)?, v, i),
             Dev::Null(n) => Ring::Null(
                 n.region
                     .ring_view(n.tx[i])
@@ -148,6 +153,7 @@ impl Dev {
         Ok(match self {
             Dev::Nm(p) => Ring::Nm(p.rx_ring(i)),
             Dev::Nic(n) => Ring::Nic(n.rx_ring(i).ok_or_else(no_ring)?, n, i),
+            Dev::Virtio(v) => Ring::Virtio(v.rx_ring(i).ok_or_else(no_ring)?, v, i),
             Dev::Null(n) => Ring::Null(
                 n.region
                     .ring_view(n.rx[i])
@@ -169,6 +175,8 @@ pub enum Ring<'a> {
     Nm(AppRing<'a>),
     /// Ring `i` of an interface in this process.
     Nic(AppRing<'a>, &'a nic::NicRings, usize),
+    /// Ring `i` of a virtio-net device in this process.
+    Virtio(AppRing<'a>, &'a guest_driver::VirtioRings, usize),
     /// A ring of the null port.
     Null(RingView<'a>, Dir),
 }
@@ -178,7 +186,7 @@ impl<'a> Ring<'a> {
     #[inline]
     pub fn view(&self) -> RingView<'a> {
         match self {
-            Ring::Nm(r) | Ring::Nic(r, ..) => r.ring,
+            Ring::Nm(r) | Ring::Nic(r, ..) | Ring::Virtio(r, ..) => r.ring,
             Ring::Null(v, _) => *v,
         }
     }
@@ -190,6 +198,8 @@ impl<'a> Ring<'a> {
             Ring::Nm(r) => r.sync(),
             Ring::Nic(r, n, i) if r.dir == Dir::Tx => n.txsync(*i),
             Ring::Nic(_, n, i) => n.rxsync(*i),
+            Ring::Virtio(r, v, i) if r.dir == Dir::Tx => v.txsync(*i),
+            Ring::Virtio(_, v, i) => v.rxsync(*i),
             Ring::Null(v, Dir::Tx) => {
                 // Everything published is consumed at once.
                 v.set_tail(ring::prev(v.head(), v.num_slots()));
@@ -208,7 +218,7 @@ impl<'a> Ring<'a> {
 
     fn drained(&self) -> bool {
         match self {
-            Ring::Nm(r) | Ring::Nic(r, ..) => r.drained(),
+            Ring::Nm(r) | Ring::Nic(r, ..) | Ring::Virtio(r, ..) => r.drained(),
             Ring::Null(..) => true,
         }
     }
@@ -281,6 +291,18 @@ pub fn open(cfg: &Config, sock: &Path) -> Result<Opened, RunError> {
             .map(|_| NullPort::new(1, 1, slots).map(|n| Dev::Null(Box::new(n))))
             .collect::<Result<Vec<_>, _>>()?;
         return Ok(Opened::PerThread(devs));
+    }
+    if cfg.dev == DevKind::Virtio {
+        let rings = open_virtio(cfg)?;
+        if n > 1 && n > rings.rings() {
+            return setup(format!("bad nthreads {n}, have {} queues", rings.rings()));
+        }
+        let dev = Dev::Virtio(Box::new(rings));
+        return Ok(if n == 1 {
+            Opened::PerThread(vec![dev])
+        } else {
+            Opened::Shared(Box::new(dev))
+        });
     }
     if let Some(rings) = open_nic(cfg)? {
         if n > 1 && n > rings.rings() {
@@ -370,11 +392,44 @@ fn open_nic(cfg: &Config) -> Result<Option<nic::NicRings>, RunError> {
     Ok(Some(rings))
 }
 
+/// `virtio:SOCK[,options]`: pkt-gen's own virtio-net driver, the
+/// vhost-user frontend on SOCK. Queue pairs: the name's `queues=`, else
+/// one per thread (or `-C`'s ring count); slots: `-C`'s, else the name's
+/// or 1024.
+fn open_virtio(cfg: &Config) -> Result<guest_driver::VirtioRings, RunError> {
+    let name = match guest_driver::VirtioName::parse(&cfg.ifname) {
+        Some(Ok(n)) => n,
+        Some(Err(e)) => return Err(RunError::Setup(e.to_string())),
+        None => return setup(format!("{}: not a virtio: name", cfg.ifname)),
+    };
+    let c = cfg.nmr_config.unwrap_or_default();
+    let mut dc = guest_driver::DriverConfig {
+        queue_pairs: (cfg.nthreads as u16).max(c.tx_rings).max(c.rx_rings).max(1),
+        hdr_len: cfg.virt_header as u16,
+        ..Default::default()
+    };
+    if c.tx_slots != 0 {
+        dc.slots = c.tx_slots;
+    }
+    let rings = guest_driver::open(&name, dc)
+        .map_err(|e| RunError::Setup(format!("{}: {e}", cfg.ifname)))?;
+    let neg = rings.negotiated();
+    d!(
+        "nm_open",
+        "{}: virtio-net, {} queue pair(s), mergeable {}, event_idx {}",
+        cfg.ifname,
+        rings.rings(),
+        neg.mrg_rxbuf,
+        neg.event_idx
+    );
+    Ok(rings)
+}
+
 impl Dev {
     fn register_info(&self) -> Option<&NmreqRegister> {
         match self {
             Dev::Nm(p) => Some(p.register_info()),
-            Dev::Null(_) | Dev::Nic(_) => None,
+            Dev::Null(_) | Dev::Nic(_) | Dev::Virtio(_) => None,
         }
     }
 
@@ -392,7 +447,7 @@ impl Dev {
 /// netmap's `get_vnet_hdr_len` / `set_vnet_hdr_len`: the virtio-net header
 /// length frames carry on this port.
 fn vnet_header(cfg: &Config, sock: &Path, dev: &Dev) -> usize {
-    if cfg.dev == DevKind::Null || matches!(dev, Dev::Nic(_)) {
+    if cfg.dev == DevKind::Null || matches!(dev, Dev::Nic(_) | Dev::Virtio(_)) {
         return cfg.virt_header;
     }
     let Ok(spec) = portname::parse(&cfg.ifname) else {
@@ -591,7 +646,7 @@ impl<'a> Worker<'a> {
                     let mut rings: Vec<AppRing<'_>> = Vec::new();
                     let pick = |r: &Ring<'a>| match r {
                         Ring::Nm(a) => Some(*a),
-                        Ring::Null(..) | Ring::Nic(..) => None,
+                        Ring::Null(..) | Ring::Nic(..) | Ring::Virtio(..) => None,
                     };
                     if tx {
                         rings.extend(self.tx.iter().filter_map(pick));
@@ -635,6 +690,48 @@ impl<'a> Worker<'a> {
                         std::thread::sleep(slice.min(Duration::from_micros(100)));
                     }
                     Err(SyncError::TimedOut(slice))
+                }
+                Dev::Virtio(v) => {
+                    let mine = |rs: &[Ring<'a>]| -> Vec<usize> {
+                        rs.iter()
+                            .filter_map(|r| match r {
+                                Ring::Virtio(_, _, i) => Some(*i),
+                                _ => None,
+                            })
+                            .collect()
+                    };
+                    let (mut t, mut r) = (Vec::new(), Vec::new());
+                    if tx {
+                        for r in &self.tx {
+                            r.sync()?;
+                        }
+                        if self.tx.iter().any(|r| r.space() > 0) {
+                            return Ok(true);
+                        }
+                        t = mine(&self.tx);
+                    }
+                    if rx {
+                        for r in &self.rx {
+                            r.sync()?;
+                        }
+                        if self.rx.iter().any(|r| r.space() > 0) {
+                            return Ok(true);
+                        }
+                        r = mine(&self.rx);
+                    }
+                    match v.wait(&t, &r, slice) {
+                        Ok(true) => {
+                            for r in self.tx.iter().chain(&self.rx) {
+                                r.sync()?;
+                            }
+                            if self.tx.iter().chain(&self.rx).any(|r| r.space() > 0) {
+                                return Ok(true);
+                            }
+                            Err(SyncError::TimedOut(slice))
+                        }
+                        Ok(false) => Err(SyncError::TimedOut(slice)),
+                        Err(e) => Err(e),
+                    }
                 }
                 Dev::Null(_) => {
                     if tx {
@@ -1589,6 +1686,9 @@ pub fn run_with(
     }
     if cfg.has(opt::INDIRECT) && matches!(first, Dev::Nic(_)) {
         return setup("-I: an interface takes no indirect buffers (VALE ports do)");
+    }
+    if cfg.has(opt::INDIRECT) && matches!(first, Dev::Virtio(_)) {
+        return setup("-I: a virtio device reads only the driver's own buffers");
     }
     let role = cfg.func.role();
     if shared {

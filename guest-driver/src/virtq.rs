@@ -1,0 +1,512 @@
+//! The driver's side of a split virtqueue: free descriptors, chains in
+//! flight, the avail index it publishes and the used entries it reaps, and
+//! notification suppression both ways (virtio 1.x §2.7).
+//!
+//! The device is not trusted. What it writes (used ids, lengths, the used
+//! index, `avail_event`) is checked against the driver's private record
+//! before it means anything: a used id that is not the head of a chain in
+//! flight, a used index more than a queue ahead, are counted in
+//! [`Violations`] and skipped; they never index anything but that record.
+//! The driver never reads its own descriptors back from shared memory.
+
+use std::sync::atomic::{fence, Ordering};
+
+use virtio_bindings::virtio_ring::{
+    VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
+};
+
+use crate::vqmem::VqMem;
+
+/// What a device did wrong, counted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Violations {
+    /// Used entries naming a descriptor that is not the head of a chain in
+    /// flight (out of range, or returned twice).
+    pub bad_id: u64,
+    /// Used lengths larger than the chain's writable bytes.
+    pub bad_len: u64,
+    /// Used index moves past what was made available.
+    pub bad_idx: u64,
+}
+
+/// One buffer of a chain: bus address, length, device-writable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buf {
+    /// Address the device uses (guest physical, or IOVA).
+    pub addr: u64,
+    /// Bytes.
+    pub len: u32,
+    /// The device writes it (RX) rather than reads it (TX).
+    pub write: bool,
+}
+
+/// A chain in flight: who it belongs to and how many descriptors it holds.
+#[derive(Debug, Clone, Copy, Default)]
+struct Chain {
+    token: u32,
+    ndesc: u16,
+    /// Bytes the device may write (used lengths above are refused).
+    cap: u32,
+    live: bool,
+}
+
+/// A used entry, checked: the chain's token and the length, at most the
+/// chain's writable bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Used {
+    /// What [`SplitQueue::post`] was given.
+    pub token: u32,
+    /// Bytes written (RX) as the device reported them, clamped to the chain.
+    pub len: u32,
+    /// Head descriptor of the chain.
+    pub head: u16,
+}
+
+/// A split virtqueue, driver side.
+#[derive(Debug)]
+pub struct SplitQueue {
+    mem: VqMem,
+    size: u16,
+    /// Free descriptors, used as a stack.
+    free: Vec<u16>,
+    /// Our own copy of each descriptor's `next`, so freeing a chain never
+    /// reads the table the device could have rewritten.
+    next: Vec<u16>,
+    chains: Vec<Chain>,
+    avail_idx: u16,
+    /// Avail index at the last publish (for `avail_event`).
+    published: u16,
+    last_used: u16,
+    event_idx: bool,
+    irq_on: bool,
+    /// What the device did wrong.
+    pub violations: Violations,
+}
+
+/// `vring_need_event()`: whether moving an index from `old` to `new`
+/// passed `event`.
+#[inline]
+pub fn need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
+impl SplitQueue {
+    /// A queue over `mem`, empty; `event_idx` as negotiated. Interrupts
+    /// start off: the driver polls until it wants to sleep.
+    pub fn new(mem: VqMem, event_idx: bool) -> SplitQueue {
+        let size = mem.size();
+        let mut q = SplitQueue {
+            free: (0..size).rev().collect(),
+            next: vec![0; usize::from(size)],
+            chains: vec![Chain::default(); usize::from(size)],
+            mem,
+            size,
+            avail_idx: 0,
+            published: 0,
+            last_used: 0,
+            event_idx,
+            irq_on: true,
+            violations: Violations::default(),
+        };
+        q.mem.publish_avail(0);
+        q.disable_irq();
+        q
+    }
+
+    /// Entries in the queue.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// Free descriptors.
+    #[inline]
+    pub fn free(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Chains made available and not yet used.
+    #[inline]
+    pub fn in_flight(&self) -> u16 {
+        self.avail_idx.wrapping_sub(self.last_used)
+    }
+
+    /// Makes a chain of `bufs` available (not yet published), remembered
+    /// by `token`. None if there are not enough free descriptors (or
+    /// `bufs` is empty).
+    #[inline]
+    pub fn post(&mut self, bufs: &[Buf], token: u32) -> Option<u16> {
+        let n = bufs.len();
+        if n == 0 || n > self.free.len() {
+            return None;
+        }
+        let at = self.free.len() - n;
+        let ids = &self.free[at..];
+        let head = ids[n - 1];
+        let mut cap = 0u32;
+        // The stack's top is the head; the chain runs down the stack.
+        for (k, b) in bufs.iter().enumerate() {
+            let id = ids[n - 1 - k];
+            let last = k + 1 == n;
+            let next = if last { 0 } else { ids[n - 2 - k] };
+            let mut flags = if last { 0 } else { VRING_DESC_F_NEXT as u16 };
+            if b.write {
+                flags |= VRING_DESC_F_WRITE as u16;
+                cap = cap.saturating_add(b.len);
+            }
+            self.mem.write_desc(id, b.addr, b.len, flags, next);
+            self.next[usize::from(id)] = next;
+        }
+        self.free.truncate(at);
+        self.chains[usize::from(head)] = Chain {
+            token,
+            ndesc: n as u16,
+            cap,
+            live: true,
+        };
+        self.mem.set_avail(self.avail_idx, head);
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        Some(head)
+    }
+
+    /// Publishes the chains posted since the last call. Returns whether
+    /// the device asked to be told (the caller then kicks): with EVENT_IDX
+    /// when the index passed `avail_event`, else unless the device set
+    /// `VRING_USED_F_NO_NOTIFY`.
+    #[inline]
+    pub fn publish(&mut self) -> bool {
+        if self.avail_idx == self.published {
+            return false;
+        }
+        let old = self.published;
+        self.published = self.avail_idx;
+        self.mem.publish_avail(self.avail_idx);
+        // The index store must be visible before we read the device's
+        // wish, or both sides may conclude the other will act.
+        fence(Ordering::SeqCst);
+        if self.event_idx {
+            need_event(self.mem.avail_event(), self.avail_idx, old)
+        } else {
+            self.mem.used_flags() & VRING_USED_F_NO_NOTIFY as u16 == 0
+        }
+    }
+
+    /// Whether the device has used entries we have not reaped.
+    #[inline]
+    pub fn has_used(&self) -> bool {
+        self.mem.used_idx() != self.last_used
+    }
+
+    /// Reaps up to `max` used entries, in order, calling `f` with each
+    /// checked entry; the chains' descriptors are free again. Returns how
+    /// many entries were consumed (bad ones included).
+    #[inline]
+    pub fn reap(&mut self, max: usize, mut f: impl FnMut(Used)) -> usize {
+        let used = self.mem.used_idx();
+        let mut n = used.wrapping_sub(self.last_used);
+        if n > self.in_flight() {
+            // A device cannot use more than was made available: ignore
+            // the excess, as far as it goes.
+            self.violations.bad_idx += 1;
+            n = self.in_flight();
+        }
+        let n = usize::from(n).min(max);
+        for _ in 0..n {
+            let (id, len) = self.mem.used_elem(self.last_used);
+            self.last_used = self.last_used.wrapping_add(1);
+            let Some(c) = self.take(id) else {
+                self.violations.bad_id += 1;
+                continue;
+            };
+            let len = if len > c.cap {
+                self.violations.bad_len += 1;
+                c.cap
+            } else {
+                len
+            };
+            f(Used {
+                token: c.token,
+                len,
+                head: id as u16,
+            });
+        }
+        n
+    }
+
+    /// Takes chain `id` out of flight and frees its descriptors.
+    fn take(&mut self, id: u32) -> Option<Chain> {
+        let c = self.chains.get_mut(usize::try_from(id).ok()?)?;
+        if !c.live {
+            return None;
+        }
+        c.live = false;
+        let c = *c;
+        let mut d = id as u16;
+        for _ in 0..c.ndesc {
+            self.free.push(d);
+            d = self.next[usize::from(d) & usize::from(self.size - 1)];
+        }
+        Some(c)
+    }
+
+    /// Asks the device for an interrupt at the next used entry and
+    /// re-checks. Returns `true` if the caller may sleep; `false` if used
+    /// entries arrived meanwhile (interrupts stay on until
+    /// [`disable_irq`](Self::disable_irq)).
+    pub fn enable_irq(&mut self) -> bool {
+        self.irq_on = true;
+        if self.event_idx {
+            self.mem.set_used_event(self.last_used);
+        } else {
+            self.mem.set_avail_flags(0);
+        }
+        fence(Ordering::SeqCst);
+        !self.has_used()
+    }
+
+    /// Back to polling: the device need not signal used entries.
+    pub fn disable_irq(&mut self) {
+        if !self.irq_on {
+            return;
+        }
+        self.irq_on = false;
+        if self.event_idx {
+            // Half a ring of indexes away: the device signals only if that
+            // many entries go unreaped, which a polling driver never lets
+            // happen; a late signal is harmless.
+            self.mem.set_used_event(self.last_used.wrapping_add(0x8000));
+        } else {
+            self.mem.set_avail_flags(VRING_AVAIL_F_NO_INTERRUPT as u16);
+        }
+    }
+
+    /// The avail index as published (for GET_VRING_BASE checks).
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx
+    }
+
+    /// The used index reaped so far.
+    pub fn last_used(&self) -> u16 {
+        self.last_used
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vqmem::layout;
+    use netmap::sys::{Memfd, SharedMap};
+    use std::sync::Arc;
+
+    fn queue(size: u16, event_idx: bool) -> (SplitQueue, Arc<SharedMap>, (usize, usize, usize)) {
+        let (d, a, u, end) = layout(0, size);
+        let len = end.next_multiple_of(4096);
+        let fd = Memfd::create_sealed("vq", len, false).unwrap();
+        let map = Arc::new(SharedMap::map(&fd, len).unwrap());
+        let mem = VqMem::new(map.clone(), d, a, u, size).unwrap();
+        (SplitQueue::new(mem, event_idx), map, (d, a, u))
+    }
+
+    /// What a device does: puts `id, len` in used entry `pos`.
+    fn device_use(map: &SharedMap, u: usize, size: u16, pos: u16, id: u32, len: u32) {
+        let i = usize::from(pos % size);
+        map.write::<u32>(u + 4 + 8 * i, id).unwrap();
+        map.write::<u32>(u + 8 + 8 * i, len).unwrap();
+    }
+
+    fn set_used_idx(map: &SharedMap, u: usize, idx: u16) {
+        map.write::<u16>(u + 2, idx).unwrap();
+    }
+
+    #[test]
+    fn chains_are_written_linked_and_freed() {
+        let (mut q, map, (d, a, u)) = queue(8, false);
+        let bufs = [
+            Buf {
+                addr: 0x1000,
+                len: 12,
+                write: true,
+            },
+            Buf {
+                addr: 0x2000,
+                len: 2048,
+                write: true,
+            },
+        ];
+        let head = q.post(&bufs, 7).unwrap();
+        assert_eq!(q.free(), 6);
+        // The head descriptor links to the second, which ends the chain.
+        let hd = d + 16 * usize::from(head);
+        assert_eq!(map.read::<u64>(hd).unwrap(), 0x1000);
+        let flags = map.read::<u16>(hd + 12).unwrap();
+        assert_eq!(flags, (VRING_DESC_F_NEXT | VRING_DESC_F_WRITE) as u16);
+        let next = map.read::<u16>(hd + 14).unwrap();
+        assert_eq!(map.read::<u64>(d + 16 * usize::from(next)).unwrap(), 0x2000);
+        assert_eq!(
+            map.read::<u16>(d + 16 * usize::from(next) + 12).unwrap(),
+            VRING_DESC_F_WRITE as u16
+        );
+        // Not visible until published; the device did not say NO_NOTIFY.
+        assert_eq!(map.read::<u16>(a + 2).unwrap(), 0);
+        assert!(q.publish());
+        assert_eq!(map.read::<u16>(a + 2).unwrap(), 1);
+        assert_eq!(map.read::<u16>(a + 4).unwrap(), head);
+        // Nothing new: no kick.
+        assert!(!q.publish());
+
+        device_use(&map, u, 8, 0, u32::from(head), 1000);
+        set_used_idx(&map, u, 1);
+        let mut got = Vec::new();
+        assert_eq!(q.reap(64, |e| got.push(e)), 1);
+        assert_eq!(
+            got,
+            [Used {
+                token: 7,
+                len: 1000,
+                head
+            }]
+        );
+        assert_eq!(q.free(), 8);
+        assert_eq!(q.violations, Violations::default());
+    }
+
+    #[test]
+    fn a_hostile_device_is_counted_never_followed() {
+        let (mut q, map, (_, _, u)) = queue(8, false);
+        let b = [Buf {
+            addr: 0x1000,
+            len: 100,
+            write: true,
+        }];
+        let h0 = q.post(&b, 0).unwrap();
+        let h1 = q.post(&b, 1).unwrap();
+        let h2 = q.post(&b, 2).unwrap();
+        q.publish();
+        // An id out of range, a length past the buffer, the same id twice
+        // (the second time it is not in flight), and a used index one
+        // past what was made available.
+        device_use(&map, u, 8, 0, 4000, 10);
+        device_use(&map, u, 8, 1, u32::from(h0), 500);
+        device_use(&map, u, 8, 2, u32::from(h0), 10);
+        device_use(&map, u, 8, 3, u32::from(h1), 10);
+        set_used_idx(&map, u, 4);
+        let mut got = Vec::new();
+        assert_eq!(
+            q.reap(64, |e| got.push(e)),
+            3,
+            "no more than was made available"
+        );
+        assert_eq!(
+            got,
+            [Used {
+                token: 0,
+                len: 100,
+                head: h0
+            }]
+        );
+        assert_eq!(
+            q.violations,
+            Violations {
+                bad_id: 2,
+                bad_len: 1,
+                bad_idx: 1
+            }
+        );
+        // h1 and h2 stay in flight, lost to a device that wasted their
+        // used entries; nothing more comes from it, however far it moves
+        // the index.
+        assert_eq!(q.free(), 6);
+        set_used_idx(&map, u, 300);
+        assert_eq!(q.reap(64, |_| panic!("nothing is in flight")), 0);
+        assert_eq!(q.violations.bad_idx, 2);
+        // A well-behaved used entry after a fresh post is taken again.
+        let h3 = q.post(&b, 3).unwrap();
+        q.publish();
+        let _ = h2;
+        device_use(&map, u, 8, 3, u32::from(h3), 7);
+        set_used_idx(&map, u, 4);
+        let mut got = Vec::new();
+        q.reap(64, |e| got.push(e));
+        assert_eq!(
+            got,
+            [Used {
+                token: 3,
+                len: 7,
+                head: h3
+            }]
+        );
+    }
+
+    #[test]
+    fn kicks_follow_the_device_wishes() {
+        let (mut q, map, (_, a, u)) = queue(8, true);
+        let b = [Buf {
+            addr: 0x1000,
+            len: 60,
+            write: false,
+        }];
+        // avail_event 0: the first publish (0 -> 1) passes it.
+        q.post(&b, 0).unwrap();
+        assert!(q.publish());
+        // The device wants a kick only after index 3.
+        map.write::<u16>(u + 4 + 8 * 8, 3).unwrap();
+        q.post(&b, 1).unwrap();
+        assert!(!q.publish()); // 1 -> 2
+        q.post(&b, 2).unwrap();
+        q.post(&b, 3).unwrap();
+        assert!(q.publish()); // 2 -> 4 passes 3
+                              // Interrupts: off while polling (used_event far ahead), on to sleep.
+        let ue = map.read::<u16>(a + 4 + 2 * 8).unwrap();
+        assert_eq!(ue, 0x8000);
+        assert!(q.enable_irq());
+        assert_eq!(map.read::<u16>(a + 4 + 2 * 8).unwrap(), 0);
+        device_use(&map, u, 8, 0, 7, 0);
+        set_used_idx(&map, u, 1);
+        assert!(!q.enable_irq(), "a used entry arrived: do not sleep");
+
+        let (mut q, map, (_, a, u)) = queue(8, false);
+        q.post(&b, 0).unwrap();
+        map.write::<u16>(u, VRING_USED_F_NO_NOTIFY as u16).unwrap();
+        assert!(!q.publish());
+        assert_eq!(
+            map.read::<u16>(a).unwrap(),
+            VRING_AVAIL_F_NO_INTERRUPT as u16
+        );
+        q.enable_irq();
+        assert_eq!(map.read::<u16>(a).unwrap(), 0);
+        q.disable_irq();
+        assert_eq!(
+            map.read::<u16>(a).unwrap(),
+            VRING_AVAIL_F_NO_INTERRUPT as u16
+        );
+    }
+
+    #[test]
+    fn a_full_queue_refuses_and_recovers() {
+        let (mut q, map, (_, _, u)) = queue(4, false);
+        let b2 = [
+            Buf {
+                addr: 1,
+                len: 1,
+                write: false,
+            },
+            Buf {
+                addr: 2,
+                len: 1,
+                write: false,
+            },
+        ];
+        let h0 = q.post(&b2, 0).unwrap();
+        let h1 = q.post(&b2, 1).unwrap();
+        assert!(q.post(&b2, 2).is_none());
+        assert!(q.post(&[], 2).is_none());
+        q.publish();
+        device_use(&map, u, 4, 0, u32::from(h1), 0);
+        device_use(&map, u, 4, 1, u32::from(h0), 0);
+        set_used_idx(&map, u, 2);
+        let mut order = Vec::new();
+        q.reap(64, |e| order.push(e.token));
+        assert_eq!(order, [1, 0]);
+        assert_eq!(q.free(), 4);
+        assert!(q.post(&b2, 3).is_some());
+    }
+}
