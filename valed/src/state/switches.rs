@@ -200,17 +200,9 @@ impl Registry {
         let Ok(b) = req.body_as::<ValePortConfig>() else {
             return err(req, libc::EINVAL);
         };
-        let key = match self.vale_key(name) {
-            Ok(k) => k,
+        let (swname, id) = match self.configurable(conn, name, b.set != 0) {
+            Ok(at) => at,
             Err(e) => return err(req, e),
-        };
-        if b.set != 0 {
-            if let Err(e) = self.owned(conn, &key) {
-                return err(req, e);
-            }
-        }
-        let Some((swname, id)) = self.ports[&key].attached.clone() else {
-            return err(req, libc::ENXIO);
         };
         let sw = self.switches[&swname].sw.clone();
         let mut cfg = sw.config(id).unwrap_or_default();
@@ -245,6 +237,28 @@ impl Registry {
         let mut r = req.clone();
         r.set_body(&now);
         (0, r, Vec::new())
+    }
+
+    /// Where port `name` (`valeX:p`, a client or a VM port) is attached,
+    /// checked for `conn` to change it when `set`.
+    fn configurable(&self, conn: &Conn, name: &str, set: bool) -> Result<(String, PortId), Errno> {
+        if let Ok(key) = self.vale_key(name) {
+            if set {
+                self.owned(conn, &key)?;
+            }
+            return self.ports[&key].attached.clone().ok_or(libc::ENXIO);
+        }
+        let (switch, pname) = Self::vale_name(name)?;
+        let v = self.vhost.get(&pname).ok_or(libc::ENXIO)?;
+        match &v.attached {
+            Some((sw, id)) if *sw == switch => {
+                if set {
+                    limits::check_owner(&pname, v.spec.owner, conn.uid)?;
+                }
+                Ok((sw.clone(), *id))
+            }
+            _ => Err(libc::ENXIO),
+        }
     }
 
     /// VALE_REQ_SWITCH_CONFIG: reads, or (owner or root) sets, whom switch
