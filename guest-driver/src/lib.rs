@@ -16,9 +16,11 @@
 
 pub mod name;
 pub mod net;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
 pub mod user;
 pub mod virtq;
-mod vqmem;
+pub mod vqmem;
 
 use std::io;
 use std::path::PathBuf;
