@@ -38,6 +38,12 @@
 #   VALED_B   a second valed binary, run as switch "valed-b" (add it to
 #             SWITCHES): two builds interleaved run by run, for A/B tests
 #   KEEP      set: keep the last run's logs (testpmd, switch, bridge state)
+#   VMS       the VM side: "testpmd" (default: two virtio-user ports, io
+#             forwarding) and/or "virtio": pkt-gen's own virtio driver in
+#             guest-driver's `bridge` example (two virtio: ports in one
+#             netmap region, forwarding by swapping buffers, the same
+#             tx_first bursts); such runs are labelled SWITCH@virtio (not
+#             with the Linux bridge, whose ports are TAPs)
 # Needs root for the bridge (network namespace, TAP), dpdk-testpmd (Debian
 # package dpdk-dev), two cores.
 set -euo pipefail
@@ -83,6 +89,21 @@ if [ -z "${VALED:-}" ]; then
 fi
 cargo build --release -q -p bench-plot
 PLOT=$PWD/target/release/bench-plot
+VMS=${VMS:-testpmd}
+# The runs of one round, interleaved: switch@vm for each VM side.
+RUNLIST=
+for vm in $VMS; do
+    case $vm in testpmd | virtio) ;; *) echo "unknown VM side $vm" >&2; exit 1 ;; esac
+    for sw in $SWITCHES; do
+        case $vm@$sw in virtio@bridge*) continue ;; esac
+        RUNLIST="$RUNLIST $sw@$vm"
+    done
+done
+case " $VMS " in *" virtio "*)
+    cargo build --release -q -p guest-driver --example bridge
+    BRIDGE=$PWD/target/release/examples/bridge
+    ;;
+esac
 
 W=$(mktemp -d /tmp/bench-switch.XXXXXX)
 # PIDs of the processes this script started and has not reaped yet: the
@@ -250,6 +271,30 @@ generate() {
         END {if (n >= 2) print rx[0], rx[1], tx[0], tx[1]}' "$W/gen.log")
 }
 
+# The VM side as pkt-gen's virtio driver (guest-driver's bridge example)
+# against switch $1 with frames of $2 bytes; sets RES as generate does.
+generate_virtio() {
+    local sw=$1 size=$2
+    (
+        sleep "$WARM"
+        cpu_snapshot >"$W/stat0"
+        sleep "$SECS"
+        cpu_snapshot >"$W/stat1"
+    ) &
+    FEED=$!
+    taskset -c 0 "$BRIDGE" "virtio:$W/p0.sock" "virtio:$W/p1.sock" -f "$BURSTS" -l "$size" \
+        -t $((WARM + SECS + 1)) >"$W/gen.log" 2>&1 &
+    GEN=$!
+    echo "$GEN" >"$W/gen.pid"
+    wait "$FEED" || true
+    FEED=
+    wait "$GEN" || true
+    GEN=
+    # One line per second: "rx A B Mpps"; the seconds after the warm-up.
+    RES=$(awk -v w="$WARM" -v s="$SECS" '/^rx / { n++; if (n > w && n <= w + s) { a += $2; b += $3 } }
+        END { if (n >= w + s) printf "%d %d %d %d\n", a * 1e6, b * 1e6, b * 1e6, a * 1e6 }' "$W/gen.log")
+}
+
 # Percent of the measured interval per core: "usr sys irq idle steal" for
 # core 0, then core 1 (irq = hard irq + softirq; idle includes iowait);
 # then "other": the two cores' usr + sys time not spent by this run's
@@ -271,30 +316,38 @@ cpu_shares() {
 case " $SWITCHES " in *" bridge"*) make_bridge ;; esac
 
 echo "switch loopback: $RUNS runs x ${SECS}s per switch and size, $BURSTS bursts of 32 in flight per port, $(date -u '+%Y-%m-%d %H:%M UTC')"
-echo "core 0: testpmd, 2 ports (virtio-user, or net_tap for the bridge), io fwd; core 1: the switch under test"
+echo "core 0: the VM side: testpmd, 2 ports (virtio-user, or net_tap for the bridge), io fwd; or (SWITCH@virtio) guest-driver's bridge over 2 virtio: ports; core 1: the switch under test"
 echo "frame sizes: $SIZES bytes as testpmd sends them (--txpkts), without the 4-byte CRC: on the wire with CRC add 4 (60 = 64 B, 1514 = 1518 B)"
 [ -n "${VALED_B:-}" ] && echo "valed-b $VALED_B"
 echo "valed $VALED ($VALED_FROM); DPDK $(dpkg-query -W -f '${Version}' dpdk-dev 2>/dev/null || echo '?'); kernel $(uname -r)"
 echo "size,run,switch,secs,bursts,rx0,rx1,tx0,tx1,mpps,cpu0_usr,cpu0_sys,cpu0_irq,cpu0_idle,cpu0_steal,cpu1_usr,cpu1_sys,cpu1_irq,cpu1_idle,cpu1_steal,other" >"$W/runs.csv"
 for size in $SIZES; do
     for r in $(seq "$RUNS"); do
-        for sw in $SWITCHES; do
+        for run in $RUNLIST; do
+            sw=${run%@*}
+            vm=${run#*@}
             start_switch "$sw" "$size"
             rm -f "$W/stat0" "$W/stat1"
-            generate "$sw" "$size"
+            if [ "$vm" = virtio ]; then
+                generate_virtio "$sw" "$size"
+            else
+                generate "$sw" "$size"
+            fi
             stop_switch
+            label=$sw
+            [ "$vm" = virtio ] && label=$run
             rx0='' rx1='' tx0='' tx1=''
             read -r rx0 rx1 tx0 tx1 <<<"$RES" || true
             if [ -z "$rx1" ] || [ ! -s "$W/stat1" ]; then
-                echo "size $size run $r $sw: no result" >&2
+                echo "size $size run $r $label: no result" >&2
                 tail -5 "$W/gen.log" >&2
                 continue
             fi
             mpps=$(awk -v a="$rx0" -v b="$rx1" -v s="$SECS" 'BEGIN {printf "%.6f", (a + b) / 2 / s / 1e6}')
             read -r -a cpu <<<"$(cpu_shares)"
-            echo "$size,$r,$sw,$SECS,$BURSTS,$rx0,$rx1,$tx0,$tx1,$mpps,$(IFS=,; echo "${cpu[*]}")" >>"$W/runs.csv"
+            echo "$size,$r,$label,$SECS,$BURSTS,$rx0,$rx1,$tx0,$tx1,$mpps,$(IFS=,; echo "${cpu[*]}")" >>"$W/runs.csv"
             printf 'size %4s run %d %-12s %8.3f Mpps per direction (rx %s / %s)  core0 usr/sys/irq/idle %s/%s/%s/%s%%  core1 %s/%s/%s/%s%%  other %s%%\n' \
-                "$size" "$r" "$sw" "$mpps" "$rx0" "$rx1" "${cpu[0]}" "${cpu[1]}" "${cpu[2]}" "${cpu[3]}" \
+                "$size" "$r" "$label" "$mpps" "$rx0" "$rx1" "${cpu[0]}" "${cpu[1]}" "${cpu[2]}" "${cpu[3]}" \
                 "${cpu[5]}" "${cpu[6]}" "${cpu[7]}" "${cpu[8]}" "${cpu[10]}"
         done
     done

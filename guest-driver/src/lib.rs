@@ -68,6 +68,28 @@ pub enum DriverError {
     Region(#[from] netmap::region::RegionError),
 }
 
+/// Opens the devices `names` name, configured alike, with their rings in
+/// one netmap region (buffers may be swapped between them).
+pub fn open_group(
+    names: &[VirtioName],
+    cfg: DriverConfig,
+) -> Result<Vec<VirtioRings>, DriverError> {
+    let mut paths = Vec::new();
+    let mut c = cfg;
+    for n in names {
+        n.apply(&mut c);
+        match &n.target {
+            VirtioTarget::Socket(p) => paths.push(p.as_path()),
+            VirtioTarget::Pci(addr) => {
+                return Err(DriverError::Config(format!(
+                    "virtio:{addr}: a group is of vhost-user sockets"
+                )))
+            }
+        }
+    }
+    user::open_group(&paths, c, std::time::Duration::from_secs(5))
+}
+
 /// Opens the device `name` names (`virtio:PATH[,key=value...]`) with
 /// `cfg`, the name's options applied over it.
 pub fn open(name: &VirtioName, mut cfg: DriverConfig) -> Result<VirtioRings, DriverError> {

@@ -501,7 +501,7 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 pub struct VirtioRings {
     name: String,
-    region: Region,
+    region: Arc<Region>,
     csb: Csb,
     app_kick: EventFd,
     app_irq: EventFd,
@@ -519,8 +519,9 @@ pub struct VirtioRings {
 /// queue area, and where each lane's queues are.
 #[derive(Debug)]
 pub struct Memory {
-    /// The netmap rings and buffers.
-    pub region: Region,
+    /// The netmap rings and buffers (shared by the devices of a group, so
+    /// an application may swap buffers between their rings).
+    pub region: Arc<Region>,
     /// Queues, the shared zero TX header and RX headers.
     pub queues: Memfd,
     /// `queues`, mapped.
@@ -550,11 +551,26 @@ pub struct LaneLayout {
 impl Memory {
     /// Lays out and allocates the region and the queue area for `cfg`.
     pub fn new(cfg: &DriverConfig) -> Result<Memory, DriverError> {
+        let mut g = Memory::group(cfg, 1)?;
+        g.pop()
+            .ok_or_else(|| DriverError::Config("no device".into()))
+    }
+
+    /// The memory of `ndev` devices configured alike, in one netmap region:
+    /// one queue area each, the buffer pool shared, as netmap's ports of one
+    /// memory region (zero-copy forwarding between them by swapping
+    /// buffers, as netmap's `bridge` does).
+    pub fn group(cfg: &DriverConfig, ndev: usize) -> Result<Vec<Memory>, DriverError> {
         cfg.validate()?;
+        if ndev == 0 || ndev > 16 {
+            return Err(DriverError::Config(format!(
+                "{ndev} devices in a group: 1 to 16"
+            )));
+        }
         let n = u32::from(cfg.queue_pairs);
         let layout = PortLayout {
-            tx_rings: n,
-            rx_rings: n,
+            tx_rings: n * ndev as u32,
+            rx_rings: n * ndev as u32,
             tx_slots: cfg.slots,
             rx_slots: cfg.slots,
             ..Default::default()
@@ -562,43 +578,53 @@ impl Memory {
         let mut rcfg = RegionConfig::for_ports(&layout, 1, 1)?;
         rcfg.huge_pages = false;
         let mut region = Region::new(1, 0, &rcfg)?;
-        let mut tx_rings = Vec::new();
-        let mut rx_rings = Vec::new();
-        for i in 0..cfg.queue_pairs {
-            tx_rings.push(region.alloc_ring(Dir::Tx, i, cfg.slots)?);
-            rx_rings.push(region.alloc_ring(Dir::Rx, i, cfg.slots)?);
+        let mut rings = Vec::new();
+        for _ in 0..ndev {
+            let mut tx_rings = Vec::new();
+            let mut rx_rings = Vec::new();
+            for i in 0..cfg.queue_pairs {
+                tx_rings.push(region.alloc_ring(Dir::Tx, i, cfg.slots)?);
+                rx_rings.push(region.alloc_ring(Dir::Rx, i, cfg.slots)?);
+            }
+            rings.push((tx_rings, rx_rings));
         }
+        let region = Arc::new(region);
         let qs = cfg.queue_size();
-        let mut at = 0;
-        let tx_hdr = at;
-        at += 64;
-        let mut lanes = Vec::new();
-        for _ in 0..n {
-            let (rd, ra, ru, end) = vqmem::layout(at, qs);
-            let (td, ta, tu, end) = vqmem::layout(end, qs);
-            let rx_hdr = end.next_multiple_of(64);
-            at = rx_hdr + HDR_STRIDE as usize * cfg.slots as usize;
-            lanes.push(LaneLayout {
-                rx: (rd, ra, ru),
-                tx: (td, ta, tu),
-                rx_hdr,
+        let io = |what| move |source| DriverError::Io { what, source };
+        let mut out = Vec::new();
+        for (tx_rings, rx_rings) in rings {
+            let mut at = 0;
+            let tx_hdr = at;
+            at += 64;
+            let mut lanes = Vec::new();
+            for _ in 0..n {
+                let (rd, ra, ru, end) = vqmem::layout(at, qs);
+                let (td, ta, tu, end) = vqmem::layout(end, qs);
+                let rx_hdr = end.next_multiple_of(64);
+                at = rx_hdr + HDR_STRIDE as usize * cfg.slots as usize;
+                lanes.push(LaneLayout {
+                    rx: (rd, ra, ru),
+                    tx: (td, ta, tu),
+                    rx_hdr,
+                });
+            }
+            let len = at.next_multiple_of(netmap::sys::page_size());
+            let queues =
+                Memfd::create_sealed("virtio-queues", len, false).map_err(io("queue memory"))?;
+            let queue_map =
+                Arc::new(SharedMap::map(queues.file(), len).map_err(io("queue memory"))?);
+            out.push(Memory {
+                region: region.clone(),
+                queues,
+                queue_map,
+                lanes,
+                tx_hdr,
+                queue_size: qs,
+                tx_rings,
+                rx_rings,
             });
         }
-        let len = at.next_multiple_of(netmap::sys::page_size());
-        let io = |what| move |source| DriverError::Io { what, source };
-        let queues =
-            Memfd::create_sealed("virtio-queues", len, false).map_err(io("queue memory"))?;
-        let queue_map = Arc::new(SharedMap::map(queues.file(), len).map_err(io("queue memory"))?);
-        Ok(Memory {
-            region,
-            queues,
-            queue_map,
-            lanes,
-            tx_hdr,
-            queue_size: qs,
-            tx_rings,
-            rx_rings,
-        })
+        Ok(out)
     }
 
     /// Offset of the buffer pool in the region's file, and its length:

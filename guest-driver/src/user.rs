@@ -119,7 +119,52 @@ fn connect_retry(path: &Path, timeout: Duration) -> Result<UnixStream, DriverErr
 /// for the socket to appear), negotiates, shares the memory and starts
 /// every queue: the device's queue pairs as netmap rings.
 pub fn open(path: &Path, cfg: DriverConfig, wait: Duration) -> Result<VirtioRings, DriverError> {
+    let mut g = open_group(&[path], cfg, wait)?;
+    g.pop()
+        .ok_or_else(|| DriverError::Config("no device".into()))
+}
+
+/// [`open`] for several backends whose rings share one netmap region
+/// (see [`Memory::group`]).
+pub fn open_group(
+    paths: &[&Path],
+    cfg: DriverConfig,
+    wait: Duration,
+) -> Result<Vec<VirtioRings>, DriverError> {
     cfg.validate()?;
+    let mut sessions = Vec::new();
+    for p in paths {
+        sessions.push(negotiate(p, &cfg, wait)?);
+    }
+    let mems = Memory::group(&cfg, paths.len())?;
+    let mut out = Vec::new();
+    for ((path, (fe, sock, neg)), mem) in paths.iter().zip(sessions).zip(mems) {
+        let mut fe = fe;
+        let events = share(&mut fe, &mem, neg)?;
+        let bus = BusLayout {
+            queues: QUEUES_GPA,
+            bufs: BUFS_GPA,
+        };
+        let name = format!("virtio:{}", path.display());
+        out.push(VirtioRings::start(
+            &name,
+            cfg,
+            neg,
+            mem,
+            bus,
+            events,
+            Box::new(UserTransport { _fe: fe, sock }),
+        )?);
+    }
+    Ok(out)
+}
+
+/// Connects and settles features and protocol features, up to SET_FEATURES.
+fn negotiate(
+    path: &Path,
+    cfg: &DriverConfig,
+    wait: Duration,
+) -> Result<(Frontend, UnixStream, Negotiated), DriverError> {
     let stream = connect_retry(path, wait)?;
     let sock = stream.try_clone().map_err(|source| DriverError::Io {
         what: "socket",
@@ -134,7 +179,7 @@ pub fn open(path: &Path, cfg: DriverConfig, wait: Duration) -> Result<VirtioRing
     if cfg.queue_pairs > 1 && offered & (1 << VIRTIO_NET_F_MQ) == 0 {
         return Err(DriverError::Missing("VIRTIO_NET_F_MQ"));
     }
-    let acked = wanted_features(&cfg, offered);
+    let acked = wanted_features(cfg, offered);
     if acked & F_PROTOCOL_FEATURES != 0 {
         let proto = fe
             .get_protocol_features()
@@ -167,8 +212,17 @@ pub fn open(path: &Path, cfg: DriverConfig, wait: Duration) -> Result<VirtioRing
         mrg_rxbuf: acked & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0,
         event_idx: acked & (1 << VIRTIO_RING_F_EVENT_IDX) != 0,
     };
+    Ok((fe, sock, neg))
+}
 
-    let mem = Memory::new(&cfg)?;
+/// Shares `mem` with the backend (the queue area and the buffer pool,
+/// never the netmap rings) and sets every queue up; returns each lane's
+/// (RX, TX) eventfds.
+fn share(
+    fe: &mut Frontend,
+    mem: &Memory,
+    neg: Negotiated,
+) -> Result<Vec<(QueueEvents, QueueEvents)>, DriverError> {
     let io = |what| move |source| DriverError::Io { what, source };
     let region_fd = mem.region.share_fd().map_err(io("region"))?;
     let (buf_off, buf_len) = mem.buf_window();
@@ -191,7 +245,7 @@ pub fn open(path: &Path, cfg: DriverConfig, wait: Duration) -> Result<VirtioRing
         },
     ];
     fe.set_mem_table(&regions).map_err(vhost("SET_MEM_TABLE"))?;
-
+    let nq = 2 * mem.lanes.len();
     let mut events = Vec::new();
     for (p, l) in mem.lanes.iter().enumerate() {
         let mut pair = Vec::new();
@@ -224,26 +278,13 @@ pub fn open(path: &Path, cfg: DriverConfig, wait: Duration) -> Result<VirtioRing
             events.push((rx, tx));
         }
     }
-    if acked & F_PROTOCOL_FEATURES != 0 {
+    if neg.features & F_PROTOCOL_FEATURES != 0 {
         for q in 0..nq {
             fe.set_vring_enable(q, true)
                 .map_err(vhost("SET_VRING_ENABLE"))?;
         }
     }
-    let bus = BusLayout {
-        queues: QUEUES_GPA,
-        bufs: BUFS_GPA,
-    };
-    let name = format!("virtio:{}", path.display());
-    VirtioRings::start(
-        &name,
-        cfg,
-        neg,
-        mem,
-        bus,
-        events,
-        Box::new(UserTransport { _fe: fe, sock }),
-    )
+    Ok(events)
 }
 
 /// The vhost crate's eventfd type for one of ours (a duplicate: the
