@@ -10,8 +10,11 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+echo "== pkt-gen, statically linked, for the guest image"
+RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -q -p pkt-gen \
+    --target x86_64-unknown-linux-gnu --target-dir target/static
 echo "== guest image (images/build.sh, cached)"
-./images/build.sh
+VALE_PKTGEN=$PWD/target/static/x86_64-unknown-linux-gnu/release/pkt-gen ./images/build.sh
 echo "== cargo test (debug)"
 cargo test --workspace --all-features
 echo "== vm2vm bench once, as a test (its setup checks the frames it measures)"

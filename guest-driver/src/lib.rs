@@ -14,8 +14,10 @@
 //! Modules import downwards: `name` and `vqmem` are leaves, `virtq` sits on
 //! `vqmem`, `net` on `virtq`, transports on `net`.
 
+pub mod mmio;
 pub mod name;
 pub mod net;
+pub mod pci;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 pub mod user;
@@ -96,8 +98,6 @@ pub fn open(name: &VirtioName, mut cfg: DriverConfig) -> Result<VirtioRings, Dri
     name.apply(&mut cfg);
     match &name.target {
         VirtioTarget::Socket(path) => user::open(path, cfg, std::time::Duration::from_secs(5)),
-        VirtioTarget::Pci(addr) => Err(DriverError::Config(format!(
-            "virtio:{addr}: the PCI transport is not built yet"
-        ))),
+        VirtioTarget::Pci(addr) => pci::open(*addr, cfg),
     }
 }

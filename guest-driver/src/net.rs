@@ -43,6 +43,8 @@ const NUM_BUFFERS_OFF: usize = 10;
 /// Slots one TX frame may span (a 64 KiB GSO frame in 2 KiB buffers, and
 /// some).
 pub const MAX_FRAME_SLOTS: usize = 64;
+/// A huge page.
+pub const HUGE_PAGE: usize = 2 << 20;
 /// The largest virtqueue the driver asks for.
 pub const MAX_QUEUE_SIZE: usize = 1024;
 /// Bytes per RX header in the header area (12 used).
@@ -64,6 +66,9 @@ pub struct DriverConfig {
     /// Negotiate checksum and TSO offloads (only with `hdr_len` 12: the
     /// application then reads and writes the headers that carry them).
     pub offloads: bool,
+    /// The largest queue the device takes (a PCI device says; vhost-user
+    /// backends take 1024, as QEMU's devices).
+    pub queue_size_max: u16,
 }
 
 impl Default for DriverConfig {
@@ -75,6 +80,7 @@ impl Default for DriverConfig {
             mrg_rxbuf: true,
             event_idx: true,
             offloads: true,
+            queue_size_max: MAX_QUEUE_SIZE as u16,
         }
     }
 }
@@ -110,9 +116,10 @@ impl DriverConfig {
     /// holds wait in the netmap ring.
     pub fn queue_size(&self) -> u16 {
         let per = if self.separate_header() { 2 } else { 1 };
-        (self.slots as usize * per)
-            .next_power_of_two()
-            .min(MAX_QUEUE_SIZE) as u16
+        // A power of two at most what the device takes.
+        let max = usize::from(self.queue_size_max).clamp(2, MAX_QUEUE_SIZE);
+        let max = 1usize << max.ilog2();
+        (self.slots as usize * per).next_power_of_two().min(max) as u16
     }
 }
 
@@ -127,23 +134,77 @@ pub struct Negotiated {
     pub event_idx: bool,
 }
 
-/// Where the driver's memory is, for the device: the bus address (guest
-/// physical address, or IOVA) of the queue area and of buffer 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the device addresses the region's bytes: file offset to bus
+/// address (guest physical address, or IOVA).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusMap {
+    /// Offset `o` is at bus address `base + o` (a vhost-user memory table
+    /// entry maps the file contiguously).
+    Linear(u64),
+    /// Offset `o` lies in page `o >> shift`, at `pages[page] + (o & mask)`
+    /// (huge pages, each physically contiguous, found in
+    /// `/proc/self/pagemap`).
+    Pages {
+        /// log2 of the page size.
+        shift: u32,
+        /// Bus address of each page of the file.
+        pages: Vec<u64>,
+    },
+}
+
+impl BusMap {
+    /// The bus address of file offset `off`, if mapped.
+    #[inline]
+    pub fn bus(&self, off: u64) -> Option<u64> {
+        match self {
+            BusMap::Linear(base) => base.checked_add(off),
+            BusMap::Pages { shift, pages } => {
+                let p = *pages.get(usize::try_from(off >> shift).ok()?)?;
+                Some(p + (off & ((1u64 << shift) - 1)))
+            }
+        }
+    }
+}
+
+/// Where the driver's memory is, for the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BusLayout {
-    /// Bus address of the queue area's byte 0.
+    /// Bus address of the queue area's byte 0 (the area is contiguous).
     pub queues: u64,
-    /// Bus address of the netmap region's buffer 0.
-    pub bufs: u64,
+    /// The region file's offsets (the buffer pool's, at least).
+    pub bufs: BusMap,
+}
+
+/// How the driver tells the device about new buffers in one queue.
+#[derive(Debug)]
+pub enum Kick {
+    /// vhost-user: an eventfd the backend polls.
+    EventFd(EventFd),
+    /// PCI: a 16-bit write of the queue index at a notify address.
+    Mmio(crate::mmio::Notify),
+}
+
+impl Kick {
+    fn ring(&self) {
+        match self {
+            // A full eventfd counter means a kick is pending anyway.
+            Kick::EventFd(e) => {
+                let _ = e.kick();
+            }
+            Kick::Mmio(n) => n.ring(),
+        }
+    }
 }
 
 /// How the device is told (a kick) and tells (an interrupt) for one queue.
 #[derive(Debug)]
 pub struct QueueEvents {
-    /// Written to kick the device.
-    pub kick: EventFd,
-    /// Readable when the device signals used entries.
-    pub call: EventFd,
+    /// Rung to kick the device.
+    pub kick: Kick,
+    /// Readable when the device signals used entries; None when the
+    /// transport has no per-queue interrupt the driver can wait on (waits
+    /// then poll the used ring).
+    pub call: Option<EventFd>,
 }
 
 /// Counters of one lane.
@@ -169,17 +230,23 @@ pub struct LaneStats {
 }
 
 /// The region's buffer pool as the device sees it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Pool {
-    bus: u64,
+    /// File offset of buffer 0.
+    base: u64,
     size: u32,
     n: u32,
+    map: BusMap,
 }
 
 impl Pool {
     #[inline]
     fn bus(&self, idx: u32) -> Option<u64> {
-        (idx < self.n).then(|| self.bus + u64::from(idx) * u64::from(self.size))
+        if idx >= self.n {
+            return None;
+        }
+        self.map
+            .bus(self.base + u64::from(idx) * u64::from(self.size))
     }
 }
 
@@ -242,8 +309,7 @@ impl Lane {
 
 impl LaneState {
     fn kick(ev: &QueueEvents, stats: &mut LaneStats) {
-        // A full eventfd counter means a kick is pending anyway.
-        let _ = ev.kick.kick();
+        ev.kick.ring();
         stats.kicks += 1;
     }
 
@@ -508,8 +574,8 @@ pub struct VirtioRings {
     tx: Vec<usize>,
     rx: Vec<usize>,
     lanes: Vec<Mutex<Lane>>,
-    /// Each lane's TX and RX call fds, for waits without the lane's lock.
-    calls: Vec<(EventFd, EventFd)>,
+    /// Each lane's RX and TX call fds, for waits without the lane's lock.
+    calls: Vec<(Option<EventFd>, Option<EventFd>)>,
     neg: Negotiated,
     cfg: DriverConfig,
     transport: Option<Box<dyn Transport>>,
@@ -561,6 +627,17 @@ impl Memory {
     /// memory region (zero-copy forwarding between them by swapping
     /// buffers, as netmap's `bridge` does).
     pub fn group(cfg: &DriverConfig, ndev: usize) -> Result<Vec<Memory>, DriverError> {
+        Memory::group_with(cfg, ndev, false)
+    }
+
+    /// [`group`](Self::group), on 2 MiB huge pages when `huge` (for a
+    /// device that addresses physical memory: each huge page is contiguous,
+    /// and the queue area must fit one); an error if there are none.
+    pub fn group_with(
+        cfg: &DriverConfig,
+        ndev: usize,
+        huge: bool,
+    ) -> Result<Vec<Memory>, DriverError> {
         cfg.validate()?;
         if ndev == 0 || ndev > 16 {
             return Err(DriverError::Config(format!(
@@ -576,8 +653,16 @@ impl Memory {
             ..Default::default()
         };
         let mut rcfg = RegionConfig::for_ports(&layout, 1, 1)?;
-        rcfg.huge_pages = false;
+        rcfg.huge_pages = huge;
         let mut region = Region::new(1, 0, &rcfg)?;
+        let no_huge = |what: &str| {
+            DriverError::Config(format!(
+                "{what}: no free 2 MiB huge pages (echo N > /proc/sys/vm/nr_hugepages)"
+            ))
+        };
+        if huge && region.huge_pages() != netmap::sys::HugePages::Huge2M {
+            return Err(no_huge("netmap region"));
+        }
         let mut rings = Vec::new();
         for _ in 0..ndev {
             let mut tx_rings = Vec::new();
@@ -609,8 +694,17 @@ impl Memory {
                 });
             }
             let len = at.next_multiple_of(netmap::sys::page_size());
+            if huge && len > HUGE_PAGE {
+                return Err(DriverError::Config(format!(
+                    "queue area of {len} bytes: more than one huge page (fewer queue pairs or slots)"
+                )));
+            }
             let queues =
-                Memfd::create_sealed("virtio-queues", len, false).map_err(io("queue memory"))?;
+                Memfd::create_sealed("virtio-queues", len, huge).map_err(io("queue memory"))?;
+            if huge && queues.huge_pages() != netmap::sys::HugePages::Huge2M {
+                return Err(no_huge("queue area"));
+            }
+            let len = queues.size();
             let queue_map =
                 Arc::new(SharedMap::map(queues.file(), len).map_err(io("queue memory"))?);
             out.push(Memory {
@@ -632,6 +726,14 @@ impl Memory {
     pub fn buf_window(&self) -> (usize, usize) {
         let off = self.region.layout().buf_pool_offset;
         (off, self.region.memsize() - off)
+    }
+}
+
+impl Drop for VirtioRings {
+    /// The device stops (a PCI device is reset, a vhost-user session
+    /// closed) before the memory it addresses is freed.
+    fn drop(&mut self) {
+        drop(self.transport.take());
     }
 }
 
@@ -661,9 +763,10 @@ impl VirtioRings {
         };
         let (_, _, buf_size, nbufs) = mem.region.ring_params(mem.tx_rings[0])?;
         let pool = Pool {
-            bus: bus.bufs,
+            base: mem.region.layout().buf_pool_offset as u64,
             size: buf_size,
             n: nbufs,
+            map: bus.bufs.clone(),
         };
         let slots = cfg.slots as usize;
         for (i, (l, (rx_ev, tx_ev))) in mem.lanes.iter().zip(events).enumerate() {
@@ -677,10 +780,14 @@ impl VirtioRings {
                 KringState::new(dir, cfg.slots)
                     .publish(&csb.entry(idx).map_err(io("control block"))?);
             }
-            let dup = |e: &EventFd| {
-                e.try_clone_fd()
-                    .map(EventFd::from_fd)
-                    .map_err(io("eventfd"))
+            let dup = |e: &Option<EventFd>| -> Result<Option<EventFd>, DriverError> {
+                e.as_ref()
+                    .map(|e| {
+                        e.try_clone_fd()
+                            .map(EventFd::from_fd)
+                            .map_err(io("eventfd"))
+                    })
+                    .transpose()
             };
             calls.push((dup(&rx_ev.call)?, dup(&tx_ev.call)?));
             let mut st = LaneState {
@@ -697,7 +804,7 @@ impl VirtioRings {
                 rx_ready: vec![false; slots],
                 rx_buf: vec![0; slots],
                 rx_merge: 0,
-                pool,
+                pool: pool.clone(),
                 sep_hdr: cfg.separate_header(),
                 mrg: neg.mrg_rxbuf,
                 tx_hdr: bus.queues + mem.tx_hdr as u64,
@@ -835,28 +942,47 @@ impl VirtioRings {
         let mut gone = false;
         if !ready {
             let mut evs: Vec<&EventFd> = Vec::new();
-            evs.extend(tx.iter().filter_map(|&i| self.calls.get(i)).map(|c| &c.1));
-            evs.extend(rx.iter().filter_map(|&i| self.calls.get(i)).map(|c| &c.0));
-            let mut fds: Vec<PollFd<'_>> = evs
-                .iter()
-                .map(|e| PollFd::new(e.as_fd(), PollFlags::IN))
-                .collect();
-            let peer = self.transport.as_ref().and_then(|t| t.peer_fd());
-            if let Some(p) = peer {
-                fds.push(PollFd::new(p, PollFlags::RDHUP));
+            let mut polled = false;
+            for &i in tx {
+                match self.calls.get(i).map(|c| &c.1) {
+                    Some(Some(e)) => evs.push(e),
+                    Some(None) => polled = true,
+                    None => {}
+                }
             }
-            let n = netmap::sys::poll(&mut fds, Some(timeout))?;
-            ready = n > 0;
-            if peer.is_some() {
-                gone = fds.pop().is_some_and(|p| {
-                    p.revents
-                        .intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR)
-                });
+            for &i in rx {
+                match self.calls.get(i).map(|c| &c.0) {
+                    Some(Some(e)) => evs.push(e),
+                    Some(None) => polled = true,
+                    None => {}
+                }
             }
-            for (e, p) in evs.iter().zip(&fds) {
-                if p.revents.intersects(PollFlags::IN) {
-                    // Non-blocking: a racing waiter may have emptied it.
-                    let _ = e.drain();
+            if polled {
+                // No interrupt to wait on: look at the used rings every
+                // 50 us, sleeping between looks.
+                ready = self.poll_used(tx, rx, timeout);
+            } else {
+                let mut fds: Vec<PollFd<'_>> = evs
+                    .iter()
+                    .map(|e| PollFd::new(e.as_fd(), PollFlags::IN))
+                    .collect();
+                let peer = self.transport.as_ref().and_then(|t| t.peer_fd());
+                if let Some(p) = peer {
+                    fds.push(PollFd::new(p, PollFlags::RDHUP));
+                }
+                let n = netmap::sys::poll(&mut fds, Some(timeout))?;
+                ready = n > 0;
+                if peer.is_some() {
+                    gone = fds.pop().is_some_and(|p| {
+                        p.revents
+                            .intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR)
+                    });
+                }
+                for (e, p) in evs.iter().zip(&fds) {
+                    if p.revents.intersects(PollFlags::IN) {
+                        // Non-blocking: a racing waiter may have emptied it.
+                        let _ = e.drain();
+                    }
                 }
             }
         }
@@ -870,5 +996,28 @@ impl VirtioRings {
             return Err(SyncError::PeerGone);
         }
         Ok(ready)
+    }
+
+    /// Waits for used entries on the queues named, by looking.
+    fn poll_used(&self, tx: &[usize], rx: &[usize], timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let any = tx
+                .iter()
+                .filter(|&&i| i < self.lanes.len())
+                .any(|&i| self.lane(i).st.txq.has_used())
+                || rx
+                    .iter()
+                    .filter(|&&i| i < self.lanes.len())
+                    .any(|&i| self.lane(i).st.rxq.has_used());
+            if any {
+                return true;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            std::thread::sleep((deadline - now).min(Duration::from_micros(50)));
+        }
     }
 }

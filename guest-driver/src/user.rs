@@ -20,7 +20,7 @@ use virtio_bindings::virtio_net::{
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 use crate::net::{
-    BusLayout, DriverConfig, Memory, Negotiated, QueueEvents, Transport, VirtioRings,
+    BusLayout, BusMap, DriverConfig, Kick, Memory, Negotiated, QueueEvents, Transport, VirtioRings,
 };
 use crate::DriverError;
 
@@ -141,9 +141,12 @@ pub fn open_group(
     for ((path, (fe, sock, neg)), mem) in paths.iter().zip(sessions).zip(mems) {
         let mut fe = fe;
         let events = share(&mut fe, &mem, neg)?;
+        let (buf_off, _) = mem.buf_window();
         let bus = BusLayout {
             queues: QUEUES_GPA,
-            bufs: BUFS_GPA,
+            // The memory table maps the file from the pool's offset at
+            // BUFS_GPA.
+            bufs: BusMap::Linear(BUFS_GPA - buf_off as u64),
         };
         let name = format!("virtio:{}", path.display());
         out.push(VirtioRings::start(
@@ -270,7 +273,10 @@ fn share(
                 .map_err(vhost("SET_VRING_CALL"))?;
             fe.set_vring_kick(q, &vmm_eventfd(&kick)?)
                 .map_err(vhost("SET_VRING_KICK"))?;
-            pair.push(QueueEvents { kick, call });
+            pair.push(QueueEvents {
+                kick: Kick::EventFd(kick),
+                call: Some(call),
+            });
         }
         let tx = pair.pop();
         let rx = pair.pop();

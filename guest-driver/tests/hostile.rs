@@ -8,7 +8,9 @@
 
 use std::sync::Arc;
 
-use guest_driver::net::{BusLayout, DriverConfig, Memory, Negotiated, QueueEvents, Transport};
+use guest_driver::net::{
+    BusLayout, BusMap, DriverConfig, Kick, Memory, Negotiated, QueueEvents, Transport,
+};
 use guest_driver::VirtioRings;
 use netmap::abi::NS_MOREFRAG;
 use netmap::ring;
@@ -110,8 +112,8 @@ fn open(hdr_len: u16, mrg: bool) -> (VirtioRings, DevQueue, DevQueue, usize) {
     };
     let (rx, tx) = (q(l.rx), q(l.tx));
     let ev = || QueueEvents {
-        kick: EventFd::new().unwrap(),
-        call: EventFd::new().unwrap(),
+        kick: Kick::EventFd(EventFd::new().unwrap()),
+        call: Some(EventFd::new().unwrap()),
     };
     let neg = Negotiated {
         features: 0,
@@ -120,7 +122,7 @@ fn open(hdr_len: u16, mrg: bool) -> (VirtioRings, DevQueue, DevQueue, usize) {
     };
     let bus = BusLayout {
         queues: QUEUES,
-        bufs: BUFS,
+        bufs: BusMap::Linear(BUFS - mem.buf_window().0 as u64),
     };
     let buf_size = 2048;
     let v = VirtioRings::start(
