@@ -592,6 +592,15 @@ fn pkt_gen_drives_the_virtio_function_inside_guests() {
     );
     assert_eq!(field(&d.stats("vale0:pa"), "in_packets"), n);
     eprintln!("guest A:\n{out}\nguest B:\n{rx}");
+    // A receiver stopped by SIGTERM gives its function back as well.
+    a.spawn_bg(&format!("pkt-gen -i virtio:{pa} -f rx > /tmp/rx.log 2>&1"))
+        .unwrap();
+    let t0 = Instant::now();
+    while a.run("test -e /sys/class/net/eth0", CMD).unwrap().success() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "A's pkt-gen did not take eth0");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    a.run_ok("killall -TERM pkt-gen", CMD).unwrap();
     // Both functions went back to virtio_net: eth0 again, and the guests
     // reach each other through it.
     for g in [&mut *a, &mut *b] {
