@@ -8,11 +8,14 @@
 //!
 //! - [`user`]: the vhost-user frontend on a unix socket, VM-less, as DPDK's
 //!   virtio-user: `virtio:/path/to.sock`.
+//! - [`pci`]: a virtio 1.0 PCI function inside a guest, through
+//!   uio_pci_generic, memory in huge pages: `virtio:0000:00:02.0`.
 //!
 //! Port names are parsed by [`name`].
 //!
-//! Modules import downwards: `name` and `vqmem` are leaves, `virtq` sits on
-//! `vqmem`, `net` on `virtq`, transports on `net`.
+//! Modules import downwards: `name`, `vqmem` and `mmio` are leaves, `virtq`
+//! sits on `vqmem`, `net` on `virtq` (and `mmio` for PCI doorbells),
+//! transports on `net`.
 
 pub mod mmio;
 pub mod name;
