@@ -6,7 +6,10 @@
 //! ports: the VM side of the virtio-user loopback (design brief §9) with
 //! this driver in place of DPDK's.
 //!
-//!   bridge virtio:A virtio:B [-f BURSTS] [-l SIZE] [-b BATCH] [-t SECS] [-H 0|12]
+//!   bridge virtio:A virtio:B [-f BURSTS] [-l SIZE] [-b BATCH] [-t SECS] [-H 0|12] [-c]
+//!
+//! `-c` copies each frame instead of swapping buffers (netmap's bridge
+//! does that between ports of different memory regions).
 //!
 //! Prints, every second, the frames each port received, in Mpps.
 
@@ -61,8 +64,8 @@ fn tx_first(d: &VirtioRings, f: &[u8], n: u32) {
 }
 
 /// Moves up to `batch` frames from `src`'s RX ring to `dst`'s TX ring by
-/// swapping buffers; returns how many.
-fn forward(src: &VirtioRings, dst: &VirtioRings, batch: u32) -> u32 {
+/// swapping buffers (or copying them, `copy`); returns how many.
+fn forward(src: &VirtioRings, dst: &VirtioRings, batch: u32, copy: bool) -> u32 {
     let (rx, tx) = (
         src.rx_ring(0).expect("RX").ring,
         dst.tx_ring(0).expect("TX").ring,
@@ -75,10 +78,19 @@ fn forward(src: &VirtioRings, dst: &VirtioRings, batch: u32) -> u32 {
     for _ in 0..n {
         let mut a = rx.slot(i);
         let mut b = tx.slot(j);
-        std::mem::swap(&mut a.buf_idx, &mut b.buf_idx);
+        if copy {
+            let mut f = [0u8; 2048];
+            let f = &mut f[..usize::from(a.len)];
+            let _ = rx.read_buf(a.buf_idx, 0, f);
+            let _ = tx.write_buf(b.buf_idx, 0, f);
+            b.flags = a.flags & netmap::abi::NS_MOREFRAG;
+            a.flags = 0;
+        } else {
+            std::mem::swap(&mut a.buf_idx, &mut b.buf_idx);
+            b.flags = (a.flags & netmap::abi::NS_MOREFRAG) | NS_BUF_CHANGED;
+            a.flags = NS_BUF_CHANGED;
+        }
         b.len = a.len;
-        b.flags = (a.flags & netmap::abi::NS_MOREFRAG) | NS_BUF_CHANGED;
-        a.flags = NS_BUF_CHANGED;
         rx.set_slot(i, a);
         tx.set_slot(j, b);
         i = ring::next(i, nr);
@@ -95,6 +107,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (mut names, mut bursts, mut size, mut batch, mut secs, mut hdr) =
         (Vec::new(), 0u32, 60usize, 512u32, 10u64, 0u16);
+    let mut copy = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut num = || -> u64 {
@@ -108,6 +121,7 @@ fn main() {
             "-b" => batch = num() as u32,
             "-t" => secs = num(),
             "-H" => hdr = num() as u16,
+            "-c" => copy = true,
             s if s.starts_with("virtio:") => names.push(match VirtioName::parse(s) {
                 Some(Ok(n)) => n,
                 Some(Err(e)) => {
@@ -148,8 +162,8 @@ fn main() {
         a.rxsync(0).expect("rxsync");
         b.rxsync(0).expect("rxsync");
         // What B received goes out of A, and the other way round.
-        cb += u64::from(forward(b, a, batch));
-        ca += u64::from(forward(a, b, batch));
+        cb += u64::from(forward(b, a, batch, copy));
+        ca += u64::from(forward(a, b, batch, copy));
         a.txsync(0).expect("txsync");
         b.txsync(0).expect("txsync");
         let now = Instant::now();

@@ -288,6 +288,10 @@ struct LaneState {
     tx_ev: QueueEvents,
     rx_ev: QueueEvents,
     scratch: Vec<Buf>,
+    ids: Vec<u16>,
+    /// Chains the queues hold at once: slot `s` always uses chain
+    /// `s % pairs`'s descriptors (see [`LaneState::descs`]).
+    pairs: u32,
     stats: LaneStats,
 }
 
@@ -308,6 +312,21 @@ impl Lane {
 }
 
 impl LaneState {
+    /// The descriptors of slot `s`: with a separate header, chain
+    /// `j = s % pairs` owns descriptors `2j` (header) and `2j + 1`
+    /// (buffer); else descriptor `j`. A slot keeps its descriptors, so a
+    /// buffer posted again in the same slot writes nothing but the avail
+    /// index.
+    #[inline]
+    fn descs(&self, s: u32) -> (u16, u16) {
+        let j = s % self.pairs;
+        if self.sep_hdr {
+            ((2 * j) as u16, (2 * j + 1) as u16)
+        } else {
+            (j as u16, j as u16)
+        }
+    }
+
     fn kick(ev: &QueueEvents, stats: &mut LaneStats) {
         ev.kick.ring();
         stats.kicks += 1;
@@ -369,17 +388,20 @@ impl LaneState {
         let mut refused = false;
         while i != head {
             self.scratch.clear();
+            self.ids.clear();
             if self.sep_hdr {
                 self.scratch.push(Buf {
                     addr: self.tx_hdr,
                     len: VNET_HDR_LEN as u32,
                     write: false,
                 });
+                self.ids.push(self.descs(i).0);
             }
             let start = i;
             let (mut slots, mut bad, mut whole) = (0usize, false, false);
             loop {
                 let s = view.slot(i);
+                let at = i;
                 i = ring::next(i, n);
                 slots += 1;
                 match self.pool.bus(s.buf_idx) {
@@ -390,6 +412,7 @@ impl LaneState {
                                 len: u32::from(s.len),
                                 write: false,
                             });
+                            self.ids.push(self.descs(at).1);
                         }
                     }
                     _ => bad = true,
@@ -419,7 +442,9 @@ impl LaneState {
                 refused = true;
                 continue;
             }
-            if self.txq.post(&self.scratch, start).is_none() {
+            if self.txq.post(&self.ids, &self.scratch, start).is_none() {
+                // Its descriptors are still in flight (a slot of the
+                // previous lap, or the queue is smaller than the ring).
                 i = start;
                 break;
             }
@@ -516,8 +541,7 @@ impl LaneState {
         if !within(self.rxk.nr_hwtail, self.rx_next, last, n) {
             return;
         }
-        let per = 1 + usize::from(self.sep_hdr);
-        while self.rx_next != last && self.rxq.free() >= per {
+        while self.rx_next != last {
             let s = self.rx_next;
             let slot = view.slot(s);
             let Some(addr) = self.pool.bus(slot.buf_idx) else {
@@ -527,19 +551,23 @@ impl LaneState {
                 break;
             };
             self.scratch.clear();
+            self.ids.clear();
+            let (h, b) = self.descs(s);
             if self.sep_hdr {
                 self.scratch.push(Buf {
-                    addr: self.rx_hdr + HDR_STRIDE * u64::from(s),
+                    addr: self.rx_hdr + HDR_STRIDE * u64::from(s % self.pairs),
                     len: VNET_HDR_LEN as u32,
                     write: true,
                 });
+                self.ids.push(h);
             }
             self.scratch.push(Buf {
                 addr,
                 len: self.pool.size,
                 write: true,
             });
-            if self.rxq.post(&self.scratch, s).is_none() {
+            self.ids.push(b);
+            if self.rxq.post(&self.ids, &self.scratch, s).is_none() {
                 break;
             }
             self.rx_buf[s as usize] = slot.buf_idx;
@@ -812,6 +840,8 @@ impl VirtioRings {
                 tx_ev,
                 rx_ev,
                 scratch: Vec::with_capacity(MAX_FRAME_SLOTS + 1),
+                ids: Vec::with_capacity(MAX_FRAME_SLOTS + 1),
+                pairs: u32::from(mem.queue_size) / (1 + u32::from(cfg.separate_header())),
                 stats: LaneStats::default(),
             };
             let (tx_ring, rx_ring) = (handle(mem.tx_rings[i])?, handle(mem.rx_rings[i])?);

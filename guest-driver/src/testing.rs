@@ -61,7 +61,11 @@ pub fn fuzz_used(data: &[u8]) {
                     })
                     .collect();
                 let free = q.free();
-                match q.post(&bufs, next_token) {
+                let ids = q.free_ids(n);
+                match ids
+                    .as_deref()
+                    .and_then(|ids| q.post(ids, &bufs, next_token))
+                {
                     Some(_) => {
                         assert_eq!(q.free(), free - n);
                         let cap = if write {

@@ -103,6 +103,18 @@ impl VqMem {
         }
     }
 
+    /// Rewrites only the flags and link of descriptor `i`.
+    #[inline]
+    pub fn write_desc_link(&self, i: u16, flags: u16, next: u16) {
+        let i = usize::from(i & self.mask);
+        // SAFETY: as in `write_desc`.
+        unsafe {
+            let d = self.desc.add(DESC_SIZE * i);
+            d.add(12).cast::<u16>().write_volatile(flags.to_le());
+            d.add(14).cast::<u16>().write_volatile(next.to_le());
+        }
+    }
+
     /// Rewrites only the address and length of descriptor `i`, for chains
     /// whose links and flags are set once.
     #[inline]

@@ -597,7 +597,10 @@ fn pkt_gen_drives_the_virtio_function_inside_guests() {
         .unwrap();
     let t0 = Instant::now();
     while a.run("test -e /sys/class/net/eth0", CMD).unwrap().success() {
-        assert!(t0.elapsed() < Duration::from_secs(60), "A's pkt-gen did not take eth0");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "A's pkt-gen did not take eth0"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     a.run_ok("killall -TERM pkt-gen", CMD).unwrap();
