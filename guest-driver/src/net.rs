@@ -442,7 +442,12 @@ impl LaneState {
                 refused = true;
                 continue;
             }
-            if self.txq.post(&self.ids, &self.scratch, start).is_none() {
+            let posted = match (self.ids.as_slice(), self.scratch.as_slice()) {
+                (&[d], &[b]) => self.txq.post1(d, b, start),
+                (&[h, d], &[hb, db]) => self.txq.post2(h, hb, d, db, start),
+                (ids, bufs) => self.txq.post(ids, bufs, start),
+            };
+            if posted.is_none() {
                 // Its descriptors are still in flight (a slot of the
                 // previous lap, or the queue is smaller than the ring).
                 i = start;
@@ -550,24 +555,23 @@ impl LaneState {
                 self.stats.rx_bad_slots += 1;
                 break;
             };
-            self.scratch.clear();
-            self.ids.clear();
             let (h, b) = self.descs(s);
-            if self.sep_hdr {
-                self.scratch.push(Buf {
-                    addr: self.rx_hdr + HDR_STRIDE * u64::from(s % self.pairs),
-                    len: VNET_HDR_LEN as u32,
-                    write: true,
-                });
-                self.ids.push(h);
-            }
-            self.scratch.push(Buf {
+            let buf = Buf {
                 addr,
                 len: self.pool.size,
                 write: true,
-            });
-            self.ids.push(b);
-            if self.rxq.post(&self.ids, &self.scratch, s).is_none() {
+            };
+            let posted = if self.sep_hdr {
+                let hdr = Buf {
+                    addr: self.rx_hdr + HDR_STRIDE * u64::from(s % self.pairs),
+                    len: VNET_HDR_LEN as u32,
+                    write: true,
+                };
+                self.rxq.post2(h, hdr, b, buf, s)
+            } else {
+                self.rxq.post1(b, buf, s)
+            };
+            if posted.is_none() {
                 break;
             }
             self.rx_buf[s as usize] = slot.buf_idx;

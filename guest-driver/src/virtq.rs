@@ -168,54 +168,30 @@ impl SplitQueue {
         self.live
     }
 
-    /// Makes a chain of `bufs` available (not yet published) in
-    /// descriptors `ids` (`ids[0]` the head), remembered by `token`. None
-    /// if a descriptor is out of range or in a chain in flight (or `bufs`
-    /// is empty or `ids` of another length): nothing is written then.
-    #[inline]
-    pub fn post(&mut self, ids: &[u16], bufs: &[Buf], token: u32) -> Option<u16> {
-        let n = bufs.len();
-        if n == 0 || ids.len() != n || n > self.nfree {
-            return None;
+    /// Writes descriptor `id` as `d` where it differs from what was last
+    /// written there (`id` in range: the caller checked).
+    #[inline(always)]
+    fn put_desc(&mut self, id: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let old = &mut self.shadow[usize::from(id)];
+        if old.addr != addr || old.len != len {
+            self.mem.write_desc_buf(id, addr, len);
+            old.addr = addr;
+            old.len = len;
         }
-        for (k, &id) in ids.iter().enumerate() {
-            // Out of range, in flight, or twice in this chain.
-            if id >= self.size || self.busy[usize::from(id)] || ids[..k].contains(&id) {
-                return None;
-            }
+        if old.flags != flags || old.next != next {
+            self.mem.write_desc_link(id, flags, next);
+            old.flags = flags;
+            old.next = next;
         }
-        let mut cap = 0u32;
-        for (k, b) in bufs.iter().enumerate() {
-            let id = ids[k];
-            let last = k + 1 == n;
-            let next = if last { 0 } else { ids[k + 1] };
-            let mut flags = if last { 0 } else { VRING_DESC_F_NEXT as u16 };
-            if b.write {
-                flags |= VRING_DESC_F_WRITE as u16;
-                cap = cap.saturating_add(b.len);
-            }
-            let d = Desc {
-                addr: b.addr,
-                len: b.len,
-                flags,
-                next,
-            };
-            let i = usize::from(id);
-            let old = self.shadow[i];
-            if old.addr != d.addr || old.len != d.len {
-                self.mem.write_desc_buf(id, d.addr, d.len);
-            }
-            if old.flags != d.flags || old.next != d.next {
-                self.mem.write_desc_link(id, d.flags, d.next);
-            }
-            self.shadow[i] = d;
-            self.busy[i] = true;
-        }
-        self.nfree -= n;
-        let head = ids[0];
+    }
+
+    /// Records chain `head` and makes it available.
+    #[inline(always)]
+    fn put_head(&mut self, head: u16, ndesc: u16, cap: u32, token: u32) -> u16 {
+        self.nfree -= usize::from(ndesc);
         self.chains[usize::from(head)] = Chain {
             token,
-            ndesc: n as u16,
+            ndesc,
             cap,
             live: true,
         };
@@ -226,7 +202,83 @@ impl SplitQueue {
         }
         self.avail_idx = self.avail_idx.wrapping_add(1);
         self.live += 1;
-        Some(head)
+        head
+    }
+
+    #[inline(always)]
+    fn flags_of(b: &Buf, next: bool) -> u16 {
+        let mut f = if next { VRING_DESC_F_NEXT as u16 } else { 0 };
+        if b.write {
+            f |= VRING_DESC_F_WRITE as u16;
+        }
+        f
+    }
+
+    /// [`post`](Self::post) of a one-descriptor chain.
+    #[inline]
+    pub fn post1(&mut self, id: u16, b: Buf, token: u32) -> Option<u16> {
+        match self.busy.get_mut(usize::from(id)) {
+            Some(x) if !*x => *x = true,
+            _ => return None,
+        }
+        self.put_desc(id, b.addr, b.len, SplitQueue::flags_of(&b, false), 0);
+        let cap = if b.write { b.len } else { 0 };
+        Some(self.put_head(id, 1, cap, token))
+    }
+
+    /// [`post`](Self::post) of a two-descriptor chain (`h` then `d`).
+    #[inline]
+    pub fn post2(&mut self, h: u16, hb: Buf, d: u16, db: Buf, token: u32) -> Option<u16> {
+        if h == d {
+            return None;
+        }
+        match (self.busy.get(usize::from(h)), self.busy.get(usize::from(d))) {
+            (Some(false), Some(false)) => {}
+            _ => return None,
+        }
+        self.busy[usize::from(h)] = true;
+        self.busy[usize::from(d)] = true;
+        self.put_desc(h, hb.addr, hb.len, SplitQueue::flags_of(&hb, true), d);
+        self.put_desc(d, db.addr, db.len, SplitQueue::flags_of(&db, false), 0);
+        let cap = [hb, db]
+            .iter()
+            .filter(|b| b.write)
+            .fold(0u32, |c, b| c.saturating_add(b.len));
+        Some(self.put_head(h, 2, cap, token))
+    }
+
+    /// Makes a chain of `bufs` available (not yet published) in
+    /// descriptors `ids` (`ids[0]` the head), remembered by `token`. None
+    /// if a descriptor is out of range or in a chain in flight (or `bufs`
+    /// is empty or `ids` of another length): nothing is written then.
+    #[inline]
+    pub fn post(&mut self, ids: &[u16], bufs: &[Buf], token: u32) -> Option<u16> {
+        let n = bufs.len();
+        if n == 0 || ids.len() != n || n > self.nfree {
+            return None;
+        }
+        // Marking as we check also catches a descriptor named twice.
+        for (k, &id) in ids.iter().enumerate() {
+            match self.busy.get_mut(usize::from(id)) {
+                Some(b) if !*b => *b = true,
+                _ => {
+                    for &d in &ids[..k] {
+                        self.busy[usize::from(d)] = false;
+                    }
+                    return None;
+                }
+            }
+        }
+        let mut cap = 0u32;
+        for (k, (b, &id)) in bufs.iter().zip(ids).enumerate() {
+            let next = ids.get(k + 1).copied();
+            if b.write {
+                cap = cap.saturating_add(b.len);
+            }
+            let flags = SplitQueue::flags_of(b, next.is_some());
+            self.put_desc(id, b.addr, b.len, flags, next.unwrap_or(0));
+        }
+        Some(self.put_head(ids[0], n as u16, cap, token))
     }
 
     /// Publishes the chains posted since the last call. Returns whether
@@ -577,6 +629,33 @@ mod tests {
             "the same descriptor twice"
         );
         assert!(q.post(&[3, 0], &b2, 3).is_some());
+    }
+
+    #[test]
+    fn post1_and_post2_are_post() {
+        let (mut q, map, (d, _, _)) = queue(8, false);
+        let (mut r, map2, (d2, _, _)) = queue(8, false);
+        let h = Buf {
+            addr: 0x100,
+            len: 12,
+            write: true,
+        };
+        let b = Buf {
+            addr: 0x2000,
+            len: 2048,
+            write: true,
+        };
+        assert_eq!(q.post2(4, h, 5, b, 9), r.post(&[4, 5], &[h, b], 9));
+        assert_eq!(q.post1(1, b, 3), r.post(&[1], &[b], 3));
+        let (mut x, mut y) = ([0u8; 128], [0u8; 128]);
+        map.copy_out(d, &mut x).unwrap();
+        map2.copy_out(d2, &mut y).unwrap();
+        assert_eq!(x, y);
+        assert_eq!(q.free(), r.free());
+        // Busy, the same twice, out of range: refused alike.
+        assert!(q.post1(5, b, 0).is_none() && q.post2(2, h, 2, b, 0).is_none());
+        assert!(q.post1(8, b, 0).is_none() && q.post2(2, h, 9, b, 0).is_none());
+        assert_eq!(q.free(), 5);
     }
 
     #[test]
