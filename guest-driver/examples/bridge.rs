@@ -9,7 +9,10 @@
 //!   bridge virtio:A virtio:B [-f BURSTS] [-l SIZE] [-b BATCH] [-t SECS] [-H 0|12] [-c]
 //!
 //! `-c` copies each frame instead of swapping buffers (netmap's bridge
-//! does that between ports of different memory regions).
+//! does that between ports of different memory regions). `-H 12` (the
+//! default) forwards frames with their virtio-net header in the buffer,
+//! one descriptor per frame as DPDK's and Linux's drivers post them;
+//! `-H 0` puts the header in a descriptor of its own.
 //!
 //! Prints, every second, the frames each port received, in Mpps.
 
@@ -106,7 +109,7 @@ fn forward(src: &VirtioRings, dst: &VirtioRings, batch: u32, copy: bool) -> u32 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (mut names, mut bursts, mut size, mut batch, mut secs, mut hdr) =
-        (Vec::new(), 0u32, 60usize, 512u32, 10u64, 0u16);
+        (Vec::new(), 0u32, 60usize, 512u32, 10u64, 12u16);
     let mut copy = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {

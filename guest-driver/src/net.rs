@@ -319,7 +319,8 @@ impl LaneState {
     /// index.
     #[inline]
     fn descs(&self, s: u32) -> (u16, u16) {
-        let j = s % self.pairs;
+        // `pairs` is a power of two (the queue size, or half of it).
+        let j = s & (self.pairs - 1);
         if self.sep_hdr {
             ((2 * j) as u16, (2 * j + 1) as u16)
         } else {
@@ -356,7 +357,8 @@ impl LaneState {
         let n = self.txk.num_slots();
         self.txq.reap(usize::MAX, |u| {
             let mut s = u.token;
-            for _ in 0..span[u.token as usize % span.len()] {
+            // Tokens are ours (slot numbers), never the device's.
+            for _ in 0..span.get(u.token as usize).copied().unwrap_or(0) {
                 done[s as usize] = true;
                 s = ring::next(s, n);
             }
@@ -563,7 +565,7 @@ impl LaneState {
             };
             let posted = if self.sep_hdr {
                 let hdr = Buf {
-                    addr: self.rx_hdr + HDR_STRIDE * u64::from(s % self.pairs),
+                    addr: self.rx_hdr + HDR_STRIDE * u64::from(s & (self.pairs - 1)),
                     len: VNET_HDR_LEN as u32,
                     write: true,
                 };

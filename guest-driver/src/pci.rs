@@ -20,6 +20,8 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
+use netmap::sys::SharedMap;
+
 use crate::mmio::{Bar, Notify};
 use crate::name::PciAddr;
 use crate::net::{
@@ -239,17 +241,16 @@ impl Drop for PciTransport {
     }
 }
 
-/// Bus (physical) addresses of the 2 MiB pages of a mapping of `len`
-/// bytes at `base`, each faulted in first.
-fn physical_pages(addr: PciAddr, base: *mut u8, len: usize) -> Result<Vec<u64>, DriverError> {
+/// Bus (physical) addresses of the 2 MiB pages of `map`, each faulted in
+/// first.
+fn physical_pages(addr: PciAddr, map: &SharedMap) -> Result<Vec<u64>, DriverError> {
     let io = |what: &'static str| move |e: io::Error| err(addr, format!("{what}: {e}"));
     let pagemap = File::open("/proc/self/pagemap").map_err(io("/proc/self/pagemap"))?;
     let mut out = Vec::new();
-    for i in 0..len.div_ceil(HUGE_PAGE) {
-        let va = base as usize + i * HUGE_PAGE;
-        // SAFETY: `va` is inside the caller's live mapping of `len` bytes;
-        // a volatile read faults the page in without changing it.
-        unsafe { std::ptr::read_volatile(va as *const u8) };
+    for i in 0..map.len().div_ceil(HUGE_PAGE) {
+        // A read faults the page in without changing it.
+        map.read::<u8>(i * HUGE_PAGE).map_err(io("huge page"))?;
+        let va = map.as_ptr() as usize + i * HUGE_PAGE;
         let mut e = [0u8; 8];
         pagemap
             .read_exact_at(&mut e, (va / 4096 * 8) as u64)
@@ -383,9 +384,8 @@ pub fn open(addr: PciAddr, mut cfg: DriverConfig) -> Result<VirtioRings, DriverE
     let mem = Memory::group_with(&cfg, 1, true)?
         .pop()
         .ok_or_else(|| err(addr, "no memory"))?;
-    let qphys = physical_pages(addr, mem.queue_map.as_ptr(), mem.queue_map.len())?;
-    let rmap = mem.region.map();
-    let rphys = physical_pages(addr, rmap.as_ptr(), rmap.len())?;
+    let qphys = physical_pages(addr, &mem.queue_map)?;
+    let rphys = physical_pages(addr, mem.region.map())?;
     let qbase = qphys[0];
     let l = mem.lanes[0];
     let mut events = Vec::new();

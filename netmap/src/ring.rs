@@ -314,8 +314,15 @@ impl<'a> RingView<'a> {
         )
     }
 
+    #[inline]
     fn slot_off(&self, i: u32) -> usize {
-        self.off + RING_HEADER_SIZE + (i % self.num_slots) as usize * size_of::<NetmapSlot>()
+        // Indexes are nearly always in range: no division for those.
+        let i = if i < self.num_slots {
+            i
+        } else {
+            i % self.num_slots
+        };
+        self.off + RING_HEADER_SIZE + i as usize * size_of::<NetmapSlot>()
     }
 
     /// A copy of slot `i` (taken modulo `num_slots`).
