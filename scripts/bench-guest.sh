@@ -39,7 +39,8 @@ for g in a b; do
     PIDS+=($!)
 done
 agent() { echo "$W/vm-$1/agent.sock"; }
-run() { "$VM" exec --agent "$(agent "$1")" --timeout "${3:-60}" -- sh -c "$2"; }
+# exec joins its arguments into one shell line for the guest.
+run() { "$VM" exec --agent "$(agent "$1")" --timeout "${3:-60}" -- "$2"; }
 for g in a b; do
     for _ in $(seq 300); do
         [ -S "$(agent $g)" ] && run "$g" true >/dev/null 2>&1 && break
@@ -68,6 +69,12 @@ for r in $(seq "$RUNS"); do
         virtio) ia="virtio:$PA,slots=256" ib="virtio:$PB,slots=256" env= ;;
         af_packet) ia="netmap:eth0" ib="netmap:eth0" env="VALE_ADMODE=generic" ;;
         esac
+        if [ "$path" = af_packet ]; then
+            # eth0 is back on virtio_net after a virtio run, but down.
+            for g in a b; do
+                run "$g" 'for i in $(seq 50); do [ -e /sys/class/net/eth0 ] && break; sleep 0.2; done; ip link set eth0 up' >/dev/null
+            done
+        fi
         # The sender first: the receiver counts from its first frame.
         run a "$env timeout -s INT $((SECS + 4)) pkt-gen -i $ia -f tx -l $SIZE >/tmp/tx.log 2>&1 &" >/dev/null
         sleep 1
