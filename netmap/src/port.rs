@@ -68,6 +68,9 @@ pub struct NmPort {
     conn: CtrlConn,
     reg: NmreqRegister,
     map: SharedMap,
+    /// The region's file, for mapping it again (the preload library maps
+    /// it where the application asks).
+    mem: OwnedFd,
     csb: Csb,
     kick: EventFd,
     irq: EventFd,
@@ -143,6 +146,7 @@ impl NmPort {
             conn,
             reg,
             map,
+            mem,
             csb,
             kick: EventFd::from_fd(kick),
             irq: EventFd::from_fd(irq),
@@ -150,6 +154,24 @@ impl NmPort {
             tx,
             rx,
         })
+    }
+
+    /// The region's file (`nr_memsize` bytes): what `mmap` of a netmap
+    /// file descriptor maps.
+    pub fn region_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.mem.as_fd()
+    }
+
+    /// The control connection, readable with EOF or hung up once valed
+    /// goes away.
+    pub fn conn_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.conn.as_fd()
+    }
+
+    /// The eventfd valed rings to wake this registration (after a
+    /// [`AppRing`]'s need-kick request).
+    pub fn irq_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.irq.as_fd()
     }
 
     /// The name it was opened with.

@@ -1,0 +1,276 @@
+//! The netmap files this process opened: what each `/dev/netmap` descriptor
+//! stands for, and the netmap operations on it, in safe Rust over the
+//! client ([`NmPort`]).
+//!
+//! A netmap file is a real descriptor (an eventfd, so `close`, `dup` and
+//! `fcntl` work on it as on any file) mapped here to its registration. The
+//! table's lock is held only to look an entry up: operations hold the
+//! entry's own lock, so the client's calls to `mmap`, `poll` and `close`,
+//! which come back through the hooks, never wait on it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::time::Duration;
+
+use netmap::abi::*;
+use netmap::ctrl::{body_size_for, socket_path, CtrlConn, Request};
+use netmap::port::{NmPort, PortError};
+use netmap::ring;
+use netmap::sync::SyncError;
+
+/// One netmap file: a registration once REGISTER succeeded.
+#[derive(Debug, Default)]
+pub struct NmFile {
+    /// The registration.
+    pub port: Option<NmPort>,
+}
+
+/// A netmap file in the table.
+pub type Entry = Arc<Mutex<NmFile>>;
+
+fn table() -> &'static RwLock<HashMap<i32, Entry>> {
+    static T: OnceLock<RwLock<HashMap<i32, Entry>>> = OnceLock::new();
+    T.get_or_init(|| RwLock::new(HashMap::new()))
+}
+
+/// Records `fd` as a new netmap file.
+pub fn insert(fd: i32) {
+    let mut t = table().write().unwrap_or_else(|e| e.into_inner());
+    t.insert(fd, Arc::new(Mutex::new(NmFile::default())));
+}
+
+/// The netmap file `fd` stands for, if it is one.
+pub fn get(fd: i32) -> Option<Entry> {
+    if fd < 0 {
+        return None;
+    }
+    let t = table().read().unwrap_or_else(|e| e.into_inner());
+    t.get(&fd).cloned()
+}
+
+/// Whether any netmap file is open (the hooks' fast test).
+pub fn any() -> bool {
+    let t = table().read().unwrap_or_else(|e| e.into_inner());
+    !t.is_empty()
+}
+
+/// Forgets `fd`; its registration closes (draining TX, as netmap's close).
+pub fn remove(fd: i32) -> Option<Entry> {
+    let mut t = table().write().unwrap_or_else(|e| e.into_inner());
+    t.remove(&fd)
+}
+
+/// Locks an entry (a panic in another thread does not make it unusable).
+pub fn lock(e: &Entry) -> MutexGuard<'_, NmFile> {
+    e.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An errno.
+pub type Errno = i32;
+
+fn port_errno(e: &PortError) -> Errno {
+    match e {
+        PortError::Refused { source, .. } => source.raw_os_error().unwrap_or(libc::EINVAL),
+        PortError::Name(_) => libc::EINVAL,
+        PortError::Ctrl { source, .. } => match source.errno() {
+            // valed not running or not reachable: as if the module were
+            // missing.
+            libc::ENOENT | libc::ECONNREFUSED => libc::ENXIO,
+            e => e,
+        },
+        _ => libc::EIO,
+    }
+}
+
+fn sync_errno(e: &SyncError) -> Errno {
+    match e {
+        SyncError::PeerGone => libc::ENXIO,
+        SyncError::TimedOut(_) => libc::ETIMEDOUT,
+        SyncError::BadIndex { .. } => libc::EINVAL,
+        SyncError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+    }
+}
+
+/// The name in a request, up to its NUL.
+fn name_of(raw: &[u8]) -> Result<String, Errno> {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    std::str::from_utf8(&raw[..end])
+        .map(str::to_string)
+        .map_err(|_| libc::EINVAL)
+}
+
+impl NmFile {
+    /// NETMAP_REQ_REGISTER: `body` in, the registration's answer out.
+    pub fn register(&mut self, name: &[u8], body: &mut NmreqRegister) -> Result<(), Errno> {
+        if self.port.is_some() {
+            // netmap: one registration per file.
+            return Err(libc::EBUSY);
+        }
+        let name = name_of(name)?;
+        let port =
+            NmPort::open_with(&socket_path(None), &name, *body).map_err(|e| port_errno(&e))?;
+        *body = *port.register_info();
+        self.port = Some(port);
+        Ok(())
+    }
+
+    /// Any other request, passed to valed as it is: the body (of the size
+    /// the request type has) in, valed's answer out.
+    pub fn forward(reqtype: u16, name: &[u8], body: &mut [u8]) -> Result<(), Errno> {
+        let name = name_of(name)?;
+        let req = Request::with_body(reqtype, &name, body.to_vec()).map_err(|e| e.errno())?;
+        let conn = CtrlConn::connect(&socket_path(None)).map_err(|_| libc::ENXIO)?;
+        let (reply, _fds) = conn.call(&req).map_err(|e| e.errno())?;
+        if reply.error != 0 {
+            return Err(reply.error);
+        }
+        let out = &reply.req.body;
+        let n = out.len().min(body.len());
+        body[..n].copy_from_slice(&out[..n]);
+        Ok(())
+    }
+
+    /// NIOCTXSYNC.
+    pub fn txsync(&self) -> Result<(), Errno> {
+        let p = self.port.as_ref().ok_or(libc::ENXIO)?;
+        p.txsync().map_err(|e| sync_errno(&e))
+    }
+
+    /// NIOCRXSYNC.
+    pub fn rxsync(&self) -> Result<(), Errno> {
+        let p = self.port.as_ref().ok_or(libc::ENXIO)?;
+        p.rxsync().map_err(|e| sync_errno(&e))
+    }
+
+    /// netmap's poll on this file: txsync for POLLOUT, rxsync for POLLIN,
+    /// then which of them are ready (a TX ring with room, an RX ring with
+    /// frames). POLLERR once valed is gone.
+    pub fn poll_ready(&self, events: i16) -> i16 {
+        let Some(p) = self.port.as_ref() else {
+            return libc::POLLERR;
+        };
+        let mut rev = 0;
+        if events & libc::POLLOUT != 0 {
+            if p.txsync().is_err() {
+                return libc::POLLERR;
+            }
+            if (0..p.tx_rings()).any(|i| space(&p.tx_ring(i).ring) > 0) {
+                rev |= libc::POLLOUT;
+            }
+        }
+        if events & libc::POLLIN != 0 {
+            if p.rxsync().is_err() {
+                return libc::POLLERR;
+            }
+            if (0..p.rx_rings()).any(|i| space(&p.rx_ring(i).ring) > 0) {
+                rev |= libc::POLLIN;
+            }
+        }
+        rev
+    }
+
+    /// Blocks until a ring the events ask for is ready or `timeout`
+    /// (None: forever) passes, with netmap's need-kick handshake.
+    pub fn wait(&self, events: i16, timeout: Option<Duration>) -> Result<(), Errno> {
+        let p = self.port.as_ref().ok_or(libc::ENXIO)?;
+        match p.poll(
+            events & libc::POLLOUT != 0,
+            events & libc::POLLIN != 0,
+            timeout,
+        ) {
+            Ok(_) | Err(SyncError::TimedOut(_)) => Ok(()),
+            Err(e) => Err(sync_errno(&e)),
+        }
+    }
+
+    /// NIOCGINFO (legacy): the port's geometry, through PORT_INFO_GET.
+    pub fn info(name: &[u8]) -> Result<NmreqPortInfoGet, Errno> {
+        let name = name_of(name)?;
+        let req = Request::new(
+            NETMAP_REQ_PORT_INFO_GET,
+            &name,
+            &NmreqPortInfoGet::default(),
+        )
+        .map_err(|e| e.errno())?;
+        let conn = CtrlConn::connect(&socket_path(None)).map_err(|_| libc::ENXIO)?;
+        let (reply, _fds) = conn.call(&req).map_err(|e| e.errno())?;
+        if reply.error != 0 {
+            return Err(reply.error);
+        }
+        reply.req.body_as().map_err(|e| e.errno())
+    }
+
+    /// The region's file, for `mmap`.
+    pub fn region_fd(&self) -> Option<i32> {
+        use std::os::fd::AsRawFd;
+        self.port.as_ref().map(|p| p.region_fd().as_raw_fd())
+    }
+
+    /// The region's size.
+    pub fn memsize(&self) -> Option<u64> {
+        self.port.as_ref().map(|p| p.register_info().nr_memsize)
+    }
+}
+
+fn space(r: &netmap::ring::RingView<'_>) -> u32 {
+    ring::space(r.cur(), r.tail(), r.num_slots())
+}
+
+/// The body size of request type `reqtype`, if valed knows the type.
+pub fn body_size(reqtype: u16) -> Result<usize, Errno> {
+    match body_size_for(reqtype) {
+        Ok(Some(n)) => Ok(n),
+        Ok(None) => Ok(0),
+        Err(_) => Err(libc::EINVAL),
+    }
+}
+
+/// The legacy register (NIOCREGIF, `struct nmreq`) as a new-style one, as
+/// netmap's `nmreq_register_from_legacy` converts it.
+pub fn register_from_legacy(l: &Nmreq) -> NmreqRegister {
+    let mut r = NmreqRegister {
+        nr_offset: u64::from(l.nr_offset),
+        nr_memsize: u64::from(l.nr_memsize),
+        nr_tx_slots: l.nr_tx_slots,
+        nr_rx_slots: l.nr_rx_slots,
+        nr_tx_rings: l.nr_tx_rings,
+        nr_rx_rings: l.nr_rx_rings,
+        nr_mem_id: l.nr_arg2,
+        nr_ringid: l.nr_ringid & NETMAP_RING_MASK,
+        nr_extra_bufs: l.nr_arg3,
+        ..Default::default()
+    };
+    let mode = l.nr_flags & NR_REG_MASK;
+    r.nr_mode = if mode == NR_REG_DEFAULT {
+        // The original API: the mode is in nr_ringid's high bits.
+        if l.nr_ringid & NETMAP_SW_RING != 0 {
+            NR_REG_SW
+        } else if l.nr_ringid & NETMAP_HW_RING != 0 {
+            NR_REG_ONE_NIC
+        } else {
+            NR_REG_ALL_NIC
+        }
+    } else {
+        mode
+    };
+    r.nr_flags = u64::from(l.nr_flags & !NR_REG_MASK);
+    if l.nr_ringid & NETMAP_NO_TX_POLL != 0 {
+        r.nr_flags |= NR_NO_TX_POLL;
+    }
+    if l.nr_ringid & NETMAP_DO_RX_POLL != 0 {
+        r.nr_flags |= NR_DO_RX_POLL;
+    }
+    r
+}
+
+/// The answer of a new-style register written back into a legacy request.
+pub fn legacy_from_register(r: &NmreqRegister, l: &mut Nmreq) {
+    l.nr_offset = r.nr_offset as u32;
+    l.nr_memsize = r.nr_memsize as u32;
+    l.nr_tx_slots = r.nr_tx_slots;
+    l.nr_rx_slots = r.nr_rx_slots;
+    l.nr_tx_rings = r.nr_tx_rings;
+    l.nr_rx_rings = r.nr_rx_rings;
+    l.nr_arg2 = r.nr_mem_id;
+    l.nr_arg3 = r.nr_extra_bufs;
+}

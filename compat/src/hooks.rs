@@ -1,0 +1,422 @@
+//! The exported functions that stand in for the C library's: each checks
+//! whether its descriptor is a netmap file and otherwise calls the C
+//! library's own function with the arguments unchanged.
+//!
+//! The variadic `open` and `ioctl` are declared with their third argument
+//! fixed: on x86-64 (the System V ABI) a variadic call passes its integer
+//! arguments in the same registers as a fixed one, so the value is read
+//! exactly as the C library's own definition reads it.
+
+use std::time::{Duration, Instant};
+
+use libc::{c_char, c_int, c_ulong, c_void, mode_t, nfds_t, off_t, pollfd, size_t};
+use netmap::abi::*;
+
+use crate::files::{self, Errno, NmFile};
+use crate::real;
+
+/// The device netmap applications open.
+const DEV_NETMAP: &[u8] = b"/dev/netmap";
+
+fn set_errno(e: Errno) {
+    // SAFETY: errno is this thread's int.
+    unsafe { *libc::__errno_location() = e };
+}
+
+fn fail(e: Errno) -> c_int {
+    set_errno(e);
+    -1
+}
+
+/// Whether `path` is "/dev/netmap".
+///
+/// # Safety
+/// `path` is null or a NUL-terminated string, as `open` requires.
+unsafe fn is_dev_netmap(path: *const c_char) -> bool {
+    if path.is_null() {
+        return false;
+    }
+    // SAFETY: the caller passes open's path argument.
+    let p = unsafe { std::ffi::CStr::from_ptr(path) };
+    p.to_bytes() == DEV_NETMAP
+}
+
+/// A new netmap file: an eventfd standing for it.
+fn open_netmap(flags: c_int) -> c_int {
+    let cloexec = if flags & libc::O_CLOEXEC != 0 {
+        libc::EFD_CLOEXEC
+    } else {
+        0
+    };
+    // SAFETY: eventfd takes two ints and returns a new descriptor.
+    let fd = unsafe { libc::eventfd(0, cloexec) };
+    if fd >= 0 {
+        files::insert(fd);
+    }
+    fd
+}
+
+/// `open(2)`.
+///
+/// # Safety
+/// As the C library's `open`.
+#[no_mangle]
+pub unsafe extern "C" fn open(path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
+    // SAFETY: open's own contract.
+    if unsafe { is_dev_netmap(path) } {
+        return open_netmap(flags);
+    }
+    real::open(path, flags, mode)
+}
+
+/// `open64(2)`.
+///
+/// # Safety
+/// As the C library's `open64`.
+#[no_mangle]
+pub unsafe extern "C" fn open64(path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
+    // SAFETY: open's own contract.
+    if unsafe { is_dev_netmap(path) } {
+        return open_netmap(flags);
+    }
+    real::open64(path, flags, mode)
+}
+
+/// `openat(2)`; an absolute path ignores the directory.
+///
+/// # Safety
+/// As the C library's `openat`.
+#[no_mangle]
+pub unsafe extern "C" fn openat(
+    dir: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mode: mode_t,
+) -> c_int {
+    // SAFETY: open's own contract.
+    if unsafe { is_dev_netmap(path) } {
+        return open_netmap(flags);
+    }
+    real::openat(dir, path, flags, mode)
+}
+
+/// `openat64(2)`.
+///
+/// # Safety
+/// As the C library's `openat64`.
+#[no_mangle]
+pub unsafe extern "C" fn openat64(
+    dir: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mode: mode_t,
+) -> c_int {
+    // SAFETY: open's own contract.
+    if unsafe { is_dev_netmap(path) } {
+        return open_netmap(flags);
+    }
+    real::openat64(dir, path, flags, mode)
+}
+
+/// `close(2)`: a netmap file's registration closes with it.
+#[no_mangle]
+pub extern "C" fn close(fd: c_int) -> c_int {
+    if files::any() {
+        if let Some(e) = files::remove(fd) {
+            // Drains TX, then closes the control connection.
+            drop(files::lock(&e).port.take());
+        }
+    }
+    real::close(fd)
+}
+
+/// `ioctl(2)`: NIOCCTRL, NIOCTXSYNC, NIOCRXSYNC, NIOCREGIF and NIOCGINFO
+/// on a netmap file.
+///
+/// # Safety
+/// As the C library's `ioctl`: `arg` points to the request's structure.
+#[no_mangle]
+pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_int {
+    let Some(e) = files::get(fd) else {
+        return real::ioctl(fd, req, arg);
+    };
+    let f = files::lock(&e);
+    let r = match req as u32 {
+        NIOCTXSYNC => f.txsync(),
+        NIOCRXSYNC => f.rxsync(),
+        // SAFETY: arg is the caller's struct nmreq_header.
+        NIOCCTRL => unsafe { ctrl(f, arg) },
+        // SAFETY: arg is the caller's struct nmreq.
+        NIOCREGIF => unsafe { regif(f, arg) },
+        // SAFETY: arg is the caller's struct nmreq.
+        NIOCGINFO => unsafe { ginfo(arg) },
+        _ => Err(libc::ENOTTY),
+    };
+    match r {
+        Ok(()) => 0,
+        Err(e) => fail(e),
+    }
+}
+
+/// NIOCCTRL.
+///
+/// # Safety
+/// `arg` is null or points to a `struct nmreq_header` whose `nr_body` and
+/// `nr_options` are null or point to memory of the sizes their types say.
+unsafe fn ctrl(mut f: std::sync::MutexGuard<'_, NmFile>, arg: *mut c_void) -> Result<(), Errno> {
+    if arg.is_null() {
+        return Err(libc::EFAULT);
+    }
+    let hp = arg.cast::<NmreqHeader>();
+    // SAFETY: the caller's header, read whole (it may be unaligned).
+    let h = unsafe { hp.read_unaligned() };
+    if !(NETMAP_MIN_API..=NETMAP_MAX_API).contains(&h.nr_version) {
+        return Err(libc::EINVAL);
+    }
+    // Options: none is implemented here; each says so in nro_status, as
+    // netmap answers an option it does not know.
+    let mut o = h.nr_options;
+    let mut opts = 0;
+    while o != 0 && opts < 64 {
+        let op = o as *mut NmreqOption;
+        // SAFETY: the caller's option chain.
+        let mut opt = unsafe { op.read_unaligned() };
+        opt.nro_status = libc::EOPNOTSUPP as u32;
+        // SAFETY: as above.
+        unsafe { op.write_unaligned(opt) };
+        o = opt.nro_next;
+        opts += 1;
+    }
+    if opts > 0 {
+        return Err(libc::EOPNOTSUPP);
+    }
+    if h.nr_body == 0 {
+        return Err(libc::EINVAL);
+    }
+    if h.nr_reqtype == NETMAP_REQ_REGISTER {
+        let bp = h.nr_body as *mut NmreqRegister;
+        // SAFETY: the caller's register body.
+        let mut body = unsafe { bp.read_unaligned() };
+        f.register(&h.nr_name, &mut body)?;
+        // SAFETY: as above.
+        unsafe { bp.write_unaligned(body) };
+        return Ok(());
+    }
+    drop(f);
+    let size = files::body_size(h.nr_reqtype)?;
+    let mut body = vec![0u8; size];
+    if size > 0 {
+        // SAFETY: the caller's body of the size its request type has.
+        unsafe { std::ptr::copy_nonoverlapping(h.nr_body as *const u8, body.as_mut_ptr(), size) };
+    }
+    NmFile::forward(h.nr_reqtype, &h.nr_name, &mut body)?;
+    if size > 0 {
+        // SAFETY: as above.
+        unsafe { std::ptr::copy_nonoverlapping(body.as_ptr(), h.nr_body as *mut u8, size) };
+    }
+    Ok(())
+}
+
+/// NIOCREGIF (legacy).
+///
+/// # Safety
+/// `arg` is null or points to a `struct nmreq`.
+unsafe fn regif(mut f: std::sync::MutexGuard<'_, NmFile>, arg: *mut c_void) -> Result<(), Errno> {
+    if arg.is_null() {
+        return Err(libc::EFAULT);
+    }
+    let lp = arg.cast::<Nmreq>();
+    // SAFETY: the caller's legacy request.
+    let mut l = unsafe { lp.read_unaligned() };
+    // netmap: legacy requests below the API's version are refused.
+    if l.nr_version < u32::from(NETMAP_MIN_API) {
+        l.nr_version = u32::from(NETMAP_API);
+        // SAFETY: as above.
+        unsafe { lp.write_unaligned(l) };
+        return Err(libc::EINVAL);
+    }
+    if l.nr_cmd != 0 {
+        // The VALE commands of the old API: vale-ctl's requests now.
+        return Err(libc::EOPNOTSUPP);
+    }
+    let mut r = files::register_from_legacy(&l);
+    f.register(&l.nr_name, &mut r)?;
+    files::legacy_from_register(&r, &mut l);
+    // SAFETY: as above.
+    unsafe { lp.write_unaligned(l) };
+    Ok(())
+}
+
+/// NIOCGINFO (legacy).
+///
+/// # Safety
+/// `arg` is null or points to a `struct nmreq`.
+unsafe fn ginfo(arg: *mut c_void) -> Result<(), Errno> {
+    if arg.is_null() {
+        return Err(libc::EFAULT);
+    }
+    let lp = arg.cast::<Nmreq>();
+    // SAFETY: the caller's legacy request.
+    let mut l = unsafe { lp.read_unaligned() };
+    let i = NmFile::info(&l.nr_name)?;
+    l.nr_memsize = i.nr_memsize as u32;
+    l.nr_tx_slots = i.nr_tx_slots;
+    l.nr_rx_slots = i.nr_rx_slots;
+    l.nr_tx_rings = i.nr_tx_rings;
+    l.nr_rx_rings = i.nr_rx_rings;
+    l.nr_arg2 = i.nr_mem_id;
+    // SAFETY: as above.
+    unsafe { lp.write_unaligned(l) };
+    Ok(())
+}
+
+fn map_region(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: off_t,
+) -> Option<*mut c_void> {
+    let e = files::get(fd)?;
+    let f = files::lock(&e);
+    let Some(rfd) = f.region_fd() else {
+        set_errno(libc::EINVAL);
+        return Some(libc::MAP_FAILED);
+    };
+    // Past the region: refused, as the kernel's netmap mmap does.
+    let end = u64::try_from(off)
+        .ok()
+        .and_then(|o| o.checked_add(len as u64));
+    if end.is_none_or(|e| Some(e) > f.memsize()) {
+        set_errno(libc::EINVAL);
+        return Some(libc::MAP_FAILED);
+    }
+    Some(real::mmap(addr, len, prot, flags, rfd, off))
+}
+
+/// `mmap(2)` of a netmap file maps its region.
+///
+/// # Safety
+/// As the C library's `mmap`.
+#[no_mangle]
+pub unsafe extern "C" fn mmap(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: off_t,
+) -> *mut c_void {
+    if fd >= 0 && files::any() {
+        if let Some(p) = map_region(addr, len, prot, flags, fd, off) {
+            return p;
+        }
+    }
+    real::mmap(addr, len, prot, flags, fd, off)
+}
+
+/// `mmap64(2)`.
+///
+/// # Safety
+/// As the C library's `mmap64`.
+#[no_mangle]
+pub unsafe extern "C" fn mmap64(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: off_t,
+) -> *mut c_void {
+    if fd >= 0 && files::any() {
+        if let Some(p) = map_region(addr, len, prot, flags, fd, off) {
+            return p;
+        }
+    }
+    real::mmap64(addr, len, prot, flags, fd, off)
+}
+
+/// `poll(2)`: on a netmap file, netmap's poll (txsync for POLLOUT, rxsync
+/// for POLLIN, then readiness), other descriptors as the kernel polls them.
+///
+/// # Safety
+/// As the C library's `poll`.
+#[no_mangle]
+pub unsafe extern "C" fn poll(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_int {
+    if fds.is_null() || n == 0 || !files::any() {
+        return real::poll(fds, n, timeout);
+    }
+    // SAFETY: the caller's array of n pollfds.
+    let set = unsafe { std::slice::from_raw_parts_mut(fds, n as usize) };
+    let nm: Vec<Option<files::Entry>> = set.iter().map(|p| files::get(p.fd)).collect();
+    if nm.iter().all(Option::is_none) {
+        return real::poll(fds, n, timeout);
+    }
+    let deadline = (timeout >= 0).then(|| Instant::now() + Duration::from_millis(timeout as u64));
+    loop {
+        let mut ready = 0;
+        for (p, e) in set.iter_mut().zip(&nm) {
+            if let Some(e) = e {
+                p.revents = files::lock(e).poll_ready(p.events);
+                if p.revents != 0 {
+                    ready += 1;
+                }
+            }
+        }
+        // The other descriptors, without waiting.
+        let mut others: Vec<pollfd> = set
+            .iter()
+            .zip(&nm)
+            .filter(|(_, e)| e.is_none())
+            .map(|(p, _)| *p)
+            .collect();
+        if !others.is_empty() {
+            let r = real::poll(others.as_mut_ptr(), others.len() as nfds_t, 0);
+            if r < 0 {
+                return r;
+            }
+            let mut it = others.iter();
+            for (p, e) in set.iter_mut().zip(&nm) {
+                if e.is_none() {
+                    p.revents = it.next().map_or(0, |o| o.revents);
+                    if p.revents != 0 {
+                        ready += 1;
+                    }
+                }
+            }
+        }
+        if ready > 0 || timeout == 0 {
+            return ready;
+        }
+        let left = match deadline {
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    return 0;
+                }
+                Some(d - now)
+            }
+            None => None,
+        };
+        // One netmap file alone: sleep on its wake-up with the need-kick
+        // handshake. Several, or netmap files with others: look again
+        // every millisecond (no wake-up to sleep on covers them all yet).
+        let only = nm.iter().flatten().count() == 1 && others.is_empty();
+        if only {
+            let (p, e) = set
+                .iter()
+                .zip(&nm)
+                .find_map(|(p, e)| e.as_ref().map(|e| (p, e)))
+                .expect("one");
+            if let Err(err) = files::lock(e).wait(p.events, left) {
+                return fail(err);
+            }
+        } else {
+            let slice = left.map_or(Duration::from_millis(1), |l| {
+                l.min(Duration::from_millis(1))
+            });
+            std::thread::sleep(slice);
+        }
+    }
+}

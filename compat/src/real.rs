@@ -1,0 +1,46 @@
+//! The C library's own functions, found with `dlsym(RTLD_NEXT)`: what every
+//! hook calls for a descriptor that is not a netmap file, and what the
+//! netmap files themselves are made of.
+
+use std::ffi::CStr;
+use std::sync::OnceLock;
+
+use libc::{c_char, c_int, c_ulong, c_void, mode_t, nfds_t, off_t, pollfd, size_t};
+
+/// The next definition of `name` after this library, or None.
+fn next(name: &CStr) -> Option<*mut c_void> {
+    // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name only looks
+    // the symbol up.
+    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
+    (!p.is_null()).then_some(p)
+}
+
+macro_rules! real {
+    ($fn:ident, $sym:literal, ($($a:ident: $t:ty),*) -> $r:ty) => {
+        /// The C library's function of that name.
+        pub fn $fn($($a: $t),*) -> $r {
+            type F = unsafe extern "C" fn($($t),*) -> $r;
+            static P: OnceLock<usize> = OnceLock::new();
+            let p = *P.get_or_init(|| next($sym).map_or(0, |p| p as usize));
+            if p == 0 {
+                // SAFETY: setting errno, a thread-local int.
+                unsafe { *libc::__errno_location() = libc::ENOSYS };
+                return -1 as _;
+            }
+            // SAFETY: `p` is the C library's definition of this very
+            // function, whose prototype is the one declared here; the
+            // caller's arguments are passed through unchanged.
+            unsafe { std::mem::transmute::<usize, F>(p)($($a),*) }
+        }
+    };
+}
+
+real!(open, c"open", (path: *const c_char, flags: c_int, mode: mode_t) -> c_int);
+real!(open64, c"open64", (path: *const c_char, flags: c_int, mode: mode_t) -> c_int);
+real!(openat, c"openat", (dir: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int);
+real!(openat64, c"openat64", (dir: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int);
+real!(ioctl, c"ioctl", (fd: c_int, req: c_ulong, arg: *mut c_void) -> c_int);
+real!(close, c"close", (fd: c_int) -> c_int);
+real!(poll, c"poll", (fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_int);
+real!(mmap, c"mmap", (addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: off_t) -> *mut c_void);
+real!(mmap64, c"mmap64", (addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: off_t) -> *mut c_void);

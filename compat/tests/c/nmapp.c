@@ -1,0 +1,280 @@
+/*
+ * A netmap application as its authors write one, against <net/netmap.h>
+ * and <net/netmap_user.h>: no vale code. Run with
+ * LD_PRELOAD=libvale_netmap.so VALE_SOCKET=... against valed.
+ *
+ *   nmapp layout              sizes and offsets of the ABI structures
+ *   nmapp tx PORT N           sends N 60-byte frames (NIOCCTRL register,
+ *                             poll for room, NIOCTXSYNC at the end)
+ *   nmapp rx PORT N           receives N frames (legacy NIOCREGIF, as
+ *                             nm_open does; poll for frames)
+ *   nmapp errors PORT         the error codes of bad requests
+ *   nmapp fork PORT N         registers, forks; the child sends N frames
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <net/netmap.h>
+#include <net/netmap_user.h>
+
+#define P(what, v) printf("%s %ld\n", what, (long)(v))
+
+static int layout(void)
+{
+	P("sizeof.netmap_slot", sizeof(struct netmap_slot));
+	P("sizeof.netmap_ring", sizeof(struct netmap_ring));
+	P("offsetof.netmap_ring.head", offsetof(struct netmap_ring, head));
+	P("offsetof.netmap_ring.tail", offsetof(struct netmap_ring, tail));
+	P("offsetof.netmap_ring.ts", offsetof(struct netmap_ring, ts));
+	P("offsetof.netmap_ring.sem", offsetof(struct netmap_ring, sem));
+	P("offsetof.netmap_ring.slot", offsetof(struct netmap_ring, slot));
+	P("sizeof.netmap_if", sizeof(struct netmap_if));
+	P("offsetof.netmap_if.ring_ofs", offsetof(struct netmap_if, ring_ofs));
+	P("sizeof.nmreq_header", sizeof(struct nmreq_header));
+	P("offsetof.nmreq_header.nr_body", offsetof(struct nmreq_header, nr_body));
+	P("sizeof.nmreq_register", sizeof(struct nmreq_register));
+	P("offsetof.nmreq_register.nr_flags", offsetof(struct nmreq_register, nr_flags));
+	P("sizeof.nmreq_option", sizeof(struct nmreq_option));
+	P("sizeof.nmreq", sizeof(struct nmreq));
+	P("sizeof.nmreq_port_info_get", sizeof(struct nmreq_port_info_get));
+	P("NIOCCTRL", NIOCCTRL);
+	P("NIOCREGIF", NIOCREGIF);
+	P("NIOCGINFO", NIOCGINFO);
+	P("NIOCTXSYNC", NIOCTXSYNC);
+	P("NIOCRXSYNC", NIOCRXSYNC);
+	P("NETMAP_REQ_PORT_HDR_GET", NETMAP_REQ_PORT_HDR_GET);
+	P("NETMAP_REQ_CSB_ENABLE", NETMAP_REQ_CSB_ENABLE);
+	return 0;
+}
+
+struct port {
+	int fd;
+	void *mem;
+	size_t memsize;
+	struct netmap_if *nifp;
+};
+
+/* Registers PORT through NIOCCTRL. */
+static int reg_ctrl(struct port *p, const char *name)
+{
+	struct nmreq_header h;
+	struct nmreq_register r;
+
+	p->fd = open("/dev/netmap", O_RDWR);
+	if (p->fd < 0)
+		return -1;
+	memset(&h, 0, sizeof(h));
+	memset(&r, 0, sizeof(r));
+	h.nr_version = NETMAP_API;
+	h.nr_reqtype = NETMAP_REQ_REGISTER;
+	strncpy(h.nr_name, name, sizeof(h.nr_name) - 1);
+	h.nr_body = (uintptr_t)&r;
+	r.nr_mode = NR_REG_ALL_NIC;
+	if (ioctl(p->fd, NIOCCTRL, &h) < 0)
+		return -1;
+	p->memsize = r.nr_memsize;
+	p->mem = mmap(NULL, p->memsize, PROT_READ | PROT_WRITE, MAP_SHARED, p->fd, 0);
+	if (p->mem == MAP_FAILED)
+		return -1;
+	p->nifp = NETMAP_IF(p->mem, r.nr_offset);
+	return 0;
+}
+
+/* Registers PORT through the legacy NIOCREGIF, as nm_open() does. */
+static int reg_legacy(struct port *p, const char *name)
+{
+	struct nmreq req;
+
+	p->fd = open("/dev/netmap", O_RDWR);
+	if (p->fd < 0)
+		return -1;
+	memset(&req, 0, sizeof(req));
+	req.nr_version = NETMAP_API;
+	strncpy(req.nr_name, name, sizeof(req.nr_name) - 1);
+	req.nr_flags = NR_REG_ALL_NIC;
+	if (ioctl(p->fd, NIOCREGIF, &req) < 0)
+		return -1;
+	p->memsize = req.nr_memsize;
+	p->mem = mmap(0, p->memsize, PROT_WRITE | PROT_READ, MAP_SHARED, p->fd, 0);
+	if (p->mem == MAP_FAILED)
+		return -1;
+	p->nifp = NETMAP_IF(p->mem, req.nr_offset);
+	return 0;
+}
+
+static void frame(char *buf, uint32_t seq)
+{
+	memset(buf, 0, 60);
+	memset(buf, 0xff, 6);                          /* broadcast */
+	memcpy(buf + 6, "\x02\x00\x00\x00\x00\x0c", 6); /* source */
+	buf[12] = 0x88;
+	buf[13] = 0xb5; /* local experimental EtherType */
+	memcpy(buf + 14, &seq, 4);
+}
+
+static int tx(struct port *p, long n)
+{
+	struct netmap_ring *ring = NETMAP_TXRING(p->nifp, 0);
+	struct pollfd pfd = { .fd = p->fd, .events = POLLOUT };
+	long sent = 0;
+
+	while (sent < n) {
+		if (poll(&pfd, 1, 5000) <= 0 || !(pfd.revents & POLLOUT)) {
+			fprintf(stderr, "tx: poll gave no room (%ld sent)\n", sent);
+			return 1;
+		}
+		while (!nm_ring_empty(ring) && sent < n) {
+			uint32_t i = ring->cur;
+			struct netmap_slot *s = &ring->slot[i];
+			frame(NETMAP_BUF(ring, s->buf_idx), (uint32_t)sent);
+			s->len = 60;
+			ring->head = ring->cur = nm_ring_next(ring, i);
+			sent++;
+		}
+	}
+	if (ioctl(p->fd, NIOCTXSYNC, NULL) < 0) {
+		perror("NIOCTXSYNC");
+		return 1;
+	}
+	printf("sent %ld\n", sent);
+	return 0;
+}
+
+static int rx(struct port *p, long n)
+{
+	struct netmap_ring *ring = NETMAP_RXRING(p->nifp, 0);
+	struct pollfd pfd = { .fd = p->fd, .events = POLLIN };
+	long got = 0, bad = 0;
+
+	while (got < n) {
+		if (poll(&pfd, 1, 10000) <= 0 || !(pfd.revents & POLLIN)) {
+			fprintf(stderr, "rx: nothing for 10 s (%ld received)\n", got);
+			break;
+		}
+		while (!nm_ring_empty(ring)) {
+			uint32_t i = ring->cur;
+			struct netmap_slot *s = &ring->slot[i];
+			if (s->len < 60)
+				bad++;
+			got++;
+			ring->head = ring->cur = nm_ring_next(ring, i);
+		}
+	}
+	printf("received %ld bad %ld\n", got, bad);
+	return got == n && bad == 0 ? 0 : 1;
+}
+
+#define CHECK(what, cond) do { \
+	printf("%s %s\n", (cond) ? "ok" : "FAIL", what); \
+	fails += !(cond); \
+} while (0)
+
+static int errors(const char *name)
+{
+	struct nmreq_header h;
+	struct nmreq_register r;
+	struct nmreq info;
+	struct port p;
+	int fails = 0, fd, rc;
+
+	fd = open("/dev/netmap", O_RDWR);
+	memset(&h, 0, sizeof(h));
+	memset(&r, 0, sizeof(r));
+	h.nr_version = 13;
+	h.nr_reqtype = NETMAP_REQ_REGISTER;
+	strncpy(h.nr_name, name, sizeof(h.nr_name) - 1);
+	h.nr_body = (uintptr_t)&r;
+	rc = ioctl(fd, NIOCCTRL, &h);
+	CHECK("version 13 refused with EINVAL", rc < 0 && errno == EINVAL);
+	h.nr_version = NETMAP_API;
+	strcpy(h.nr_name, "vale0:bad name");
+	rc = ioctl(fd, NIOCCTRL, &h);
+	CHECK("a bad name refused with EINVAL", rc < 0 && errno == EINVAL);
+	rc = ioctl(fd, NIOCTXSYNC, NULL);
+	CHECK("NIOCTXSYNC before REGISTER refused with ENXIO", rc < 0 && errno == ENXIO);
+	close(fd);
+
+	if (reg_ctrl(&p, name) < 0) {
+		perror("register");
+		return 1;
+	}
+	CHECK("REGISTER answers nr_memsize", p.memsize > 0);
+	CHECK("the netmap_if has the port's rings", p.nifp->ni_tx_rings >= 1 && p.nifp->ni_rx_rings >= 1);
+	memset(&h, 0, sizeof(h));
+	memset(&r, 0, sizeof(r));
+	h.nr_version = NETMAP_API;
+	h.nr_reqtype = NETMAP_REQ_REGISTER;
+	strncpy(h.nr_name, name, sizeof(h.nr_name) - 1);
+	h.nr_body = (uintptr_t)&r;
+	rc = ioctl(p.fd, NIOCCTRL, &h);
+	CHECK("a second REGISTER on the file refused with EBUSY", rc < 0 && errno == EBUSY);
+	CHECK("mmap past the region refused", mmap(NULL, p.memsize + 4096, PROT_READ, MAP_SHARED, p.fd, 0) == MAP_FAILED && errno == EINVAL);
+	memset(&info, 0, sizeof(info));
+	info.nr_version = NETMAP_API;
+	strncpy(info.nr_name, name, sizeof(info.nr_name) - 1);
+	rc = ioctl(p.fd, NIOCGINFO, &info);
+	CHECK("NIOCGINFO gives the region size", rc == 0 && info.nr_memsize == p.memsize);
+	rc = ioctl(p.fd, 0x1234, NULL);
+	CHECK("an unknown ioctl gives ENOTTY", rc < 0 && errno == ENOTTY);
+	close(p.fd);
+	return fails ? 1 : 0;
+}
+
+static int forked(const char *name, long n)
+{
+	struct port p;
+	pid_t pid;
+	int st;
+
+	if (reg_ctrl(&p, name) < 0) {
+		perror("register");
+		return 1;
+	}
+	pid = fork();
+	if (pid == 0)
+		_exit(tx(&p, n));
+	if (waitpid(pid, &st, 0) < 0 || !WIFEXITED(st)) {
+		fprintf(stderr, "child died\n");
+		return 1;
+	}
+	return WEXITSTATUS(st);
+}
+
+int main(int argc, char **argv)
+{
+	struct port p;
+
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (argc >= 2 && !strcmp(argv[1], "layout"))
+		return layout();
+	if (argc >= 3 && !strcmp(argv[1], "errors"))
+		return errors(argv[2]);
+	if (argc < 4)
+		return 2;
+	if (!strcmp(argv[1], "fork"))
+		return forked(argv[2], atol(argv[3]));
+	if (!strcmp(argv[1], "tx")) {
+		if (reg_ctrl(&p, argv[2]) < 0) {
+			perror("register");
+			return 1;
+		}
+		return tx(&p, atol(argv[3]));
+	}
+	if (!strcmp(argv[1], "rx")) {
+		if (reg_legacy(&p, argv[2]) < 0) {
+			perror("register");
+			return 1;
+		}
+		return rx(&p, atol(argv[3]));
+	}
+	return 2;
+}
