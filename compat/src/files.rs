@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
-use std::time::Duration;
 
 use netmap::abi::*;
 use netmap::ctrl::{body_size_for, socket_path, CtrlConn, Request};
@@ -35,8 +34,28 @@ fn table() -> &'static RwLock<HashMap<i32, Entry>> {
 
 /// Records `fd` as a new netmap file.
 pub fn insert(fd: i32) {
+    static AT_EXIT: OnceLock<()> = OnceLock::new();
+    AT_EXIT.get_or_init(|| {
+        // SAFETY: registers a function with no arguments that only runs
+        // safe code, once.
+        unsafe { libc::atexit(close_all) };
+    });
     let mut t = table().write().unwrap_or_else(|e| e.into_inner());
     t.insert(fd, Arc::new(Mutex::new(NmFile::default())));
+}
+
+/// At exit, every registration closes as netmap's files close: what the
+/// program published is forwarded first (bounded), so a program that
+/// exits right after its last txsync loses nothing, as on a VALE port in
+/// the kernel, where txsync forwards before it returns.
+extern "C" fn close_all() {
+    let all: Vec<Entry> = {
+        let mut t = table().write().unwrap_or_else(|e| e.into_inner());
+        t.drain().map(|(_, e)| e).collect()
+    };
+    for e in all {
+        drop(lock(&e).port.take());
+    }
 }
 
 /// The netmap file `fd` stands for, if it is one.
@@ -169,17 +188,38 @@ impl NmFile {
         rev
     }
 
-    /// Blocks until a ring the events ask for is ready or `timeout`
-    /// (None: forever) passes, with netmap's need-kick handshake.
-    pub fn wait(&self, events: i16, timeout: Option<Duration>) -> Result<(), Errno> {
+    /// Asks valed for a wake-up on every ring `events` asks about, and
+    /// re-checks: `Ok(None)` if a ring became ready meanwhile (nothing
+    /// armed), else the descriptors to sleep on: the wake-up eventfd and
+    /// the control connection (which hangs up if valed dies).
+    pub fn arm(&self, events: i16) -> Result<Option<(i32, i32)>, Errno> {
+        use std::os::fd::AsRawFd;
         let p = self.port.as_ref().ok_or(libc::ENXIO)?;
-        match p.poll(
-            events & libc::POLLOUT != 0,
-            events & libc::POLLIN != 0,
-            timeout,
-        ) {
-            Ok(_) | Err(SyncError::TimedOut(_)) => Ok(()),
-            Err(e) => Err(sync_errno(&e)),
+        let mut rings = Vec::new();
+        if events & libc::POLLOUT != 0 {
+            rings.extend((0..p.tx_rings()).map(|i| p.tx_ring(i)));
+        }
+        if events & libc::POLLIN != 0 {
+            rings.extend((0..p.rx_rings()).map(|i| p.rx_ring(i)));
+        }
+        for (k, r) in rings.iter().enumerate() {
+            if !r.arm_ready().map_err(|e| sync_errno(&e))? {
+                rings[..k].iter().for_each(|r| r.disarm());
+                return Ok(None);
+            }
+        }
+        Ok(Some((p.irq_fd().as_raw_fd(), p.conn_fd().as_raw_fd())))
+    }
+
+    /// Withdraws [`arm`](Self::arm)'s requests and empties the wake-up.
+    pub fn disarm(&self) {
+        if let Some(p) = self.port.as_ref() {
+            for i in 0..p.tx_rings() {
+                p.tx_ring(i).disarm();
+            }
+            for i in 0..p.rx_rings() {
+                p.rx_ring(i).disarm();
+            }
         }
     }
 

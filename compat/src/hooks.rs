@@ -387,7 +387,7 @@ pub unsafe extern "C" fn poll(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_
             }
         }
         if ready > 0 || timeout == 0 {
-            return ready;
+            return ready as c_int;
         }
         let left = match deadline {
             Some(d) => {
@@ -399,24 +399,54 @@ pub unsafe extern "C" fn poll(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_
             }
             None => None,
         };
-        // One netmap file alone: sleep on its wake-up with the need-kick
-        // handshake. Several, or netmap files with others: look again
-        // every millisecond (no wake-up to sleep on covers them all yet).
-        let only = nm.iter().flatten().count() == 1 && others.is_empty();
-        if only {
-            let (p, e) = set
-                .iter()
-                .zip(&nm)
-                .find_map(|(p, e)| e.as_ref().map(|e| (p, e)))
-                .expect("one");
-            if let Err(err) = files::lock(e).wait(p.events, left) {
-                return fail(err);
+        // Sleep on every netmap file's wake-up (after asking valed for
+        // one, netmap's need-kick handshake) and the other descriptors,
+        // in one poll of the C library.
+        let mut sleep: Vec<pollfd> = others.clone();
+        let mut armed: Vec<&files::Entry> = Vec::new();
+        let mut now_ready = false;
+        for (p, e) in set.iter().zip(&nm) {
+            let Some(e) = e else { continue };
+            match files::lock(e).arm(p.events) {
+                Ok(Some((irq, conn))) => {
+                    armed.push(e);
+                    sleep.push(pollfd {
+                        fd: irq,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    });
+                    sleep.push(pollfd {
+                        fd: conn,
+                        events: libc::POLLRDHUP,
+                        revents: 0,
+                    });
+                }
+                Ok(None) => {
+                    now_ready = true;
+                    break;
+                }
+                Err(err) => {
+                    armed.iter().for_each(|e| files::lock(e).disarm());
+                    return fail(err);
+                }
             }
-        } else {
-            let slice = left.map_or(Duration::from_millis(1), |l| {
-                l.min(Duration::from_millis(1))
-            });
-            std::thread::sleep(slice);
         }
+        if !now_ready {
+            let ms = left.map_or(-1, |l| l.as_millis().clamp(1, i32::MAX as u128) as c_int);
+            let r = real::poll(sleep.as_mut_ptr(), sleep.len() as nfds_t, ms);
+            if r < 0 {
+                armed.iter().for_each(|e| files::lock(e).disarm());
+                return r;
+            }
+            // Empty the wake-ups that fired (non-blocking eventfds).
+            for p in sleep[others.len()..].iter().step_by(2) {
+                if p.revents & libc::POLLIN != 0 {
+                    let mut b = [0u8; 8];
+                    // SAFETY: reads 8 bytes into a local buffer.
+                    unsafe { libc::read(p.fd, b.as_mut_ptr().cast(), 8) };
+                }
+            }
+        }
+        armed.iter().for_each(|e| files::lock(e).disarm());
     }
 }

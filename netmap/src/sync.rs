@@ -184,8 +184,18 @@ impl<'a> AppRing<'a> {
         Ok(true)
     }
 
-    fn disarm(&self) {
+    /// Withdraws a kick request made by [`arm_ready`](Self::arm_ready).
+    pub fn disarm(&self) {
         self.csb.appl_need_kick.store(0, Ordering::Relaxed);
+    }
+
+    /// Before sleeping on `irq` together with other descriptors (an
+    /// emulated `poll()` over several files): asks the switch for a kick
+    /// and re-checks. Returns `true` if the caller may sleep; `false` if the
+    /// ring became ready meanwhile (the request is withdrawn then). Call
+    /// [`disarm`](Self::disarm) after the sleep.
+    pub fn arm_ready(&self) -> Result<bool, SyncError> {
+        self.arm(|r| r.ready())
     }
 }
 

@@ -47,6 +47,25 @@ fn nmapp() -> PathBuf {
     .clone()
 }
 
+/// Joins a pkt-gen thread, stopping it (and failing) if it has not ended
+/// within 30 s.
+fn join_within(
+    h: std::thread::JoinHandle<pkt_gen::stats::Outcome>,
+    stop: &'static std::sync::atomic::AtomicBool,
+    what: &str,
+) -> pkt_gen::stats::Outcome {
+    let t0 = std::time::Instant::now();
+    while !h.is_finished() {
+        if t0.elapsed() > Duration::from_secs(30) {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let r = h.join().unwrap();
+            panic!("{what}: pkt-gen did not get every frame: {r:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h.join().unwrap()
+}
+
 fn run(v: &Valed, args: &[&str]) -> Output {
     Command::new("timeout")
         .arg("60")
@@ -225,7 +244,7 @@ fn a_c_program_exchanges_frames_with_pkt_gen() {
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(t.contains(&format!("sent {n}")), "{t}");
-    let r = prx.join().unwrap();
+    let r = join_within(prx, stop, "C tx -> pkt-gen rx");
     assert!(r.ok(), "{r:?}");
     assert_eq!(r.ctrs.pkts, n);
 
