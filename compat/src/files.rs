@@ -73,10 +73,25 @@ pub fn any() -> bool {
     !t.is_empty()
 }
 
-/// Forgets `fd`; its registration closes (draining TX, as netmap's close).
+/// Forgets `fd`. Returns its file if `fd` was the last descriptor of it
+/// (the caller then closes the registration, draining TX as netmap's
+/// close does).
 pub fn remove(fd: i32) -> Option<Entry> {
     let mut t = table().write().unwrap_or_else(|e| e.into_inner());
-    t.remove(&fd)
+    let e = t.remove(&fd)?;
+    let last = !t.values().any(|o| Arc::ptr_eq(o, &e));
+    last.then_some(e)
+}
+
+/// `to` is now a descriptor of `fd`'s netmap file too (dup): one file,
+/// one registration, as the kernel's file behind both descriptors.
+pub fn alias(fd: i32, to: i32) {
+    let mut t = table().write().unwrap_or_else(|e| e.into_inner());
+    if let Some(e) = t.get(&fd).cloned() {
+        t.insert(to, e);
+    } else {
+        t.remove(&to);
+    }
 }
 
 /// Locks an entry (a panic in another thread does not make it unusable).

@@ -118,7 +118,8 @@ pub unsafe extern "C" fn openat64(
     real::openat64(dir, path, flags, mode)
 }
 
-/// `close(2)`: a netmap file's registration closes with it.
+/// `close(2)`: a netmap file's registration closes with its last
+/// descriptor.
 #[no_mangle]
 pub extern "C" fn close(fd: c_int) -> c_int {
     if files::any() {
@@ -128,6 +129,43 @@ pub extern "C" fn close(fd: c_int) -> c_int {
         }
     }
     real::close(fd)
+}
+
+/// After a dup onto `to` succeeded: `to` stands for what `fd` stands for
+/// (or nothing, if `fd` is no netmap file and `to` was one, which the dup
+/// closed).
+fn dup_done(fd: c_int, to: c_int) -> c_int {
+    if to >= 0 && files::any() {
+        if files::get(to).is_some() && files::get(fd).is_none() {
+            if let Some(e) = files::remove(to) {
+                drop(files::lock(&e).port.take());
+            }
+        } else {
+            files::alias(fd, to);
+        }
+    }
+    to
+}
+
+/// `dup(2)`: the new descriptor is the same netmap file.
+#[no_mangle]
+pub extern "C" fn dup(fd: c_int) -> c_int {
+    dup_done(fd, real::dup(fd))
+}
+
+/// `dup2(2)`.
+#[no_mangle]
+pub extern "C" fn dup2(fd: c_int, to: c_int) -> c_int {
+    if fd == to {
+        return real::dup2(fd, to);
+    }
+    dup_done(fd, real::dup2(fd, to))
+}
+
+/// `dup3(2)`.
+#[no_mangle]
+pub extern "C" fn dup3(fd: c_int, to: c_int, flags: c_int) -> c_int {
+    dup_done(fd, real::dup3(fd, to, flags))
 }
 
 /// `ioctl(2)`: NIOCCTRL, NIOCTXSYNC, NIOCRXSYNC, NIOCREGIF and NIOCGINFO
@@ -335,6 +373,196 @@ pub unsafe extern "C" fn mmap64(
         }
     }
     real::mmap64(addr, len, prot, flags, fd, off)
+}
+
+/// Milliseconds of a timespec, rounded up (-1 for none).
+fn ts_ms(ts: *const libc::timespec) -> c_int {
+    if ts.is_null() {
+        return -1;
+    }
+    // SAFETY: the caller's timespec.
+    let t = unsafe { ts.read() };
+    let ms = (t.tv_sec as i128) * 1000 + (t.tv_nsec as i128 + 999_999) / 1_000_000;
+    ms.clamp(0, i32::MAX as i128) as c_int
+}
+
+/// Whether any of the first `n` descriptors of the three sets is a
+/// netmap file.
+///
+/// # Safety
+/// Each set is null or points to an fd_set.
+unsafe fn sets_have_netmap(n: c_int, sets: [*mut libc::fd_set; 3]) -> bool {
+    (0..n.clamp(0, libc::FD_SETSIZE as c_int)).any(|fd| {
+        // SAFETY: the caller's sets, fd below FD_SETSIZE.
+        sets.iter()
+            .any(|s| !s.is_null() && unsafe { libc::FD_ISSET(fd, *s) })
+            && files::get(fd).is_some()
+    })
+}
+
+/// select over netmap files, as netmap's select: through poll.
+///
+/// # Safety
+/// As select's arguments.
+unsafe fn select_via_poll(
+    n: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    x: *mut libc::fd_set,
+    ms: c_int,
+) -> c_int {
+    let mut fds = Vec::new();
+    for fd in 0..n.clamp(0, libc::FD_SETSIZE as c_int) {
+        let mut ev = 0;
+        // SAFETY: the caller's sets.
+        unsafe {
+            if !r.is_null() && libc::FD_ISSET(fd, r) {
+                ev |= libc::POLLIN;
+            }
+            if !w.is_null() && libc::FD_ISSET(fd, w) {
+                ev |= libc::POLLOUT;
+            }
+            if !x.is_null() && libc::FD_ISSET(fd, x) {
+                ev |= libc::POLLPRI;
+            }
+        }
+        if ev != 0 {
+            fds.push(pollfd {
+                fd,
+                events: ev,
+                revents: 0,
+            });
+        }
+    }
+    // SAFETY: our own array.
+    let rc = unsafe { poll(fds.as_mut_ptr(), fds.len() as nfds_t, ms) };
+    if rc < 0 {
+        return rc;
+    }
+    let mut count = 0;
+    // SAFETY: the caller's sets, cleared and refilled with what is ready.
+    unsafe {
+        for s in [r, w, x] {
+            if !s.is_null() {
+                libc::FD_ZERO(s);
+            }
+        }
+        for p in &fds {
+            let err = p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0;
+            if !r.is_null()
+                && p.events & libc::POLLIN != 0
+                && (p.revents & libc::POLLIN != 0 || err)
+            {
+                libc::FD_SET(p.fd, r);
+                count += 1;
+            }
+            if !w.is_null()
+                && p.events & libc::POLLOUT != 0
+                && (p.revents & libc::POLLOUT != 0 || err)
+            {
+                libc::FD_SET(p.fd, w);
+                count += 1;
+            }
+            if !x.is_null() && p.revents & libc::POLLPRI != 0 {
+                libc::FD_SET(p.fd, x);
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
+/// `select(2)`: with a netmap file among the sets, netmap's semantics
+/// (through `poll`); else the C library's.
+///
+/// # Safety
+/// As the C library's `select`.
+#[no_mangle]
+pub unsafe extern "C" fn select(
+    n: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    x: *mut libc::fd_set,
+    tv: *mut libc::timeval,
+) -> c_int {
+    // SAFETY: select's own contract.
+    if !files::any() || !unsafe { sets_have_netmap(n, [r, w, x]) } {
+        return real::select(n, r, w, x, tv);
+    }
+    let ms = if tv.is_null() {
+        -1
+    } else {
+        // SAFETY: the caller's timeval.
+        let t = unsafe { tv.read() };
+        ((t.tv_sec as i64) * 1000 + (t.tv_usec as i64 + 999) / 1000).clamp(0, i32::MAX as i64)
+            as c_int
+    };
+    // SAFETY: select's own contract.
+    unsafe { select_via_poll(n, r, w, x, ms) }
+}
+
+/// `pselect(2)`, with netmap files: as select (the signal mask is applied
+/// around the wait).
+///
+/// # Safety
+/// As the C library's `pselect`.
+#[no_mangle]
+pub unsafe extern "C" fn pselect(
+    n: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    x: *mut libc::fd_set,
+    ts: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    // SAFETY: pselect's own contract.
+    if !files::any() || !unsafe { sets_have_netmap(n, [r, w, x]) } {
+        return real::pselect(n, r, w, x, ts, mask);
+    }
+    // SAFETY: pselect's own contract; the mask is set and restored.
+    unsafe { with_mask(mask, || select_via_poll(n, r, w, x, ts_ms(ts))) }
+}
+
+/// Runs `f` with the signal mask `mask` (none: unchanged), as ppoll and
+/// pselect wait.
+///
+/// # Safety
+/// `mask` is null or a valid sigset.
+unsafe fn with_mask(mask: *const libc::sigset_t, f: impl FnOnce() -> c_int) -> c_int {
+    if mask.is_null() {
+        return f();
+    }
+    // SAFETY: sigset_t is plain data; all zeroes is a valid (empty) set.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid new mask and room for the old one.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, mask, &mut old) };
+    let r = f();
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    r
+}
+
+/// `ppoll(2)`: with netmap files, as poll.
+///
+/// # Safety
+/// As the C library's `ppoll`.
+#[no_mangle]
+pub unsafe extern "C" fn ppoll(
+    fds: *mut pollfd,
+    n: nfds_t,
+    ts: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    if fds.is_null() || n == 0 || !files::any() {
+        return real::ppoll(fds, n, ts, mask);
+    }
+    // SAFETY: the caller's array of n pollfds.
+    let set = unsafe { std::slice::from_raw_parts(fds, n as usize) };
+    if set.iter().all(|p| files::get(p.fd).is_none()) {
+        return real::ppoll(fds, n, ts, mask);
+    }
+    // SAFETY: ppoll's own contract.
+    unsafe { with_mask(mask, || poll(fds, n, ts_ms(ts))) }
 }
 
 /// `poll(2)`: on a netmap file, netmap's poll (txsync for POLLOUT, rxsync

@@ -42,5 +42,11 @@ real!(openat64, c"openat64", (dir: c_int, path: *const c_char, flags: c_int, mod
 real!(ioctl, c"ioctl", (fd: c_int, req: c_ulong, arg: *mut c_void) -> c_int);
 real!(close, c"close", (fd: c_int) -> c_int);
 real!(poll, c"poll", (fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_int);
+real!(ppoll, c"ppoll", (fds: *mut pollfd, n: nfds_t, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int);
+real!(select, c"select", (n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, tv: *mut libc::timeval) -> c_int);
+real!(pselect, c"pselect", (n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int);
+real!(dup, c"dup", (fd: c_int) -> c_int);
+real!(dup2, c"dup2", (fd: c_int, to: c_int) -> c_int);
+real!(dup3, c"dup3", (fd: c_int, to: c_int, flags: c_int) -> c_int);
 real!(mmap, c"mmap", (addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: off_t) -> *mut c_void);
 real!(mmap64, c"mmap64", (addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: off_t) -> *mut c_void);

@@ -4,7 +4,8 @@
 //! through NIOCCTRL and through the legacy NIOCREGIF, addresses rings and
 //! buffers with netmap's macros, syncs with poll and the ioctls, and
 //! exchanges frames with our pkt-gen through valed; its ABI structures
-//! match ours byte for byte; bad requests get netmap's error codes; a
+//! match ours byte for byte; bad requests get netmap's error codes; select
+//! and ppoll wait on it, a dup of it is the same registration, and a
 //! child forked after registering sends on the parent's registration.
 
 mod common;
@@ -247,6 +248,32 @@ fn a_c_program_exchanges_frames_with_pkt_gen() {
     let r = join_within(prx, stop, "C tx -> pkt-gen rx");
     assert!(r.ok(), "{r:?}");
     assert_eq!(r.ctrs.pkts, n);
+
+    // select on a dup of the descriptor (the original closed), and ppoll.
+    let cs = port(&v, "vale4", "cs");
+    let rx = std::thread::spawn({
+        let v_sock = v.sock.clone();
+        let cs = cs.clone();
+        move || {
+            Command::new("timeout")
+                .arg("60")
+                .arg(nmapp())
+                .args(["rxselect", &cs, "5000"])
+                .env("LD_PRELOAD", preload())
+                .env("VALE_SOCKET", v_sock)
+                .output()
+                .expect("run nmapp rxselect")
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let out = run(&v, &["txppoll", "vale4:ct", "5000"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = rx.join().unwrap();
+    let t = text(&out);
+    assert!(
+        out.status.success() && t.contains("received 5000 bad 0"),
+        "{t}"
+    );
 
     // A child forked after registering sends on the parent's registration.
     let pc = port(&v, "vale3", "pc");

@@ -10,7 +10,11 @@
  *                             nm_open does; poll for frames)
  *   nmapp errors PORT         the error codes of bad requests
  *   nmapp fork PORT N         registers, forks; the child sends N frames
+ *   nmapp rxselect PORT N     as rx, on a dup of the descriptor (the
+ *                             original closed), waiting with select
+ *   nmapp txppoll PORT N      as tx, waiting with ppoll
  */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -21,6 +25,8 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/select.h>
+#include <time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <net/netmap.h>
@@ -121,6 +127,16 @@ static void frame(char *buf, uint32_t seq)
 	memcpy(buf + 14, &seq, 4);
 }
 
+static int use_ppoll;
+
+static int wait_out(struct pollfd *pfd)
+{
+	struct timespec ts = { .tv_sec = 5 };
+	if (use_ppoll)
+		return ppoll(pfd, 1, &ts, NULL);
+	return poll(pfd, 1, 5000);
+}
+
 static int tx(struct port *p, long n)
 {
 	struct netmap_ring *ring = NETMAP_TXRING(p->nifp, 0);
@@ -128,7 +144,7 @@ static int tx(struct port *p, long n)
 	long sent = 0;
 
 	while (sent < n) {
-		if (poll(&pfd, 1, 5000) <= 0 || !(pfd.revents & POLLOUT)) {
+		if (wait_out(&pfd) <= 0 || !(pfd.revents & POLLOUT)) {
 			fprintf(stderr, "tx: poll gave no room (%ld sent)\n", sent);
 			return 1;
 		}
@@ -149,6 +165,24 @@ static int tx(struct port *p, long n)
 	return 0;
 }
 
+static int use_select;
+
+static int wait_in(struct pollfd *pfd)
+{
+	if (use_select) {
+		fd_set r;
+		struct timeval tv = { .tv_sec = 10 };
+		int rc;
+
+		FD_ZERO(&r);
+		FD_SET(pfd->fd, &r);
+		rc = select(pfd->fd + 1, &r, NULL, NULL, &tv);
+		pfd->revents = (rc > 0 && FD_ISSET(pfd->fd, &r)) ? POLLIN : 0;
+		return rc;
+	}
+	return poll(pfd, 1, 10000);
+}
+
 static int rx(struct port *p, long n)
 {
 	struct netmap_ring *ring = NETMAP_RXRING(p->nifp, 0);
@@ -156,7 +190,7 @@ static int rx(struct port *p, long n)
 	long got = 0, bad = 0;
 
 	while (got < n) {
-		if (poll(&pfd, 1, 10000) <= 0 || !(pfd.revents & POLLIN)) {
+		if (wait_in(&pfd) <= 0 || !(pfd.revents & POLLIN)) {
 			fprintf(stderr, "rx: nothing for 10 s (%ld received)\n", got);
 			break;
 		}
@@ -262,6 +296,24 @@ int main(int argc, char **argv)
 		return 2;
 	if (!strcmp(argv[1], "fork"))
 		return forked(argv[2], atol(argv[3]));
+	if (!strcmp(argv[1], "txppoll")) {
+		use_ppoll = 1;
+		argv[1] = "tx";
+	}
+	if (!strcmp(argv[1], "rxselect")) {
+		int d;
+
+		use_select = 1;
+		if (reg_legacy(&p, argv[2]) < 0) {
+			perror("register");
+			return 1;
+		}
+		/* The registration lives on in the duplicate. */
+		d = dup(p.fd);
+		close(p.fd);
+		p.fd = d;
+		return rx(&p, atol(argv[3]));
+	}
 	if (!strcmp(argv[1], "tx")) {
 		if (reg_ctrl(&p, argv[2]) < 0) {
 			perror("register");
