@@ -494,8 +494,7 @@ pub unsafe extern "C" fn select(
     } else {
         // SAFETY: the caller's timeval.
         let t = unsafe { tv.read() };
-        ((t.tv_sec as i64) * 1000 + (t.tv_usec as i64 + 999) / 1000).clamp(0, i32::MAX as i64)
-            as c_int
+        (t.tv_sec * 1000 + (t.tv_usec + 999) / 1000).clamp(0, i64::from(i32::MAX)) as c_int
     };
     // SAFETY: select's own contract.
     unsafe { select_via_poll(n, r, w, x, ms) }
