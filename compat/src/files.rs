@@ -8,7 +8,9 @@
 //! entry's own lock, so the client's calls to `mmap`, `poll` and `close`,
 //! which come back through the hooks, never wait on it.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 
 use netmap::abi::*;
@@ -32,6 +34,23 @@ fn table() -> &'static RwLock<HashMap<i32, Entry>> {
     T.get_or_init(|| RwLock::new(HashMap::new()))
 }
 
+/// Bumped on every change of the table: a thread's cached lookup is good
+/// while the generation it was made at is still current.
+static GEN: AtomicU64 = AtomicU64::new(0);
+/// Netmap files open: the hooks' test for "none", without a lock.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's last lookup: (generation, fd, file).
+    static LAST: RefCell<Option<(u64, i32, Entry)>> = const { RefCell::new(None) };
+}
+
+/// After a change of the table (under its write lock).
+fn changed(t: &HashMap<i32, Entry>) {
+    OPEN.store(t.len(), Ordering::Release);
+    GEN.fetch_add(1, Ordering::AcqRel);
+}
+
 /// Records `fd` as a new netmap file.
 pub fn insert(fd: i32) {
     static AT_EXIT: OnceLock<()> = OnceLock::new();
@@ -42,6 +61,7 @@ pub fn insert(fd: i32) {
     });
     let mut t = table().write().unwrap_or_else(|e| e.into_inner());
     t.insert(fd, Arc::new(Mutex::new(NmFile::default())));
+    changed(&t);
 }
 
 /// At exit, every registration closes as netmap's files close: what the
@@ -51,26 +71,43 @@ pub fn insert(fd: i32) {
 extern "C" fn close_all() {
     let all: Vec<Entry> = {
         let mut t = table().write().unwrap_or_else(|e| e.into_inner());
-        t.drain().map(|(_, e)| e).collect()
+        let all = t.drain().map(|(_, e)| e).collect();
+        changed(&t);
+        all
     };
     for e in all {
         drop(lock(&e).port.take());
     }
 }
 
-/// The netmap file `fd` stands for, if it is one.
+/// The netmap file `fd` stands for, if it is one. A thread asking again
+/// for the same descriptor (a program's sync and poll loop) finds it in
+/// its cache, with one atomic load.
 pub fn get(fd: i32) -> Option<Entry> {
-    if fd < 0 {
+    if fd < 0 || !any() {
         return None;
     }
+    let g = GEN.load(Ordering::Acquire);
+    let hit = LAST.with(|l| match &*l.borrow() {
+        Some((lg, lfd, e)) if *lg == g && *lfd == fd => Some(e.clone()),
+        _ => None,
+    });
+    if hit.is_some() {
+        return hit;
+    }
     let t = table().read().unwrap_or_else(|e| e.into_inner());
-    t.get(&fd).cloned()
+    // Read under the lock: the generation of what we found.
+    let g = GEN.load(Ordering::Acquire);
+    let e = t.get(&fd).cloned();
+    if let Some(e) = &e {
+        LAST.with(|l| *l.borrow_mut() = Some((g, fd, e.clone())));
+    }
+    e
 }
 
 /// Whether any netmap file is open (the hooks' fast test).
 pub fn any() -> bool {
-    let t = table().read().unwrap_or_else(|e| e.into_inner());
-    !t.is_empty()
+    OPEN.load(Ordering::Acquire) > 0
 }
 
 /// Forgets `fd`. Returns its file if `fd` was the last descriptor of it
@@ -79,6 +116,7 @@ pub fn any() -> bool {
 pub fn remove(fd: i32) -> Option<Entry> {
     let mut t = table().write().unwrap_or_else(|e| e.into_inner());
     let e = t.remove(&fd)?;
+    changed(&t);
     let last = !t.values().any(|o| Arc::ptr_eq(o, &e));
     last.then_some(e)
 }
@@ -92,6 +130,7 @@ pub fn alias(fd: i32, to: i32) {
     } else {
         t.remove(&to);
     }
+    changed(&t);
 }
 
 /// Locks an entry (a panic in another thread does not make it unusable).
