@@ -42,7 +42,7 @@ unsafe fn is_dev_netmap(path: *const c_char) -> bool {
 }
 
 /// A new netmap file: an eventfd standing for it.
-fn open_netmap(flags: c_int) -> c_int {
+pub(crate) fn open_netmap(flags: c_int) -> c_int {
     let cloexec = if flags & libc::O_CLOEXEC != 0 {
         libc::EFD_CLOEXEC
     } else {

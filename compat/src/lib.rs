@@ -10,10 +10,15 @@
 //! other call, and every other descriptor, goes to the C library
 //! untouched. The C headers are in `include/`.
 //!
+//! The same library is netmap's libnetmap for programs that link it
+//! (`include/libnetmap.h`, `nmport_open` and friends, in `nmport`;
+//! `libnetmap.pc.in` for pkg-config).
+//!
 //! `real` finds the C library's functions, `files` keeps the netmap files
 //! (safe Rust over the netmap crate's client), `hooks` holds the exported
 //! functions: the only code that reads the application's pointers.
 
 mod files;
 mod hooks;
+pub mod nmport;
 mod real;

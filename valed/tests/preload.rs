@@ -67,6 +67,48 @@ fn join_within(
     h.join().unwrap()
 }
 
+/// nmport.c, linked with libnetmap through pkg-config (the .pc file made
+/// from compat/libnetmap.pc.in for the built library).
+fn nmport() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let dir = std::env::temp_dir().join(format!("nmport-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let libdir = preload().parent().unwrap().to_path_buf();
+        let pc = std::fs::read_to_string(root.join("compat/libnetmap.pc.in"))
+            .unwrap()
+            .replace("@PREFIX@", &root.display().to_string())
+            .replace("@LIBDIR@", &libdir.display().to_string())
+            .replace(
+                "@INCLUDEDIR@",
+                &root.join("compat/include").display().to_string(),
+            );
+        std::fs::write(dir.join("libnetmap.pc"), pc).unwrap();
+        let flags = Command::new("pkg-config")
+            .args(["--cflags", "--libs", "libnetmap"])
+            .env("PKG_CONFIG_PATH", &dir)
+            .output()
+            .expect("pkg-config (apt-get install pkg-config)");
+        assert!(flags.status.success(), "pkg-config libnetmap");
+        let flags = String::from_utf8(flags.stdout).unwrap();
+        let out = dir.join("nmport");
+        let st = Command::new("cc")
+            .args(["-Wall", "-Wextra", "-Werror", "-O2", "-o"])
+            .arg(&out)
+            .arg(root.join("compat/tests/c/nmport.c"))
+            .args(flags.split_whitespace())
+            .status()
+            .expect("cc");
+        assert!(
+            st.success(),
+            "nmport.c does not compile and link with {flags}"
+        );
+        out
+    })
+    .clone()
+}
+
 fn run(v: &Valed, args: &[&str]) -> Output {
     Command::new("timeout")
         .arg("60")
@@ -286,4 +328,51 @@ fn a_c_program_exchanges_frames_with_pkt_gen() {
     assert!(out.status.success(), "{t}");
     let r = prx.join().unwrap();
     assert_eq!(r.ctrs.pkts, 1000);
+}
+
+/// A program that links libnetmap (pkg-config) instead of opening
+/// /dev/netmap: nmport_open, nmport_inject, poll on d->fd, the rings by
+/// d->nifp, nmport_close; its struct nmport_d is ours.
+#[test]
+fn a_program_linked_with_libnetmap_sends_and_receives() {
+    let v = start("libnetmap", &[]);
+    let out = Command::new(nmport())
+        .arg("size")
+        .env("VALE_SOCKET", &v.sock)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(
+        t.contains(&format!(
+            "sizeof.nmport_d {}",
+            std::mem::size_of::<vale_netmap::nmport::NmportD>()
+        )),
+        "{t}"
+    );
+    assert!(t.contains("bad name: refused errno 22"), "{t}");
+    let r = port(&v, "vale5", "lr");
+    let rx = std::thread::spawn({
+        let sock = v.sock.clone();
+        move || {
+            Command::new("timeout")
+                .args(["60"])
+                .arg(nmport())
+                .args(["rx", &r, "20000"])
+                .env("VALE_SOCKET", sock)
+                .output()
+                .expect("run nmport rx")
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(nmport())
+        .args(["tx", "vale5:lt", "20000"])
+        .env("VALE_SOCKET", &v.sock)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = rx.join().unwrap();
+    let t = text(&out);
+    assert!(out.status.success() && t.contains("received 20000"), "{t}");
 }
