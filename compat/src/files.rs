@@ -368,3 +368,44 @@ pub fn legacy_from_register(r: &NmreqRegister, l: &mut Nmreq) {
     l.nr_arg2 = r.nr_mem_id;
     l.nr_arg3 = r.nr_extra_bufs;
 }
+
+/// The netmap files in each epoll instance: (descriptor, the events and
+/// data the program gave `epoll_ctl`). The kernel's epoll holds the other
+/// descriptors; netmap files are polled here, as netmap's poll.
+fn epolls() -> &'static Mutex<HashMap<i32, Vec<(i32, u32, u64)>>> {
+    static T: OnceLock<Mutex<HashMap<i32, Vec<(i32, u32, u64)>>>> = OnceLock::new();
+    T.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// `epoll_ctl` on a netmap file: records (ADD, MOD) or forgets (DEL) it.
+pub fn epoll_set(epfd: i32, op: i32, fd: i32, events: u32, data: u64) -> Result<(), Errno> {
+    let mut t = epolls().lock().unwrap_or_else(|e| e.into_inner());
+    let v = t.entry(epfd).or_default();
+    let at = v.iter().position(|&(f, _, _)| f == fd);
+    match (op, at) {
+        (libc::EPOLL_CTL_ADD, None) => v.push((fd, events, data)),
+        (libc::EPOLL_CTL_ADD, Some(_)) => return Err(libc::EEXIST),
+        (libc::EPOLL_CTL_MOD, Some(i)) => v[i] = (fd, events, data),
+        (libc::EPOLL_CTL_DEL, Some(i)) => {
+            v.remove(i);
+        }
+        (libc::EPOLL_CTL_MOD | libc::EPOLL_CTL_DEL, None) => return Err(libc::ENOENT),
+        _ => return Err(libc::EINVAL),
+    }
+    Ok(())
+}
+
+/// The netmap files of epoll instance `epfd`.
+pub fn epoll_members(epfd: i32) -> Vec<(i32, u32, u64)> {
+    let t = epolls().lock().unwrap_or_else(|e| e.into_inner());
+    t.get(&epfd).cloned().unwrap_or_default()
+}
+
+/// Forgets `fd` as an epoll instance and as a member of any (on close).
+pub fn epoll_forget(fd: i32) {
+    let mut t = epolls().lock().unwrap_or_else(|e| e.into_inner());
+    t.remove(&fd);
+    for v in t.values_mut() {
+        v.retain(|&(f, _, _)| f != fd);
+    }
+}

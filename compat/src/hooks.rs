@@ -123,6 +123,7 @@ pub unsafe extern "C" fn openat64(
 #[no_mangle]
 pub extern "C" fn close(fd: c_int) -> c_int {
     if files::any() {
+        files::epoll_forget(fd);
         if let Some(e) = files::remove(fd) {
             // Drains TX, then closes the control connection.
             drop(files::lock(&e).port.take());
@@ -685,4 +686,155 @@ pub unsafe extern "C" fn poll(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_
         }
         armed.iter().for_each(|e| files::lock(e).disarm());
     }
+}
+
+/// `epoll_ctl(2)`: a netmap file is kept here, not in the kernel's epoll
+/// (its descriptor never becomes readable by itself).
+///
+/// # Safety
+/// As the C library's `epoll_ctl`.
+#[no_mangle]
+pub unsafe extern "C" fn epoll_ctl(
+    epfd: c_int,
+    op: c_int,
+    fd: c_int,
+    ev: *mut libc::epoll_event,
+) -> c_int {
+    if files::get(fd).is_none() {
+        return real::epoll_ctl(epfd, op, fd, ev);
+    }
+    let (events, data) = if ev.is_null() {
+        (0, 0)
+    } else {
+        // SAFETY: the caller's event (packed on x86-64: read unaligned).
+        let e = unsafe { ev.read_unaligned() };
+        (e.events, e.u64)
+    };
+    if op != libc::EPOLL_CTL_DEL && ev.is_null() {
+        return fail(libc::EFAULT);
+    }
+    match files::epoll_set(epfd, op, fd, events, data) {
+        Ok(()) => 0,
+        Err(e) => fail(e),
+    }
+}
+
+/// `epoll_wait(2)`: the kernel's ready descriptors and the netmap files
+/// of the instance that netmap's poll finds ready (level-triggered, as
+/// netmap's poll; EPOLLET is not honoured for them).
+///
+/// # Safety
+/// As the C library's `epoll_wait`.
+#[no_mangle]
+pub unsafe extern "C" fn epoll_wait(
+    epfd: c_int,
+    evs: *mut libc::epoll_event,
+    max: c_int,
+    timeout: c_int,
+) -> c_int {
+    // SAFETY: epoll_wait's own contract.
+    unsafe { epoll_wait_nm(epfd, evs, max, timeout, std::ptr::null()) }
+}
+
+/// `epoll_pwait(2)`, as `epoll_wait` with the signal mask applied.
+///
+/// # Safety
+/// As the C library's `epoll_pwait`.
+#[no_mangle]
+pub unsafe extern "C" fn epoll_pwait(
+    epfd: c_int,
+    evs: *mut libc::epoll_event,
+    max: c_int,
+    timeout: c_int,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    // SAFETY: epoll_pwait's own contract.
+    unsafe { epoll_wait_nm(epfd, evs, max, timeout, mask) }
+}
+
+/// # Safety
+/// `evs` has room for `max` events; `mask` is null or a sigset.
+unsafe fn epoll_wait_nm(
+    epfd: c_int,
+    evs: *mut libc::epoll_event,
+    max: c_int,
+    timeout: c_int,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    let members = if files::any() {
+        files::epoll_members(epfd)
+    } else {
+        Vec::new()
+    };
+    if members.is_empty() || evs.is_null() || max <= 0 {
+        return real::epoll_pwait(epfd, evs, max, timeout, mask);
+    }
+    // One poll over the netmap files and the epoll descriptor itself
+    // (readable when a kernel descriptor in it is ready).
+    let mut pfds: Vec<pollfd> = members
+        .iter()
+        .map(|&(fd, ev, _)| {
+            let mut e = 0;
+            if ev & libc::EPOLLIN as u32 != 0 {
+                e |= libc::POLLIN;
+            }
+            if ev & libc::EPOLLOUT as u32 != 0 {
+                e |= libc::POLLOUT;
+            }
+            pollfd {
+                fd,
+                events: e,
+                revents: 0,
+            }
+        })
+        .collect();
+    pfds.push(pollfd {
+        fd: epfd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    // SAFETY: our own array; the mask is the caller's.
+    let r = unsafe {
+        with_mask(mask, || {
+            poll(pfds.as_mut_ptr(), pfds.len() as nfds_t, timeout)
+        })
+    };
+    if r <= 0 {
+        return r;
+    }
+    let mut out: Vec<libc::epoll_event> = Vec::new();
+    for (p, &(_, _, data)) in pfds.iter().zip(&members) {
+        let mut e = 0u32;
+        if p.revents & libc::POLLIN != 0 {
+            e |= libc::EPOLLIN as u32;
+        }
+        if p.revents & libc::POLLOUT != 0 {
+            e |= libc::EPOLLOUT as u32;
+        }
+        if p.revents & libc::POLLERR != 0 {
+            e |= libc::EPOLLERR as u32;
+        }
+        if e != 0 && (out.len() as c_int) < max {
+            out.push(libc::epoll_event {
+                events: e,
+                u64: data,
+            });
+        }
+    }
+    let room = max - out.len() as c_int;
+    let mut n = out.len();
+    // SAFETY: the caller's array of `max` events; ours go first.
+    unsafe {
+        for (i, e) in out.iter().enumerate() {
+            evs.add(i).write_unaligned(*e);
+        }
+    }
+    if room > 0 && pfds.last().is_some_and(|p| p.revents & libc::POLLIN != 0) {
+        // SAFETY: the rest of the caller's array.
+        let k = real::epoll_wait(epfd, unsafe { evs.add(n) }, room, 0);
+        if k > 0 {
+            n += k as usize;
+        }
+    }
+    n as c_int
 }

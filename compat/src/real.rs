@@ -50,3 +50,6 @@ real!(dup2, c"dup2", (fd: c_int, to: c_int) -> c_int);
 real!(dup3, c"dup3", (fd: c_int, to: c_int, flags: c_int) -> c_int);
 real!(mmap, c"mmap", (addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: off_t) -> *mut c_void);
 real!(mmap64, c"mmap64", (addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: off_t) -> *mut c_void);
+real!(epoll_ctl, c"epoll_ctl", (epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int);
+real!(epoll_wait, c"epoll_wait", (epfd: c_int, evs: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int);
+real!(epoll_pwait, c"epoll_pwait", (epfd: c_int, evs: *mut libc::epoll_event, max: c_int, timeout: c_int, mask: *const libc::sigset_t) -> c_int);

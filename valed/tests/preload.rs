@@ -4,8 +4,8 @@
 //! through NIOCCTRL and through the legacy NIOCREGIF, addresses rings and
 //! buffers with netmap's macros, syncs with poll and the ioctls, and
 //! exchanges frames with our pkt-gen through valed; its ABI structures
-//! match ours byte for byte; bad requests get netmap's error codes; select
-//! and ppoll wait on it, a dup of it is the same registration, and a
+//! match ours byte for byte; bad requests get netmap's error codes; select,
+//! ppoll and epoll wait on it, a dup of it is the same registration, and a
 //! child forked after registering sends on the parent's registration.
 
 mod common;
@@ -314,6 +314,32 @@ fn a_c_program_exchanges_frames_with_pkt_gen() {
     let t = text(&out);
     assert!(
         out.status.success() && t.contains("received 5000 bad 0"),
+        "{t}"
+    );
+
+    // epoll_wait, with a kernel descriptor (a pipe) in the same instance.
+    let ce = port(&v, "vale6", "ce");
+    let rx = std::thread::spawn({
+        let v_sock = v.sock.clone();
+        let ce = ce.clone();
+        move || {
+            Command::new("timeout")
+                .arg("60")
+                .arg(nmapp())
+                .args(["rxepoll", &ce, "5000"])
+                .env("LD_PRELOAD", preload())
+                .env("VALE_SOCKET", v_sock)
+                .output()
+                .expect("run nmapp rxepoll")
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let out = run(&v, &["tx", "vale6:et", "5000"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = rx.join().unwrap();
+    let t = text(&out);
+    assert!(
+        out.status.success() && t.contains("received 5000 bad 0") && t.contains("pipe seen 1"),
         "{t}"
     );
 

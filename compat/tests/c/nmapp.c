@@ -13,6 +13,9 @@
  *   nmapp rxselect PORT N     as rx, on a dup of the descriptor (the
  *                             original closed), waiting with select
  *   nmapp txppoll PORT N      as tx, waiting with ppoll
+ *   nmapp rxepoll PORT N      as rx, waiting with epoll_wait (a pipe in
+ *                             the same epoll instance, written once, is
+ *                             reported too)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -24,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/select.h>
 #include <time.h>
@@ -179,9 +183,32 @@ static int tx(struct port *p, long n)
 }
 
 static int use_select;
+static int epfd = -1, pipe_seen;
+static int pipefd[2];
 
 static int wait_in(struct pollfd *pfd)
 {
+	while (epfd >= 0) {
+		struct epoll_event ev[4];
+		int i, k = epoll_wait(epfd, ev, 4, 10000);
+
+		pfd->revents = 0;
+		if (k <= 0)
+			return k;
+		for (i = 0; i < k; i++) {
+			if (ev[i].data.u64 == 1 && (ev[i].events & EPOLLIN))
+				pfd->revents = POLLIN;
+			if (ev[i].data.u64 == 2) {
+				char c;
+
+				if (read(pipefd[0], &c, 1) == 1)
+					pipe_seen++;
+			}
+		}
+		/* Only the pipe: wait again for frames. */
+		if (pfd->revents)
+			return k;
+	}
 	if (use_select) {
 		fd_set r;
 		struct timeval tv = { .tv_sec = 10 };
@@ -312,6 +339,27 @@ int main(int argc, char **argv)
 	if (!strcmp(argv[1], "txppoll")) {
 		use_ppoll = 1;
 		argv[1] = "tx";
+	}
+	if (!strcmp(argv[1], "rxepoll")) {
+		struct epoll_event ev = { .events = EPOLLIN };
+		int rc;
+
+		if (reg_legacy(&p, argv[2]) < 0) {
+			perror("register");
+			return 1;
+		}
+		epfd = epoll_create1(0);
+		if (pipe(pipefd) < 0 || write(pipefd[1], "x", 1) != 1)
+			return 1;
+		ev.data.u64 = 1;
+		if (epoll_ctl(epfd, EPOLL_CTL_ADD, p.fd, &ev) < 0)
+			return 1;
+		ev.data.u64 = 2;
+		if (epoll_ctl(epfd, EPOLL_CTL_ADD, pipefd[0], &ev) < 0)
+			return 1;
+		rc = rx(&p, atol(argv[3]));
+		printf("pipe seen %d\n", pipe_seen);
+		return rc || pipe_seen != 1;
 	}
 	if (!strcmp(argv[1], "rxselect")) {
 		int d;
