@@ -372,8 +372,12 @@ pub fn legacy_from_register(r: &NmreqRegister, l: &mut Nmreq) {
 /// The netmap files in each epoll instance: (descriptor, the events and
 /// data the program gave `epoll_ctl`). The kernel's epoll holds the other
 /// descriptors; netmap files are polled here, as netmap's poll.
-fn epolls() -> &'static Mutex<HashMap<i32, Vec<(i32, u32, u64)>>> {
-    static T: OnceLock<Mutex<HashMap<i32, Vec<(i32, u32, u64)>>>> = OnceLock::new();
+/// A netmap file in an epoll instance: descriptor, events, data.
+pub type EpollMember = (i32, u32, u64);
+type Epolls = Mutex<HashMap<i32, Vec<EpollMember>>>;
+
+fn epolls() -> &'static Epolls {
+    static T: OnceLock<Epolls> = OnceLock::new();
     T.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
@@ -396,7 +400,7 @@ pub fn epoll_set(epfd: i32, op: i32, fd: i32, events: u32, data: u64) -> Result<
 }
 
 /// The netmap files of epoll instance `epfd`.
-pub fn epoll_members(epfd: i32) -> Vec<(i32, u32, u64)> {
+pub fn epoll_members(epfd: i32) -> Vec<EpollMember> {
     let t = epolls().lock().unwrap_or_else(|e| e.into_inner());
     t.get(&epfd).cloned().unwrap_or_default()
 }
