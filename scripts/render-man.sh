@@ -16,3 +16,4 @@ mkdir -p docs
 render vale-ctl/vale-ctl.8 docs/vale-ctl.8.txt
 render valed/valed.8 docs/valed.8.txt
 render pkt-gen/pkt-gen.8 docs/pkt-gen.8.txt
+render compat/libvale_netmap.7 docs/libvale_netmap.7.txt

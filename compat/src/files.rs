@@ -123,14 +123,20 @@ pub fn remove(fd: i32) -> Option<Entry> {
 
 /// `to` is now a descriptor of `fd`'s netmap file too (dup): one file,
 /// one registration, as the kernel's file behind both descriptors.
-pub fn alias(fd: i32, to: i32) {
+///
+/// Returns `to`'s previous file if `to` was its last descriptor: the
+/// caller closes that registration, outside the table's lock (its own
+/// calls come back through the hooks).
+pub fn alias(fd: i32, to: i32) -> Option<Entry> {
     let mut t = table().write().unwrap_or_else(|e| e.into_inner());
-    if let Some(e) = t.get(&fd).cloned() {
-        t.insert(to, e);
-    } else {
-        t.remove(&to);
-    }
+    let old = match t.get(&fd).cloned() {
+        Some(e) => t.insert(to, e),
+        None => t.remove(&to),
+    };
     changed(&t);
+    let old = old?;
+    let last = !t.values().any(|o| Arc::ptr_eq(o, &old));
+    last.then_some(old)
 }
 
 /// Locks an entry (a panic in another thread does not make it unusable).
@@ -223,13 +229,14 @@ impl NmFile {
             return libc::POLLERR;
         };
         let mut rev = 0;
-        if events & libc::POLLOUT != 0 {
-            if p.txsync().is_err() {
-                return libc::POLLERR;
-            }
-            if (0..p.tx_rings()).any(|i| space(&p.tx_ring(i).ring) > 0) {
-                rev |= libc::POLLOUT;
-            }
+        // netmap's poll syncs TX on POLLIN too, unless the port was
+        // registered with NR_NO_TX_POLL.
+        let tx_too = p.register_info().nr_flags & NR_NO_TX_POLL == 0;
+        if (events & libc::POLLOUT != 0 || tx_too) && p.txsync().is_err() {
+            return libc::POLLERR;
+        }
+        if events & libc::POLLOUT != 0 && (0..p.tx_rings()).any(|i| space(&p.tx_ring(i).ring) > 0) {
+            rev |= libc::POLLOUT;
         }
         if events & libc::POLLIN != 0 {
             if p.rxsync().is_err() {

@@ -137,15 +137,102 @@ pub extern "C" fn close(fd: c_int) -> c_int {
 /// closed).
 fn dup_done(fd: c_int, to: c_int) -> c_int {
     if to >= 0 && files::any() {
-        if files::get(to).is_some() && files::get(fd).is_none() {
-            if let Some(e) = files::remove(to) {
-                drop(files::lock(&e).port.take());
-            }
-        } else {
-            files::alias(fd, to);
+        if let Some(old) = files::alias(fd, to) {
+            // `to` was the last descriptor of another netmap file, which
+            // the dup closed: its registration closes now.
+            drop(files::lock(&old).port.take());
         }
     }
     to
+}
+
+/// `fcntl(2)`: F_DUPFD and F_DUPFD_CLOEXEC of a netmap file give the same
+/// file, as dup does; everything else is the C library's.
+#[no_mangle]
+pub extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    let r = real::fcntl(fd, cmd, arg);
+    if r >= 0 && (cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC) && files::get(fd).is_some()
+    {
+        return dup_done(fd, r);
+    }
+    r
+}
+
+/// `fcntl64`, the same.
+#[no_mangle]
+pub extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    let r = real::fcntl64(fd, cmd, arg);
+    if r >= 0 && (cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC) && files::get(fd).is_some()
+    {
+        return dup_done(fd, r);
+    }
+    r
+}
+
+/// `__open_2`, what `open` becomes under _FORTIFY_SOURCE when the flags
+/// are not a constant.
+///
+/// # Safety
+/// As the C library's `__open_2`.
+#[no_mangle]
+pub unsafe extern "C" fn __open_2(path: *const c_char, flags: c_int) -> c_int {
+    // SAFETY: open's own contract.
+    if unsafe { is_dev_netmap(path) } {
+        return open_netmap(flags);
+    }
+    real::open_2(path, flags)
+}
+
+/// `__open64_2`, the same for open64.
+///
+/// # Safety
+/// As the C library's `__open64_2`.
+#[no_mangle]
+pub unsafe extern "C" fn __open64_2(path: *const c_char, flags: c_int) -> c_int {
+    // SAFETY: open's own contract.
+    if unsafe { is_dev_netmap(path) } {
+        return open_netmap(flags);
+    }
+    real::open64_2(path, flags)
+}
+
+/// `__poll_chk`, what `poll` becomes under _FORTIFY_SOURCE: the same,
+/// after the C library's check of the array's size.
+///
+/// # Safety
+/// As the C library's `__poll_chk`.
+#[no_mangle]
+pub unsafe extern "C" fn __poll_chk(
+    fds: *mut pollfd,
+    n: nfds_t,
+    timeout: c_int,
+    fdslen: size_t,
+) -> c_int {
+    if fdslen / std::mem::size_of::<pollfd>() < n as usize {
+        // The C library aborts here (a buffer overflow): so does its check.
+        return real::poll_chk(fds, n, timeout, fdslen);
+    }
+    // SAFETY: poll's own contract, the array checked.
+    unsafe { poll(fds, n, timeout) }
+}
+
+/// `__ppoll_chk`, the same for ppoll.
+///
+/// # Safety
+/// As the C library's `__ppoll_chk`.
+#[no_mangle]
+pub unsafe extern "C" fn __ppoll_chk(
+    fds: *mut pollfd,
+    n: nfds_t,
+    ts: *const libc::timespec,
+    mask: *const libc::sigset_t,
+    fdslen: size_t,
+) -> c_int {
+    if fdslen / std::mem::size_of::<pollfd>() < n as usize {
+        return real::ppoll_chk(fds, n, ts, mask, fdslen);
+    }
+    // SAFETY: ppoll's own contract, the array checked.
+    unsafe { ppoll(fds, n, ts, mask) }
 }
 
 /// `dup(2)`: the new descriptor is the same netmap file.

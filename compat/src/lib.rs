@@ -16,7 +16,8 @@
 //!
 //! `real` finds the C library's functions, `files` keeps the netmap files
 //! (safe Rust over the netmap crate's client), `hooks` holds the exported
-//! functions: the only code that reads the application's pointers.
+//! functions and `nmport` libnetmap's: the only code that reads the
+//! application's pointers.
 
 mod files;
 mod hooks;

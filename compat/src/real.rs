@@ -53,3 +53,9 @@ real!(mmap64, c"mmap64", (addr: *mut c_void, len: size_t, prot: c_int, flags: c_
 real!(epoll_ctl, c"epoll_ctl", (epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int);
 real!(epoll_wait, c"epoll_wait", (epfd: c_int, evs: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int);
 real!(epoll_pwait, c"epoll_pwait", (epfd: c_int, evs: *mut libc::epoll_event, max: c_int, timeout: c_int, mask: *const libc::sigset_t) -> c_int);
+real!(fcntl, c"fcntl", (fd: c_int, cmd: c_int, arg: c_ulong) -> c_int);
+real!(fcntl64, c"fcntl64", (fd: c_int, cmd: c_int, arg: c_ulong) -> c_int);
+real!(open_2, c"__open_2", (path: *const c_char, flags: c_int) -> c_int);
+real!(open64_2, c"__open64_2", (path: *const c_char, flags: c_int) -> c_int);
+real!(poll_chk, c"__poll_chk", (fds: *mut pollfd, n: nfds_t, timeout: c_int, fdslen: size_t) -> c_int);
+real!(ppoll_chk, c"__ppoll_chk", (fds: *mut pollfd, n: nfds_t, ts: *const libc::timespec, mask: *const libc::sigset_t, fdslen: size_t) -> c_int);

@@ -299,7 +299,27 @@ static int errors(const char *name)
 	CHECK("NIOCGINFO gives the region size", rc == 0 && info.nr_memsize == p.memsize);
 	rc = ioctl(p.fd, 0x1234, NULL);
 	CHECK("an unknown ioctl gives ENOTTY", rc < 0 && errno == ENOTTY);
-	close(p.fd);
+	{
+		struct port q;
+		char other[64];
+		int d;
+
+		/* dup2 onto another registered file closes that registration
+		 * and makes the descriptor this one's. */
+		snprintf(other, sizeof(other), "%s2", name);
+		if (reg_ctrl(&q, other) < 0) {
+			perror("register");
+			return 1;
+		}
+		rc = dup2(p.fd, q.fd);
+		CHECK("dup2 onto another netmap file", rc == q.fd && ioctl(q.fd, NIOCTXSYNC, NULL) == 0);
+		d = fcntl(p.fd, F_DUPFD_CLOEXEC, 0);
+		CHECK("F_DUPFD gives the same netmap file", d >= 0 && ioctl(d, NIOCRXSYNC, NULL) == 0);
+		close(p.fd);
+		CHECK("the file lives on in its other descriptors", ioctl(d, NIOCTXSYNC, NULL) == 0 && ioctl(q.fd, NIOCTXSYNC, NULL) == 0);
+		close(d);
+		close(q.fd);
+	}
 	return fails ? 1 : 0;
 }
 
