@@ -231,7 +231,7 @@ fn bad_requests_get_netmaps_error_codes() {
     assert!(out.status.success(), "{t}");
     assert_eq!(
         t.matches("\nok ").count() + usize::from(t.starts_with("ok ")),
-        12,
+        14,
         "{t}"
     );
 }

@@ -275,6 +275,14 @@ static int errors(const char *name)
 	CHECK("a bad name refused with EINVAL", rc < 0 && errno == EINVAL);
 	rc = ioctl(fd, NIOCTXSYNC, NULL);
 	CHECK("NIOCTXSYNC before REGISTER refused with ENXIO", rc < 0 && errno == ENXIO);
+	strncpy(h.nr_name, name, sizeof(h.nr_name) - 1);
+	r.nr_flags = NR_MONITOR_RX;
+	rc = ioctl(fd, NIOCCTRL, &h);
+	CHECK("a monitor (not served yet) refused with EOPNOTSUPP", rc < 0 && errno == EOPNOTSUPP);
+	r.nr_flags = 0;
+	r.nr_mem_id = 999;
+	rc = ioctl(fd, NIOCCTRL, &h);
+	CHECK("another port's memory (not served yet) refused with EOPNOTSUPP", rc < 0 && errno == EOPNOTSUPP);
 	close(fd);
 
 	if (reg_ctrl(&p, name) < 0) {

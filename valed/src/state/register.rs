@@ -72,6 +72,12 @@ impl Registry {
             spec.nr_ringid()
         };
         let flags = body.nr_flags | spec.nr_flags();
+        // Monitors (`/r`, `/t`, `/z`) and a port in another's memory
+        // (`@N`): not served yet. Refused, rather than registering a
+        // plain port the program would take for a monitor.
+        if flags & (NR_MONITOR_TX | NR_MONITOR_RX | NR_ZCOPY_MON) != 0 {
+            return err(req, libc::EOPNOTSUPP);
+        }
         if !matches!(mode, NR_REG_ALL_NIC | NR_REG_ONE_NIC) {
             return err(req, libc::EINVAL);
         }
@@ -105,6 +111,15 @@ impl Registry {
             }
         };
         let port = self.ports.get_mut(&key).expect("just found");
+        // A port in another port's memory (`@N`, vale-ctl -m): not served
+        // yet; asking for the port's own region is fine.
+        let want_mem = match spec.mem_id {
+            Some(m) => m.get(),
+            None => body.nr_mem_id,
+        };
+        if want_mem != 0 && want_mem != port.region.mem_id() {
+            return err(req, libc::EOPNOTSUPP);
+        }
         if port.regs.iter().any(|r| r.exclusive)
             || (flags & NR_EXCLUSIVE != 0 && !port.regs.is_empty())
         {
