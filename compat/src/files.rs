@@ -20,10 +20,36 @@ use netmap::ring;
 use netmap::sync::SyncError;
 
 /// One netmap file: a registration once REGISTER succeeded.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct NmFile {
     /// The registration.
     pub port: Option<NmPort>,
+    /// The process that opened it: a forked child shares the parent's
+    /// registration, and must not close it (drain, hang up valed's
+    /// connection) when it closes its copy of the descriptor or exits.
+    pid: u32,
+}
+
+impl Default for NmFile {
+    fn default() -> Self {
+        NmFile {
+            port: None,
+            pid: std::process::id(),
+        }
+    }
+}
+
+/// Closes a file's registration: drains what was published and hangs up,
+/// in the process that opened it; in a forked child, only forgets it (the
+/// parent's registration goes on).
+pub fn release(e: &Entry) {
+    let mut f = lock(e);
+    let port = f.port.take();
+    if f.pid == std::process::id() {
+        drop(port);
+    } else {
+        std::mem::forget(port);
+    }
 }
 
 /// A netmap file in the table.
@@ -76,7 +102,7 @@ extern "C" fn close_all() {
         all
     };
     for e in all {
-        drop(lock(&e).port.take());
+        release(&e);
     }
 }
 
@@ -419,4 +445,13 @@ pub fn epoll_forget(fd: i32) {
     for v in t.values_mut() {
         v.retain(|&(f, _, _)| f != fd);
     }
+}
+
+/// The netmap files among descriptors `first..=last`.
+pub fn fds_in(first: u32, last: u32) -> Vec<i32> {
+    let t = table().read().unwrap_or_else(|e| e.into_inner());
+    t.keys()
+        .copied()
+        .filter(|&fd| fd >= 0 && (first..=last).contains(&(fd as u32)))
+        .collect()
 }

@@ -126,10 +126,38 @@ pub extern "C" fn close(fd: c_int) -> c_int {
         files::epoll_forget(fd);
         if let Some(e) = files::remove(fd) {
             // Drains TX, then closes the control connection.
-            drop(files::lock(&e).port.take());
+            files::release(&e);
         }
     }
     real::close(fd)
+}
+
+/// `close_range(2)`: netmap files in the range close as with `close`.
+#[no_mangle]
+pub extern "C" fn close_range(first: libc::c_uint, last: libc::c_uint, flags: c_int) -> c_int {
+    if files::any() && flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 {
+        for fd in files::fds_in(first, last) {
+            files::epoll_forget(fd);
+            if let Some(e) = files::remove(fd) {
+                files::release(&e);
+            }
+        }
+    }
+    real::close_range(first, last, flags)
+}
+
+/// `closefrom(3)`.
+#[no_mangle]
+pub extern "C" fn closefrom(low: c_int) {
+    if files::any() && low >= 0 {
+        for fd in files::fds_in(low as libc::c_uint, libc::c_uint::MAX) {
+            files::epoll_forget(fd);
+            if let Some(e) = files::remove(fd) {
+                files::release(&e);
+            }
+        }
+    }
+    real::closefrom(low)
 }
 
 /// After a dup onto `to` succeeded: `to` stands for what `fd` stands for
@@ -137,10 +165,12 @@ pub extern "C" fn close(fd: c_int) -> c_int {
 /// closed).
 fn dup_done(fd: c_int, to: c_int) -> c_int {
     if to >= 0 && files::any() {
+        // Whatever `to` was in an epoll instance, the dup closed it.
+        files::epoll_forget(to);
         if let Some(old) = files::alias(fd, to) {
             // `to` was the last descriptor of another netmap file, which
             // the dup closed: its registration closes now.
-            drop(files::lock(&old).port.take());
+            files::release(&old);
         }
     }
     to
@@ -499,8 +529,13 @@ unsafe fn select_via_poll(
     x: *mut libc::fd_set,
     ms: c_int,
 ) -> c_int {
+    if n > libc::FD_SETSIZE as c_int {
+        // select cannot name such descriptors (glibc's fortified select
+        // aborts); with a netmap file in the sets, refuse.
+        return fail(libc::EINVAL);
+    }
     let mut fds = Vec::new();
-    for fd in 0..n.clamp(0, libc::FD_SETSIZE as c_int) {
+    for fd in 0..n.max(0) {
         let mut ev = 0;
         // SAFETY: the caller's sets.
         unsafe {
@@ -528,11 +563,15 @@ unsafe fn select_via_poll(
         return rc;
     }
     let mut count = 0;
-    // SAFETY: the caller's sets, cleared and refilled with what is ready.
+    // SAFETY: the caller's sets, cleared bit by bit below `n` (a set may
+    // be allocated for `n` descriptors only, not a whole fd_set) and
+    // refilled with what is ready.
     unsafe {
-        for s in [r, w, x] {
-            if !s.is_null() {
-                libc::FD_ZERO(s);
+        for fd in 0..n.max(0) {
+            for s in [r, w, x] {
+                if !s.is_null() {
+                    libc::FD_CLR(fd, s);
+                }
             }
         }
         for p in &fds {
@@ -582,7 +621,8 @@ pub unsafe extern "C" fn select(
     } else {
         // SAFETY: the caller's timeval.
         let t = unsafe { tv.read() };
-        (t.tv_sec * 1000 + (t.tv_usec + 999) / 1000).clamp(0, i64::from(i32::MAX)) as c_int
+        let ms = i128::from(t.tv_sec) * 1000 + (i128::from(t.tv_usec) + 999) / 1000;
+        ms.clamp(0, i128::from(i32::MAX)) as c_int
     };
     // SAFETY: select's own contract.
     unsafe { select_via_poll(n, r, w, x, ms) }
@@ -759,8 +799,10 @@ pub unsafe extern "C" fn poll(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_
             let ms = left.map_or(-1, |l| l.as_millis().clamp(1, i32::MAX as u128) as c_int);
             let r = real::poll(sleep.as_mut_ptr(), sleep.len() as nfds_t, ms);
             if r < 0 {
+                // SAFETY: errno is this thread's int.
+                let errno = unsafe { *libc::__errno_location() };
                 armed.iter().for_each(|e| files::lock(e).disarm());
-                return r;
+                return fail(errno);
             }
             // Empty the wake-ups that fired (non-blocking eventfds).
             for p in sleep[others.len()..].iter().step_by(2) {
@@ -880,6 +922,41 @@ unsafe fn epoll_wait_nm(
         events: libc::POLLIN,
         revents: 0,
     });
+    let deadline = (timeout >= 0).then(|| Instant::now() + Duration::from_millis(timeout as u64));
+    loop {
+        let left = match deadline {
+            None => -1,
+            Some(d) => d
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(i32::MAX as u128) as c_int,
+        };
+        // SAFETY: as this function's contract.
+        let n = unsafe { epoll_round(epfd, evs, max, &members, &mut pfds, left, mask) };
+        // The epoll descriptor woke the poll but another thread took its
+        // events: not a timeout yet.
+        if n != 0 || left == 0 {
+            return n;
+        }
+    }
+}
+
+/// One wait of `epoll_wait_nm`: 0 if nothing was ready.
+///
+/// # Safety
+/// As `epoll_wait_nm`.
+unsafe fn epoll_round(
+    epfd: c_int,
+    evs: *mut libc::epoll_event,
+    max: c_int,
+    members: &[files::EpollMember],
+    pfds: &mut [pollfd],
+    timeout: c_int,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    for p in pfds.iter_mut() {
+        p.revents = 0;
+    }
     // SAFETY: our own array; the mask is the caller's.
     let r = unsafe {
         with_mask(mask, || {
@@ -890,7 +967,7 @@ unsafe fn epoll_wait_nm(
         return r;
     }
     let mut out: Vec<libc::epoll_event> = Vec::new();
-    for (p, &(_, _, data)) in pfds.iter().zip(&members) {
+    for (p, &(_, _, data)) in pfds.iter().zip(members) {
         let mut e = 0u32;
         if p.revents & libc::POLLIN != 0 {
             e |= libc::EPOLLIN as u32;

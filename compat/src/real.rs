@@ -59,3 +59,15 @@ real!(open_2, c"__open_2", (path: *const c_char, flags: c_int) -> c_int);
 real!(open64_2, c"__open64_2", (path: *const c_char, flags: c_int) -> c_int);
 real!(poll_chk, c"__poll_chk", (fds: *mut pollfd, n: nfds_t, timeout: c_int, fdslen: size_t) -> c_int);
 real!(ppoll_chk, c"__ppoll_chk", (fds: *mut pollfd, n: nfds_t, ts: *const libc::timespec, mask: *const libc::sigset_t, fdslen: size_t) -> c_int);
+real!(close_range, c"close_range", (first: libc::c_uint, last: libc::c_uint, flags: c_int) -> c_int);
+
+/// The C library's `closefrom` (it returns nothing).
+pub fn closefrom(low: c_int) {
+    type F = unsafe extern "C" fn(c_int);
+    static P: OnceLock<usize> = OnceLock::new();
+    let p = *P.get_or_init(|| next(c"closefrom").map_or(0, |p| p as usize));
+    if p != 0 {
+        // SAFETY: the C library's closefrom, of this prototype.
+        unsafe { std::mem::transmute::<usize, F>(p)(low) }
+    }
+}

@@ -22,6 +22,7 @@
 //!   every frame fits one netmap buffer.
 
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -341,6 +342,18 @@ impl LaneState {
             Err(e) => {
                 tracing::warn!("virtio TX ring: {e}");
                 self.txk.reset(csb, Some(view));
+                // netmap's reset gives the user everything from hwcur; the
+                // slots posted and not yet used, [hwcur, tx_next), are
+                // still the device's: the user's window starts after them.
+                let n = self.txk.num_slots();
+                if within(self.txk.nr_hwcur, self.tx_next, self.txk.nr_hwtail, n) {
+                    self.txk.rhead = self.tx_next;
+                    self.txk.rcur = self.tx_next;
+                    csb.cur.store(self.tx_next, Ordering::Relaxed);
+                    csb.head.store(self.tx_next, Ordering::Release);
+                    view.set_head(self.tx_next);
+                    view.set_cur(self.tx_next);
+                }
                 self.txk.rhead
             }
         };
@@ -433,6 +446,9 @@ impl LaneState {
                 i = start;
                 break;
             }
+            // A frame needing more chains' descriptors than the queue has
+            // could never be posted: refused, not waited for.
+            bad |= slots as u32 > self.pairs;
             let payload = self.scratch.len() - usize::from(self.sep_hdr);
             if bad || payload == 0 {
                 self.stats.tx_bad += 1;

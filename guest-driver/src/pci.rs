@@ -214,6 +214,9 @@ impl Config {
 struct PciTransport {
     common: Arc<Bar>,
     common_off: usize,
+    /// The memory the device addresses: leaked, never freed, if the
+    /// device does not acknowledge its reset (it may still write there).
+    keep: Option<(Arc<netmap::region::Region>, Arc<SharedMap>)>,
     _claim: Claim,
 }
 
@@ -234,8 +237,12 @@ impl Drop for PciTransport {
             .read8(self.common_off + DEVICE_STATUS)
             .unwrap_or(0)
             != 0
-            && t0.elapsed() < Duration::from_secs(1)
         {
+            if t0.elapsed() > Duration::from_secs(1) {
+                tracing::error!("virtio PCI device did not reset: its memory is leaked, not freed");
+                std::mem::forget(self.keep.take());
+                return;
+            }
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -425,6 +432,7 @@ pub fn open(addr: PciAddr, mut cfg: DriverConfig) -> Result<VirtioRings, DriverE
     let transport = PciTransport {
         common: cbar.clone(),
         common_off: c,
+        keep: Some((mem.region.clone(), mem.queue_map.clone())),
         _claim: claim,
     };
     VirtioRings::start(

@@ -295,3 +295,42 @@ fn tx_slots_the_driver_refuses_come_back_unsent() {
         r.num_slots() - 2
     );
 }
+
+/// A TX ring reset (the application moved head backwards) leaves the
+/// slots in flight to the device: the application's window starts after
+/// them, so it cannot refill a buffer the device is still reading.
+#[test]
+fn a_tx_ring_reset_keeps_the_slots_in_flight() {
+    let (v, _, mut tx, _) = open(12, true);
+    let t = v.tx_ring(0).unwrap();
+    let r = t.ring;
+    let n = r.num_slots();
+    for i in 0..4 {
+        let mut s = r.slot(i);
+        s.len = 100;
+        s.flags = 0;
+        r.set_slot(i, s);
+    }
+    r.set_head(4);
+    r.set_cur(4);
+    v.txsync(0).unwrap();
+    let heads: Vec<u16> = std::iter::from_fn(|| tx.pop()).collect();
+    assert_eq!(heads.len(), 4);
+    // Backwards, behind what was published: netmap resets the ring.
+    r.set_head(2);
+    r.set_cur(2);
+    v.txsync(0).unwrap();
+    assert_eq!(
+        (r.head(), r.cur()),
+        (4, 4),
+        "the window starts after the slots in flight"
+    );
+    assert_eq!(ring::space(r.cur(), r.tail(), n), n - 5);
+    // The device returns them: the slots come back, nothing was lost.
+    for h in heads {
+        tx.push_used(u32::from(h), 0);
+    }
+    v.txsync(0).unwrap();
+    assert_eq!(ring::space(r.cur(), r.tail(), n), n - 1);
+    assert!(t.drained());
+}
