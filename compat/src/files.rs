@@ -23,7 +23,10 @@ use netmap::sync::SyncError;
 #[derive(Debug)]
 pub struct NmFile {
     /// The registration.
-    pub port: Option<NmPort>,
+    /// (Shared: a `poll` sleeping on its descriptors holds it, so a
+    /// concurrent `close` cannot free them, and their numbers be reused,
+    /// under the sleeper.)
+    pub port: Option<Arc<NmPort>>,
     /// The process that opened it: a forked child shares the parent's
     /// registration, and must not close it (drain, hang up valed's
     /// connection) when it closes its copy of the descriptor or exits.
@@ -215,7 +218,7 @@ impl NmFile {
         let port =
             NmPort::open_with(&socket_path(None), &name, *body).map_err(|e| port_errno(&e))?;
         *body = *port.register_info();
-        self.port = Some(port);
+        self.port = Some(Arc::new(port));
         Ok(())
     }
 
@@ -279,7 +282,7 @@ impl NmFile {
     /// re-checks: `Ok(None)` if a ring became ready meanwhile (nothing
     /// armed), else the descriptors to sleep on: the wake-up eventfd and
     /// the control connection (which hangs up if valed dies).
-    pub fn arm(&self, events: i16) -> Result<Option<(i32, i32)>, Errno> {
+    pub fn arm(&self, events: i16) -> Result<Option<(i32, i32, Arc<NmPort>)>, Errno> {
         use std::os::fd::AsRawFd;
         let p = self.port.as_ref().ok_or(libc::ENXIO)?;
         let mut rings = Vec::new();
@@ -295,7 +298,11 @@ impl NmFile {
                 return Ok(None);
             }
         }
-        Ok(Some((p.irq_fd().as_raw_fd(), p.conn_fd().as_raw_fd())))
+        Ok(Some((
+            p.irq_fd().as_raw_fd(),
+            p.conn_fd().as_raw_fd(),
+            p.clone(),
+        )))
     }
 
     /// Withdraws [`arm`](Self::arm)'s requests and empties the wake-up.

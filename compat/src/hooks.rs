@@ -768,12 +768,15 @@ pub unsafe extern "C" fn poll(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_
         // in one poll of the C library.
         let mut sleep: Vec<pollfd> = others.clone();
         let mut armed: Vec<&files::Entry> = Vec::new();
+        // The ports slept on, held until the sleep is over.
+        let mut held = Vec::new();
         let mut now_ready = false;
         for (p, e) in set.iter().zip(&nm) {
             let Some(e) = e else { continue };
             match files::lock(e).arm(p.events) {
-                Ok(Some((irq, conn))) => {
+                Ok(Some((irq, conn, port))) => {
                     armed.push(e);
+                    held.push(port);
                     sleep.push(pollfd {
                         fd: irq,
                         events: libc::POLLIN,
