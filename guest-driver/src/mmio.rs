@@ -1,27 +1,20 @@
 //! A PCI BAR mapped from sysfs (`resourceN`), read and written with
 //! volatile accesses of the width the register has: the device's
 //! registers, not memory. Every access is bounds-checked against the BAR
-//! and naturally aligned.
+//! and naturally aligned (netmap's `SharedMap` does both).
 
 use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::ptr::NonNull;
 use std::sync::Arc;
 
-/// One memory BAR, mapped.
-#[derive(Debug)]
-pub struct Bar {
-    ptr: NonNull<u8>,
-    len: usize,
-}
+use netmap::sys::SharedMap;
 
-// SAFETY: the mapping is device memory owned by this value; every access
-// is a volatile read or write of one register, which the device serialises.
-unsafe impl Send for Bar {}
-// SAFETY: as Send; no reference into the mapping is ever handed out.
-unsafe impl Sync for Bar {}
+/// One memory BAR, mapped: netmap's shared mapping, whose reads and writes
+/// of a `u8`, `u16` or `u32` are single volatile accesses of that width,
+/// bounds- and alignment-checked, as registers need.
+#[derive(Debug)]
+pub struct Bar(SharedMap);
 
 impl Bar {
     /// Maps the whole of `path` (a sysfs `resourceN` file of a memory BAR).
@@ -38,96 +31,47 @@ impl Bar {
                 ),
             ));
         }
-        // SAFETY: a fresh shared mapping of the BAR at an address the kernel
-        // picks aliases no Rust object; the fd is valid for the call and
-        // the mapping outlives closing it.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr =
-            NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned 0"))?;
-        Ok(Bar { ptr, len })
+        SharedMap::map(&f, len).map(Bar)
     }
 
     /// Length in bytes.
     pub fn len(&self) -> usize {
-        self.len
+        self.0.len()
     }
 
     /// Whether the BAR is empty (never: `map` refuses that).
     pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    fn at(&self, off: usize, width: usize) -> io::Result<*mut u8> {
-        match off.checked_add(width) {
-            Some(end) if end <= self.len && off % width == 0 => {
-                // SAFETY: `off + width` is inside the mapping (checked).
-                Ok(unsafe { self.ptr.as_ptr().add(off) })
-            }
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "register of {width} bytes at {off:#x} outside a BAR of {:#x}",
-                    self.len
-                ),
-            )),
-        }
+        self.0.is_empty()
     }
 
     /// Reads the 8-bit register at `off`.
     pub fn read8(&self, off: usize) -> io::Result<u8> {
-        let p = self.at(off, 1)?;
-        // SAFETY: `p` is inside the mapping; a volatile read of a register.
-        Ok(unsafe { p.read_volatile() })
+        self.0.read::<u8>(off)
     }
 
     /// Reads the little-endian 16-bit register at `off`.
     pub fn read16(&self, off: usize) -> io::Result<u16> {
-        let p = self.at(off, 2)?;
-        // SAFETY: inside the mapping, 2-byte aligned (checked).
-        Ok(u16::from_le(unsafe { p.cast::<u16>().read_volatile() }))
+        self.0.read::<u16>(off).map(u16::from_le)
     }
 
     /// Reads the little-endian 32-bit register at `off`.
     pub fn read32(&self, off: usize) -> io::Result<u32> {
-        let p = self.at(off, 4)?;
-        // SAFETY: inside the mapping, 4-byte aligned (checked).
-        Ok(u32::from_le(unsafe { p.cast::<u32>().read_volatile() }))
+        self.0.read::<u32>(off).map(u32::from_le)
     }
 
     /// Writes the 8-bit register at `off`.
     pub fn write8(&self, off: usize, v: u8) -> io::Result<()> {
-        let p = self.at(off, 1)?;
-        // SAFETY: inside the mapping; a volatile write of a register.
-        unsafe { p.write_volatile(v) };
-        Ok(())
+        self.0.write(off, v)
     }
 
     /// Writes the little-endian 16-bit register at `off`.
     pub fn write16(&self, off: usize, v: u16) -> io::Result<()> {
-        let p = self.at(off, 2)?;
-        // SAFETY: inside the mapping, 2-byte aligned (checked).
-        unsafe { p.cast::<u16>().write_volatile(v.to_le()) };
-        Ok(())
+        self.0.write(off, v.to_le())
     }
 
     /// Writes the little-endian 32-bit register at `off`.
     pub fn write32(&self, off: usize, v: u32) -> io::Result<()> {
-        let p = self.at(off, 4)?;
-        // SAFETY: inside the mapping, 4-byte aligned (checked).
-        unsafe { p.cast::<u32>().write_volatile(v.to_le()) };
-        Ok(())
+        self.0.write(off, v.to_le())
     }
 
     /// Writes a 64-bit register as two 32-bit halves, low first, as the
@@ -135,14 +79,6 @@ impl Bar {
     pub fn write64(&self, off: usize, v: u64) -> io::Result<()> {
         self.write32(off, v as u32)?;
         self.write32(off + 4, (v >> 32) as u32)
-    }
-}
-
-impl Drop for Bar {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `map`, unmapped once; no reference
-        // into it exists.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
 
@@ -157,7 +93,7 @@ pub struct Notify {
 impl Notify {
     /// The register at `off` of `bar` for queue `queue`, checked.
     pub fn new(bar: Arc<Bar>, off: usize, queue: u16) -> io::Result<Notify> {
-        bar.at(off, 2)?;
+        bar.0.check(off, 2, 2)?;
         Ok(Notify { bar, off, queue })
     }
 
