@@ -70,6 +70,32 @@ fn bench(c: &mut Criterion) {
             }
         }
     }
+    // The same unicast path with a copy monitor on each end (the
+    // sender's TX and the receiver's RX), which copies every frame twice
+    // more: what a capture costs the ports it watches.
+    for len in [60usize, 1514] {
+        let (sw, p0, mut src) = setup(2, len, true);
+        for (p, dirs) in [(p0, vale::MONITOR_TX), (p0 + 1, vale::MONITOR_RX)] {
+            let m: vale::SharedSink = std::sync::Arc::new(std::sync::Mutex::new(
+                vale::testing::NullSink::new(1024, 2048),
+            ));
+            sw.add_monitor(p, dirs, m).unwrap();
+        }
+        let mut sc = Scratch::default();
+        g.bench_function(
+            BenchmarkId::from_parameter(format!("{len}B/2ports/unicast/monitored")),
+            |b| {
+                b.iter_custom(|iters| {
+                    let t0 = Instant::now();
+                    let mut done = 0u64;
+                    while done < iters {
+                        done += sw.forward(p0, &mut src, &mut sc, 1).frames as u64;
+                    }
+                    t0.elapsed()
+                })
+            },
+        );
+    }
     g.finish();
 }
 

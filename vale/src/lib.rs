@@ -29,6 +29,6 @@ pub use port::{
     DROP_REASONS,
 };
 pub use switch::{
-    Forwarded, Scratch, SharedSink, Switch, SwitchError, BACKPRESSURE_HOLD, MAX_BATCH, MAX_FRAGS,
-    MAX_PORTS,
+    Forwarded, MonitorId, Scratch, SharedSink, Switch, SwitchError, BACKPRESSURE_HOLD, MAX_BATCH,
+    MAX_FRAGS, MAX_PORTS, MONITOR_RX, MONITOR_TX,
 };

@@ -65,7 +65,9 @@ pub enum SwitchError {
     },
 }
 
-/// One port as the switch holds it.
+/// One port as the switch holds it. Cloning shares its sink, counters
+/// and hold clock: a reconfigured slot is the same port.
+#[derive(Clone)]
 struct PortSlot {
     name: String,
     cfg: PortConfig,
@@ -75,6 +77,29 @@ struct PortSlot {
     /// it has not made room since (`hold_clock` + 1; 0: not holding).
     /// Shared across reconfigurations, like the counters.
     holding_since: Arc<AtomicU64>,
+    /// Monitors of this port (netmap's `/r`, `/t`): usually none, and
+    /// then the only cost to the port is testing this for emptiness once
+    /// per batch.
+    monitors: Vec<Monitor>,
+}
+
+/// Copy the frames a port sends (`NR_MONITOR_TX`, netmap's `/t`).
+pub const MONITOR_TX: u8 = 1;
+/// Copy the frames a port receives (`NR_MONITOR_RX`, netmap's `/r`).
+pub const MONITOR_RX: u8 = 2;
+
+/// Names one monitor among a switch's.
+pub type MonitorId = u64;
+
+/// A copy monitor: a sink that gets a copy of every frame crossing its
+/// port in the chosen directions, as the port's rings hold it (its vnet
+/// header included). It never holds the port: what does not fit is
+/// dropped.
+#[derive(Clone)]
+struct Monitor {
+    id: MonitorId,
+    dirs: u8,
+    sink: SharedSink,
 }
 
 /// Nanoseconds on a process-wide monotonic clock, read only on the path
@@ -187,6 +212,7 @@ pub struct Switch<L: Lookup = LearningBridge> {
     name: String,
     ports: RwLock<Vec<Option<Arc<PortSlot>>>>,
     lookup: Mutex<L>,
+    next_monitor: AtomicU64,
 }
 
 impl<L: Lookup> std::fmt::Debug for Switch<L> {
@@ -217,6 +243,7 @@ impl<L: Lookup> Switch<L> {
             name: name.to_string(),
             ports: RwLock::new(vec![None; MAX_PORTS]),
             lookup: Mutex::new(lookup),
+            next_monitor: AtomicU64::new(1),
         }
     }
 
@@ -265,6 +292,7 @@ impl<L: Lookup> Switch<L> {
             sink,
             counters: Arc::default(),
             holding_since: Arc::default(),
+            monitors: Vec::new(),
         }));
         Ok(i as PortId)
     }
@@ -279,6 +307,16 @@ impl<L: Lookup> Switch<L> {
                 len: cfg.vnet_hdr_len,
             });
         }
+        self.replace_slot(id, |old| PortSlot { cfg, ..old.clone() })
+    }
+
+    /// Replaces port `id`'s slot by `f` of it: batches already running
+    /// finish with the old one.
+    fn replace_slot(
+        &self,
+        id: PortId,
+        f: impl FnOnce(&PortSlot) -> PortSlot,
+    ) -> Result<(), SwitchError> {
         let mut ports = self.ports.write().unwrap_or_else(|e| e.into_inner());
         let Some(Some(old)) = ports.get(id as usize) else {
             return Err(SwitchError::NoPort {
@@ -286,15 +324,43 @@ impl<L: Lookup> Switch<L> {
                 port: id.to_string(),
             });
         };
-        let new = PortSlot {
-            name: old.name.clone(),
-            cfg,
-            sink: Arc::clone(&old.sink),
-            counters: Arc::clone(&old.counters),
-            holding_since: Arc::clone(&old.holding_since),
-        };
+        let new = f(old);
         ports[id as usize] = Some(Arc::new(new));
         Ok(())
+    }
+
+    /// Adds a copy monitor of port `id` for `dirs` ([`MONITOR_TX`],
+    /// [`MONITOR_RX`] or both): from the next batch on, `sink` gets a copy
+    /// of every frame the port sends (as fetched from it) or receives (as
+    /// pushed to it), dropped where the monitor has no room. The monitor
+    /// goes with [`remove_monitor`](Self::remove_monitor) or the port.
+    pub fn add_monitor(
+        &self,
+        id: PortId,
+        dirs: u8,
+        sink: SharedSink,
+    ) -> Result<MonitorId, SwitchError> {
+        let mid = self.next_monitor.fetch_add(1, Ordering::Relaxed);
+        self.replace_slot(id, |old| {
+            let mut new = old.clone();
+            new.monitors.push(Monitor {
+                id: mid,
+                dirs: dirs & (MONITOR_TX | MONITOR_RX),
+                sink,
+            });
+            new
+        })?;
+        Ok(mid)
+    }
+
+    /// Removes monitor `mid` of port `id` (nothing if either is gone).
+    /// Batches already running may still copy into it.
+    pub fn remove_monitor(&self, id: PortId, mid: MonitorId) {
+        let _ = self.replace_slot(id, |old| {
+            let mut new = old.clone();
+            new.monitors.retain(|m| m.id != mid);
+            new
+        });
     }
 
     /// Asks port `id`'s reader for a wake-up when it frees room (see
@@ -555,6 +621,8 @@ impl<L: Lookup> Switch<L> {
             };
             let (mut out, mut out_bytes, mut full, mut offload, mut bad, mut soft) =
                 (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+            // RX monitors get what the port got, as its rings hold it.
+            let mut mons = rx_monitors(&slot.monitors);
             for &fi in sc.lists[*p as usize]
                 .iter()
                 .take_while(|&&fi| (fi as usize) < limit)
@@ -574,6 +642,7 @@ impl<L: Lookup> Switch<L> {
                         &fr.vh,
                         &mut sc.soft,
                         &mut sc.soft_scratch,
+                        &mut mons,
                     ) {
                         Ok(r) => {
                             out += r.done;
@@ -593,6 +662,9 @@ impl<L: Lookup> Switch<L> {
                     Push::Done => {
                         out += 1;
                         out_bytes += (fr.len as usize - skip + hdr.len()) as u64;
+                        if !mons.is_empty() {
+                            tap(&mut mons, frags, skip, hdr);
+                        }
                     }
                     Push::Full => full += 1,
                     Push::BadSlot => bad += 1,
@@ -602,6 +674,11 @@ impl<L: Lookup> Switch<L> {
                 // Also after failures: a sink may hold what it reserved
                 // for the batch until it publishes.
                 sink.publish();
+            }
+            if out > 0 {
+                for m in mons.iter_mut() {
+                    m.publish();
+                }
             }
             copies += out as usize;
             PortCounters::add(&slot.counters.out_packets, out);
@@ -625,12 +702,56 @@ impl<L: Lookup> Switch<L> {
                 sp.counters.count_drop(r, 1);
             }
         }
+        if !sp.monitors.is_empty() {
+            tap_sent(&sp.monitors, done, &sc.frags);
+        }
         source.complete(limit);
         Forwarded {
             frames: limit,
             held: nframes - limit,
             copies,
             blocked_on,
+        }
+    }
+}
+
+/// Locks the RX monitors among `mons`, for one batch.
+fn rx_monitors(mons: &[Monitor]) -> Vec<MutexGuard<'_, dyn Sink + 'static>> {
+    mons.iter()
+        .filter(|m| m.dirs & MONITOR_RX != 0)
+        .map(|m| lock(&m.sink))
+        .collect()
+}
+
+/// Copies one frame into monitors; what does not fit is dropped. Out of
+/// line, so the loop of a port without monitors keeps only the test.
+#[cold]
+#[inline(never)]
+fn tap(mons: &mut [MutexGuard<'_, dyn Sink + 'static>], frags: &[Frag], skip: usize, hdr: &[u8]) {
+    for m in mons.iter_mut() {
+        let _ = m.push(frags, skip, hdr);
+    }
+}
+
+/// Copies the frames a port sent (the batch's first `frames`, as fetched
+/// from it) into its TX monitors. Frames whose slots were unreadable are
+/// not copied: there is nothing to copy.
+fn tap_sent(mons: &[Monitor], frames: &[Frame], frags: &[Frag]) {
+    for m in mons.iter().filter(|m| m.dirs & MONITOR_TX != 0) {
+        let mut sink = lock(&m.sink);
+        let mut pushed = false;
+        for fr in frames {
+            if matches!(
+                fr.drop,
+                Some(DropReason::BadSlot | DropReason::BadChain | DropReason::EmptyFrag)
+            ) {
+                continue;
+            }
+            let f = &frags[fr.first as usize..fr.first as usize + fr.nfrags as usize];
+            pushed |= sink.push(f, 0, &[]) == Push::Done;
+        }
+        if pushed {
+            sink.publish();
         }
     }
 }
@@ -663,6 +784,7 @@ fn soft_offload(
     vh: &[u8; 12],
     buf: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
+    mons: &mut [MutexGuard<'_, dyn Sink + 'static>],
 ) -> Result<SoftResult, offload::OffloadError> {
     let total: usize = frags.iter().map(|f| f.len() as usize).sum();
     buf.clear();
@@ -675,7 +797,7 @@ fn soft_offload(
     let zero = [0u8; 12];
     let out_hdr = &zero[..dst_hdr];
     let mut r = SoftResult::default();
-    let push = |sink: &mut dyn Sink, data: &[u8], r: &mut SoftResult| {
+    let mut push = |sink: &mut dyn Sink, data: &[u8], r: &mut SoftResult| {
         let mut parts = [Frag::bad(0); 2];
         let n = data.len().div_ceil(u16::MAX as usize).clamp(1, 2);
         for (i, c) in data.chunks(u16::MAX as usize).take(2).enumerate() {
@@ -686,6 +808,9 @@ fn soft_offload(
             Push::Done => {
                 r.done += 1;
                 r.bytes += (data.len() + dst_hdr) as u64;
+                for m in mons.iter_mut() {
+                    let _ = m.push(&parts[..n], 0, out_hdr);
+                }
             }
             Push::Full => r.full += 1,
             Push::BadSlot => r.bad += 1,

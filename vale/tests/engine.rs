@@ -398,3 +398,113 @@ fn offload_fuzz_corpus_replays() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/offload");
     netmap::testing::replay_corpus(&dir, 5, vale::testing::fuzz_offload);
 }
+
+fn monitor(b: &Bed, port: usize, dirs: u8, slots: usize) -> (MemSink, vale::MonitorId) {
+    let m = MemSink::new(slots, 2048);
+    let shared: vale::SharedSink = std::sync::Arc::new(std::sync::Mutex::new(m.clone()));
+    let id = b.sw.add_monitor(b.ids[port], dirs, shared).unwrap();
+    (m, id)
+}
+
+fn bytes(s: &MemSink) -> Vec<Vec<u8>> {
+    s.take().iter().map(MemFrame::bytes).collect()
+}
+
+#[test]
+fn monitors_copy_what_their_port_sends_and_receives_and_nothing_else() {
+    let mut b = bed(3, 64, &[]);
+    let (t, _) = monitor(&b, 1, vale::MONITOR_TX, 64);
+    let (r, _) = monitor(&b, 1, vale::MONITOR_RX, 64);
+    let (rt, rt_id) = monitor(&b, 1, vale::MONITOR_TX | vale::MONITOR_RX, 64);
+    // Port 1 sends a broadcast (learned), port 0 answers it by unicast,
+    // port 2 talks to port 0 (not port 1's traffic), port 0 floods.
+    let from1 = eth_frame(BCAST, mac(1), 60, 1);
+    let to1 = eth_frame(mac(1), mac(0), 200, 2);
+    let other = eth_frame(mac(0), mac(2), 300, 3);
+    let flood = eth_frame(BCAST, mac(0), 400, 4);
+    b.send(1, vec![MemFrame::new(from1.clone())], 0);
+    b.send(0, vec![MemFrame::new(to1.clone())], 0);
+    b.send(2, vec![MemFrame::new(other.clone())], 0);
+    b.send(0, vec![MemFrame::new(flood.clone())], 0);
+    assert_eq!(bytes(&t), vec![from1.clone()]);
+    assert_eq!(bytes(&r), vec![to1.clone(), flood.clone()]);
+    assert_eq!(bytes(&rt), vec![from1, to1, flood]);
+    // The monitored port got its frames as before.
+    assert_eq!(b.got(1).len(), 2);
+    // Removed: nothing more reaches it; the others still get theirs.
+    b.sw.remove_monitor(b.ids[1], rt_id);
+    let again = eth_frame(mac(1), mac(0), 90, 5);
+    b.send(0, vec![MemFrame::new(again.clone())], 0);
+    assert!(bytes(&rt).is_empty());
+    assert_eq!(bytes(&r), vec![again]);
+    // A monitor is not a port: no hairpin, no flood to it, the port list
+    // is unchanged.
+    assert_eq!(b.sw.ports().len(), 3);
+}
+
+#[test]
+fn a_full_monitor_drops_without_touching_its_port() {
+    let bp = PortConfig {
+        backpressure: true,
+        ..Default::default()
+    };
+    let mut b = bed(2, 64, &[PortConfig::default(), bp]);
+    b.send(1, vec![MemFrame::new(eth_frame(BCAST, mac(1), 60, 0))], 0);
+    b.got(0);
+    // A 4-slot monitor of the backpressure port, never read.
+    let (r, _) = monitor(&b, 1, vale::MONITOR_RX, 4);
+    let (t, _) = monitor(&b, 0, vale::MONITOR_TX, 4096);
+    let frames: Vec<Vec<u8>> = (0..500)
+        .map(|i| eth_frame(mac(1), mac(0), 60 + i % 900, i as u64))
+        .collect();
+    let mut src = MemSource::default();
+    frames
+        .iter()
+        .cloned()
+        .for_each(|f| src.push(MemFrame::new(f)));
+    let mut got = Vec::new();
+    let mut held = 0;
+    while src.pending() > 0 {
+        let fw = b.sw.forward(b.ids[0], &mut src, &mut b.sc, 1);
+        held += fw.held;
+        got.extend(b.got(1));
+    }
+    assert!(held > 0, "the port must have pushed back");
+    assert_eq!(got, frames, "the port misses nothing");
+    assert_eq!(b.sw.stats(b.ids[1]).unwrap().total_drops(), 0);
+    // The monitor kept what fit; a sender's held frames are copied to its
+    // TX monitor once, when they finally leave.
+    assert_eq!(bytes(&r), frames[..4].to_vec());
+    assert_eq!(bytes(&t), frames);
+}
+
+#[test]
+fn monitors_see_the_ports_own_vnet_headers() {
+    let h12 = PortConfig {
+        vnet_hdr_len: 12,
+        ..Default::default()
+    };
+    let mut b = bed(2, 64, &[h12, PortConfig::default()]);
+    let (t0, _) = monitor(&b, 0, vale::MONITOR_TX, 64);
+    let (r0, _) = monitor(&b, 0, vale::MONITOR_RX, 64);
+    let (r1, _) = monitor(&b, 1, vale::MONITOR_RX, 64);
+    let eth = eth_frame(BCAST, mac(0), 100, 0);
+    let mut with_hdr = vec![0u8; 12];
+    with_hdr[2] = 0x55;
+    with_hdr.extend_from_slice(&eth);
+    b.send(0, vec![MemFrame::new(with_hdr.clone())], 0);
+    assert_eq!(bytes(&t0), vec![with_hdr], "as the sender's slots hold it");
+    assert_eq!(bytes(&r1), vec![eth.clone()], "as the reader gets it");
+    let back = eth_frame(mac(0), mac(1), 80, 1);
+    b.send(1, vec![MemFrame::new(back.clone())], 0);
+    let mut want = vec![0u8; 12];
+    want.extend_from_slice(&back);
+    assert_eq!(bytes(&r0), vec![want]);
+}
+
+#[test]
+fn a_monitor_of_a_missing_port_is_refused() {
+    let b = bed(1, 8, &[]);
+    let m: vale::SharedSink = std::sync::Arc::new(std::sync::Mutex::new(MemSink::new(8, 2048)));
+    assert!(b.sw.add_monitor(7, vale::MONITOR_RX, m).is_err());
+}

@@ -417,3 +417,103 @@ fn txseq_to_rxseq_over_a_pipe_is_exact() {
         "{s:?}"
     );
 }
+
+/// Copy monitors (`/t`, `/r`, `/rt`) of two ports see exactly what the
+/// ports send and receive, in order, chains included; the monitored ports
+/// lose nothing; a monitor asks for its ring size like any registration.
+#[test]
+fn monitors_see_exactly_what_ports_send_and_receive() {
+    let v = start("monitor");
+    let n = 3000u64; // fits a 4096-slot monitor ring even if never read
+    let ns = n.to_string();
+    let stop = leak_flag();
+    let a = v.persistent("vale0", "ma", 1, 0);
+    let b = v.persistent("vale0", "mb", 1, 256);
+    let bp = ValePortConfig {
+        flags: VALE_PORT_BACKPRESSURE,
+        set: VALE_SET_FLAGS,
+        ..Default::default()
+    };
+    let c = CtrlConn::connect(&v.sock).unwrap();
+    let (r, _) = c
+        .call(&Request::new(VALE_REQ_PORT_CONFIG, &b, &bp).unwrap())
+        .unwrap();
+    assert_eq!(r.error, 0, "backpressure on {b}");
+    let rx = spawn(v.cfg(&["-i", &b, "-f", "rxseq", "-n", &ns]), stop);
+    let mons: Vec<_> = [
+        format!("{a}/t@conf:rx-slots=4096"),
+        format!("{b}/r@conf:rx-slots=4096"),
+        format!("{b}/rt@conf:rx-slots=4096"),
+    ]
+    .into_iter()
+    .map(|m| spawn(v.cfg(&["-i", &m, "-f", "rxseq", "-n", &ns]), stop))
+    .collect();
+    // A monitor of what `a` receives sees nothing: nothing is sent to it.
+    let quiet = v.open(&format!("{a}/r")).expect("monitor of a's RX");
+    let tx = pkt_gen::run::run(
+        &v.cfg(&[
+            "-i",
+            &a,
+            "-f",
+            "txseq",
+            "-n",
+            &ns,
+            "-l",
+            "3000",
+            "-S",
+            "02:00:00:00:00:0b",
+        ]),
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert!(tx.ok(), "{tx:?}");
+    for (i, h) in std::iter::once(rx).chain(mons).enumerate() {
+        let t0 = Instant::now();
+        while !h.is_finished() {
+            if t0.elapsed() > Duration::from_secs(60) {
+                stop.store(true, Ordering::Relaxed);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let r = h.join().unwrap();
+        let s = r.seq.clone().expect("rxseq report");
+        assert!(r.ok(), "reader {i}: {:?}", s.errors);
+        assert_eq!(s.frames, n, "reader {i}");
+        assert_eq!((s.gaps, s.lost, s.error_count()), (0, 0, 0), "{i}: {s:?}");
+        assert_eq!(r.ctrs.bytes, n * 3000, "reader {i}");
+    }
+    quiet.rxsync().unwrap();
+    let rx0 = quiet.rx_ring(0);
+    assert_eq!(
+        rx0.ring.tail(),
+        rx0.ring.head(),
+        "a/r got frames a never received"
+    );
+    assert_eq!(
+        quiet.register_info().nr_rx_slots,
+        1024,
+        "the port's ring size by default"
+    );
+    assert_eq!(v.drops(&b), 0);
+    assert_eq!(v.stat(&b, "out_packets"), n);
+}
+
+/// What a monitor may not be: of a port not on a switch (EINVAL, as
+/// netmap's "not in netmap mode"), zero-copy (not served), TX rings only.
+#[test]
+fn bad_monitor_registrations_are_refused() {
+    let v = start("monitor-bad");
+    let errno = |name: &str| match v.open(name) {
+        Ok(_) => 0,
+        Err(netmap::port::PortError::Refused { source, .. }) => source.raw_os_error().unwrap(),
+        Err(e) => panic!("{name}: {e}"),
+    };
+    assert_eq!(errno("vale0:nobody/r"), libc::EINVAL);
+    let _p = v.open("vale0:mp").unwrap();
+    assert_eq!(errno("vale0:mp/z"), libc::EOPNOTSUPP);
+    assert_eq!(errno("vale0:mp/rT"), libc::EINVAL);
+    assert_eq!(errno("vale0:mp-3/r"), libc::EINVAL);
+    assert_eq!(errno("vale0:mp/t"), 0);
+    // The monitor made no port.
+    assert!(v.list().iter().all(|l| !l.contains('/')), "{:?}", v.list());
+}

@@ -231,7 +231,7 @@ fn bad_requests_get_netmaps_error_codes() {
     assert!(out.status.success(), "{t}");
     assert_eq!(
         t.matches("\nok ").count() + usize::from(t.starts_with("ok ")),
-        14,
+        15,
         "{t}"
     );
 }
@@ -342,6 +342,61 @@ fn a_c_program_exchanges_frames_with_pkt_gen() {
         out.status.success() && t.contains("received 5000 bad 0") && t.contains("pipe seen 1"),
         "{t}"
     );
+
+    // A capture program: the C receiver on a copy monitor (`/r`) of a
+    // port pkt-gen receives on, both getting every frame. The port's
+    // 4096-slot ring, which the monitor takes, holds all of them.
+    let c = CtrlConn::connect(&v.sock).unwrap();
+    let nif = NmreqValeNewif {
+        nr_rx_slots: 4096,
+        ..Default::default()
+    };
+    let (r, _) = c
+        .call(&Request::new(NETMAP_REQ_VALE_NEWIF, "cm", &nif).unwrap())
+        .unwrap();
+    assert_eq!(r.error, 0);
+    let (r, _) = c
+        .call(
+            &Request::new(
+                NETMAP_REQ_VALE_ATTACH,
+                "vale7:cm",
+                &NmreqValeAttach::default(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(r.error, 0);
+    let prx = spawn(
+        pktgen_cfg(&v.sock, &["-i", "vale7:cm", "-f", "rx", "-n", "3000"]),
+        leak_flag(),
+    );
+    let mon = std::thread::spawn({
+        let v_sock = v.sock.clone();
+        move || {
+            Command::new("timeout")
+                .arg("60")
+                .arg(nmapp())
+                .args(["rx", "vale7:cm/r", "3000"])
+                .env("LD_PRELOAD", preload())
+                .env("VALE_SOCKET", v_sock)
+                .output()
+                .expect("run nmapp rx on a monitor")
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let tx = pkt_gen::run::run(
+        &pktgen_cfg(&v.sock, &["-i", "vale7:tm", "-f", "tx", "-n", "3000"]),
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert!(tx.ok(), "{tx:?}");
+    let out = mon.join().unwrap();
+    let t = text(&out);
+    assert!(
+        out.status.success() && t.contains("received 3000 bad 0"),
+        "{t}"
+    );
+    assert_eq!(prx.join().unwrap().ctrs.pkts, 3000);
 
     // A child forked after registering sends on the parent's registration.
     let pc = port(&v, "vale3", "pc");

@@ -633,3 +633,30 @@ fn send_many_fds(sock: &std::os::fd::OwnedFd, msg: &[u8], fds: &[i32]) {
         );
     }
 }
+
+/// A monitor sees all of a port's traffic: only the port's owner (or
+/// root) may attach one. Another uid's monitor is refused whether the
+/// port is root's, the other tenant's, or a persistent one.
+#[test]
+fn a_tenant_cannot_monitor_another_uids_port() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    const OTHER: u32 = 1; // Debian's `daemon`
+    let s = setup("sec-monitor", &[]);
+    let _root = s.v.open("vale0:rootport").unwrap();
+    for m in ["vale0:rootport/r", "vale0:rootport/t", "vale0:rootport/rt"] {
+        assert_eq!(register_as_tenant(&s.v.sock, m, 0), libc::EPERM, "{m}");
+    }
+    // The tenant's own persistent port: its monitor is fine, another
+    // tenant's is not; root's is.
+    assert_eq!(tenant_run(&s.v.sock, "tp", "vale0", "newif-attach"), 0);
+    assert_eq!(register_as_tenant(&s.v.sock, "vale0:tp/rt", 0), 0);
+    assert_eq!(
+        tenant_run_as(OTHER, &s.v.sock, "vale0:tp/r", "0", "register"),
+        libc::EPERM
+    );
+    assert!(s.v.open("vale0:tp/r").is_ok());
+}

@@ -278,7 +278,10 @@ static int errors(const char *name)
 	strncpy(h.nr_name, name, sizeof(h.nr_name) - 1);
 	r.nr_flags = NR_MONITOR_RX;
 	rc = ioctl(fd, NIOCCTRL, &h);
-	CHECK("a monitor (not served yet) refused with EOPNOTSUPP", rc < 0 && errno == EOPNOTSUPP);
+	CHECK("a monitor of a port not in netmap mode refused with EINVAL", rc < 0 && errno == EINVAL);
+	r.nr_flags = NR_ZCOPY_MON;
+	rc = ioctl(fd, NIOCCTRL, &h);
+	CHECK("a zero-copy monitor (not served) refused with EOPNOTSUPP", rc < 0 && errno == EOPNOTSUPP);
 	r.nr_flags = 0;
 	r.nr_mem_id = 999;
 	rc = ioctl(fd, NIOCCTRL, &h);

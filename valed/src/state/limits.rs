@@ -242,7 +242,12 @@ impl Registry {
             .values()
             .filter(|p| p.owner == uid)
             .map(|p| p.region.memsize() as u64);
-        ports.chain(pipes).sum()
+        let monitors = self
+            .monitors
+            .values()
+            .filter(|m| m.owner() == uid)
+            .map(|m| m.memsize());
+        ports.chain(pipes).chain(monitors).sum()
     }
 
     /// `more` bytes of region for `uid`.

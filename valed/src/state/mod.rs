@@ -27,6 +27,7 @@ use crate::fwd::{Forwarder, Path, Unit};
 use crate::vhost::{Relay, VhostPort, VhostSpec};
 
 mod limits;
+mod monitors;
 mod nics;
 mod pipes;
 mod ports;
@@ -99,6 +100,8 @@ pub struct Registration {
     fwd: usize,
     /// For a pipe end: which end (0 master, 1 slave).
     pipe_end: Option<usize>,
+    /// A monitor (its record is in `Registry::monitors`).
+    monitor: bool,
 }
 
 /// A registration's CSB, kick and irq eventfds, and the descriptors sent
@@ -218,6 +221,8 @@ pub struct Registry {
     vhost: BTreeMap<String, VhostPort>,
     /// NIC ports by interface name.
     nics: BTreeMap<String, nics::NicPort>,
+    /// Monitor registrations by connection id.
+    monitors: BTreeMap<u64, monitors::MonitorRec>,
     next_unit: u64,
     /// Where vhost-user ports are saved, to come back after a restart.
     pub state_file: Option<std::path::PathBuf>,
@@ -271,6 +276,7 @@ impl Registry {
             next_pipe: 0,
             vhost: BTreeMap::new(),
             nics: BTreeMap::new(),
+            monitors: BTreeMap::new(),
             next_unit: 1 << 62,
             state_file: None,
             vhost_dir: std::path::PathBuf::from("/run/vale/vhost"),

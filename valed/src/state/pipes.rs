@@ -224,6 +224,7 @@ impl Registry {
             nifp,
             fwd: pipe.fwd,
             pipe_end: Some(end),
+            monitor: false,
         });
         info!(pipe = key, end, conn = conn.id, "pipe end registered");
         let mut r = req.clone();

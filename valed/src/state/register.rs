@@ -72,11 +72,15 @@ impl Registry {
             spec.nr_ringid()
         };
         let flags = body.nr_flags | spec.nr_flags();
-        // Monitors (`/r`, `/t`, `/z`) and a port in another's memory
-        // (`@N`): not served yet. Refused, rather than registering a
-        // plain port the program would take for a monitor.
-        if flags & (NR_MONITOR_TX | NR_MONITOR_RX | NR_ZCOPY_MON) != 0 {
+        // Zero-copy monitors (`/z`) need the monitor's rings in the
+        // monitored port's region: not served. Refused, rather than
+        // registering something the program would take for one.
+        if flags & NR_ZCOPY_MON != 0 {
             return err(req, libc::EOPNOTSUPP);
+        }
+        if flags & (NR_MONITOR_TX | NR_MONITOR_RX) != 0 {
+            body.nr_rx_slots = body.nr_rx_slots.max(spec.conf.rx_slots);
+            return self.register_monitor(conn, req, body, &switch, &pname, mode, ringid, flags);
         }
         if !matches!(mode, NR_REG_ALL_NIC | NR_REG_ONE_NIC) {
             return err(req, libc::EINVAL);
@@ -298,6 +302,7 @@ impl Registry {
             nifp,
             fwd,
             pipe_end: None,
+            monitor: false,
         });
         info!(port = key, conn = conn.id, uid = conn.uid, "registered");
         let mut r = req.clone();
@@ -310,6 +315,10 @@ impl Registry {
     /// away with its last client.
     pub fn unregister(&mut self, conn: &mut Conn) {
         let Some(reg) = conn.reg.take() else { return };
+        if reg.monitor {
+            self.unregister_monitor(conn.id);
+            return;
+        }
         if let Some(end) = reg.pipe_end {
             self.unregister_pipe(conn.id, &reg, end);
             return;

@@ -241,7 +241,12 @@ impl Registry {
 
     /// Where port `name` (`valeX:p`, a client or a VM port) is attached,
     /// checked for `conn` to change it when `set`.
-    fn configurable(&self, conn: &Conn, name: &str, set: bool) -> Result<(String, PortId), Errno> {
+    pub(super) fn configurable(
+        &self,
+        conn: &Conn,
+        name: &str,
+        set: bool,
+    ) -> Result<(String, PortId), Errno> {
         if let Ok(key) = self.vale_key(name) {
             if set {
                 self.owned(conn, &key)?;
