@@ -22,7 +22,9 @@ use std::os::unix::net::UnixListener;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 
 use crate::conn::Conn;
-use crate::queue::{Binding, QueueCtl, QueueStats, RxQueue, RxSet, TxQueue, VringSlot};
+use crate::queue::{
+    Announcement, Binding, QueueCtl, QueueStats, RxQueue, RxSet, TxQueue, VringSlot,
+};
 use crate::vhost_user::{Device, Session};
 
 pub use crate::types::{features, rx_offloads};
@@ -148,6 +150,8 @@ struct DevInner {
     stats: Arc<QueueStats>,
     hook: Mutex<Arc<dyn KickHook>>,
     rx_wake: Arc<EventFd>,
+    /// SEND_RARP's MAC, for pair 0's TX queue to send.
+    announce: Arc<Announcement>,
     connected: AtomicBool,
     connections: AtomicU64,
     diag: Diag,
@@ -185,6 +189,7 @@ impl NetDevice {
             stats: Arc::default(),
             hook: Mutex::new(Arc::new(NoHook)),
             rx_wake: Arc::new(EventFd::new()?),
+            announce: Arc::default(),
             connected: AtomicBool::new(false),
             connections: AtomicU64::new(0),
             diag: Diag::default(),
@@ -211,8 +216,10 @@ impl Device for NetDevice {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        let mut p =
-            VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        let mut p = VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::LOG_SHMFD
+            | VhostUserProtocolFeatures::RARP;
         if self.0.cfg.queue_pairs > 1 {
             p |= VhostUserProtocolFeatures::MQ;
         }
@@ -261,6 +268,19 @@ impl Device for NetDevice {
 
     fn refused(&self, what: &str) {
         self.0.diag.error(&self.0.cfg.name, what);
+    }
+
+    fn announce(&self, mac: [u8; 6]) {
+        tracing::info!(
+            port = self.0.cfg.name,
+            mac = format_args!(
+                "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
+            ),
+            "announcing the guest (SEND_RARP)"
+        );
+        self.0.announce.post(mac);
+        self.hook().tx_kick(0);
     }
 }
 
@@ -443,12 +463,17 @@ impl NetPort {
     /// may own it.
     pub fn tx_queue(&self, pair: u16) -> TxQueue {
         let q = 2 * pair as usize + 1;
-        TxQueue::new(
+        let t = TxQueue::new(
             self.dev.0.slots[q].clone(),
             self.dev.0.ctls[q].clone(),
             self.dev.0.stats.clone(),
         )
-        .with_batch(self.dev.0.cfg.batch as usize)
+        .with_batch(self.dev.0.cfg.batch as usize);
+        if pair == 0 {
+            t.with_announce(self.dev.0.announce.clone())
+        } else {
+            t
+        }
     }
 
     /// The sink over all RX queues.

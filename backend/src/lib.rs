@@ -10,7 +10,8 @@
 //! [`device`] is the port's life around it.
 //!
 //! Modules import downwards only, in this order from the leaf up:
-//! `types` (guest memory, feature bits, errors); `vring` (a queue's
+//! `types` (guest memory, feature bits, errors) and [`dirty`] (a
+//! migration's dirty log); `vring` (a queue's
 //! shared state and its rings in guest memory); `chain` (descriptor
 //! chains to fragments and buffers); [`queue`] (the queues as the
 //! engine's Source and Sink); `memory`, `conn`, [`socket`],
@@ -20,6 +21,7 @@
 mod chain;
 mod conn;
 pub mod device;
+pub mod dirty;
 mod memory;
 pub mod queue;
 mod sigbus;

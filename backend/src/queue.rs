@@ -26,6 +26,7 @@ use vale::{Arm, FrameCursor, Push, Sink, Source};
 use vm_memory::{GuestAddressSpace, GuestMemoryLoadGuard};
 
 use crate::chain::{rx_bufs, tx_frags};
+use crate::dirty::DirtyLog;
 use crate::types::ChainError;
 use crate::vring::{HostMap, Ring};
 
@@ -202,6 +203,27 @@ struct Live {
     /// The guest may kick: a new session starts so, and a sleeping
     /// forwarder asks for it. The next batch turns kicks off again.
     kicks_on: bool,
+    /// The migration's dirty log, while the driver logs, and the guest
+    /// address the used ring is logged at.
+    log: Option<Arc<DirtyLog>>,
+    log_used: u64,
+}
+
+impl Live {
+    /// Marks bytes `off..off + len` of the used ring dirty, while logging.
+    fn log_used(&self, off: u64, len: u64) {
+        if let Some(l) = &self.log {
+            l.mark(self.log_used.wrapping_add(off), len);
+        }
+    }
+
+    /// Marks the fields `set_notify` writes (used.flags, avail_event).
+    fn log_notify(&self) {
+        if self.log.is_some() {
+            self.log_used(0, 2);
+            self.log_used(4 + 8 * u64::from(self.size), 2);
+        }
+    }
 }
 
 impl Default for Live {
@@ -216,6 +238,8 @@ impl Default for Live {
             size: 256,
             call: None,
             kicks_on: true,
+            log: None,
+            log_used: 0,
         }
     }
 }
@@ -277,6 +301,8 @@ impl Owner {
             l.size = cfg.size;
             l.call = cfg.call.clone();
             l.kicks_on = true;
+            l.log = cfg.log.clone();
+            l.log_used = cfg.log_used.unwrap_or(cfg.used);
             l.running = cfg.running();
             l.ring = if l.running {
                 // SAFETY: the ring is used only within batches, each
@@ -301,6 +327,7 @@ impl Owner {
             // The forwarder polls while it has work: no kicks until it
             // sleeps again.
             ring.set_notify(false, l.next_avail);
+            l.log_notify();
             l.kicks_on = false;
         }
         Some(Batch { _guard: guard })
@@ -359,7 +386,22 @@ impl Owner {
             }
         }
         self.live.next_used = new;
-        new != old && ring.publish_used(old, new)
+        if new == old {
+            return false;
+        }
+        let notify = ring.publish_used(old, new);
+        if self.live.log.is_some() {
+            // The entries written (wrapping at most once: a batch returns
+            // at most a ring's worth), then the index.
+            let size = u64::from(ring.size());
+            let count = u64::from(new.wrapping_sub(old)).min(size);
+            let first = u64::from(old) % size;
+            let run = count.min(size - first);
+            self.live.log_used(4 + 8 * first, 8 * run);
+            self.live.log_used(4, 8 * (count - run));
+            self.live.log_used(2, 2);
+        }
+        notify
     }
 
     /// Chains the driver made available past `from` (None: the avail
@@ -369,6 +411,50 @@ impl Owner {
         let n = ring.avail_idx().wrapping_sub(from);
         (n <= ring.size()).then_some(n)
     }
+}
+
+/// Marks `len` bytes written at host address `host` (guest memory in
+/// `map`) in the dirty log.
+#[cold]
+fn log_buf(log: &DirtyLog, map: &HostMap, host: usize, len: usize) {
+    if let Some(gpa) = map.gpa_of(host) {
+        log.mark(gpa, len as u64);
+    }
+}
+
+/// A MAC address the port is to announce (SEND_RARP), waiting for its
+/// TX queue's next fetch.
+#[derive(Debug, Default)]
+pub struct Announcement(std::sync::Mutex<Option<[u8; 6]>>);
+
+impl Announcement {
+    /// Asks for `mac` to be announced (a later request replaces it).
+    pub fn post(&self, mac: [u8; 6]) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(mac);
+    }
+
+    fn take(&self) -> Option<[u8; 6]> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// A RARP request (RFC 903, op 3) from `mac` for itself, broadcast, behind
+/// a zero virtio-net header: what a VMM asks the backend to send for a
+/// guest that arrived by migration, so switches learn where it is now.
+pub fn rarp_frame(mac: [u8; 6]) -> [u8; VNET_HDR_LEN + 60] {
+    let mut f = [0u8; VNET_HDR_LEN + 60];
+    let e = &mut f[VNET_HDR_LEN..];
+    e[0..6].copy_from_slice(&[0xff; 6]);
+    e[6..12].copy_from_slice(&mac);
+    e[12..14].copy_from_slice(&0x8035u16.to_be_bytes());
+    e[14..16].copy_from_slice(&1u16.to_be_bytes()); // Ethernet
+    e[16..18].copy_from_slice(&0x0800u16.to_be_bytes()); // IPv4
+    e[18] = 6;
+    e[19] = 4;
+    e[20..22].copy_from_slice(&3u16.to_be_bytes()); // reverse request
+    e[22..28].copy_from_slice(&mac);
+    e[32..38].copy_from_slice(&mac);
+    f
 }
 
 /// A guest TX queue as a switch [`Source`].
@@ -384,6 +470,12 @@ pub struct TxQueue {
     errs: Vec<(usize, ChainError)>,
     /// Most chains one fetch takes.
     max_batch: usize,
+    /// Where SEND_RARP's announcements wait (pair 0's queue only).
+    announce: Option<Arc<Announcement>>,
+    /// The announcement frame of the open fetch, ahead of the guest's.
+    rarp: Box<[u8; VNET_HDR_LEN + 60]>,
+    /// The MAC it announces, if the open fetch has it.
+    announcing: Option<[u8; 6]>,
 }
 
 impl std::fmt::Debug for TxQueue {
@@ -404,7 +496,16 @@ impl TxQueue {
             heads: Vec::with_capacity(256),
             errs: Vec::new(),
             max_batch: vale::MAX_BATCH,
+            announce: None,
+            rarp: Box::new([0; VNET_HDR_LEN + 60]),
+            announcing: None,
         }
+    }
+
+    /// Sends the announcements posted in `a` ahead of the guest's frames.
+    pub fn with_announce(mut self, a: Arc<Announcement>) -> Self {
+        self.announce = Some(a);
+        self
     }
 
     /// Takes at most `n` chains (at least 1) per fetch.
@@ -419,7 +520,9 @@ impl TxQueue {
         self.own
             .with_ring(|ring, live| {
                 live.kicks_on = true;
-                ring.set_notify(true, live.next_avail)
+                let more = ring.set_notify(true, live.next_avail);
+                live.log_notify();
+                more
             })
             .unwrap_or(false)
     }
@@ -443,19 +546,30 @@ impl Source for TxQueue {
     fn fetch(&mut self, frags: &mut Vec<Frag>, max: usize) -> usize {
         self.heads.clear();
         self.errs.clear();
+        let mut extra = 0;
+        if let Some(mac) = self.announce.as_ref().and_then(|a| a.take()) {
+            *self.rarp = rarp_frame(mac);
+            // SAFETY: the frame is the queue's own heap buffer, left
+            // unchanged until `complete` (the Source contract's span).
+            frags.push(unsafe { Frag::new(self.rarp.as_ptr(), self.rarp.len() as u16, 0) });
+            self.announcing = Some(mac);
+            extra = 1;
+        }
         let Some(batch) = self.own.begin() else {
-            return 0;
+            return extra;
         };
         let start = self.own.live.next_avail;
         let (Some(ring), Some(pending)) = (self.own.live.ring, self.own.pending(start)) else {
             tracing::debug!("guest TX avail index more than a ring ahead");
             self.own.finish(batch, false);
-            return 0;
+            return extra;
         };
-        let n = (pending as usize).min(max).min(self.max_batch) as u16;
+        let n = (pending as usize)
+            .min(max.saturating_sub(extra))
+            .min(self.max_batch) as u16;
         if n == 0 {
             self.own.finish(batch, false);
-            return 0;
+            return extra;
         }
         // Heads first, their descriptors prefetched, then the walks: the
         // batch's descriptor misses overlap.
@@ -471,10 +585,21 @@ impl Source for TxQueue {
             }
         }
         self.batch = Some(batch);
-        n as usize
+        n as usize + extra
     }
 
     fn complete(&mut self, frames: usize) {
+        let frames = match self.announcing.take() {
+            Some(mac) if frames == 0 => {
+                // Held by a backpressure port: announce at the next fetch.
+                if let Some(a) = &self.announce {
+                    a.post(mac);
+                }
+                0
+            }
+            Some(_) => frames - 1,
+            None => frames,
+        };
         if let Some(batch) = self.batch.take() {
             let frames = frames.min(self.heads.len());
             for &(i, e) in self.errs.iter().take_while(|e| e.0 < frames) {
@@ -617,7 +742,9 @@ impl RxQueue {
         self.own
             .with_ring(|ring, live| {
                 live.kicks_on = true;
-                ring.set_notify(true, live.next_avail)
+                let more = ring.set_notify(true, live.next_avail);
+                live.log_notify();
+                more
             })
             .unwrap_or(false)
     }
@@ -765,6 +892,9 @@ impl Sink for RxQueue {
                     at += b.copy_from(at, f, skip, fl - skip);
                     skip = 0;
                 }
+                if let Some(log) = &self.own.live.log {
+                    log_buf(log, &self.own.map, self.bufs[first].addr(), at);
+                }
                 self.used.push((head, at as u32));
                 return Push::Done;
             }
@@ -804,7 +934,11 @@ impl Sink for RxQueue {
                 if cur.remaining() == 0 {
                     break;
                 }
-                written += cur.fill(b);
+                let n = cur.fill(b);
+                if let Some(log) = &self.own.live.log {
+                    log_buf(log, &self.own.map, b.addr(), n);
+                }
+                written += n;
             }
             self.used.push((c.head, written as u32));
         }

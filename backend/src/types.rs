@@ -52,9 +52,14 @@ pub mod features {
     /// virtio 1.0.
     pub const VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 
+    /// The driver logs the device's writes to guest memory (a live
+    /// migration; `VHOST_F_LOG_ALL`, a vhost bit the guest never sees).
+    pub const LOG_ALL: u64 = VhostUserVirtioFeatures::LOG_ALL.bits();
+
     /// What the port offers.
     pub const OFFERED: u64 = VERSION_1
         | PROTOCOL_FEATURES
+        | LOG_ALL
         | EVENT_IDX
         | INDIRECT_DESC
         | MRG_RXBUF

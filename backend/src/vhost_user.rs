@@ -38,13 +38,14 @@ use std::time::Duration;
 
 use netmap::sys::{Epoll, EventFd, PollFd, PollFlags};
 use vhost::vhost_user::message::{
-    FrontendReq, VhostUserMemory, VhostUserMemoryRegion, VhostUserProtocolFeatures,
+    FrontendReq, VhostUserLog, VhostUserMemory, VhostUserMemoryRegion, VhostUserProtocolFeatures,
     VhostUserSingleMemoryRegion, VhostUserVringAddr, VhostUserVringState,
 };
 use vm_memory::Bytes;
 use vm_memory::{GuestAddress, GuestAddressSpace};
 
 use crate::conn::{Conn, ConnError, Request};
+use crate::dirty::DirtyLog;
 use crate::memory::{MemError, MemTable, RegionSpec, MAX_REGIONS};
 use crate::types::GuestMem;
 use crate::vring::Vring;
@@ -53,6 +54,10 @@ use crate::vring::Vring;
 const F_PROTOCOL_FEATURES: u64 = 1 << 30;
 /// virtio feature bit: EVENT_IDX.
 const F_EVENT_IDX: u64 = 1 << 29;
+/// vhost feature bit: the driver logs the device's writes (migration).
+const F_LOG_ALL: u64 = crate::types::features::LOG_ALL;
+/// SET_VRING_ADDR flags: log the used ring at `log_guest_addr`.
+const VRING_F_LOG: u32 = 1;
 /// SET_VRING_KICK/CALL/ERR: no descriptor (the driver polls).
 const VRING_NOFD: u64 = 0x100;
 /// SET_VRING_KICK/CALL/ERR: the queue index bits.
@@ -77,6 +82,9 @@ pub trait Device {
     fn kick(&self, q: usize);
     /// A request was refused and the session goes on: for diagnostics.
     fn refused(&self, what: &str);
+    /// The VMM asks the port to announce `mac` (SEND_RARP: the guest just
+    /// arrived by migration and cannot announce itself).
+    fn announce(&self, mac: [u8; 6]);
 }
 
 /// Why a session ended.
@@ -108,6 +116,11 @@ pub enum SessionError {
     /// An OS call of ours failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// SET_LOG_BASE gave a log valed cannot use. Going on would let a
+    /// migration copy guest pages valed wrote to without knowing it: the
+    /// session ends, and with it the migration.
+    #[error("SET_LOG_BASE refused: {0}; session dropped (a migration without the log would corrupt the guest)")]
+    Log(String),
 }
 
 impl SessionError {
@@ -206,6 +219,8 @@ pub struct Session<'d, D: Device> {
     started: Vec<bool>,
     /// SET_FEATURES, once it came.
     acked: Option<u64>,
+    /// The dirty log SET_LOG_BASE gave; in use while LOG_ALL is acked.
+    log: Option<Arc<DirtyLog>>,
     epoll: Epoll,
 }
 
@@ -233,6 +248,7 @@ impl<'d, D: Device> Session<'d, D> {
             enable_req: vec![false; n],
             started: vec![false; n],
             acked: None,
+            log: None,
             epoll,
         })
     }
@@ -318,6 +334,11 @@ impl<'d, D: Device> Session<'d, D> {
             size = req.body.len(),
             "vhost-user"
         );
+        if req.req() == Some(FrontendReq::SET_LOG_BASE) {
+            // QEMU waits for this reply whether or not it asked for an ack.
+            self.set_log_base(req)?;
+            return Ok(self.conn.reply(code, &[])?);
+        }
         let r = self.dispatch(req)?;
         match r {
             Ok(Some(body)) => self.conn.reply(code, &body)?,
@@ -472,6 +493,12 @@ impl<'d, D: Device> Session<'d, D> {
                     Ok(None)
                 })
             }
+            FrontendReq::SEND_RARP => req.body_as::<u64>().map_err(m).map(|v| {
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(&v.to_le_bytes()[..6]);
+                self.dev.announce(mac);
+                None
+            }),
             other => Err(Refusal::Msg(format!(
                 "{other:?} is not supported by this port (its feature was not offered)"
             ))),
@@ -482,10 +509,59 @@ impl<'d, D: Device> Session<'d, D> {
     fn set_features(&mut self, f: u64) {
         self.acked = Some(f);
         self.dev.set_acked_features(f);
+        let log = self.log_in_use();
         for q in 0..self.vrings.len() {
-            self.vrings[q].configure(|c| c.event_idx = f & F_EVENT_IDX != 0);
+            self.vrings[q].configure(|c| {
+                c.event_idx = f & F_EVENT_IDX != 0;
+                c.log = log.clone();
+            });
             self.apply_enable(q);
         }
+    }
+
+    /// The log the data path marks: the one given, while LOG_ALL is acked.
+    fn log_in_use(&self) -> Option<Arc<DirtyLog>> {
+        match self.acked {
+            Some(f) if f & F_LOG_ALL != 0 => self.log.clone(),
+            _ => None,
+        }
+    }
+
+    /// SET_LOG_BASE: maps the log the VMM shares and hands it to the
+    /// queues if the driver logs. A log that does not cover the guest's
+    /// memory, or that could shrink under valed, ends the session.
+    fn set_log_base(&mut self, req: Request) -> Result<(), SessionError> {
+        let l: VhostUserLog = req.body_as().map_err(SessionError::Log)?;
+        let mut fds = req.fds;
+        if fds.len() != 1 {
+            return Err(SessionError::Log(format!(
+                "{} descriptors, expected the log's memfd (LOG_SHMFD)",
+                fds.len()
+            )));
+        }
+        let (size, offset) = (l.mmap_size, l.mmap_offset);
+        let log = DirtyLog::map(fds.swap_remove(0), size, offset)
+            .map_err(|e| SessionError::Log(e.to_string()))?;
+        let end = self
+            .mem
+            .specs()
+            .iter()
+            .map(|r| r.gpa.saturating_add(r.size))
+            .max()
+            .unwrap_or(0);
+        if log.covers() < end {
+            return Err(SessionError::Log(format!(
+                "a {size}-byte log covers guest memory up to {:#x}, the guest's ends at {end:#x}",
+                log.covers()
+            )));
+        }
+        tracing::info!(bytes = size, covers = log.covers(), "dirty log mapped");
+        self.log = Some(Arc::new(log));
+        let log = self.log_in_use();
+        for v in &self.vrings {
+            v.configure(|c| c.log = log.clone());
+        }
+        Ok(())
     }
 
     /// Runs queue q if it started and the driver wants it.
@@ -548,7 +624,26 @@ impl<'d, D: Device> Session<'d, D> {
             tr("available ring", a.available)?,
             tr("used ring", a.used)?,
         );
+        let log_used = (a.flags & VRING_F_LOG != 0).then_some(a.log);
         let v = &self.vrings[q];
+        if self.started[q] {
+            // A running queue gets SET_VRING_ADDR when the driver starts or
+            // stops logging (a migration): only the log address changes.
+            // The indexes are the forwarding thread's while the queue runs;
+            // reading the used index here could race its next publish.
+            let same = {
+                let c = v.config();
+                (c.desc, c.avail, c.used) == (d, av, u)
+            };
+            if !same {
+                return Err(Refusal::Msg(format!(
+                    "queue {q}: ring addresses changed while it runs (GET_VRING_BASE first)"
+                )));
+            }
+            v.configure(|c| c.log_used = log_used);
+            return Ok(None);
+        }
+        v.configure(|c| c.log_used = log_used);
         v.set_addresses(d, av, u)
             .map_err(|e| Refusal::Msg(format!("queue {q}: {e}")))?;
         // The used index is the device's: after a reconnect or a driver

@@ -29,6 +29,7 @@ use netmap::sys::EventFd;
 use virtio_bindings::virtio_ring;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
+use crate::dirty::DirtyLog;
 use crate::types::{ChainError, Mem};
 
 /// `next` is valid.
@@ -86,6 +87,12 @@ pub struct VringConfig {
     pub enabled: bool,
     /// The eventfd that interrupts the driver (None: it polls).
     pub call: Option<Arc<EventFd>>,
+    /// The migration's dirty log, while the driver logs (`VHOST_F_LOG_ALL`
+    /// acked and `SET_LOG_BASE` given).
+    pub log: Option<Arc<DirtyLog>>,
+    /// Where the used ring is logged (`VHOST_VRING_F_LOG`'s
+    /// `log_guest_addr`; None: at the used ring's guest address).
+    pub log_used: Option<u64>,
 }
 
 impl VringConfig {
@@ -102,6 +109,8 @@ impl VringConfig {
             ready: true,
             enabled: true,
             call: None,
+            log: None,
+            log_used: None,
         }
     }
 
@@ -147,6 +156,8 @@ impl Vring {
                 ready: false,
                 enabled: false,
                 call: None,
+                log: None,
+                log_used: None,
             }),
             gen: AtomicU64::new(0),
             next_avail: AtomicU16::new(0),
@@ -301,6 +312,15 @@ impl HostMap {
         self.mem = Some(std::sync::Arc::downgrade(mem));
         self.last.set(0);
         true
+    }
+
+    /// Guest address of host address `host`, if it lies in guest memory.
+    /// A scan of every region: for the dirty log, not the common path.
+    pub fn gpa_of(&self, host: usize) -> Option<u64> {
+        self.regions.iter().find_map(|&(start, size, h)| {
+            let off = host.checked_sub(h)? as u64;
+            (off < size).then_some(start + off)
+        })
     }
 
     /// Host address of `len` bytes at guest `addr`, if they lie in one

@@ -119,11 +119,11 @@ fn refused_requests_are_named_and_the_session_goes_on() {
     s.write_all(&msg(18, 0x8, &state_body(7, 1))).unwrap();
     assert_eq!(reply(&mut s), (18, 1));
     // An unknown request, then a request whose feature was never offered
-    // (SEND_RARP): both refused, neither ends the session.
+    // (NET_SET_MTU): both refused, neither ends the session.
     s.write_all(&msg(200, 0x8, &[])).unwrap();
     assert_eq!(reply(&mut s), (200, 1));
-    s.write_all(&msg(19, 0x8, &[0; 8])).unwrap();
-    assert_eq!(reply(&mut s), (19, 1));
+    s.write_all(&msg(20, 0x8, &[0; 8])).unwrap();
+    assert_eq!(reply(&mut s), (20, 1));
     // A body of the wrong size.
     s.write_all(&msg(8, 0x8, &[0; 3])).unwrap();
     assert_eq!(reply(&mut s), (8, 1));

@@ -191,6 +191,13 @@ impl<'a> DstBuf<'a> {
         self.cap
     }
 
+    /// The buffer's address, as a number (for a sink that must say which
+    /// memory it wrote, e.g. a migration's dirty log).
+    #[inline]
+    pub fn addr(&self) -> usize {
+        self.ptr.as_ptr() as usize
+    }
+
     /// Copies `len` bytes of `src` starting at `src_off` to `at`. Returns the
     /// bytes copied (clamped to both ends).
     #[inline]

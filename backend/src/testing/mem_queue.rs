@@ -165,6 +165,23 @@ impl MemQueue {
         s
     }
 
+    /// Hands the queue a migration's dirty log (None: logging stops), the
+    /// used ring logged at `log_used` (None: its own address), as
+    /// SET_LOG_BASE, SET_FEATURES and SET_VRING_ADDR do.
+    pub fn set_log(&self, log: Option<Arc<crate::dirty::DirtyLog>>, log_used: Option<u64>) {
+        self.vring
+            .configure(|c| (c.log, c.log_used) = (log, log_used));
+    }
+
+    /// Guest addresses of the descriptor table, the available ring, the
+    /// used ring and the first buffer (buffer `i` is at `data + i *
+    /// buf_len`), and the end of the queue's guest memory.
+    pub fn layout(&self) -> [u64; 5] {
+        let c = self.vring.config();
+        let end = self.data + u64::from(self.size) * u64::from(self.buf_len);
+        [c.desc, c.avail, c.used, self.data, end]
+    }
+
     /// Queue size.
     pub fn size(&self) -> u16 {
         self.size
