@@ -264,6 +264,16 @@ impl MemTable {
         &self.mem
     }
 
+    /// The end of the highest region (guest address; 0 with none): what
+    /// a dirty log must cover.
+    pub fn end(&self) -> u64 {
+        self.regions
+            .iter()
+            .map(|m| m.spec.gpa.saturating_add(m.spec.size))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Regions mapped, in the order they came (for the fuzz harness).
     #[cfg(feature = "test-utils")]
     pub fn specs(&self) -> Vec<RegionSpec> {

@@ -542,13 +542,7 @@ impl<'d, D: Device> Session<'d, D> {
         let (size, offset) = (l.mmap_size, l.mmap_offset);
         let log = DirtyLog::map(fds.swap_remove(0), size, offset)
             .map_err(|e| SessionError::Log(e.to_string()))?;
-        let end = self
-            .mem
-            .specs()
-            .iter()
-            .map(|r| r.gpa.saturating_add(r.size))
-            .max()
-            .unwrap_or(0);
+        let end = self.mem.end();
         if log.covers() < end {
             return Err(SessionError::Log(format!(
                 "a {size}-byte log covers guest memory up to {:#x}, the guest's ends at {end:#x}",

@@ -222,6 +222,18 @@ pub fn stats_table(doc: &str) -> Result<String, StatsError> {
             out.push('\n');
         }
     }
+    // The switches' bridges, when valed sent them (all ports asked for).
+    for sw in root.get("switches").and_then(Json::as_array).unwrap_or(&[]) {
+        let Some(members) = sw.as_object() else {
+            continue;
+        };
+        let name = sw.get("name").and_then(Json::as_str).unwrap_or("?");
+        let _ = write!(out, "{name} bridge");
+        for (k, v) in members.iter().filter(|(k, _)| k.as_str() != "name") {
+            let _ = write!(out, " {k}={}", stat_value(k, v));
+        }
+        out.push('\n');
+    }
     Ok(out)
 }
 
@@ -493,6 +505,14 @@ mod tests {
             )
             .unwrap(),
             "x\n  new a=[...] b={...} acked_features=-1\n"
+        );
+        // The switches' bridges follow the ports, one line each.
+        assert_eq!(
+            stats_table(
+                r#"{"ports":[{"name":"vale0:a"}],"switches":[{"name":"vale0","learned":3,"moves":1,"entries":2}]}"#
+            )
+            .unwrap(),
+            "vale0:a\nvale0 bridge learned=3 moves=1 entries=2\n"
         );
         assert!(stats_table(r#"{"port":[]}"#).is_err());
         assert!(stats_table(r#"{"ports":[1]}"#).is_err());

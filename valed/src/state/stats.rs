@@ -7,6 +7,22 @@ use super::*;
 #[derive(Debug, Serialize)]
 struct StatsDoc<'a> {
     ports: Vec<PortStatsDoc<'a>>,
+    /// The switches' learning bridges (all ports asked for only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    switches: Vec<SwitchStatsDoc<'a>>,
+}
+
+/// A switch's learning bridge: stations learned, moved between ports (a
+/// migrated VM's announcement moves its MAC), refused, aged, and live.
+#[derive(Debug, Serialize)]
+struct SwitchStatsDoc<'a> {
+    name: &'a str,
+    learned: u64,
+    moves: u64,
+    table_full: u64,
+    port_limit: u64,
+    aged: u64,
+    entries: u64,
 }
 
 /// One port's counters; the drop counters by reason follow
@@ -86,8 +102,23 @@ impl Registry {
 
     /// Per-port counters as JSON, for `vale-ctl --stats`.
     pub(super) fn stats(&mut self, req: &Request, name: &str) -> Answer {
-        let mut doc = StatsDoc { ports: Vec::new() };
+        let mut doc = StatsDoc {
+            ports: Vec::new(),
+            switches: Vec::new(),
+        };
         for (swname, s) in &self.switches {
+            if name.is_empty() {
+                let b = s.sw.with_lookup_mut(|l| vale::Lookup::stats(l));
+                doc.switches.push(SwitchStatsDoc {
+                    name: swname,
+                    learned: b.learned,
+                    moves: b.moves,
+                    table_full: b.table_full,
+                    port_limit: b.port_limit,
+                    aged: b.aged,
+                    entries: b.entries,
+                });
+            }
             for (pid, full) in s.sw.ports() {
                 if !name.is_empty() && name != full {
                     continue;
