@@ -259,6 +259,7 @@ mod tests {
                     not_running: 0,
                 }),
             }],
+            switches: Vec::new(),
         };
         let text = serde_json::to_string(&doc).unwrap();
         assert!(!text.contains('\n') && !text.contains('\u{1}'), "{text}");
@@ -287,8 +288,19 @@ mod tests {
                 vhost_user: None,
                 ..doc.ports.into_iter().next().unwrap()
             }],
+            switches: vec![SwitchStatsDoc {
+                name: "vale0",
+                learned: 1,
+                moves: 1,
+                table_full: 0,
+                port_limit: 0,
+                aged: 0,
+                entries: 1,
+            }],
         };
         let text = serde_json::to_string(&doc).unwrap();
         assert!(!text.contains("vhost_user"), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["switches"][0]["moves"].as_u64(), Some(1));
     }
 }
