@@ -391,6 +391,7 @@ impl<'d, D: Device> Session<'d, D> {
                     });
                 }
                 self.set_features(f);
+                tracing::debug!(features = format_args!("{f:#x}"), "SET_FEATURES");
                 Ok(None)
             }
             FrontendReq::GET_PROTOCOL_FEATURES => Ok(Some(
@@ -460,6 +461,7 @@ impl<'d, D: Device> Session<'d, D> {
                         )));
                     }
                     self.vrings[q].set_next_avail(s.num as u16);
+                    tracing::debug!(queue = q, base = { s.num }, "SET_VRING_BASE");
                     Ok(None)
                 })
             }
@@ -468,6 +470,12 @@ impl<'d, D: Device> Session<'d, D> {
                 r.and_then(|s| {
                     let q = self.queue_index(s.index as u64)?;
                     let base = self.stop_queue(q);
+                    tracing::debug!(
+                        queue = q,
+                        base,
+                        used = self.vrings[q].next_used(),
+                        "GET_VRING_BASE"
+                    );
                     let reply = VhostUserVringState::new(q as u32, base as u32);
                     Ok(Some(vm_memory::ByteValued::as_slice(&reply).to_vec()))
                 })
@@ -507,6 +515,7 @@ impl<'d, D: Device> Session<'d, D> {
     }
 
     fn set_features(&mut self, f: u64) {
+        let was = self.log_in_use();
         self.acked = Some(f);
         self.dev.set_acked_features(f);
         let log = self.log_in_use();
@@ -516,6 +525,20 @@ impl<'d, D: Device> Session<'d, D> {
                 c.log = log.clone();
             });
             self.apply_enable(q);
+        }
+        if !same_log(&was, &log) {
+            self.log_barrier();
+        }
+    }
+
+    /// Waits until every queue's forwarding thread has left the batch it
+    /// may be in: the next one reads the new log settings. The VMM gets
+    /// its answer only then, so no write of a batch begun before logging
+    /// started can land after it believes logging is on (its first pass
+    /// over guest memory may already have copied that page).
+    fn log_barrier(&self) {
+        for q in 0..self.vrings.len() {
+            self.dev.quiesce(q);
         }
     }
 
@@ -550,10 +573,14 @@ impl<'d, D: Device> Session<'d, D> {
             )));
         }
         tracing::info!(bytes = size, covers = log.covers(), "dirty log mapped");
+        let was = self.log_in_use();
         self.log = Some(Arc::new(log));
         let log = self.log_in_use();
         for v in &self.vrings {
             v.configure(|c| c.log = log.clone());
+        }
+        if !same_log(&was, &log) {
+            self.log_barrier();
         }
         Ok(())
     }
@@ -635,6 +662,8 @@ impl<'d, D: Device> Session<'d, D> {
                 )));
             }
             v.configure(|c| c.log_used = log_used);
+            self.dev.quiesce(q);
+            tracing::debug!(queue = q, ?log_used, "SET_VRING_ADDR on a running queue");
             return Ok(None);
         }
         v.configure(|c| c.log_used = log_used);
@@ -651,6 +680,12 @@ impl<'d, D: Device> Session<'d, D> {
             )
             .map_err(|e| Refusal::Msg(format!("queue {q}: used ring index: {e}")))?;
         v.set_next_used(u16::from_le(used));
+        tracing::debug!(
+            queue = q,
+            used = u16::from_le(used),
+            ?log_used,
+            "SET_VRING_ADDR"
+        );
         Ok(None)
     }
 
@@ -752,6 +787,14 @@ impl<'d, D: Device> Session<'d, D> {
 impl<D: Device> Drop for Session<'_, D> {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+fn same_log(a: &Option<Arc<DirtyLog>>, b: &Option<Arc<DirtyLog>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
     }
 }
 

@@ -59,7 +59,9 @@ impl Daemon {
             "--socket".to_string(),
             dir.join("valed.sock").display().to_string(),
             "--log".into(),
-            "info".into(),
+            // VALED_TEST_LOG=info,backend=debug shows the vhost-user
+            // requests in the log kept when a test fails.
+            std::env::var("VALED_TEST_LOG").unwrap_or_else(|_| "info".into()),
         ];
         for (name, q) in ports {
             args.push("--vhost-user".into());
@@ -630,4 +632,302 @@ fn pkt_gen_drives_the_virtio_function_inside_guests() {
     b.run_ok("ip addr add 10.0.0.2/24 dev eth0; ip link set eth0 up", CMD)
         .unwrap();
     ping_until(a, "10.0.0.2", Duration::from_secs(30));
+}
+
+/// Waits until `cmd` in `g` prints something containing `want`; its output.
+fn wait_output(g: &mut Guest, cmd: &str, want: &str, limit: Duration) -> String {
+    let t0 = Instant::now();
+    loop {
+        let out = g.run(cmd, CMD).expect("agent");
+        if out.stdout.contains(want) {
+            return out.stdout;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "{}: `{cmd}` did not print {want:?} in {limit:?}: {}",
+            g.name(),
+            out.stdout
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Runs `cmd` on `g`'s monitor, waiting for `info migrate` to say the
+/// migration ended; its status (`completed`, `failed`, `cancelled`) and
+/// how long it took.
+fn migrate(g: &mut Guest, to: &Path) -> (String, Duration) {
+    let t0 = Instant::now();
+    let out = g
+        .hmp(&format!("migrate -d unix:{}", to.display()), CMD)
+        .expect("migrate");
+    assert!(!out.contains("rror"), "migrate: {out}");
+    loop {
+        let info = g.hmp("info migrate", CMD).expect("info migrate");
+        let st = info
+            .lines()
+            .find_map(|l| l.strip_prefix("Migration status: "))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        if st == "completed" || st == "failed" || st == "cancelled" {
+            return (st, t0.elapsed());
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "migration did not end: {info}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Guest pages (4 KiB, of `mib` MiB from address 0) that differ between
+/// two stopped guests, as their monitors' `pmemsave` write them.
+fn differing_pages(a: &mut Guest, b: &mut Guest, mib: u64, dir: &Path) -> Vec<u64> {
+    let len = mib << 20;
+    let mut mem = Vec::new();
+    for (g, f) in [(a, "a.mem"), (b, "b.mem")] {
+        let path = dir.join(f);
+        g.hmp(&format!("pmemsave 0 {len} \"{}\"", path.display()), CMD)
+            .expect("pmemsave");
+        let t0 = Instant::now();
+        while std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) < len {
+            assert!(
+                t0.elapsed() < CMD,
+                "pmemsave of {} did not finish",
+                g.name()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        mem.push(std::fs::read(&path).unwrap());
+        let _ = std::fs::remove_file(&path);
+    }
+    (0..len / 4096)
+        .filter(|&p| {
+            let r = (p * 4096) as usize..((p + 1) * 4096) as usize;
+            mem[0][r.clone()] != mem[1][r]
+        })
+        .collect()
+}
+
+/// QEMU 7.2 migrating under TCG loses guest-CPU writes: a guest with no
+/// NIC at all (valed plays no part), busy writing files, migrated to a
+/// stopped destination, whose memory then differs from the stopped
+/// source's on some pages in most runs. This is why
+/// `a_guest_migrates_under_traffic` runs only under KVM (or on request):
+/// under TCG, a destination guest can crash whatever the NIC does.
+#[test]
+#[ignore = "shows a QEMU 7.2 TCG migration defect (no valed involved); run by hand"]
+fn qemu_tcg_migration_of_a_busy_guest_without_nics() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(img) = image() else { return };
+    let d = Daemon::start("tcg-control", &[]);
+    let mut spec = guest(&d, &img, "busy", 1, 1, true);
+    spec.nics.clear();
+    let mut a = boot(std::slice::from_ref(&spec)).pop().unwrap();
+    let mig = d.dir.join("busy.mig");
+    let dst_spec = GuestSpec {
+        dir: d.dir.join("vm-busy-dst"),
+        ..spec.clone()
+    }
+    .incoming(&format!("unix:{}", mig.display()))
+    .paused();
+    let mut dst = Guest::start_with(&dst_spec, Vmm::Qemu).expect("destination QEMU starts");
+    wait_for_file(&mig);
+    a.spawn_bg(
+        "while true; do dd if=/dev/urandom of=/tmp/x bs=1M count=20 2>/dev/null; \
+         ls -R /proc >/dev/null 2>&1; done",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let (st, _) = migrate(&mut a, &mig);
+    assert_eq!(st, "completed");
+    let diff = differing_pages(&mut a, &mut dst, 384, &d.dir);
+    assert!(
+        diff.is_empty(),
+        "{} pages differ between the stopped source and destination: {:?}",
+        diff.len(),
+        &diff[..diff.len().min(20)]
+    );
+}
+
+/// Waits for a destination QEMU to listen on its migration socket.
+fn wait_for_file(p: &Path) {
+    let t0 = Instant::now();
+    while !p.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "destination QEMU did not listen on {}",
+            p.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Live migration (QEMU): guest A moves from its QEMU on port vm1 to a
+/// second, stopped QEMU on port vm1b of the same switch (`-incoming`,
+/// `migrate` over a local socket) while guest B sends it a 48 MiB file
+/// over HTTP, an iperf3 TCP stream and pings. With both stopped, the
+/// destination's memory equals the source's page for page (every page
+/// valed wrote during the copy was logged and copied again); then it runs:
+/// the file arrives bit for bit, the stream completes, ping loss is
+/// bounded, and the switch moved A's MAC to vm1b (SEND_RARP) and counted
+/// the station move.
+///
+/// Under KVM only, or with `VALE_MIGRATION_TCG=1`: QEMU 7.2 under TCG
+/// loses guest-CPU writes in a migration even with no NIC
+/// (`qemu_tcg_migration_of_a_busy_guest_without_nics`), so there the
+/// memory check fails, and the guest may crash, whatever valed does.
+#[test]
+fn a_guest_migrates_under_traffic() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(img) = image() else { return };
+    if !Accel::from_env_or_probe().is_kvm()
+        && std::env::var("VALE_MIGRATION_TCG").as_deref() != Ok("1")
+    {
+        eprintln!(
+            "skipped: no KVM; QEMU 7.2 under TCG loses guest writes in migration \
+             (VALE_MIGRATION_TCG=1 runs it anyway)"
+        );
+        return;
+    }
+    let d = Daemon::start("migrate", &[("vm1", 1), ("vm1b", 1), ("vm2", 1)]);
+    let spec_a = guest(&d, &img, "vm1", 1, 1, true);
+    let mut vms = boot(&[spec_a.clone(), guest(&d, &img, "vm2", 2, 1, true)]);
+    let mut b = vms.pop().unwrap();
+    let mut a = vms.pop().unwrap();
+    ping_until(&mut b, "10.0.0.1", Duration::from_secs(30));
+
+    // The destination: the same machine and guest, on vm1b, stopped.
+    let mig = d.dir.join("vm1.mig");
+    let spec_dst = GuestSpec {
+        dir: d.dir.join("vm-vm1-dst"),
+        nics: vec![NicSpec::new(d.port_socket("vm1b"), mac(1)).queue_pairs(1)],
+        ..spec_a.clone()
+    }
+    .incoming(&format!("unix:{}", mig.display()))
+    .paused();
+    let mut dst = Guest::start_with(&spec_dst, Vmm::Qemu).expect("destination QEMU starts");
+    wait_for_file(&mig);
+
+    // Traffic B -> A: a 48 MiB file over HTTP (busybox httpd and wget;
+    // iperf3 -F is not byte-exact), an iperf3 TCP stream at 40 Mbit/s for
+    // 10 s, and pings every 100 ms for 15 s.
+    let sum = b
+        .run_ok(
+            "mkdir -p /tmp/www && dd if=/dev/urandom of=/tmp/www/f bs=1M count=48 2>/dev/null \
+             && httpd -p 8080 -h /tmp/www && sha256sum /tmp/www/f",
+            CMD,
+        )
+        .expect("file served");
+    let sum = sum.split_whitespace().next().unwrap().to_string();
+    // Control: the same transfer without a migration arrives whole.
+    let got0 = a
+        .run_ok(
+            "wget -q -O /tmp/got0 http://10.0.0.2:8080/f && sha256sum /tmp/got0 && rm /tmp/got0",
+            CMD,
+        )
+        .expect("control transfer");
+    assert!(
+        got0.contains(&sum),
+        "control transfer changed the file: {got0}"
+    );
+    a.spawn_bg("iperf3 -s -1 > /tmp/iperf-s.txt 2>&1").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    b.spawn_bg(
+        "iperf3 -c 10.0.0.1 -t 10 -b 40M > /tmp/iperf.txt 2>&1; echo exit=$? >> /tmp/iperf.txt",
+    )
+    .unwrap();
+    b.spawn_bg(
+        "ping -i 0.1 -c 150 -W 1 10.0.0.1 > /tmp/ping.txt 2>&1; echo exit=$? >> /tmp/ping.txt",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    a.spawn_bg("wget -q -O /tmp/got http://10.0.0.2:8080/f; echo exit=$? > /tmp/wget.txt")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let (status, took) = migrate(&mut a, &mig);
+    let t_done = Instant::now();
+    assert_eq!(status, "completed", "valed log:\n{}", d.log());
+    eprintln!("migration completed in {:.1} s", took.as_secs_f64());
+    // Both stopped: the copy is exact.
+    let diff = differing_pages(&mut a, &mut dst, 384, &d.dir);
+    assert!(
+        diff.is_empty(),
+        "{} guest pages differ between the stopped source and destination: {:?}",
+        diff.len(),
+        &diff[..diff.len().min(20)]
+    );
+    let held = t_done.elapsed();
+    dst.hmp("cont", CMD).expect("cont");
+    // QEMU's own announcement went out while the test held the guest
+    // stopped (and was dropped there): announce again, as an operator
+    // would after `cont` (without GUEST_ANNOUNCE, QEMU asks the port:
+    // SEND_RARP).
+    dst.hmp("announce_self", CMD).expect("announce_self");
+    dst.wait_ready(Duration::from_secs(60))
+        .expect("the migrated guest answers on the destination");
+
+    // The stream completed; the file is whole on the destination.
+    let iperf = wait_output(
+        &mut b,
+        "cat /tmp/iperf.txt",
+        "exit=",
+        Duration::from_secs(120),
+    );
+    assert!(iperf.contains("exit=0"), "iperf3 client: {iperf}");
+    eprintln!("iperf3 over the migration:");
+    for l in iperf.lines().filter(|l| l.contains("bits/sec")) {
+        eprintln!("  {l}");
+    }
+    let w = wait_output(
+        &mut dst,
+        "cat /tmp/wget.txt",
+        "exit=",
+        Duration::from_secs(120),
+    );
+    assert!(w.contains("exit=0"), "wget over the migration: {w}");
+    let got = dst.run_ok("sha256sum /tmp/got", CMD).expect("sum");
+    assert!(
+        got.contains(&sum),
+        "the file that reached the migrated guest changed (sent {sum}): {got}"
+    );
+    let ping = wait_output(
+        &mut b,
+        "cat /tmp/ping.txt",
+        "exit=",
+        Duration::from_secs(60),
+    );
+    let (tx, rx) = ping
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .and_then(|l| {
+            let n: Vec<u64> = l
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            Some((*n.first()?, *n.get(1)?))
+        })
+        .unwrap_or_else(|| panic!("no ping summary: {ping}"));
+    eprintln!(
+        "ping every 100 ms over the migration: {rx}/{tx} answered, about {} ms lost, \
+         {:.1} s of which the test held the destination stopped to compare memory",
+        (tx - rx) * 100,
+        held.as_secs_f64()
+    );
+    // Beyond the time the test held the guest: at most 2 s.
+    let lost_ms = (tx - rx) * 100;
+    assert!(
+        lost_ms <= held.as_millis() as u64 + 2000,
+        "{lost_ms} ms of pings lost: {ping}"
+    );
+
+    // The switch moved A's MAC to vm1b: frames went there.
+    let all = d.stats("");
+    assert!(field(&all, "moves") >= 1, "no station move: {all}");
+    let s = d.stats("vale0:vm1b");
+    assert!(field(&s, "out_bytes") > 10 << 20, "{s}");
+    assert!(d.log().contains("SEND_RARP"), "{}", d.log());
+    let _ = a.quit(Duration::from_secs(10));
+    let _ = dst.quit(Duration::from_secs(10));
 }

@@ -165,6 +165,12 @@ pub fn qemu_argv(spec: &GuestSpec) -> Vec<String> {
         device.push_str(&format!(",vectors={vectors}"));
         push(&["-chardev", &chardev, "-netdev", &netdev, "-device", &device]);
     }
+    if let Some(uri) = &spec.incoming {
+        push(&["-incoming", uri]);
+    }
+    if spec.paused {
+        push(&["-S"]);
+    }
     a
 }
 

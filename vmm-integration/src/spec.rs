@@ -189,6 +189,12 @@ pub struct GuestSpec {
     /// Runtime directory: `agent.sock`, `monitor.sock`, `console.log`,
     /// `vmm.log`. Default: `$TMPDIR/vale-vm-<name>-<pid>`.
     pub dir: PathBuf,
+    /// Start paused, waiting for a live migration on this URI (QEMU's
+    /// `-incoming`, e.g. `unix:/run/vm1.mig`).
+    pub incoming: Option<String>,
+    /// Start with the vCPUs stopped (QEMU's `-S`; `cont` on the monitor
+    /// runs them), e.g. to compare a migrated guest's memory first.
+    pub paused: bool,
 }
 
 impl GuestSpec {
@@ -213,7 +219,21 @@ impl GuestSpec {
                 why: "not probed".to_string(),
             },
             dir,
+            incoming: None,
+            paused: false,
         }
+    }
+
+    /// Starts with the vCPUs stopped (QEMU's `-S`).
+    pub fn paused(mut self) -> Self {
+        self.paused = true;
+        self
+    }
+
+    /// Waits for a live migration on `uri` instead of booting (QEMU).
+    pub fn incoming(mut self, uri: &str) -> Self {
+        self.incoming = Some(uri.to_string());
+        self
     }
 
     /// Memory in MiB.
