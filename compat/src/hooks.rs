@@ -528,6 +528,7 @@ unsafe fn select_via_poll(
     w: *mut libc::fd_set,
     x: *mut libc::fd_set,
     ms: c_int,
+    mask: *const libc::sigset_t,
 ) -> c_int {
     if n > libc::FD_SETSIZE as c_int {
         // select cannot name such descriptors (glibc's fortified select
@@ -557,8 +558,8 @@ unsafe fn select_via_poll(
             });
         }
     }
-    // SAFETY: our own array.
-    let rc = unsafe { poll(fds.as_mut_ptr(), fds.len() as nfds_t, ms) };
+    // SAFETY: our own array; the caller's mask or none.
+    let rc = unsafe { poll_masked(fds.as_mut_ptr(), fds.len() as nfds_t, ms, mask) };
     if rc < 0 {
         return rc;
     }
@@ -625,11 +626,11 @@ pub unsafe extern "C" fn select(
         ms.clamp(0, i128::from(i32::MAX)) as c_int
     };
     // SAFETY: select's own contract.
-    unsafe { select_via_poll(n, r, w, x, ms) }
+    unsafe { select_via_poll(n, r, w, x, ms, std::ptr::null()) }
 }
 
-/// `pselect(2)`, with netmap files: as select (the signal mask is applied
-/// around the wait).
+/// `pselect(2)`, with netmap files: as select, the signal mask applied
+/// atomically for the wait (the C library's `ppoll` sleeps).
 ///
 /// # Safety
 /// As the C library's `pselect`.
@@ -646,30 +647,13 @@ pub unsafe extern "C" fn pselect(
     if !files::any() || !unsafe { sets_have_netmap(n, [r, w, x]) } {
         return real::pselect(n, r, w, x, ts, mask);
     }
-    // SAFETY: pselect's own contract; the mask is set and restored.
-    unsafe { with_mask(mask, || select_via_poll(n, r, w, x, ts_ms(ts))) }
+    // SAFETY: pselect's own contract.
+    unsafe { select_via_poll(n, r, w, x, ts_ms(ts), mask) }
 }
 
-/// Runs `f` with the signal mask `mask` (none: unchanged), as ppoll and
-/// pselect wait.
-///
-/// # Safety
-/// `mask` is null or a valid sigset.
-unsafe fn with_mask(mask: *const libc::sigset_t, f: impl FnOnce() -> c_int) -> c_int {
-    if mask.is_null() {
-        return f();
-    }
-    // SAFETY: sigset_t is plain data; all zeroes is a valid (empty) set.
-    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid new mask and room for the old one.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, mask, &mut old) };
-    let r = f();
-    // SAFETY: restores the mask saved above.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-    r
-}
-
-/// `ppoll(2)`: with netmap files, as poll.
+/// `ppoll(2)`: with netmap files, as poll, the signal mask applied
+/// atomically for the wait (the C library's `ppoll` sleeps): a signal the
+/// mask unblocks, pending or arriving, ends the wait with `EINTR`.
 ///
 /// # Safety
 /// As the C library's `ppoll`.
@@ -689,7 +673,7 @@ pub unsafe extern "C" fn ppoll(
         return real::ppoll(fds, n, ts, mask);
     }
     // SAFETY: ppoll's own contract.
-    unsafe { with_mask(mask, || poll(fds, n, ts_ms(ts))) }
+    unsafe { poll_masked(fds, n, ts_ms(ts), mask) }
 }
 
 /// `poll(2)`: on a netmap file, netmap's poll (txsync for POLLOUT, rxsync
@@ -702,6 +686,21 @@ pub unsafe extern "C" fn poll(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_
     if fds.is_null() || n == 0 || !files::any() {
         return real::poll(fds, n, timeout);
     }
+    // SAFETY: poll's own contract.
+    unsafe { poll_masked(fds, n, timeout, std::ptr::null()) }
+}
+
+/// poll, ppoll and pselect over netmap files: `mask` (null: none) is the
+/// signal mask of the one blocking wait, set by the kernel.
+///
+/// # Safety
+/// `fds` points to `n` pollfds; `mask` is null or a valid sigset.
+unsafe fn poll_masked(
+    fds: *mut pollfd,
+    n: nfds_t,
+    timeout: c_int,
+    mask: *const libc::sigset_t,
+) -> c_int {
     // SAFETY: the caller's array of n pollfds.
     let set = unsafe { std::slice::from_raw_parts_mut(fds, n as usize) };
     // The common case, one netmap file ready at once: no allocation.
@@ -715,7 +714,15 @@ pub unsafe extern "C" fn poll(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_
     }
     let nm: Vec<Option<files::Entry>> = set.iter().map(|p| files::get(p.fd)).collect();
     if nm.iter().all(Option::is_none) {
-        return real::poll(fds, n, timeout);
+        if mask.is_null() {
+            return real::poll(fds, n, timeout);
+        }
+        let ts = (timeout >= 0).then(|| libc::timespec {
+            tv_sec: libc::time_t::from(timeout / 1000),
+            tv_nsec: libc::c_long::from(timeout % 1000) * 1_000_000,
+        });
+        let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const _);
+        return real::ppoll(fds, n, tsp, mask);
     }
     let deadline = (timeout >= 0).then(|| Instant::now() + Duration::from_millis(timeout as u64));
     loop {
@@ -799,8 +806,17 @@ pub unsafe extern "C" fn poll(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_
             }
         }
         if !now_ready {
-            let ms = left.map_or(-1, |l| l.as_millis().clamp(1, i32::MAX as u128) as c_int);
-            let r = real::poll(sleep.as_mut_ptr(), sleep.len() as nfds_t, ms);
+            let r = if mask.is_null() {
+                let ms = left.map_or(-1, |l| l.as_millis().clamp(1, i32::MAX as u128) as c_int);
+                real::poll(sleep.as_mut_ptr(), sleep.len() as nfds_t, ms)
+            } else {
+                let ts = left.map(|l| libc::timespec {
+                    tv_sec: l.as_secs() as libc::time_t,
+                    tv_nsec: libc::c_long::from(l.subsec_nanos()),
+                });
+                let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const _);
+                real::ppoll(sleep.as_mut_ptr(), sleep.len() as nfds_t, tsp, mask)
+            };
             if r < 0 {
                 // SAFETY: errno is this thread's int.
                 let errno = unsafe { *libc::__errno_location() };
@@ -960,12 +976,9 @@ unsafe fn epoll_round(
     for p in pfds.iter_mut() {
         p.revents = 0;
     }
-    // SAFETY: our own array; the mask is the caller's.
-    let r = unsafe {
-        with_mask(mask, || {
-            poll(pfds.as_mut_ptr(), pfds.len() as nfds_t, timeout)
-        })
-    };
+    // SAFETY: our own array; the mask is the caller's (epoll_pwait's,
+    // applied atomically for the wait).
+    let r = unsafe { poll_masked(pfds.as_mut_ptr(), pfds.len() as nfds_t, timeout, mask) };
     if r <= 0 {
         return r;
     }

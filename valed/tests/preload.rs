@@ -236,6 +236,20 @@ fn bad_requests_get_netmaps_error_codes() {
     );
 }
 
+/// ppoll and pselect on a netmap file apply their signal mask atomically
+/// for the wait: a pending signal that only the mask unblocks ends the
+/// wait at once with EINTR (it used to run its handler first, then the
+/// wait slept its whole timeout).
+#[test]
+fn ppoll_and_pselect_masks_are_atomic() {
+    let v = start("preload-sigmask", &[]);
+    let out = run(&v, &["sigmask", "vale0:sg"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("ppoll rc=-1 eintr=1 handled=1"), "{t}");
+    assert!(t.contains("pselect rc=-1 eintr=1 handled=2"), "{t}");
+}
+
 /// pkt-gen -> valed -> the C program (legacy register, poll), and the C
 /// program (NIOCCTRL register, poll, NIOCTXSYNC) -> valed -> pkt-gen,
 /// every frame, through backpressure ports.

@@ -13,6 +13,9 @@
  *   nmapp rxselect PORT N     as rx, on a dup of the descriptor (the
  *                             original closed), waiting with select
  *   nmapp txppoll PORT N      as tx, waiting with ppoll
+ *   nmapp sigmask PORT        ppoll and pselect on an idle port, SIGUSR1
+ *                             pending and unblocked by their mask only:
+ *                             each wait ends at once with EINTR
  *   nmapp rxepoll PORT N      as rx, waiting with epoll_wait (a pipe in
  *                             the same epoll instance, written once, is
  *                             reported too)
@@ -21,6 +24,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -354,6 +358,58 @@ static int forked(const char *name, long n)
 	return WEXITSTATUS(st);
 }
 
+static volatile sig_atomic_t handled;
+
+static void on_usr1(int sig)
+{
+	(void)sig;
+	handled++;
+}
+
+/* The race ppoll and pselect exist to close: a signal blocked by the
+ * program, pending, and unblocked only by the wait's mask must end the
+ * wait at once (EINTR), not run its handler before a wait that then
+ * sleeps its full timeout. */
+static int sigmask_waits(const char *name)
+{
+	struct port p;
+	struct pollfd pfd;
+	struct timespec ts = { .tv_sec = 3 };
+	sigset_t block, none;
+	fd_set r;
+	double t0;
+	int rc, err, fails = 0;
+
+	if (reg_legacy(&p, name) < 0) {
+		perror("register");
+		return 1;
+	}
+	signal(SIGUSR1, on_usr1);
+	sigemptyset(&block);
+	sigaddset(&block, SIGUSR1);
+	sigemptyset(&none);
+	sigprocmask(SIG_BLOCK, &block, NULL);
+
+	raise(SIGUSR1);
+	pfd.fd = p.fd;
+	pfd.events = POLLIN;
+	t0 = now();
+	rc = ppoll(&pfd, 1, &ts, &none);
+	err = errno;
+	printf("ppoll rc=%d eintr=%d handled=%d in %.2f s\n", rc, err == EINTR, (int)handled, now() - t0);
+	fails += !(rc < 0 && err == EINTR && handled == 1 && now() - t0 < 1.5);
+
+	raise(SIGUSR1);
+	FD_ZERO(&r);
+	FD_SET(p.fd, &r);
+	t0 = now();
+	rc = pselect(p.fd + 1, &r, NULL, NULL, &ts, &none);
+	err = errno;
+	printf("pselect rc=%d eintr=%d handled=%d in %.2f s\n", rc, err == EINTR, (int)handled, now() - t0);
+	fails += !(rc < 0 && err == EINTR && handled == 2 && now() - t0 < 1.5);
+	return fails != 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct port p;
@@ -363,6 +419,8 @@ int main(int argc, char **argv)
 		return layout();
 	if (argc >= 3 && !strcmp(argv[1], "errors"))
 		return errors(argv[2]);
+	if (argc >= 3 && !strcmp(argv[1], "sigmask"))
+		return sigmask_waits(argv[2]);
 	if (argc < 4)
 		return 2;
 	if (!strcmp(argv[1], "fork"))
