@@ -152,6 +152,8 @@ struct DevInner {
     rx_wake: Arc<EventFd>,
     /// SEND_RARP's MAC, for pair 0's TX queue to send.
     announce: Arc<Announcement>,
+    /// The last MAC announced and when (one log line per burst).
+    last_announce: Mutex<Option<([u8; 6], std::time::Instant)>>,
     connected: AtomicBool,
     connections: AtomicU64,
     diag: Diag,
@@ -190,6 +192,7 @@ impl NetDevice {
             hook: Mutex::new(Arc::new(NoHook)),
             rx_wake: Arc::new(EventFd::new()?),
             announce: Arc::default(),
+            last_announce: Mutex::new(None),
             connected: AtomicBool::new(false),
             connections: AtomicU64::new(0),
             diag: Diag::default(),
@@ -271,14 +274,29 @@ impl Device for NetDevice {
     }
 
     fn announce(&self, mac: [u8; 6]) {
-        tracing::info!(
-            port = self.0.cfg.name,
-            mac = format_args!(
-                "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-                mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
-            ),
-            "announcing the guest (SEND_RARP)"
-        );
+        // QEMU announces in rounds (several requests within a second):
+        // one line per burst.
+        let burst = {
+            let mut last = self
+                .0
+                .last_announce
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let repeat =
+                last.is_some_and(|(m, t)| m == mac && t.elapsed() < Duration::from_secs(5));
+            *last = Some((mac, std::time::Instant::now()));
+            repeat
+        };
+        if !burst {
+            tracing::info!(
+                port = self.0.cfg.name,
+                mac = format_args!(
+                    "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                    mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
+                ),
+                "announcing the guest (SEND_RARP)"
+            );
+        }
         self.0.announce.post(mac);
         self.hook().tx_kick(0);
     }
