@@ -244,19 +244,22 @@ impl Device for NetDevice {
             .store(f & features::MRG_RXBUF != 0, Ordering::Release);
     }
 
-    fn quiesce(&self, q: usize) {
-        // The queue is already marked not ready: wait for its forwarding
-        // thread to finish the batch it may be in, so the base we report
-        // counts every chain as returned.
-        if let Some(ctl) = self.0.ctls.get(q) {
-            if !ctl.quiesce(Duration::from_secs(2)) {
-                tracing::warn!(
-                    port = self.0.cfg.name,
-                    queue = q,
-                    "forwarding thread did not leave its batch in 2 s"
-                );
-            }
+    fn quiesce(&self, q: usize) -> bool {
+        // Wait for the queue's forwarding thread to finish the batch it
+        // may be in: the base GET_VRING_BASE reports counts every chain
+        // as returned, and the next batch reads the new configuration.
+        let Some(ctl) = self.0.ctls.get(q) else {
+            return true;
+        };
+        if ctl.quiesce(Duration::from_secs(2)) {
+            return true;
         }
+        tracing::warn!(
+            port = self.0.cfg.name,
+            queue = q,
+            "forwarding thread did not leave its batch in 2 s"
+        );
+        false
     }
 
     fn kick(&self, q: usize) {

@@ -37,6 +37,11 @@ pub enum LogError {
     /// valed.
     #[error("log descriptor is not a memfd sealed against shrinking (F_SEAL_SHRINK)")]
     NotSealed,
+    /// A hugetlbfs file: a hole punched in it (which seals do not stop)
+    /// refaults only while the pool has pages, else valed's next mark is a
+    /// SIGBUS.
+    #[error("log descriptor is a hugetlbfs file (QEMU's log is an ordinary memfd)")]
+    HugeTlb,
     /// The file is smaller than the area named.
     #[error("log file holds {file} bytes, the area ends at {end}")]
     Short {
@@ -82,13 +87,24 @@ impl DirtyLog {
         if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
             return Err(LogError::NotSealed);
         }
+        // SAFETY: fstatfs writes into the zeroed struct we pass; a valid fd.
+        let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::fstatfs(raw, &mut sfs) } < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        if sfs.f_type == libc::HUGETLBFS_MAGIC {
+            return Err(LogError::HugeTlb);
+        }
         // SAFETY: fstat writes into the zeroed struct we pass.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: as above, a valid fd and a valid out pointer.
         if unsafe { libc::fstat(raw, &mut st) } < 0 {
             return Err(std::io::Error::last_os_error().into());
         }
-        let end = offset + size;
+        let end = offset
+            .checked_add(size)
+            .ok_or(LogError::Geometry { size, offset })?;
         if (st.st_size as u64) < end {
             return Err(LogError::Short {
                 file: st.st_size as u64,
@@ -257,6 +273,10 @@ mod tests {
         ));
         assert!(matches!(
             DirtyLog::map(test_log_fd(8192, true), 64, 100),
+            Err(LogError::Geometry { .. })
+        ));
+        assert!(matches!(
+            DirtyLog::map(test_log_fd(8192, true), 8192, !4095),
             Err(LogError::Geometry { .. })
         ));
         let f = std::fs::File::open("/dev/null").unwrap();

@@ -436,6 +436,15 @@ impl Announcement {
     fn take(&self) -> Option<[u8; 6]> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
+
+    /// Puts back an announcement a backpressure port held, unless a newer
+    /// one came meanwhile.
+    fn put_back(&self, mac: [u8; 6]) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(mac);
+    }
 }
 
 /// A RARP request (RFC 903, op 3) from `mac` for itself, broadcast, behind
@@ -593,7 +602,7 @@ impl Source for TxQueue {
             Some(mac) if frames == 0 => {
                 // Held by a backpressure port: announce at the next fetch.
                 if let Some(a) = &self.announce {
-                    a.post(mac);
+                    a.put_back(mac);
                 }
                 0
             }
@@ -622,8 +631,9 @@ impl Source for TxQueue {
 impl Drop for TxQueue {
     fn drop(&mut self) {
         // Chains popped and not returned would be lost descriptors.
-        if self.batch.is_some() {
-            self.complete(self.heads.len());
+        if self.batch.is_some() || self.announcing.is_some() {
+            // The announcement, if the fetch had one, counts as a frame.
+            self.complete(self.heads.len() + usize::from(self.announcing.is_some()));
         }
     }
 }

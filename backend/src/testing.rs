@@ -2551,7 +2551,9 @@ impl crate::vhost_user::Device for NullDevice {
         1024
     }
     fn set_acked_features(&self, _: u64) {}
-    fn quiesce(&self, _: usize) {}
+    fn quiesce(&self, _: usize) -> bool {
+        true
+    }
     fn kick(&self, _: usize) {
         self.kicks.fetch_add(1, Ordering::Relaxed);
     }

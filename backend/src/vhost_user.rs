@@ -75,9 +75,11 @@ pub trait Device {
     fn max_queue_size(&self) -> u16;
     /// The driver acked `features` (SET_FEATURES).
     fn set_acked_features(&self, features: u64);
-    /// Queue `q` was marked not ready: wait until its forwarding thread is
-    /// between batches, so no chain of it is outstanding.
-    fn quiesce(&self, q: usize);
+    /// Queue `q` was marked not ready, or its configuration changed: wait
+    /// until its forwarding thread is between batches, so no chain of it
+    /// is outstanding and the next batch reads the new configuration.
+    /// False if it did not get there in time.
+    fn quiesce(&self, q: usize) -> bool;
     /// The guest kicked queue `q` (or it just started).
     fn kick(&self, q: usize);
     /// A request was refused and the session goes on: for diagnostics.
@@ -221,6 +223,9 @@ pub struct Session<'d, D: Device> {
     acked: Option<u64>,
     /// The dirty log SET_LOG_BASE gave; in use while LOG_ALL is acked.
     log: Option<Arc<DirtyLog>>,
+    /// Why the session must end after the request being handled (a
+    /// logging guarantee valed could not keep).
+    fatal: Option<String>,
     epoll: Epoll,
 }
 
@@ -249,6 +254,7 @@ impl<'d, D: Device> Session<'d, D> {
             started: vec![false; n],
             acked: None,
             log: None,
+            fatal: None,
             epoll,
         })
     }
@@ -340,6 +346,9 @@ impl<'d, D: Device> Session<'d, D> {
             return Ok(self.conn.reply(code, &[])?);
         }
         let r = self.dispatch(req)?;
+        if let Some(why) = self.fatal.take() {
+            return Err(SessionError::Log(why));
+        }
         match r {
             Ok(Some(body)) => self.conn.reply(code, &body)?,
             Ok(None) => {
@@ -417,7 +426,11 @@ impl<'d, D: Device> Session<'d, D> {
                 Ok(Some((self.vrings.len() as u64).to_le_bytes().to_vec()))
             }
             FrontendReq::GET_MAX_MEM_SLOTS => Ok(Some((MAX_REGIONS as u64).to_le_bytes().to_vec())),
-            FrontendReq::SET_MEM_TABLE => self.set_mem_table(&req),
+            FrontendReq::SET_MEM_TABLE => {
+                let r = self.set_mem_table(&req);
+                self.check_log_covers();
+                r
+            }
             FrontendReq::ADD_MEM_REG => {
                 let r = req.body_as::<VhostUserSingleMemoryRegion>().map_err(m);
                 r.and_then(|reg| {
@@ -431,6 +444,7 @@ impl<'d, D: Device> Session<'d, D> {
                     let fd = fds.swap_remove(0);
                     let region: &VhostUserMemoryRegion = &reg;
                     self.mem.add(&RegionSpec::from(region), fd)?;
+                    self.check_log_covers();
                     Ok(None)
                 })
             }
@@ -536,9 +550,29 @@ impl<'d, D: Device> Session<'d, D> {
     /// its answer only then, so no write of a batch begun before logging
     /// started can land after it believes logging is on (its first pass
     /// over guest memory may already have copied that page).
-    fn log_barrier(&self) {
+    fn log_barrier(&mut self) {
         for q in 0..self.vrings.len() {
-            self.dev.quiesce(q);
+            if !self.dev.quiesce(q) {
+                self.fatal = Some(format!(
+                    "queue {q}'s forwarding thread did not leave its batch in time to start \
+                     or stop logging"
+                ));
+            }
+        }
+    }
+
+    /// While the driver logs, guest memory past what the log covers would
+    /// be written unlogged: the session ends instead (QEMU grows its log
+    /// before it grows the memory table).
+    fn check_log_covers(&mut self) {
+        if let Some(l) = self.log_in_use() {
+            let end = self.mem.end();
+            if end > l.covers() {
+                self.fatal = Some(format!(
+                    "guest memory now ends at {end:#x}, past the {:#x} the log covers",
+                    l.covers()
+                ));
+            }
         }
     }
 
@@ -581,6 +615,9 @@ impl<'d, D: Device> Session<'d, D> {
         }
         if !same_log(&was, &log) {
             self.log_barrier();
+        }
+        if let Some(why) = self.fatal.take() {
+            return Err(SessionError::Log(why));
         }
         Ok(())
     }
@@ -662,7 +699,12 @@ impl<'d, D: Device> Session<'d, D> {
                 )));
             }
             v.configure(|c| c.log_used = log_used);
-            self.dev.quiesce(q);
+            if !self.dev.quiesce(q) {
+                self.fatal = Some(format!(
+                    "queue {q}'s forwarding thread did not leave its batch in time to move the \
+                     used ring's log address"
+                ));
+            }
             tracing::debug!(queue = q, ?log_used, "SET_VRING_ADDR on a running queue");
             return Ok(None);
         }

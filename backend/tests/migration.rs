@@ -297,3 +297,43 @@ fn set_log_base_takes_only_a_log_it_can_use() {
         let _ = log.as_raw_fd();
     }
 }
+
+/// While the driver logs, guest memory that grows past what the log
+/// covers ends the session (its pages would be written unlogged); QEMU
+/// grows the log first.
+#[test]
+fn memory_past_the_log_ends_a_logging_session() {
+    use backend::testing::session_on;
+    const SET_FEATURES: u32 = 2;
+    const ADD_MEM_REG: u32 = 37;
+    let guest = test_log_fd(64 << 20, false);
+    let mut table = 1u32.to_le_bytes().to_vec();
+    table.extend(0u32.to_le_bytes());
+    for v in [0u64, 64 << 20, 0x7f00_0000_0000, 0] {
+        table.extend(v.to_le_bytes());
+    }
+    let (a, b) = UnixStream::pair().unwrap();
+    let dev = NullDevice::default();
+    let mut s = session_on(&dev, b);
+    send(&a, &msg(SET_MEM_TABLE, &table), Some(guest.as_fd()));
+    s.serve_one().unwrap();
+    let log = test_log_fd(4096, true);
+    send(
+        &a,
+        &msg(SET_LOG_BASE, &log_body(2048, 0)),
+        Some(log.as_fd()),
+    );
+    s.serve_one().unwrap();
+    let features = backend::device::features::LOG_ALL | backend::device::features::VERSION_1;
+    send(&a, &msg(SET_FEATURES, &features.to_le_bytes()), None);
+    s.serve_one().unwrap();
+    // 64 MiB more at 64 MiB: past the 2 KiB log's 64 MiB.
+    let more = test_log_fd(64 << 20, false);
+    let mut reg = 0u64.to_le_bytes().to_vec();
+    for v in [64u64 << 20, 64 << 20, 0x7f10_0000_0000, 0] {
+        reg.extend(v.to_le_bytes());
+    }
+    send(&a, &msg(ADD_MEM_REG, &reg), Some(more.as_fd()));
+    let e = s.serve_one().expect_err("the session ends");
+    assert!(e.to_string().contains("past the"), "{e}");
+}

@@ -30,5 +30,5 @@ pub use port::{
 };
 pub use switch::{
     Forwarded, MonitorId, Scratch, SharedSink, Switch, SwitchError, BACKPRESSURE_HOLD, MAX_BATCH,
-    MAX_FRAGS, MAX_PORTS, MONITOR_RX, MONITOR_TX,
+    MAX_FRAGS, MAX_MONITORS, MAX_PORTS, MONITOR_RX, MONITOR_TX,
 };

@@ -55,6 +55,14 @@ pub enum SwitchError {
         /// Port name or index.
         port: String,
     },
+    /// A port has [`MAX_MONITORS`] monitors already.
+    #[error("switch {switch}: port {port} has {MAX_MONITORS} monitors already")]
+    TooManyMonitors {
+        /// Switch name.
+        switch: String,
+        /// Port index.
+        port: PortId,
+    },
     /// A header length the engine cannot convert.
     #[error("port {port}: vnet header length {len} (0, 10 or 12)")]
     BadHdrLen {
@@ -87,6 +95,10 @@ struct PortSlot {
 pub const MONITOR_TX: u8 = 1;
 /// Copy the frames a port receives (`NR_MONITOR_RX`, netmap's `/r`).
 pub const MONITOR_RX: u8 = 2;
+
+/// Most monitors of one port: each copies every frame the port sends or
+/// receives on the sender's forwarding thread, so their number is bounded.
+pub const MAX_MONITORS: usize = 8;
 
 /// Names one monitor among a switch's.
 pub type MonitorId = u64;
@@ -307,7 +319,7 @@ impl<L: Lookup> Switch<L> {
                 len: cfg.vnet_hdr_len,
             });
         }
-        self.replace_slot(id, |old| PortSlot { cfg, ..old.clone() })
+        self.replace_slot(id, |old| Ok(PortSlot { cfg, ..old.clone() }))
     }
 
     /// Replaces port `id`'s slot by `f` of it: batches already running
@@ -315,7 +327,7 @@ impl<L: Lookup> Switch<L> {
     fn replace_slot(
         &self,
         id: PortId,
-        f: impl FnOnce(&PortSlot) -> PortSlot,
+        f: impl FnOnce(&PortSlot) -> Result<PortSlot, SwitchError>,
     ) -> Result<(), SwitchError> {
         let mut ports = self.ports.write().unwrap_or_else(|e| e.into_inner());
         let Some(Some(old)) = ports.get(id as usize) else {
@@ -324,7 +336,7 @@ impl<L: Lookup> Switch<L> {
                 port: id.to_string(),
             });
         };
-        let new = f(old);
+        let new = f(old)?;
         ports[id as usize] = Some(Arc::new(new));
         Ok(())
     }
@@ -342,13 +354,19 @@ impl<L: Lookup> Switch<L> {
     ) -> Result<MonitorId, SwitchError> {
         let mid = self.next_monitor.fetch_add(1, Ordering::Relaxed);
         self.replace_slot(id, |old| {
+            if old.monitors.len() >= MAX_MONITORS {
+                return Err(SwitchError::TooManyMonitors {
+                    switch: self.name.clone(),
+                    port: id,
+                });
+            }
             let mut new = old.clone();
             new.monitors.push(Monitor {
                 id: mid,
                 dirs: dirs & (MONITOR_TX | MONITOR_RX),
                 sink,
             });
-            new
+            Ok(new)
         })?;
         Ok(mid)
     }
@@ -359,7 +377,7 @@ impl<L: Lookup> Switch<L> {
         let _ = self.replace_slot(id, |old| {
             let mut new = old.clone();
             new.monitors.retain(|m| m.id != mid);
-            new
+            Ok(new)
         });
     }
 

@@ -508,3 +508,19 @@ fn a_monitor_of_a_missing_port_is_refused() {
     let m: vale::SharedSink = std::sync::Arc::new(std::sync::Mutex::new(MemSink::new(8, 2048)));
     assert!(b.sw.add_monitor(7, vale::MONITOR_RX, m).is_err());
 }
+
+#[test]
+fn a_port_takes_at_most_max_monitors() {
+    let b = bed(2, 8, &[]);
+    let mut ids = Vec::new();
+    for _ in 0..vale::MAX_MONITORS {
+        ids.push(monitor(&b, 1, vale::MONITOR_RX, 8).1);
+    }
+    let m: vale::SharedSink = std::sync::Arc::new(std::sync::Mutex::new(MemSink::new(8, 2048)));
+    assert!(matches!(
+        b.sw.add_monitor(b.ids[1], vale::MONITOR_RX, m.clone()),
+        Err(vale::SwitchError::TooManyMonitors { .. })
+    ));
+    b.sw.remove_monitor(b.ids[1], ids[0]);
+    assert!(b.sw.add_monitor(b.ids[1], vale::MONITOR_RX, m).is_ok());
+}

@@ -517,3 +517,57 @@ fn bad_monitor_registrations_are_refused() {
     // The monitor made no port.
     assert!(v.list().iter().all(|l| !l.contains('/')), "{:?}", v.list());
 }
+
+/// A persistent port detached and attached again keeps its monitors;
+/// a port can have at most vale::MAX_MONITORS of them (EBUSY past it).
+#[test]
+fn a_monitor_follows_its_port_through_a_reattach() {
+    let v = start("monitor-reattach");
+    let p = v.persistent("vale0", "rs", 1, 0);
+    let mon = v.open(&format!("{p}/t")).expect("monitor");
+    let c = CtrlConn::connect(&v.sock).unwrap();
+    let (r, _) = c
+        .call(
+            &Request::new(
+                netmap::abi::NETMAP_REQ_VALE_DETACH,
+                &p,
+                &netmap::abi::NmreqValeDetach::default(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(r.error, 0, "detach");
+    let (r, _) = c
+        .call(&Request::new(NETMAP_REQ_VALE_ATTACH, &p, &NmreqValeAttach::default()).unwrap())
+        .unwrap();
+    assert_eq!(r.error, 0, "attach");
+    let tx = pkt_gen::run::run(
+        &v.cfg(&["-i", &p, "-f", "tx", "-n", "10"]),
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert!(tx.ok(), "{tx:?}");
+    let mut got = Vec::new();
+    let t0 = Instant::now();
+    while got.len() < 10 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the monitor got {} of 10 frames after the re-attach",
+            got.len()
+        );
+        mon.rxsync().unwrap();
+        netmap::testing::recv_frames(&mon.rx_ring(0), &mut got).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Seven more fit, the ninth is refused.
+    let more: Vec<NmPort> = (0..vale::MAX_MONITORS - 1)
+        .map(|_| v.open(&format!("{p}/r")).expect("monitor"))
+        .collect();
+    match v.open(&format!("{p}/rt")) {
+        Err(netmap::port::PortError::Refused { source, .. }) => {
+            assert_eq!(source.raw_os_error(), Some(libc::EBUSY))
+        }
+        other => panic!("a ninth monitor: {:?}", other.map(|_| ())),
+    }
+    drop(more);
+}

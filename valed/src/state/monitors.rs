@@ -11,8 +11,14 @@ pub(super) struct MonitorRec {
     owner: u32,
     region: Region,
     sw: Arc<Switch>,
+    /// The monitored port's switch and name (`vale0`, `vale0:a`): a port
+    /// detached and attached again gets its monitors back.
+    switch: String,
+    full: String,
     port: PortId,
     id: vale::MonitorId,
+    dirs: u8,
+    sink: vale::SharedSink,
     /// valed's end of the kick pipe, held open so a client that kicks
     /// anyway gets no EPIPE.
     _kick: Arc<EventFd>,
@@ -90,10 +96,13 @@ impl Registry {
             // could never see a frame.
             return err(req, libc::EINVAL);
         }
-        let cfg = match RegionConfig::for_ports(&layout, 1, 1) {
+        let mut cfg = match RegionConfig::for_ports(&layout, 1, 1) {
             Ok(c) => c,
             Err(e) => return err(req, region_errno(&e)),
         };
+        // hugetlb only on request, as for ports (a client can punch a hole
+        // in a hugetlb memfd and make valed's next copy a SIGBUS).
+        cfg.huge_pages = self.huge_pages;
         let mem_id = self.next_mem_id;
         self.next_mem_id = self.next_mem_id.checked_add(1).unwrap_or(1);
         let mut region = match Region::new(mem_id, conn.uid, &cfg) {
@@ -185,8 +194,9 @@ impl Registry {
         if flags & NR_MONITOR_RX != 0 {
             dirs |= vale::MONITOR_RX;
         }
-        let id = match sw.add_monitor(port, dirs, sink) {
+        let id = match sw.add_monitor(port, dirs, sink.clone()) {
             Ok(id) => id,
+            Err(vale::SwitchError::TooManyMonitors { .. }) => return err(req, libc::EBUSY),
             Err(_) => return err(req, libc::ENXIO),
         };
         let nifp = nif.keep();
@@ -216,8 +226,12 @@ impl Registry {
                 owner: conn.uid,
                 region,
                 sw,
+                switch: swname.clone(),
+                full: target.clone(),
                 port,
                 id,
+                dirs,
+                sink,
                 _kick: kick,
             },
         );
@@ -231,6 +245,31 @@ impl Registry {
         let mut r = req.clone();
         r.set_body(&body);
         (0, r, fds)
+    }
+
+    /// Port `full` (`vale0:a`) of `owner` was just attached to `switch`:
+    /// the monitors of a port of that name, registered by its owner or
+    /// root, watch it again (a persistent or VM port detached and attached
+    /// again, an ephemeral port its client opened again). Another uid's
+    /// port of the same name is not watched.
+    pub(super) fn reattach_monitors(&mut self, switch: &str, full: &str, owner: u32) {
+        let Some(sw) = self.switches.get(switch).map(|s| s.sw.clone()) else {
+            return;
+        };
+        let Some(port) = sw.port_id(full) else {
+            return;
+        };
+        for m in self.monitors.values_mut() {
+            if m.switch != switch || m.full != full || (m.owner != 0 && m.owner != owner) {
+                continue;
+            }
+            if let Ok(id) = sw.add_monitor(port, m.dirs, m.sink.clone()) {
+                m.sw = sw.clone();
+                m.port = port;
+                m.id = id;
+                info!(port = full, "monitor watches the port again");
+            }
+        }
     }
 
     /// The end of a monitor registration: the switch stops copying, then

@@ -55,6 +55,7 @@ impl Registry {
                 _ => libc::EINVAL,
             })?;
         port.attached = Some((switch.to_string(), id));
+        self.reattach_monitors(switch, &full, owner);
         Ok(id)
     }
 

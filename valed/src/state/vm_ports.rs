@@ -44,6 +44,13 @@ impl Registry {
     }
 
     pub(super) fn vhost_attach(&mut self, name: &str, switch: &str) -> Result<PortId, Errno> {
+        let id = self.vhost_attach_inner(name, switch)?;
+        let owner = self.vhost.get(name).map_or(0, |v| v.spec.owner);
+        self.reattach_monitors(switch, &format!("{switch}:{name}"), owner);
+        Ok(id)
+    }
+
+    fn vhost_attach_inner(&mut self, name: &str, switch: &str) -> Result<PortId, Errno> {
         let owner = self.vhost.get(name).ok_or(libc::ENXIO)?.spec.owner;
         let sw = self.switch(switch, owner)?;
         let nfwd = self.fwd.len().max(1);
