@@ -29,6 +29,7 @@ trait PktGenExt {
     fn persistent(&self, switch: &str, name: &str, rings: u16, slots: u32) -> String;
     fn stat(&self, port: &str, key: &str) -> u64;
     fn drops(&self, port: &str) -> u64;
+    fn backpressure(&self, port: &str);
 }
 
 impl PktGenExt for Valed {
@@ -59,6 +60,20 @@ impl PktGenExt for Valed {
             .unwrap();
         assert_eq!(r.error, 0, "ATTACH {full}");
         full
+    }
+
+    /// Turns backpressure on for `port`: nothing sent to it is dropped.
+    fn backpressure(&self, port: &str) {
+        let bp = ValePortConfig {
+            flags: VALE_PORT_BACKPRESSURE,
+            set: VALE_SET_FLAGS,
+            ..Default::default()
+        };
+        let c = CtrlConn::connect(&self.sock).unwrap();
+        let (r, _) = c
+            .call(&Request::new(VALE_REQ_PORT_CONFIG, port, &bp).unwrap())
+            .unwrap();
+        assert_eq!(r.error, 0, "backpressure on {port}");
     }
 
     /// A counter of `port` from valed's statistics.
@@ -166,16 +181,7 @@ fn txseq_to_rxseq_is_exact_through_a_backpressure_port() {
     let a = v.persistent("vale0", "ea", 1, 0);
     // A small RX ring on the receiver makes the switch hold the sender often.
     let b = v.persistent("vale0", "eb", 1, 256);
-    let bp = ValePortConfig {
-        flags: VALE_PORT_BACKPRESSURE,
-        set: VALE_SET_FLAGS,
-        ..Default::default()
-    };
-    let c = CtrlConn::connect(&v.sock).unwrap();
-    let (r, _) = c
-        .call(&Request::new(VALE_REQ_PORT_CONFIG, &b, &bp).unwrap())
-        .unwrap();
-    assert_eq!(r.error, 0, "backpressure on {b}");
+    v.backpressure(&b);
     let rx = spawn(v.cfg(&["-i", &b, "-f", "rxseq", "-n", &ns]), stop);
     // Mixed sizes, some over one buffer (NS_MOREFRAG chains).
     let tx = pkt_gen::run::run(
@@ -429,16 +435,7 @@ fn monitors_see_exactly_what_ports_send_and_receive() {
     let stop = leak_flag();
     let a = v.persistent("vale0", "ma", 1, 0);
     let b = v.persistent("vale0", "mb", 1, 256);
-    let bp = ValePortConfig {
-        flags: VALE_PORT_BACKPRESSURE,
-        set: VALE_SET_FLAGS,
-        ..Default::default()
-    };
-    let c = CtrlConn::connect(&v.sock).unwrap();
-    let (r, _) = c
-        .call(&Request::new(VALE_REQ_PORT_CONFIG, &b, &bp).unwrap())
-        .unwrap();
-    assert_eq!(r.error, 0, "backpressure on {b}");
+    v.backpressure(&b);
     let rx = spawn(v.cfg(&["-i", &b, "-f", "rxseq", "-n", &ns]), stop);
     let mons: Vec<_> = [
         format!("{a}/t@conf:rx-slots=4096"),

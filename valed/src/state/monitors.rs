@@ -96,22 +96,10 @@ impl Registry {
             // could never see a frame.
             return err(req, libc::EINVAL);
         }
-        let mut cfg = match RegionConfig::for_ports(&layout, 1, 1) {
-            Ok(c) => c,
-            Err(e) => return err(req, region_errno(&e)),
-        };
-        // hugetlb only on request, as for ports (a client can punch a hole
-        // in a hugetlb memfd and make valed's next copy a SIGBUS).
-        cfg.huge_pages = self.huge_pages;
-        let mem_id = self.next_mem_id;
-        self.next_mem_id = self.next_mem_id.checked_add(1).unwrap_or(1);
-        let mut region = match Region::new(mem_id, conn.uid, &cfg) {
+        let mut region = match self.new_region(conn.uid, &layout, 1, 1) {
             Ok(r) => r,
-            Err(e) => return err(req, region_errno(&e)),
+            Err(e) => return err(req, e),
         };
-        if let Err(r) = self.check_mem_quota(conn.uid, region.memsize() as u64) {
-            return err(req, r.into());
-        }
         let Ok(tx0) = region.alloc_ring(Dir::Tx, 0, slots) else {
             return err(req, libc::EINVAL);
         };

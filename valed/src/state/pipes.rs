@@ -88,20 +88,10 @@ impl Registry {
                 extra_bufs: body.nr_extra_bufs,
                 ..Default::default()
             };
-            let mut cfg = match RegionConfig::for_ports(&layout, 2, 1) {
-                Ok(c) => c,
-                Err(e) => return err(req, region_errno(&e)),
-            };
-            cfg.huge_pages = self.huge_pages;
-            let mem_id = self.next_mem_id;
-            self.next_mem_id = self.next_mem_id.checked_add(1).unwrap_or(1);
-            let mut region = match Region::new(mem_id, conn.uid, &cfg) {
+            let mut region = match self.new_region(conn.uid, &layout, 2, 1) {
                 Ok(r) => r,
-                Err(e) => return err(req, region_errno(&e)),
+                Err(e) => return err(req, e),
             };
-            if let Err(r) = self.check_mem_quota(conn.uid, region.memsize() as u64) {
-                return err(req, r.into());
-            }
             let mut ends: [PipeSide; 2] = Default::default();
             for e in ends.iter_mut() {
                 for i in 0..rings {

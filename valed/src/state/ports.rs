@@ -4,6 +4,30 @@
 use super::*;
 
 impl Registry {
+    /// A region of `owner`'s for `nports` ports of `layout` and `regs`
+    /// registrations, under the next memory id, within `owner`'s memory
+    /// quota: the one place ports, pipes and monitors get their memory.
+    pub(super) fn new_region(
+        &mut self,
+        owner: u32,
+        layout: &PortLayout,
+        nports: u32,
+        regs: u32,
+    ) -> Result<Region, Errno> {
+        let mut cfg =
+            RegionConfig::for_ports(layout, nports, regs).map_err(|e| region_errno(&e))?;
+        // hugetlb only on request: a client can punch a hole in a hugetlb
+        // memfd (seals do not stop fallocate), and if the pool is empty
+        // valed's next touch of that page is a SIGBUS. Shared 4 KiB pages
+        // just refault as zeroes.
+        cfg.huge_pages = self.huge_pages;
+        let mem_id = self.next_mem_id;
+        self.next_mem_id = self.next_mem_id.checked_add(1).unwrap_or(1);
+        let region = Region::new(mem_id, owner, &cfg).map_err(|e| region_errno(&e))?;
+        self.check_mem_quota(owner, region.memsize() as u64)?;
+        Ok(region)
+    }
+
     pub(super) fn new_port(
         &mut self,
         name: &str,
@@ -15,16 +39,7 @@ impl Registry {
         // Each ring is bound by at most one registration at a time, so a
         // port has at most one registration per ring.
         let regs = layout.tx_rings + layout.rx_rings;
-        let mut cfg = RegionConfig::for_ports(&layout, 1, regs).map_err(|e| region_errno(&e))?;
-        // hugetlb only on request: a client can punch a hole in a hugetlb
-        // memfd (seals do not stop fallocate), and if the pool is empty
-        // valed's next touch of that page is a SIGBUS. Shared 4 KiB pages
-        // just refault as zeroes.
-        cfg.huge_pages = self.huge_pages;
-        let mem_id = self.next_mem_id;
-        self.next_mem_id = self.next_mem_id.checked_add(1).unwrap_or(1);
-        let mut region = Region::new(mem_id, owner, &cfg).map_err(|e| region_errno(&e))?;
-        self.check_mem_quota(owner, region.memsize() as u64)?;
+        let mut region = self.new_region(owner, &layout, 1, regs)?;
         let mut tx = Vec::new();
         let mut rx = Vec::new();
         for i in 0..layout.tx_rings {
