@@ -424,26 +424,39 @@ fn log_buf(log: &DirtyLog, map: &HostMap, host: usize, len: usize) {
 
 /// A MAC address the port is to announce (SEND_RARP), waiting for its
 /// TX queue's next fetch.
+/// Every TX fetch of pair 0 asks; the flag keeps that to one plain load
+/// (no lock) unless an announcement waits.
 #[derive(Debug, Default)]
-pub struct Announcement(std::sync::Mutex<Option<[u8; 6]>>);
+pub struct Announcement {
+    pending: AtomicBool,
+    mac: std::sync::Mutex<Option<[u8; 6]>>,
+}
 
 impl Announcement {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<[u8; 6]>> {
+        self.mac.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Asks for `mac` to be announced (a later request replaces it).
     pub fn post(&self, mac: [u8; 6]) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(mac);
+        *self.slot() = Some(mac);
+        self.pending.store(true, Ordering::Release);
     }
 
     fn take(&self) -> Option<[u8; 6]> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+        if !self.pending.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut slot = self.slot();
+        self.pending.store(false, Ordering::Relaxed);
+        slot.take()
     }
 
     /// Puts back an announcement a backpressure port held, unless a newer
     /// one came meanwhile.
     fn put_back(&self, mac: [u8; 6]) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert(mac);
+        self.slot().get_or_insert(mac);
+        self.pending.store(true, Ordering::Release);
     }
 }
 
