@@ -15,6 +15,9 @@ RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -q -p pkt-gen \
     --target x86_64-unknown-linux-gnu --target-dir target/static
 echo "== guest image (images/build.sh, cached)"
 VALE_PKTGEN=$PWD/target/static/x86_64-unknown-linux-gnu/release/pkt-gen ./images/build.sh
+echo "== QEMU from bookworm-backports for the live migration test (7.2 loses guest writes under TCG)"
+VALE_MIGRATION_QEMU=$(./scripts/fetch-qemu-backports.sh)
+export VALE_MIGRATION_QEMU
 echo "== cargo test (debug)"
 cargo test --workspace --all-features
 echo "== vm2vm bench once, as a test (its setup checks the frames it measures)"

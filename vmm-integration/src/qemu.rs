@@ -352,13 +352,17 @@ impl Guest {
         let log = File::create(&log_path).map_err(file_err("VMM log", &log_path))?;
         let log2 = log.try_clone().map_err(file_err("VMM log", &log_path))?;
         let argv = vmm.argv(spec);
+        let program = spec
+            .vmm_binary
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(vmm.program()));
         tracing::info!(
             guest = %spec.name,
             accel = %spec.accel,
             "starting {}",
-            shell_words(vmm.program(), &argv)
+            shell_words(&program.to_string_lossy(), &argv)
         );
-        let child = Command::new(vmm.program())
+        let child = Command::new(&program)
             .args(&argv)
             .stdin(Stdio::null())
             .stdout(log)

@@ -195,6 +195,10 @@ pub struct GuestSpec {
     /// Start with the vCPUs stopped (QEMU's `-S`; `cont` on the monitor
     /// runs them), e.g. to compare a migrated guest's memory first.
     pub paused: bool,
+    /// The VMM program to run instead of the one found on `PATH` (e.g. a
+    /// newer QEMU unpacked beside the system's, see
+    /// `scripts/fetch-qemu-backports.sh`).
+    pub vmm_binary: Option<PathBuf>,
 }
 
 impl GuestSpec {
@@ -221,12 +225,19 @@ impl GuestSpec {
             dir,
             incoming: None,
             paused: false,
+            vmm_binary: None,
         }
     }
 
     /// Starts with the vCPUs stopped (QEMU's `-S`).
     pub fn paused(mut self) -> Self {
         self.paused = true;
+        self
+    }
+
+    /// Runs `program` instead of the VMM found on `PATH`.
+    pub fn vmm_binary(mut self, program: impl Into<PathBuf>) -> Self {
+        self.vmm_binary = Some(program.into());
         self
     }
 
