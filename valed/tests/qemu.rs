@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::field;
+use netmap::abi::{NmreqValeAttach, NETMAP_REQ_VALE_ATTACH};
 use netmap::ctrl::{CtrlConn, Request, VALE_REQ_STATS};
 use vmm_integration::qemu::{find_on_path, QEMU};
 use vmm_integration::{Accel, Guest, GuestSpec, MacAddr, NicSpec, Vmm};
@@ -47,11 +48,19 @@ struct Daemon {
     dir: PathBuf,
     args: Vec<String>,
     child: Option<Child>,
+    /// The network namespace valed runs in (a "host"), if not ours.
+    netns: Option<String>,
 }
 
 impl Daemon {
     /// valed with vhost-user ports `name=queues` on `vale0`.
     fn start(tag: &str, ports: &[(&str, u16)]) -> Daemon {
+        Daemon::start_in(tag, ports, None)
+    }
+
+    /// The same, in network namespace `netns` (its NIC ports are there;
+    /// its sockets are files, which QEMU reaches from ours).
+    fn start_in(tag: &str, ports: &[(&str, u16)], netns: Option<&str>) -> Daemon {
         let dir = std::env::temp_dir().join(format!("vale-vm-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -74,6 +83,7 @@ impl Daemon {
             dir,
             args,
             child: None,
+            netns: netns.map(str::to_string),
         };
         d.spawn();
         d
@@ -85,7 +95,16 @@ impl Daemon {
             .append(true)
             .open(self.dir.join("valed.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_valed"))
+        let mut cmd = match &self.netns {
+            // `ip netns exec` execs valed: the child's pid is valed's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_valed")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_valed")),
+        };
+        let child = cmd
             .args(&self.args)
             .stdout(Stdio::null())
             .stderr(log)
@@ -125,6 +144,14 @@ impl Daemon {
             let _ = std::fs::remove_file(self.sock());
         }
         self.spawn();
+    }
+
+    /// Attaches `name` (e.g. a NIC, `vale0:eth0`) to its switch.
+    fn attach(&self, name: &str) {
+        let c = CtrlConn::connect(&self.sock()).unwrap();
+        let req = Request::new(NETMAP_REQ_VALE_ATTACH, name, &NmreqValeAttach::default()).unwrap();
+        let (r, _) = c.call(&req).unwrap();
+        assert_eq!(r.error, 0, "attach {name}: {}", self.log());
     }
 
     /// The stats document of `port`.
@@ -921,17 +948,7 @@ fn a_guest_migrates_under_traffic() {
         "exit=",
         Duration::from_secs(60),
     );
-    let (tx, rx) = ping
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .and_then(|l| {
-            let n: Vec<u64> = l
-                .split(|c: char| !c.is_ascii_digit())
-                .filter_map(|w| w.parse().ok())
-                .collect();
-            Some((*n.first()?, *n.get(1)?))
-        })
-        .unwrap_or_else(|| panic!("no ping summary: {ping}"));
+    let (tx, rx) = ping_counts(&ping);
     eprintln!(
         "ping every 100 ms over the migration: {rx}/{tx} answered, about {} ms lost, \
          {:.1} s of which the test held the destination stopped to compare memory",
@@ -953,4 +970,178 @@ fn a_guest_migrates_under_traffic() {
     assert!(d.log().contains("SEND_RARP"), "{}", d.log());
     let _ = a.quit(Duration::from_secs(10));
     let _ = dst.quit(Duration::from_secs(10));
+}
+
+/// Two "hosts" (network namespaces), each with its own valed and a switch
+/// `vale0`, joined by a veth pair attached to both switches as NIC ports.
+/// Guests A and B run on host 1; A migrates to a QEMU on host 2 while B
+/// pings it and streams iperf3 to it. QEMU's announcement (SEND_RARP)
+/// leaves host 2's port, crosses the wire and moves A's MAC on host 1's
+/// switch from A's old port to the NIC port: B's traffic follows A to the
+/// other host, the stream completes and ping loss is bounded.
+/// Runs under the same conditions as `a_guest_migrates_under_traffic`.
+#[test]
+fn a_guest_migrates_to_another_host() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(img) = image() else { return };
+    if !nic::testing::root() {
+        eprintln!("skipped: needs root (network namespaces)");
+        return;
+    }
+    let mig_qemu = std::env::var_os("VALE_MIGRATION_QEMU").map(PathBuf::from);
+    if mig_qemu.is_none()
+        && !Accel::from_env_or_probe().is_kvm()
+        && std::env::var("VALE_MIGRATION_TCG").as_deref() != Ok("1")
+    {
+        eprintln!(
+            "skipped: no KVM and no VALE_MIGRATION_QEMU (see a_guest_migrates_under_traffic)"
+        );
+        return;
+    }
+    let id = std::process::id();
+    let hosts = Netns(vec![format!("vale-mig1-{id}"), format!("vale-mig2-{id}")]);
+    let (h1, h2) = (&hosts.0[0], &hosts.0[1]);
+    let (w1, w2) = (format!("mg{id}a"), format!("mg{id}b"));
+    for ns in [h1, h2] {
+        ip(&["netns", "add", ns]);
+    }
+    ip(&[
+        "link", "add", &w1, "netns", h1, "type", "veth", "peer", "name", &w2, "netns", h2,
+    ]);
+    for (ns, dev) in [(h1, &w1), (h2, &w2)] {
+        // The hosts' own stacks stay quiet on the wire (no IPv6 neighbour
+        // discovery into the switches).
+        ip(&[
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=1",
+        ]);
+        ip(&["-n", ns, "link", "set", dev, "up"]);
+    }
+    let d1 = Daemon::start_in("mig-h1", &[("vm1", 1), ("vm2", 1)], Some(h1));
+    let d2 = Daemon::start_in("mig-h2", &[("vm1", 1)], Some(h2));
+    d1.attach(&format!("vale0:{w1}"));
+    d2.attach(&format!("vale0:{w2}"));
+
+    let mut spec_a = guest(&d1, &img, "vm1", 1, 1, true);
+    if let Some(q) = &mig_qemu {
+        spec_a = spec_a.vmm_binary(q);
+    }
+    let mut vms = boot(&[spec_a.clone(), guest(&d1, &img, "vm2", 2, 1, true)]);
+    let mut b = vms.pop().unwrap();
+    let mut a = vms.pop().unwrap();
+    ping_until(&mut b, "10.0.0.1", Duration::from_secs(30));
+
+    // The destination: the same guest on host 2's port vm1, running as
+    // soon as the migration completes.
+    let mig = d2.dir.join("vm1.mig");
+    let spec_dst = GuestSpec {
+        dir: d2.dir.join("vm-vm1-dst"),
+        nics: vec![NicSpec::new(d2.port_socket("vm1"), mac(1)).queue_pairs(1)],
+        ..spec_a.clone()
+    }
+    .incoming(&format!("unix:{}", mig.display()));
+    let mut dst = Guest::start_with(&spec_dst, Vmm::Qemu).expect("destination QEMU starts");
+    wait_for_file(&mig);
+
+    a.spawn_bg("iperf3 -s -1 > /tmp/iperf-s.txt 2>&1").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    b.spawn_bg(
+        "iperf3 -c 10.0.0.1 -t 10 -b 40M > /tmp/iperf.txt 2>&1; echo exit=$? >> /tmp/iperf.txt",
+    )
+    .unwrap();
+    b.spawn_bg(
+        "ping -i 0.1 -c 120 -W 1 10.0.0.1 > /tmp/ping.txt 2>&1; echo exit=$? >> /tmp/ping.txt",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, took) = migrate(&mut a, &mig);
+    assert_eq!(status, "completed", "host 1's valed log:\n{}", d1.log());
+    eprintln!(
+        "migration to the other host completed in {:.1} s",
+        took.as_secs_f64()
+    );
+    dst.wait_ready(Duration::from_secs(60))
+        .expect("the migrated guest answers on host 2");
+
+    let iperf = wait_output(
+        &mut b,
+        "cat /tmp/iperf.txt",
+        "exit=",
+        Duration::from_secs(120),
+    );
+    assert!(iperf.contains("exit=0"), "iperf3 client: {iperf}");
+    eprintln!("iperf3 over the migration to the other host:");
+    for l in iperf.lines().filter(|l| l.contains("bits/sec")) {
+        eprintln!("  {l}");
+    }
+    let ping = wait_output(
+        &mut b,
+        "cat /tmp/ping.txt",
+        "exit=",
+        Duration::from_secs(60),
+    );
+    let (tx, rx) = ping_counts(&ping);
+    eprintln!(
+        "ping every 100 ms over the migration to the other host: {rx}/{tx} answered, \
+         about {} ms lost",
+        (tx - rx) * 100
+    );
+    assert!(
+        (tx - rx) * 100 <= 2000,
+        "more than 2 s of pings lost: {ping}"
+    );
+
+    // Host 1's switch moved A's MAC from vm1 to the wire; the stream's
+    // bytes crossed it into host 2's vm1.
+    let all = d1.stats("");
+    assert!(
+        field(&all, "moves") >= 1,
+        "no station move on host 1: {all}"
+    );
+    let s = d2.stats("vale0:vm1");
+    assert!(field(&s, "out_bytes") > 10 << 20, "host 2's vm1: {s}");
+    assert!(d2.log().contains("SEND_RARP"), "{}", d2.log());
+    let _ = a.quit(Duration::from_secs(10));
+    let _ = dst.quit(Duration::from_secs(10));
+}
+
+/// Network namespaces made by a test, deleted when it ends.
+struct Netns(Vec<String>);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Runs `ip args`, which must succeed.
+fn ip(args: &[&str]) {
+    let ok = Command::new("ip")
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "ip {args:?}");
+}
+
+/// (transmitted, received) from ping's summary.
+fn ping_counts(ping: &str) -> (u64, u64) {
+    ping.lines()
+        .find(|l| l.contains("packets transmitted"))
+        .and_then(|l| {
+            let n: Vec<u64> = l
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            Some((*n.first()?, *n.get(1)?))
+        })
+        .unwrap_or_else(|| panic!("no ping summary: {ping}"))
 }
