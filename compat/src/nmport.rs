@@ -33,6 +33,79 @@ pub struct NmportD {
     mmap_done: c_int,
 }
 
+/// One mapping of a region per process, as libnetmap keeps one per memory
+/// id: two ports in one region (`vale0:a@N`, `vale0:b@N`) get the same
+/// `mem`, which is how netmap's bridge and lb tell that they can swap
+/// buffers between them.
+struct RegionMap {
+    /// The region memfd's (st_dev, st_ino).
+    key: (u64, u64),
+    addr: usize,
+    size: u64,
+    refs: usize,
+}
+
+static REGION_MAPS: std::sync::Mutex<Vec<RegionMap>> = std::sync::Mutex::new(Vec::new());
+
+fn region_maps() -> std::sync::MutexGuard<'static, Vec<RegionMap>> {
+    REGION_MAPS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Maps the region `rfd` (`size` bytes), or takes another reference on
+/// this process's mapping of it.
+fn map_region(rfd: c_int, size: u64) -> Result<*mut c_void, Errno> {
+    // SAFETY: an all-zero stat is a valid buffer for fstat to fill.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes into our stat buffer only.
+    if unsafe { libc::fstat(rfd, &mut st) } < 0 {
+        // SAFETY: errno of the failed fstat.
+        return Err(unsafe { *libc::__errno_location() });
+    }
+    let key = (st.st_dev, st.st_ino);
+    let mut maps = region_maps();
+    if let Some(m) = maps.iter_mut().find(|m| m.key == key && m.size == size) {
+        m.refs += 1;
+        return Ok(m.addr as *mut c_void);
+    }
+    let mem = real::mmap(
+        std::ptr::null_mut(),
+        size as size_t,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_SHARED,
+        rfd,
+        0,
+    );
+    if mem == libc::MAP_FAILED {
+        // SAFETY: errno of the failed mmap.
+        return Err(unsafe { *libc::__errno_location() });
+    }
+    maps.push(RegionMap {
+        key,
+        addr: mem as usize,
+        size,
+        refs: 1,
+    });
+    Ok(mem)
+}
+
+/// Drops a reference on the mapping at `mem`; the last one unmaps it.
+fn unmap_region(mem: *mut c_void, size: u64) {
+    let mut maps = region_maps();
+    let Some(i) = maps.iter().position(|m| m.addr == mem as usize) else {
+        // SAFETY: a mapping open_desc made, of that size, not in the
+        // table (cannot happen; unmapping it is still right).
+        unsafe { libc::munmap(mem, size as size_t) };
+        return;
+    };
+    maps[i].refs -= 1;
+    if maps[i].refs == 0 {
+        let m = maps.swap_remove(i);
+        // SAFETY: the mapping map_region made, of that size; no
+        // descriptor refers to it any more.
+        unsafe { libc::munmap(m.addr as *mut c_void, m.size as size_t) };
+    }
+}
+
 fn set_errno(e: Errno) {
     // SAFETY: errno is this thread's int.
     unsafe { *libc::__errno_location() = e };
@@ -60,6 +133,7 @@ fn prepare(spec: &str) -> Result<NmportD, Errno> {
         nr_rx_rings: p.conf.rx_rings,
         nr_host_tx_rings: p.conf.host_tx_rings,
         nr_host_rx_rings: p.conf.host_rx_rings,
+        nr_mem_id: p.mem_id.map_or(0, |m| m.get()),
         ..Default::default()
     };
     Ok(NmportD {
@@ -136,19 +210,7 @@ fn open_desc(d: &mut NmportD) -> Result<(), Errno> {
         return Err(fail(libc::EINVAL));
     };
     drop(f);
-    let mem = real::mmap(
-        std::ptr::null_mut(),
-        size as size_t,
-        libc::PROT_READ | libc::PROT_WRITE,
-        libc::MAP_SHARED,
-        rfd,
-        0,
-    );
-    if mem == libc::MAP_FAILED {
-        // SAFETY: errno of the failed mmap.
-        let err = unsafe { *libc::__errno_location() };
-        return Err(fail(err));
-    }
+    let mem = map_region(rfd, size).map_err(fail)?;
     d.fd = fd;
     d.mem = mem;
     d.memsize = size;
@@ -231,8 +293,7 @@ pub unsafe extern "C" fn nmport_close(d: *mut NmportD) {
     // SAFETY: made by Box::into_raw in nmport_prepare.
     let d = unsafe { Box::from_raw(d) };
     if d.mmap_done != 0 && !d.mem.is_null() {
-        // SAFETY: the mapping made in open_desc, of that size.
-        unsafe { libc::munmap(d.mem, d.memsize as size_t) };
+        unmap_region(d.mem, d.memsize);
     }
     if d.fd >= 0 {
         hooks::close(d.fd);

@@ -107,6 +107,9 @@ impl NmPort {
             body.nr_ringid = spec.nr_ringid();
         }
         body.nr_flags |= spec.nr_flags();
+        if body.nr_mem_id == 0 {
+            body.nr_mem_id = spec.mem_id.map_or(0, |m| m.get());
+        }
         if body.nr_tx_rings == 0 {
             body.nr_tx_rings = spec.conf.tx_rings;
         }

@@ -1033,19 +1033,80 @@ impl Region {
         let me = Holder::If(ii as u16);
         let mut b: u32 = self.map.read(off + nif::BUFS_HEAD)?;
         let mine = std::mem::take(&mut self.if_bufs[ii as usize]);
-        let mut owed = Vec::new();
+        let mut located = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for _ in 0..mine.len() {
             let Some(h) = self.bufs.holder(b) else { break };
-            if matches!(h, Holder::Free | Holder::Reserved | Holder::Stray) {
+            if matches!(h, Holder::Free | Holder::Reserved | Holder::Stray) || !seen.insert(b) {
                 break;
             }
+            located.push(b);
             // In range (it has a holder), so inside the mapping.
-            let next: u32 = self.map.read(self.bufs.offset_of(b)).unwrap_or(0);
+            b = self.map.read(self.bufs.offset_of(b)).unwrap_or(0);
+        }
+        self.release_located(me, mine, &located);
+        self.ifs.free(ii);
+        Ok(())
+    }
+
+    /// Frees the ring at `off` in a region that is one swap domain (ports
+    /// in one region whose client swaps buffers between their rings, as
+    /// netmap's bridge does): the buffers its slots name now are freed, as
+    /// netmap frees a ring's buffers where its slots point, with the same
+    /// exchange as [`free_if_swapped`](Self::free_if_swapped), so the rings
+    /// that stay keep one buffer per slot and no buffer they name goes
+    /// free. Each slot is read once; a slot naming a buffer out of range,
+    /// free, reserved or already named is skipped.
+    pub fn free_ring_swapped(&mut self, off: usize) -> Result<(), RegionError> {
+        let ri = self.rings.index_of(off, self.mem_id)?;
+        let rec = std::mem::take(&mut self.ring_recs[ri as usize]);
+        let mut located = Vec::with_capacity(rec.bufs.len());
+        for i in 0..rec.num_slots as usize {
+            let slot: NetmapSlot = self
+                .map
+                .read(off + RING_HEADER_SIZE + i * size_of::<NetmapSlot>())?;
+            located.push(slot.buf_idx);
+        }
+        self.release_located(Holder::Ring(ri as u16), rec.bufs, &located);
+        self.rings.free(ri);
+        Ok(())
+    }
+
+    /// Rewrites every ring of the region from the switch's records (see
+    /// [`reinit_ring`](Self::reinit_ring)): for a swap domain that nobody
+    /// has registered, so that its first registration finds every slot on
+    /// a distinct buffer again, whatever earlier clients swapped.
+    pub fn reinit_all_rings(&self) -> Result<(), RegionError> {
+        for ri in 0..self.rings.total {
+            if self.rings.used[ri as usize] {
+                self.write_ring(ri)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The end of holder `me` in a swap domain: `mine` are the buffers it
+    /// held, `located` those its client left in its hands (checked, each at
+    /// most once). Each buffer named there that a ring or a `netmap_if` of
+    /// the region holds is freed; every other holder that lost a buffer
+    /// this way is given one of `mine` instead, so each ring keeps one per
+    /// slot and nothing is freed twice; the rest of `mine` that nothing
+    /// accounted for (a client that lost track of them; they may sit in
+    /// another holder's slots) become stray, out of use until the region
+    /// goes.
+    fn release_located(&mut self, me: Holder, mine: Vec<u32>, located: &[u32]) {
+        let mut owed = Vec::new();
+        for &b in located {
+            let Some(h) = self.bufs.holder(b) else {
+                continue;
+            };
+            if matches!(h, Holder::Free | Holder::Reserved | Holder::Stray) {
+                continue;
+            }
             self.bufs.release(b, h);
             if h != me {
                 owed.push(h);
             }
-            b = next;
         }
         // The records of the holders that lost buffers, once each.
         let mut losers = owed.clone();
@@ -1060,7 +1121,7 @@ impl Region {
             let holders = &self.bufs.holder;
             bufs.retain(|x| holders[*x as usize] == h);
         }
-        // Every buffer still held by this netmap_if pays a debt, or strays.
+        // Every buffer still held by `me` pays a debt, or strays.
         let left: Vec<u32> = mine
             .into_iter()
             .filter(|&x| self.bufs.holder(x) == Some(me))
@@ -1075,8 +1136,6 @@ impl Region {
                 _ => {}
             }
         }
-        self.ifs.free(ii);
-        Ok(())
     }
 }
 
@@ -1710,6 +1769,81 @@ mod tests {
         check_books(&p.r);
         assert_eq!(p.r.bufs_in_use(), 2 + 4 * 64);
         let _ = (btx, arx);
+    }
+
+    /// Two ports in one region (netmap's `@N`), a bridge between them
+    /// swapping A's RX buffers into B's TX slots: A's rings leave while B
+    /// stays, and B keeps every buffer its slots name; a port that joins
+    /// then gets none of them; hostile slots (duplicates, 0, out of range)
+    /// change nothing.
+    #[test]
+    fn a_port_leaves_a_shared_region_without_taking_anothers_buffers() {
+        let mut r = region_for(3, 2, 0);
+        let (atx, arx) = (
+            r.alloc_ring(Dir::Tx, 0, 64).unwrap(),
+            r.alloc_ring(Dir::Rx, 0, 64).unwrap(),
+        );
+        let (btx, brx) = (
+            r.alloc_ring(Dir::Tx, 0, 64).unwrap(),
+            r.alloc_ring(Dir::Rx, 0, 64).unwrap(),
+        );
+        // bridge.c's rings_move: A's RX slot and B's TX slot trade buffers.
+        for i in 0..40 {
+            let a_buf = slots(&r, arx)[i as usize];
+            let b_buf = swap_in(&r, btx, i, a_buf);
+            swap_in(&r, arx, i, b_buf);
+        }
+        // Nonsense in A's TX slots: one of its buffers twice, 0, out of
+        // range (it loses those buffers; nobody else does).
+        let a_tx0 = slots(&r, atx)[0];
+        swap_in(&r, atx, 1, a_tx0);
+        swap_in(&r, atx, 2, 0);
+        swap_in(&r, atx, 3, u32::MAX);
+        r.free_ring_swapped(arx).unwrap();
+        r.free_ring_swapped(atx).unwrap();
+        check_books(&r);
+        let mut b_hand = slots(&r, btx);
+        b_hand.extend(slots(&r, brx));
+        for x in &b_hand {
+            assert!(
+                !matches!(r.bufs.holder(*x), Some(Holder::Free) | None),
+                "B's {x} freed"
+            );
+        }
+        // A port joining now gets none of B's buffers.
+        let ctx = r.alloc_ring(Dir::Tx, 0, 64).unwrap();
+        let crx = r.alloc_ring(Dir::Rx, 0, 64).unwrap();
+        for x in slots(&r, ctx).into_iter().chain(slots(&r, crx)) {
+            assert!(
+                !b_hand.contains(&x),
+                "{x} given to C while B's slot names it"
+            );
+        }
+        check_books(&r);
+        // With nobody registered, every ring back on its own buffers:
+        // distinct across the region.
+        r.reinit_all_rings().unwrap();
+        let mut all: Vec<u32> = [btx, brx, ctx, crx]
+            .iter()
+            .flat_map(|&o| slots(&r, o))
+            .collect();
+        let n = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), n);
+        // A client that names another ring's buffer in its own slots (one
+        // buffer in two places: its own memory corrupted, as in netmap)
+        // still leaves the books whole: nothing freed twice, nothing lost.
+        let b_rx0 = slots(&r, brx)[0];
+        swap_in(&r, ctx, 0, b_rx0);
+        swap_in(&r, ctx, 1, b_rx0);
+        r.free_ring_swapped(ctx).unwrap();
+        r.free_ring_swapped(crx).unwrap();
+        check_books(&r);
+        r.free_ring_swapped(btx).unwrap();
+        r.free_ring_swapped(brx).unwrap();
+        check_books(&r);
+        assert_eq!(r.rings_in_use(), 0);
     }
 
     #[test]

@@ -18,6 +18,7 @@ struct Args {
     busy: Duration,
     log: String,
     huge_pages: bool,
+    mem_ports: u32,
     vhost: Vec<vhost::VhostSpec>,
     config: Option<PathBuf>,
     vhost_inline: bool,
@@ -29,7 +30,7 @@ struct Args {
 
 const USAGE: &str =
     "usage: valed [--socket PATH] [--threads N] [--cpus LIST] [--busy-poll USECS] [--log LEVEL]
-             [--hugepages] [--vhost-inline] [--config FILE] [--metrics HOST:PORT|unix:PATH] [--vhost-dir DIR]
+             [--hugepages] [--mem-ports N] [--vhost-inline] [--config FILE] [--metrics HOST:PORT|unix:PATH] [--vhost-dir DIR]
              [--quota-mem MIB] [--quota-vhost N] [--quota-ports N] [--quota-switches N]
              [--admode best|native|generic]
              [--vhost-user NAME=PATH[,client][,queues=N][,batch=N][,attach=valeX]]...";
@@ -61,6 +62,7 @@ fn parse_args() -> Result<Args, String> {
         busy: Duration::from_micros(50),
         log: "info".into(),
         huge_pages: false,
+        mem_ports: 4,
         vhost: Vec::new(),
         config: None,
         vhost_inline: false,
@@ -95,6 +97,16 @@ fn parse_args() -> Result<Args, String> {
             }
             "--log" => a.log = val("--log")?,
             "--hugepages" => a.huge_pages = true,
+            "--mem-ports" => {
+                let v = val("--mem-ports")?;
+                a.mem_ports = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=64).contains(n))
+                    .ok_or(format!(
+                        "--mem-ports {v}: want 1..=64 ports per shared region"
+                    ))?;
+            }
             "--vhost-inline" => a.vhost_inline = true,
             "--vhost-user" => a
                 .vhost
@@ -207,6 +219,7 @@ fn run(args: Args) -> std::io::Result<()> {
     info!(socket = %path.display(), threads = args.threads, busy_poll_us = args.busy.as_micros() as u64, "valed ready");
     let mut reg = state::Registry::new(fwd);
     reg.huge_pages = args.huge_pages;
+    reg.mem_ports = args.mem_ports;
     reg.vhost_inline = args.vhost_inline;
     reg.quotas = args.quotas;
     reg.admode = args.admode;

@@ -690,3 +690,158 @@ fn pipe_ends_exchange_frames_zero_copy() {
     let m2 = v.open("vale0:p{1").unwrap();
     drop(m2);
 }
+
+/// The errno of a refused open.
+fn refused(r: Result<NmPort, PortError>) -> i32 {
+    match r {
+        Err(PortError::Refused { source, .. }) => source.raw_os_error().unwrap_or(0),
+        Err(e) => panic!("not a refusal: {e}"),
+        Ok(p) => panic!("{} opened", p.name()),
+    }
+}
+
+/// Moves what `a` received into `b`'s TX ring by swapping buffers, as
+/// netmap's bridge does between two ports in one region; the number moved.
+fn bridge_swap(a: &NmPort, b: &NmPort, seen: &mut Vec<u32>) -> usize {
+    let (rx, tx) = (a.rx_ring(0), b.tx_ring(0));
+    rx.sync().unwrap();
+    tx.sync().unwrap();
+    let (r, t) = (&rx.ring, &tx.ring);
+    let (mut i, mut j) = (r.cur(), t.cur());
+    let mut moved = 0;
+    while i != r.tail() && j != t.tail() {
+        let (mut rs, mut ts) = (r.slot(i), t.slot(j));
+        seen.push(rs.buf_idx);
+        std::mem::swap(&mut rs.buf_idx, &mut ts.buf_idx);
+        ts.len = rs.len;
+        ts.flags = NS_BUF_CHANGED;
+        rs.flags = NS_BUF_CHANGED;
+        r.set_slot(i, rs);
+        t.set_slot(j, ts);
+        i = ring::next(i, r.num_slots());
+        j = ring::next(j, t.num_slots());
+        moved += 1;
+    }
+    r.set_head(i);
+    r.set_cur(i);
+    t.set_head(j);
+    t.set_cur(j);
+    tx.sync().unwrap();
+    rx.sync().unwrap();
+    moved
+}
+
+/// Ports in another port's memory (netmap's `@N`, `nr_mem_id`): `a@100`
+/// on vale1 and `b@100` on vale2 share region 100, so a bridge between
+/// them swaps buffers instead of copying (netmap's bridge checks that the
+/// two ports have one memory), and frames from s on vale1 reach r on vale2
+/// intact, in the buffers they arrived in. The region holds
+/// `--mem-ports` ports; the errors are netmap's.
+#[test]
+fn ports_share_a_region_by_memory_id() {
+    let v = start("mem-id", &["--mem-ports", "2"]);
+    let s = v.open("vale1:s").unwrap();
+    let a = v.open("vale1:a@100").unwrap();
+    let b = v.open("vale2:b@100").unwrap();
+    let r = v.open("vale2:r").unwrap();
+    let (ia, ib) = (a.register_info(), b.register_info());
+    assert_eq!((ia.nr_mem_id, ib.nr_mem_id), (100, 100));
+    assert_eq!(ia.nr_memsize, ib.nr_memsize);
+    let own = s.register_info().nr_mem_id;
+    assert!(own >= 2 && own != 100, "s's own region: {own}");
+    assert_ne!(r.register_info().nr_mem_id, own);
+
+    let frames: Vec<Vec<u8>> = (0..3000)
+        .map(|i| frame(60 + (i as usize * 7) % 1400, i))
+        .collect();
+    let (mut got, mut sent, mut seen) = (Vec::new(), 0, Vec::new());
+    let t0 = Instant::now();
+    while got.len() < frames.len() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "stalled at {} of {}",
+            got.len(),
+            frames.len()
+        );
+        if sent < frames.len() {
+            sent += send(&s, &frames[sent..]);
+        }
+        let _ = a.poll(false, true, Some(Duration::from_millis(5)));
+        bridge_swap(&a, &b, &mut seen);
+        let _ = r.poll(false, true, Some(Duration::from_millis(5)));
+        recv(&r, &mut got);
+    }
+    assert_eq!(got, frames);
+    // The buffers a received in went out of b's TX ring: they are the
+    // region's, not copies.
+    assert!(seen.len() >= frames.len());
+    let nbufs = a.rx_ring(0).ring.nbufs();
+    assert!(seen.iter().all(|&x| x >= 2 && x < nbufs));
+
+    // An existing port: an id that names no region is EINVAL (netmap
+    // looks the id up first); another that exists is ignored.
+    let asked = |id: u16| NmreqRegister {
+        nr_mem_id: id,
+        ..Default::default()
+    };
+    assert_eq!(
+        refused(NmPort::open_with(&v.sock, "vale1:s", asked(999))),
+        libc::EINVAL
+    );
+    // A port's own region has no room for another (a full allocator).
+    assert_eq!(
+        refused(NmPort::open_with(&v.sock, "vale1:x", asked(own))),
+        libc::ENOMEM
+    );
+    // Region 100 holds --mem-ports 2 ports.
+    assert_eq!(refused(v.open("vale1:c@100")), libc::ENOMEM);
+    // A pipe's region is not a port's.
+    let pipe = v.open("vale1:p{1").unwrap();
+    let pid = pipe.register_info().nr_mem_id;
+    assert_eq!(
+        refused(NmPort::open_with(&v.sock, "vale1:y", asked(pid))),
+        libc::EINVAL
+    );
+    drop(pipe);
+    // When a leaves, c fits, and gets none of the buffers b's ring holds.
+    drop(a);
+    let t0 = Instant::now();
+    let c = loop {
+        match v.open("vale1:c@100") {
+            Ok(c) => break c,
+            Err(_) if t0.elapsed() < Duration::from_secs(5) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("c after a left: {e}"),
+        }
+    };
+    assert_eq!(c.register_info().nr_mem_id, 100);
+    let ring_bufs = |p: &NmPort| -> Vec<u32> {
+        let (t, x) = (p.tx_ring(0), p.rx_ring(0));
+        (0..t.ring.num_slots())
+            .map(|i| t.ring.slot(i).buf_idx)
+            .chain((0..x.ring.num_slots()).map(|i| x.ring.slot(i).buf_idx))
+            .collect()
+    };
+    let b_bufs = ring_bufs(&b);
+    for x in ring_bufs(&c) {
+        assert!(!b_bufs.contains(&x), "buffer {x} in both b's and c's rings");
+    }
+    // Rings larger than the region's ring objects do not fit: ENOMEM.
+    drop(c);
+    let big = NmreqRegister {
+        nr_mem_id: 100,
+        nr_tx_slots: 4096,
+        ..Default::default()
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        refused(NmPort::open_with(&v.sock, "vale1:d", big)),
+        libc::ENOMEM
+    );
+    // The region goes with its last port; the id makes a new one.
+    drop(b);
+    std::thread::sleep(Duration::from_millis(100));
+    let again = v.open("vale1:e@100").unwrap();
+    assert_eq!(again.register_info().nr_mem_id, 100);
+}

@@ -131,9 +131,19 @@ fn text(o: &Output) -> String {
 /// A persistent port `switch:name` with backpressure, so nothing sent to
 /// it is dropped.
 fn port(v: &Valed, switch: &str, name: &str) -> String {
+    port_in(v, switch, name, 0)
+}
+
+/// As [`port`], in memory region `mem_id` (`vale-ctl -n name -m N`; 0:
+/// a region of its own).
+fn port_in(v: &Valed, switch: &str, name: &str, mem_id: u16) -> String {
     let c = CtrlConn::connect(&v.sock).unwrap();
+    let newif = NmreqValeNewif {
+        nr_mem_id: mem_id,
+        ..Default::default()
+    };
     let (r, _) = c
-        .call(&Request::new(NETMAP_REQ_VALE_NEWIF, name, &NmreqValeNewif::default()).unwrap())
+        .call(&Request::new(NETMAP_REQ_VALE_NEWIF, name, &newif).unwrap())
         .unwrap();
     assert_eq!(r.error, 0, "NEWIF {name}");
     let full = format!("{switch}:{name}");
@@ -231,7 +241,7 @@ fn bad_requests_get_netmaps_error_codes() {
     assert!(out.status.success(), "{t}");
     assert_eq!(
         t.matches("\nok ").count() + usize::from(t.starts_with("ok ")),
-        15,
+        17,
         "{t}"
     );
 }
@@ -470,4 +480,60 @@ fn a_program_linked_with_libnetmap_sends_and_receives() {
     let out = rx.join().unwrap();
     let t = text(&out);
     assert!(out.status.success() && t.contains("received 20000"), "{t}");
+}
+
+/// netmap's bridge between two ports in one memory region, as a C program
+/// linked with libnetmap: `a` and `b` made by NEWIF with memory id 50
+/// (`vale-ctl -n a -m 50`), so `a->mem == b->mem` and the program swaps
+/// buffers instead of copying. pkt-gen's txseq on vale1 reaches rxseq on
+/// vale2 through it exactly, and closing a leaves b's mapping usable.
+#[test]
+fn a_bridge_swaps_buffers_between_ports_in_one_region() {
+    let v = start("preload-bridge", &[]);
+    let n = 20_000u64;
+    let ns = n.to_string();
+    let a = port_in(&v, "vale1", "a", 50);
+    let b = port_in(&v, "vale2", "b", 50);
+    let r = port(&v, "vale2", "r");
+    let stop = leak_flag();
+    let prx = spawn(
+        pktgen_cfg(&v.sock, &["-i", &r, "-f", "rxseq", "-n", &ns]),
+        stop,
+    );
+    let bridge = std::thread::spawn({
+        let sock = v.sock.clone();
+        let ns = ns.clone();
+        move || {
+            Command::new("timeout")
+                .arg("60")
+                .arg(nmport())
+                .args(["bridge", &a, &b, &ns])
+                .env("VALE_SOCKET", sock)
+                .output()
+                .expect("run nmport bridge")
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let tx = pkt_gen::run::run(
+        &pktgen_cfg(&v.sock, &["-i", "vale1:s", "-f", "txseq", "-n", &ns]),
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert!(tx.ok(), "{tx:?}");
+    let out = bridge.join().unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("mem_id 50 50 zerocopy 1"), "{t}");
+    assert!(t.contains(&format!("forwarded {n} swapped {n}")), "{t}");
+    assert!(
+        t.contains("after closing a: b's ring has 1024 slots"),
+        "{t}"
+    );
+    let rx = join_within(prx, stop, "bridge -> pkt-gen rxseq");
+    let s = rx.seq.clone().expect("rxseq report");
+    assert_eq!(
+        (s.frames, s.lost, s.corrupt, s.duplicates, s.reordered),
+        (n, 0, 0, 0, 0),
+        "{s:?}"
+    );
 }

@@ -660,3 +660,27 @@ fn a_tenant_cannot_monitor_another_uids_port() {
     );
     assert!(s.v.open("vale0:tp/r").is_ok());
 }
+
+/// A shared region (`@N`) is its maker's: another uid cannot put a port
+/// in it (every registration there can read and write all its buffers),
+/// and it counts once, whole, against its maker's memory quota.
+#[test]
+fn a_tenant_cannot_put_a_port_in_another_uids_region() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let s = setup("sec-mem-id", &["--quota-mem", "12"]);
+    let _root = s.v.open("vale0:rootmem@200").unwrap();
+    assert_eq!(register_as_tenant(&s.v.sock, "vale0:t@200", 0), libc::EPERM);
+    // Its own port fits in 12 MiB (about 4.3 MiB); a region for 4 such
+    // ports (about 19 MiB) does not.
+    assert_eq!(register_as_tenant(&s.v.sock, "vale0:t", 0), 0);
+    assert_eq!(
+        register_as_tenant(&s.v.sock, "vale0:t@201", 0),
+        libc::ENOMEM
+    );
+    // Root joins and makes regions freely.
+    let _r2 = s.v.open("vale0:rootmem2@200").unwrap();
+}

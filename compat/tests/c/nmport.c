@@ -6,6 +6,10 @@
  *   nmport size               sizeof(struct nmport_d)
  *   nmport tx PORTSPEC N      injects N 60-byte frames
  *   nmport rx PORTSPEC N      receives N frames from the bound rings
+ *   nmport bridge A B N       forwards N frames from A to B as netmap's
+ *                             bridge does: by swapping buffers when the
+ *                             two ports share one memory (a->mem == b->mem,
+ *                             e.g. vale0:a@5 and vale1:b@5), else by copy
  */
 #include <errno.h>
 #include <poll.h>
@@ -14,6 +18,72 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <libnetmap.h>
+
+static int bridge(const char *an, const char *bn, long n)
+{
+	struct nmport_d *pa, *pb;
+	struct pollfd pfd[2];
+	long done = 0, swapped = 0;
+	int zerocopy;
+
+	pa = nmport_open(an);
+	if (!pa) {
+		perror(an);
+		return 1;
+	}
+	pb = nmport_open(bn);
+	if (!pb) {
+		perror(bn);
+		return 1;
+	}
+	zerocopy = pa->mem == pb->mem;
+	printf("mem_id %u %u zerocopy %d\n", pa->reg.nr_mem_id, pb->reg.nr_mem_id, zerocopy);
+	pfd[0].fd = pa->fd;
+	pfd[0].events = POLLIN;
+	pfd[1].fd = pb->fd;
+	while (done < n) {
+		struct netmap_ring *rx = NETMAP_RXRING(pa->nifp, pa->first_rx_ring);
+		struct netmap_ring *tx = NETMAP_TXRING(pb->nifp, pb->first_tx_ring);
+		unsigned int m;
+
+		pfd[1].events = nm_ring_space(tx) ? 0 : POLLOUT;
+		if (poll(pfd, 2, 10000) <= 0) {
+			fprintf(stderr, "stalled at %ld\n", done);
+			return 1;
+		}
+		m = nm_ring_space(rx);
+		if (nm_ring_space(tx) < m)
+			m = nm_ring_space(tx);
+		for (; m > 0; m--) {
+			struct netmap_slot *rs = &rx->slot[rx->cur];
+			struct netmap_slot *ts = &tx->slot[tx->cur];
+
+			if (zerocopy) {
+				uint32_t b = ts->buf_idx;
+
+				ts->buf_idx = rs->buf_idx;
+				rs->buf_idx = b;
+				ts->flags |= NS_BUF_CHANGED;
+				rs->flags |= NS_BUF_CHANGED;
+				swapped++;
+			} else {
+				memcpy(NETMAP_BUF(tx, ts->buf_idx), NETMAP_BUF(rx, rs->buf_idx), rs->len);
+			}
+			ts->len = rs->len;
+			rx->head = rx->cur = nm_ring_next(rx, rx->cur);
+			tx->head = tx->cur = nm_ring_next(tx, tx->cur);
+			done++;
+		}
+		ioctl(pb->fd, NIOCTXSYNC, NULL);
+	}
+	nmport_close(pa);
+	/* One mapping per region per process: b's survives a's close. */
+	printf("after closing a: b's ring has %u slots\n",
+	       NETMAP_TXRING(pb->nifp, pb->first_tx_ring)->num_slots);
+	nmport_close(pb);
+	printf("forwarded %ld swapped %ld\n", done, swapped);
+	return 0;
+}
 
 int main(int argc, char **argv)
 {
@@ -32,6 +102,8 @@ int main(int argc, char **argv)
 		printf("bad name: %s errno %d\n", d ? "opened" : "refused", errno);
 		return 0;
 	}
+	if (argc == 5 && !strcmp(argv[1], "bridge"))
+		return bridge(argv[2], argv[3], atol(argv[4]));
 	if (argc < 4)
 		return 2;
 	n = atol(argv[3]);

@@ -232,11 +232,15 @@ impl Registry {
 
     /// Bytes of regions `uid` holds now.
     fn mem_of(&self, uid: u32) -> u64 {
-        let ports = self
-            .ports
-            .values()
-            .filter(|p| p.owner == uid)
-            .map(|p| p.region.memsize() as u64);
+        // A region shared by several ports counts once, to its owner.
+        let mut regions = BTreeMap::new();
+        for p in self.ports.values() {
+            let m = lock(&p.mem);
+            if m.region.owner() == uid {
+                regions.insert(p.mem_id, m.region.memsize() as u64);
+            }
+        }
+        let ports = regions.into_values();
         let pipes = self
             .pipes
             .values()

@@ -65,13 +65,49 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A region that holds ports' rings, and how many use it.
+struct Mem {
+    region: Region,
+    /// Made for a memory id a client named (`vale0:a@N`, `vale-ctl -m N`),
+    /// sized for several ports, which may join it. Such a region is one
+    /// swap domain: the client may move buffers between all its rings
+    /// (netmap's bridge does), so where a buffer sits is the truth
+    /// ([`Region::free_ring_swapped`], [`Region::free_if_swapped`]). A
+    /// port's own region (the default) is not shared and keeps the
+    /// record-based books.
+    shared: bool,
+    /// Ports whose rings are in it.
+    ports: u32,
+    /// Registrations bound to rings in it.
+    live: u32,
+}
+
+/// A port's handle on its region: shared by the ports in it, which the
+/// control thread alone locks.
+type MemRef = Arc<Mutex<Mem>>;
+
+impl Mem {
+    /// A region with its first port: the port's own, or `shared` (made for
+    /// a named memory id).
+    fn new(region: Region, shared: bool) -> MemRef {
+        Arc::new(Mutex::new(Mem {
+            region,
+            shared,
+            ports: 1,
+            live: 0,
+        }))
+    }
+}
+
 /// A VALE port: its memory and rings, and where it is attached.
 struct Port {
     /// Name without the switch (`vm1`).
     name: String,
     owner: u32,
     persistent: bool,
-    region: Region,
+    mem: MemRef,
+    /// Its region's id (`nr_mem_id`), without the lock.
+    mem_id: u16,
     layout: PortLayout,
     tx: Vec<usize>,
     rx: Vec<usize>,
@@ -81,6 +117,29 @@ struct Port {
     sink: SinkSlot,
     /// Registrations bound to the port's rings.
     regs: Vec<RegRec>,
+}
+
+impl Drop for Port {
+    /// A port leaving a shared region gives its rings back to it, so that
+    /// others may join; a region of its own goes with it.
+    fn drop(&mut self) {
+        let mut m = lock(&self.mem);
+        if !m.shared {
+            return;
+        }
+        let live = m.live > 0;
+        for &off in self.tx.iter().chain(&self.rx) {
+            // While other ports' clients run, their slots may hold this
+            // port's buffers: free where the slots point. Otherwise the
+            // next first registration rewrites every ring anyway.
+            let _ = if live {
+                m.region.free_ring_swapped(off)
+            } else {
+                m.region.free_ring(off)
+            };
+        }
+        m.ports = m.ports.saturating_sub(1);
+    }
 }
 
 /// Which rings one registration bound.
@@ -205,7 +264,10 @@ pub struct Registry {
     switches: BTreeMap<String, SwitchRec>,
     /// Ports by key: `valeX:Y` for ephemeral ones, `Y` for persistent ones.
     ports: BTreeMap<String, Port>,
+    /// Where the search for a free memory id starts.
     next_mem_id: u16,
+    /// Ports a region made for a named memory id holds (`--mem-ports`).
+    pub mem_ports: u32,
     fwd: Vec<Forwarder>,
     next_fwd: usize,
     /// Default ring size for ports that do not ask.
@@ -266,7 +328,10 @@ impl Registry {
         Registry {
             switches: BTreeMap::new(),
             ports: BTreeMap::new(),
-            next_mem_id: 1,
+            // Id 1 stays free, as netmap's global region: `@1` and
+            // `vale-ctl -m 1` name a shared region, never a port's own.
+            next_mem_id: 2,
+            mem_ports: 4,
             fwd,
             next_fwd: 0,
             default_slots: 1024,

@@ -31,6 +31,9 @@ impl MonitorRec {
     pub(super) fn memsize(&self) -> u64 {
         self.region.memsize() as u64
     }
+    pub(super) fn mem_id(&self) -> u16 {
+        self.region.mem_id()
+    }
 }
 
 impl Registry {
@@ -96,7 +99,7 @@ impl Registry {
             // could never see a frame.
             return err(req, libc::EINVAL);
         }
-        let mut region = match self.new_region(conn.uid, &layout, 1, 1) {
+        let mut region = match self.new_region(conn.uid, &layout, 1, 1, None) {
             Ok(r) => r,
             Err(e) => return err(req, e),
         };

@@ -88,7 +88,7 @@ impl Registry {
                 extra_bufs: body.nr_extra_bufs,
                 ..Default::default()
             };
-            let mut region = match self.new_region(conn.uid, &layout, 2, 1) {
+            let mut region = match self.new_region(conn.uid, &layout, 2, 1, None) {
                 Ok(r) => r,
                 Err(e) => return err(req, e),
             };

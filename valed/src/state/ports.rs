@@ -5,14 +5,16 @@ use super::*;
 
 impl Registry {
     /// A region of `owner`'s for `nports` ports of `layout` and `regs`
-    /// registrations, under the next memory id, within `owner`'s memory
-    /// quota: the one place ports, pipes and monitors get their memory.
+    /// registrations, under memory id `id` (the next free one if `None`),
+    /// within `owner`'s memory quota: the one place ports, pipes and
+    /// monitors get their memory.
     pub(super) fn new_region(
         &mut self,
         owner: u32,
         layout: &PortLayout,
         nports: u32,
         regs: u32,
+        id: Option<u16>,
     ) -> Result<Region, Errno> {
         let mut cfg =
             RegionConfig::for_ports(layout, nports, regs).map_err(|e| region_errno(&e))?;
@@ -21,59 +23,160 @@ impl Registry {
         // valed's next touch of that page is a SIGBUS. Shared 4 KiB pages
         // just refault as zeroes.
         cfg.huge_pages = self.huge_pages;
-        let mem_id = self.next_mem_id;
-        self.next_mem_id = self.next_mem_id.checked_add(1).unwrap_or(1);
+        let mem_id = match id {
+            Some(id) => id,
+            None => self.alloc_mem_id()?,
+        };
         let region = Region::new(mem_id, owner, &cfg).map_err(|e| region_errno(&e))?;
         self.check_mem_quota(owner, region.memsize() as u64)?;
         Ok(region)
     }
 
+    /// Whether a port, pipe or monitor has region `id`.
+    pub(super) fn mem_id_used(&self, id: u16) -> bool {
+        self.ports.values().any(|p| p.mem_id == id)
+            || self.pipes.values().any(|p| p.region.mem_id() == id)
+            || self.monitors.values().any(|m| m.mem_id() == id)
+    }
+
+    /// The next memory id no region has, from 2 up and round again (1
+    /// stays for clients to name, as netmap's global region), as netmap
+    /// hands out its private allocators' ids.
+    fn alloc_mem_id(&mut self) -> Result<u16, Errno> {
+        let mut id = self.next_mem_id;
+        for _ in 0..u16::MAX {
+            if id < 2 {
+                id = 2;
+            }
+            if !self.mem_id_used(id) {
+                self.next_mem_id = id.wrapping_add(1);
+                return Ok(id);
+            }
+            id = id.wrapping_add(1);
+        }
+        Err(libc::ENOMEM)
+    }
+
+    /// A port `name` of `owner`'s with `layout`'s rings: in a region of its
+    /// own, or in the shared region `mem` (`@N`, `vale-ctl -m N`), which is
+    /// made for `--mem-ports` ports of this one's shape if no region has
+    /// that id yet (netmap has no such step: its allocators exist first).
     pub(super) fn new_port(
         &mut self,
         name: &str,
         owner: u32,
         layout: PortLayout,
         persistent: bool,
+        mem: Option<u16>,
     ) -> Result<Port, Errno> {
         self.check_port_quota(owner, name, false)?;
         // Each ring is bound by at most one registration at a time, so a
         // port has at most one registration per ring.
         let regs = layout.tx_rings + layout.rx_rings;
-        let mut region = self.new_region(owner, &layout, 1, regs)?;
-        let mut tx = Vec::new();
-        let mut rx = Vec::new();
-        for i in 0..layout.tx_rings {
-            tx.push(
-                region
-                    .alloc_ring(Dir::Tx, i as u16, layout.tx_slots)
-                    .map_err(|e| region_errno(&e))?,
-            );
+        let (memref, joined) = match mem {
+            None => {
+                let region = self.new_region(owner, &layout, 1, regs, None)?;
+                (Mem::new(region, false), false)
+            }
+            Some(id) => match self.ports.values().find(|p| p.mem_id == id) {
+                Some(p) => {
+                    let m = lock(&p.mem);
+                    // Any registration can read and write every buffer of
+                    // its region: only the region's owner (or root) puts
+                    // ports in it.
+                    limits::check_owner(&format!("memory region {id}"), m.region.owner(), owner)
+                        .map_err(Errno::from)?;
+                    if !m.shared {
+                        // A port's own region is sized for it alone (a
+                        // full netmap allocator).
+                        return Err(libc::ENOMEM);
+                    }
+                    (p.mem.clone(), true)
+                }
+                None if self.mem_id_used(id) => return Err(libc::EINVAL),
+                None => {
+                    // Room for ports of the default ring size too, and
+                    // for extra buffers, as a persistent port has.
+                    let d = self.default_slots;
+                    let shape = PortLayout {
+                        tx_slots: layout.tx_slots.max(d),
+                        rx_slots: layout.rx_slots.max(d),
+                        extra_bufs: layout.extra_bufs.max(PERSISTENT_EXTRA_BUFS),
+                        ..layout
+                    };
+                    let k = self.mem_ports;
+                    let region = self.new_region(owner, &shape, k, regs, Some(id))?;
+                    info!(
+                        mem_id = id,
+                        ports = k,
+                        bytes = region.memsize(),
+                        "shared region made"
+                    );
+                    (Mem::new(region, true), false)
+                }
+            },
+        };
+        let mem_id = lock(&memref).region.mem_id();
+        if joined {
+            lock(&memref).ports += 1;
         }
-        for i in 0..layout.rx_rings {
-            rx.push(
-                region
-                    .alloc_ring(Dir::Rx, i as u16, layout.rx_slots)
-                    .map_err(|e| region_errno(&e))?,
-            );
-        }
-        Ok(Port {
+        // From here the port frees what it took when dropped.
+        let mut port = Port {
             name: name.to_string(),
             owner,
             persistent,
-            region,
+            mem: memref,
+            mem_id,
             layout,
-            tx,
-            rx,
+            tx: Vec::new(),
+            rx: Vec::new(),
             hdr_len: 0,
             attached: None,
             sink: SinkSlot::default(),
             regs: Vec::new(),
-        })
+        };
+        // In a shared region, ring objects too small for this port, or
+        // no room left, are a full allocator: ENOMEM, as netmap.
+        let errno = |e: RegionError| {
+            if joined || mem.is_some() {
+                libc::ENOMEM
+            } else {
+                region_errno(&e)
+            }
+        };
+        for (dir, n, slots) in [
+            (Dir::Tx, layout.tx_rings, layout.tx_slots),
+            (Dir::Rx, layout.rx_rings, layout.rx_slots),
+        ] {
+            for i in 0..n {
+                let off = lock(&port.mem)
+                    .region
+                    .alloc_ring(dir, i as u16, slots)
+                    .map_err(errno)?;
+                match dir {
+                    Dir::Tx => port.tx.push(off),
+                    Dir::Rx => port.rx.push(off),
+                }
+            }
+        }
+        if joined {
+            info!(port = name, mem_id, "port joins shared region");
+        }
+        Ok(port)
     }
 
     /// A port for an information request: as [`lookup`](Self::lookup),
     /// or a persistent port of that name even if it is not attached.
     pub(super) fn find_any(&self, name: &str) -> Result<&Port, Errno> {
+        // A persistent port is an interface in netmap (`netmap:x`, as
+        // `vale-ctl -n y -m netmap:x` names it).
+        if let Ok(spec) = portname::parse_with(name, NR_NAME) {
+            if let PortKind::Nic { ifname, .. } = &spec.name.kind {
+                if let Some(p) = self.ports.get(ifname).filter(|p| p.persistent) {
+                    return Ok(p);
+                }
+            }
+        }
         let (switch, pname) = Self::vale_name(name)?;
         let key = self.lookup(&switch, &pname).unwrap_or(pname);
         match self.ports.get(&key) {
@@ -88,14 +191,14 @@ impl Registry {
             Err(e) => return err(req, e),
         };
         let body = NmreqPortInfoGet {
-            nr_memsize: p.region.memsize() as u64,
+            nr_memsize: lock(&p.mem).region.memsize() as u64,
             nr_tx_slots: p.layout.tx_slots,
             nr_rx_slots: p.layout.rx_slots,
             nr_tx_rings: p.tx.len() as u16,
             nr_rx_rings: p.rx.len() as u16,
             nr_host_tx_rings: 1,
             nr_host_rx_rings: 1,
-            nr_mem_id: p.region.mem_id(),
+            nr_mem_id: p.mem_id,
             ..Default::default()
         };
         let mut r = req.clone();
@@ -108,7 +211,7 @@ impl Registry {
             Ok(p) => p,
             Err(e) => return err(req, e),
         };
-        let body = p.region.pools_info();
+        let body = lock(&p.mem).region.pools_info();
         let mut r = req.clone();
         r.set_body(&body);
         (0, r, Vec::new())
@@ -150,12 +253,8 @@ impl Registry {
         if layout.tx_rings > 16 || layout.rx_rings > 16 {
             return err(req, libc::EINVAL);
         }
-        if b.nr_mem_id != 0 {
-            // Regions are sized for their port when created, so a port
-            // cannot move into another's yet.
-            return err(req, libc::EOPNOTSUPP);
-        }
-        match self.new_port(name, conn.uid, layout, true) {
+        let mem = (b.nr_mem_id != 0).then_some(b.nr_mem_id);
+        match self.new_port(name, conn.uid, layout, true, mem) {
             Ok(p) => {
                 info!(port = name, "persistent port created");
                 // Answer with what was chosen, as netmap does.
@@ -164,7 +263,7 @@ impl Registry {
                     nr_rx_slots: p.layout.rx_slots,
                     nr_tx_rings: p.tx.len() as u16,
                     nr_rx_rings: p.rx.len() as u16,
-                    nr_mem_id: p.region.mem_id(),
+                    nr_mem_id: p.mem_id,
                     ..Default::default()
                 };
                 self.ports.insert(name.to_string(), p);
@@ -235,6 +334,18 @@ impl Registry {
         }
         if let Err(e) = self.owned(conn, &pname) {
             return err(req, e);
+        }
+        // `vale-ctl -a vale0:x -m N`: an id that names no region is
+        // EINVAL, as netmap; netmap moves an idle port into another
+        // region, valed does not (its rings stay where they were made).
+        let want = b.reg.nr_mem_id;
+        if want != 0 {
+            if !self.mem_id_used(want) {
+                return err(req, libc::EINVAL);
+            }
+            if want != self.ports[&pname].mem_id {
+                return err(req, libc::EOPNOTSUPP);
+            }
         }
         let res = self.attach(&pname, &switch);
         attached(req, b, res)

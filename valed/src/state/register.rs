@@ -85,8 +85,21 @@ impl Registry {
         if !matches!(mode, NR_REG_ALL_NIC | NR_REG_ONE_NIC) {
             return err(req, libc::EINVAL);
         }
+        // A port in another port's memory: `@N` or `nr_mem_id`.
+        let want_mem = match spec.mem_id {
+            Some(m) => m.get(),
+            None => body.nr_mem_id,
+        };
         let key = match self.lookup(&switch, &pname) {
-            Some(k) => k,
+            Some(k) => {
+                // As netmap: an id that names no region is EINVAL; any
+                // other is ignored for a port that exists, whose own id
+                // is answered.
+                if want_mem != 0 && !self.mem_id_used(want_mem) {
+                    return err(req, libc::EINVAL);
+                }
+                k
+            }
             None => {
                 let d = self.default_slots;
                 let pick = |v: u32| if v == 0 { d } else { v };
@@ -101,7 +114,8 @@ impl Registry {
                 if layout.tx_rings > 16 || layout.rx_rings > 16 {
                     return err(req, libc::EINVAL);
                 }
-                let port = match self.new_port(&pname, conn.uid, layout, false) {
+                let mem = (want_mem != 0).then_some(want_mem);
+                let port = match self.new_port(&pname, conn.uid, layout, false, mem) {
                     Ok(p) => p,
                     Err(e) => return err(req, e),
                 };
@@ -115,15 +129,6 @@ impl Registry {
             }
         };
         let port = self.ports.get_mut(&key).expect("just found");
-        // A port in another port's memory (`@N`, vale-ctl -m): not served
-        // yet; asking for the port's own region is fine.
-        let want_mem = match spec.mem_id {
-            Some(m) => m.get(),
-            None => body.nr_mem_id,
-        };
-        if want_mem != 0 && want_mem != port.region.mem_id() {
-            return err(req, libc::EOPNOTSUPP);
-        }
         if port.regs.iter().any(|r| r.exclusive)
             || (flags & NR_EXCLUSIVE != 0 && !port.regs.is_empty())
         {
@@ -185,7 +190,14 @@ impl Registry {
         // From here on every early return drops `nif`, which frees the
         // netmap_if and its extra buffers: a failed registration leaks
         // nothing. It is kept only once nothing can fail.
-        let nif = match port.region.pending_if(&if_name, &rings, body.nr_extra_bufs) {
+        let mut mem = lock(&port.mem);
+        // A shared region nobody has registered: every ring in it back on
+        // its own buffers first (whatever earlier clients swapped).
+        let (shared, first) = (mem.shared, mem.live == 0);
+        if shared && first && mem.region.reinit_all_rings().is_err() {
+            return err(req, libc::EIO);
+        }
+        let nif = match mem.region.pending_if(&if_name, &rings, body.nr_extra_bufs) {
             Ok(n) => n,
             Err(e) => return err(req, region_errno(&e)),
         };
@@ -217,8 +229,15 @@ impl Registry {
             let idx = idx as u32;
             // Fresh rings for a fresh registration, as netmap gives: every
             // slot on one of the ring's own buffers, whatever the previous
-            // client swapped in.
-            if nif.reinit_ring(off).is_err() {
+            // client swapped in. In a shared region with clients running,
+            // their slots may hold this ring's buffers: only the pointers
+            // go back (a pipe end does the same).
+            let fresh = if shared {
+                nif.rewind_ring(off)
+            } else {
+                nif.reinit_ring(off)
+            };
+            if fresh.is_err() {
                 return err(req, libc::EIO);
             }
             let Ok((ns, base, bs, nb)) = nif.ring_params(off) else {
@@ -251,6 +270,8 @@ impl Registry {
             Err(_) => return err(req, libc::EMFILE),
         };
         let nifp = nif.keep();
+        mem.live += 1;
+        drop(mem);
         lock(&port.sink).add(conn.id, sinks);
         port.regs.push(RegRec {
             conn: conn.id,
@@ -286,14 +307,14 @@ impl Registry {
         }
         let port = self.ports.get(&key).expect("present");
         body.nr_offset = nifp as u64;
-        body.nr_memsize = port.region.memsize() as u64;
+        body.nr_memsize = lock(&port.mem).region.memsize() as u64;
         body.nr_tx_slots = port.layout.tx_slots;
         body.nr_rx_slots = port.layout.rx_slots;
         body.nr_tx_rings = port.tx.len() as u16;
         body.nr_rx_rings = port.rx.len() as u16;
         body.nr_host_tx_rings = 1;
         body.nr_host_rx_rings = 1;
-        body.nr_mem_id = port.region.mem_id();
+        body.nr_mem_id = port.mem_id;
         body.nr_mode = mode;
         body.nr_ringid = ringid;
         body.nr_flags = flags;
@@ -331,7 +352,15 @@ impl Registry {
         };
         lock(&port.sink).remove(conn.id);
         port.regs.retain(|r| r.conn != conn.id);
-        let _ = port.region.free_if(reg.nifp);
+        {
+            let mut mem = lock(&port.mem);
+            let _ = if mem.shared {
+                mem.region.free_if_swapped(reg.nifp)
+            } else {
+                mem.region.free_if(reg.nifp)
+            };
+            mem.live = mem.live.saturating_sub(1);
+        }
         info!(port = reg.port_key, conn = conn.id, "unregistered");
         if !port.persistent && port.regs.is_empty() {
             let _ = self.detach(&reg.port_key);
