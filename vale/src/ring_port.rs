@@ -12,7 +12,8 @@
 //! - `NS_INDIRECT` from a client is refused: its `ptr` is an address in the
 //!   client's process (the client library resolves it before txsync).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use netmap::abi::{NetmapSlot, NS_BUF_CHANGED, NS_INDIRECT, NS_MOREFRAG};
 use netmap::csb::Csb;
@@ -161,6 +162,8 @@ pub struct RingSource {
     p: RingPort,
     /// Slots of each frame of the last fetch.
     frame_slots: Vec<u32>,
+    /// Where a zero-copy monitor of this ring hooks in.
+    zmon: Option<Arc<ZmonHook>>,
 }
 
 impl RingSource {
@@ -176,7 +179,15 @@ impl RingSource {
         Ok(RingSource {
             p: RingPort::new(Dir::Tx, map, geo, csb, csb_idx, irq)?,
             frame_slots: Vec::new(),
+            zmon: None,
         })
+    }
+
+    /// Gives the slots this ring releases to the zero-copy monitor set on
+    /// `hook`, if any (netmap's zero-copy TX monitor).
+    pub fn with_zmon(mut self, hook: Arc<ZmonHook>) -> RingSource {
+        self.zmon = Some(hook);
+        self
     }
 
     /// What the client did wrong so far.
@@ -251,6 +262,11 @@ impl Source for RingSource {
     fn complete(&mut self, frames: usize) {
         let slots: u32 = self.frame_slots.iter().take(frames).sum();
         if slots > 0 {
+            if let Some(h) = &self.zmon {
+                // Before the client gets the slots back: they leave with
+                // the monitor's buffers in them.
+                h.give(&self.p, self.p.kring.nr_hwcur, slots);
+            }
             self.p.kring.tx_consumed(slots);
             self.p.publish_and_notify();
         }
@@ -265,6 +281,8 @@ pub struct RingSink {
     filled: u32,
     /// The client's kick eventfd, for backpressure wake-ups.
     kick: Option<Arc<EventFd>>,
+    /// Where a zero-copy monitor of this ring hooks in.
+    zmon: Option<Arc<ZmonHook>>,
 }
 
 impl RingSink {
@@ -280,7 +298,16 @@ impl RingSink {
             p: RingPort::new(Dir::Rx, map, geo, csb, csb_idx, irq)?,
             filled: 0,
             kick: None,
+            zmon: None,
         })
+    }
+
+    /// Gives the slots the client releases to the zero-copy monitor set on
+    /// `hook`, if any (netmap's zero-copy RX monitor): they are seen when
+    /// the switch next delivers to this ring.
+    pub fn with_zmon(mut self, hook: Arc<ZmonHook>) -> RingSink {
+        self.zmon = Some(hook);
+        self
     }
 
     /// The eventfd the client kicks when asked to (its registration's kick
@@ -299,7 +326,16 @@ impl RingSink {
 impl Sink for RingSink {
     fn room(&mut self) -> usize {
         if self.filled == 0 {
+            let before = self.p.kring.nr_hwcur;
             self.p.prologue();
+            if let Some(h) = &self.zmon {
+                // What the client released since: to the monitor, before
+                // the switch refills those slots.
+                let n = ring::distance(before, self.p.kring.nr_hwcur, self.p.geo.num_slots);
+                if n > 0 {
+                    h.give(&self.p, before, n);
+                }
+            }
         }
         (self.p.kring.rx_space().1 - self.filled) as usize
     }
@@ -527,4 +563,124 @@ pub fn pipe_forward(src: &mut RingSource, dst: &mut RingSink) -> usize {
         dst.p.publish_and_notify();
     }
     moved as usize
+}
+
+/// A zero-copy monitor's RX ring (netmap's `/z`): it lives in the
+/// monitored port's region, and the slots the port is done with — TX slots
+/// the switch has sent, RX slots the client has released — trade buffers
+/// with its free slots, so the monitor sees those frames without a copy
+/// and the port's slots come back holding the monitor's buffers
+/// (`NS_BUF_CHANGED`). When the monitor has no room the oldest of them are
+/// not given to it (netmap drops them the same way); the port never waits.
+#[derive(Debug)]
+pub struct ZmonRing {
+    p: RingPort,
+    /// Slots given to the monitor.
+    pub given: u64,
+    /// Slots not given (no room, or a buffer index out of the pool).
+    pub dropped: u64,
+}
+
+impl ZmonRing {
+    /// The monitor's RX ring `geo`, in the region mapped at `map` (the
+    /// monitored port's), synced through CSB entry `csb_idx`.
+    pub fn new(
+        map: Arc<SharedMap>,
+        geo: RingGeometry,
+        csb: Arc<Csb>,
+        csb_idx: u32,
+        irq: Arc<EventFd>,
+    ) -> std::io::Result<ZmonRing> {
+        Ok(ZmonRing {
+            p: RingPort::new(Dir::Rx, map, geo, csb, csb_idx, irq)?,
+            given: 0,
+            dropped: 0,
+        })
+    }
+
+    /// Trades the buffers of `n` slots of `src` from `start` with free
+    /// slots of this ring, in order; what does not fit, from the oldest,
+    /// stays with the port.
+    fn take(&mut self, src: &RingPort, start: u32, n: u32) {
+        self.p.prologue();
+        let (m0, room) = self.p.kring.rx_space();
+        let skip = n.saturating_sub(room);
+        self.dropped += u64::from(skip);
+        let (sv, mv) = (src.view(), self.p.view());
+        let (sns, mns) = (src.geo.num_slots, self.p.geo.num_slots);
+        let size = src.geo.buf_size as usize;
+        let mut filled = 0u32;
+        for i in skip..n {
+            let si = ring::advance(start, i, sns);
+            let mut s = sv.slot(si);
+            let mi = ring::advance(m0, filled, mns);
+            let mut m = mv.slot(mi);
+            // Both buffers must be the pool's: the two rings share it, so
+            // an index valid for one is valid for the other.
+            if src.buf_ptr(&s, size).is_none() || self.p.buf_ptr(&m, size).is_none() {
+                self.dropped += 1;
+                continue;
+            }
+            std::mem::swap(&mut s.buf_idx, &mut m.buf_idx);
+            m.len = s.len;
+            m.flags = NS_BUF_CHANGED | (s.flags & NS_MOREFRAG);
+            m.ptr = 0;
+            s.flags |= NS_BUF_CHANGED;
+            mv.set_slot(mi, m);
+            sv.set_slot(si, s);
+            filled += 1;
+        }
+        if filled > 0 {
+            self.given += u64::from(filled);
+            self.p.kring.rx_filled(filled);
+            self.p.publish_and_notify();
+        }
+    }
+}
+
+/// Where a zero-copy monitor hooks into one ring of a port. A port with no
+/// such monitor pays one relaxed load per batch; with one, its ring's
+/// released slots go to the monitor under the hook's lock and then the
+/// monitor ring's (taken after the port's sink lock on the RX side, alone
+/// on the TX side, in that order always, and never held while waiting for
+/// anything else).
+#[derive(Debug, Default)]
+pub struct ZmonHook {
+    on: AtomicBool,
+    ring: Mutex<Option<Arc<Mutex<ZmonRing>>>>,
+}
+
+impl ZmonHook {
+    /// A hook with no monitor.
+    pub fn new() -> Arc<ZmonHook> {
+        Arc::new(ZmonHook::default())
+    }
+
+    /// Sets the monitor ring, or none. Returns the previous one, which no
+    /// forwarding thread touches once this returns (a trade in progress
+    /// holds the hook's lock, so this waits for it: microseconds).
+    pub fn set(&self, ring: Option<Arc<Mutex<ZmonRing>>>) -> Option<Arc<Mutex<ZmonRing>>> {
+        let mut g = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        self.on.store(ring.is_some(), Ordering::Relaxed);
+        std::mem::replace(&mut *g, ring)
+    }
+
+    /// Whether a monitor is set.
+    pub fn is_set(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
+    fn give(&self, src: &RingPort, start: u32, n: u32) {
+        if !self.on.load(Ordering::Relaxed) {
+            return;
+        }
+        // The hook's lock is held through the trade (see `set`); the
+        // ring's own lock orders the port's TX and RX hooks of one ring.
+        let g = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = &*g {
+            r.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(src, start, n);
+        }
+    }
 }

@@ -845,3 +845,162 @@ fn ports_share_a_region_by_memory_id() {
     let again = v.open("vale1:e@100").unwrap();
     assert_eq!(again.register_info().nr_mem_id, 100);
 }
+
+/// As `recv`, with the buffer index each frame arrived in.
+fn recv_bufs(p: &NmPort, out: &mut Vec<(u32, Vec<u8>)>) {
+    let rx = p.rx_ring(0);
+    rx.sync().unwrap();
+    let r = &rx.ring;
+    let mut cur = r.cur();
+    while cur != r.tail() {
+        let s = r.slot(cur);
+        let mut b = vec![0u8; s.len as usize];
+        r.read_buf(s.buf_idx, 0, &mut b).unwrap();
+        out.push((s.buf_idx, b));
+        cur = ring::next(cur, r.num_slots());
+    }
+    r.set_cur(cur);
+    r.set_head(cur);
+    rx.sync().unwrap();
+}
+
+/// Zero-copy monitors (netmap's `/z` with `/t` or `/r`): their rings are
+/// in the monitored port's region, and the slots the port is done with
+/// trade buffers with them. A TX monitor gets every frame a sends, in the
+/// very buffer a wrote it in; an RX monitor gets what a received once a
+/// released it (seen when the switch next delivers to a); a's traffic is
+/// exact throughout. A port in a region of its own has no room (ENOMEM);
+/// a ring takes one zero-copy monitor (EBUSY).
+#[test]
+fn zero_copy_monitors_get_the_ports_own_buffers() {
+    use netmap::ctrl::{
+        ValePortConfig, VALE_PORT_BACKPRESSURE, VALE_REQ_PORT_CONFIG, VALE_SET_FLAGS,
+    };
+    let v = start("zmon", &[]);
+    let a = v.open("vale1:a@100").unwrap();
+    let r = v.open("vale1:r").unwrap();
+    // Nothing dropped on the way: both ends hold their senders.
+    for p in ["vale1:a", "vale1:r"] {
+        let cfg = ValePortConfig {
+            flags: VALE_PORT_BACKPRESSURE,
+            set: VALE_SET_FLAGS,
+            ..Default::default()
+        };
+        let (e, _) = v.call(&Request::new(VALE_REQ_PORT_CONFIG, p, &cfg).unwrap());
+        assert_eq!(e, 0, "backpressure on {p}");
+    }
+    assert_eq!(refused(v.open("vale1:r/tz")), libc::ENOMEM);
+    assert_eq!(refused(v.open("vale1:nosuch/tz")), libc::EINVAL);
+    let zt = v.open("vale1:a/tz").unwrap();
+    assert_eq!(zt.register_info().nr_mem_id, 100);
+    assert_eq!(refused(v.open("vale1:a/tz")), libc::EBUSY);
+    let zr = v.open("vale1:a/rz").unwrap();
+
+    // TX: a -> r, every frame to the monitor in a's own buffer.
+    let n = 3000usize;
+    let frames: Vec<Vec<u8>> = (0..n as u32)
+        .map(|i| frame(60 + (i as usize * 13) % 1400, i))
+        .collect();
+    let (mut sent, mut sent_bufs, mut got, mut mon) = (0, Vec::new(), Vec::new(), Vec::new());
+    let t0 = Instant::now();
+    while got.len() < n || mon.len() < n {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "stalled: r {} monitor {} of {n}",
+            got.len(),
+            mon.len()
+        );
+        recv_bufs(&zt, &mut mon);
+        recv(&r, &mut got);
+        if sent < n {
+            // The buffers of the slots the frames go into, read while the
+            // slots are still ours (once sent, they trade with the monitor).
+            let tx = a.tx_ring(0);
+            tx.sync().unwrap();
+            let (c, ns) = (tx.ring.cur(), tx.ring.num_slots());
+            let free = ring::space(c, tx.ring.tail(), ns);
+            let bufs: Vec<u32> = (0..free)
+                .map(|j| tx.ring.slot(ring::advance(c, j, ns)).buf_idx)
+                .collect();
+            let k = send(&a, &frames[sent..]);
+            sent_bufs.extend_from_slice(&bufs[..k]);
+            sent += k;
+        }
+        let _ = zt.poll(false, true, Some(Duration::from_millis(2)));
+    }
+    assert!(got == frames, "r's frames differ");
+    let (mon_bufs, mon_frames): (Vec<u32>, Vec<Vec<u8>>) = mon.into_iter().unzip();
+    assert!(mon_frames == frames, "the TX monitor's frames differ");
+    let first_diff = mon_bufs.iter().zip(&sent_bufs).position(|(m, s)| m != s);
+    assert!(
+        mon_bufs.len() == sent_bufs.len() && first_diff.is_none(),
+        "the TX monitor did not get a's own buffers: first difference at {first_diff:?}"
+    );
+
+    // RX: r -> a; the monitor gets each frame once a has released it.
+    let back: Vec<Vec<u8>> = (0..n as u32).map(|i| frame(200, 50_000 + i)).collect();
+    let (mut sent, mut a_got, mut mon) = (0, Vec::new(), Vec::new());
+    let t0 = Instant::now();
+    while a_got.len() < n {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "stalled at {}",
+            a_got.len()
+        );
+        if sent < n {
+            sent += send(&r, &back[sent..]);
+        }
+        let _ = a.poll(false, true, Some(Duration::from_millis(2)));
+        recv_bufs(&a, &mut a_got);
+        recv_bufs(&zr, &mut mon);
+    }
+    // One more frame makes the switch look at a's ring again, which hands
+    // the last released slots to the monitor.
+    let t0 = Instant::now();
+    while mon.len() < n {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "monitor has {}",
+            mon.len()
+        );
+        send(&r, &[frame(60, 99_999)]);
+        let _ = zr.poll(false, true, Some(Duration::from_millis(20)));
+        recv_bufs(&zr, &mut mon);
+        let mut drop_ = Vec::new();
+        recv(&a, &mut drop_);
+    }
+    assert!(
+        a_got.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>() == back,
+        "a's frames differ"
+    );
+    let first_diff = mon[..n].iter().zip(&a_got).position(|(m, g)| m != g);
+    assert!(
+        first_diff.is_none(),
+        "the RX monitor did not get a's frames in a's buffers: first difference at {first_diff:?}"
+    );
+
+    // The monitors go; a's rings keep working, on whatever buffers they
+    // hold now.
+    drop(zt);
+    drop(zr);
+    std::thread::sleep(Duration::from_millis(100));
+    let more: Vec<Vec<u8>> = (0..500).map(|i| frame(100, 70_000 + i)).collect();
+    let mut got = Vec::new();
+    let mut sent = 0;
+    let t0 = Instant::now();
+    while got.len() < more.len() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "stalled at {}",
+            got.len()
+        );
+        if sent < more.len() {
+            sent += send(&a, &more[sent..]);
+        }
+        let _ = r.poll(false, true, Some(Duration::from_millis(5)));
+        recv(&r, &mut got);
+    }
+    assert!(got == more, "a's frames after the monitors left differ");
+    // The monitor's ring can be taken again.
+    assert!(v.open("vale1:a/tz").is_ok());
+}

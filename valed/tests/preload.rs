@@ -422,6 +422,61 @@ fn a_c_program_exchanges_frames_with_pkt_gen() {
     );
     assert_eq!(prx.join().unwrap().ctrs.pkts, 3000);
 
+    // The same capture through a zero-copy monitor (`/tz`) of a sender in
+    // a shared region (`vale-ctl -n zm -m 70`): the frames pkt-gen sent
+    // reach the C program in pkt-gen's own buffers.
+    let nif = NmreqValeNewif {
+        nr_rx_slots: 4096,
+        nr_mem_id: 70,
+        ..Default::default()
+    };
+    let (r, _) = c
+        .call(&Request::new(NETMAP_REQ_VALE_NEWIF, "zm", &nif).unwrap())
+        .unwrap();
+    assert_eq!(r.error, 0);
+    let (r, _) = c
+        .call(
+            &Request::new(
+                NETMAP_REQ_VALE_ATTACH,
+                "vale8:zm",
+                &NmreqValeAttach::default(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(r.error, 0);
+    let prx = spawn(
+        pktgen_cfg(&v.sock, &["-i", "vale8:zr", "-f", "rx", "-n", "3000"]),
+        leak_flag(),
+    );
+    let mon = std::thread::spawn({
+        let v_sock = v.sock.clone();
+        move || {
+            Command::new("timeout")
+                .arg("60")
+                .arg(nmapp())
+                .args(["rx", "vale8:zm/tz", "3000"])
+                .env("LD_PRELOAD", preload())
+                .env("VALE_SOCKET", v_sock)
+                .output()
+                .expect("run nmapp rx on a zero-copy monitor")
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let tx = pkt_gen::run::run(
+        &pktgen_cfg(&v.sock, &["-i", "vale8:zm", "-f", "tx", "-n", "3000"]),
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert!(tx.ok(), "{tx:?}");
+    let out = mon.join().unwrap();
+    let t = text(&out);
+    assert!(
+        out.status.success() && t.contains("received 3000 bad 0"),
+        "{t}"
+    );
+    assert_eq!(prx.join().unwrap().ctrs.pkts, 3000);
+
     // A child forked after registering sends on the parent's registration.
     let pc = port(&v, "vale3", "pc");
     let prx = spawn(

@@ -647,7 +647,12 @@ fn a_tenant_cannot_monitor_another_uids_port() {
     const OTHER: u32 = 1; // Debian's `daemon`
     let s = setup("sec-monitor", &[]);
     let _root = s.v.open("vale0:rootport").unwrap();
-    for m in ["vale0:rootport/r", "vale0:rootport/t", "vale0:rootport/rt"] {
+    for m in [
+        "vale0:rootport/r",
+        "vale0:rootport/t",
+        "vale0:rootport/rt",
+        "vale0:rootport/tz",
+    ] {
         assert_eq!(register_as_tenant(&s.v.sock, m, 0), libc::EPERM, "{m}");
     }
     // The tenant's own persistent port: its monitor is fine, another

@@ -20,7 +20,7 @@ use netmap::sync::{Dir, KringState};
 use netmap::sys::EventFd;
 use serde::Serialize;
 use tracing::info;
-use vale::ring_port::{RingGeometry, RingSink, RingSinkSet, RingSource};
+use vale::ring_port::{RingGeometry, RingSink, RingSinkSet, RingSource, ZmonHook, ZmonRing};
 use vale::{DropReason, PortConfig, PortId, Sink, Switch};
 
 use crate::fwd::{Forwarder, Path, Unit};
@@ -117,6 +117,9 @@ struct Port {
     sink: SinkSlot,
     /// Registrations bound to the port's rings.
     regs: Vec<RegRec>,
+    /// Where a zero-copy monitor hooks into each TX and RX ring.
+    zmon_tx: Vec<Arc<ZmonHook>>,
+    zmon_rx: Vec<Arc<ZmonHook>>,
 }
 
 impl Drop for Port {
@@ -285,6 +288,8 @@ pub struct Registry {
     nics: BTreeMap<String, nics::NicPort>,
     /// Monitor registrations by connection id.
     monitors: BTreeMap<u64, monitors::MonitorRec>,
+    /// Zero-copy monitor registrations by connection id.
+    zmons: BTreeMap<u64, monitors::ZmonRec>,
     next_unit: u64,
     /// Where vhost-user ports are saved, to come back after a restart.
     pub state_file: Option<std::path::PathBuf>,
@@ -342,6 +347,7 @@ impl Registry {
             vhost: BTreeMap::new(),
             nics: BTreeMap::new(),
             monitors: BTreeMap::new(),
+            zmons: BTreeMap::new(),
             next_unit: 1 << 62,
             state_file: None,
             vhost_dir: std::path::PathBuf::from("/run/vale/vhost"),

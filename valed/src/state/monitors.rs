@@ -1,8 +1,14 @@
-//! Copy monitors (`vale0:a/r`, `/t`, `/rt`): a registration whose RX
-//! rings get a copy of what a port on a switch sends or receives. The
-//! monitor has a region of its own (netmap's copy monitors use private
-//! memory too); the switch copies into it (`vale::Switch::add_monitor`),
-//! and nothing is done for a port that has no monitor.
+//! Monitors: a registration whose RX rings get what a port on a switch
+//! sends or receives.
+//!
+//! - Copy monitors (`vale0:a/r`, `/t`, `/rt`) have a region of their own
+//!   (netmap's copy monitors use private memory too); the switch copies
+//!   into it (`vale::Switch::add_monitor`), and nothing is done for a port
+//!   that has no monitor.
+//! - Zero-copy monitors (`/rz`, `/tz`, `/rtz`) have their rings in the
+//!   monitored port's region, so they need room there (a port in a shared
+//!   region, `@N`); the port's rings trade the buffers of the slots it is
+//!   done with for the monitor's (`vale::ring_port::ZmonHook`).
 
 use super::*;
 
@@ -34,6 +40,17 @@ impl MonitorRec {
     pub(super) fn mem_id(&self) -> u16 {
         self.region.mem_id()
     }
+}
+
+/// One zero-copy monitor registration: its rings and `netmap_if` in the
+/// monitored port's region, and the port's hooks it set.
+pub(super) struct ZmonRec {
+    mem: MemRef,
+    rings: Vec<usize>,
+    nifp: usize,
+    hooks: Vec<Arc<ZmonHook>>,
+    /// valed's end of the kick pipe (see `MonitorRec`).
+    _kick: Arc<EventFd>,
 }
 
 impl Registry {
@@ -264,11 +281,239 @@ impl Registry {
     }
 
     /// The end of a monitor registration: the switch stops copying, then
-    /// the region goes.
+    /// the region goes; or the port's rings stop trading buffers with a
+    /// zero-copy monitor, then its rings go back to the port's region.
     pub(super) fn unregister_monitor(&mut self, conn: u64) {
         if let Some(m) = self.monitors.remove(&conn) {
             m.sw.remove_monitor(m.port, m.id);
             info!(conn, "monitor unregistered");
         }
+        if let Some(z) = self.zmons.remove(&conn) {
+            // Once set(None) returns no forwarding thread touches the
+            // monitor's rings; they hold the port's buffers now, so they
+            // are freed where their slots point.
+            for h in &z.hooks {
+                h.set(None);
+            }
+            let mut m = lock(&z.mem);
+            let _ = m.region.free_if_swapped(z.nifp);
+            for off in z.rings {
+                let _ = m.region.free_ring_swapped(off);
+            }
+            m.live = m.live.saturating_sub(1);
+            info!(conn, "zero-copy monitor unregistered");
+        }
+    }
+
+    /// REGISTER of `switch:pname` as a zero-copy monitor (`/z` with `/r`
+    /// and/or `/t`): as a copy monitor, but its rings are made in the
+    /// port's region and the port's rings give it the buffers of the slots
+    /// they are done with. The port must be a client or persistent port
+    /// (a VM port's frames are in guest memory: EINVAL) whose region has
+    /// room (a shared region, `@N`; a port's own region is sized for it
+    /// alone: ENOMEM); each ring takes one zero-copy monitor (EBUSY).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn register_zmon(
+        &mut self,
+        conn: &mut Conn,
+        req: &Request,
+        mut body: NmreqRegister,
+        switch: &str,
+        pname: &str,
+        mode: u32,
+        ringid: u16,
+        flags: u64,
+    ) -> Answer {
+        let target = format!("{switch}:{pname}");
+        match self.configurable(conn, &target, true) {
+            Ok(_) => {}
+            Err(libc::ENXIO) => return err(req, libc::EINVAL),
+            Err(e) => return err(req, e),
+        }
+        let Some(key) = self.lookup(switch, pname) else {
+            return err(req, libc::EINVAL);
+        };
+        let p = &self.ports[&key];
+        let rings = p.tx.len().max(p.rx.len()) as u32;
+        let slots = if body.nr_rx_slots != 0 {
+            body.nr_rx_slots
+        } else {
+            p.layout.rx_slots
+        };
+        let sel: Vec<u16> = match mode {
+            NR_REG_ALL_NIC => (0..rings as u16).collect(),
+            NR_REG_ONE_NIC if u32::from(ringid) < rings => vec![ringid],
+            _ => return err(req, libc::EINVAL),
+        };
+        if flags & NR_TX_RINGS_ONLY != 0 || body.nr_extra_bufs > PERSISTENT_EXTRA_BUFS {
+            return err(req, libc::EINVAL);
+        }
+        // The port's hooks this monitor takes, ring by ring.
+        let mut hooks: Vec<(u16, Arc<ZmonHook>)> = Vec::new();
+        for &i in &sel {
+            let i_ = i as usize;
+            if flags & NR_MONITOR_TX != 0 && i_ < p.zmon_tx.len() {
+                hooks.push((i, p.zmon_tx[i_].clone()));
+            }
+            if flags & NR_MONITOR_RX != 0 && i_ < p.zmon_rx.len() {
+                hooks.push((i, p.zmon_rx[i_].clone()));
+            }
+        }
+        // One zero-copy monitor per ring, as in netmap.
+        if hooks.iter().any(|(_, h)| h.is_set()) {
+            return err(req, libc::EBUSY);
+        }
+        let memref = p.mem.clone();
+        let mut mem = lock(&memref);
+        if !mem.shared {
+            return err(req, libc::ENOMEM);
+        }
+        // Rings made here go back to the region on any failure below.
+        struct Made<'a> {
+            region: &'a mut Region,
+            rings: Vec<usize>,
+        }
+        impl Drop for Made<'_> {
+            fn drop(&mut self) {
+                for &off in &self.rings {
+                    let _ = self.region.free_ring(off);
+                }
+            }
+        }
+        let first = mem.live == 0;
+        if first && mem.region.reinit_all_rings().is_err() {
+            return err(req, libc::EIO);
+        }
+        let mut made = Made {
+            region: &mut mem.region,
+            rings: Vec::new(),
+        };
+        let Ok(tx0) = made.region.alloc_ring(Dir::Tx, 0, slots) else {
+            return err(req, libc::ENOMEM);
+        };
+        made.rings.push(tx0);
+        let mut rx = Vec::new();
+        for i in 0..rings {
+            match made.region.alloc_ring(Dir::Rx, i as u16, slots) {
+                Ok(off) => {
+                    made.rings.push(off);
+                    rx.push(off);
+                }
+                Err(_) => return err(req, libc::ENOMEM),
+            }
+        }
+        let with_tx = (mode == NR_REG_ALL_NIC || ringid == 0) && flags & NR_RX_RINGS_ONLY == 0;
+        let rings_if = IfRings {
+            tx: vec![with_tx.then_some(tx0)],
+            host_tx: vec![None],
+            rx: (0..rings as u16)
+                .map(|i| sel.contains(&i).then(|| rx[i as usize]))
+                .collect(),
+            host_rx: vec![None],
+        };
+        let if_name: String = req
+            .hdr
+            .name_str()
+            .unwrap_or_default()
+            .chars()
+            .take(15)
+            .collect();
+        let bound: Vec<(Dir, usize, u16)> = with_tx
+            .then_some((Dir::Tx, tx0, 0))
+            .into_iter()
+            .chain(sel.iter().map(|&i| (Dir::Rx, rx[i as usize], i)))
+            .collect();
+        let Ok((csb, Bells { kick, irq, peer })) = (|| -> std::io::Result<(Arc<Csb>, Bells)> {
+            Ok((Arc::new(Csb::create(bound.len() as u32)?), Bells::new()?))
+        })() else {
+            return err(req, libc::ENOMEM);
+        };
+        let map = made.region.map_arc();
+        let mut zrings: Vec<(u16, Arc<Mutex<ZmonRing>>)> = Vec::new();
+        for (idx, (dir, off, i)) in bound.into_iter().enumerate() {
+            let idx = idx as u32;
+            let Ok((ns, base, bs, nb)) = made.region.ring_params(off) else {
+                return err(req, libc::EIO);
+            };
+            KringState::new(dir, ns).publish(&csb.entry(idx).expect("sized"));
+            if dir == Dir::Rx {
+                let geo = RingGeometry {
+                    off,
+                    num_slots: ns,
+                    buf_base: base,
+                    buf_size: bs,
+                    nbufs: nb,
+                };
+                match ZmonRing::new(map.clone(), geo, csb.clone(), idx, irq.clone()) {
+                    Ok(z) => zrings.push((i, Arc::new(Mutex::new(z)))),
+                    Err(_) => return err(req, libc::EIO),
+                }
+            }
+        }
+        let nif = match made
+            .region
+            .pending_if(&if_name, &rings_if, body.nr_extra_bufs)
+        {
+            Ok(n) => n,
+            Err(e) => return err(req, region_errno(&e)),
+        };
+        let fds = match (|| -> std::io::Result<Vec<OwnedFd>> {
+            let [k, i] = peer;
+            Ok(vec![nif.share_fd()?, csb.share_fd()?, k, i])
+        })() {
+            Ok(f) => f,
+            Err(_) => return err(req, libc::EMFILE),
+        };
+        let nifp = nif.keep();
+        let ring_offs = std::mem::take(&mut made.rings);
+        drop(made);
+        // From here nothing fails: the port's rings start trading.
+        for (i, h) in &hooks {
+            if let Some((_, z)) = zrings.iter().find(|(j, _)| j == i) {
+                h.set(Some(z.clone()));
+            }
+        }
+        mem.live += 1;
+        body.nr_offset = nifp as u64;
+        body.nr_memsize = mem.region.memsize() as u64;
+        body.nr_tx_slots = slots;
+        body.nr_rx_slots = slots;
+        body.nr_tx_rings = 1;
+        body.nr_rx_rings = rings as u16;
+        body.nr_host_tx_rings = 0;
+        body.nr_host_rx_rings = 0;
+        body.nr_mem_id = mem.region.mem_id();
+        body.nr_mode = mode;
+        body.nr_ringid = ringid;
+        body.nr_flags = flags;
+        drop(mem);
+        info!(
+            port = target,
+            conn = conn.id,
+            uid = conn.uid,
+            tx = flags & NR_MONITOR_TX != 0,
+            rx = flags & NR_MONITOR_RX != 0,
+            "zero-copy monitor registered"
+        );
+        self.zmons.insert(
+            conn.id,
+            ZmonRec {
+                mem: memref,
+                rings: ring_offs,
+                nifp,
+                hooks: hooks.into_iter().map(|(_, h)| h).collect(),
+                _kick: kick,
+            },
+        );
+        conn.reg = Some(Registration {
+            port_key: target,
+            nifp,
+            fwd: usize::MAX,
+            pipe_end: None,
+            monitor: true,
+        });
+        let mut r = req.clone();
+        r.set_body(&body);
+        (0, r, fds)
     }
 }

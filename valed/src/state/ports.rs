@@ -134,6 +134,8 @@ impl Registry {
             attached: None,
             sink: SinkSlot::default(),
             regs: Vec::new(),
+            zmon_tx: (0..layout.tx_rings).map(|_| ZmonHook::new()).collect(),
+            zmon_rx: (0..layout.rx_rings).map(|_| ZmonHook::new()).collect(),
         };
         // In a shared region, ring objects too small for this port, or
         // no room left, are a full allocator: ENOMEM, as netmap.

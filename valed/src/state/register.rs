@@ -72,14 +72,13 @@ impl Registry {
             spec.nr_ringid()
         };
         let flags = body.nr_flags | spec.nr_flags();
-        // Zero-copy monitors (`/z`) need the monitor's rings in the
-        // monitored port's region: not served. Refused, rather than
-        // registering something the program would take for one.
-        if flags & NR_ZCOPY_MON != 0 {
-            return err(req, libc::EOPNOTSUPP);
-        }
+        // As in netmap, `/z` (NR_ZCOPY_MON) makes a monitor zero-copy and
+        // means nothing without `/r` or `/t`.
         if flags & (NR_MONITOR_TX | NR_MONITOR_RX) != 0 {
             body.nr_rx_slots = body.nr_rx_slots.max(spec.conf.rx_slots);
+            if flags & NR_ZCOPY_MON != 0 {
+                return self.register_zmon(conn, req, body, &switch, &pname, mode, ringid, flags);
+            }
             return self.register_monitor(conn, req, body, &switch, &pname, mode, ringid, flags);
         }
         if !matches!(mode, NR_REG_ALL_NIC | NR_REG_ONE_NIC) {
@@ -209,23 +208,23 @@ impl Registry {
         };
         let map = nif.map_arc();
         // CSB entries: the bound TX rings, then the bound RX rings.
-        let bound: Vec<(Dir, usize)> = port
+        let bound: Vec<(Dir, usize, usize)> = port
             .tx
             .iter()
             .enumerate()
             .filter(|(i, _)| tx_sel.contains(&(*i as u16)))
-            .map(|(_, &off)| (Dir::Tx, off))
+            .map(|(i, &off)| (Dir::Tx, off, i))
             .chain(
                 port.rx
                     .iter()
                     .enumerate()
                     .filter(|(i, _)| rx_sel.contains(&(*i as u16)))
-                    .map(|(_, &off)| (Dir::Rx, off)),
+                    .map(|(i, &off)| (Dir::Rx, off, i)),
             )
             .collect();
         let mut sources = Vec::new();
         let mut sinks = Vec::new();
-        for (idx, (dir, off)) in bound.into_iter().enumerate() {
+        for (idx, (dir, off, ri)) in bound.into_iter().enumerate() {
             let idx = idx as u32;
             // Fresh rings for a fresh registration, as netmap gives: every
             // slot on one of the ring's own buffers, whatever the previous
@@ -253,10 +252,16 @@ impl Registry {
             };
             let made = match dir {
                 Dir::Tx => RingSource::new(map.clone(), geo, csb.clone(), idx, irq.clone())
-                    .map(|s| sources.push(s)),
+                    .map(|s| sources.push(s.with_zmon(port.zmon_tx[ri].clone()))),
                 // Frames spread over the bound RX rings by flow.
-                Dir::Rx => RingSink::new(map.clone(), geo, csb.clone(), idx, irq.clone())
-                    .map(|s| sinks.push(s.with_kick(kick.clone()))),
+                Dir::Rx => {
+                    RingSink::new(map.clone(), geo, csb.clone(), idx, irq.clone()).map(|s| {
+                        sinks.push(
+                            s.with_kick(kick.clone())
+                                .with_zmon(port.zmon_rx[ri].clone()),
+                        )
+                    })
+                }
             };
             if made.is_err() {
                 return err(req, libc::EIO);
