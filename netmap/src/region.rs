@@ -454,15 +454,19 @@ enum Holder {
 ///   buffers, nor the data, its predecessor swapped in. Until then an
 ///   unbound ring's slots may still name buffers freed with a `netmap_if`;
 ///   nothing reads an unbound ring.
-/// - Where the forwarding itself swaps buffers between rings (a netmap
-///   pipe's two ends), where a buffer is no longer says who holds it: the
-///   region is one swap domain and [`Region::free_if_swapped`] applies
-///   (the client's list, checked, with an exchange that keeps every
-///   holder's count).
+/// - Where buffers move between rings of different holders (a netmap
+///   pipe's two ends, ports in one shared region that a client bridges,
+///   a zero-copy monitor), where a buffer is no longer says who holds it:
+///   the region is one swap domain and [`Region::free_if_swapped`] and
+///   [`Region::free_ring_swapped`] apply (where the client left the
+///   buffers, checked, with an exchange that keeps every holder's count),
+///   and [`Region::reinit_all_rings`] starts it afresh once nobody is
+///   registered.
 ///
 /// The data path checks a slot's `buf_idx` against the pool's size only, so
 /// a client can still name any buffer of its region while it is
-/// registered; a region is one port's (or one pipe's) and one uid's.
+/// registered; a region is one port's (or one pipe's, or the ports' of a
+/// shared region) and always one uid's.
 #[derive(Debug)]
 struct BufPool {
     offset: usize,
@@ -1059,24 +1063,34 @@ impl Region {
     /// free, reserved or already named is skipped.
     pub fn free_ring_swapped(&mut self, off: usize) -> Result<(), RegionError> {
         let ri = self.rings.index_of(off, self.mem_id)?;
-        let rec = std::mem::take(&mut self.ring_recs[ri as usize]);
-        let mut located = Vec::with_capacity(rec.bufs.len());
-        for i in 0..rec.num_slots as usize {
+        let num_slots = self.ring_recs[ri as usize].num_slots as usize;
+        let mut located = Vec::with_capacity(num_slots);
+        for i in 0..num_slots {
             let slot: NetmapSlot = self
                 .map
                 .read(off + RING_HEADER_SIZE + i * size_of::<NetmapSlot>())?;
             located.push(slot.buf_idx);
         }
+        let rec = std::mem::take(&mut self.ring_recs[ri as usize]);
         self.release_located(Holder::Ring(ri as u16), rec.bufs, &located);
         self.rings.free(ri);
         Ok(())
     }
 
     /// Rewrites every ring of the region from the switch's records (see
-    /// [`reinit_ring`](Self::reinit_ring)): for a swap domain that nobody
-    /// has registered, so that its first registration finds every slot on
-    /// a distinct buffer again, whatever earlier clients swapped.
-    pub fn reinit_all_rings(&self) -> Result<(), RegionError> {
+    /// [`reinit_ring`](Self::reinit_ring)) and frees the stray buffers:
+    /// for a swap domain that nobody has registered, so that its first
+    /// registration finds every slot on a distinct buffer again, whatever
+    /// earlier clients swapped, and what they lost track of is not lost for
+    /// good.
+    pub fn reinit_all_rings(&mut self) -> Result<(), RegionError> {
+        // Nobody holds a stray buffer any more: back to the free list.
+        for b in 0..self.bufs.total {
+            if self.bufs.holder[b as usize] == Holder::Stray {
+                self.bufs.holder[b as usize] = Holder::Free;
+                self.bufs.free.push(b);
+            }
+        }
         for ri in 0..self.rings.total {
             if self.rings.used[ri as usize] {
                 self.write_ring(ri)?;
@@ -1844,6 +1858,10 @@ mod tests {
         r.free_ring_swapped(brx).unwrap();
         check_books(&r);
         assert_eq!(r.rings_in_use(), 0);
+        // With nobody registered, what went stray is free again.
+        r.reinit_all_rings().unwrap();
+        check_books(&r);
+        assert_eq!(r.bufs_in_use(), 2);
     }
 
     #[test]

@@ -795,6 +795,21 @@ fn ports_share_a_region_by_memory_id() {
     );
     // Region 100 holds --mem-ports 2 ports.
     assert_eq!(refused(v.open("vale1:c@100")), libc::ENOMEM);
+    // ATTACH with an id (`vale-ctl -a vale1:pp -m N`): none such is
+    // EINVAL, another region than the port's EOPNOTSUPP, its own 0.
+    let (e, r) =
+        v.call(&Request::new(NETMAP_REQ_VALE_NEWIF, "pp", &NmreqValeNewif::default()).unwrap());
+    assert_eq!(e, 0);
+    let pp_mem = r.body_as::<NmreqValeNewif>().unwrap().nr_mem_id;
+    let attach = |id: u16| {
+        let mut b = NmreqValeAttach::default();
+        b.reg.nr_mem_id = id;
+        v.call(&Request::new(NETMAP_REQ_VALE_ATTACH, "vale1:pp", &b).unwrap())
+            .0
+    };
+    assert_eq!(attach(999), libc::EINVAL);
+    assert_eq!(attach(100), libc::EOPNOTSUPP);
+    assert_eq!(attach(pp_mem), 0);
     // A pipe's region is not a port's.
     let pipe = v.open("vale1:p{1").unwrap();
     let pid = pipe.register_info().nr_mem_id;
@@ -827,23 +842,43 @@ fn ports_share_a_region_by_memory_id() {
     for x in ring_bufs(&c) {
         assert!(!b_bufs.contains(&x), "buffer {x} in both b's and c's rings");
     }
-    // Rings larger than the region's ring objects do not fit: ENOMEM.
-    drop(c);
+    // Rings larger than the region's ring objects do not fit, though the
+    // region has room for a port: ENOMEM.
+    let q = v.open("vale1:q@300").unwrap();
     let big = NmreqRegister {
-        nr_mem_id: 100,
+        nr_mem_id: 300,
         nr_tx_slots: 4096,
         ..Default::default()
     };
-    std::thread::sleep(Duration::from_millis(100));
     assert_eq!(
         refused(NmPort::open_with(&v.sock, "vale1:d", big)),
         libc::ENOMEM
     );
-    // The region goes with its last port; the id makes a new one.
+    assert!(v.open("vale1:d@300").is_ok(), "a port of q's shape fits");
+    drop(q);
+    // The region goes with its last port; the id then makes a new one,
+    // shaped by its new first port.
+    let size100 = b.register_info().nr_memsize;
+    drop(c);
     drop(b);
-    std::thread::sleep(Duration::from_millis(100));
-    let again = v.open("vale1:e@100").unwrap();
+    let t0 = Instant::now();
+    while v
+        .list()
+        .iter()
+        .any(|l| l.contains("vale2:b") || l.contains("vale1:c"))
+    {
+        assert!(t0.elapsed() < Duration::from_secs(5), "b and c stay");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let wide = NmreqRegister {
+        nr_mem_id: 100,
+        nr_tx_rings: 2,
+        nr_rx_rings: 2,
+        ..Default::default()
+    };
+    let again = NmPort::open_with(&v.sock, "vale1:e", wide).unwrap();
     assert_eq!(again.register_info().nr_mem_id, 100);
+    assert_ne!(again.register_info().nr_memsize, size100, "a new region");
 }
 
 /// As `recv`, with the buffer index each frame arrived in.

@@ -41,7 +41,20 @@ fn tenant_helper() {
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
     assert_eq!(uid, want, "not running as the tenant");
-    let e = if f[3] == "newif-attach" {
+    let e = if f[3] == "newif-mem" {
+        // A persistent port `f[1]` in memory region `f[2]`
+        // (`vale-ctl -n f1 -m f2`).
+        use netmap::abi::*;
+        let c = CtrlConn::connect(Path::new(f[0])).expect("control socket");
+        let body = NmreqValeNewif {
+            nr_mem_id: f[2].parse().unwrap(),
+            ..Default::default()
+        };
+        let (r, _) = c
+            .call(&Request::new(NETMAP_REQ_VALE_NEWIF, f[1], &body).unwrap())
+            .unwrap();
+        r.error
+    } else if f[3] == "newif-attach" {
         // A persistent port `f[1]`, attached to switch `f[2]`.
         use netmap::abi::*;
         let c = CtrlConn::connect(Path::new(f[0])).expect("control socket");
@@ -686,6 +699,25 @@ fn a_tenant_cannot_put_a_port_in_another_uids_region() {
         register_as_tenant(&s.v.sock, "vale0:t@201", 0),
         libc::ENOMEM
     );
-    // Root joins and makes regions freely.
-    let _r2 = s.v.open("vale0:rootmem2@200").unwrap();
+    // A tenant's region (kept by its persistent port) takes neither
+    // another tenant's ports nor root's: root's ports must not land where
+    // a tenant reads every buffer (`vale-ctl -m 1` included).
+    const OTHER: u32 = 1;
+    let s = setup("sec-mem-id2", &[]);
+    assert_eq!(tenant_run(&s.v.sock, "tm", "1", "newif-mem"), 0);
+    assert_eq!(
+        tenant_run_as(OTHER, &s.v.sock, "vale0:o@1", "0", "register"),
+        libc::EPERM
+    );
+    match s.v.open("vale0:rootmem2@1") {
+        Err(netmap::port::PortError::Refused { source, .. }) => {
+            assert_eq!(source.raw_os_error(), Some(libc::EPERM))
+        }
+        other => panic!(
+            "root joined a tenant's region: {:?}",
+            other.map(|p| p.name().to_string())
+        ),
+    }
+    // The tenant's own ports join it.
+    assert_eq!(register_as_tenant(&s.v.sock, "vale0:t2@1", 0), 0);
 }

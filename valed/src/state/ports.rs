@@ -82,10 +82,20 @@ impl Registry {
                 Some(p) => {
                     let m = lock(&p.mem);
                     // Any registration can read and write every buffer of
-                    // its region: only the region's owner (or root) puts
-                    // ports in it.
-                    limits::check_owner(&format!("memory region {id}"), m.region.owner(), owner)
-                        .map_err(Errno::from)?;
+                    // its region: a region holds one uid's ports only.
+                    // Root too is refused another uid's region, so that no
+                    // tenant can make a region root's ports then land in
+                    // (`vale-ctl -m 1`, a guessed id or port name).
+                    if m.region.owner() != owner {
+                        tracing::warn!(
+                            mem_id = id,
+                            region_owner = m.region.owner(),
+                            uid = owner,
+                            port = name,
+                            "refused: a port in another uid's region"
+                        );
+                        return Err(libc::EPERM);
+                    }
                     if !m.shared {
                         // A port's own region is sized for it alone (a
                         // full netmap allocator).
@@ -310,6 +320,11 @@ impl Registry {
         let Ok(b) = req.body_as::<NmreqValeAttach>() else {
             return err(req, libc::EINVAL);
         };
+        // `vale-ctl -a vale0:x -m N`: an id that names no region is
+        // EINVAL, as netmap, for every kind of port.
+        if b.reg.nr_mem_id != 0 && !self.mem_id_used(b.reg.nr_mem_id) {
+            return err(req, libc::EINVAL);
+        }
         let (switch, pname) = match Self::vale_name(name) {
             Ok(v) => v,
             Err(e) => return err(req, e),
@@ -320,6 +335,10 @@ impl Registry {
             if let Err(r) = limits::check_owner(name, v.spec.owner, conn.uid) {
                 return err(req, r.into());
             }
+            // A VM port's frames are in guest memory: no region to move.
+            if b.reg.nr_mem_id != 0 {
+                return err(req, libc::EOPNOTSUPP);
+            }
             let res = self.vhost_attach(&pname, &switch);
             if res.is_ok() {
                 self.save_state();
@@ -327,6 +346,10 @@ impl Registry {
             return attached(req, b, res);
         }
         if !self.ports.contains_key(&pname) && nics::is_interface(&pname) {
+            // A NIC's rings are its own (AF_PACKET, AF_XDP): no region.
+            if b.reg.nr_mem_id != 0 {
+                return err(req, libc::EOPNOTSUPP);
+            }
             let res = self.nic_attach(conn, &pname, &switch, host);
             return attached(req, b, res);
         }
@@ -337,17 +360,11 @@ impl Registry {
         if let Err(e) = self.owned(conn, &pname) {
             return err(req, e);
         }
-        // `vale-ctl -a vale0:x -m N`: an id that names no region is
-        // EINVAL, as netmap; netmap moves an idle port into another
-        // region, valed does not (its rings stay where they were made).
+        // netmap moves an idle port into another region; valed does not
+        // (its rings stay where they were made).
         let want = b.reg.nr_mem_id;
-        if want != 0 {
-            if !self.mem_id_used(want) {
-                return err(req, libc::EINVAL);
-            }
-            if want != self.ports[&pname].mem_id {
-                return err(req, libc::EOPNOTSUPP);
-            }
+        if want != 0 && want != self.ports[&pname].mem_id {
+            return err(req, libc::EOPNOTSUPP);
         }
         let res = self.attach(&pname, &switch);
         attached(req, b, res)
