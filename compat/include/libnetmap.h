@@ -54,6 +54,36 @@ void nmport_close(struct nmport_d *d);
  * or poll. */
 int nmport_inject(struct nmport_d *d, const void *buf, size_t size);
 
+/* libnetmap's context. Accepted where libnetmap takes one, never read:
+ * errors are reported through errno only. NULL is fine. */
+struct nmctx;
+
+/* nmreq_* helpers, with libnetmap's signatures. */
+/* Zeroes *hdr, then sets nr_version (NETMAP_API), nr_reqtype, nr_body. */
+void nmreq_header_init(struct nmreq_header *hdr, uint16_t reqtype, void *body);
+/* The port name at *ppspec into hdr->nr_name (other fields unchanged);
+ * *ppspec moves past it. 0, or -1 with errno EINVAL and nothing changed. */
+int nmreq_header_decode(const char **ppspec, struct nmreq_header *hdr, struct nmctx *ctx);
+/* The opening mode at *pmode (-N, ^, ^N, *, /flags, @N) into nr_mode,
+ * nr_ringid, nr_flags and (if given) nr_mem_id; *pmode moves past it,
+ * stopping at an '@' that starts options. 0, or -1 with errno EINVAL. */
+int nmreq_register_decode(const char **pmode, struct nmreq_register *reg, struct nmctx *ctx);
+/* The memory id of the port named at *portname (PORT_INFO_GET); *portname
+ * moves past the name. The id, or -1 with errno (ENXIO: no such port). */
+int32_t nmreq_get_mem_id(const char **portname, struct nmctx *ctx);
+/* The option list of a request (hdr->nr_options). */
+void nmreq_push_option(struct nmreq_header *hdr, struct nmreq_option *opt);
+void nmreq_remove_option(struct nmreq_header *hdr, struct nmreq_option *opt);
+struct nmreq_option *nmreq_find_option(struct nmreq_header *hdr, uint32_t reqtype);
+/* Empties the list, free()ing each option (they must come from malloc). */
+void nmreq_free_options(struct nmreq_header *hdr);
+/* "extmem", "csb", ...: the name of option type reqtype, or "unknown". */
+const char *nmreq_option_name(uint32_t reqtype);
+#define nmreq_foreach_option(h_, o_) \
+	for ((o_) = (struct nmreq_option *)(uintptr_t)((h_)->nr_options); \
+	     (o_) != NULL; \
+	     (o_) = (struct nmreq_option *)(uintptr_t)((o_)->nro_next))
+
 #ifdef __cplusplus
 }
 #endif

@@ -11,8 +11,8 @@
 //! untouched. The C headers are in `include/`.
 //!
 //! The same library is netmap's libnetmap for programs that link it
-//! (`include/libnetmap.h`, `nmport_open` and friends, in `nmport`;
-//! `libnetmap.pc.in` for pkg-config).
+//! (`include/libnetmap.h`, `nmport_open` and friends, in `nmport`; the
+//! `nmreq_*` helpers in `nmreq`; `libnetmap.pc.in` for pkg-config).
 //!
 //! `real` finds the C library's functions, `files` keeps the netmap files
 //! (safe Rust over the netmap crate's client), `hooks` holds the exported
@@ -22,4 +22,5 @@
 mod files;
 mod hooks;
 pub mod nmport;
+pub mod nmreq;
 mod real;

@@ -833,6 +833,48 @@ pub fn parse_with(name: &str, opts: ParseOptions) -> Result<PortSpec, PortNameEr
     parse_inner(name, opts).map_err(|e| wrap(e, 0))
 }
 
+/// What libnetmap's `nmreq_register_decode` reads from an opening mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegisterMode {
+    /// `-N`, `^`, `^N`, `*` or nothing.
+    pub rings: RingSel,
+    /// The `/` flags.
+    pub flags: RegFlags,
+    /// `@N`.
+    pub mem_id: Option<NonZeroU16>,
+    /// Bytes read: the mode ends there, at the end of the input or at an
+    /// `@` that starts options (`@conf:...`), left to the caller.
+    pub len: usize,
+}
+
+/// libnetmap's `nmreq_header_decode`: the port name at the start of `s`
+/// (`vale0:a`, `netmap:eth0`, `vale0:p{1`) and how many bytes it takes,
+/// so that the opening mode starts there.
+pub fn decode_header(s: &str) -> Result<(PortName, usize), PortNameError> {
+    parse_header(s, 0, s.len()).map_err(|(pos, kind)| PortNameError {
+        name: s.to_owned(),
+        pos,
+        kind,
+    })
+}
+
+/// libnetmap's `nmreq_register_decode` on an opening mode (what follows
+/// the port name: `-1/t@3`); `pipe` refuses the host-ring modes, which a
+/// pipe has none of.
+pub fn decode_register(s: &str, pipe: bool) -> Result<RegisterMode, PortNameError> {
+    let r = parse_register(s, 0, s.len(), pipe).map_err(|(pos, kind)| PortNameError {
+        name: s.to_owned(),
+        pos,
+        kind,
+    })?;
+    Ok(RegisterMode {
+        rings: r.rings,
+        flags: r.flags,
+        mem_id: r.mem_id,
+        len: r.options_at.unwrap_or(s.len()),
+    })
+}
+
 /// Internal error: (absolute byte position, kind).
 type PErr = (usize, PortNameErrorKind);
 type PResult<T> = Result<T, PErr>;
@@ -2314,5 +2356,30 @@ mod tests {
         }
         eprintln!("accepted {n_ok} of 300000 parses");
         assert!(n_ok > 5_000, "only {n_ok} accepted: generator too weak");
+    }
+
+    /// libnetmap's two decoders split a spec where `parse` reads it whole.
+    #[test]
+    fn decoders_split_the_spec_as_libnetmap() {
+        let s = "vale0:a{1/t@5@conf:rings=2";
+        let (name, n) = decode_header(s).unwrap();
+        assert_eq!(
+            (name.nr_name().as_str(), &s[n..]),
+            ("vale0:a{1", "/t@5@conf:rings=2")
+        );
+        let m = decode_register(&s[n..], true).unwrap();
+        assert_eq!(m.flags, RegFlags::MONITOR_TX);
+        assert_eq!(m.mem_id.map(NonZeroU16::get), Some(5));
+        assert_eq!(&s[n..][m.len..], "@conf:rings=2");
+        let (name, n) = decode_header("netmap:eth0-3").unwrap();
+        assert_eq!((name.nr_name().as_str(), n), ("eth0", 11));
+        let m = decode_register("-3", false).unwrap();
+        assert_eq!((m.rings, m.len), (RingSel::OneNic(3), 2));
+        assert!(decode_header("vale0:").is_err());
+        assert!(
+            decode_register("*", true).is_err(),
+            "a pipe has no host rings"
+        );
+        assert!(decode_register("-x", false).is_err());
     }
 }

@@ -592,3 +592,29 @@ fn a_bridge_swaps_buffers_between_ports_in_one_region() {
         "{s:?}"
     );
 }
+
+/// libnetmap's `nmreq_*` helpers, from C (`nmport nmreq`): a header and a
+/// register body decoded from a port spec (and a bad one refused with
+/// EINVAL, nothing changed), the option list pushed, found, removed and
+/// freed, option names, and the memory id of a port asked of valed (a
+/// port in region 7; ENXIO for none).
+#[test]
+fn the_nmreq_helpers_decode_specs_and_ask_valed() {
+    let v = start("nmreq", &[]);
+    let _p = v.open("vale0:held@7").unwrap();
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(nmport())
+        .args(["nmreq", "vale0:held"])
+        .env("VALE_SOCKET", &v.sock)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("nmreq fails 0"), "{t}");
+    assert_eq!(
+        t.matches("\nok ").count() + usize::from(t.starts_with("ok ")),
+        15,
+        "{t}"
+    );
+}

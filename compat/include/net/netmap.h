@@ -112,6 +112,17 @@ struct nmreq_option {
 	uint64_t nro_size;
 };
 
+/* Option types (nro_reqtype). valed answers each with EOPNOTSUPP in
+ * nro_status. */
+enum {
+	NETMAP_REQ_OPT_EXTMEM = 1,
+	NETMAP_REQ_OPT_SYNC_KLOOP_EVENTFDS,
+	NETMAP_REQ_OPT_CSB,
+	NETMAP_REQ_OPT_SYNC_KLOOP_MODE,
+	NETMAP_REQ_OPT_OFFSETS,
+	NETMAP_REQ_OPT_MAX,
+};
+
 struct nmreq_register {
 	uint64_t nr_offset;
 	uint64_t nr_memsize;

@@ -6,6 +6,7 @@
  *   nmport size               sizeof(struct nmport_d)
  *   nmport tx PORTSPEC N      injects N 60-byte frames
  *   nmport rx PORTSPEC N      receives N frames from the bound rings
+ *   nmport nmreq PORT         the nmreq_* helpers, PORT a port in region 7
  *   nmport bridge A B N       forwards N frames from A to B as netmap's
  *                             bridge does: by swapping buffers when the
  *                             two ports share one memory (a->mem == b->mem,
@@ -85,6 +86,80 @@ static int bridge(const char *an, const char *bn, long n)
 	return 0;
 }
 
+#define CHECK(what, cond) do { \
+	printf("%s %s\n", (cond) ? "ok" : "FAIL", what); \
+	fails += !(cond); \
+} while (0)
+
+static int nmreq_helpers(const char *port)
+{
+	struct nmreq_header h;
+	struct nmreq_register r;
+	struct nmreq_option o1, o2, *o;
+	const char *spec = "vale0:a-1/t@5@conf:rings=2";
+	const char *p = spec;
+	const char *bad = "vale0:";
+	int fails = 0, n = 0, rc;
+
+	memset(&r, 0, sizeof(r));
+	nmreq_header_init(&h, NETMAP_REQ_REGISTER, &r);
+	CHECK("header_init", h.nr_version == NETMAP_API && h.nr_reqtype == NETMAP_REQ_REGISTER &&
+	      h.nr_body == (uintptr_t)&r && h.nr_options == 0 && h.nr_name[0] == 0);
+	rc = nmreq_header_decode(&p, &h, NULL);
+	CHECK("header_decode takes the name", rc == 0 && !strcmp(h.nr_name, "vale0:a") &&
+	      !strcmp(p, "-1/t@5@conf:rings=2") && h.nr_body == (uintptr_t)&r);
+	rc = nmreq_register_decode(&p, &r, NULL);
+	CHECK("register_decode takes the mode", rc == 0 && r.nr_mode == NR_REG_ONE_NIC &&
+	      r.nr_ringid == 1 && r.nr_flags == NR_MONITOR_TX && r.nr_mem_id == 5 &&
+	      !strcmp(p, "@conf:rings=2"));
+	p = "netmap:eth0*";
+	rc = nmreq_header_decode(&p, &h, NULL);
+	CHECK("a NIC's name has no prefix", rc == 0 && !strcmp(h.nr_name, "eth0") && !strcmp(p, "*"));
+	rc = nmreq_register_decode(&p, &r, NULL);
+	CHECK("* is NIC and host rings", rc == 0 && r.nr_mode == NR_REG_NIC_SW && *p == 0);
+	p = bad;
+	rc = nmreq_header_decode(&p, &h, NULL);
+	CHECK("an empty port name is EINVAL, nothing moved", rc < 0 && errno == EINVAL && p == bad &&
+	      !strcmp(h.nr_name, "eth0"));
+	p = "-x";
+	rc = nmreq_register_decode(&p, &r, NULL);
+	CHECK("a bad mode is EINVAL", rc < 0 && errno == EINVAL);
+
+	memset(&o1, 0, sizeof(o1));
+	memset(&o2, 0, sizeof(o2));
+	o1.nro_reqtype = NETMAP_REQ_OPT_EXTMEM;
+	o2.nro_reqtype = NETMAP_REQ_OPT_OFFSETS;
+	nmreq_push_option(&h, &o1);
+	nmreq_push_option(&h, &o2);
+	nmreq_foreach_option(&h, o)
+		n++;
+	CHECK("two options pushed", n == 2 && h.nr_options == (uintptr_t)&o2);
+	CHECK("find_option", nmreq_find_option(&h, NETMAP_REQ_OPT_EXTMEM) == &o1 &&
+	      nmreq_find_option(&h, NETMAP_REQ_OPT_CSB) == NULL);
+	nmreq_remove_option(&h, &o1);
+	CHECK("remove_option", h.nr_options == (uintptr_t)&o2 && o2.nro_next == 0 &&
+	      nmreq_find_option(&h, NETMAP_REQ_OPT_EXTMEM) == NULL);
+	nmreq_remove_option(&h, &o2);
+	CHECK("the list is empty", h.nr_options == 0);
+	o = malloc(sizeof(*o));
+	memset(o, 0, sizeof(*o));
+	nmreq_push_option(&h, o);
+	nmreq_free_options(&h);
+	CHECK("free_options", h.nr_options == 0);
+	CHECK("option names", !strcmp(nmreq_option_name(NETMAP_REQ_OPT_EXTMEM), "extmem") &&
+	      !strcmp(nmreq_option_name(NETMAP_REQ_OPT_CSB), "csb") &&
+	      !strcmp(nmreq_option_name(999), "unknown"));
+
+	p = port;
+	rc = nmreq_get_mem_id(&p, NULL);
+	CHECK("get_mem_id asks valed", rc == 7 && *p == 0);
+	p = "vale0:nosuchport";
+	rc = nmreq_get_mem_id(&p, NULL);
+	CHECK("get_mem_id of no port is ENXIO", rc < 0 && errno == ENXIO);
+	printf("nmreq fails %d\n", fails);
+	return fails != 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct nmport_d *d;
@@ -102,6 +177,8 @@ int main(int argc, char **argv)
 		printf("bad name: %s errno %d\n", d ? "opened" : "refused", errno);
 		return 0;
 	}
+	if (argc == 3 && !strcmp(argv[1], "nmreq"))
+		return nmreq_helpers(argv[2]);
 	if (argc == 5 && !strcmp(argv[1], "bridge"))
 		return bridge(argv[2], argv[3], atol(argv[4]));
 	if (argc < 4)
