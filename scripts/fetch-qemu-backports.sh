@@ -48,6 +48,7 @@ for p in "${libs[@]}"; do
 done
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "fetch-qemu-backports: installing libraries ${missing[*]}" >&2
+    $SUDO apt-get update -q >&2
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}" >&2
 fi
 
