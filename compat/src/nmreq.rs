@@ -15,6 +15,10 @@ use netmap::portname;
 
 use crate::files::{Errno, NmFile};
 
+/// The most options a walk follows: more than any request valed takes
+/// (`netmap::ctrl::MAX_OPTIONS`), so a list that loops ends the walk.
+const WALK_MAX: usize = 64;
+
 /// libnetmap's opaque context, never dereferenced.
 #[repr(C)]
 #[derive(Debug)]
@@ -198,7 +202,10 @@ pub unsafe extern "C" fn nmreq_remove_option(hdr: *mut NmreqHeader, opt: *mut Nm
     // SAFETY: each link is the header's or a listed option's `nro_next`,
     // valid by the caller's promise; the walk ends at 0 or the target.
     unsafe {
-        while *link != 0 {
+        for _ in 0..WALK_MAX {
+            if *link == 0 {
+                return;
+            }
             if *link == target {
                 *link = (*opt).nro_next;
                 (*opt).nro_next = 0;
@@ -224,8 +231,11 @@ pub unsafe extern "C" fn nmreq_find_option(
         return std::ptr::null_mut();
     };
     let mut o = h.nr_options as *mut NmreqOption;
-    // SAFETY: a listed option, valid by the caller's promise.
-    while let Some(opt) = unsafe { o.as_ref() } {
+    for _ in 0..WALK_MAX {
+        // SAFETY: a listed option, valid by the caller's promise.
+        let Some(opt) = (unsafe { o.as_ref() }) else {
+            break;
+        };
         if opt.nro_reqtype == reqtype {
             return o;
         }
@@ -235,7 +245,8 @@ pub unsafe extern "C" fn nmreq_find_option(
 }
 
 /// `nmreq_free_options`: empties `hdr`'s list, freeing each option with
-/// `free`, as libnetmap does (its options come from `malloc`).
+/// `free`, as libnetmap does (its options come from `malloc`); at most
+/// 64 of them.
 ///
 /// # Safety
 /// As [`nmreq_remove_option`], and every listed option came from `malloc`.
@@ -247,12 +258,20 @@ pub unsafe extern "C" fn nmreq_free_options(hdr: *mut NmreqHeader) {
     };
     let mut o = h.nr_options as *mut NmreqOption;
     h.nr_options = 0;
-    // SAFETY: each listed option is valid and malloc'd (the contract); its
-    // next pointer is read before it is freed.
-    while let Some(opt) = unsafe { o.as_ref() } {
+    for _ in 0..WALK_MAX {
+        // SAFETY: each listed option is valid and malloc'd (the contract);
+        // its next pointer is read before it is freed.
+        let Some(opt) = (unsafe { o.as_ref() }) else {
+            break;
+        };
         let next = opt.nro_next as *mut NmreqOption;
-        // SAFETY: malloc'd by the contract, off the list, freed once.
+        // SAFETY: malloc'd by the contract, off the list, freed once (a
+        // list that loops back would free twice: the walk stops if the
+        // next one is this one).
         unsafe { libc::free(o.cast()) };
+        if next == o {
+            break;
+        }
         o = next;
     }
 }

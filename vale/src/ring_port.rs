@@ -571,7 +571,8 @@ pub fn pipe_forward(src: &mut RingSource, dst: &mut RingSink) -> usize {
 /// with its free slots, so the monitor sees those frames without a copy
 /// and the port's slots come back holding the monitor's buffers
 /// (`NS_BUF_CHANGED`). When the monitor has no room the oldest of them are
-/// not given to it (netmap drops them the same way); the port never waits.
+/// not given to it (netmap drops them the same way), which may cut a
+/// fragment chain; the port never waits.
 #[derive(Debug)]
 pub struct ZmonRing {
     p: RingPort,
@@ -609,20 +610,35 @@ impl ZmonRing {
         let (sv, mv) = (src.view(), self.p.view());
         let (sns, mns) = (src.geo.num_slots, self.p.geo.num_slots);
         let size = src.geo.buf_size as usize;
+        let room = room.min(n);
         let mut filled = 0u32;
         for i in skip..n {
+            if filled == room {
+                self.dropped += u64::from(n - i);
+                break;
+            }
             let si = ring::advance(start, i, sns);
             let mut s = sv.slot(si);
-            let mi = ring::advance(m0, filled, mns);
-            let mut m = mv.slot(mi);
-            // Both buffers must be the pool's: the two rings share it, so
-            // an index valid for one is valid for the other.
-            if src.buf_ptr(&s, size).is_none() || self.p.buf_ptr(&m, size).is_none() {
+            // Only the pool's buffers move (the two rings share the pool),
+            // never an indirect slot's.
+            if s.flags & NS_INDIRECT != 0 || src.buf_ptr(&s, size).is_none() {
                 self.dropped += 1;
                 continue;
             }
+            let mi = ring::advance(m0, filled, mns);
+            let mut m = mv.slot(mi);
+            if self.p.buf_ptr(&m, size).is_none() {
+                // The monitor's client broke its own slot: handed back
+                // empty, so that one bad slot does not stop the monitor.
+                m.len = 0;
+                m.flags = 0;
+                mv.set_slot(mi, m);
+                self.dropped += 1;
+                filled += 1;
+                continue;
+            }
             std::mem::swap(&mut s.buf_idx, &mut m.buf_idx);
-            m.len = s.len;
+            m.len = s.len.min(src.geo.buf_size.min(u32::from(u16::MAX)) as u16);
             m.flags = NS_BUF_CHANGED | (s.flags & NS_MOREFRAG);
             m.ptr = 0;
             s.flags |= NS_BUF_CHANGED;
@@ -641,9 +657,9 @@ impl ZmonRing {
 /// Where a zero-copy monitor hooks into one ring of a port. A port with no
 /// such monitor pays one relaxed load per batch; with one, its ring's
 /// released slots go to the monitor under the hook's lock and then the
-/// monitor ring's (taken after the port's sink lock on the RX side, alone
-/// on the TX side, in that order always, and never held while waiting for
-/// anything else).
+/// monitor ring's (taken after the port's sink lock on the RX side, after
+/// no other lock of the ring's on the TX side, always in that order, and
+/// never held while waiting for anything else).
 #[derive(Debug, Default)]
 pub struct ZmonHook {
     on: AtomicBool,

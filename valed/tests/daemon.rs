@@ -691,6 +691,23 @@ fn pipe_ends_exchange_frames_zero_copy() {
     drop(m2);
 }
 
+/// Backpressure on `ports`: nothing sent to them is dropped, the sender
+/// waits.
+fn backpressure(v: &common::Valed, ports: &[&str]) {
+    use netmap::ctrl::{
+        ValePortConfig, VALE_PORT_BACKPRESSURE, VALE_REQ_PORT_CONFIG, VALE_SET_FLAGS,
+    };
+    let cfg = ValePortConfig {
+        flags: VALE_PORT_BACKPRESSURE,
+        set: VALE_SET_FLAGS,
+        ..Default::default()
+    };
+    for p in ports {
+        let (e, _) = v.call(&Request::new(VALE_REQ_PORT_CONFIG, p, &cfg).unwrap());
+        assert_eq!(e, 0, "backpressure on {p}");
+    }
+}
+
 /// The errno of a refused open.
 fn refused(r: Result<NmPort, PortError>) -> i32 {
     match r {
@@ -750,6 +767,7 @@ fn ports_share_a_region_by_memory_id() {
     let own = s.register_info().nr_mem_id;
     assert!(own >= 2 && own != 100, "s's own region: {own}");
     assert_ne!(r.register_info().nr_mem_id, own);
+    backpressure(&v, &["vale1:a", "vale2:r"]);
 
     let frames: Vec<Vec<u8>> = (0..3000)
         .map(|i| frame(60 + (i as usize * 7) % 1400, i))
@@ -899,37 +917,27 @@ fn recv_bufs(p: &NmPort, out: &mut Vec<(u32, Vec<u8>)>) {
     rx.sync().unwrap();
 }
 
-/// Zero-copy monitors (netmap's `/z` with `/t` or `/r`): their rings are
+/// Zero-copy monitors (netmap's `/z`, both directions): their rings are
 /// in the monitored port's region, and the slots the port is done with
-/// trade buffers with them. A TX monitor gets every frame a sends, in the
-/// very buffer a wrote it in; an RX monitor gets what a received once a
-/// released it (seen when the switch next delivers to a); a's traffic is
-/// exact throughout. A port in a region of its own has no room (ENOMEM);
-/// a ring takes one zero-copy monitor (EBUSY).
+/// trade buffers with them. The monitor gets every frame a sends, in the
+/// very buffer a wrote it in, and what a received once a released it
+/// (seen when the switch next delivers to a); a's traffic is exact
+/// throughout. A port in a region of its own has no room (ENOMEM); a ring
+/// takes one zero-copy monitor (EBUSY).
 #[test]
 fn zero_copy_monitors_get_the_ports_own_buffers() {
-    use netmap::ctrl::{
-        ValePortConfig, VALE_PORT_BACKPRESSURE, VALE_REQ_PORT_CONFIG, VALE_SET_FLAGS,
-    };
     let v = start("zmon", &[]);
     let a = v.open("vale1:a@100").unwrap();
     let r = v.open("vale1:r").unwrap();
-    // Nothing dropped on the way: both ends hold their senders.
-    for p in ["vale1:a", "vale1:r"] {
-        let cfg = ValePortConfig {
-            flags: VALE_PORT_BACKPRESSURE,
-            set: VALE_SET_FLAGS,
-            ..Default::default()
-        };
-        let (e, _) = v.call(&Request::new(VALE_REQ_PORT_CONFIG, p, &cfg).unwrap());
-        assert_eq!(e, 0, "backpressure on {p}");
-    }
+    backpressure(&v, &["vale1:a", "vale1:r"]);
     assert_eq!(refused(v.open("vale1:r/tz")), libc::ENOMEM);
     assert_eq!(refused(v.open("vale1:nosuch/tz")), libc::EINVAL);
-    let zt = v.open("vale1:a/tz").unwrap();
+    // `/z` watches both directions, as netmap's; one per ring.
+    let zt = v.open("vale1:a/z").unwrap();
     assert_eq!(zt.register_info().nr_mem_id, 100);
     assert_eq!(refused(v.open("vale1:a/tz")), libc::EBUSY);
-    let zr = v.open("vale1:a/rz").unwrap();
+    assert_eq!(refused(v.open("vale1:a/rz")), libc::EBUSY);
+    let zr = &zt;
 
     // TX: a -> r, every frame to the monitor in a's own buffer.
     let n = 3000usize;
@@ -987,7 +995,7 @@ fn zero_copy_monitors_get_the_ports_own_buffers() {
         }
         let _ = a.poll(false, true, Some(Duration::from_millis(2)));
         recv_bufs(&a, &mut a_got);
-        recv_bufs(&zr, &mut mon);
+        recv_bufs(zr, &mut mon);
     }
     // One more frame makes the switch look at a's ring again, which hands
     // the last released slots to the monitor.
@@ -1000,7 +1008,7 @@ fn zero_copy_monitors_get_the_ports_own_buffers() {
         );
         send(&r, &[frame(60, 99_999)]);
         let _ = zr.poll(false, true, Some(Duration::from_millis(20)));
-        recv_bufs(&zr, &mut mon);
+        recv_bufs(zr, &mut mon);
         let mut drop_ = Vec::new();
         recv(&a, &mut drop_);
     }
@@ -1017,7 +1025,6 @@ fn zero_copy_monitors_get_the_ports_own_buffers() {
     // The monitors go; a's rings keep working, on whatever buffers they
     // hold now.
     drop(zt);
-    drop(zr);
     std::thread::sleep(Duration::from_millis(100));
     let more: Vec<Vec<u8>> = (0..500).map(|i| frame(100, 70_000 + i)).collect();
     let mut got = Vec::new();
@@ -1037,5 +1044,16 @@ fn zero_copy_monitors_get_the_ports_own_buffers() {
     }
     assert!(got == more, "a's frames after the monitors left differ");
     // The monitor's ring can be taken again.
-    assert!(v.open("vale1:a/tz").is_ok());
+    let z2 = v.open("vale1:a/z").unwrap();
+    // The port goes; its monitor keeps region 100, which a port of that
+    // id joins again (the monitor watched the old port, and sees nothing
+    // more), and which counts while it lives.
+    drop(a);
+    let t0 = Instant::now();
+    while v.list().iter().any(|l| l.contains("vale1:a")) {
+        assert!(t0.elapsed() < Duration::from_secs(5), "a stays");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let a2 = v.open("vale1:a@100").unwrap();
+    assert_eq!(a2.register_info().nr_memsize, z2.register_info().nr_memsize);
 }

@@ -240,6 +240,13 @@ impl Registry {
                 regions.insert(p.mem_id, m.region.memsize() as u64);
             }
         }
+        // A zero-copy monitor keeps its port's region after the port goes.
+        for z in self.zmons.values() {
+            let (owner, size) = z.region();
+            if owner == uid {
+                regions.insert(z.mem_id(), size);
+            }
+        }
         let ports = regions.into_values();
         let pipes = self
             .pipes

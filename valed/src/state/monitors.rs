@@ -42,10 +42,27 @@ impl MonitorRec {
     }
 }
 
+impl ZmonRec {
+    pub(super) fn mem_id(&self) -> u16 {
+        self.mem_id
+    }
+    pub(super) fn mem(&self) -> &MemRef {
+        &self.mem
+    }
+    /// Its region's owner and size.
+    pub(super) fn region(&self) -> (u32, u64) {
+        let m = lock(&self.mem);
+        (m.region.owner(), m.region.memsize() as u64)
+    }
+}
+
 /// One zero-copy monitor registration: its rings and `netmap_if` in the
 /// monitored port's region, and the port's hooks it set.
 pub(super) struct ZmonRec {
     mem: MemRef,
+    /// Its region's id: the region lives while the monitor does, also
+    /// after the port has gone, and is counted as the port's was.
+    mem_id: u16,
     rings: Vec<usize>,
     nifp: usize,
     hooks: Vec<Arc<ZmonHook>>,
@@ -305,13 +322,14 @@ impl Registry {
         }
     }
 
-    /// REGISTER of `switch:pname` as a zero-copy monitor (`/z` with `/r`
-    /// and/or `/t`): as a copy monitor, but its rings are made in the
-    /// port's region and the port's rings give it the buffers of the slots
-    /// they are done with. The port must be a client or persistent port
-    /// (a VM port's frames are in guest memory: EINVAL) whose region has
-    /// room (a shared region, `@N`; a port's own region is sized for it
-    /// alone: ENOMEM); each ring takes one zero-copy monitor (EBUSY).
+    /// REGISTER of `switch:pname` as a zero-copy monitor (`/z`, both
+    /// directions, as netmap's): as a copy monitor, but its rings are made
+    /// in the port's region and the port's rings give it the buffers of
+    /// the slots they are done with. The port must be a client or
+    /// persistent port (a VM port's frames are in guest memory: EINVAL)
+    /// whose region has room (a shared region, `@N`; a port's own region
+    /// is sized for it alone: ENOMEM); each ring takes one zero-copy
+    /// monitor (EBUSY; netmap chains several).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn register_zmon(
         &mut self,
@@ -498,6 +516,7 @@ impl Registry {
         self.zmons.insert(
             conn.id,
             ZmonRec {
+                mem_id: body.nr_mem_id,
                 mem: memref,
                 rings: ring_offs,
                 nifp,

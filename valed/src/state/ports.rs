@@ -37,6 +37,7 @@ impl Registry {
         self.ports.values().any(|p| p.mem_id == id)
             || self.pipes.values().any(|p| p.region.mem_id() == id)
             || self.monitors.values().any(|m| m.mem_id() == id)
+            || self.zmons.values().any(|z| z.mem_id() == id)
     }
 
     /// The next memory id no region has, from 2 up and round again (1
@@ -78,9 +79,21 @@ impl Registry {
                 let region = self.new_region(owner, &layout, 1, regs, None)?;
                 (Mem::new(region, false), false)
             }
-            Some(id) => match self.ports.values().find(|p| p.mem_id == id) {
-                Some(p) => {
-                    let m = lock(&p.mem);
+            // The region: a port's, or one a zero-copy monitor keeps
+            // after its port left.
+            Some(id) => match self
+                .ports
+                .values()
+                .find(|p| p.mem_id == id)
+                .map(|p| &p.mem)
+                .or_else(|| {
+                    self.zmons
+                        .values()
+                        .find(|z| z.mem_id() == id)
+                        .map(|z| z.mem())
+                }) {
+                Some(memref) => {
+                    let m = lock(memref);
                     // Any registration can read and write every buffer of
                     // its region: a region holds one uid's ports only.
                     // Root too is refused another uid's region, so that no
@@ -101,7 +114,7 @@ impl Registry {
                         // full netmap allocator).
                         return Err(libc::ENOMEM);
                     }
-                    (p.mem.clone(), true)
+                    (memref.clone(), true)
                 }
                 None if self.mem_id_used(id) => return Err(libc::EINVAL),
                 None => {

@@ -72,8 +72,13 @@ impl Registry {
             spec.nr_ringid()
         };
         let flags = body.nr_flags | spec.nr_flags();
-        // As in netmap, `/z` (NR_ZCOPY_MON) makes a monitor zero-copy and
-        // means nothing without `/r` or `/t`.
+        // As in netmap, `/z` (NR_ZCOPY_MON) is a zero-copy monitor of
+        // both directions, with or without `/r` and `/t`.
+        let flags = if flags & NR_ZCOPY_MON != 0 {
+            flags | NR_MONITOR_TX | NR_MONITOR_RX
+        } else {
+            flags
+        };
         if flags & (NR_MONITOR_TX | NR_MONITOR_RX) != 0 {
             body.nr_rx_slots = body.nr_rx_slots.max(spec.conf.rx_slots);
             if flags & NR_ZCOPY_MON != 0 {
