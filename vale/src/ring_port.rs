@@ -303,11 +303,36 @@ impl RingSink {
     }
 
     /// Gives the slots the client releases to the zero-copy monitor set on
-    /// `hook`, if any (netmap's zero-copy RX monitor): they are seen when
-    /// the switch next delivers to this ring.
+    /// `hook`, if any (netmap's zero-copy RX monitor): they are taken when
+    /// the switch next delivers to this ring or [`sweep`](Self::sweep)s it.
     pub fn with_zmon(mut self, hook: Arc<ZmonHook>) -> RingSink {
         self.zmon = Some(hook);
         self
+    }
+
+    /// Reads the client's `head`; what it released since goes to the
+    /// zero-copy monitor, before the switch refills those slots. Returns
+    /// the slots released.
+    fn take_released(&mut self) -> u32 {
+        let before = self.p.kring.nr_hwcur;
+        self.p.prologue();
+        let n = ring::distance(before, self.p.kring.nr_hwcur, self.p.geo.num_slots);
+        if let Some(h) = &self.zmon {
+            if n > 0 {
+                h.give(&self.p, before, n);
+            }
+        }
+        n
+    }
+
+    /// For a ring with a zero-copy monitor: hands the monitor what the
+    /// client released even when nothing is delivered to the ring (the
+    /// last frames of a burst). Returns the slots released.
+    pub fn sweep(&mut self) -> u32 {
+        if self.filled != 0 || !self.zmon.as_ref().is_some_and(|h| h.is_set()) {
+            return 0;
+        }
+        self.take_released()
     }
 
     /// The eventfd the client kicks when asked to (its registration's kick
@@ -326,16 +351,7 @@ impl RingSink {
 impl Sink for RingSink {
     fn room(&mut self) -> usize {
         if self.filled == 0 {
-            let before = self.p.kring.nr_hwcur;
-            self.p.prologue();
-            if let Some(h) = &self.zmon {
-                // What the client released since: to the monitor, before
-                // the switch refills those slots.
-                let n = ring::distance(before, self.p.kring.nr_hwcur, self.p.geo.num_slots);
-                if n > 0 {
-                    h.give(&self.p, before, n);
-                }
-            }
+            self.take_released();
         }
         (self.p.kring.rx_space().1 - self.filled) as usize
     }
@@ -426,6 +442,11 @@ impl RingSinkSet {
     /// An empty set.
     pub fn new() -> RingSinkSet {
         RingSinkSet::default()
+    }
+
+    /// [`RingSink::sweep`] on every ring.
+    pub fn sweep(&mut self) -> u32 {
+        self.rings.iter_mut().map(|(_, r)| r.sweep()).sum()
     }
 
     /// Adds the rings registration `owner` bound, keeping ring order by
@@ -697,6 +718,51 @@ impl ZmonHook {
             r.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .take(src, start, n);
+        }
+    }
+}
+
+/// A zero-copy monitor's doorbell as a forwarding unit's source: it has no
+/// frames, but while the forwarder sleeps it asks the monitor's client to
+/// kick on its next sync (`arm`), so that a monitor waiting for frames
+/// wakes the forwarder, which then sweeps the monitored port's RX rings
+/// ([`RingSinkSet::sweep`]) for slots its client released.
+#[derive(Debug)]
+pub struct ZmonWatch {
+    rings: Vec<Arc<Mutex<ZmonRing>>>,
+}
+
+impl ZmonWatch {
+    /// Watches the monitor's RX rings.
+    pub fn new(rings: Vec<Arc<Mutex<ZmonRing>>>) -> ZmonWatch {
+        ZmonWatch { rings }
+    }
+}
+
+impl Source for ZmonWatch {
+    fn fetch(&mut self, _frags: &mut Vec<Frag>, _max: usize) -> usize {
+        0
+    }
+
+    fn complete(&mut self, _frames: usize) {}
+
+    fn arm(&mut self) -> bool {
+        // Ask every ring, even once one says the client moved: then the
+        // forwarder polls again and disarms them all.
+        let mut all = true;
+        for r in &self.rings {
+            let mut z = r.lock().unwrap_or_else(|e| e.into_inner());
+            // What the client released so far is seen, so only a newer
+            // sync counts as movement.
+            z.p.prologue();
+            all &= z.p.prepare_sleep();
+        }
+        all
+    }
+
+    fn disarm(&mut self) {
+        for r in &self.rings {
+            r.lock().unwrap_or_else(|e| e.into_inner()).p.woken();
         }
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use netmap::sys::{Epoll, EventFd};
 use tracing::{debug, warn};
-use vale::ring_port::{pipe_forward, RingSink, RingSource};
+use vale::ring_port::{pipe_forward, RingSink, RingSinkSet, RingSource, ZmonWatch};
 use vale::{PortId, Scratch, Sink, Source, Switch};
 
 /// One TX ring (or guest TX queue, or device) to forward from.
@@ -49,6 +49,15 @@ pub enum Path {
         /// The other end's RX ring.
         dst: Box<RingSink>,
     },
+    /// A zero-copy monitor's doorbell: when its client syncs, the
+    /// monitored port's RX rings are swept for slots their client
+    /// released, which then go to the monitor.
+    Sweep {
+        /// The monitor's RX rings (asked for kicks while the thread sleeps).
+        watch: ZmonWatch,
+        /// The monitored port's RX rings.
+        sink: Arc<Mutex<RingSinkSet>>,
+    },
 }
 
 impl Path {
@@ -56,6 +65,7 @@ impl Path {
         match self {
             Path::Switch { source, .. } => &mut **source,
             Path::Pipe { source, .. } => source,
+            Path::Sweep { watch, .. } => watch,
         }
     }
 }
@@ -259,6 +269,9 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
                     }
                 }
                 Path::Pipe { source, dst } => moved += pipe_forward(source, dst),
+                Path::Sweep { sink, .. } => {
+                    moved += sink.lock().unwrap_or_else(|e| e.into_inner()).sweep() as usize
+                }
             }
         }
         if moved > 0 {

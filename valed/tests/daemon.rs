@@ -955,7 +955,9 @@ fn zero_copy_monitors_get_the_ports_own_buffers() {
         );
         recv_bufs(&zt, &mut mon);
         recv(&r, &mut got);
-        if sent < n {
+        // At most half a monitor ring in flight: a monitor that is full
+        // drops, by design, and this test counts every frame.
+        if sent < n && sent.saturating_sub(mon.len()) < 512 {
             // The buffers of the slots the frames go into, read while the
             // slots are still ours (once sent, they trade with the monitor).
             let tx = a.tx_ring(0);
@@ -990,15 +992,16 @@ fn zero_copy_monitors_get_the_ports_own_buffers() {
             "stalled at {}",
             a_got.len()
         );
-        if sent < n {
-            sent += send(&r, &back[sent..]);
+        if sent < n && sent.saturating_sub(mon.len()) < 512 {
+            let k = (n - sent).min((512 + mon.len()).saturating_sub(sent));
+            sent += send(&r, &back[sent..sent + k]);
         }
         let _ = a.poll(false, true, Some(Duration::from_millis(2)));
         recv_bufs(&a, &mut a_got);
         recv_bufs(zr, &mut mon);
     }
-    // One more frame makes the switch look at a's ring again, which hands
-    // the last released slots to the monitor.
+    // With no more traffic, the monitor's own syncs make valed sweep a's
+    // ring for the slots a released last.
     let t0 = Instant::now();
     while mon.len() < n {
         assert!(
@@ -1006,12 +1009,10 @@ fn zero_copy_monitors_get_the_ports_own_buffers() {
             "monitor has {}",
             mon.len()
         );
-        send(&r, &[frame(60, 99_999)]);
         let _ = zr.poll(false, true, Some(Duration::from_millis(20)));
         recv_bufs(zr, &mut mon);
-        let mut drop_ = Vec::new();
-        recv(&a, &mut drop_);
     }
+    assert_eq!(mon.len(), n, "the monitor got more than a received");
     assert!(
         a_got.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>() == back,
         "a's frames differ"

@@ -20,7 +20,9 @@ use netmap::sync::{Dir, KringState};
 use netmap::sys::EventFd;
 use serde::Serialize;
 use tracing::info;
-use vale::ring_port::{RingGeometry, RingSink, RingSinkSet, RingSource, ZmonHook, ZmonRing};
+use vale::ring_port::{
+    RingGeometry, RingSink, RingSinkSet, RingSource, ZmonHook, ZmonRing, ZmonWatch,
+};
 use vale::{DropReason, PortConfig, PortId, Sink, Switch};
 
 use crate::fwd::{Forwarder, Path, Unit};

@@ -66,7 +66,11 @@ pub(super) struct ZmonRec {
     rings: Vec<usize>,
     nifp: usize,
     hooks: Vec<Arc<ZmonHook>>,
-    /// valed's end of the kick pipe (see `MonitorRec`).
+    /// The forwarding thread that sweeps the port's RX rings when the
+    /// monitor's client kicks.
+    fwd: usize,
+    /// valed's end of the kick pipe, held open so a client that kicks
+    /// gets no EPIPE.
     _kick: Arc<EventFd>,
 }
 
@@ -306,9 +310,12 @@ impl Registry {
             info!(conn, "monitor unregistered");
         }
         if let Some(z) = self.zmons.remove(&conn) {
-            // Once set(None) returns no forwarding thread touches the
-            // monitor's rings; they hold the port's buffers now, so they
-            // are freed where their slots point.
+            // The sweep first; once set(None) returns no forwarding thread
+            // touches the monitor's rings; they hold the port's buffers
+            // now, so they are freed where their slots point.
+            if let Some(f) = self.fwd.get(z.fwd) {
+                f.remove(conn);
+            }
             for h in &z.hooks {
                 h.set(None);
             }
@@ -382,6 +389,7 @@ impl Registry {
             return err(req, libc::EBUSY);
         }
         let memref = p.mem.clone();
+        let port_sink = p.sink.clone();
         let mut mem = lock(&memref);
         if !mem.shared {
             return err(req, libc::ENOMEM);
@@ -492,6 +500,24 @@ impl Registry {
             }
         }
         mem.live += 1;
+        // RX slots the port's client released reach the monitor at the
+        // next delivery to the port, or when the monitor's client syncs:
+        // its kick makes a forwarding thread sweep the port's RX rings.
+        let fwd = self.next_fwd % self.fwd.len().max(1);
+        self.next_fwd += 1;
+        if flags & NR_MONITOR_RX != 0 {
+            if let Some(f) = self.fwd.get(fwd) {
+                f.add(Unit {
+                    reg: conn.id,
+                    path: Path::Sweep {
+                        watch: ZmonWatch::new(zrings.iter().map(|(_, z)| z.clone()).collect()),
+                        sink: port_sink,
+                    },
+                    kick: kick.clone(),
+                    drain: true,
+                });
+            }
+        }
         body.nr_offset = nifp as u64;
         body.nr_memsize = mem.region.memsize() as u64;
         body.nr_tx_slots = slots;
@@ -521,6 +547,7 @@ impl Registry {
                 rings: ring_offs,
                 nifp,
                 hooks: hooks.into_iter().map(|(_, h)| h).collect(),
+                fwd,
                 _kick: kick,
             },
         );
