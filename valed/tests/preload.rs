@@ -390,9 +390,10 @@ fn a_c_program_exchanges_frames_with_pkt_gen() {
         )
         .unwrap();
     assert_eq!(r.error, 0);
+    let stop = leak_flag();
     let prx = spawn(
         pktgen_cfg(&v.sock, &["-i", "vale7:cm", "-f", "rx", "-n", "3000"]),
-        leak_flag(),
+        stop,
     );
     let mon = std::thread::spawn({
         let v_sock = v.sock.clone();
@@ -420,7 +421,8 @@ fn a_c_program_exchanges_frames_with_pkt_gen() {
         out.status.success() && t.contains("received 3000 bad 0"),
         "{t}"
     );
-    assert_eq!(prx.join().unwrap().ctrs.pkts, 3000);
+    let r = join_within(prx, stop, "pkt-gen -> monitored port -> pkt-gen rx");
+    assert_eq!(r.ctrs.pkts, 3000);
 
     // The same capture through a zero-copy monitor (`/tz`) of a sender in
     // a shared region (`vale-ctl -n zm -m 70`): the frames pkt-gen sent
@@ -445,9 +447,13 @@ fn a_c_program_exchanges_frames_with_pkt_gen() {
         )
         .unwrap();
     assert_eq!(r.error, 0);
+    // The receiver holds its sender (backpressure): nothing is dropped
+    // there however slow it is.
+    let zr = port(&v, "vale8", "zr");
+    let stop = leak_flag();
     let prx = spawn(
-        pktgen_cfg(&v.sock, &["-i", "vale8:zr", "-f", "rx", "-n", "3000"]),
-        leak_flag(),
+        pktgen_cfg(&v.sock, &["-i", &zr, "-f", "rx", "-n", "3000"]),
+        stop,
     );
     let mon = std::thread::spawn({
         let v_sock = v.sock.clone();
@@ -475,18 +481,24 @@ fn a_c_program_exchanges_frames_with_pkt_gen() {
         out.status.success() && t.contains("received 3000 bad 0"),
         "{t}"
     );
-    assert_eq!(prx.join().unwrap().ctrs.pkts, 3000);
+    let r = join_within(
+        prx,
+        stop,
+        "pkt-gen -> zero-copy monitored port -> pkt-gen rx",
+    );
+    assert_eq!(r.ctrs.pkts, 3000);
 
     // A child forked after registering sends on the parent's registration.
     let pc = port(&v, "vale3", "pc");
+    let stop = leak_flag();
     let prx = spawn(
         pktgen_cfg(&v.sock, &["-i", &pc, "-f", "rx", "-n", "1000"]),
-        leak_flag(),
+        stop,
     );
     let out = run(&v, &["fork", "vale3:cf", "1000"]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
-    let r = prx.join().unwrap();
+    let r = join_within(prx, stop, "a forked child -> pkt-gen rx");
     assert_eq!(r.ctrs.pkts, 1000);
 }
 
