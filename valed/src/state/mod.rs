@@ -38,6 +38,8 @@ mod stats;
 mod switches;
 mod vm_ports;
 
+use register::{client_fds, if_name, ring_geometry};
+
 /// How `nr_name` is read: NIC names come without `netmap:` (the header
 /// carries `eth0`, as netmap's does).
 const NR_NAME: portname::ParseOptions = portname::ParseOptions {

@@ -74,6 +74,99 @@ pub(super) struct ZmonRec {
     _kick: Arc<EventFd>,
 }
 
+/// What a monitor registration binds, by netmap's rules, for copy and
+/// zero-copy monitors alike: one TX ring, which carries nothing, and an RX
+/// ring per ring of the port (of either kind), each of the port's ring
+/// size unless the request asks for another.
+struct MonitorShape {
+    rings: u32,
+    slots: u32,
+    /// The RX rings bound (`NR_REG_ALL_NIC` or `NR_REG_ONE_NIC`).
+    sel: Vec<u16>,
+    /// Whether the TX ring is bound too.
+    with_tx: bool,
+}
+
+impl MonitorShape {
+    /// For a port of `rings` rings of `slots` slots; EINVAL for a ring
+    /// out of range, another mode, TX rings only (such a monitor could
+    /// never see a frame) or more extra buffers than a port's.
+    fn new(
+        body: &NmreqRegister,
+        mode: u32,
+        ringid: u16,
+        flags: u64,
+        rings: u32,
+        slots: u32,
+    ) -> Result<MonitorShape, Errno> {
+        let sel: Vec<u16> = match mode {
+            NR_REG_ALL_NIC => (0..rings as u16).collect(),
+            NR_REG_ONE_NIC if u32::from(ringid) < rings => vec![ringid],
+            _ => return Err(libc::EINVAL),
+        };
+        if flags & NR_TX_RINGS_ONLY != 0 || body.nr_extra_bufs > PERSISTENT_EXTRA_BUFS {
+            return Err(libc::EINVAL);
+        }
+        Ok(MonitorShape {
+            rings,
+            slots: if body.nr_rx_slots != 0 {
+                body.nr_rx_slots
+            } else {
+                slots
+            },
+            sel,
+            with_tx: (mode == NR_REG_ALL_NIC || ringid == 0) && flags & NR_RX_RINGS_ONLY == 0,
+        })
+    }
+
+    /// The `netmap_if`'s rings, given the TX ring and the RX rings made.
+    fn if_rings(&self, tx0: usize, rx: &[usize]) -> IfRings {
+        IfRings {
+            tx: vec![self.with_tx.then_some(tx0)],
+            host_tx: vec![None],
+            rx: (0..self.rings as u16)
+                .map(|i| self.sel.contains(&i).then(|| rx[i as usize]))
+                .collect(),
+            host_rx: vec![None],
+        }
+    }
+
+    /// The bound rings in CSB order (the TX ring, then the RX rings), with
+    /// the ring index each stands for.
+    fn bound(&self, tx0: usize, rx: &[usize]) -> Vec<(Dir, usize, u16)> {
+        self.with_tx
+            .then_some((Dir::Tx, tx0, 0))
+            .into_iter()
+            .chain(self.sel.iter().map(|&i| (Dir::Rx, rx[i as usize], i)))
+            .collect()
+    }
+
+    /// REGISTER's answer for the monitor.
+    #[allow(clippy::too_many_arguments)]
+    fn answer(
+        &self,
+        body: &mut NmreqRegister,
+        nifp: usize,
+        region: &Region,
+        mode: u32,
+        ringid: u16,
+        flags: u64,
+    ) {
+        body.nr_offset = nifp as u64;
+        body.nr_memsize = region.memsize() as u64;
+        body.nr_tx_slots = self.slots;
+        body.nr_rx_slots = self.slots;
+        body.nr_tx_rings = 1;
+        body.nr_rx_rings = self.rings as u16;
+        body.nr_host_tx_rings = 0;
+        body.nr_host_rx_rings = 0;
+        body.nr_mem_id = region.mem_id();
+        body.nr_mode = mode;
+        body.nr_ringid = ringid;
+        body.nr_flags = flags;
+    }
+}
+
 impl Registry {
     /// REGISTER of `switch:pname` as a monitor (`flags` has
     /// `NR_MONITOR_TX` and/or `NR_MONITOR_RX`). The monitored port must be
@@ -111,93 +204,51 @@ impl Registry {
                 (u32::from(q).max(1), self.default_slots)
             }
         };
-        let slots = if body.nr_rx_slots != 0 {
-            body.nr_rx_slots
-        } else {
-            slots
+        let shape = match MonitorShape::new(&body, mode, ringid, flags, rings, slots) {
+            Ok(m) => m,
+            Err(e) => return err(req, e),
         };
         let layout = PortLayout {
             tx_rings: 1,
             rx_rings: rings,
-            tx_slots: slots,
-            rx_slots: slots,
+            tx_slots: shape.slots,
+            rx_slots: shape.slots,
             extra_bufs: body.nr_extra_bufs,
             ..Default::default()
         };
-        if body.nr_extra_bufs > PERSISTENT_EXTRA_BUFS {
-            return err(req, libc::EINVAL);
-        }
-        let sel: Vec<u16> = match mode {
-            NR_REG_ALL_NIC => (0..rings as u16).collect(),
-            NR_REG_ONE_NIC if u32::from(ringid) < rings => vec![ringid],
-            _ => return err(req, libc::EINVAL),
-        };
-        if flags & NR_TX_RINGS_ONLY != 0 {
-            // A monitor's TX ring carries nothing: such a registration
-            // could never see a frame.
-            return err(req, libc::EINVAL);
-        }
         let mut region = match self.new_region(conn.uid, &layout, 1, 1, None) {
             Ok(r) => r,
             Err(e) => return err(req, e),
         };
-        let Ok(tx0) = region.alloc_ring(Dir::Tx, 0, slots) else {
+        let Ok(tx0) = region.alloc_ring(Dir::Tx, 0, shape.slots) else {
             return err(req, libc::EINVAL);
         };
         let mut rx = Vec::new();
         for i in 0..rings {
-            match region.alloc_ring(Dir::Rx, i as u16, slots) {
+            match region.alloc_ring(Dir::Rx, i as u16, shape.slots) {
                 Ok(off) => rx.push(off),
                 Err(e) => return err(req, region_errno(&e)),
             }
         }
-        let with_tx = mode == NR_REG_ALL_NIC || ringid == 0;
-        let with_tx = with_tx && flags & NR_RX_RINGS_ONLY == 0;
-        let rings_if = IfRings {
-            tx: vec![with_tx.then_some(tx0)],
-            host_tx: vec![None],
-            rx: (0..rings as u16)
-                .map(|i| sel.contains(&i).then(|| rx[i as usize]))
-                .collect(),
-            host_rx: vec![None],
-        };
-        let if_name: String = req
-            .hdr
-            .name_str()
-            .unwrap_or_default()
-            .chars()
-            .take(15)
-            .collect();
+        let if_name = if_name(req.hdr.name_str().unwrap_or_default());
+        let rings_if = shape.if_rings(tx0, &rx);
         let nif = match region.pending_if(&if_name, &rings_if, body.nr_extra_bufs) {
             Ok(n) => n,
             Err(e) => return err(req, region_errno(&e)),
         };
-        let bound: Vec<(Dir, usize)> = with_tx
-            .then_some((Dir::Tx, tx0))
-            .into_iter()
-            .chain(sel.iter().map(|&i| (Dir::Rx, rx[i as usize])))
-            .collect();
-        let Ok((csb, Bells { kick, irq, peer })) = (|| -> std::io::Result<(Arc<Csb>, Bells)> {
-            Ok((Arc::new(Csb::create(bound.len() as u32)?), Bells::new()?))
-        })() else {
+        let bound = shape.bound(tx0, &rx);
+        let Ok((csb, Bells { kick, irq, peer })) = Bells::with_csb(bound.len() as u32) else {
             return err(req, libc::ENOMEM);
         };
         let map = nif.map_arc();
         let mut sinks = Vec::new();
-        for (idx, (dir, off)) in bound.into_iter().enumerate() {
+        for (idx, (dir, off, _)) in bound.into_iter().enumerate() {
             let idx = idx as u32;
-            let Ok((ns, base, bs, nb)) = nif.ring_params(off) else {
+            let Ok(geo) = ring_geometry(&nif, off) else {
                 return err(req, libc::EIO);
             };
-            KringState::new(dir, ns).publish(&csb.entry(idx).expect("sized"));
+            KringState::new(dir, geo.num_slots).publish(&csb.entry(idx).expect("sized"));
             if dir == Dir::Rx {
-                let geo = RingGeometry {
-                    off,
-                    num_slots: ns,
-                    buf_base: base,
-                    buf_size: bs,
-                    nbufs: nb,
-                };
                 match RingSink::new(map.clone(), geo, csb.clone(), idx, irq.clone()) {
                     Ok(s) => sinks.push(s),
                     Err(_) => return err(req, libc::EIO),
@@ -206,12 +257,8 @@ impl Registry {
         }
         // Nothing reads the kick end: a monitor never holds a sender, so
         // it never asks its client for kicks.
-        let fds = match (|| -> std::io::Result<Vec<OwnedFd>> {
-            let [k, i] = peer;
-            Ok(vec![nif.share_fd()?, csb.share_fd()?, k, i])
-        })() {
-            Ok(f) => f,
-            Err(_) => return err(req, libc::EMFILE),
+        let Ok(fds) = client_fds(&nif, &csb, peer) else {
+            return err(req, libc::EMFILE);
         };
         let mut set = RingSinkSet::new();
         set.add(conn.id, sinks);
@@ -229,18 +276,7 @@ impl Registry {
             Err(_) => return err(req, libc::ENXIO),
         };
         let nifp = nif.keep();
-        body.nr_offset = nifp as u64;
-        body.nr_memsize = region.memsize() as u64;
-        body.nr_tx_slots = slots;
-        body.nr_rx_slots = slots;
-        body.nr_tx_rings = 1;
-        body.nr_rx_rings = rings as u16;
-        body.nr_host_tx_rings = 0;
-        body.nr_host_rx_rings = 0;
-        body.nr_mem_id = region.mem_id();
-        body.nr_mode = mode;
-        body.nr_ringid = ringid;
-        body.nr_flags = flags;
+        shape.answer(&mut body, nifp, &region, mode, ringid, flags);
         info!(
             port = target,
             conn = conn.id,
@@ -360,22 +396,13 @@ impl Registry {
         };
         let p = &self.ports[&key];
         let rings = p.tx.len().max(p.rx.len()) as u32;
-        let slots = if body.nr_rx_slots != 0 {
-            body.nr_rx_slots
-        } else {
-            p.layout.rx_slots
+        let shape = match MonitorShape::new(&body, mode, ringid, flags, rings, p.layout.rx_slots) {
+            Ok(m) => m,
+            Err(e) => return err(req, e),
         };
-        let sel: Vec<u16> = match mode {
-            NR_REG_ALL_NIC => (0..rings as u16).collect(),
-            NR_REG_ONE_NIC if u32::from(ringid) < rings => vec![ringid],
-            _ => return err(req, libc::EINVAL),
-        };
-        if flags & NR_TX_RINGS_ONLY != 0 || body.nr_extra_bufs > PERSISTENT_EXTRA_BUFS {
-            return err(req, libc::EINVAL);
-        }
         // The port's hooks this monitor takes, ring by ring.
         let mut hooks: Vec<(u16, Arc<ZmonHook>)> = Vec::new();
-        for &i in &sel {
+        for &i in &shape.sel {
             let i_ = i as usize;
             if flags & NR_MONITOR_TX != 0 && i_ < p.zmon_tx.len() {
                 hooks.push((i, p.zmon_tx[i_].clone()));
@@ -414,13 +441,13 @@ impl Registry {
             region: &mut mem.region,
             rings: Vec::new(),
         };
-        let Ok(tx0) = made.region.alloc_ring(Dir::Tx, 0, slots) else {
+        let Ok(tx0) = made.region.alloc_ring(Dir::Tx, 0, shape.slots) else {
             return err(req, libc::ENOMEM);
         };
         made.rings.push(tx0);
         let mut rx = Vec::new();
         for i in 0..rings {
-            match made.region.alloc_ring(Dir::Rx, i as u16, slots) {
+            match made.region.alloc_ring(Dir::Rx, i as u16, shape.slots) {
                 Ok(off) => {
                     made.rings.push(off);
                     rx.push(off);
@@ -428,48 +455,21 @@ impl Registry {
                 Err(_) => return err(req, libc::ENOMEM),
             }
         }
-        let with_tx = (mode == NR_REG_ALL_NIC || ringid == 0) && flags & NR_RX_RINGS_ONLY == 0;
-        let rings_if = IfRings {
-            tx: vec![with_tx.then_some(tx0)],
-            host_tx: vec![None],
-            rx: (0..rings as u16)
-                .map(|i| sel.contains(&i).then(|| rx[i as usize]))
-                .collect(),
-            host_rx: vec![None],
-        };
-        let if_name: String = req
-            .hdr
-            .name_str()
-            .unwrap_or_default()
-            .chars()
-            .take(15)
-            .collect();
-        let bound: Vec<(Dir, usize, u16)> = with_tx
-            .then_some((Dir::Tx, tx0, 0))
-            .into_iter()
-            .chain(sel.iter().map(|&i| (Dir::Rx, rx[i as usize], i)))
-            .collect();
-        let Ok((csb, Bells { kick, irq, peer })) = (|| -> std::io::Result<(Arc<Csb>, Bells)> {
-            Ok((Arc::new(Csb::create(bound.len() as u32)?), Bells::new()?))
-        })() else {
+        let rings_if = shape.if_rings(tx0, &rx);
+        let if_name = if_name(req.hdr.name_str().unwrap_or_default());
+        let bound = shape.bound(tx0, &rx);
+        let Ok((csb, Bells { kick, irq, peer })) = Bells::with_csb(bound.len() as u32) else {
             return err(req, libc::ENOMEM);
         };
         let map = made.region.map_arc();
         let mut zrings: Vec<(u16, Arc<Mutex<ZmonRing>>)> = Vec::new();
         for (idx, (dir, off, i)) in bound.into_iter().enumerate() {
             let idx = idx as u32;
-            let Ok((ns, base, bs, nb)) = made.region.ring_params(off) else {
+            let Ok(geo) = ring_geometry(made.region, off) else {
                 return err(req, libc::EIO);
             };
-            KringState::new(dir, ns).publish(&csb.entry(idx).expect("sized"));
+            KringState::new(dir, geo.num_slots).publish(&csb.entry(idx).expect("sized"));
             if dir == Dir::Rx {
-                let geo = RingGeometry {
-                    off,
-                    num_slots: ns,
-                    buf_base: base,
-                    buf_size: bs,
-                    nbufs: nb,
-                };
                 match ZmonRing::new(map.clone(), geo, csb.clone(), idx, irq.clone()) {
                     Ok(z) => zrings.push((i, Arc::new(Mutex::new(z)))),
                     Err(_) => return err(req, libc::EIO),
@@ -483,12 +483,8 @@ impl Registry {
             Ok(n) => n,
             Err(e) => return err(req, region_errno(&e)),
         };
-        let fds = match (|| -> std::io::Result<Vec<OwnedFd>> {
-            let [k, i] = peer;
-            Ok(vec![nif.share_fd()?, csb.share_fd()?, k, i])
-        })() {
-            Ok(f) => f,
-            Err(_) => return err(req, libc::EMFILE),
+        let Ok(fds) = client_fds(&nif, &csb, peer) else {
+            return err(req, libc::EMFILE);
         };
         let nifp = nif.keep();
         let ring_offs = std::mem::take(&mut made.rings);
@@ -518,18 +514,7 @@ impl Registry {
                 });
             }
         }
-        body.nr_offset = nifp as u64;
-        body.nr_memsize = mem.region.memsize() as u64;
-        body.nr_tx_slots = slots;
-        body.nr_rx_slots = slots;
-        body.nr_tx_rings = 1;
-        body.nr_rx_rings = rings as u16;
-        body.nr_host_tx_rings = 0;
-        body.nr_host_rx_rings = 0;
-        body.nr_mem_id = mem.region.mem_id();
-        body.nr_mode = mode;
-        body.nr_ringid = ringid;
-        body.nr_flags = flags;
+        shape.answer(&mut body, nifp, &mem.region, mode, ringid, flags);
         drop(mem);
         info!(
             port = target,

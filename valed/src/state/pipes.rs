@@ -13,16 +13,7 @@ fn pipe_units(region: &Region, ends: &[PipeSide; 2], unit_id: u64) -> std::io::R
             continue;
         };
         for i in 0..a.tx.len() {
-            let geo = |off: usize| {
-                let (ns, base, bs, nb) = region.ring_params(off).map_err(std::io::Error::other)?;
-                Ok::<_, std::io::Error>(RingGeometry {
-                    off,
-                    num_slots: ns,
-                    buf_base: base,
-                    buf_size: bs,
-                    nbufs: nb,
-                })
-            };
+            let geo = |off: usize| ring_geometry(region, off).map_err(std::io::Error::other);
             let src = RingSource::new(
                 map.clone(),
                 geo(a.tx[i])?,
@@ -140,7 +131,7 @@ impl Registry {
         };
         let nrings = (me.tx.len() + me.rx.len()) as u32;
         let (tx, rx) = (me.tx.clone(), me.rx.clone());
-        let if_name: String = name.chars().take(15).collect();
+        let if_name = if_name(name);
         // Every early return from here drops `nif`, which frees the
         // netmap_if and its extra buffers; kept once nothing can fail.
         let nif = match pipe.region.pending_if(&if_name, &rings, body.nr_extra_bufs) {
@@ -148,10 +139,8 @@ impl Registry {
             Err(e) => return err(req, region_errno(&e)),
         };
         let made = (|| -> std::io::Result<Doorbells> {
-            let csb = Arc::new(Csb::create(nrings)?);
-            let Bells { kick, irq, peer } = Bells::new()?;
-            let [pk, pi] = peer;
-            let fds = vec![nif.share_fd()?, csb.share_fd()?, pk, pi];
+            let (csb, Bells { kick, irq, peer }) = Bells::with_csb(nrings)?;
+            let fds = client_fds(&nif, &csb, peer)?;
             Ok((csb, kick, irq, fds))
         })();
         let Ok((csb, kick, irq, fds)) = made else {

@@ -14,6 +14,40 @@ impl Bells {
             peer: [kick_w.into_fd(), irq_r.into_fd()],
         })
     }
+
+    /// A registration's CSB for `rings` bound rings, and its doorbells.
+    pub(super) fn with_csb(rings: u32) -> std::io::Result<(Arc<Csb>, Bells)> {
+        Ok((Arc::new(Csb::create(rings)?), Bells::new()?))
+    }
+}
+
+/// What a registration's client gets, in this order: the region, the CSB,
+/// its end of the kick pipe and its end of the irq pipe.
+pub(super) fn client_fds(
+    region: &Region,
+    csb: &Csb,
+    peer: [OwnedFd; 2],
+) -> std::io::Result<Vec<OwnedFd>> {
+    let [kick, irq] = peer;
+    Ok(vec![region.share_fd()?, csb.share_fd()?, kick, irq])
+}
+
+/// The ring at `off` as the data path sees it, from the region's own
+/// records (never the ring header a client can rewrite).
+pub(super) fn ring_geometry(region: &Region, off: usize) -> Result<RingGeometry, RegionError> {
+    let (num_slots, buf_base, buf_size, nbufs) = region.ring_params(off)?;
+    Ok(RingGeometry {
+        off,
+        num_slots,
+        buf_base,
+        buf_size,
+        nbufs,
+    })
+}
+
+/// `nmreq_header.nr_name` as the `netmap_if` keeps it (15 bytes).
+pub(super) fn if_name(name: &str) -> String {
+    name.chars().take(15).collect()
 }
 
 impl Registry {
@@ -190,7 +224,7 @@ impl Registry {
             rx: bound(&port.rx, &rx_sel),
             host_rx: vec![None],
         };
-        let if_name: String = name.chars().take(15).collect();
+        let if_name = if_name(name);
         // From here on every early return drops `nif`, which frees the
         // netmap_if and its extra buffers: a failed registration leaks
         // nothing. It is kept only once nothing can fail.
@@ -205,10 +239,7 @@ impl Registry {
             Ok(n) => n,
             Err(e) => return err(req, region_errno(&e)),
         };
-        let setup = || -> std::io::Result<(Arc<Csb>, Bells)> {
-            Ok((Arc::new(Csb::create(nrings)?), Bells::new()?))
-        };
-        let Ok((csb, Bells { kick, irq, peer })) = setup() else {
+        let Ok((csb, Bells { kick, irq, peer })) = Bells::with_csb(nrings) else {
             return err(req, libc::ENOMEM);
         };
         let map = nif.map_arc();
@@ -244,17 +275,10 @@ impl Registry {
             if fresh.is_err() {
                 return err(req, libc::EIO);
             }
-            let Ok((ns, base, bs, nb)) = nif.ring_params(off) else {
+            let Ok(geo) = ring_geometry(&nif, off) else {
                 return err(req, libc::EIO);
             };
-            KringState::new(dir, ns).publish(&csb.entry(idx).expect("sized"));
-            let geo = RingGeometry {
-                off,
-                num_slots: ns,
-                buf_base: base,
-                buf_size: bs,
-                nbufs: nb,
-            };
+            KringState::new(dir, geo.num_slots).publish(&csb.entry(idx).expect("sized"));
             let made = match dir {
                 Dir::Tx => RingSource::new(map.clone(), geo, csb.clone(), idx, irq.clone())
                     .map(|s| sources.push(s.with_zmon(port.zmon_tx[ri].clone()))),
@@ -272,12 +296,8 @@ impl Registry {
                 return err(req, libc::EIO);
             }
         }
-        let fds = match (|| -> std::io::Result<Vec<OwnedFd>> {
-            let [kick, irq] = peer;
-            Ok(vec![nif.share_fd()?, csb.share_fd()?, kick, irq])
-        })() {
-            Ok(f) => f,
-            Err(_) => return err(req, libc::EMFILE),
+        let Ok(fds) = client_fds(&nif, &csb, peer) else {
+            return err(req, libc::EMFILE);
         };
         let nifp = nif.keep();
         mem.live += 1;
