@@ -131,17 +131,22 @@ fn text(o: &Output) -> String {
 /// A persistent port `switch:name` with backpressure, so nothing sent to
 /// it is dropped.
 fn port(v: &Valed, switch: &str, name: &str) -> String {
-    port_in(v, switch, name, 0)
+    port_with(v, switch, name, NmreqValeNewif::default())
 }
 
 /// As [`port`], in memory region `mem_id` (`vale-ctl -n name -m N`; 0:
 /// a region of its own).
 fn port_in(v: &Valed, switch: &str, name: &str, mem_id: u16) -> String {
-    let c = CtrlConn::connect(&v.sock).unwrap();
     let newif = NmreqValeNewif {
         nr_mem_id: mem_id,
         ..Default::default()
     };
+    port_with(v, switch, name, newif)
+}
+
+/// As [`port`], made by NEWIF with `newif` (ring sizes, memory id).
+fn port_with(v: &Valed, switch: &str, name: &str, newif: NmreqValeNewif) -> String {
+    let c = CtrlConn::connect(&v.sock).unwrap();
     let (r, _) = c
         .call(&Request::new(NETMAP_REQ_VALE_NEWIF, name, &newif).unwrap())
         .unwrap();
@@ -161,6 +166,46 @@ fn port_in(v: &Valed, switch: &str, name: &str, mem_id: u16) -> String {
         .unwrap();
     assert_eq!(r.error, 0, "backpressure on {full}");
     full
+}
+
+/// A capture: the C program receives 3000 frames on `monitor` while
+/// pkt-gen sends them from `tx` and receives them on `rx` (a port that
+/// holds its sender); both get every frame.
+fn capture(v: &Valed, monitor: &str, tx: &str, rx: &str) {
+    let stop = leak_flag();
+    let prx = spawn(
+        pktgen_cfg(&v.sock, &["-i", rx, "-f", "rx", "-n", "3000"]),
+        stop,
+    );
+    let mon = std::thread::spawn({
+        let v_sock = v.sock.clone();
+        let monitor = monitor.to_string();
+        move || {
+            Command::new("timeout")
+                .arg("60")
+                .arg(nmapp())
+                .args(["rx", &monitor, "3000"])
+                .env("LD_PRELOAD", preload())
+                .env("VALE_SOCKET", v_sock)
+                .output()
+                .expect("run nmapp rx on a monitor")
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let sent = pkt_gen::run::run(
+        &pktgen_cfg(&v.sock, &["-i", tx, "-f", "tx", "-n", "3000"]),
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert!(sent.ok(), "{sent:?}");
+    let out = mon.join().unwrap();
+    let t = text(&out);
+    assert!(
+        out.status.success() && t.contains("received 3000 bad 0"),
+        "{monitor}: {t}"
+    );
+    let r = join_within(prx, stop, &format!("pkt-gen -> {monitor} -> pkt-gen rx"));
+    assert_eq!(r.ctrs.pkts, 3000, "{monitor}");
 }
 
 #[test]
@@ -370,123 +415,26 @@ fn a_c_program_exchanges_frames_with_pkt_gen() {
     // A capture program: the C receiver on a copy monitor (`/r`) of a
     // port pkt-gen receives on, both getting every frame. The port's
     // 4096-slot ring, which the monitor takes, holds all of them.
-    let c = CtrlConn::connect(&v.sock).unwrap();
-    let nif = NmreqValeNewif {
+    let big = NmreqValeNewif {
         nr_rx_slots: 4096,
         ..Default::default()
     };
-    let (r, _) = c
-        .call(&Request::new(NETMAP_REQ_VALE_NEWIF, "cm", &nif).unwrap())
-        .unwrap();
-    assert_eq!(r.error, 0);
-    let (r, _) = c
-        .call(
-            &Request::new(
-                NETMAP_REQ_VALE_ATTACH,
-                "vale7:cm",
-                &NmreqValeAttach::default(),
-            )
-            .unwrap(),
-        )
-        .unwrap();
-    assert_eq!(r.error, 0);
-    let stop = leak_flag();
-    let prx = spawn(
-        pktgen_cfg(&v.sock, &["-i", "vale7:cm", "-f", "rx", "-n", "3000"]),
-        stop,
-    );
-    let mon = std::thread::spawn({
-        let v_sock = v.sock.clone();
-        move || {
-            Command::new("timeout")
-                .arg("60")
-                .arg(nmapp())
-                .args(["rx", "vale7:cm/r", "3000"])
-                .env("LD_PRELOAD", preload())
-                .env("VALE_SOCKET", v_sock)
-                .output()
-                .expect("run nmapp rx on a monitor")
-        }
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    let tx = pkt_gen::run::run(
-        &pktgen_cfg(&v.sock, &["-i", "vale7:tm", "-f", "tx", "-n", "3000"]),
-        &AtomicBool::new(false),
-    )
-    .unwrap();
-    assert!(tx.ok(), "{tx:?}");
-    let out = mon.join().unwrap();
-    let t = text(&out);
-    assert!(
-        out.status.success() && t.contains("received 3000 bad 0"),
-        "{t}"
-    );
-    let r = join_within(prx, stop, "pkt-gen -> monitored port -> pkt-gen rx");
-    assert_eq!(r.ctrs.pkts, 3000);
-
+    let cm = port_with(&v, "vale7", "cm", big);
+    capture(&v, &format!("{cm}/r"), "vale7:tm", &cm);
     // The same capture through a zero-copy monitor (`/tz`) of a sender in
     // a shared region (`vale-ctl -n zm -m 70`): the frames pkt-gen sent
     // reach the C program in pkt-gen's own buffers.
-    let nif = NmreqValeNewif {
-        nr_rx_slots: 4096,
-        nr_mem_id: 70,
-        ..Default::default()
-    };
-    let (r, _) = c
-        .call(&Request::new(NETMAP_REQ_VALE_NEWIF, "zm", &nif).unwrap())
-        .unwrap();
-    assert_eq!(r.error, 0);
-    let (r, _) = c
-        .call(
-            &Request::new(
-                NETMAP_REQ_VALE_ATTACH,
-                "vale8:zm",
-                &NmreqValeAttach::default(),
-            )
-            .unwrap(),
-        )
-        .unwrap();
-    assert_eq!(r.error, 0);
-    // The receiver holds its sender (backpressure): nothing is dropped
-    // there however slow it is.
+    let zm = port_with(
+        &v,
+        "vale8",
+        "zm",
+        NmreqValeNewif {
+            nr_mem_id: 70,
+            ..big
+        },
+    );
     let zr = port(&v, "vale8", "zr");
-    let stop = leak_flag();
-    let prx = spawn(
-        pktgen_cfg(&v.sock, &["-i", &zr, "-f", "rx", "-n", "3000"]),
-        stop,
-    );
-    let mon = std::thread::spawn({
-        let v_sock = v.sock.clone();
-        move || {
-            Command::new("timeout")
-                .arg("60")
-                .arg(nmapp())
-                .args(["rx", "vale8:zm/tz", "3000"])
-                .env("LD_PRELOAD", preload())
-                .env("VALE_SOCKET", v_sock)
-                .output()
-                .expect("run nmapp rx on a zero-copy monitor")
-        }
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    let tx = pkt_gen::run::run(
-        &pktgen_cfg(&v.sock, &["-i", "vale8:zm", "-f", "tx", "-n", "3000"]),
-        &AtomicBool::new(false),
-    )
-    .unwrap();
-    assert!(tx.ok(), "{tx:?}");
-    let out = mon.join().unwrap();
-    let t = text(&out);
-    assert!(
-        out.status.success() && t.contains("received 3000 bad 0"),
-        "{t}"
-    );
-    let r = join_within(
-        prx,
-        stop,
-        "pkt-gen -> zero-copy monitored port -> pkt-gen rx",
-    );
-    assert_eq!(r.ctrs.pkts, 3000);
+    capture(&v, &format!("{zm}/tz"), &zm, &zr);
 
     // A child forked after registering sends on the parent's registration.
     let pc = port(&v, "vale3", "pc");

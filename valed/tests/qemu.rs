@@ -881,16 +881,7 @@ fn a_guest_migrates_under_traffic() {
         got0.contains(&sum),
         "control transfer changed the file: {got0}"
     );
-    a.spawn_bg("iperf3 -s -1 > /tmp/iperf-s.txt 2>&1").unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    b.spawn_bg(
-        "iperf3 -c 10.0.0.1 -t 10 -b 40M > /tmp/iperf.txt 2>&1; echo exit=$? >> /tmp/iperf.txt",
-    )
-    .unwrap();
-    b.spawn_bg(
-        "ping -i 0.1 -c 150 -W 1 10.0.0.1 > /tmp/ping.txt 2>&1; echo exit=$? >> /tmp/ping.txt",
-    )
-    .unwrap();
+    stream_and_ping(&mut a, &mut b, 150);
     std::thread::sleep(Duration::from_secs(1));
     a.spawn_bg("wget -q -O /tmp/got http://10.0.0.2:8080/f; echo exit=$? > /tmp/wget.txt")
         .unwrap();
@@ -919,17 +910,7 @@ fn a_guest_migrates_under_traffic() {
         .expect("the migrated guest answers on the destination");
 
     // The stream completed; the file is whole on the destination.
-    let iperf = wait_output(
-        &mut b,
-        "cat /tmp/iperf.txt",
-        "exit=",
-        Duration::from_secs(120),
-    );
-    assert!(iperf.contains("exit=0"), "iperf3 client: {iperf}");
-    eprintln!("iperf3 over the migration:");
-    for l in iperf.lines().filter(|l| l.contains("bits/sec")) {
-        eprintln!("  {l}");
-    }
+    stream_done(&mut b, "over the migration");
     let w = wait_output(
         &mut dst,
         "cat /tmp/wget.txt",
@@ -942,13 +923,7 @@ fn a_guest_migrates_under_traffic() {
         got.contains(&sum),
         "the file that reached the migrated guest changed (sent {sum}): {got}"
     );
-    let ping = wait_output(
-        &mut b,
-        "cat /tmp/ping.txt",
-        "exit=",
-        Duration::from_secs(60),
-    );
-    let (tx, rx) = ping_counts(&ping);
+    let (tx, rx, ping) = pings_done(&mut b);
     eprintln!(
         "ping every 100 ms over the migration: {rx}/{tx} answered, about {} ms lost, \
          {:.1} s of which the test held the destination stopped to compare memory",
@@ -1047,16 +1022,7 @@ fn a_guest_migrates_to_another_host() {
     let mut dst = Guest::start_with(&spec_dst, Vmm::Qemu).expect("destination QEMU starts");
     wait_for_file(&mig);
 
-    a.spawn_bg("iperf3 -s -1 > /tmp/iperf-s.txt 2>&1").unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    b.spawn_bg(
-        "iperf3 -c 10.0.0.1 -t 10 -b 40M > /tmp/iperf.txt 2>&1; echo exit=$? >> /tmp/iperf.txt",
-    )
-    .unwrap();
-    b.spawn_bg(
-        "ping -i 0.1 -c 120 -W 1 10.0.0.1 > /tmp/ping.txt 2>&1; echo exit=$? >> /tmp/ping.txt",
-    )
-    .unwrap();
+    stream_and_ping(&mut a, &mut b, 120);
     std::thread::sleep(Duration::from_secs(2));
     let (status, took) = migrate(&mut a, &mig);
     assert_eq!(status, "completed", "host 1's valed log:\n{}", d1.log());
@@ -1067,24 +1033,8 @@ fn a_guest_migrates_to_another_host() {
     dst.wait_ready(Duration::from_secs(60))
         .expect("the migrated guest answers on host 2");
 
-    let iperf = wait_output(
-        &mut b,
-        "cat /tmp/iperf.txt",
-        "exit=",
-        Duration::from_secs(120),
-    );
-    assert!(iperf.contains("exit=0"), "iperf3 client: {iperf}");
-    eprintln!("iperf3 over the migration to the other host:");
-    for l in iperf.lines().filter(|l| l.contains("bits/sec")) {
-        eprintln!("  {l}");
-    }
-    let ping = wait_output(
-        &mut b,
-        "cat /tmp/ping.txt",
-        "exit=",
-        Duration::from_secs(60),
-    );
-    let (tx, rx) = ping_counts(&ping);
+    stream_done(&mut b, "over the migration to the other host");
+    let (tx, rx, ping) = pings_done(&mut b);
     eprintln!(
         "ping every 100 ms over the migration to the other host: {rx}/{tx} answered, \
          about {} ms lost",
@@ -1130,6 +1080,39 @@ fn ip(args: &[&str]) {
         .status()
         .is_ok_and(|s| s.success());
     assert!(ok, "ip {args:?}");
+}
+
+/// In the background: B streams iperf3 to A (10.0.0.1) for 10 s at
+/// 40 Mbit/s, and pings it `pings` times, every 100 ms.
+fn stream_and_ping(a: &mut Guest, b: &mut Guest, pings: u32) {
+    a.spawn_bg("iperf3 -s -1 > /tmp/iperf-s.txt 2>&1").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    b.spawn_bg(
+        "iperf3 -c 10.0.0.1 -t 10 -b 40M > /tmp/iperf.txt 2>&1; echo exit=$? >> /tmp/iperf.txt",
+    )
+    .unwrap();
+    b.spawn_bg(&format!(
+        "ping -i 0.1 -c {pings} -W 1 10.0.0.1 > /tmp/ping.txt 2>&1; echo exit=$? >> /tmp/ping.txt"
+    ))
+    .unwrap();
+}
+
+/// Waits for [`stream_and_ping`]'s stream: it completed; its 1-s
+/// intervals are printed, labelled `what`.
+fn stream_done(b: &mut Guest, what: &str) {
+    let iperf = wait_output(b, "cat /tmp/iperf.txt", "exit=", Duration::from_secs(120));
+    assert!(iperf.contains("exit=0"), "iperf3 client: {iperf}");
+    eprintln!("iperf3 {what}:");
+    for l in iperf.lines().filter(|l| l.contains("bits/sec")) {
+        eprintln!("  {l}");
+    }
+}
+
+/// Waits for [`stream_and_ping`]'s pings: (sent, answered, ping's output).
+fn pings_done(b: &mut Guest) -> (u64, u64, String) {
+    let ping = wait_output(b, "cat /tmp/ping.txt", "exit=", Duration::from_secs(60));
+    let (tx, rx) = ping_counts(&ping);
+    (tx, rx, ping)
 }
 
 /// (transmitted, received) from ping's summary.

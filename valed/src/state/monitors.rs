@@ -300,16 +300,7 @@ impl Registry {
                 _kick: kick,
             },
         );
-        conn.reg = Some(Registration {
-            port_key: target,
-            nifp,
-            fwd: usize::MAX,
-            pipe_end: None,
-            monitor: true,
-        });
-        let mut r = req.clone();
-        r.set_body(&body);
-        (0, r, fds)
+        monitor_answer(conn, req, target, nifp, &body, fds)
     }
 
     /// Port `full` (`vale0:a`) of `owner` was just attached to `switch`:
@@ -536,15 +527,28 @@ impl Registry {
                 _kick: kick,
             },
         );
-        conn.reg = Some(Registration {
-            port_key: target,
-            nifp,
-            fwd: usize::MAX,
-            pipe_end: None,
-            monitor: true,
-        });
-        let mut r = req.clone();
-        r.set_body(&body);
-        (0, r, fds)
+        monitor_answer(conn, req, target, nifp, &body, fds)
     }
+}
+
+/// `conn` is now the monitor registration at `nifp` of port `target`:
+/// REGISTER's reply with `body` and the client's descriptors.
+fn monitor_answer(
+    conn: &mut Conn,
+    req: &Request,
+    target: String,
+    nifp: usize,
+    body: &NmreqRegister,
+    fds: Vec<OwnedFd>,
+) -> Answer {
+    conn.reg = Some(Registration {
+        port_key: target,
+        nifp,
+        fwd: usize::MAX,
+        pipe_end: None,
+        monitor: true,
+    });
+    let mut r = req.clone();
+    r.set_body(body);
+    (0, r, fds)
 }
