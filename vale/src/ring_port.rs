@@ -597,10 +597,6 @@ pub fn pipe_forward(src: &mut RingSource, dst: &mut RingSink) -> usize {
 #[derive(Debug)]
 pub struct ZmonRing {
     p: RingPort,
-    /// Slots given to the monitor.
-    pub given: u64,
-    /// Slots not given (no room, or a buffer index out of the pool).
-    pub dropped: u64,
 }
 
 impl ZmonRing {
@@ -615,8 +611,6 @@ impl ZmonRing {
     ) -> std::io::Result<ZmonRing> {
         Ok(ZmonRing {
             p: RingPort::new(Dir::Rx, map, geo, csb, csb_idx, irq)?,
-            given: 0,
-            dropped: 0,
         })
     }
 
@@ -627,7 +621,6 @@ impl ZmonRing {
         self.p.prologue();
         let (m0, room) = self.p.kring.rx_space();
         let skip = n.saturating_sub(room);
-        self.dropped += u64::from(skip);
         let (sv, mv) = (src.view(), self.p.view());
         let (sns, mns) = (src.geo.num_slots, self.p.geo.num_slots);
         let size = src.geo.buf_size as usize;
@@ -635,7 +628,6 @@ impl ZmonRing {
         let mut filled = 0u32;
         for i in skip..n {
             if filled == room {
-                self.dropped += u64::from(n - i);
                 break;
             }
             let si = ring::advance(start, i, sns);
@@ -643,7 +635,6 @@ impl ZmonRing {
             // Only the pool's buffers move (the two rings share the pool),
             // never an indirect slot's.
             if s.flags & NS_INDIRECT != 0 || src.buf_ptr(&s, size).is_none() {
-                self.dropped += 1;
                 continue;
             }
             let mi = ring::advance(m0, filled, mns);
@@ -654,7 +645,6 @@ impl ZmonRing {
                 m.len = 0;
                 m.flags = 0;
                 mv.set_slot(mi, m);
-                self.dropped += 1;
                 filled += 1;
                 continue;
             }
@@ -668,7 +658,6 @@ impl ZmonRing {
             filled += 1;
         }
         if filled > 0 {
-            self.given += u64::from(filled);
             self.p.kring.rx_filled(filled);
             self.p.publish_and_notify();
         }
