@@ -19,6 +19,10 @@
 #   copy       libc memcpy/memmove called by RxSet::push (the frame bytes)
 #   rx used    the sink's publish: used entries, used index, interrupt check
 #   tx used    TxQueue::complete: the same for A's TX chains
+#
+# Then the engine bench's own path (vale/examples/engine_count, the
+# engine bench's 2ports/unicast at 60 and 1514 B), the denominator of
+# the issue's in-process ratio, counted the same way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
@@ -27,6 +31,7 @@ if [ $# -eq 0 ]; then
     set -- 60B/mrg/event_idx 1514B/mrg/event_idx gso64K/mrg/event_idx
 fi
 cargo build --quiet --profile bench -p vale-backend --all-features --example vm2vm_count
+cargo build --quiet --profile bench -p vale --example engine_count
 BIN=$PWD/target/release/examples/vm2vm_count
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
@@ -87,3 +92,15 @@ for cfg in "$@"; do
             c / f, ru / f, tu / f }'
 done
 echo "(instructions per frame; $ROUNDS rounds per configuration, $(valgrind --version))"
+ENGINE=$PWD/target/release/examples/engine_count
+for len in 60 1514; do
+    for r in 0 20; do
+        (cd "$TMP" && valgrind --tool=callgrind --callgrind-out-file="$TMP/e.$r" \
+            --toggle-collect='*engine_count::measured*' \
+            "$ENGINE" "$len" "$r" >"$TMP/eframes.$r" 2>/dev/null)
+        callgrind_annotate "$TMP/e.$r" 2>/dev/null >"$TMP/eann.$r"
+    done
+    awk -v len="$len" -v f="$(cat "$TMP/eframes.20")" \
+        -v a="$(total_of "$TMP/eann.20")" -v b="$(total_of "$TMP/eann.0")" \
+        'BEGIN { printf "engine alone, %s B, 2 ports unicast: %.0f instructions per frame\n", len, (a - b) / f }'
+done

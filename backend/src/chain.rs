@@ -26,17 +26,10 @@ pub fn tx_frags(
     head: u16,
     out: &mut Vec<Frag>,
 ) -> Result<usize, ChainError> {
-    if let Some((d, ptr)) = single(map, ring, head) {
-        // One descriptor, in one region (how Linux and DPDK send a linear
-        // frame with its header pushed in front): one fragment.
-        if d.flags & crate::vring::F_WRITE != 0 {
-            return Err(ChainError::Direction);
-        }
-        crate::vring::prefetch(ptr);
-        // SAFETY: as in the walk below: `single` checked that the range
-        // lies in one mapped region, alive for the caller's batch.
-        out.push(unsafe { Frag::new(ptr, d.len as u16, 0) });
-        return Ok(d.len as usize);
+    if let Some(f) = tx_single(map, ring, head) {
+        let len = f.len() as usize;
+        out.push(f);
+        return Ok(len);
     }
     let start = out.len();
     let mut total = 0usize;
@@ -85,6 +78,28 @@ pub fn tx_frags(
     }
 }
 
+/// TX chain `head` of `ring` when it is one readable descriptor in one
+/// region (how Linux and DPDK send a linear frame with its header pushed
+/// in front): its one fragment, prefetched for the engine. None sends the
+/// caller to [`tx_frags`], which also reports every error.
+#[inline(always)]
+pub fn tx_single(
+    map: &crate::vring::HostMap,
+    ring: &crate::vring::Ring,
+    head: u16,
+) -> Option<Frag<'static>> {
+    let (d, ptr) = single(map, ring, head)?;
+    if d.flags & crate::vring::F_WRITE != 0 {
+        return None;
+    }
+    crate::vring::prefetch(ptr);
+    // SAFETY: `single` checked that the range lies in one mapped region,
+    // which the caller's batch keeps mapped while the fragment lives (the
+    // guest may change the bytes: the engine copies them once and trusts
+    // nothing it reads twice).
+    Some(unsafe { Frag::new(ptr, d.len as u16, 0) })
+}
+
 /// Walks RX chain `head` of `ring` and appends one [`DstBuf`] per
 /// writable range to `out`; returns the chain's capacity. On error `out`
 /// is left as it was.
@@ -94,16 +109,11 @@ pub fn rx_bufs(
     head: u16,
     out: &mut Vec<DstBuf>,
 ) -> Result<usize, ChainError> {
-    if let Some((d, ptr)) = single(map, ring, head) {
-        // One writable buffer (how Linux posts mergeable RX buffers).
-        if d.flags & crate::vring::F_WRITE == 0 {
-            return Err(ChainError::Direction);
-        }
-        crate::vring::prefetch(ptr);
-        // SAFETY: `single` checked the range lies in one mapped region;
+    if let Some((ptr, len)) = rx_single(map, ring, head) {
+        // SAFETY: `rx_single` checked the range lies in one mapped region;
         // the caller holds the memory guard until the buffer is returned.
-        out.push(unsafe { DstBuf::new(ptr, d.len as usize) });
-        return Ok(d.len as usize);
+        out.push(unsafe { DstBuf::new(ptr, len as usize) });
+        return Ok(len as usize);
     }
     let start = out.len();
     let mut total = 0usize;
@@ -136,6 +146,24 @@ pub fn rx_bufs(
             Err(e)
         }
     }
+}
+
+/// RX chain `head` when it is one writable buffer in one memory region
+/// (how Linux posts RX buffers, mergeable or big): its host address,
+/// prefetched for the copy, and its length. None sends the caller to
+/// [`rx_bufs`], which also reports every error.
+#[inline(always)]
+pub fn rx_single(
+    map: &crate::vring::HostMap,
+    ring: &crate::vring::Ring,
+    head: u16,
+) -> Option<(*mut u8, u32)> {
+    let (d, ptr) = single(map, ring, head)?;
+    if d.flags & crate::vring::F_WRITE == 0 {
+        return None;
+    }
+    crate::vring::prefetch(ptr);
+    Some((ptr, d.len))
 }
 
 /// The chain at `head` when it is a single direct descriptor of 1 to

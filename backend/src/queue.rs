@@ -25,7 +25,7 @@ use vale::frag::{DstBuf, Frag};
 use vale::{Arm, FrameCursor, Push, Sink, Source};
 use vm_memory::{GuestAddressSpace, GuestMemoryLoadGuard};
 
-use crate::chain::{rx_bufs, tx_frags};
+use crate::chain::{rx_bufs, rx_single, tx_frags, tx_single};
 use crate::dirty::DirtyLog;
 use crate::types::ChainError;
 use crate::vring::{HostMap, Ring};
@@ -554,6 +554,17 @@ impl TxQueue {
         // Opening a batch turns kicks off.
         let _ = self.own.with_ring(|_, _| ());
     }
+
+    /// Walks TX chain `head`, the `i`th of the batch, the long way
+    /// (several descriptors, indirect, or broken): out of line, so the
+    /// common chain's loop keeps its registers.
+    #[inline(never)]
+    fn walk_tx(&mut self, ring: &Ring, i: usize, head: u16, frags: &mut Vec<Frag>) {
+        if let Err(e) = tx_frags(&self.own.map, ring, head, frags) {
+            frags.push(Frag::bad(0));
+            self.errs.push((i, e));
+        }
+    }
 }
 
 impl Source for TxQueue {
@@ -601,10 +612,12 @@ impl Source for TxQueue {
             self.heads.push(head);
         }
         for i in 0..n as usize {
-            if let Err(e) = tx_frags(&self.own.map, &ring, self.heads[i], frags) {
-                frags.push(Frag::bad(0));
-                self.errs.push((i, e));
+            let head = self.heads[i];
+            if let Some(f) = tx_single(&self.own.map, &ring, head) {
+                frags.push(f);
+                continue;
             }
+            self.walk_tx(&ring, i, head, frags);
         }
         self.batch = Some(batch);
         n as usize + extra
@@ -658,11 +671,35 @@ struct RxChain {
     /// The guest broke it: returned empty when its turn comes, and
     /// counted then (why is in `RxQueue::errs`).
     bad: bool,
-    /// Its buffers: `bufs[first..first + nbufs]`.
+    /// Its buffers: the one at host address `one` if not 0 (the common
+    /// chain, kept out of `bufs` so a frame reads one record), else
+    /// `bufs[first..first + nbufs]`.
     nbufs: u16,
     first: u32,
     /// Bytes the buffers hold.
     cap: u32,
+    one: usize,
+}
+
+impl RxChain {
+    /// Its buffers, pointing into guest memory mapped while the batch
+    /// lasts.
+    fn bufs<'b>(&self, bufs: &'b mut [DstBuf<'static>]) -> ChainBufs<'b> {
+        if self.one == 0 {
+            ChainBufs::Many(&mut bufs[self.first as usize..][..self.nbufs as usize])
+        } else {
+            // SAFETY: `rx_single` found `cap` bytes at `one` in one mapped
+            // region of guest memory, and the batch's guard keeps it
+            // mapped until the chain is returned at publish.
+            ChainBufs::One(unsafe { DstBuf::new(self.one as *mut u8, self.cap as usize) })
+        }
+    }
+}
+
+/// The buffers of one RX chain.
+enum ChainBufs<'b> {
+    One(DstBuf<'static>),
+    Many(&'b mut [DstBuf<'static>]),
 }
 
 /// One guest RX queue.
@@ -809,27 +846,48 @@ impl RxQueue {
             heads[i as usize] = head;
         }
         for &head in &heads[..n as usize] {
-            let first = self.bufs.len();
-            let (cap, bad) = match rx_bufs(&self.own.map, &ring, head, &mut self.bufs) {
-                Ok(cap) => {
-                    self.buf_hint = cap;
-                    (cap, false)
-                }
-                Err(e) => {
-                    self.errs.push((self.chains.len(), e));
-                    (0, true)
-                }
-            };
-            // A chain holds at most MAX_FRAGS buffers of at most 64 KiB.
-            self.chains.push(RxChain {
-                head,
-                bad,
-                nbufs: (self.bufs.len() - first) as u16,
-                first: first as u32,
-                cap: cap.min(u32::MAX as usize) as u32,
-            });
+            if let Some((one, cap)) = rx_single(&self.own.map, &ring, head) {
+                self.buf_hint = cap as usize;
+                self.chains.push(RxChain {
+                    head,
+                    bad: false,
+                    nbufs: 1,
+                    first: 0,
+                    cap,
+                    one: one as usize,
+                });
+                continue;
+            }
+            self.pop_walked(&ring, head);
         }
         self.chains.len() > before
+    }
+
+    /// Pops chain `head` the long way (several buffers, indirect, or
+    /// broken): out of line, so the common chain's loop keeps its
+    /// registers.
+    #[inline(never)]
+    fn pop_walked(&mut self, ring: &Ring, head: u16) {
+        let first = self.bufs.len();
+        let (cap, bad) = match rx_bufs(&self.own.map, ring, head, &mut self.bufs) {
+            Ok(cap) => {
+                self.buf_hint = cap;
+                (cap, false)
+            }
+            Err(e) => {
+                self.errs.push((self.chains.len(), e));
+                (0, true)
+            }
+        };
+        // A chain holds at most MAX_FRAGS buffers of at most 64 KiB.
+        self.chains.push(RxChain {
+            head,
+            bad,
+            nbufs: (self.bufs.len() - first) as u16,
+            first: first as u32,
+            cap: cap.min(u32::MAX as usize) as u32,
+            one: 0,
+        });
     }
 
     /// Undoes the takes of a frame that did not fit, except broken chains
@@ -863,65 +921,11 @@ impl RxQueue {
             self.used.push((c.head, 0));
         }
     }
-}
 
-impl Sink for RxQueue {
-    fn room(&mut self) -> usize {
-        self.avail()
-    }
-
-    fn slots_for(&self, len: usize) -> usize {
-        if self.mrg.load(Ordering::Relaxed) {
-            (len + VNET_HDR_LEN).div_ceil(self.buf_hint.max(64))
-        } else {
-            1
-        }
-    }
-
-    fn capacity(&self) -> usize {
-        (self.size.load(Ordering::Relaxed) as usize)
-            .saturating_sub(1)
-            .max(1)
-    }
-
-    fn push(&mut self, frags: &[Frag], skip: usize, hdr: &[u8]) -> Push {
-        let flen: usize = frags.iter().map(|f| f.len() as usize).sum();
-        // The header this guest gets: the engine's copy (made once), with
-        // num_buffers ours to fill.
-        let total = VNET_HDR_LEN + flen.saturating_sub(skip);
-        // The common case first: the next chain is one buffer that holds
-        // the whole frame (every frame with big buffers, mergeable or
-        // not), copied straight in with no chain list or cursor.
-        if self.next == self.chains.len() {
-            self.refill();
-        }
-        if let Some(c) = self.chains.get(self.next) {
-            if !c.bad && c.nbufs == 1 && c.cap as usize >= total {
-                let (head, first) = (c.head, c.first as usize);
-                self.next += 1;
-                let mut h = [0u8; VNET_HDR_LEN];
-                let n = hdr.len().min(VNET_HDR_LEN);
-                h[..n].copy_from_slice(&hdr[..n]);
-                h[10..12].copy_from_slice(&1u16.to_le_bytes());
-                let b = &mut self.bufs[first];
-                let mut at = b.write_prefix(&h);
-                let mut skip = skip;
-                for f in frags {
-                    let fl = f.len() as usize;
-                    if skip >= fl {
-                        skip -= fl;
-                        continue;
-                    }
-                    at += b.copy_from(at, f, skip, fl - skip);
-                    skip = 0;
-                }
-                if let Some(log) = &self.own.live.log {
-                    log_buf(log, &self.own.map, self.bufs[first].addr(), at);
-                }
-                self.used.push((head, at as u32));
-                return Push::Done;
-            }
-        }
+    /// A frame that takes more than one buffer, or chains not yet
+    /// walked: kept out of `push` so the common frame's call stays small.
+    #[inline(never)]
+    fn push_chains(&mut self, frags: &[Frag], skip: usize, hdr: &[u8], total: usize) -> Push {
         let mrg = self.mrg.load(Ordering::Relaxed);
         let start_used = self.used.len();
         let start_next = self.next;
@@ -945,27 +949,103 @@ impl Sink for RxQueue {
             cap += ccap;
             self.mine.push(i);
         }
-        let mut h = [0u8; VNET_HDR_LEN];
-        let n = hdr.len().min(VNET_HDR_LEN);
-        h[..n].copy_from_slice(&hdr[..n]);
-        h[10..12].copy_from_slice(&(self.mine.len() as u16).to_le_bytes());
+        let h = vnet_hdr(hdr, self.mine.len() as u16);
         let mut cur = FrameCursor::new(frags, skip, &h);
         for &i in &self.mine {
-            let c = &self.chains[i];
+            let c = self.chains[i];
             let mut written = 0usize;
-            for b in &mut self.bufs[c.first as usize..c.first as usize + c.nbufs as usize] {
+            let mut fill = |b: &mut DstBuf<'static>| {
                 if cur.remaining() == 0 {
-                    break;
+                    return;
                 }
                 let n = cur.fill(b);
                 if let Some(log) = &self.own.live.log {
                     log_buf(log, &self.own.map, b.addr(), n);
                 }
                 written += n;
+            };
+            match c.bufs(&mut self.bufs) {
+                ChainBufs::One(mut b) => fill(&mut b),
+                ChainBufs::Many(bufs) => bufs.iter_mut().for_each(fill),
             }
             self.used.push((c.head, written as u32));
         }
         Push::Done
+    }
+}
+
+/// The virtio-net header a guest gets: the engine's (`hdr`, made once per
+/// frame) with `num_buffers` filled in.
+#[inline(always)]
+fn vnet_hdr(hdr: &[u8], num_buffers: u16) -> [u8; VNET_HDR_LEN] {
+    let mut h = [0u8; VNET_HDR_LEN];
+    let n = hdr.len().min(VNET_HDR_LEN);
+    h[..n].copy_from_slice(&hdr[..n]);
+    h[10..12].copy_from_slice(&num_buffers.to_le_bytes());
+    h
+}
+
+impl Sink for RxQueue {
+    fn room(&mut self) -> usize {
+        self.avail()
+    }
+
+    fn slots_for(&self, len: usize) -> usize {
+        if self.mrg.load(Ordering::Relaxed) {
+            (len + VNET_HDR_LEN).div_ceil(self.buf_hint.max(64))
+        } else {
+            1
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        (self.size.load(Ordering::Relaxed) as usize)
+            .saturating_sub(1)
+            .max(1)
+    }
+
+    #[inline]
+    fn push(&mut self, frags: &[Frag], skip: usize, hdr: &[u8]) -> Push {
+        let flen: usize = frags.iter().map(|f| f.len() as usize).sum();
+        // The header this guest gets: the engine's copy (made once), with
+        // num_buffers ours to fill.
+        let total = VNET_HDR_LEN + flen.saturating_sub(skip);
+        // The common case first: the next chain is one buffer that holds
+        // the whole frame (every frame with big buffers, mergeable or
+        // not), copied straight in with no chain list or cursor.
+        if self.next == self.chains.len() {
+            self.refill();
+        }
+        if let Some(c) = self.chains.get(self.next) {
+            if c.one != 0 && c.cap as usize >= total {
+                let head = c.head;
+                // SAFETY: as in `RxChain::bufs`.
+                let mut b = unsafe { DstBuf::new(c.one as *mut u8, c.cap as usize) };
+                self.next += 1;
+                let mut at = b.write_prefix(&vnet_hdr(hdr, 1));
+                if let [f] = frags {
+                    // One fragment (every linear frame): no walk.
+                    at += b.copy_from(at, f, skip, total - VNET_HDR_LEN);
+                } else {
+                    let mut skip = skip;
+                    for f in frags {
+                        let fl = f.len() as usize;
+                        if skip >= fl {
+                            skip -= fl;
+                            continue;
+                        }
+                        at += b.copy_from(at, f, skip, fl - skip);
+                        skip = 0;
+                    }
+                }
+                if let Some(log) = &self.own.live.log {
+                    log_buf(log, &self.own.map, b.addr(), at);
+                }
+                self.used.push((head, at as u32));
+                return Push::Done;
+            }
+        }
+        self.push_chains(frags, skip, hdr, total)
     }
 
     fn publish(&mut self) {
