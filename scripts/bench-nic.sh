@@ -11,6 +11,10 @@
 #            has XDP in driver mode, no zero-copy)
 #   sendto   a plain AF_PACKET socket, one send() per frame (core 0)
 #            (nic/examples/sendto.rs): the program that does not use netmap
+#   sendmmsg the same program with the generic adapter's socket setup
+#            (virtio-net header, PACKET_QDISC_BYPASS) and its sendmmsg of
+#            64 frames, nothing else (sendto --as-generic): the kernel's
+#            share of the generic adapter's cost
 # Runs are interleaved (valed generic native sendto valed ...). veth hands
 # each frame to the namespace's stack on the sending CPU, so all pay that.
 # Receive: the plain sender inside the namespace (core 0) offers frames;
@@ -63,7 +67,7 @@ taskset -c 1 target/release/valed --socket "$VALE_SOCKET" --threads 1 --cpus 1 -
 valed_pid=$!
 for _ in $(seq 50); do [ -S "$VALE_SOCKET" ] && break; sleep 0.1; done
 
-modes="valed generic native sendto"
+modes="valed generic native sendto sendmmsg"
 # Each transmit run twice over: the far end's stack receives (as a host
 # would), then an XDP_DROP program on the far end (nic/examples/xdp_drop.rs)
 # drops in XDP, so the sender's rate shows less of the far stack's cost.
@@ -94,6 +98,10 @@ for run in $(seq "$runs"); do
             ;;
         sendto)
             taskset -c 0 target/release/examples/sendto "$here" "$secs" "$mac" >/dev/null
+            took=$secs
+            ;;
+        sendmmsg)
+            taskset -c 0 target/release/examples/sendto "$here" "$secs" "$mac" --as-generic >/dev/null
             took=$secs
             ;;
         esac

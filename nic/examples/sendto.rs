@@ -6,12 +6,17 @@
 //! with a malformed header would be dropped sooner and flatter the
 //! baseline.
 //!
-//! usage: sendto IFNAME SECS DST_MAC
+//! With `--as-generic`, the socket is set up as the generic adapter's
+//! transmit side (virtio-net header, no qdisc) and sends `sendmmsg`
+//! batches of 64: the adapter's kernel work with none of its own.
+//!
+//! usage: sendto IFNAME SECS DST_MAC [--as-generic]
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 4 {
-        eprintln!("usage: sendto IFNAME SECS DST_MAC");
+    let generic = args.get(4).map(String::as_str) == Some("--as-generic");
+    if !(args.len() == 4 || args.len() == 5 && generic) {
+        eprintln!("usage: sendto IFNAME SECS DST_MAC [--as-generic]");
         std::process::exit(2);
     }
     let secs: u64 = args[2].parse().expect("SECS");
@@ -30,10 +35,20 @@ fn main() {
     frame[24..26].copy_from_slice(&c.to_be_bytes());
     // UDP: 26 bytes, no checksum.
     frame[34..42].copy_from_slice(&[0x04, 0xd2, 0x10, 0xe1, 0, 26, 0, 0]);
-    let s = nic::baseline::PlainSocket::open(&args[1]).unwrap_or_else(|e| {
+    let open = if generic {
+        nic::baseline::PlainSocket::open_as_generic
+    } else {
+        nic::baseline::PlainSocket::open
+    };
+    let s = open(&args[1]).unwrap_or_else(|e| {
         eprintln!("sendto: {e}");
         std::process::exit(1)
     });
-    let n = s.blast(&frame, std::time::Duration::from_secs(secs));
+    let secs = std::time::Duration::from_secs(secs);
+    let n = if generic {
+        s.blast_batched(&frame, secs)
+    } else {
+        s.blast(&frame, secs)
+    };
     println!("{n}");
 }
