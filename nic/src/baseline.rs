@@ -31,7 +31,10 @@ impl PlainSocket {
         };
         let fd = sys::packet_socket().map_err(err)?;
         sys::bind(&fd, ifindex).map_err(err)?;
-        Ok(PlainSocket { fd, vnet_hdr: false })
+        Ok(PlainSocket {
+            fd,
+            vnet_hdr: false,
+        })
     }
 
     /// Opens interface `name` with the generic adapter's socket options:

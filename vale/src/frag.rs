@@ -218,12 +218,20 @@ impl<'a> DstBuf<'a> {
     /// (as [`write`](Self::write) otherwise); returns the bytes written.
     #[inline]
     pub fn write_prefix<const N: usize>(&mut self, data: &[u8; N]) -> usize {
-        if self.cap < N {
-            return self.write(0, data);
+        // Out of line, or the compiler merges the two copies into one
+        // libc call of the smaller length.
+        #[cold]
+        #[inline(never)]
+        fn short(b: &mut DstBuf<'_>, data: &[u8]) -> usize {
+            b.write(0, data)
         }
-        // SAFETY: N <= cap bytes of the buffer; `data` is a Rust array
-        // distinct from it.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr(), N) };
+        if self.cap < N {
+            return short(self, data);
+        }
+        // SAFETY: N <= cap bytes of the buffer. One unaligned store of the
+        // array (a few register moves, where a copy of a length the
+        // compiler cannot see is a libc call).
+        unsafe { std::ptr::write_unaligned(self.ptr.as_ptr() as *mut [u8; N], *data) };
         N
     }
 
