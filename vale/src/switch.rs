@@ -506,7 +506,13 @@ impl<L: Lookup> Switch<L> {
                 }
                 // Copy the headers once; never re-read them from the source.
                 gather_head(frags, &mut sc.hdr, need);
-                fr.vh[..src_hdr].copy_from_slice(&sc.hdr[..src_hdr]);
+                if let (12, Some(vh)) = (src_hdr, sc.hdr.first_chunk::<12>()) {
+                    // A VM port's: one fixed-size move, not a libc call
+                    // of a length the compiler cannot see.
+                    fr.vh = *vh;
+                } else {
+                    fr.vh[..src_hdr].copy_from_slice(&sc.hdr[..src_hdr]);
+                }
                 fr.gso = if src_hdr > 0 {
                     sc.hdr[VNET_GSO_TYPE]
                 } else {
