@@ -87,6 +87,13 @@ pub trait Device {
     /// The VMM asks the port to announce `mac` (SEND_RARP: the guest just
     /// arrived by migration and cannot announce itself).
     fn announce(&self, mac: [u8; 6]);
+    /// The struck flag every call fd of the port shares (see
+    /// `EventFd::from_fd_sharing_strike`): a VMM whose call fd once
+    /// blocked a write gets no interrupt through any later one. The
+    /// default is one flag per call.
+    fn call_strike(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        Arc::default()
+    }
 }
 
 /// Why a session ended.
@@ -776,7 +783,8 @@ impl<'d, D: Device> Session<'d, D> {
                 self.start_queue(q);
             }
             FdKind::Call => {
-                let call = fd.map(|f| Arc::new(EventFd::from_fd(f)));
+                let strike = self.dev.call_strike();
+                let call = fd.map(|f| Arc::new(EventFd::from_fd_sharing_strike(f, strike)));
                 self.vrings[q].configure(|c| c.call = call);
             }
             // We never report queue errors; the descriptor is dropped.

@@ -1,6 +1,6 @@
 //! A VMM's call and kick descriptors are hostile. Only eventfds are taken
 //! (anything else is refused by name, the session goes on), and a call
-//! eventfd the VMM made blocking and fills between valed's poll and write
+//! eventfd the VMM made blocking and fills just before valed's write
 //! never stops the forwarding thread: the other ports keep forwarding.
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -174,6 +174,20 @@ fn a_call_fd_raced_into_blocking_does_not_stop_other_ports() {
             assert_eq!(libc::read(hostile.as_raw_fd(), v.as_mut_ptr().cast(), 8), 8);
         }
         assert_eq!(u64::from_ne_bytes(v), u64::MAX - 1);
+        // The VMM sends a fresh call fd for the queue: the port's strike
+        // holds, so valed never writes it either (one stall per port, not
+        // one per SET_VRING_CALL), and traffic keeps flowing.
+        let fresh = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        g[2].frontend().set_vring_call(rx(0), &fresh).unwrap();
+        for _ in 0..20 {
+            flow(&mut g, (0, A), (2, C), 4, seed);
+            flow(&mut g, (1, B), (3, D), 4, seed + 4);
+            seed += 8;
+        }
+        assert!(
+            fresh.read().is_err(),
+            "a later call fd of the struck port was written"
+        );
         let _ = done.send(seed);
     });
     let frames = finished

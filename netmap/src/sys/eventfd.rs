@@ -11,6 +11,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use super::{cvt, cvt_isize, watchdog};
 
@@ -21,12 +22,13 @@ use super::{cvt, cvt_isize, watchdog};
 pub struct EventFd {
     fd: OwnedFd,
     /// A write to it once blocked until the watchdog interrupted it: the
-    /// peer made it blocking and filled it. Never written again.
-    struck: AtomicBool,
+    /// peer made it blocking and filled it. Never written again, nor any
+    /// doorbell sharing the flag ([`EventFd::from_fd_sharing_strike`]).
+    struck: Arc<AtomicBool>,
 }
 
-/// Tests' stand-in for a peer that wins the race between
-/// `kick_untrusted`'s poll and its write (see [`EventFd::set_race`]).
+/// Tests' stand-in for a peer that makes its doorbell block just before
+/// `kick_untrusted`'s write (see [`EventFd::set_race`]).
 #[cfg(feature = "test-utils")]
 static RACE: std::sync::OnceLock<fn(BorrowedFd<'_>)> = std::sync::OnceLock::new();
 
@@ -63,10 +65,15 @@ impl EventFd {
     /// an eventfd or a pipe end; a wrong kind of fd only makes `kick`/`drain`
     /// return errors.
     pub fn from_fd(fd: OwnedFd) -> EventFd {
-        EventFd {
-            fd,
-            struck: AtomicBool::new(false),
-        }
+        EventFd::from_fd_sharing_strike(fd, Arc::default())
+    }
+
+    /// As [`from_fd`](Self::from_fd), with the struck flag shared: once a
+    /// write to any doorbell sharing `strike` blocked, none of them is
+    /// written again (a VM port gives every call fd its VMM sends the
+    /// port's flag, so a hostile VMM stalls valed once, not once per fd).
+    pub fn from_fd_sharing_strike(fd: OwnedFd, strike: Arc<AtomicBool>) -> EventFd {
+        EventFd { fd, struck: strike }
     }
 
     /// Whether the descriptor is an eventfd (a VMM's call and kick fds
@@ -97,18 +104,21 @@ impl EventFd {
     }
 
     /// Rings the doorbell of a peer that shares this eventfd and may have
-    /// cleared `O_NONBLOCK` on it (one open file description, shared flags).
-    /// Writes only if poll says a write cannot block (a counter that full
-    /// already means a wake-up is pending). The peer can still fill it
-    /// between the poll and the write: then the watchdog interrupts the
-    /// write within two of its ticks, this doorbell is struck, and it is
-    /// never written again (`Err(TimedOut)` that once, `Ok` after).
+    /// cleared `O_NONBLOCK` on it (one open file description, shared flags)
+    /// and filled its counter: then the write blocks, the watchdog
+    /// interrupts it within two of its ticks, this doorbell (and every one
+    /// sharing its strike) is struck, and it is never written again
+    /// (`Err(TimedOut)` that once, `Ok` after).
+    ///
+    /// One system call, the write: no readiness check first. A check (a
+    /// zero-timeout poll, or fcntl for the flags) cannot close the race,
+    /// since the peer can fill the counter or clear the flag right after
+    /// it, so it bounds nothing the watchdog does not; and each system call
+    /// before the write delays the guest's interrupt. On this host's nested
+    /// VM a poll before each write put valed's ping-pong p50 at 19 us and
+    /// without it 3 us (`scripts/bench-latency.sh`, docs/benchmarks.md).
     pub fn kick_untrusted(&self) -> io::Result<()> {
         if self.struck.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        let mut p = [super::PollFd::new(self.fd.as_fd(), super::PollFlags::OUT)];
-        if super::poll(&mut p, Some(std::time::Duration::ZERO))? == 0 {
             return Ok(());
         }
         #[cfg(feature = "test-utils")]
@@ -130,9 +140,9 @@ impl EventFd {
         }
     }
 
-    /// Tests: runs `race` in every `kick_untrusted` of the process between
-    /// its poll and its write, where a hostile peer would fill the counter.
-    /// Set once per process.
+    /// Tests: runs `race` in every `kick_untrusted` of the process just
+    /// before its write, where a hostile peer would make the doorbell block
+    /// and fill its counter. Set once per process.
     #[cfg(feature = "test-utils")]
     pub fn set_race(race: fn(BorrowedFd<'_>)) {
         let _ = RACE.set(race);
