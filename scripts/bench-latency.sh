@@ -28,7 +28,10 @@ case " $SWITCHES " in
 esac
 command -v dpdk-testpmd >/dev/null || { echo "dpdk-testpmd not found: apt-get install dpdk-dev" >&2; exit 1; }
 [ "$(nproc)" -ge 2 ] || { echo "needs 2 cores" >&2; exit 1; }
-cargo build --release -q -p valed -p vale-backend --example pingpong
+# Two builds: with a target filter (--example) cargo builds only that
+# target of every package named, so valed's binary would be left as it was.
+cargo build --release -q -p valed
+cargo build --release -q -p vale-backend --example pingpong
 VALED=$PWD/target/release/valed
 PINGPONG=$PWD/target/release/examples/pingpong
 W=$(mktemp -d /tmp/bench-latency.XXXXXX)
