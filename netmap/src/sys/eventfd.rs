@@ -115,7 +115,7 @@ impl EventFd {
     /// since the peer can fill the counter or clear the flag right after
     /// it, so it bounds nothing the watchdog does not; and each system call
     /// before the write delays the guest's interrupt. On this host's nested
-    /// VM a poll before each write put valed's ping-pong p50 at 19 us and
+    /// VM a poll before each write put valed's ping-pong p50 at 11 us and
     /// without it 3 us (`scripts/bench-latency.sh`, docs/benchmarks.md).
     pub fn kick_untrusted(&self) -> io::Result<()> {
         if self.struck.load(Ordering::Relaxed) {
