@@ -149,11 +149,10 @@ struct DevInner {
     ctls: Vec<Arc<QueueCtl>>,
     stats: Arc<QueueStats>,
     hook: Mutex<Arc<dyn KickHook>>,
-    /// Shared by every call fd a VMM gives this port: once a write to
-    /// one blocked (the VMM made it blocking and filled it), no call fd of
-    /// the port is written again, so a hostile VMM stalls its forwarding
-    /// thread at most once (one watchdog bound) for the port's life.
-    call_strike: Arc<AtomicBool>,
+    /// Shared by every call fd a VMM gives this port, for the port's
+    /// life: what the VMM's fills of them cost the forwarding threads is
+    /// bounded once per port (see `netmap::sys::CallGuard`).
+    call_guard: Arc<netmap::sys::CallGuard>,
     rx_wake: Arc<EventFd>,
     /// SEND_RARP's MAC, for pair 0's TX queue to send.
     announce: Arc<Announcement>,
@@ -195,7 +194,7 @@ impl NetDevice {
             ctls: (0..nq).map(|_| Arc::default()).collect(),
             stats: Arc::default(),
             hook: Mutex::new(Arc::new(NoHook)),
-            call_strike: Arc::default(),
+            call_guard: Arc::default(),
             rx_wake: Arc::new(EventFd::new()?),
             announce: Arc::default(),
             last_announce: Mutex::new(None),
@@ -243,8 +242,8 @@ impl Device for NetDevice {
         self.0.cfg.queue_size
     }
 
-    fn call_strike(&self) -> Arc<AtomicBool> {
-        self.0.call_strike.clone()
+    fn call_guard(&self) -> Arc<netmap::sys::CallGuard> {
+        self.0.call_guard.clone()
     }
 
     fn set_acked_features(&self, f: u64) {

@@ -87,11 +87,11 @@ pub trait Device {
     /// The VMM asks the port to announce `mac` (SEND_RARP: the guest just
     /// arrived by migration and cannot announce itself).
     fn announce(&self, mac: [u8; 6]);
-    /// The struck flag every call fd of the port shares (see
-    /// `EventFd::from_fd_sharing_strike`): a VMM whose call fd once
-    /// blocked a write gets no interrupt through any later one. The
-    /// default is one flag per call.
-    fn call_strike(&self) -> Arc<std::sync::atomic::AtomicBool> {
+    /// The guard every call fd of the port shares (see
+    /// `netmap::sys::CallGuard`): what a VMM's fills of its call fds cost
+    /// valed is bounded per port, however many it sends. The default is
+    /// one guard per call fd.
+    fn call_guard(&self) -> Arc<netmap::sys::CallGuard> {
         Arc::default()
     }
 }
@@ -783,8 +783,8 @@ impl<'d, D: Device> Session<'d, D> {
                 self.start_queue(q);
             }
             FdKind::Call => {
-                let strike = self.dev.call_strike();
-                let call = fd.map(|f| Arc::new(EventFd::from_fd_sharing_strike(f, strike)));
+                let guard = self.dev.call_guard();
+                let call = fd.map(|f| Arc::new(EventFd::from_fd_sharing_guard(f, guard)));
                 self.vrings[q].configure(|c| c.call = call);
             }
             // We never report queue errors; the descriptor is dropped.

@@ -312,18 +312,20 @@ fn hostile_paths_never_reach_the_config_file() {
     let s2 = setup("sec-config", &["--config", cfg.to_str().unwrap()]);
     assert_eq!(s2.v.sock, sock);
     // The control socket listens before the config's ports are made.
+    // valed binds the socket, then hands it to its owner: wait for both
+    // (a check between the two saw root's, the moment before the chown).
     let t1 = vhost_dir.join("t1.sock");
     let t0 = std::time::Instant::now();
-    while !t1.exists() {
-        assert!(
-            t0.elapsed().as_secs() < 10,
-            "{} not made again",
-            t1.display()
-        );
+    let owner = || std::fs::symlink_metadata(&t1).ok().map(|m| m.uid());
+    while owner() != Some(TENANT) && t0.elapsed().as_secs() < 10 {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let md = std::fs::symlink_metadata(&t1).unwrap();
-    assert_eq!(md.uid(), TENANT);
+    assert_eq!(
+        owner(),
+        Some(TENANT),
+        "{} not made again as the tenant's",
+        t1.display()
+    );
     drop(s2);
     let _ = std::fs::remove_dir_all(&cfg_dir);
 }

@@ -10,8 +10,9 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::{cvt, cvt_isize, watchdog};
 
@@ -21,10 +22,80 @@ use super::{cvt, cvt_isize, watchdog};
 #[derive(Debug)]
 pub struct EventFd {
     fd: OwnedFd,
-    /// A write to it once blocked until the watchdog interrupted it: the
-    /// peer made it blocking and filled it. Never written again, nor any
-    /// doorbell sharing the flag ([`EventFd::from_fd_sharing_strike`]).
-    struck: Arc<AtomicBool>,
+    /// How writes to a peer's doorbell have gone (see
+    /// [`EventFd::kick_untrusted`]); shared by every doorbell of that peer
+    /// ([`EventFd::from_fd_sharing_guard`]).
+    guard: Arc<CallGuard>,
+}
+
+/// A write slower than this blocked (a non-blocking eventfd write takes
+/// well under a microsecond here, waking its reader included), or its
+/// thread was preempted inside it.
+const SLOW: Duration = Duration::from_micros(50);
+/// Blocked time in one [`WINDOW`] past which a peer's doorbells change
+/// regime: polled before each write, then never written.
+const BUDGET: Duration = Duration::from_millis(2);
+const WINDOW: Duration = Duration::from_secs(1);
+
+/// What one peer's doorbells share: how their writes have gone. A peer
+/// that shares its eventfd can clear `O_NONBLOCK` and fill the counter;
+/// it moves through three regimes, each one-way:
+/// - plain: one system call per kick, the write;
+/// - careful, once writes blocked for more than [`BUDGET`] in a
+///   [`WINDOW`]: a zero-timeout poll first, and no write while the counter
+///   is full, so blocking needs a race won between the two calls;
+/// - struck, once careful writes blocked past the budget again, or any
+///   write lasted until the watchdog interrupted it: never written again
+///   (the peer's guest loses its interrupts).
+///
+/// So a peer stalls the writer for at most two budgets plus one watchdog
+/// bound (100 ms) in all, however it times its fills and drains and however
+/// many descriptors it sends.
+#[derive(Debug, Default)]
+pub struct CallGuard {
+    careful: AtomicBool,
+    struck: AtomicBool,
+    /// Blocked time counted in the current window, in ns, and the window's
+    /// start, in ms since [`epoch`].
+    slow_ns: AtomicU64,
+    window_ms: AtomicU64,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl CallGuard {
+    /// Whether kicks are polled first (the peer's writes blocked).
+    pub fn careful(&self) -> bool {
+        self.careful.load(Ordering::Relaxed)
+    }
+
+    /// Whether kicks are dropped for good.
+    pub fn struck(&self) -> bool {
+        self.struck.load(Ordering::Relaxed)
+    }
+
+    /// Counts a write that took `took` (at least [`SLOW`]); true if the
+    /// window's budget is now spent (the window starts again).
+    fn spend(&self, took: Duration) -> bool {
+        let now = epoch().elapsed().as_millis() as u64;
+        let start = self.window_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(start) >= WINDOW.as_millis() as u64 {
+            self.window_ms.store(now, Ordering::Relaxed);
+            self.slow_ns.store(0, Ordering::Relaxed);
+        }
+        let spent = self
+            .slow_ns
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed)
+            + took.as_nanos() as u64;
+        if spent > BUDGET.as_nanos() as u64 {
+            self.slow_ns.store(0, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
 }
 
 /// Tests' stand-in for a peer that makes its doorbell block just before
@@ -65,15 +136,15 @@ impl EventFd {
     /// an eventfd or a pipe end; a wrong kind of fd only makes `kick`/`drain`
     /// return errors.
     pub fn from_fd(fd: OwnedFd) -> EventFd {
-        EventFd::from_fd_sharing_strike(fd, Arc::default())
+        EventFd::from_fd_sharing_guard(fd, Arc::default())
     }
 
-    /// As [`from_fd`](Self::from_fd), with the struck flag shared: once a
-    /// write to any doorbell sharing `strike` blocked, none of them is
-    /// written again (a VM port gives every call fd its VMM sends the
-    /// port's flag, so a hostile VMM stalls valed once, not once per fd).
-    pub fn from_fd_sharing_strike(fd: OwnedFd, strike: Arc<AtomicBool>) -> EventFd {
-        EventFd { fd, struck: strike }
+    /// As [`from_fd`](Self::from_fd), with the peer's [`CallGuard`]
+    /// shared: a VM port gives every call fd its VMM sends the port's
+    /// guard, so what the VMM's fills cost valed is bounded per port, not
+    /// per descriptor.
+    pub fn from_fd_sharing_guard(fd: OwnedFd, guard: Arc<CallGuard>) -> EventFd {
+        EventFd { fd, guard }
     }
 
     /// Whether the descriptor is an eventfd (a VMM's call and kick fds
@@ -105,39 +176,72 @@ impl EventFd {
 
     /// Rings the doorbell of a peer that shares this eventfd and may have
     /// cleared `O_NONBLOCK` on it (one open file description, shared flags)
-    /// and filled its counter: then the write blocks, the watchdog
-    /// interrupts it within two of its ticks, this doorbell (and every one
-    /// sharing its strike) is struck, and it is never written again
-    /// (`Err(TimedOut)` that once, `Ok` after).
+    /// and filled its counter; [`CallGuard`] bounds what that costs. A
+    /// write still blocked after two watchdog ticks is interrupted.
+    /// `Err` when the guard changes regime (once each, for the log), `Ok`
+    /// otherwise.
     ///
-    /// One system call, the write: no readiness check first. A check (a
-    /// zero-timeout poll, or fcntl for the flags) cannot close the race,
-    /// since the peer can fill the counter or clear the flag right after
-    /// it, so it bounds nothing the watchdog does not; and each system call
-    /// before the write delays the guest's interrupt. On this host's nested
-    /// VM a poll before each write put valed's ping-pong p50 at 11 us and
-    /// without it 3 us (`scripts/bench-latency.sh`, docs/benchmarks.md).
+    /// In the plain regime the write is the only system call. A poll first
+    /// (the old way, and the careful regime's) bounds nothing by itself,
+    /// since the peer can fill the counter right after it; and each system
+    /// call before the write delays the guest's interrupt: on this host's
+    /// nested VM a poll before each write put valed's ping-pong p50 at 11
+    /// us and without it 3 us (`scripts/bench-latency.sh`,
+    /// docs/benchmarks.md). Timing the write costs two vDSO clock reads.
     pub fn kick_untrusted(&self) -> io::Result<()> {
-        if self.struck.load(Ordering::Relaxed) {
+        let g = &*self.guard;
+        if g.struck() {
             return Ok(());
+        }
+        let careful = g.careful();
+        if careful {
+            let mut p = [super::PollFd::new(self.fd.as_fd(), super::PollFlags::OUT)];
+            if super::poll(&mut p, Some(Duration::ZERO))? == 0 {
+                return Ok(());
+            }
         }
         #[cfg(feature = "test-utils")]
         if let Some(race) = RACE.get() {
             race(self.fd.as_fd());
         }
         let one = 1u64.to_ne_bytes();
-        match watchdog::write_bounded(self.fd.as_fd(), &one) {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        let t0 = Instant::now();
+        let r = watchdog::write_bounded(self.fd.as_fd(), &one);
+        let took = t0.elapsed();
+        match r {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                self.struck.store(true, Ordering::Relaxed);
-                Err(io::Error::new(
+                g.struck.store(true, Ordering::Relaxed);
+                return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    "the peer made its eventfd block: no more interrupts through it",
-                ))
+                    "the peer made its eventfd block until the watchdog interrupted the \
+                     write: no more kicks through its descriptors",
+                ));
             }
-            Err(e) => Err(e),
+            Err(e) => return Err(e),
         }
+        if took >= SLOW && g.spend(took) {
+            if careful {
+                g.struck.store(true, Ordering::Relaxed);
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "writes to the peer's eventfd blocked for over {BUDGET:?} in {WINDOW:?} \
+                         again, with a poll before each: no more kicks through its descriptors"
+                    ),
+                ));
+            }
+            g.careful.store(true, Ordering::Relaxed);
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "writes to the peer's eventfd blocked for over {BUDGET:?} in {WINDOW:?}: \
+                     each is polled first from now on"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Tests: runs `race` in every `kick_untrusted` of the process just
@@ -148,9 +252,9 @@ impl EventFd {
         let _ = RACE.set(race);
     }
 
-    /// Whether a write to this doorbell once blocked (see `kick_untrusted`).
-    pub fn struck(&self) -> bool {
-        self.struck.load(Ordering::Relaxed)
+    /// The guard its kicks go through (see `kick_untrusted`).
+    pub fn guard(&self) -> &CallGuard {
+        &self.guard
     }
 
     /// Clears pending kicks; returns how many were pending (0 if none).
@@ -284,5 +388,105 @@ mod tests {
         assert_eq!(e.drain().unwrap(), u64::MAX - 1);
         watchdog::write_bounded(e.as_fd(), &1u64.to_ne_bytes()).unwrap();
         assert_eq!(e.drain().unwrap(), 1);
+    }
+
+    /// The peer's side of a shared eventfd: raw reads and writes of the
+    /// counter through the one open file description (blocking or not, as
+    /// the peer set it).
+    fn peer_rw(fd: i32, write: Option<u64>) -> u64 {
+        let mut v = write.unwrap_or(0).to_ne_bytes();
+        // SAFETY: an 8-byte read into, or write from, a live array.
+        let r = unsafe {
+            match write {
+                Some(_) => libc::write(fd, v.as_ptr().cast(), 8),
+                None => libc::read(fd, v.as_mut_ptr().cast(), 8),
+            }
+        };
+        assert_eq!(r, 8);
+        u64::from_ne_bytes(v)
+    }
+
+    fn set_blocking(fd: i32, blocking: bool) {
+        let fl = if blocking { 0 } else { libc::O_NONBLOCK };
+        // SAFETY: fcntl on a descriptor the test owns.
+        unsafe { libc::fcntl(fd, libc::F_SETFL, fl) };
+    }
+
+    /// A peer that holds the counter full with the eventfd blocking and
+    /// drains it every few milliseconds, so that no write lasts the two
+    /// watchdog ticks that would strike it (review of 6d052dd). Its first
+    /// slow write puts the guard in the careful regime; from then on a full
+    /// counter is not written at all, so kicks stop blocking, and nothing
+    /// is struck: a polled kick still gets through once the peer drains.
+    #[test]
+    fn a_peer_that_fills_and_drains_is_polled_from_then_on() {
+        let e = EventFd::new().unwrap();
+        let fd = e.as_fd().as_raw_fd();
+        set_blocking(fd, true);
+        peer_rw(fd, Some(u64::MAX - 1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let drainer = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(5));
+                    // Empty, then full again less the one valed adds.
+                    let v = peer_rw(fd, None);
+                    peer_rw(fd, Some(u64::MAX - 2));
+                    assert!(v > 0);
+                }
+            })
+        };
+        let mut changed = None;
+        for _ in 0..100 {
+            if let Err(err) = e.kick_untrusted() {
+                changed = Some(err);
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        drainer.join().unwrap();
+        let err = changed.expect("a blocked write changed the regime");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{err}");
+        assert!(e.guard().careful() && !e.guard().struck());
+        // Full counter, blocking: a careful kick leaves it as it is (a
+        // write would block until the watchdog struck the guard).
+        set_blocking(fd, false);
+        let _ = peer_rw(fd, None);
+        peer_rw(fd, Some(u64::MAX - 1));
+        set_blocking(fd, true);
+        for _ in 0..10 {
+            e.kick_untrusted().unwrap();
+        }
+        assert!(!e.guard().struck());
+        set_blocking(fd, false);
+        assert_eq!(
+            peer_rw(fd, None),
+            u64::MAX - 1,
+            "a full counter was written"
+        );
+        // Drained: the kick goes through.
+        e.kick_untrusted().unwrap();
+        assert_eq!(peer_rw(fd, None), 1);
+    }
+
+    /// Several doorbells sharing one guard (a VM port's call fds): what
+    /// one's peer did is held against the others.
+    #[test]
+    fn doorbells_sharing_a_guard_share_its_regime() {
+        let guard = Arc::new(CallGuard::default());
+        let a = EventFd::from_fd_sharing_guard(EventFd::new().unwrap().fd, guard.clone());
+        let b = EventFd::from_fd_sharing_guard(EventFd::new().unwrap().fd, guard.clone());
+        guard.struck.store(true, Ordering::Relaxed);
+        a.kick_untrusted().unwrap();
+        b.kick_untrusted().unwrap();
+        assert_eq!(
+            a.drain().unwrap() + b.drain().unwrap(),
+            0,
+            "a struck guard's doorbell was written"
+        );
+        let c = EventFd::from_fd_sharing_guard(EventFd::new().unwrap().fd, Arc::default());
+        c.kick_untrusted().unwrap();
+        assert_eq!(c.drain().unwrap(), 1);
     }
 }

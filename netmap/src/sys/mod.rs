@@ -15,7 +15,7 @@ mod seqpacket;
 mod watchdog;
 
 pub use epoll::Epoll;
-pub use eventfd::EventFd;
+pub use eventfd::{CallGuard, EventFd};
 pub use memfd::{memfd_seals, HugePages, Memfd};
 pub use mmap::SharedMap;
 pub use poll::{poll, PollFd, PollFlags};
