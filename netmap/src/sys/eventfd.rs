@@ -48,9 +48,10 @@ const WINDOW: Duration = Duration::from_secs(1);
 ///   write lasted until the watchdog interrupted it: never written again
 ///   (the peer's guest loses its interrupts).
 ///
-/// So a peer stalls the writer for at most two budgets plus one watchdog
-/// bound (100 ms) in all, however it times its fills and drains and however
-/// many descriptors it sends.
+/// So a peer stalls the writer by less than [`BUDGET`] in any window, plus
+/// the two writes that move it on, each at most one watchdog bound (100
+/// ms), however it times its fills and drains and however many
+/// descriptors it sends.
 #[derive(Debug, Default)]
 pub struct CallGuard {
     careful: AtomicBool,
