@@ -150,8 +150,8 @@ struct DevInner {
     stats: Arc<QueueStats>,
     hook: Mutex<Arc<dyn KickHook>>,
     /// Shared by every call fd a VMM gives this port, for the port's
-    /// life: what the VMM's fills of them cost the forwarding threads is
-    /// bounded once per port (see `netmap::sys::CallGuard`).
+    /// life: once one was raced into blocking, none is written again (see
+    /// `netmap::sys::CallGuard`).
     call_guard: Arc<netmap::sys::CallGuard>,
     rx_wake: Arc<EventFd>,
     /// SEND_RARP's MAC, for pair 0's TX queue to send.

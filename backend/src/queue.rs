@@ -35,14 +35,14 @@ pub use crate::vring::{Vring, VringConfig};
 pub use vale::flow::flow_hash;
 
 /// Interrupts the driver. The eventfd is shared with the VMM, which may
-/// have made it blocking and filled it: the port's `CallGuard` bounds
-/// what that costs (polled first once writes blocked, never written once
-/// they blocked again or the watchdog had to interrupt one); each change
-/// is logged once. Called with no lock held.
+/// have made it blocking: `kick_untrusted` writes only when poll says it
+/// cannot block, and the watchdog interrupts a write the VMM raced into
+/// blocking (the port's call fds, that one and any later, are then never
+/// written again; logged once). Called with no lock held.
 pub fn signal(call: Option<&EventFd>) {
     let Some(c) = call else { return };
     if let Err(e) = c.kick_untrusted() {
-        tracing::warn!("VM port interrupts: call fd: {e}");
+        tracing::warn!("guest interrupts stop for good on this port: call fd: {e}");
     }
 }
 

@@ -88,9 +88,9 @@ pub trait Device {
     /// arrived by migration and cannot announce itself).
     fn announce(&self, mac: [u8; 6]);
     /// The guard every call fd of the port shares (see
-    /// `netmap::sys::CallGuard`): what a VMM's fills of its call fds cost
-    /// valed is bounded per port, however many it sends. The default is
-    /// one guard per call fd.
+    /// `netmap::sys::CallGuard`): a VMM that raced one into blocking gets
+    /// no interrupt through any later one, so it stalls valed once per
+    /// port, however many it sends. The default is one guard per call fd.
     fn call_guard(&self) -> Arc<netmap::sys::CallGuard> {
         Arc::default()
     }

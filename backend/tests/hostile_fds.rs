@@ -1,6 +1,6 @@
 //! A VMM's call and kick descriptors are hostile. Only eventfds are taken
 //! (anything else is refused by name, the session goes on), and a call
-//! eventfd the VMM made blocking and fills just before valed's write
+//! eventfd the VMM made blocking and fills between valed's poll and write
 //! never stops the forwarding thread: the other ports keep forwarding.
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
