@@ -77,10 +77,10 @@ for cfg in "$@"; do
     count "$cfg" '*MemQueue::reap'; guests=$((guests + COUNT))
     count "$cfg" '<backend::queue::TxQueue as vale::port::Source>::fetch'; txw=$COUNT
     count "$cfg" '<backend::queue::TxQueue as vale::port::Source>::complete'; txu=$COUNT
-    # The switch calls the port's sink through `Box<RxSet>` (RxSet's code
-    # inlined there); RxQueue's own Sink methods are called inside.
-    count "$cfg" '<alloc::boxed::Box<S> as vale::port::Sink>::push'; rxw=$COUNT; copy=$COPY
-    count "$cfg" '<alloc::boxed::Box<S> as vale::port::Sink>::publish'; rxu=$COUNT
+    # The switch calls the port's sink, an RxSet, through its vtable;
+    # RxQueue's own Sink methods are inlined there or called inside.
+    count "$cfg" '<backend::queue::RxSet as vale::port::Sink>::push'; rxw=$COUNT; copy=$COPY
+    count "$cfg" '<backend::queue::RxSet as vale::port::Sink>::publish'; rxu=$COUNT
     if [ "$rxw" -eq 0 ] || [ "$txw" -eq 0 ]; then
         echo "$cfg: a stage function was not found (renamed or inlined?)" >&2
         exit 1

@@ -201,11 +201,11 @@ impl Path {
         // A's RX queue is not bound: nothing is sent to A but B's
         // announcement, dropped there.
         let a = sw
-            .attach("vale0:a", port, Box::new(rx_sink(Arc::default(), cfg)))
+            .attach("vale0:a", port, rx_sink(Arc::default(), cfg))
             .expect("attach a");
         let mut b_rx = MemQueue::new(Dir::Rx, QUEUE_SIZE, BUF_LEN, cfg.event_idx);
         let b = sw
-            .attach("vale0:b", port, Box::new(rx_sink(b_rx.slot(), cfg)))
+            .attach("vale0:b", port, rx_sink(b_rx.slot(), cfg))
             .expect("attach b");
         b_rx.post_all();
 

@@ -64,7 +64,7 @@ impl Registry {
             ..Default::default()
         };
         let id = sw
-            .attach(&full, cfg, Box::new(v.port.rx_sink()))
+            .attach(&full, cfg, v.port.rx_sink())
             .map_err(|e| match e {
                 vale::SwitchError::Full(_) => libc::ENOMEM,
                 vale::SwitchError::Exists { .. } => libc::EEXIST,
