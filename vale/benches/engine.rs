@@ -10,40 +10,8 @@
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use vale::testing::{eth_frame, mac, MemFrame, MemSource, NullSink};
-use vale::{PortConfig, PortId, Scratch, Switch, MAX_BATCH};
-
-fn setup(ports: usize, len: usize, unicast: bool) -> (Switch, PortId, MemSource) {
-    let sw = Switch::new("vale0");
-    let ids: Vec<PortId> = (0..ports)
-        .map(|i| {
-            sw.attach(
-                &format!("p{i}"),
-                PortConfig::default(),
-                Box::new(NullSink::new(1024, 2048)),
-            )
-            .unwrap()
-        })
-        .collect();
-    let mut sc = Scratch::default();
-    // Every port announces its MAC so unicast is learned.
-    for (i, &p) in ids.iter().enumerate() {
-        let mut s = MemSource::default();
-        s.push(MemFrame::new(eth_frame([0xff; 6], mac(i as u16), 60, 0)));
-        sw.forward(p, &mut s, &mut sc, 0);
-    }
-    let mut src = MemSource::default();
-    src.recycle = true;
-    for k in 0..MAX_BATCH {
-        let dst = if unicast {
-            mac(1 + (k % (ports - 1)) as u16)
-        } else {
-            [0xff; 6]
-        };
-        src.push(MemFrame::new(eth_frame(dst, mac(0), len, k as u64)));
-    }
-    (sw, ids[0], src)
-}
+use vale::testing::bench_path;
+use vale::Scratch;
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("engine");
@@ -51,7 +19,7 @@ fn bench(c: &mut Criterion) {
     for len in [60usize, 1514] {
         for ports in [2usize, 8] {
             for unicast in [true, false] {
-                let (sw, p0, mut src) = setup(ports, len, unicast);
+                let (sw, p0, mut src) = bench_path(ports, len, unicast);
                 let mut sc = Scratch::default();
                 let name = format!(
                     "{len}B/{ports}ports/{}",
@@ -74,7 +42,7 @@ fn bench(c: &mut Criterion) {
     // sender's TX and the receiver's RX), which copies every frame twice
     // more: what a capture costs the ports it watches.
     for len in [60usize, 1514] {
-        let (sw, p0, mut src) = setup(2, len, true);
+        let (sw, p0, mut src) = bench_path(2, len, true);
         for (p, dirs) in [(p0, vale::MONITOR_TX), (p0 + 1, vale::MONITOR_RX)] {
             let m: vale::SharedSink = std::sync::Arc::new(std::sync::Mutex::new(
                 vale::testing::NullSink::new(1024, 2048),

@@ -7,8 +7,8 @@
 //!
 //! `engine_count [LEN] [ROUNDS]`
 
-use vale::testing::{eth_frame, mac, MemFrame, MemSource, NullSink};
-use vale::{PortConfig, PortId, Scratch, Switch, MAX_BATCH};
+use vale::testing::{bench_path, MemSource};
+use vale::{PortId, Scratch, Switch};
 
 /// The rounds callgrind counts: one forward of a full batch each, as the
 /// bench's `iter_custom` loop.
@@ -35,30 +35,8 @@ fn main() {
     let rounds: usize = args
         .next()
         .map_or(100, |r| r.parse().expect("ROUNDS: a number"));
-    // The bench's setup: two ports whose MACs the switch has learnt, and
-    // a source that hands out the same batch of unicast frames again.
-    let sw = Switch::new("vale0");
-    let ids: Vec<PortId> = (0..2)
-        .map(|i| {
-            sw.attach(
-                &format!("p{i}"),
-                PortConfig::default(),
-                Box::new(NullSink::new(1024, 2048)),
-            )
-            .expect("attach")
-        })
-        .collect();
+    let (sw, p0, mut src) = bench_path(2, len, true);
     let mut sc = Scratch::default();
-    for (i, &p) in ids.iter().enumerate() {
-        let mut s = MemSource::default();
-        s.push(MemFrame::new(eth_frame([0xff; 6], mac(i as u16), 60, 0)));
-        sw.forward(p, &mut s, &mut sc, 0);
-    }
-    let mut src = MemSource::default();
-    src.recycle = true;
-    for k in 0..MAX_BATCH {
-        src.push(MemFrame::new(eth_frame(mac(1), mac(0), len, k as u64)));
-    }
-    measured(&sw, ids[0], &mut src, &mut sc, 10);
-    println!("{}", measured(&sw, ids[0], &mut src, &mut sc, rounds));
+    measured(&sw, p0, &mut src, &mut sc, 10);
+    println!("{}", measured(&sw, p0, &mut src, &mut sc, rounds));
 }

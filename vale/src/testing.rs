@@ -278,6 +278,48 @@ pub fn mac(n: u16) -> [u8; 6] {
     [0x02, 0, 0, 0, (n >> 8) as u8, n as u8]
 }
 
+/// The engine bench's path (`benches/engine.rs`, and `examples/engine_count`
+/// which counts its instructions): `ports` ports on one switch, each with a
+/// [`NullSink`] and its MAC learned, and a source for port 0 that hands out
+/// the same [`MAX_BATCH`](crate::MAX_BATCH) frames of `len` bytes again and
+/// again, to one MAC after another (`unicast`) or to broadcast.
+pub fn bench_path(
+    ports: usize,
+    len: usize,
+    unicast: bool,
+) -> (crate::Switch, crate::PortId, MemSource) {
+    let sw = crate::Switch::new("vale0");
+    let ids: Vec<crate::PortId> = (0..ports)
+        .map(|i| {
+            sw.attach(
+                &format!("p{i}"),
+                crate::PortConfig::default(),
+                Box::new(NullSink::new(1024, 2048)),
+            )
+            .expect("attach")
+        })
+        .collect();
+    let mut sc = crate::Scratch::default();
+    for (i, &p) in ids.iter().enumerate() {
+        let mut s = MemSource::default();
+        s.push(MemFrame::new(eth_frame([0xff; 6], mac(i as u16), 60, 0)));
+        sw.forward(p, &mut s, &mut sc, 0);
+    }
+    let mut src = MemSource {
+        recycle: true,
+        ..Default::default()
+    };
+    for k in 0..crate::MAX_BATCH {
+        let dst = if unicast {
+            mac(1 + (k % (ports - 1)) as u16)
+        } else {
+            [0xff; 6]
+        };
+        src.push(MemFrame::new(eth_frame(dst, mac(0), len, k as u64)));
+    }
+    (sw, ids[0], src)
+}
+
 /// Fuzz target body: frames built from `data` (any bytes: lengths, flags,
 /// fragment chains, vnet headers, port-byte overrides) forwarded between up
 /// to five ports with mixed options. Checks that nothing panics, that every
