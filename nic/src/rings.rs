@@ -237,17 +237,7 @@ impl NicRings {
         for (i, (id, dev_rx, dev_tx, dev_cfg)) in devs.into_iter().enumerate() {
             let t = region.alloc_ring(Dir::Tx, id, slots).map_err(err)?;
             let r = region.alloc_ring(Dir::Rx, id, slots).map_err(err)?;
-            let geo = |off| -> Result<RingGeometry, NicError> {
-                let (num_slots, buf_base, buf_size, nbufs) =
-                    region.ring_params(off).map_err(err)?;
-                Ok(RingGeometry {
-                    off,
-                    num_slots,
-                    buf_base,
-                    buf_size,
-                    nbufs,
-                })
-            };
+            let geo = |off| RingGeometry::of(&region, off).map_err(err);
             // The CSB starts as the rings do: TX all free, RX empty.
             for (dir, idx) in [(Dir::Tx, i as u32), (Dir::Rx, n + i as u32)] {
                 KringState::new(dir, slots).publish(&csb.entry(idx).map_err(io("control block"))?);

@@ -40,6 +40,24 @@ pub struct RingGeometry {
     pub nbufs: u32,
 }
 
+impl RingGeometry {
+    /// The ring at `off` of `region`, from the region's own records (never
+    /// the ring header a client can rewrite).
+    pub fn of(
+        region: &netmap::region::Region,
+        off: usize,
+    ) -> Result<Self, netmap::region::RegionError> {
+        let (num_slots, buf_base, buf_size, nbufs) = region.ring_params(off)?;
+        Ok(RingGeometry {
+            off,
+            num_slots,
+            buf_base,
+            buf_size,
+            nbufs,
+        })
+    }
+}
+
 /// Counters a ring port keeps about its client's behaviour.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RingPortStats {

@@ -38,7 +38,7 @@ mod stats;
 mod switches;
 mod vm_ports;
 
-use register::{client_fds, if_name, ring_geometry};
+use register::{client_fds, if_name};
 
 /// How `nr_name` is read: NIC names come without `netmap:` (the header
 /// carries `eth0`, as netmap's does).

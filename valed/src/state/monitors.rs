@@ -244,7 +244,7 @@ impl Registry {
         let mut sinks = Vec::new();
         for (idx, (dir, off, _)) in bound.into_iter().enumerate() {
             let idx = idx as u32;
-            let Ok(geo) = ring_geometry(&nif, off) else {
+            let Ok(geo) = RingGeometry::of(&nif, off) else {
                 return err(req, libc::EIO);
             };
             KringState::new(dir, geo.num_slots).publish(&csb.entry(idx).expect("sized"));
@@ -456,7 +456,7 @@ impl Registry {
         let mut zrings: Vec<(u16, Arc<Mutex<ZmonRing>>)> = Vec::new();
         for (idx, (dir, off, i)) in bound.into_iter().enumerate() {
             let idx = idx as u32;
-            let Ok(geo) = ring_geometry(made.region, off) else {
+            let Ok(geo) = RingGeometry::of(made.region, off) else {
                 return err(req, libc::EIO);
             };
             KringState::new(dir, geo.num_slots).publish(&csb.entry(idx).expect("sized"));

@@ -13,7 +13,7 @@ fn pipe_units(region: &Region, ends: &[PipeSide; 2], unit_id: u64) -> std::io::R
             continue;
         };
         for i in 0..a.tx.len() {
-            let geo = |off: usize| ring_geometry(region, off).map_err(std::io::Error::other);
+            let geo = |off: usize| RingGeometry::of(region, off).map_err(std::io::Error::other);
             let src = RingSource::new(
                 map.clone(),
                 geo(a.tx[i])?,

@@ -32,19 +32,6 @@ pub(super) fn client_fds(
     Ok(vec![region.share_fd()?, csb.share_fd()?, kick, irq])
 }
 
-/// The ring at `off` as the data path sees it, from the region's own
-/// records (never the ring header a client can rewrite).
-pub(super) fn ring_geometry(region: &Region, off: usize) -> Result<RingGeometry, RegionError> {
-    let (num_slots, buf_base, buf_size, nbufs) = region.ring_params(off)?;
-    Ok(RingGeometry {
-        off,
-        num_slots,
-        buf_base,
-        buf_size,
-        nbufs,
-    })
-}
-
 /// `nmreq_header.nr_name` as the `netmap_if` keeps it (15 bytes).
 pub(super) fn if_name(name: &str) -> String {
     name.chars().take(15).collect()
@@ -275,7 +262,7 @@ impl Registry {
             if fresh.is_err() {
                 return err(req, libc::EIO);
             }
-            let Ok(geo) = ring_geometry(&nif, off) else {
+            let Ok(geo) = RingGeometry::of(&nif, off) else {
                 return err(req, libc::EIO);
             };
             KringState::new(dir, geo.num_slots).publish(&csb.entry(idx).expect("sized"));
