@@ -685,14 +685,19 @@ impl RxChain {
     /// Its buffers, pointing into guest memory mapped while the batch
     /// lasts.
     fn bufs<'b>(&self, bufs: &'b mut [DstBuf<'static>]) -> ChainBufs<'b> {
-        if self.one == 0 {
-            ChainBufs::Many(&mut bufs[self.first as usize..][..self.nbufs as usize])
-        } else {
-            // SAFETY: `rx_single` found `cap` bytes at `one` in one mapped
-            // region of guest memory, and the batch's guard keeps it
-            // mapped until the chain is returned at publish.
-            ChainBufs::One(unsafe { DstBuf::new(self.one as *mut u8, self.cap as usize) })
+        match self.one_buf() {
+            Some(b) => ChainBufs::One(b),
+            None => ChainBufs::Many(&mut bufs[self.first as usize..][..self.nbufs as usize]),
         }
+    }
+
+    /// Its one buffer, if it is a one-buffer chain.
+    #[inline(always)]
+    fn one_buf(&self) -> Option<DstBuf<'static>> {
+        // SAFETY: `rx_single` found `cap` bytes at `one` in one mapped
+        // region of guest memory, and the batch's guard keeps it mapped
+        // until the chain is returned at publish.
+        (self.one != 0).then(|| unsafe { DstBuf::new(self.one as *mut u8, self.cap as usize) })
     }
 }
 
@@ -1031,10 +1036,8 @@ impl Sink for RxQueue {
             self.refill();
         }
         if let Some(c) = self.chains.get(self.next) {
-            if c.one != 0 && c.cap as usize >= total {
+            if let (Some(mut b), true) = (c.one_buf(), c.cap as usize >= total) {
                 let head = c.head;
-                // SAFETY: as in `RxChain::bufs`.
-                let mut b = unsafe { DstBuf::new(c.one as *mut u8, c.cap as usize) };
                 self.next += 1;
                 let mut at = b.write_prefix(&vnet_hdr(hdr, 1));
                 if let [f] = frags {
