@@ -89,6 +89,11 @@ if [ -z "${VALED:-}" ]; then
 fi
 cargo build --release -q -p bench-plot
 PLOT=$PWD/target/release/bench-plot
+# The two cores' distance (a cache line's round trip between them, ns),
+# before and after each run: the hypervisor may move the vCPUs between
+# cores that share a cache and cores that do not, and the loopback's rate
+# follows (bench-plot compares runs of the same placement).
+PROBE=$PWD/target/release/core-probe
 VMS=${VMS:-testpmd}
 # The runs of one round, interleaved: switch@vm for each VM side.
 RUNLIST=
@@ -320,12 +325,13 @@ echo "core 0: the VM side: testpmd, 2 ports (virtio-user, or net_tap for the bri
 echo "frame sizes: $SIZES bytes as testpmd sends them (--txpkts), without the 4-byte CRC: on the wire with CRC add 4 (60 = 64 B, 1514 = 1518 B)"
 [ -n "${VALED_B:-}" ] && echo "valed-b $VALED_B"
 echo "valed $VALED ($VALED_FROM); DPDK $(dpkg-query -W -f '${Version}' dpdk-dev 2>/dev/null || echo '?'); kernel $(uname -r)"
-echo "size,run,switch,secs,bursts,rx0,rx1,tx0,tx1,mpps,cpu0_usr,cpu0_sys,cpu0_irq,cpu0_idle,cpu0_steal,cpu1_usr,cpu1_sys,cpu1_irq,cpu1_idle,cpu1_steal,other" >"$W/runs.csv"
+echo "size,run,switch,secs,bursts,rx0,rx1,tx0,tx1,mpps,cpu0_usr,cpu0_sys,cpu0_irq,cpu0_idle,cpu0_steal,cpu1_usr,cpu1_sys,cpu1_irq,cpu1_idle,cpu1_steal,other,c2c_before,c2c_after" >"$W/runs.csv"
 for size in $SIZES; do
     for r in $(seq "$RUNS"); do
         for run in $RUNLIST; do
             sw=${run%@*}
             vm=${run#*@}
+            c2c0=$("$PROBE" 0 1) || c2c0=-
             start_switch "$sw" "$size"
             rm -f "$W/stat0" "$W/stat1"
             if [ "$vm" = virtio ]; then
@@ -334,6 +340,7 @@ for size in $SIZES; do
                 generate "$sw" "$size"
             fi
             stop_switch
+            c2c1=$("$PROBE" 0 1) || c2c1=-
             label=$sw
             [ "$vm" = virtio ] && label=$run
             rx0='' rx1='' tx0='' tx1=''
@@ -345,10 +352,10 @@ for size in $SIZES; do
             fi
             mpps=$(awk -v a="$rx0" -v b="$rx1" -v s="$SECS" 'BEGIN {printf "%.6f", (a + b) / 2 / s / 1e6}')
             read -r -a cpu <<<"$(cpu_shares)"
-            echo "$size,$r,$label,$SECS,$BURSTS,$rx0,$rx1,$tx0,$tx1,$mpps,$(IFS=,; echo "${cpu[*]}")" >>"$W/runs.csv"
-            printf 'size %4s run %d %-12s %8.3f Mpps per direction (rx %s / %s)  core0 usr/sys/irq/idle %s/%s/%s/%s%%  core1 %s/%s/%s/%s%%  other %s%%\n' \
+            echo "$size,$r,$label,$SECS,$BURSTS,$rx0,$rx1,$tx0,$tx1,$mpps,$(IFS=,; echo "${cpu[*]}"),$c2c0,$c2c1" >>"$W/runs.csv"
+            printf 'size %4s run %d %-12s %8.3f Mpps per direction (rx %s / %s)  core0 usr/sys/irq/idle %s/%s/%s/%s%%  core1 %s/%s/%s/%s%%  other %s%%  cores %s/%s ns apart\n' \
                 "$size" "$r" "$label" "$mpps" "$rx0" "$rx1" "${cpu[0]}" "${cpu[1]}" "${cpu[2]}" "${cpu[3]}" \
-                "${cpu[5]}" "${cpu[6]}" "${cpu[7]}" "${cpu[8]}" "${cpu[10]}"
+                "${cpu[5]}" "${cpu[6]}" "${cpu[7]}" "${cpu[8]}" "${cpu[10]}" "$c2c0" "$c2c1"
         done
     done
 done

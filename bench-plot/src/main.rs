@@ -8,7 +8,12 @@
 //! optional per-core shares `cpuN_usr`, `cpuN_sys`, `cpuN_irq`, `cpuN_idle`
 //! and `other` (time neither the switch nor the VM side used, in percent of
 //! one core)
-//! (percent of the measured interval, from /proc/stat).
+//! (percent of the measured interval, from /proc/stat), and the optional
+//! `c2c_before`, `c2c_after`: the two cores' distance in ns around the run
+//! (`core-probe`). With those, a third table compares runs of the same
+//! placement only: cores sharing a cache (both probes under
+//! [`NEAR_NS`]), or not (both at or above it); a run during which the
+//! hypervisor moved a vCPU across that line is left out of it.
 //!
 //! The SVG backend writes text as `<text>` elements and sizes it by an
 //! estimate: no font file and no fontconfig are needed to draw.
@@ -22,6 +27,32 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
+/// A cache line's round trip between the two cores below which they share
+/// a cache. This host measures 85–95 ns when they do and 360–410 ns when
+/// they do not, and nothing between.
+const NEAR_NS: f64 = 200.0;
+
+/// Where the two cores were during a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// Sharing a cache, before and after.
+    Near,
+    /// Not sharing one, before and after.
+    Far,
+    /// Moved during the run.
+    Moved,
+}
+
+impl Placement {
+    fn of(before: f64, after: f64) -> Placement {
+        match (before < NEAR_NS, after < NEAR_NS) {
+            (true, true) => Placement::Near,
+            (false, false) => Placement::Far,
+            _ => Placement::Moved,
+        }
+    }
+}
+
 /// One run: a row of the CSV.
 #[derive(Debug, Clone)]
 struct Row {
@@ -34,6 +65,8 @@ struct Row {
     cpu: Option<[[f64; 4]; 2]>,
     /// Other tenants' usr + sys time, percent of one core.
     other: Option<f64>,
+    /// The cores' placement, when the CSV has both probes of the run.
+    placement: Option<Placement>,
 }
 
 /// Median, min and max of a non-empty set.
@@ -79,6 +112,7 @@ fn parse(text: &str) -> Res<Vec<Row>> {
     let need = |name: &str| col(name).ok_or_else(|| format!("CSV has no column {name:?}"));
     let (c_size, c_switch, c_mpps) = (need("size")?, need("switch")?, need("mpps")?);
     let (c_secs, c_bursts, c_other) = (col("secs"), col("bursts"), col("other"));
+    let c_c2c = col("c2c_before").zip(col("c2c_after"));
     let cpu_cols: Option<Vec<usize>> = [
         "cpu0_usr",
         "cpu0_sys",
@@ -122,6 +156,14 @@ fn parse(text: &str) -> Res<Vec<Row>> {
             Some(c) => Some(num(get(c)?)?),
             None => None,
         };
+        // A probe that failed ("-") leaves the run unplaced.
+        let placement = match c_c2c {
+            Some((b, a)) => match (get(b)?.parse::<f64>(), get(a)?.parse::<f64>()) {
+                (Ok(b), Ok(a)) => Some(Placement::of(b, a)),
+                _ => None,
+            },
+            None => None,
+        };
         rows.push(Row {
             size: get(c_size)?
                 .parse()
@@ -132,6 +174,7 @@ fn parse(text: &str) -> Res<Vec<Row>> {
             bursts: c_bursts.and_then(|c| f.get(c)).unwrap_or(&"?").to_string(),
             cpu,
             other,
+            placement,
         });
     }
     if rows.is_empty() {
@@ -210,6 +253,61 @@ fn table(d: &Data) -> String {
         }
     }
     s
+}
+
+/// The runs of each placement side by side, each ratio against valed in
+/// the same placement; None when no run was placed.
+fn placement_table(d: &Data) -> Option<String> {
+    if d.rows.iter().all(|r| r.placement.is_none()) {
+        return None;
+    }
+    let moved = d
+        .rows
+        .iter()
+        .filter(|r| r.placement == Some(Placement::Moved))
+        .count();
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| frame | switch | cores sharing a cache: runs, median Mpps (min–max) | ÷ valed | cores apart: runs, median Mpps (min–max) | ÷ valed |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    let cell = |sw: &str, size: u32, p: Placement| {
+        let v: Vec<f64> = d
+            .runs(sw, size)
+            .filter(|r| r.placement == Some(p))
+            .map(|r| r.mpps)
+            .collect();
+        stat(&v)
+    };
+    for &size in &d.sizes {
+        for sw in &d.switches {
+            let mut cells = Vec::new();
+            for p in [Placement::Near, Placement::Far] {
+                let st = cell(sw, size, p);
+                let b = cell("valed", size, p);
+                cells.push(st.map_or("0".into(), |st| {
+                    format!("{}, {:.3} ({:.3}–{:.3})", st.n, st.median, st.min, st.max)
+                }));
+                cells.push(match (st, b) {
+                    (Some(st), Some(b)) if b.median > 0.0 => {
+                        format!("{:.2}", st.median / b.median)
+                    }
+                    _ => "-".into(),
+                });
+            }
+            if d.runs(sw, size).next().is_some() {
+                let _ = writeln!(s, "| {} B | {sw} | {} |", size + 4, cells.join(" | "));
+            }
+        }
+    }
+    if moved > 0 {
+        let _ = writeln!(
+            s,
+            "\n{moved} run(s) left out: the cores' placement changed during the run."
+        );
+    }
+    Some(s)
 }
 
 fn cpu_table(d: &Data) -> Option<String> {
@@ -428,6 +526,10 @@ fn main() -> Res<()> {
         println!();
         print!("{t}");
     }
+    if let Some(t) = placement_table(&d) {
+        println!();
+        print!("{t}");
+    }
     if let Some(svg) = args.get(2) {
         plot(&d, svg)?;
     }
@@ -472,6 +574,29 @@ mod tests {
             t.contains("| 64 B | bridge | 4 / 90 / 6 / 0 | 2 / 2 / 58 / 38 | 7 (4–10) |"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn runs_compared_within_one_placement() {
+        let csv = "size,run,switch,secs,bursts,mpps,c2c_before,c2c_after\n\
+                   60,1,valed,10,4,10.0,90,95\n\
+                   60,1,testpmd,10,4,6.0,88,91\n\
+                   60,2,valed,10,4,5.0,380,390\n\
+                   60,2,testpmd,10,4,4.0,370,400\n\
+                   60,3,valed,10,4,7.0,90,380\n\
+                   60,3,testpmd,10,4,1.0,-,-\n";
+        let d = Data::new(parse(csv).unwrap());
+        let t = placement_table(&d).unwrap();
+        assert!(
+            t.contains("| 64 B | valed | 1, 10.000 (10.000–10.000) | 1.00 | 1, 5.000 (5.000–5.000) | 1.00 |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| 64 B | testpmd | 1, 6.000 (6.000–6.000) | 0.60 | 1, 4.000 (4.000–4.000) | 0.80 |"),
+            "{t}"
+        );
+        assert!(t.contains("1 run(s) left out"), "{t}");
+        assert!(placement_table(&Data::new(parse(CSV).unwrap())).is_none());
     }
 
     #[test]

@@ -1,0 +1,114 @@
+//! `core-probe [CPU_A CPU_B [ROUNDS]]`: how far apart two cores are, as the
+//! round trip of one cache line between them (two threads, each pinned to
+//! one core, take turns writing a counter the other waits for). Prints the
+//! mean round trip in ns.
+//!
+//! A switch loopback moves every frame's descriptors and buffers between
+//! the VM side's core and the switch's, so its rate follows this figure.
+//! On this project's build host (2 vCPUs of an AMD EPYC) the hypervisor
+//! places the two vCPUs either on cores that share a cache (about 90 ns)
+//! or on cores that do not (about 380 ns), and moves them every few
+//! minutes; `scripts/bench-switch.sh` runs this before and after each run
+//! so that runs are compared with runs of the same placement.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// The bouncing line, alone in its cache line.
+#[repr(align(128))]
+struct Line(AtomicU64);
+
+fn pin(cpu: usize) -> std::io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(std::io::Error::other(format!("no CPU {cpu}")));
+    }
+    // SAFETY: cpu_set_t is plain data, zeroed is its empty set; CPU_SET
+    // writes inside it for a cpu below CPU_SETSIZE (checked above).
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn arg(args: &[String], i: usize, default: u64) -> Result<u64, String> {
+    match args.get(i) {
+        None => Ok(default),
+        Some(s) => s.parse().map_err(|e| format!("argument {i} {s:?}: {e}")),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let parsed = (|| {
+        Ok::<_, String>((
+            arg(&args, 1, 0)?,
+            arg(&args, 2, 1)?,
+            arg(&args, 3, 200_000)?,
+        ))
+    })();
+    let (a, b, rounds) = match parsed {
+        Ok(v) if args.len() <= 4 && v.2 > 0 => v,
+        Ok(_) => {
+            eprintln!("usage: core-probe [CPU_A CPU_B [ROUNDS]] (ROUNDS > 0)");
+            std::process::exit(2);
+        }
+        Err(e) => {
+            eprintln!("core-probe: {e}\nusage: core-probe [CPU_A CPU_B [ROUNDS]]");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = pin(a as usize) {
+        eprintln!("core-probe: cannot pin to CPU {a}: {e}");
+        std::process::exit(1);
+    }
+    let line = Line(AtomicU64::new(0));
+    // 1 once the peer is pinned, 2 if it could not be: then nobody answers.
+    let ready = AtomicU64::new(0);
+    let res = std::thread::scope(|s| {
+        let peer = s.spawn(|| {
+            if let Err(e) = pin(b as usize) {
+                ready.store(2, Ordering::Release);
+                return Err(e);
+            }
+            ready.store(1, Ordering::Release);
+            for i in 0..rounds {
+                while line.0.load(Ordering::Acquire) != 2 * i + 1 {
+                    std::hint::spin_loop();
+                }
+                line.0.store(2 * i + 2, Ordering::Release);
+            }
+            Ok::<_, std::io::Error>(())
+        });
+        while ready.load(Ordering::Acquire) == 0 {
+            std::hint::spin_loop();
+        }
+        if ready.load(Ordering::Acquire) == 2 {
+            return peer
+                .join()
+                .expect("probe thread panicked")
+                .map(|()| Default::default());
+        }
+        let t0 = Instant::now();
+        for i in 0..rounds {
+            line.0.store(2 * i + 1, Ordering::Release);
+            while line.0.load(Ordering::Acquire) != 2 * i + 2 {
+                std::hint::spin_loop();
+            }
+        }
+        let el = t0.elapsed();
+        peer.join().expect("probe thread panicked")?;
+        Ok::<_, std::io::Error>(el)
+    });
+    match res {
+        Ok(el) => println!("{:.1}", el.as_nanos() as f64 / rounds as f64),
+        Err(e) => {
+            eprintln!("core-probe: cannot pin to CPU {b}: {e}");
+            std::process::exit(1);
+        }
+    }
+}
