@@ -92,7 +92,14 @@ pub fn tx_single(
     if d.flags & crate::vring::F_WRITE != 0 {
         return None;
     }
+    // The header and the frame's own headers, which the engine reads
+    // first: the driver pushes the 12-byte header in front of a frame that
+    // often starts a line (DPDK's headroom, an skb's data), so two lines.
     crate::vring::prefetch(ptr);
+    let end = ptr.wrapping_add((d.len as usize).min(64) - 1);
+    if (ptr as usize) / 64 != (end as usize) / 64 {
+        crate::vring::prefetch(end);
+    }
     // SAFETY: `single` checked that the range lies in one mapped region,
     // which the caller's batch keeps mapped while the fragment lives (the
     // guest may change the bytes: the engine copies them once and trusts
@@ -162,7 +169,12 @@ pub fn rx_single(
     if d.flags & crate::vring::F_WRITE == 0 {
         return None;
     }
-    crate::vring::prefetch(ptr);
+    // The header and a short frame: often two lines, as the buffer starts
+    // where the guest's header goes, not on a line boundary.
+    crate::vring::prefetch_write(ptr);
+    if (ptr as usize & 63) + d.len as usize > 64 {
+        crate::vring::prefetch_write(ptr.wrapping_add(64));
+    }
     Some((ptr, d.len))
 }
 
