@@ -38,6 +38,14 @@
 #   VALED_B   a second valed binary, run as switch "valed-b" (add it to
 #             SWITCHES): two builds interleaved run by run, for A/B tests
 #   KEEP      set: keep the last run's logs (testpmd, switch, bridge state)
+#   HUGE      set: the testpmds (the VM side and testpmd as the switch) run
+#             on 2 MiB huge pages, as DPDK and QEMU are deployed, instead of
+#             --no-huge's 4 KiB pages. The script mounts a hugetlbfs of its
+#             own, raises vm.nr_hugepages if fewer than 1100 are free, and
+#             puts both back at exit (needs root). Without it a switch that
+#             touches more pages per frame pays more TLB misses: testpmd
+#             (guest buffer, its own mbuf, guest buffer) more than valed
+#             (guest buffer to guest buffer).
 #   VMS       the VM side: "testpmd" (default: two virtio-user ports, io
 #             forwarding) and/or "virtio": pkt-gen's own virtio driver in
 #             guest-driver's `bridge` example (two virtio: ports in one
@@ -57,6 +65,8 @@ CSV=${CSV-docs/bench-switch.csv}
 SVG=${SVG-docs/bench-switch.svg}
 SETTLE=5
 WARM=2
+# DPDK's memory options for the testpmds (HUGE: see above).
+DPDK_MEM=(--no-huge -m 1024)
 MAC0=02:00:00:00:00:10
 MAC1=02:00:00:00:00:11
 NS=vale-bench-$$
@@ -115,10 +125,13 @@ W=$(mktemp -d /tmp/bench-switch.XXXXXX)
 # switch, the VM side's testpmd, the feeder of its commands.
 SW='' GEN='' FEED=''
 NS_MADE=
+HUGE_MNT='' HUGE_WAS=''
 cleanup() {
     local p
     for p in $SW $GEN $FEED; do kill "$p" 2>/dev/null || true; done
     for p in $SW $GEN $FEED; do wait "$p" 2>/dev/null || true; done
+    if [ -n "$HUGE_MNT" ]; then umount "$HUGE_MNT" 2>/dev/null || true; fi
+    if [ -n "$HUGE_WAS" ]; then echo "$HUGE_WAS" >/proc/sys/vm/nr_hugepages || true; fi
     # Deleting the namespace deletes the bridge and any TAP left in it.
     if [ -n "$NS_MADE" ]; then ip netns delete "$NS" 2>/dev/null || true; fi
     rm -rf "/var/run/dpdk/${PFX}sw" "/var/run/dpdk/${PFX}gen"
@@ -127,6 +140,22 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+if [ -n "${HUGE:-}" ]; then
+    [ "$(id -u)" = 0 ] || { echo "HUGE needs root (hugetlbfs mount, vm.nr_hugepages)" >&2; exit 1; }
+    free=$(awk '/^HugePages_Free:/ {print $2}' /proc/meminfo)
+    if [ "${free:-0}" -lt 1100 ]; then
+        HUGE_WAS=$(cat /proc/sys/vm/nr_hugepages)
+        echo $((HUGE_WAS + 1100 - ${free:-0})) >/proc/sys/vm/nr_hugepages
+        free=$(awk '/^HugePages_Free:/ {print $2}' /proc/meminfo)
+        [ "${free:-0}" -ge 1100 ] || { echo "HUGE: only ${free:-0} huge pages free after raising vm.nr_hugepages" >&2; exit 1; }
+    fi
+    mkdir "$W/huge"
+    mount -t hugetlbfs -o pagesize=2M none "$W/huge"
+    HUGE_MNT=$W/huge
+    # One file per memory segment list: few regions for vhost-user to map.
+    DPDK_MEM=(--huge-dir "$W/huge" --single-file-segments -m 1024)
+fi
 
 # The namespace holding br-bench and (run by run) the TAP devices: nothing
 # here touches the host's interfaces. IPv6 is off so that no TAP sends
@@ -188,7 +217,7 @@ start_switch() {
             --log warn >"$W/switch.log" 2>&1 &
         ;;
     testpmd)
-        taskset -c 1 dpdk-testpmd --no-pci --no-huge -m 1024 --file-prefix "${PFX}sw" --lcores '0@1,1@1' \
+        taskset -c 1 dpdk-testpmd --no-pci "${DPDK_MEM[@]}" --file-prefix "${PFX}sw" --lcores '0@1,1@1' \
             --vdev "net_vhost0,iface=$W/p0.sock,queues=1" --vdev "net_vhost1,iface=$W/p1.sock,queues=1" \
             -- --forward-mode=io --nb-cores=1 --max-pkt-len=1518 -a --stats-period 100 \
             >"$W/switch.log" 2>&1 &
@@ -261,7 +290,7 @@ generate() {
     mkfifo "$W/cmd"
     feeder "$sw" >"$W/cmd" &
     FEED=$!
-    "${pre[@]}" taskset -c 0 dpdk-testpmd --no-pci --no-huge -m 1024 --file-prefix "${PFX}gen" --lcores '0@0,1@0' \
+    "${pre[@]}" taskset -c 0 dpdk-testpmd --no-pci "${DPDK_MEM[@]}" --file-prefix "${PFX}gen" --lcores '0@0,1@0' \
         "${vdevs[@]}" -- -i --forward-mode=io --nb-cores=1 --txpkts="$size" "${extra[@]}" \
         --eth-peer="0,$MAC1" --eth-peer="1,$MAC0" <"$W/cmd" >"$W/gen.log" 2>&1 &
     GEN=$!
@@ -324,6 +353,7 @@ echo "switch loopback: $RUNS runs x ${SECS}s per switch and size, $BURSTS bursts
 echo "core 0: the VM side: testpmd, 2 ports (virtio-user, or net_tap for the bridge), io fwd; or (SWITCH@virtio) guest-driver's bridge over 2 virtio: ports; core 1: the switch under test"
 echo "frame sizes: $SIZES bytes as testpmd sends them (--txpkts), without the 4-byte CRC: on the wire with CRC add 4 (60 = 64 B, 1514 = 1518 B)"
 [ -n "${VALED_B:-}" ] && echo "valed-b $VALED_B"
+echo "testpmd memory: ${DPDK_MEM[*]}"
 echo "valed $VALED ($VALED_FROM); DPDK $(dpkg-query -W -f '${Version}' dpdk-dev 2>/dev/null || echo '?'); kernel $(uname -r)"
 echo "size,run,switch,secs,bursts,rx0,rx1,tx0,tx1,mpps,cpu0_usr,cpu0_sys,cpu0_irq,cpu0_idle,cpu0_steal,cpu1_usr,cpu1_sys,cpu1_irq,cpu1_idle,cpu1_steal,other,c2c_before,c2c_after" >"$W/runs.csv"
 for size in $SIZES; do
