@@ -38,11 +38,11 @@
 #   VALED_B   a second valed binary, run as switch "valed-b" (add it to
 #             SWITCHES): two builds interleaved run by run, for A/B tests
 #   KEEP      set: keep the last run's logs (testpmd, switch, bridge state)
-#   HUGE      set: the testpmds (the VM side and testpmd as the switch) run
+#   HUGE      1: the testpmds (the VM side and testpmd as the switch) run
 #             on 2 MiB huge pages, as DPDK and QEMU are deployed, instead of
 #             --no-huge's 4 KiB pages. The script mounts a hugetlbfs of its
-#             own, raises vm.nr_hugepages if fewer than 1100 are free, and
-#             puts both back at exit (needs root). Without it a switch that
+#             own, raises the 2 MiB pool if fewer than 1100 pages are free
+#             and unreserved, and puts both back at exit (needs root). Without it a switch that
 #             touches more pages per frame pays more TLB misses: testpmd
 #             (guest buffer, its own mbuf, guest buffer) more than valed
 #             (guest buffer to guest buffer).
@@ -130,8 +130,13 @@ cleanup() {
     local p
     for p in $SW $GEN $FEED; do kill "$p" 2>/dev/null || true; done
     for p in $SW $GEN $FEED; do wait "$p" 2>/dev/null || true; done
-    if [ -n "$HUGE_MNT" ]; then umount "$HUGE_MNT" 2>/dev/null || true; fi
-    if [ -n "$HUGE_WAS" ]; then echo "$HUGE_WAS" >/proc/sys/vm/nr_hugepages || true; fi
+    if [ -n "$HUGE_MNT" ] && mountpoint -q "$HUGE_MNT"; then
+        if ! umount "$HUGE_MNT"; then
+            echo "cannot unmount $HUGE_MNT: left in place, with $W" >&2
+            KEEP=1
+        fi
+    fi
+    if [ -n "$HUGE_WAS" ]; then echo "$HUGE_WAS" >"$HUGE_POOL/nr_hugepages" || true; fi
     # Deleting the namespace deletes the bridge and any TAP left in it.
     if [ -n "$NS_MADE" ]; then ip netns delete "$NS" 2>/dev/null || true; fi
     rm -rf "/var/run/dpdk/${PFX}sw" "/var/run/dpdk/${PFX}gen"
@@ -141,18 +146,25 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-if [ -n "${HUGE:-}" ]; then
-    [ "$(id -u)" = 0 ] || { echo "HUGE needs root (hugetlbfs mount, vm.nr_hugepages)" >&2; exit 1; }
-    free=$(awk '/^HugePages_Free:/ {print $2}' /proc/meminfo)
-    if [ "${free:-0}" -lt 1100 ]; then
-        HUGE_WAS=$(cat /proc/sys/vm/nr_hugepages)
-        echo $((HUGE_WAS + 1100 - ${free:-0})) >/proc/sys/vm/nr_hugepages
-        free=$(awk '/^HugePages_Free:/ {print $2}' /proc/meminfo)
-        [ "${free:-0}" -ge 1100 ] || { echo "HUGE: only ${free:-0} huge pages free after raising vm.nr_hugepages" >&2; exit 1; }
+# The 2 MiB pool, whatever the default huge page size.
+HUGE_POOL=/sys/kernel/mm/hugepages/hugepages-2048kB
+# Pages of the pool free and not reserved by another program.
+huge_free() {
+    echo $(($(cat "$HUGE_POOL/free_hugepages") - $(cat "$HUGE_POOL/resv_hugepages")))
+}
+if [ "${HUGE:-0}" != 0 ]; then
+    [ "$(id -u)" = 0 ] || { echo "HUGE needs root (hugetlbfs mount, the 2 MiB page pool)" >&2; exit 1; }
+    [ -d "$HUGE_POOL" ] || { echo "HUGE: this kernel has no 2 MiB huge pages ($HUGE_POOL)" >&2; exit 1; }
+    free=$(huge_free)
+    if [ "$free" -lt 1100 ]; then
+        HUGE_WAS=$(cat "$HUGE_POOL/nr_hugepages")
+        echo $((HUGE_WAS + 1100 - free)) >"$HUGE_POOL/nr_hugepages"
+        free=$(huge_free)
+        [ "$free" -ge 1100 ] || { echo "HUGE: only $free 2 MiB pages free after raising the pool (not enough memory?)" >&2; exit 1; }
     fi
     mkdir "$W/huge"
-    mount -t hugetlbfs -o pagesize=2M none "$W/huge"
     HUGE_MNT=$W/huge
+    mount -t hugetlbfs -o pagesize=2M none "$W/huge"
     # One file per memory segment list: few regions for vhost-user to map.
     DPDK_MEM=(--huge-dir "$W/huge" --single-file-segments -m 1024)
 fi
@@ -361,7 +373,7 @@ for size in $SIZES; do
         for run in $RUNLIST; do
             sw=${run%@*}
             vm=${run#*@}
-            c2c0=$("$PROBE" 0 1) || c2c0=-
+            c2c0=$(timeout 10 "$PROBE" 0 1) || c2c0=-
             start_switch "$sw" "$size"
             rm -f "$W/stat0" "$W/stat1"
             if [ "$vm" = virtio ]; then
@@ -370,7 +382,7 @@ for size in $SIZES; do
                 generate "$sw" "$size"
             fi
             stop_switch
-            c2c1=$("$PROBE" 0 1) || c2c1=-
+            c2c1=$(timeout 10 "$PROBE" 0 1) || c2c1=-
             label=$sw
             [ "$vm" = virtio ] && label=$run
             rx0='' rx1='' tx0='' tx1=''

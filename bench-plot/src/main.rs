@@ -28,8 +28,8 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 type Res<T> = Result<T, Box<dyn Error>>;
 
 /// A cache line's round trip between the two cores below which they share
-/// a cache. This host measures 85–95 ns when they do and 360–410 ns when
-/// they do not, and nothing between.
+/// a cache. This host measures 43–70 ns when they do, and 265–285 or
+/// 370–460 ns (two placements) when they do not.
 const NEAR_NS: f64 = 200.0;
 
 /// Where the two cores were during a run.
@@ -157,13 +157,13 @@ fn parse(text: &str) -> Res<Vec<Row>> {
             None => None,
         };
         // A probe that failed ("-") leaves the run unplaced.
-        let placement = match c_c2c {
-            Some((b, a)) => match (get(b)?.parse::<f64>(), get(a)?.parse::<f64>()) {
-                (Ok(b), Ok(a)) => Some(Placement::of(b, a)),
-                _ => None,
-            },
-            None => None,
-        };
+        let placement =
+            c_c2c.and_then(
+                |(b, a)| match (f.get(b)?.parse::<f64>(), f.get(a)?.parse::<f64>()) {
+                    (Ok(b), Ok(a)) => Some(Placement::of(b, a)),
+                    _ => None,
+                },
+            );
         rows.push(Row {
             size: get(c_size)?
                 .parse()
@@ -266,6 +266,7 @@ fn placement_table(d: &Data) -> Option<String> {
         .iter()
         .filter(|r| r.placement == Some(Placement::Moved))
         .count();
+    let unprobed = d.rows.iter().filter(|r| r.placement.is_none()).count();
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -305,6 +306,12 @@ fn placement_table(d: &Data) -> Option<String> {
         let _ = writeln!(
             s,
             "\n{moved} run(s) left out: the cores' placement changed during the run."
+        );
+    }
+    if unprobed > 0 {
+        let _ = writeln!(
+            s,
+            "\n{unprobed} run(s) left out: no probe figure (`core-probe` failed)."
         );
     }
     Some(s)
@@ -595,7 +602,11 @@ mod tests {
             t.contains("| 64 B | testpmd | 1, 6.000 (6.000–6.000) | 0.60 | 1, 4.000 (4.000–4.000) | 0.80 |"),
             "{t}"
         );
-        assert!(t.contains("1 run(s) left out"), "{t}");
+        assert!(
+            t.contains("1 run(s) left out: the cores' placement changed"),
+            "{t}"
+        );
+        assert!(t.contains("1 run(s) left out: no probe figure"), "{t}");
         assert!(placement_table(&Data::new(parse(CSV).unwrap())).is_none());
     }
 
