@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::Instant;
 
 use netmap::abi::{NS_MOREFRAG, NS_NO_LEARN, NS_PORT_MASK, NS_PORT_SHIFT};
+use smallvec::SmallVec;
 use thiserror::Error;
 
 use crate::frag::Frag;
@@ -588,7 +589,10 @@ impl<L: Lookup> Switch<L> {
 
         // Lock every destination in ascending order (threads never deadlock),
         // then let backpressure destinations cut the batch short.
-        let mut guards: Vec<LockedDst<'_>> = sc
+        // Inline for the common few destinations: no heap allocation per
+        // batch (the guards borrow this batch's port table, so no buffer
+        // can be kept in `Scratch` across batches).
+        let mut guards: SmallVec<[LockedDst<'_>; 4]> = sc
             .touched
             .iter()
             .filter_map(|&p| {
