@@ -9,7 +9,8 @@
 # (the forwarding thread sleeps as soon as it is idle), testpmd as the
 # switch (two net_vhost ports, io forwarding: it always polls). SWITCHES
 # picks among them; "valed-b" runs a second valed build, $VALED_B, as
-# valed is run (for A/B runs of a change, interleaved run by run).
+# valed is run, and "valed-b-nobusy" as valed-nobusy (for A/B runs of a
+# change, interleaved run by run).
 #
 # usage: scripts/bench-latency.sh [RUNS] [ROUNDS] [GAPS]
 #   RUNS    runs of each switch per gap (default 3)
@@ -24,7 +25,7 @@ ROUNDS=${2:-10000}
 GAPS=${3:-0 200}
 SWITCHES=${SWITCHES:-valed valed-nobusy testpmd}
 case " $SWITCHES " in
-*" valed-b "*) [ -x "${VALED_B:-}" ] || { echo "valed-b needs VALED_B, a valed binary" >&2; exit 1; } ;;
+*" valed-b "* | *" valed-b-nobusy "*) [ -x "${VALED_B:-}" ] || { echo "valed-b needs VALED_B, a valed binary" >&2; exit 1; } ;;
 esac
 command -v dpdk-testpmd >/dev/null || { echo "dpdk-testpmd not found: apt-get install dpdk-dev" >&2; exit 1; }
 [ "$(nproc)" -ge 2 ] || { echo "needs 2 cores" >&2; exit 1; }
@@ -47,10 +48,10 @@ trap 'exit 143' TERM
 start_switch() {
     rm -f "$W"/a.sock "$W"/b.sock
     case $1 in
-    valed | valed-nobusy | valed-b)
+    valed | valed-nobusy | valed-b | valed-b-nobusy)
         local busy=() bin=$VALED
-        [ "$1" = valed-nobusy ] && busy=(--busy-poll 0)
-        [ "$1" = valed-b ] && bin=$VALED_B
+        case $1 in *-nobusy) busy=(--busy-poll 0) ;; esac
+        case $1 in valed-b*) bin=$VALED_B ;; esac
         taskset -c 1 "$bin" --socket "$W/ctl.sock" --threads 1 --cpus 1 "${busy[@]}" \
             --vhost-user "a=$W/a.sock,attach=vale0" --vhost-user "b=$W/b.sock,attach=vale0" \
             --log warn >"$W/switch.log" 2>&1 &

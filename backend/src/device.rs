@@ -105,6 +105,13 @@ pub struct NetConfig {
     /// The uid the port belongs to, if not root: its socket is made theirs
     /// (mode 0600) and only a VMM of that uid is served.
     pub owner: Option<u32>,
+    /// The forwarding threads wait on the guest's TX kick eventfds
+    /// themselves ([`TxQueue`]'s doorbell): the session's thread does not
+    /// watch them, and a kick that finds the forwarder asleep wakes one
+    /// thread, not the session's thread and then, through the
+    /// [`KickHook`], the forwarder. False: every TX kick goes to the hook
+    /// (valed's `--vhost-inline` forwards on the session's thread).
+    pub fwd_watches_tx_kicks: bool,
 }
 
 impl NetConfig {
@@ -119,6 +126,7 @@ impl NetConfig {
             queue_size: 1024,
             batch: DEFAULT_BATCH,
             owner: None,
+            fwd_watches_tx_kicks: false,
         }
     }
 }
@@ -269,6 +277,10 @@ impl Device for NetDevice {
             "forwarding thread did not leave its batch in 2 s"
         );
         false
+    }
+
+    fn session_watches_kick(&self, q: usize) -> bool {
+        q % 2 == 0 || !self.0.cfg.fwd_watches_tx_kicks
     }
 
     fn kick(&self, q: usize) {

@@ -200,6 +200,8 @@ struct Live {
     next_used: u16,
     size: u16,
     call: Option<Arc<EventFd>>,
+    /// The driver's kick eventfd, if the forwarder waits on it itself.
+    kick: Option<Arc<EventFd>>,
     /// The guest may kick: a new session starts so, and a sleeping
     /// forwarder asks for it. The next batch turns kicks off again.
     kicks_on: bool,
@@ -237,6 +239,7 @@ impl Default for Live {
             next_used: 0,
             size: 256,
             call: None,
+            kick: None,
             kicks_on: true,
             log: None,
             log_used: 0,
@@ -285,7 +288,13 @@ impl Owner {
     }
 
     fn sync(&mut self) -> Option<Batch> {
-        let (sgen, b) = bound(&self.slot, &mut self.cache)?;
+        let Some((sgen, b)) = bound(&self.slot, &mut self.cache) else {
+            // The session went: keep nothing of its VMM's.
+            self.live.running = false;
+            self.live.kick = None;
+            self.live.call = None;
+            return None;
+        };
         // After `busy` (SeqCst both): either the session sees us busy, or
         // we see its change (see `QueueCtl`).
         let vgen = b.vring.gen();
@@ -300,6 +309,7 @@ impl Owner {
             l.next_used = b.vring.next_used();
             l.size = cfg.size;
             l.call = cfg.call.clone();
+            l.kick = cfg.kick.clone();
             l.kicks_on = true;
             l.log = cfg.log.clone();
             l.log_used = cfg.log_used.unwrap_or(cfg.used);
@@ -574,6 +584,17 @@ impl Source for TxQueue {
 
     fn disarm(&mut self) {
         self.disable_notification();
+    }
+
+    fn doorbell(&self) -> Option<Arc<EventFd>> {
+        // Only a running queue's: `arm` just brought `live` up to date;
+        // a queue that stopped since (or whose session went) lends no fd
+        // of its VMM to a sleeping forwarder.
+        if self.own.live.running {
+            self.own.live.kick.clone()
+        } else {
+            None
+        }
     }
 
     fn fetch(&mut self, frags: &mut Vec<Frag>, max: usize) -> usize {

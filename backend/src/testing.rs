@@ -2531,6 +2531,9 @@ pub struct NullDevice {
     pub refused: std::sync::atomic::AtomicU64,
     /// Kicks seen.
     pub kicks: std::sync::atomic::AtomicU64,
+    /// As [`NetConfig::fwd_watches_tx_kicks`](crate::device::NetConfig):
+    /// the session leaves the TX queues' kick fds to the data path.
+    pub fwd_watches_tx_kicks: bool,
 }
 
 impl crate::vhost_user::Device for NullDevice {
@@ -2556,6 +2559,9 @@ impl crate::vhost_user::Device for NullDevice {
     }
     fn kick(&self, _: usize) {
         self.kicks.fetch_add(1, Ordering::Relaxed);
+    }
+    fn session_watches_kick(&self, q: usize) -> bool {
+        q % 2 == 0 || !self.fwd_watches_tx_kicks
     }
     fn refused(&self, _: &str) {
         self.refused.fetch_add(1, Ordering::Relaxed);

@@ -82,6 +82,13 @@ pub trait Device {
     fn quiesce(&self, q: usize) -> bool;
     /// The guest kicked queue `q` (or it just started).
     fn kick(&self, q: usize);
+    /// Whether the session's thread waits on queue `q`'s kick eventfd
+    /// and calls [`kick`](Self::kick) when it rings. False where the data
+    /// path waits on it itself, through [`VringConfig::kick`]
+    /// (crate::vring::VringConfig::kick).
+    fn session_watches_kick(&self, _q: usize) -> bool {
+        true
+    }
     /// A request was refused and the session goes on: for diagnostics.
     fn refused(&self, what: &str);
     /// The VMM asks the port to announce `mac` (SEND_RARP: the guest just
@@ -221,7 +228,7 @@ pub struct Session<'d, D: Device> {
     conn: Conn,
     mem: MemTable,
     vrings: Vec<Vring>,
-    kicks: Vec<Option<EventFd>>,
+    kicks: Vec<Option<Arc<EventFd>>>,
     /// Last SET_VRING_ENABLE per queue, whenever it came.
     enable_req: Vec<bool>,
     /// Started by a kick and not stopped by GET_VRING_BASE since.
@@ -770,17 +777,25 @@ impl<'d, D: Device> Session<'d, D> {
         match kind {
             FdKind::Kick => {
                 if let Some(old) = self.kicks[q].take() {
-                    let _ = self.epoll.remove(&old);
+                    let _ = self.epoll.remove(&*old);
                 }
-                if let Some(fd) = fd {
-                    let ev = EventFd::from_fd(fd);
-                    self.epoll
-                        .add(&ev, TOK_KICK + q as u64)
-                        .map_err(|e| Refusal::Msg(format!("queue {q}: kick fd: {e}")))?;
-                    self.kicks[q] = Some(ev);
+                let ev = fd.map(|fd| Arc::new(EventFd::from_fd(fd)));
+                if let Some(ev) = &ev {
+                    if self.dev.session_watches_kick(q) {
+                        self.epoll
+                            .add(&**ev, TOK_KICK + q as u64)
+                            .map_err(|e| Refusal::Msg(format!("queue {q}: kick fd: {e}")))?;
+                    }
                 }
+                self.kicks[q] = ev.clone();
+                self.vrings[q].configure(|c| c.kick = ev);
                 // The spec: a ring starts at its kick.
                 self.start_queue(q);
+                // A forwarder asleep on the old fd looks again, and then
+                // waits on this one.
+                if !self.dev.session_watches_kick(q) && self.vrings[q].config().running() {
+                    self.dev.kick(q);
+                }
             }
             FdKind::Call => {
                 let guard = self.dev.call_guard();
@@ -807,9 +822,9 @@ impl<'d, D: Device> Session<'d, D> {
         self.vrings[q].configure(|c| (c.ready, c.enabled) = (false, false));
         self.dev.quiesce(q);
         if let Some(old) = self.kicks[q].take() {
-            let _ = self.epoll.remove(&old);
+            let _ = self.epoll.remove(&*old);
         }
-        self.vrings[q].configure(|c| c.call = None);
+        self.vrings[q].configure(|c| (c.call, c.kick) = (None, None));
         self.vrings[q].next_avail()
     }
 

@@ -87,6 +87,11 @@ pub struct VringConfig {
     pub enabled: bool,
     /// The eventfd that interrupts the driver (None: it polls).
     pub call: Option<Arc<EventFd>>,
+    /// The driver's kick eventfd, for a forwarding thread that waits on
+    /// it itself (see [`crate::device::NetConfig::fwd_watches_tx_kicks`]).
+    /// Watched edge-triggered and never read: the VMM shares it and could
+    /// make a read block.
+    pub kick: Option<Arc<EventFd>>,
     /// The migration's dirty log, while the driver logs (`VHOST_F_LOG_ALL`
     /// acked and `SET_LOG_BASE` given).
     pub log: Option<Arc<DirtyLog>>,
@@ -109,6 +114,7 @@ impl VringConfig {
             ready: true,
             enabled: true,
             call: None,
+            kick: None,
             log: None,
             log_used: None,
         }
@@ -156,6 +162,7 @@ impl Vring {
                 ready: false,
                 enabled: false,
                 call: None,
+                kick: None,
                 log: None,
                 log_used: None,
             }),

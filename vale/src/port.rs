@@ -38,6 +38,16 @@ pub trait Source {
 
     /// The forwarder woke and polls again: the writer need not wake it.
     fn disarm(&mut self) {}
+
+    /// The writer's own doorbell, asked after a successful [`arm`]
+    /// (Self::arm): an eventfd the forwarder may wait on directly, besides
+    /// the one it was given for the source, edge-triggered and never
+    /// read (the writer shares it and could make a read block). A guest's
+    /// kick fd, so that a kick wakes the forwarder itself and not a
+    /// thread that then wakes it. None: the given fd is the only one.
+    fn doorbell(&self) -> Option<std::sync::Arc<netmap::sys::EventFd>> {
+        None
+    }
 }
 
 /// Where frames go.

@@ -196,6 +196,10 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
     let ep = Epoll::new()?;
     ep.add(&sh.wake, WAKE_TOKEN)?;
     let mut units: Vec<Unit> = Vec::new();
+    // Each unit's source's own doorbell while the thread sleeps (a guest's
+    // TX kick fd), as watched: same order as `units`.
+    let mut bells: Vec<Option<Arc<EventFd>>> = Vec::new();
+    let mut bell_warned = false;
     // Kick fds are shared by the rings of one registration: watch once.
     // (units using it, the fd, whether to empty it when it rang)
     let mut kick_refs: HashMap<i32, (usize, Arc<EventFd>, bool)> = HashMap::new();
@@ -225,6 +229,7 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
                     e.0 += 1;
                     debug!(reg = u.reg, "ring added");
                     units.push(*u);
+                    bells.push(None);
                 }
                 Cmd::Remove(reg, ack) => {
                     // A reader may be gone: forget every watched reader fd
@@ -242,7 +247,17 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
                             }
                         }
                     }
-                    units.retain(|u| u.reg != reg);
+                    let mut i = 0;
+                    while i < units.len() {
+                        if units[i].reg == reg {
+                            units.remove(i);
+                            if let Some(b) = bells.remove(i) {
+                                let _ = ep.remove(&*b);
+                            }
+                        } else {
+                            i += 1;
+                        }
+                    }
                     let _ = ack.send(());
                 }
             }
@@ -333,14 +348,53 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
                 vale::Arm::Never => {}
             }
         }
+        // A doorbell that could not be watched: look again soon instead.
+        let mut deaf = false;
         if may_sleep {
+            // Wait on the sources' own doorbells too, so that a guest's
+            // kick wakes this thread and not a vhost-user worker that then
+            // wakes it. One that was set when added reports at once: no
+            // kick since `arm` is lost.
+            for (u, bell) in units.iter_mut().zip(bells.iter_mut()) {
+                let now = u.path.source().doorbell();
+                let same = match (&now, &*bell) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                };
+                if same {
+                    continue;
+                }
+                if let Some(old) = bell.take() {
+                    let _ = ep.remove(&*old);
+                }
+                if let Some(fd) = now {
+                    // Token: the fd, which is in neither map (never
+                    // emptied when it rang).
+                    let k = fd.as_fd().as_raw_fd();
+                    match ep.add(&*fd, k as u64) {
+                        Ok(()) => *bell = Some(fd),
+                        Err(e) => {
+                            if !std::mem::replace(&mut bell_warned, true) {
+                                warn!(
+                                    reg = u.reg,
+                                    "cannot wait on a guest's kick fd ({e}): polling every 1 ms"
+                                );
+                            }
+                            deaf = true;
+                        }
+                    }
+                }
+            }
             // Clients' doorbells are pipes: empty the ones that rang, so
             // the next kick is an edge again and a pipe never fills. (The
             // relays and vhost kicks are eventfds, never full; draining
             // them is one read.)
             // A held sender waits for its backpressure port no longer
             // than the engine's hold: then the port counts as stalled.
-            let nap = if blocked.is_empty() {
+            let nap = if deaf {
+                Duration::from_millis(1)
+            } else if blocked.is_empty() {
                 Duration::from_secs(1)
             } else {
                 vale::BACKPRESSURE_HOLD

@@ -116,6 +116,42 @@ fn vm_ports_created_attached_and_exchanging() {
     assert_eq!(delif(&v, "vma"), libc::ENXIO);
 }
 
+/// With `--busy-poll 0` the forwarding thread sleeps at the first poll
+/// that finds nothing, so every frame sent after a pause must wake it. It
+/// waits on the guest's TX kick fd itself: the kick wakes it, not its 1 s
+/// nap (20 frames would then take 20 s), also on the fd a reconnecting
+/// VMM brings.
+#[test]
+fn a_guests_kick_wakes_the_sleeping_forwarder() {
+    let v = start("vhost-bell", &["--threads", "1", "--busy-poll", "0"]);
+    let (pa, pb) = (v.dir.0.join("a.sock"), v.dir.0.join("b.sock"));
+    assert_eq!(newif(&v, "vma", &pa, false, 1), 0);
+    assert_eq!(newif(&v, "vmb", &pb, false, 1), 0);
+    assert_eq!(attach(&v, "vale0:vma"), 0);
+    assert_eq!(attach(&v, "vale0:vmb"), 0);
+    let mut b = guest(&pb);
+    let hdr = [0u8; 12];
+    let t0 = Instant::now();
+    for round in 0..2 {
+        let mut a = guest(&pa);
+        for i in 0..10 {
+            std::thread::sleep(Duration::from_millis(20));
+            let f = frame(MB, MA, 60, round * 10 + i);
+            assert!(a.send(0, &hdr, &f, &[]));
+            let (_, got) = b
+                .recv(0, T)
+                .unwrap_or_else(|| panic!("round {round} frame {i}"));
+            assert_eq!(got, f);
+            a.reap_tx(0);
+        }
+    }
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "20 frames after pauses took {took:?}: the kicks did not wake the forwarder"
+    );
+}
+
 #[test]
 fn bad_requests_are_refused_with_the_right_errno() {
     let v = start("vhost-bad", &[]);

@@ -16,8 +16,11 @@ impl Registry {
         }
         self.check_port_quota(spec.owner, &spec.name, true)
             .map_err(|r| (r.errno(), r.to_string()))?;
-        let port =
-            backend::NetPort::start(spec.net_config()).map_err(|e| (e.errno(), e.to_string()))?;
+        let mut cfg = spec.net_config();
+        // Inline, the session's thread forwards at each kick; otherwise
+        // the forwarding thread waits on the kicks itself.
+        cfg.fwd_watches_tx_kicks = !self.vhost_inline;
+        let port = backend::NetPort::start(cfg).map_err(|e| (e.errno(), e.to_string()))?;
         let name = spec.name.clone();
         let attach = spec.attach.clone();
         let unit_id = self.next_unit;
