@@ -2,7 +2,8 @@
 //! registered clients) and runs `Switch::forward` on them in turn. When
 //! nothing moved for the busy-poll budget, it asks every source's client for
 //! a kick (the CSB need-kick handshake), re-checks, and sleeps in epoll on
-//! the kick doorbells, edge-triggered, emptying only those that rang.
+//! the kick doorbells, edge-triggered, emptying only those that rang, and
+//! on the sources' own doorbells (a guest's TX kick eventfd), never read.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd};

@@ -1,6 +1,8 @@
 //! vhost-user-net ports in valed: their specification (command line,
-//! config file, `vale-ctl -n NAME --vhost-user PATH`), and the relay of
-//! guest kicks from vhost-user-backend's workers to the forwarding threads.
+//! config file, `vale-ctl -n NAME --vhost-user PATH`), and the relay by
+//! which a port's session wakes the forwarding threads (a queue enabled,
+//! a new kick fd, an announcement; the guest's own TX kicks wake them
+//! directly, see [`crate::fwd`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -235,9 +237,11 @@ pub struct VhostPort {
     pub fwd: Vec<usize>,
 }
 
-/// Relays a guest's TX kicks to the eventfds the forwarding threads sleep
-/// on (one per queue pair). RX kicks wake held senders through the port's
-/// own eventfd ([`backend::RxSet`]).
+/// Wakes the forwarding threads through the eventfds they sleep on (one
+/// per queue pair) when the session has news for a TX queue. The guest's
+/// TX kicks themselves reach the threads without it (the port is made
+/// with `fwd_watches_tx_kicks`). RX kicks wake held senders through the
+/// port's own eventfd ([`backend::RxSet`]).
 #[derive(Debug)]
 pub struct Relay(pub Vec<Arc<EventFd>>);
 
