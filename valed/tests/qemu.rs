@@ -887,16 +887,7 @@ fn a_guest_migrates_under_traffic() {
         .expect("file served");
     let sum = sum.split_whitespace().next().unwrap().to_string();
     // Control: the same transfer without a migration arrives whole.
-    let got0 = a
-        .run_ok(
-            "wget -q -O /tmp/got0 http://10.0.0.2:8080/f && sha256sum /tmp/got0 && rm /tmp/got0",
-            CMD,
-        )
-        .expect("control transfer");
-    assert!(
-        got0.contains(&sum),
-        "control transfer changed the file: {got0}"
-    );
+    fetch_whole(&mut a, &sum, "the control transfer");
     stream_and_ping(&mut a, &mut b, 150);
     std::thread::sleep(Duration::from_secs(1));
     a.spawn_bg("wget -q -O /tmp/got http://10.0.0.2:8080/f; echo exit=$? > /tmp/wget.txt")
@@ -960,16 +951,7 @@ fn a_guest_migrates_under_traffic() {
     let all = d.stats("");
     assert!(field(&all, "moves") >= 1, "no station move: {all}");
     let before = field(&d.stats("vale0:vm1b"), "out_bytes");
-    let got2 = dst
-        .run_ok(
-            "wget -q -O /tmp/got2 http://10.0.0.2:8080/f && sha256sum /tmp/got2 && rm /tmp/got2",
-            CMD,
-        )
-        .expect("transfer after the migration");
-    assert!(
-        got2.contains(&sum),
-        "the transfer after the migration changed the file: {got2}"
-    );
+    fetch_whole(&mut dst, &sum, "the transfer after the migration");
     let s = d.stats("vale0:vm1b");
     eprintln!(
         "vm1b: {} MiB out during and after the migration, then {} MiB for the second transfer",
@@ -1119,6 +1101,18 @@ fn ip(args: &[&str]) {
 
 /// In the background: B streams iperf3 to A (10.0.0.1) for 10 s at
 /// 40 Mbit/s, and pings it `pings` times, every 100 ms.
+/// B's file (`/tmp/www/f`, served on 10.0.0.2:8080) fetched by `g` arrives
+/// whole: its sha256 is `sum`.
+fn fetch_whole(g: &mut Guest, sum: &str, what: &str) {
+    let got = g
+        .run_ok(
+            "wget -q -O /tmp/got0 http://10.0.0.2:8080/f && sha256sum /tmp/got0 && rm /tmp/got0",
+            CMD,
+        )
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(got.contains(sum), "{what} changed the file: {got}");
+}
+
 fn stream_and_ping(a: &mut Guest, b: &mut Guest, pings: u32) {
     a.spawn_bg("iperf3 -s -1 > /tmp/iperf-s.txt 2>&1").unwrap();
     std::thread::sleep(Duration::from_millis(500));

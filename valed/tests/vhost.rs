@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,18 @@ fn exchange(a: &mut FakeGuest, b: &mut FakeGuest, n: u32) {
     }
 }
 
+/// valed with `extra` arguments and two VM ports, vma and vmb, on vale0;
+/// their sockets.
+fn two_ports(tag: &str, extra: &[&str]) -> (Valed, PathBuf, PathBuf) {
+    let v = start(tag, extra);
+    let (pa, pb) = (v.dir.0.join("a.sock"), v.dir.0.join("b.sock"));
+    assert_eq!(newif(&v, "vma", &pa, false, 1), 0);
+    assert_eq!(newif(&v, "vmb", &pb, false, 1), 0);
+    assert_eq!(attach(&v, "vale0:vma"), 0);
+    assert_eq!(attach(&v, "vale0:vmb"), 0);
+    (v, pa, pb)
+}
+
 fn guest(path: &Path) -> FakeGuest {
     let mut g = FakeGuest::connect(
         path,
@@ -80,12 +92,7 @@ fn guest(path: &Path) -> FakeGuest {
 
 #[test]
 fn vm_ports_created_attached_and_exchanging() {
-    let v = start("vhost-xchg", &["--threads", "1"]);
-    let (pa, pb) = (v.dir.0.join("a.sock"), v.dir.0.join("b.sock"));
-    assert_eq!(newif(&v, "vma", &pa, false, 1), 0);
-    assert_eq!(newif(&v, "vmb", &pb, false, 1), 0);
-    assert_eq!(attach(&v, "vale0:vma"), 0);
-    assert_eq!(attach(&v, "vale0:vmb"), 0);
+    let (v, pa, pb) = two_ports("vhost-xchg", &["--threads", "1"]);
     assert!(
         v.list().contains(&"vale0:vma".to_string()),
         "{:?}",
@@ -123,12 +130,7 @@ fn vm_ports_created_attached_and_exchanging() {
 /// VMM brings.
 #[test]
 fn a_guests_kick_wakes_the_sleeping_forwarder() {
-    let v = start("vhost-bell", &["--threads", "1", "--busy-poll", "0"]);
-    let (pa, pb) = (v.dir.0.join("a.sock"), v.dir.0.join("b.sock"));
-    assert_eq!(newif(&v, "vma", &pa, false, 1), 0);
-    assert_eq!(newif(&v, "vmb", &pb, false, 1), 0);
-    assert_eq!(attach(&v, "vale0:vma"), 0);
-    assert_eq!(attach(&v, "vale0:vmb"), 0);
+    let (_v, pa, pb) = two_ports("vhost-bell", &["--threads", "1", "--busy-poll", "0"]);
     let mut b = guest(&pb);
     let hdr = [0u8; 12];
     let t0 = Instant::now();
@@ -202,12 +204,7 @@ fn config_file_brings_ports_back_after_restart() {
 
 #[test]
 fn vmm_reconnects_to_the_same_port() {
-    let v = start("vhost-reconn", &[]);
-    let (pa, pb) = (v.dir.0.join("a.sock"), v.dir.0.join("b.sock"));
-    assert_eq!(newif(&v, "vma", &pa, false, 1), 0);
-    assert_eq!(newif(&v, "vmb", &pb, false, 1), 0);
-    assert_eq!(attach(&v, "vale0:vma"), 0);
-    assert_eq!(attach(&v, "vale0:vmb"), 0);
+    let (v, pa, pb) = two_ports("vhost-reconn", &[]);
     let mut b = guest(&pb);
     for round in 0..3 {
         let mut a = guest(&pa);
