@@ -115,6 +115,21 @@ pub struct LearningBridge {
     per_port: Vec<u32>,
     per_port_limit: Vec<u32>,
     st: LookupStats,
+    /// The last frame's question and answer, while the table has not
+    /// changed since: a batch is mostly one flow (same source port, same
+    /// MACs), whose frames then skip the hashing and probing.
+    last: Option<Last>,
+}
+
+/// A decision of [`LearningBridge::lookup`], and what it was asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Last {
+    src: u64,
+    dst: u64,
+    src_port: PortId,
+    learn: bool,
+    now: u32,
+    dest: Dest,
 }
 
 #[inline]
@@ -145,6 +160,7 @@ impl LearningBridge {
             per_port: Vec::new(),
             per_port_limit: Vec::new(),
             st: LookupStats::default(),
+            last: None,
         }
     }
 
@@ -155,6 +171,7 @@ impl LearningBridge {
             self.per_port_limit.resize(i + 1, 0);
         }
         self.per_port_limit[i] = limit;
+        self.last = None;
     }
 
     fn limit_of(&self, port: PortId) -> u32 {
@@ -178,6 +195,7 @@ impl LearningBridge {
     }
 
     fn expire(&mut self, i: usize) {
+        self.last = None;
         let port = self.table[i].port;
         self.table[i].key = 0;
         let c = self.count(port);
@@ -196,7 +214,9 @@ impl LearningBridge {
             .map(|e| e.port)
     }
 
-    fn learn(&mut self, mac: &[u8; 6], port: PortId, now: u32) {
+    /// Learns that `mac` is behind `port`; false if it could not (table
+    /// full near its hash, or the port at its limit).
+    fn learn(&mut self, mac: &[u8; 6], port: PortId, now: u32) -> bool {
         let key = mac_key(mac) | USED;
         let h = hash(key);
         let mut free = None;
@@ -216,8 +236,9 @@ impl LearningBridge {
                     let limit = self.limit_of(port);
                     if limit > 0 && *self.count(port) >= limit {
                         self.st.port_limit += 1;
-                        return;
+                        return false;
                     }
+                    self.last = None;
                     let c = self.count(e.port);
                     *c = c.saturating_sub(1);
                     *self.count(port) += 1;
@@ -225,7 +246,7 @@ impl LearningBridge {
                 }
                 self.table[i].port = port;
                 self.table[i].seen = now;
-                return;
+                return true;
             }
             if e.key & USED == 0 {
                 free = free.or(Some(i));
@@ -236,13 +257,14 @@ impl LearningBridge {
         }
         let Some(i) = free else {
             self.st.table_full += 1;
-            return;
+            return false;
         };
         let limit = self.limit_of(port);
         if limit > 0 && *self.count(port) >= limit {
             self.st.port_limit += 1;
-            return;
+            return false;
         }
+        self.last = None;
         self.table[i] = Entry {
             key,
             port,
@@ -251,6 +273,7 @@ impl LearningBridge {
         *self.count(port) += 1;
         self.st.learned += 1;
         self.st.entries += 1;
+        true
     }
 
     /// MACs currently attributed to `port`.
@@ -268,20 +291,48 @@ impl Default for LearningBridge {
 impl Lookup for LearningBridge {
     #[inline]
     fn lookup(&mut self, f: &FrameInfo, now: u32) -> Dest {
+        let (src, dst) = (mac_key(&f.src), mac_key(&f.dst));
+        if let Some(l) = self.last {
+            // Same question, table unchanged since (every change clears
+            // `last`): learning again would only refresh the entry with
+            // the same port and time, and the answer is the same.
+            if l.src == src
+                && l.dst == dst
+                && l.src_port == f.src_port
+                && l.learn == f.learn
+                && l.now == now
+            {
+                return l.dest;
+            }
+        }
+        // Not remembered when learning failed: the next frame tries again
+        // and counts again, as without the shortcut.
+        let mut learned = true;
         if f.learn && !is_multicast(&f.src) {
-            self.learn(&f.src, f.src_port, now);
+            learned = self.learn(&f.src, f.src_port, now);
         }
-        if is_multicast(&f.dst) {
-            return Dest::Flood;
-        }
-        match self.find(&f.dst, now) {
-            Some(p) if p == f.src_port => Dest::Drop,
-            Some(p) => Dest::Port(p),
-            None => Dest::Flood,
-        }
+        let dest = if is_multicast(&f.dst) {
+            Dest::Flood
+        } else {
+            match self.find(&f.dst, now) {
+                Some(p) if p == f.src_port => Dest::Drop,
+                Some(p) => Dest::Port(p),
+                None => Dest::Flood,
+            }
+        };
+        self.last = learned.then_some(Last {
+            src,
+            dst,
+            src_port: f.src_port,
+            learn: f.learn,
+            now,
+            dest,
+        });
+        dest
     }
 
     fn port_removed(&mut self, port: PortId) {
+        self.last = None;
         for e in self.table.iter_mut() {
             if e.key & USED != 0 && e.port == port {
                 e.key = 0;
@@ -415,5 +466,59 @@ mod tests {
         }
         assert_eq!(b.port_entries(1), DEFAULT_PORT_MAC_LIMIT);
         assert_eq!(b.stats().port_limit, 100);
+    }
+
+    /// The remembered last decision changes nothing: runs of repeated
+    /// frames among others, station moves, aging, a full table, port
+    /// limits and ports leaving give the same answers and counters as a
+    /// bridge that decides every frame afresh.
+    #[test]
+    fn the_last_decision_shortcut_answers_as_a_fresh_lookup() {
+        let cfg = BridgeConfig {
+            capacity: 16,
+            max_age: 3,
+            port_mac_limit: 3,
+        };
+        let (mut fast, mut slow) = (LearningBridge::new(cfg), LearningBridge::new(cfg));
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rnd = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let (mut now, mut f) = (0u32, frame(mac(0), mac(1), 0));
+        let mut shortcuts = 0;
+        for step in 0..20_000 {
+            match rnd(100) {
+                // Mostly the same frame again, as in a batch of one flow.
+                0..=59 => {}
+                60..=89 => {
+                    let m = |r: u64| if r == 0 { [0xff; 6] } else { mac(r as u16) };
+                    f = frame(m(rnd(24)), m(rnd(24)), rnd(5) as PortId);
+                    f.learn = rnd(10) != 0;
+                }
+                90..=96 => now += rnd(3) as u32,
+                _ => {
+                    let p = rnd(5) as PortId;
+                    fast.port_removed(p);
+                    slow.port_removed(p);
+                }
+            }
+            let hit = fast.last.is_some_and(|l| {
+                (l.src, l.dst, l.src_port, l.learn, l.now)
+                    == (mac_key(&f.src), mac_key(&f.dst), f.src_port, f.learn, now)
+            });
+            shortcuts += usize::from(hit);
+            slow.last = None;
+            assert_eq!(fast.lookup(&f, now), slow.lookup(&f, now), "step {step}");
+            assert_eq!(fast.stats(), slow.stats(), "step {step}");
+        }
+        assert!(
+            shortcuts > 5_000,
+            "the shortcut was taken {shortcuts} times"
+        );
+        let st = fast.stats();
+        assert!(st.moves > 0 && st.aged > 0 && st.port_limit > 0, "{st:?}");
     }
 }
