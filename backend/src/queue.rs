@@ -293,6 +293,7 @@ impl Owner {
             self.live.running = false;
             self.live.kick = None;
             self.live.call = None;
+            self.live.log = None;
             return None;
         };
         // After `busy` (SeqCst both): either the session sees us busy, or

@@ -191,7 +191,10 @@ impl LearningBridge {
 
     #[inline]
     fn live(&self, e: &Entry, now: u32) -> bool {
-        e.key & USED != 0 && now.wrapping_sub(e.seen) <= self.cfg.max_age
+        // An entry seen "after" now (a thread whose clock read is a poll
+        // behind another's) is live, not 2^32 seconds old.
+        let age = now.wrapping_sub(e.seen);
+        e.key & USED != 0 && (age as i32 <= 0 || age <= self.cfg.max_age)
     }
 
     fn expire(&mut self, i: usize) {
@@ -243,6 +246,10 @@ impl LearningBridge {
                     *c = c.saturating_sub(1);
                     *self.count(port) += 1;
                     self.st.moves += 1;
+                }
+                if self.table[i].seen != now {
+                    // Another clock second: answers about aging may change.
+                    self.last = None;
                 }
                 self.table[i].port = port;
                 self.table[i].seen = now;
@@ -466,6 +473,18 @@ mod tests {
         }
         assert_eq!(b.port_entries(1), DEFAULT_PORT_MAC_LIMIT);
         assert_eq!(b.stats().port_limit, 100);
+    }
+
+    /// Threads forwarding into one bridge read the clock at different
+    /// polls: an entry one refreshed a second "ahead" of another's clock
+    /// is live for the other, not 2^32 seconds old.
+    #[test]
+    fn an_entry_seen_ahead_of_now_is_live() {
+        let mut b = LearningBridge::default();
+        let _ = b.lookup(&frame(mac(1), mac(2), 3), 101);
+        assert_eq!(b.find(&mac(1), 100), Some(3));
+        assert_eq!(b.lookup(&frame(mac(2), mac(1), 4), 100), Dest::Port(3));
+        assert_eq!(b.stats().aged, 0);
     }
 
     /// The remembered last decision changes nothing: runs of repeated

@@ -198,8 +198,12 @@ fn pin_to(cpu: usize) {
     }
 }
 
-fn now_secs(t0: Instant) -> u32 {
-    t0.elapsed().as_secs() as u32
+/// valed's clock for MAC ages, in seconds: one epoch for every thread
+/// that forwards into a switch, since a bridge shared by threads whose
+/// clocks disagreed would see entries another thread refreshed as aged.
+pub fn now_secs() -> u32 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_secs() as u32
 }
 
 fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
@@ -217,13 +221,12 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
     let mut dest_fds: HashMap<i32, Arc<EventFd>> = HashMap::new();
     let mut blocked: Vec<(Arc<Switch>, PortId)> = Vec::new();
     let mut sc = Scratch::default();
-    let t0 = Instant::now();
     // The clock is read once in CLOCK_POLLS polls, not at each: an idle
     // poll is a few hundred ns, of which reading the clock (twice) was a
     // sixth, and a guest waiting for a frame sleeps if it is not there
     // when it looks.
     let mut polls: u32 = 0;
-    let mut now = now_secs(t0);
+    let mut now = now_secs();
     let mut idle_polls: u32 = 0;
     let mut idle_since = Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -285,7 +288,7 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
         }
         polls = polls.wrapping_add(1);
         if polls % CLOCK_POLLS == 0 {
-            now = now_secs(t0);
+            now = now_secs();
         }
         let mut moved = 0;
         blocked.clear();
@@ -317,7 +320,7 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
             idle_polls = 0;
             continue;
         }
-        idle_polls += 1;
+        idle_polls = idle_polls.wrapping_add(1);
         let spin = if busy.is_zero() {
             false
         } else if idle_polls == 1 {
@@ -457,7 +460,7 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
         }
         let _ = sh.wake.drain();
         idle_polls = 0;
-        now = now_secs(t0);
+        now = now_secs();
     }
     Ok(())
 }

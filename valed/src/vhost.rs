@@ -267,8 +267,6 @@ pub struct Inline {
     pub port: PortId,
     /// One per queue pair.
     pub queues: Vec<std::sync::Mutex<(backend::TxQueue, vale::Scratch)>>,
-    /// Start of valed's clock, for MAC aging.
-    pub t0: std::time::Instant,
 }
 
 impl std::fmt::Debug for Inline {
@@ -284,7 +282,7 @@ impl KickHook for Inline {
         };
         let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
         let (q, sc) = &mut *g;
-        let now = self.t0.elapsed().as_secs() as u32;
+        let now = crate::fwd::now_secs();
         loop {
             vale::Source::disarm(q);
             while self.switch.forward(self.port, q, sc, now).frames > 0 {}

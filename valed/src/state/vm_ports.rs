@@ -82,7 +82,6 @@ impl Registry {
                 switch: sw.clone(),
                 port: id,
                 queues,
-                t0: std::time::Instant::now(),
             }));
             v.attached = Some((switch.to_string(), id));
             v.spec.attach = Some(switch.to_string());
