@@ -30,7 +30,9 @@
 //! The session's thread waits on the socket and every queue's kick eventfd
 //! in one edge-triggered epoll, and never reads a kick eventfd (it is
 //! shared with the VMM, which could make it blocking): each write wakes
-//! the edge again.
+//! the edge again. Queues whose kicks the data path waits on itself
+//! ([`Device::session_watches_kick`] false) are left out; their kick fd
+//! reaches it in the queue's configuration.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -228,7 +230,6 @@ pub struct Session<'d, D: Device> {
     conn: Conn,
     mem: MemTable,
     vrings: Vec<Vring>,
-    kicks: Vec<Option<Arc<EventFd>>>,
     /// Last SET_VRING_ENABLE per queue, whenever it came.
     enable_req: Vec<bool>,
     /// Started by a kick and not stopped by GET_VRING_BASE since.
@@ -263,7 +264,6 @@ impl<'d, D: Device> Session<'d, D> {
             conn,
             mem: MemTable::new(),
             vrings: (0..n).map(|_| Vring::new(dev.max_queue_size())).collect(),
-            kicks: (0..n).map(|_| None).collect(),
             enable_req: vec![false; n],
             started: vec![false; n],
             acked: None,
@@ -776,9 +776,7 @@ impl<'d, D: Device> Session<'d, D> {
         }
         match kind {
             FdKind::Kick => {
-                if let Some(old) = self.kicks[q].take() {
-                    let _ = self.epoll.remove(&*old);
-                }
+                self.unwatch_kick(q);
                 let ev = fd.map(|fd| Arc::new(EventFd::from_fd(fd)));
                 if let Some(ev) = &ev {
                     if self.dev.session_watches_kick(q) {
@@ -787,7 +785,6 @@ impl<'d, D: Device> Session<'d, D> {
                             .map_err(|e| Refusal::Msg(format!("queue {q}: kick fd: {e}")))?;
                     }
                 }
-                self.kicks[q] = ev.clone();
                 self.vrings[q].configure(|c| c.kick = ev);
                 // The spec: a ring starts at its kick.
                 self.start_queue(q);
@@ -808,6 +805,14 @@ impl<'d, D: Device> Session<'d, D> {
         Ok(None)
     }
 
+    /// Stops waiting on queue q's kick fd (the one its configuration
+    /// holds; a no-op if the session did not watch it).
+    fn unwatch_kick(&self, q: usize) {
+        if let Some(old) = self.vrings[q].config().kick.clone() {
+            let _ = self.epoll.remove(&*old);
+        }
+    }
+
     fn start_queue(&mut self, q: usize) {
         self.started[q] = true;
         let ev = self.acked.unwrap_or(0) & F_EVENT_IDX != 0;
@@ -821,9 +826,7 @@ impl<'d, D: Device> Session<'d, D> {
         self.started[q] = false;
         self.vrings[q].configure(|c| (c.ready, c.enabled) = (false, false));
         self.dev.quiesce(q);
-        if let Some(old) = self.kicks[q].take() {
-            let _ = self.epoll.remove(&*old);
-        }
+        self.unwatch_kick(q);
         self.vrings[q].configure(|c| (c.call, c.kick) = (None, None));
         self.vrings[q].next_avail()
     }

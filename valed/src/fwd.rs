@@ -79,6 +79,13 @@ impl std::fmt::Debug for Unit {
     }
 }
 
+/// A unit as its thread holds it: with the source's own doorbell as the
+/// thread watches it while it sleeps (a guest's TX kick fd).
+struct Held {
+    unit: Unit,
+    bell: Option<Arc<EventFd>>,
+}
+
 enum Cmd {
     Add(Box<Unit>),
     Remove(u64, std::sync::mpsc::Sender<()>),
@@ -209,10 +216,7 @@ pub fn now_secs() -> u32 {
 fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
     let ep = Epoll::new()?;
     ep.add(&sh.wake, WAKE_TOKEN)?;
-    let mut units: Vec<Unit> = Vec::new();
-    // Each unit's source's own doorbell while the thread sleeps (a guest's
-    // TX kick fd), as watched: same order as `units`.
-    let mut bells: Vec<Option<Arc<EventFd>>> = Vec::new();
+    let mut units: Vec<Held> = Vec::new();
     let mut bell_warned = false;
     // Kick fds are shared by the rings of one registration: watch once.
     // (units using it, the fd, whether to empty it when it rang)
@@ -252,8 +256,10 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
                     }
                     e.0 += 1;
                     debug!(reg = u.reg, "ring added");
-                    units.push(*u);
-                    bells.push(None);
+                    units.push(Held {
+                        unit: *u,
+                        bell: None,
+                    });
                 }
                 Cmd::Remove(reg, ack) => {
                     // A reader may be gone: forget every watched reader fd
@@ -261,7 +267,7 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
                     for (_, fd) in dest_fds.drain() {
                         let _ = ep.remove(&*fd);
                     }
-                    for u in units.iter().filter(|u| u.reg == reg) {
+                    for u in units.iter().map(|h| &h.unit).filter(|u| u.reg == reg) {
                         let k = u.kick.as_fd().as_raw_fd();
                         if let Some(e) = kick_refs.get_mut(&k) {
                             e.0 -= 1;
@@ -271,17 +277,15 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
                             }
                         }
                     }
-                    let mut i = 0;
-                    while i < units.len() {
-                        if units[i].reg == reg {
-                            units.remove(i);
-                            if let Some(b) = bells.remove(i) {
-                                let _ = ep.remove(&*b);
-                            }
-                        } else {
-                            i += 1;
+                    units.retain(|h| {
+                        if h.unit.reg != reg {
+                            return true;
                         }
-                    }
+                        if let Some(b) = &h.bell {
+                            let _ = ep.remove(&**b);
+                        }
+                        false
+                    });
                     let _ = ack.send(());
                 }
             }
@@ -292,7 +296,7 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
         }
         let mut moved = 0;
         blocked.clear();
-        for u in units.iter_mut() {
+        for u in units.iter_mut().map(|h| &mut h.unit) {
             match &mut u.path {
                 Path::Switch {
                     switch,
@@ -337,13 +341,13 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
         // senders for new frames, and the readers of backpressure ports
         // that hold a sender for room.
         let mut may_sleep = true;
-        for u in units.iter_mut() {
+        for u in units.iter_mut().map(|h| &mut h.unit) {
             if !u.path.source().arm() {
                 may_sleep = false;
                 break;
             }
         }
-        for u in units.iter_mut() {
+        for u in units.iter_mut().map(|h| &mut h.unit) {
             if !may_sleep {
                 break;
             }
@@ -391,7 +395,7 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
             // kick wakes this thread and not a vhost-user worker that then
             // wakes it. One that was set when added reports at once: no
             // kick since `arm` is lost.
-            for (u, bell) in units.iter_mut().zip(bells.iter_mut()) {
+            for Held { unit: u, bell } in units.iter_mut() {
                 let now = u.path.source().doorbell();
                 let same = match (&now, &*bell) {
                     (Some(a), Some(b)) => Arc::ptr_eq(a, b),
@@ -447,13 +451,13 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
                 }
             }
         }
-        for u in units.iter_mut() {
+        for u in units.iter_mut().map(|h| &mut h.unit) {
             u.path.source().disarm();
         }
         for (sw, p) in &blocked {
             sw.disarm_port(*p);
         }
-        for u in units.iter_mut() {
+        for u in units.iter_mut().map(|h| &mut h.unit) {
             if let Path::Pipe { dst, .. } = &mut u.path {
                 dst.disarm();
             }
