@@ -10,6 +10,7 @@
 //! batch (in port order, so threads never deadlock), the lookup once per
 //! batch.
 
+pub mod ab;
 pub mod flow;
 pub mod frag;
 pub mod lookup;

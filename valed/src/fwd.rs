@@ -320,6 +320,7 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
                 }
             }
         }
+        vale::ab::count(moved);
         if moved > 0 {
             idle_polls = 0;
             continue;

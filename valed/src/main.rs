@@ -169,6 +169,10 @@ fn main() -> ExitCode {
         // stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    #[cfg(feature = "ab")]
+    if let Some(out) = std::env::var_os("VALE_AB") {
+        ab_flipper(out.into());
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -176,6 +180,30 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A/B builds (feature `ab`): flips `vale::ab`'s variant every
+/// `vale::ab::FLIP` and writes "FRAMES_A FRAMES_B" to `out` every second,
+/// for scripts/bench-ab.sh to read after the run.
+#[cfg(feature = "ab")]
+fn ab_flipper(out: std::path::PathBuf) {
+    tracing::warn!(file = %out.display(), "A/B build: two variants flipped every {:?}", vale::ab::FLIP);
+    let per_second = (1000 / vale::ab::FLIP.as_millis().max(1)) as u64;
+    std::thread::spawn(move || {
+        // An even number of flips between writes: both variants have
+        // run equally long whenever the file is written.
+        let per_write = per_second + per_second % 2;
+        for n in 1u64.. {
+            std::thread::sleep(vale::ab::FLIP);
+            vale::ab::flip();
+            if n % per_write == 0 {
+                let (a, b) = vale::ab::frames();
+                if let Err(e) = std::fs::write(&out, format!("{a} {b}\n")) {
+                    tracing::warn!(file = %out.display(), "A/B counts not written: {e}");
+                }
+            }
+        }
+    });
 }
 
 /// Creates the vhost directory (mode 0755: tenants' VMMs need to search
