@@ -156,9 +156,10 @@ pub fn rx_bufs(
 }
 
 /// RX chain `head` when it is one writable buffer in one memory region
-/// (how Linux posts RX buffers, mergeable or big): its host address,
-/// prefetched for the copy, and its length. None sends the caller to
-/// [`rx_bufs`], which also reports every error.
+/// (how Linux posts RX buffers, mergeable or big): its host address and
+/// its length. None sends the caller to [`rx_bufs`], which also reports
+/// every error. Not prefetched here: the queue prefetches a few frames
+/// ahead of the copy, and only on huge pages (`RxQueue::push`).
 #[inline(always)]
 pub fn rx_single(
     map: &crate::vring::HostMap,
@@ -168,12 +169,6 @@ pub fn rx_single(
     let (d, ptr) = single(map, ring, head)?;
     if d.flags & crate::vring::F_WRITE == 0 {
         return None;
-    }
-    // The header and a short frame: often two lines, as the buffer starts
-    // where the guest's header goes, not on a line boundary.
-    crate::vring::prefetch_write(ptr);
-    if (ptr as usize & 63) + d.len as usize > 64 {
-        crate::vring::prefetch_write(ptr.wrapping_add(64));
     }
     Some((ptr, d.len))
 }
