@@ -18,6 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-6}
+[ "$RUNS" -ge 1 ] || { echo "RUNS must be at least 1" >&2; exit 1; }
 SECS=${2:-8}
 SIZE=${3:-60}
 cargo build --release -q -p valed --features ab --target-dir target/ab
@@ -32,7 +33,7 @@ for i in $(seq 1 "$RUNS"); do
         { cat "$W/run.log" >&2; exit 1; }
     [ -s "$W/ab.txt" ] || { echo "valed wrote no A/B counts (not an ab build?)" >&2; exit 1; }
     read -r a b <"$W/ab.txt"
-    line=$(grep '^size' "$W/run.log" | head -1)
+    line=$(grep '^size .*Mpps' "$W/run.log" | head -1 || true)
     mpps=$(awk '{print $6}' <<<"$line")
     apart=$(grep -o 'cores [0-9.]*/[0-9.]* ns apart' <<<"$line" || echo '')
     ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.4f", (a > 0) ? b / a : 0 }')

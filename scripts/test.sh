@@ -20,6 +20,8 @@ VALE_MIGRATION_QEMU=$(./scripts/fetch-qemu-backports.sh)
 export VALE_MIGRATION_QEMU
 echo "== cargo test (debug)"
 cargo test --workspace --all-features
+echo "== vale::ab without its feature (--all-features above builds it in)"
+cargo test -p vale --lib ab::
 echo "== vm2vm bench once, as a test (its setup checks the frames it measures)"
 cargo test --all-features -p vale-backend --bench vm2vm
 echo "== cargo test (release): sync protocol"

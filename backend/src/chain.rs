@@ -159,7 +159,8 @@ pub fn rx_bufs(
 /// (how Linux posts RX buffers, mergeable or big): its host address and
 /// its length. None sends the caller to [`rx_bufs`], which also reports
 /// every error. Not prefetched here: the queue prefetches a few frames
-/// ahead of the copy, and only on huge pages (`RxQueue::push`).
+/// ahead of the copy, and on 4 KiB pages only for frames that are not
+/// short (`RxQueue::push`).
 #[inline(always)]
 pub fn rx_single(
     map: &crate::vring::HostMap,

@@ -1093,6 +1093,9 @@ impl Sink for RxQueue {
                 // core last wrote starts before the copy needs them. Not
                 // for short frames on 4 KiB pages, where it slowed the
                 // loopback by a fifth (docs/benchmarks.md, "Stop 27").
+                // (A bunch's first chains are not reached: prefetching them
+                // at refill as well measured no different.) The frame
+                // being copied stands for the one the buffer will take.
                 if total > RX_PREFETCH_MIN_4K || self.own.map.huge_pages() {
                     if let Some(c) = self.chains.get(self.next + RX_PREFETCH_AHEAD - 1) {
                         c.prefetch();

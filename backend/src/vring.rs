@@ -318,7 +318,7 @@ pub struct HostMap {
 /// /dev/hugepages, a `memfd` made with `MFD_HUGETLB`, DPDK's hugepages).
 fn on_hugetlbfs(file: &std::fs::File) -> bool {
     use std::os::fd::AsRawFd;
-    // SAFETY: an all-zero statfs is a valid value for fstatfs to fill.
+    // SAFETY: statfs is plain integers, for which all zeros is a value.
     let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: a valid fd (borrowed from the open file) and a valid out
     // pointer.
@@ -347,7 +347,7 @@ impl HostMap {
         for r in mem.iter() {
             if let Ok(h) = r.get_host_address(vm_memory::MemoryRegionAddress(0)) {
                 self.regions.push((r.start_addr().0, r.len(), h as usize));
-                huge &= r.file_offset().is_some_and(|f| on_hugetlbfs(f.file()));
+                huge = huge && r.file_offset().is_some_and(|f| on_hugetlbfs(f.file()));
             }
         }
         self.huge = huge && !self.regions.is_empty();
@@ -357,9 +357,9 @@ impl HostMap {
     }
 
     /// Whether all of guest memory is on huge pages (hugetlbfs). On 4 KiB
-    /// pages every guest buffer is a TLB miss of its own, and the RX side
-    /// does better without write prefetches: measured in
-    /// docs/benchmarks.md ("Stop 27").
+    /// pages the RX side copies short frames without write prefetches,
+    /// which there cost more than they hide (docs/benchmarks.md, "Stop 27"
+    /// under "VM ports: virtio-user loopback").
     #[inline]
     pub fn huge_pages(&self) -> bool {
         self.huge

@@ -9,6 +9,9 @@
 //! Several threads may forward at once: each destination is locked for the
 //! batch (in port order, so threads never deadlock), the lookup once per
 //! batch.
+//!
+//! [`ab`] is for measuring, not forwarding: two variants of a change in
+//! one build (feature `ab`), for `scripts/bench-ab.sh`.
 
 pub mod ab;
 pub mod flow;

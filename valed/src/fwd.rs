@@ -320,8 +320,8 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
                 }
             }
         }
-        vale::ab::count(moved);
         if moved > 0 {
+            vale::ab::count(moved);
             idle_polls = 0;
             continue;
         }

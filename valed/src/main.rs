@@ -192,13 +192,18 @@ fn ab_flipper(out: std::path::PathBuf) {
     std::thread::spawn(move || {
         // An even number of flips between writes: both variants have
         // run equally long whenever the file is written.
-        let per_write = per_second + per_second % 2;
+        let per_write = (per_second + per_second % 2).max(2);
         for n in 1u64.. {
             std::thread::sleep(vale::ab::FLIP);
             vale::ab::flip();
             if n % per_write == 0 {
                 let (a, b) = vale::ab::frames();
-                if let Err(e) = std::fs::write(&out, format!("{a} {b}\n")) {
+                // Whole or not at all: the script reads it after valed
+                // was killed, possibly mid-write.
+                let tmp = out.with_extension("tmp");
+                let w = std::fs::write(&tmp, format!("{a} {b}\n"))
+                    .and_then(|()| std::fs::rename(&tmp, &out));
+                if let Err(e) = w {
                     tracing::warn!(file = %out.display(), "A/B counts not written: {e}");
                 }
             }
