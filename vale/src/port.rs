@@ -39,8 +39,8 @@ pub trait Source {
     /// The forwarder woke and polls again: the writer need not wake it.
     fn disarm(&mut self) {}
 
-    /// The writer's own doorbell, asked after a successful [`arm`]
-    /// (Self::arm): an eventfd the forwarder may wait on directly, besides
+    /// The writer's own doorbell, asked after a successful
+    /// [`arm`](Self::arm): an eventfd the forwarder may wait on directly, besides
     /// the one it was given for the source, edge-triggered and never
     /// read (the writer shares it and could make a read block). A guest's
     /// kick fd, so that a kick wakes the forwarder itself and not a
