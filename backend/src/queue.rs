@@ -794,7 +794,7 @@ const RX_PREFETCH_AHEAD: usize = 3;
 /// without, 1514 B ones 1 % slower (huge pages: faster with, at both
 /// sizes). Why small pages differ is not established; the copy of a short
 /// frame is two stores the store buffer absorbs, while each prefetch takes
-/// a fill buffer, and on small pages a page walk, from the loads the
+/// a miss buffer, and on small pages a page walk, from the loads the
 /// lookups wait for.
 const RX_PREFETCH_MIN_4K: usize = 256;
 
