@@ -1074,7 +1074,11 @@ impl Sink for RxQueue {
 
     #[inline]
     fn push(&mut self, frags: &[Frag], skip: usize, hdr: &[u8]) -> Push {
-        let flen: usize = frags.iter().map(|f| f.len() as usize).sum();
+        // One fragment (every linear frame) without the summing loop.
+        let flen: usize = match frags {
+            [f] => f.len() as usize,
+            _ => frags.iter().map(|f| f.len() as usize).sum(),
+        };
         // The header this guest gets: the engine's copy (made once), with
         // num_buffers ours to fill.
         let total = VNET_HDR_LEN + flen.saturating_sub(skip);

@@ -492,11 +492,19 @@ impl<L: Lookup> Switch<L> {
                     continue;
                 }
                 let frags = &sc.frags[fr.first as usize..fr.first as usize + fr.nfrags as usize];
-                if frags.iter().any(Frag::is_bad) {
+                // One fragment (every linear frame) without the loops.
+                let (bad, empty) = match frags {
+                    [f] => (f.is_bad(), f.is_empty()),
+                    _ => (
+                        frags.iter().any(Frag::is_bad),
+                        frags.iter().any(Frag::is_empty),
+                    ),
+                };
+                if bad {
                     fr.drop = Some(DropReason::BadSlot);
                     continue;
                 }
-                if frags.iter().any(Frag::is_empty) {
+                if empty {
                     fr.drop = Some(DropReason::EmptyFrag);
                     continue;
                 }
@@ -899,6 +907,20 @@ fn split_frames(frags: &[Frag], frames: &mut Vec<Frame>) -> usize {
     frames.clear();
     let mut i = 0;
     while i < frags.len() {
+        // A one-fragment frame (every linear frame) without the chain loop.
+        if frags[i].flags() & NS_MOREFRAG == 0 {
+            frames.push(Frame {
+                first: i as u32,
+                nfrags: 1,
+                gso: offload::GSO_NONE,
+                vh: [0; 12],
+                len: frags[i].len() as u32,
+                dest: Dest::Drop,
+                drop: None,
+            });
+            i += 1;
+            continue;
+        }
         let first = i;
         let mut len = 0u32;
         let mut bad = false;
