@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A change measured A/B inside one valed (vale::ab, docs/benchmarks.md
-# "Measuring a change A/B in one process"): put the two variants behind
+# A change measured A/B inside one valed (vale::ab; docs/benchmarks.md,
+# "Stop 27", "Measuring a change A/B in one process"): put the two variants behind
 # `if vale::ab::on() { B } else { A }`, then run this. It builds valed with
 # the `ab` feature (in target/ab, so target/release/valed stays a release
 # build), runs the VM-less loopback (scripts/bench-switch.sh: testpmd's two

@@ -7,11 +7,11 @@
 //! the code under test asks [`on`] which one to run, a thread flips it
 //! every [`FLIP`], and the forwarding loop counts the frames it moved
 //! under each ([`count`]). Both variants then see the same placement and
-//! the same neighbours, in 50 ms slices. An A/A run (nothing asks
-//! [`on`]) gave B/A between 0.996 and 1.016 over six 8-second loopback
-//! runs; 250 ms slices gave 0.985 to 1.054. `scripts/bench-ab.sh` drives
-//! it; `docs/benchmarks.md` ("Measuring a change A/B in one process")
-//! says how to use it.
+//! the same neighbours, in 50 ms slices. A/A runs (nothing asks [`on`])
+//! gave B/A between 0.996 and 1.018 over six 8-second loopback runs;
+//! 250 ms slices gave 0.985 to 1.054. `scripts/bench-ab.sh` drives it;
+//! docs/benchmarks.md ("Stop 27" under "VM ports: virtio-user loopback",
+//! "Measuring a change A/B in one process") says how to use it.
 //!
 //! Without the feature [`on`] is a constant `false` and [`count`] does
 //! nothing: release builds carry no trace of it.

@@ -176,6 +176,23 @@ struct Frame {
     drop: Option<DropReason>,
 }
 
+impl Frame {
+    /// Frame of fragments `first..first + nfrags`, `len` bytes, before
+    /// pass 1 has read its headers; `bad` marks a broken chain.
+    #[inline(always)]
+    fn split(first: usize, nfrags: usize, len: u32, bad: bool) -> Frame {
+        Frame {
+            first: first as u32,
+            nfrags: nfrags as u16,
+            gso: offload::GSO_NONE,
+            vh: [0; 12],
+            len,
+            dest: Dest::Drop,
+            drop: bad.then_some(DropReason::BadChain),
+        }
+    }
+}
+
 /// Reusable per-thread buffers, so a batch allocates nothing.
 #[derive(Debug)]
 pub struct Scratch {
@@ -909,15 +926,7 @@ fn split_frames(frags: &[Frag], frames: &mut Vec<Frame>) -> usize {
     while i < frags.len() {
         // A one-fragment frame (every linear frame) without the chain loop.
         if frags[i].flags() & NS_MOREFRAG == 0 {
-            frames.push(Frame {
-                first: i as u32,
-                nfrags: 1,
-                gso: offload::GSO_NONE,
-                vh: [0; 12],
-                len: frags[i].len() as u32,
-                dest: Dest::Drop,
-                drop: None,
-            });
+            frames.push(Frame::split(i, 1, frags[i].len() as u32, false));
             i += 1;
             continue;
         }
@@ -941,15 +950,7 @@ fn split_frames(frags: &[Frag], frames: &mut Vec<Frame>) -> usize {
                 break;
             }
         }
-        frames.push(Frame {
-            first: first as u32,
-            nfrags: (i - first) as u16,
-            gso: offload::GSO_NONE,
-            vh: [0; 12],
-            len,
-            dest: Dest::Drop,
-            drop: bad.then_some(DropReason::BadChain),
-        });
+        frames.push(Frame::split(first, i - first, len, bad));
     }
     frames.len()
 }
