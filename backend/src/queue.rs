@@ -713,16 +713,22 @@ impl RxChain {
         }
     }
 
-    /// Starts taking its one buffer's first lines for writing: the header
-    /// and a short frame, often two lines, as the buffer starts where the
-    /// guest's header goes, not on a line boundary.
+    /// Starts taking the lines of its one buffer's first `len` bytes for
+    /// writing: a short frame's header and data are often two lines, as
+    /// the buffer starts where the guest's header goes, not on a line
+    /// boundary; a 1514-byte frame's are 24 or 25. Every line, not the
+    /// first few: the copy's stores wait in the store buffer for their
+    /// lines, the next frame's header store waits behind them, and the
+    /// core's own store prefetching covers too few lines to keep a long
+    /// copy from stalling (measured, docs/benchmarks.md, "Stop 28").
     #[inline(always)]
-    fn prefetch(&self) {
+    fn prefetch(&self, len: usize) {
         if self.one != 0 {
-            let p = self.one as *const u8;
-            crate::vring::prefetch_write(p);
-            if (self.one & 63) + self.cap as usize > 64 {
-                crate::vring::prefetch_write(p.wrapping_add(64));
+            let end = self.one + len.min(self.cap as usize).min(RX_PREFETCH_MAX);
+            let mut line = self.one & !63;
+            while line < end {
+                crate::vring::prefetch_write(line as *const u8);
+                line += 64;
             }
         }
     }
@@ -785,18 +791,20 @@ const MAX_RX_CHAINS: usize = 64;
 /// Chains popped per refill.
 const RX_BUNCH: usize = 32;
 
-/// How many frames ahead of the one being copied RX buffers are
-/// prefetched for writing (see `RxQueue::push`).
+/// How many frames ahead of the one being copied a short frame's RX
+/// buffer is prefetched for writing on huge pages (see `RxQueue::push`).
 const RX_PREFETCH_AHEAD: usize = 3;
 
-/// On 4 KiB pages, frames of at most this many bytes (virtio-net header
-/// included) prefetch no RX buffers: measured, 60 B frames went 25 % faster
-/// without, 1514 B ones 1 % slower (huge pages: faster with, at both
-/// sizes). Why small pages differ is not established; the copy of a short
-/// frame is two stores the store buffer absorbs, while each prefetch takes
-/// a miss buffer, and on small pages a page walk, from the loads the
-/// lookups wait for.
-const RX_PREFETCH_MIN_4K: usize = 256;
+/// Bytes of a buffer prefetched at most: a full-size Ethernet frame's.
+/// The rest of a longer one (a GSO frame) is left to the copy: prefetching
+/// a whole 64 KiB buffer would queue a thousand prefetches ahead of it.
+const RX_PREFETCH_MAX: usize = 2048;
+
+/// Frames of at most this many bytes (virtio-net header included) are
+/// short: on huge pages their buffers are prefetched
+/// [`RX_PREFETCH_AHEAD`] frames ahead. Longer frames, and every frame on
+/// 4 KiB pages, prefetch the buffer they are about to be copied into.
+const RX_PREFETCH_SHORT: usize = 256;
 
 impl RxQueue {
     /// The sink side of the queue published in `slot`; `mrg` follows the
@@ -1092,18 +1100,22 @@ impl Sink for RxQueue {
             if let (Some(mut b), true) = (c.one_buf(), c.cap as usize >= total) {
                 let head = c.head;
                 self.next += 1;
-                // A few frames ahead, the next buffers' first lines for
-                // writing: the read-for-ownership of lines the guest's
-                // core last wrote starts before the copy needs them. Not
-                // for short frames on 4 KiB pages, where it slowed the
-                // loopback by a fifth (docs/benchmarks.md, "Stop 27").
-                // (A bunch's first chains are not reached: prefetching them
-                // at refill as well measured no different.) The frame
-                // being copied stands for the one the buffer will take.
-                if total > RX_PREFETCH_MIN_4K || self.own.map.huge_pages() {
-                    if let Some(c) = self.chains.get(self.next + RX_PREFETCH_AHEAD - 1) {
-                        c.prefetch();
-                    }
+                // The buffer's lines for writing, each of them, so that
+                // their reads-for-ownership go out together rather than one
+                // by one as the copy's stores reach them. On huge pages a
+                // short frame's two lines are taken three frames ahead
+                // instead (the frame being copied stands for the one the
+                // buffer will take); on 4 KiB pages that cost a fifth of
+                // the 60 B rate, and for long frames on either it measured
+                // slower than the buffer about to be written
+                // (docs/benchmarks.md, "Stop 28").
+                let ahead = if total <= RX_PREFETCH_SHORT && self.own.map.huge_pages() {
+                    RX_PREFETCH_AHEAD
+                } else {
+                    0
+                };
+                if let Some(c) = self.chains.get(self.next + ahead - 1) {
+                    c.prefetch(total);
                 }
                 let mut at = b.write_prefix(&vnet_hdr(hdr, 1));
                 if let [f] = frags {
