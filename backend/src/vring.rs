@@ -499,6 +499,25 @@ impl Ring {
         prefetch(unsafe { self.desc.add(16 * i as usize) });
     }
 
+    /// Starts taking the lines of used entries `from..from + n` (mod
+    /// size) for writing: the driver reads them, so its core holds them,
+    /// and the batch will write them at its end, where the fence that
+    /// follows the used index waits for every queued store.
+    pub fn prefetch_used(&self, from: u16, n: u16) {
+        let n = n.min(self.size);
+        let mut k = 0u16;
+        while k < n {
+            let slot = from.wrapping_add(k) & (self.size - 1);
+            // SAFETY: 4 + 8 * slot < 4 + 8 * size, inside the checked used
+            // ring; the pointer is only formed for a prefetch hint.
+            prefetch_write(unsafe { self.used.add(4 + 8 * slot as usize) });
+            // The next entry on another line (8 entries a line, the ring
+            // 4 bytes into its first).
+            let off = (4 + 8 * slot as usize) % 64;
+            k = k.saturating_add((64 - off).div_ceil(8).max(1) as u16);
+        }
+    }
+
     /// Descriptor `i` of the main table (`i < size`).
     #[inline]
     pub fn desc(&self, i: u16) -> Desc {
