@@ -2385,9 +2385,16 @@ mod vring_fuzz {
                 let gpas = frag_gpas(descs, &lens);
                 let mut data = Vec::new();
                 let mut back = Vec::new();
+                let mut orig = Vec::new();
                 for (k, (b, &g)) in bufs.iter_mut().zip(&gpas).enumerate() {
                     let n = b.cap();
                     check_host_range(mem, debug_ptr(&format!("{b:?}")), g, n);
+                    // A hostile guest may point an RX buffer at its own
+                    // rings: what the probe writes goes back as it was, or
+                    // the later chains would not be the ones the input made.
+                    orig.resize(n, 0);
+                    mem.read_slice(&mut orig, GuestAddress(g))
+                        .expect("guest read");
                     data.clear();
                     data.extend((0..n).map(|i| (i as u8) ^ (k as u8) ^ 0x5a));
                     assert_eq!(b.write(0, &data), n);
@@ -2395,6 +2402,7 @@ mod vring_fuzz {
                     mem.read_slice(&mut back, GuestAddress(g))
                         .expect("guest read");
                     assert_eq!(back, data, "RX buffer {k} wrote elsewhere than {g:#x}");
+                    assert_eq!(b.write(0, &orig), n);
                 }
             }
             Err(e) => {
