@@ -717,13 +717,14 @@ impl RxChain {
     }
 
     /// Starts taking the lines of its one buffer's first `len` bytes for
-    /// writing: a short frame's header and data are often two lines, as
+    /// writing: a 60-byte frame's header and data are often two lines, as
     /// the buffer starts where the guest's header goes, not on a line
     /// boundary; a 1514-byte frame's are 24 or 25. Every line, not the
     /// first few: the copy's stores wait in the store buffer for their
-    /// lines, the next frame's header store waits behind them, and the
-    /// core's own store prefetching covers too few lines to keep a long
-    /// copy from stalling (measured, docs/benchmarks.md, "Stop 28").
+    /// lines, the next frame's header (built on the stack, loaded back)
+    /// waits behind them, and the core's own store prefetching covers too
+    /// few lines to keep a long copy from stalling (measured,
+    /// docs/benchmarks.md, "Stop 28").
     #[inline(always)]
     fn prefetch(&self, len: usize) {
         if self.one != 0 {
@@ -798,15 +799,18 @@ const RX_BUNCH: usize = 32;
 /// buffer is prefetched for writing on huge pages (see `RxQueue::push`).
 const RX_PREFETCH_AHEAD: usize = 3;
 
-/// Bytes of a buffer prefetched at most: a full-size Ethernet frame's.
-/// The rest of a longer one (a GSO frame) is left to the copy: prefetching
-/// a whole 64 KiB buffer would queue a thousand prefetches ahead of it.
+/// Bytes of a buffer prefetched at most: a DPDK mbuf's data room, more
+/// than a full-size frame with its header (1526 B). The rest of a longer
+/// one (a GSO frame) is left to the copy: prefetching a whole 64 KiB
+/// buffer would queue a thousand prefetches ahead of it.
 const RX_PREFETCH_MAX: usize = 2048;
 
 /// Frames of at most this many bytes (virtio-net header included) are
 /// short: on huge pages their buffers are prefetched
 /// [`RX_PREFETCH_AHEAD`] frames ahead. Longer frames, and every frame on
 /// 4 KiB pages, prefetch the buffer they are about to be copied into.
+/// Measured at 64, 512 and 1518 B only (docs/benchmarks.md, "Stop 28"):
+/// the line between is stop 27's, not tuned.
 const RX_PREFETCH_SHORT: usize = 256;
 
 impl RxQueue {
@@ -1108,7 +1112,7 @@ impl Sink for RxQueue {
                 // The buffer's lines for writing, each of them, so that
                 // their reads-for-ownership go out together rather than one
                 // by one as the copy's stores reach them. On huge pages a
-                // short frame's two lines are taken three frames ahead
+                // short frame's lines are taken three frames ahead
                 // instead (the frame being copied stands for the one the
                 // buffer will take); on 4 KiB pages that cost a fifth of
                 // the 60 B rate, and for long frames on either it measured

@@ -356,10 +356,11 @@ impl HostMap {
         true
     }
 
-    /// Whether all of guest memory is on huge pages (hugetlbfs). On 4 KiB
-    /// pages the RX side copies short frames without write prefetches,
-    /// which there cost more than they hide (docs/benchmarks.md, "Stop 27"
-    /// under "VM ports: virtio-user loopback").
+    /// Whether all of guest memory is on huge pages (hugetlbfs). On huge
+    /// pages the RX side prefetches a short frame's buffer a few frames
+    /// ahead; on 4 KiB pages that cost more than it hid, and only the
+    /// buffer about to be written is prefetched (docs/benchmarks.md,
+    /// "Stop 27" and "Stop 28" under "VM ports: virtio-user loopback").
     #[inline]
     pub fn huge_pages(&self) -> bool {
         self.huge
@@ -505,16 +506,23 @@ impl Ring {
     /// follows the used index waits for every queued store.
     pub fn prefetch_used(&self, from: u16, n: u16) {
         let n = n.min(self.size);
-        let mut k = 0u16;
-        while k < n {
-            let slot = from.wrapping_add(k) & (self.size - 1);
-            // SAFETY: 4 + 8 * slot < 4 + 8 * size, inside the checked used
-            // ring; the pointer is only formed for a prefetch hint.
-            prefetch_write(unsafe { self.used.add(4 + 8 * slot as usize) });
-            // The next entry on another line (8 entries a line, the ring
-            // 4 bytes into its first).
-            let off = (4 + 8 * slot as usize) % 64;
-            k = k.saturating_add((64 - off).div_ceil(8).max(1) as u16);
+        let first = from & (self.size - 1);
+        // At most two runs of slots: up to the ring's end, then from its
+        // start. Lines by address: virtio aligns the used ring to 4 only.
+        let run1 = n.min(self.size - first);
+        for (a, b) in [(first, first + run1), (0, n - run1)] {
+            if a < b {
+                // Entries a..b are bytes 4 + 8a .. 4 + 8b of the checked
+                // used ring (6 + 8 * size bytes); only numbers are formed
+                // here, a pointer only for the prefetch hint.
+                let base = self.used as usize;
+                let end = base + 4 + 8 * b as usize;
+                let mut line = (base + 4 + 8 * a as usize) & !63;
+                while line < end {
+                    prefetch_write(line as *const u8);
+                    line += 64;
+                }
+            }
         }
     }
 
