@@ -728,12 +728,8 @@ impl RxChain {
     #[inline(always)]
     fn prefetch(&self, len: usize) {
         if self.one != 0 {
-            let end = self.one + len.min(self.cap as usize).min(RX_PREFETCH_MAX);
-            let mut line = self.one & !63;
-            while line < end {
-                crate::vring::prefetch_write(line as *const u8);
-                line += 64;
-            }
+            let len = len.min(self.cap as usize).min(RX_PREFETCH_MAX);
+            crate::vring::prefetch_write_lines(self.one, self.one + len);
         }
     }
 

@@ -283,6 +283,17 @@ pub fn prefetch_write(p: *const u8) {
     let _ = p;
 }
 
+/// [`prefetch_write`] of every cache line holding a byte of
+/// `start..end` (addresses as numbers: nothing is dereferenced).
+#[inline(always)]
+pub fn prefetch_write_lines(start: usize, end: usize) {
+    let mut line = start & !63;
+    while line < end {
+        prefetch_write(line as *const u8);
+        line += 64;
+    }
+}
+
 /// One descriptor, as read (once) from guest memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Desc {
@@ -516,12 +527,7 @@ impl Ring {
                 // used ring (6 + 8 * size bytes); only numbers are formed
                 // here, a pointer only for the prefetch hint.
                 let base = self.used as usize;
-                let end = base + 4 + 8 * b as usize;
-                let mut line = (base + 4 + 8 * a as usize) & !63;
-                while line < end {
-                    prefetch_write(line as *const u8);
-                    line += 64;
-                }
+                prefetch_write_lines(base + 4 + 8 * a as usize, base + 4 + 8 * b as usize);
             }
         }
     }
