@@ -37,6 +37,12 @@
 #   VALED     a valed binary to use instead of building target/release/valed
 #   VALED_B   a second valed binary, run as switch "valed-b" (add it to
 #             SWITCHES): two builds interleaved run by run, for A/B tests
+#   GEN_MBUF  the VM side's mbuf size (testpmd --mbuf-size, headroom
+#             included; with --enable-scatter): e.g. 512 makes the
+#             VM side post RX buffers of 396 B, so a 1514 B frame takes
+#             four mergeable buffers and goes out as a four-descriptor
+#             chain, the multi-buffer paths of both switches. Default:
+#             testpmd's 2176 B, one buffer per frame
 #   KEEP      set: keep the last run's logs (testpmd, switch, bridge state)
 #   HUGE      1: the testpmds (the VM side and testpmd as the switch) run
 #             on 2 MiB huge pages, as DPDK and QEMU are deployed, instead of
@@ -61,6 +67,7 @@ SECS=${2:-10}
 BURSTS=${3:-4}
 SIZES=${SIZES:-60 508 1514}
 SWITCHES=${SWITCHES:-valed testpmd bridge}
+GEN_MBUF=${GEN_MBUF:-}
 CSV=${CSV-docs/bench-switch.csv}
 SVG=${SVG-docs/bench-switch.svg}
 SETTLE=5
@@ -289,6 +296,7 @@ feeder() {
 generate() {
     local sw=$1 size=$2 extra=() vdevs=() pre=()
     [ "$size" -gt 1500 ] && extra=(--max-pkt-len=1518)
+    [ -n "$GEN_MBUF" ] && extra+=(--mbuf-size="$GEN_MBUF" --enable-scatter)
     case $sw in
     bridge*)
         pre=(ip netns exec "$NS")
