@@ -161,6 +161,9 @@ pub fn qemu_argv(spec: &GuestSpec) -> Vec<String> {
         if !nic.guest_tso {
             device.push_str(",guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_ufo=off");
         }
+        if !nic.mergeable_rx {
+            device.push_str(",mrg_rxbuf=off");
+        }
         let vectors = if spec.accel.is_kvm() { 2 * q + 2 } else { 0 };
         device.push_str(&format!(",vectors={vectors}"));
         push(&["-chardev", &chardev, "-netdev", &netdev, "-device", &device]);
@@ -843,6 +846,22 @@ mod tests {
         assert_eq!(
             devices[3],
             "virtio-net-pci,netdev=n1,mac=52:54:00:56:00:02,mq=on,vectors=10"
+        );
+    }
+
+    #[test]
+    fn offload_and_buffer_options() {
+        let mut s = spec(tcg(), &[]);
+        s = s.nic(
+            NicSpec::new("/run/vale/p.sock", MacAddr::local(1))
+                .no_guest_tso()
+                .no_mergeable_rx(),
+        );
+        let argv = qemu_argv(&s);
+        assert_eq!(
+            values(&argv, "-device")[2],
+            "virtio-net-pci,netdev=n0,mac=52:54:00:56:00:01,\
+             guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_ufo=off,mrg_rxbuf=off,vectors=0"
         );
     }
 

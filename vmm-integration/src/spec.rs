@@ -138,6 +138,10 @@ pub struct NicSpec {
     /// (QEMU's `guest_tso4`, `guest_tso6`, `guest_ecn`, `guest_ufo`). Off,
     /// the switch must segment large frames in software for this guest.
     pub guest_tso: bool,
+    /// Whether the device offers mergeable receive buffers (QEMU's
+    /// `mrg_rxbuf`). Off, a Linux guest that takes TSO frames posts each
+    /// receive buffer as a chain of a header and pages ("big packets").
+    pub mergeable_rx: bool,
 }
 
 impl NicSpec {
@@ -148,12 +152,19 @@ impl NicSpec {
             mac,
             queue_pairs: 1,
             guest_tso: true,
+            mergeable_rx: true,
         }
     }
 
     /// Without receive segmentation offloads in the guest.
     pub fn no_guest_tso(mut self) -> NicSpec {
         self.guest_tso = false;
+        self
+    }
+
+    /// Without mergeable receive buffers.
+    pub fn no_mergeable_rx(mut self) -> NicSpec {
+        self.mergeable_rx = false;
         self
     }
 
