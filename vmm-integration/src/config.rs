@@ -73,6 +73,15 @@ pub fn libvirt_domain_xml(spec: &GuestSpec) -> String {
         .iter()
         .enumerate()
         .map(|(i, nic)| {
+            // The same device options as QEMU's command line gets
+            // (`qemu::qemu_argv`), as libvirt spells them.
+            let mut options = String::new();
+            if !nic.mergeable_rx {
+                options.push_str("<host mrg_rxbuf='off'/>");
+            }
+            if !nic.guest_tso {
+                options.push_str("<guest tso4='off' tso6='off' ecn='off' ufo='off'/>");
+            }
             fill(
                 LIBVIRT_INTERFACE_TEMPLATE,
                 &[
@@ -80,6 +89,7 @@ pub fn libvirt_domain_xml(spec: &GuestSpec) -> String {
                     ("SOCKET", esc(&nic.socket)),
                     ("QUEUES", nic.queue_pairs.to_string()),
                     ("INDEX", i.to_string()),
+                    ("DRIVER_OPTIONS", options),
                 ],
             )
         })
@@ -213,7 +223,12 @@ mod tests {
             .cpus(2)
             .append("vale.ip=10.0.0.1/24 a&b")
             .nic(NicSpec::new("/run/vale/vm1.sock", MacAddr::local(1)))
-            .nic(NicSpec::new("/run/vale/vm1b.sock", MacAddr::local(2)).queue_pairs(4))
+            .nic(
+                NicSpec::new("/run/vale/vm1b.sock", MacAddr::local(2))
+                    .queue_pairs(4)
+                    .no_mergeable_rx()
+                    .no_guest_tso(),
+            )
             .accel(accel)
             .dir("/tmp/vm1")
     }
@@ -253,7 +268,21 @@ mod tests {
             assert_eq!(src.attribute("path"), Some(sock));
             assert_eq!(src.attribute("mode"), Some("client"));
             assert_eq!(child("model").attribute("type"), Some("virtio"));
-            assert_eq!(child("driver").attribute("queues"), Some(q));
+            let driver = child("driver");
+            assert_eq!(driver.attribute("queues"), Some(q));
+            // The second NIC's device offers neither mergeable buffers
+            // nor guest TSO; the first's keeps QEMU's defaults.
+            let opt = |tag: &str, attr: &str| {
+                driver
+                    .children()
+                    .find(|c| c.has_tag_name(tag))
+                    .and_then(|c| c.attribute(attr))
+            };
+            let off = (i == 1).then_some("off");
+            assert_eq!(opt("host", "mrg_rxbuf"), off);
+            for a in ["tso4", "tso6", "ecn", "ufo"] {
+                assert_eq!(opt("guest", a), off, "{a}");
+            }
             assert_eq!(
                 child("mac").attribute("address"),
                 Some(MacAddr::local(i as u16 + 1).to_string().as_str())

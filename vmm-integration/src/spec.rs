@@ -137,10 +137,14 @@ pub struct NicSpec {
     /// Whether the device offers the guest TSO/UFO/ECN on receive
     /// (QEMU's `guest_tso4`, `guest_tso6`, `guest_ecn`, `guest_ufo`). Off,
     /// the switch must segment large frames in software for this guest.
+    /// Set for QEMU and libvirt (`<guest tso4='off' …/>`); not passed to
+    /// Cloud Hypervisor ([`cloud_hypervisor_argv`](crate::cloud_hypervisor_argv)).
     pub guest_tso: bool,
     /// Whether the device offers mergeable receive buffers (QEMU's
     /// `mrg_rxbuf`). Off, a Linux guest that takes TSO frames posts each
     /// receive buffer as a chain of a header and pages ("big packets").
+    /// Set for QEMU and libvirt (`<host mrg_rxbuf='off'/>`); not passed to
+    /// Cloud Hypervisor.
     pub mergeable_rx: bool,
 }
 
