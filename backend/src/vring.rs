@@ -283,15 +283,27 @@ pub fn prefetch_write(p: *const u8) {
     let _ = p;
 }
 
-/// [`prefetch_write`] of every cache line holding a byte of
-/// `start..end` (addresses as numbers: nothing is dereferenced).
+/// `hint` on every cache line holding a byte of `start..end` (addresses
+/// as numbers: nothing is dereferenced).
 #[inline(always)]
-pub fn prefetch_write_lines(start: usize, end: usize) {
+fn each_line(start: usize, end: usize, hint: impl Fn(*const u8)) {
     let mut line = start & !63;
     while line < end {
-        prefetch_write(line as *const u8);
+        hint(line as *const u8);
         line += 64;
     }
+}
+
+/// [`prefetch_write`] of every cache line holding a byte of `start..end`.
+#[inline(always)]
+pub fn prefetch_write_lines(start: usize, end: usize) {
+    each_line(start, end, prefetch_write);
+}
+
+/// [`prefetch`] of every cache line holding a byte of `start..end`.
+#[inline(always)]
+pub fn prefetch_lines(start: usize, end: usize) {
+    each_line(start, end, prefetch);
 }
 
 /// One descriptor, as read (once) from guest memory.

@@ -104,6 +104,13 @@ impl<'a> Frag<'a> {
         self.len == 0
     }
 
+    /// The fragment's address, as a number (for a prefetch hint: nothing
+    /// may be read through it).
+    #[inline]
+    pub fn addr(&self) -> usize {
+        self.ptr.as_ptr() as usize
+    }
+
     /// netmap slot flags (`NS_MOREFRAG`, `NS_NO_LEARN`, the port byte…).
     #[inline]
     pub fn flags(&self) -> u16 {
