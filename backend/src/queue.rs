@@ -629,30 +629,24 @@ impl Source for TxQueue {
         // The used entries this batch will write (measured +2 % at 60 B
         // on huge pages, docs/benchmarks.md, "Stop 28").
         ring.prefetch_used(self.own.live.next_used, n);
-        // Heads first, their descriptors prefetched, then the walks: the
-        // batch's descriptor misses overlap.
+        // Heads first, each head's descriptor flags read (a demand read,
+        // so the batch's descriptor misses overlap here rather than
+        // waiting in the walks one after the other) and an indirect
+        // table's first lines prefetched; then the walks, which read each
+        // descriptor again and check it (a head out of range is theirs to
+        // refuse). Reading, not prefetching, measured 60 B on huge pages
+        // 1.04-1.07, most when the cores are far apart, and 1514 B in
+        // indirect chains 1.01 (docs/benchmarks.md, "Stop 29").
         for i in 0..n {
             let head = ring.avail_entry(start.wrapping_add(i));
-            ring.prefetch_desc(head);
-            self.heads.push(head);
-        }
-        // Then every head descriptor read, in a pass of its own, and an
-        // indirect table's first lines prefetched. The reads are what
-        // pays: the prefetches above alone leave the walks below waiting
-        // on descriptor lines the guest's core last wrote, one after the
-        // other (a pass that only reads: 60 B on huge pages 1.04-1.07,
-        // most in the hours the cores are far apart; 1514 B in indirect
-        // chains 1.01; docs/benchmarks.md, "Stop 29"). What a pass reads
-        // is only a hint: the walks read each descriptor again and check
-        // it then (a head out of range is theirs to refuse).
-        for &head in self.heads.iter().filter(|&&h| h < ring.size()) {
-            let d = ring.desc(head);
-            if d.flags & crate::vring::F_INDIRECT != 0 {
+            if ring.desc_flags(head) & crate::vring::F_INDIRECT != 0 && head < ring.size() {
+                let d = ring.desc(head);
                 if let Some((p, len)) = self.own.map.range(d.addr, u64::from(d.len)) {
                     let p = p as usize;
                     crate::vring::prefetch_lines(p, p + (len as usize).min(256));
                 }
             }
+            self.heads.push(head);
         }
         for i in 0..n as usize {
             let head = self.heads[i];

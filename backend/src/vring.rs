@@ -553,6 +553,20 @@ impl Ring {
         unsafe { read_desc(self.desc.add(16 * i as usize)) }
     }
 
+    /// The flags of descriptor `i` (mod size) of the main table: one
+    /// 2-byte read, where [`desc`](Self::desc) reads all 16 bytes.
+    #[inline]
+    pub fn desc_flags(&self, i: u16) -> u16 {
+        let i = i & (self.size - 1);
+        // SAFETY: entry i < size of a table of 16 * size checked bytes, at
+        // a 16-aligned guest address (checked in `new`) in a page-aligned
+        // region (memory.rs), so its flags at offset 12 are a readable,
+        // 2-aligned u16; volatile as the guest owns the bytes.
+        u16::from_le(unsafe {
+            std::ptr::read_volatile(self.desc.add(16 * i as usize + 12) as *const u16)
+        })
+    }
+
     /// Writes used entry `slot` (mod size).
     #[inline]
     pub fn put_used(&self, slot: u16, id: u16, len: u32) {
