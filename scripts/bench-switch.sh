@@ -42,7 +42,8 @@
 #             VM side post RX buffers of 396 B, so a 1514 B frame takes
 #             four mergeable buffers and goes out as a four-descriptor
 #             chain, the multi-buffer paths of both switches. Default:
-#             testpmd's 2176 B, one buffer per frame
+#             testpmd's 2176 B, one buffer per frame. The testpmd VM side
+#             only (not VMS=virtio); the CSV does not record it
 #   KEEP      set: keep the last run's logs (testpmd, switch, bridge state)
 #   HUGE      1: the testpmds (the VM side and testpmd as the switch) run
 #             on 2 MiB huge pages, as DPDK and QEMU are deployed, instead of

@@ -95,11 +95,7 @@ pub fn tx_single(
     // The header and the frame's own headers, which the engine reads
     // first: the driver pushes the 12-byte header in front of a frame that
     // often starts a line (DPDK's headroom, an skb's data), so two lines.
-    crate::vring::prefetch(ptr);
-    let end = ptr.wrapping_add((d.len as usize).min(64) - 1);
-    if (ptr as usize) / 64 != (end as usize) / 64 {
-        crate::vring::prefetch(end);
-    }
+    crate::vring::prefetch_lines(ptr as usize, ptr as usize + (d.len as usize).min(64));
     // SAFETY: `single` checked that the range lies in one mapped region,
     // which the caller's batch keeps mapped while the fragment lives (the
     // guest may change the bytes: the engine copies them once and trusts

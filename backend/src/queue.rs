@@ -634,12 +634,14 @@ impl Source for TxQueue {
         // waiting in the walks one after the other) and an indirect
         // table's first lines prefetched; then the walks, which read each
         // descriptor again and check it (a head out of range is theirs to
-        // refuse). Reading, not prefetching, measured 60 B on huge pages
-        // 1.04-1.07, most when the cores are far apart, and 1514 B in
-        // indirect chains 1.01 (docs/benchmarks.md, "Stop 29").
+        // refuse). A pass reading them, where the prefetch had been,
+        // measured 1.04-1.07 at 60 B on huge pages, most when the cores
+        // are far apart, and 1.01 at 1514 B in indirect chains; this
+        // read in the heads loop is level with that pass and costs less
+        // in process (docs/benchmarks.md, "Stop 29").
         for i in 0..n {
             let head = ring.avail_entry(start.wrapping_add(i));
-            if ring.desc_flags(head) & crate::vring::F_INDIRECT != 0 && head < ring.size() {
+            if head < ring.size() && ring.desc_flags(head) & crate::vring::F_INDIRECT != 0 {
                 let d = ring.desc(head);
                 if let Some((p, len)) = self.own.map.range(d.addr, u64::from(d.len)) {
                     let p = p as usize;
@@ -740,8 +742,7 @@ impl RxChain {
     #[inline(always)]
     fn prefetch(&self, len: usize) {
         if self.one != 0 {
-            let len = len.min(self.cap as usize).min(RX_PREFETCH_MAX);
-            crate::vring::prefetch_write_lines(self.one, self.one + len);
+            prefetch_buf(self.one, self.cap as usize, len);
         }
     }
 
@@ -753,6 +754,15 @@ impl RxChain {
         // until the chain is returned at publish.
         (self.one != 0).then(|| unsafe { DstBuf::new(self.one as *mut u8, self.cap as usize) })
     }
+}
+
+/// Starts taking for writing the lines of the first `len` bytes (at most
+/// `cap`, at most [`RX_PREFETCH_MAX`]) of the RX buffer at host address
+/// `addr`.
+#[inline(always)]
+fn prefetch_buf(addr: usize, cap: usize, len: usize) {
+    let len = len.min(cap).min(RX_PREFETCH_MAX);
+    crate::vring::prefetch_write_lines(addr, addr + len);
 }
 
 /// The buffers of one RX chain.
@@ -807,10 +817,11 @@ const RX_BUNCH: usize = 32;
 /// buffer is prefetched for writing on huge pages (see `RxQueue::push`).
 const RX_PREFETCH_AHEAD: usize = 3;
 
-/// Bytes of a buffer prefetched at most: a DPDK mbuf's data room, more
-/// than a full-size frame with its header (1526 B). The rest of a longer
-/// buffer (a GSO frame's) is left to the copy: prefetching a whole 64 KiB
-/// buffer would queue a thousand prefetches ahead of it.
+/// Bytes of a buffer prefetched at most, and of a frame in pieces read
+/// ahead (`push_chains`): a DPDK mbuf's data room, more than a full-size
+/// frame with its header (1526 B). The rest of a longer buffer or frame
+/// (a GSO frame's) is left to the copy: prefetching a whole 64 KiB would
+/// queue a thousand prefetches ahead of it.
 const RX_PREFETCH_MAX: usize = 2048;
 
 /// Frames of at most this many bytes (virtio-net header included) are
@@ -1031,18 +1042,21 @@ impl RxQueue {
             self.mine.push(i);
         }
         let h = vnet_hdr(hdr, self.mine.len() as u16);
-        // The frame's own lines too, up to RX_PREFETCH_MAX: a frame that
-        // came in pieces (a DPDK mbuf chain, indirect descriptors) was
-        // cold in this core's cache in the loopback where one piece was
-        // not, and the copy reads it a piece at a time (3.6 % at 1514 B
-        // in 396 B pieces; docs/benchmarks.md, "Stop 29").
-        let mut left = RX_PREFETCH_MAX;
-        for f in frags {
-            let n = (f.len() as usize).min(left);
-            crate::vring::prefetch_lines(f.addr(), f.addr() + n);
-            left -= n;
-            if left == 0 {
-                break;
+        // A frame that came in pieces (a DPDK mbuf chain, indirect
+        // descriptors): its own lines too, up to RX_PREFETCH_MAX. In the
+        // loopback such a frame was cold in this core's cache where a
+        // frame in one piece was not, and the copy reads it a piece at a
+        // time (1.04 at 1514 B in 396 B pieces; one piece measured 0.97
+        // in stop 28; docs/benchmarks.md, "Stop 29").
+        if frags.len() > 1 {
+            let mut left = RX_PREFETCH_MAX;
+            for f in frags {
+                let n = (f.len() as usize).min(left);
+                crate::vring::prefetch_lines(f.addr(), f.addr() + n);
+                left -= n;
+                if left == 0 {
+                    break;
+                }
             }
         }
         let mut cur = FrameCursor::new(frags, skip, &h);
@@ -1058,8 +1072,7 @@ impl RxQueue {
                 // buffers otherwise takes them one read-for-ownership at a
                 // time (1514 B into 396 B buffers: 7 % faster on 4 KiB
                 // pages, 48 % on huge pages; docs/benchmarks.md, "Stop 29").
-                let n = cur.remaining().min(b.cap()).min(RX_PREFETCH_MAX);
-                crate::vring::prefetch_write_lines(b.addr(), b.addr() + n);
+                prefetch_buf(b.addr(), b.cap(), cur.remaining());
                 let n = cur.fill(b);
                 if let Some(log) = &self.own.live.log {
                     log_buf(log, &self.own.map, b.addr(), n);

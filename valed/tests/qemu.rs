@@ -260,8 +260,8 @@ fn iperf(client: &mut Guest, server: &mut Guest, to: &str, extra: &str) -> Strin
 /// A's frames for B, and counts it. A's device also offers no mergeable
 /// buffers, so Linux posts each receive buffer as a chain of a header
 /// and pages ("big packets") and a 64 KiB frame fills one such chain;
-/// B's are mergeable, one frame to a buffer. (Two queue pairs below
-/// covers GSO frames spread over mergeable buffers.)
+/// B's are mergeable, one frame to a buffer. (`two_queue_pairs` covers
+/// GSO frames spread over mergeable buffers.)
 #[test]
 fn two_guests_ping_and_tcp_with_and_without_guest_tso() {
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -322,7 +322,8 @@ fn two_guests_ping_and_tcp_with_and_without_guest_tso() {
 }
 
 /// Two queue pairs per guest (QEMU 7.2 sends ADD_MEM_REG once per pair):
-/// all four queues run, and flows use both queue pairs each way.
+/// all four queues run, flows use both queue pairs each way, and TCP
+/// frames cross whole (GSO) into mergeable buffers.
 #[test]
 fn two_queue_pairs() {
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -341,6 +342,16 @@ fn two_queue_pairs() {
     ping_until(a, "10.0.0.2", Duration::from_secs(20));
     iperf(a, b, "10.0.0.2", "-P 8");
     iperf(b, a, "10.0.0.1", "-P 8");
+    // Both devices offer guest TSO and mergeable buffers: TSO frames
+    // cross whole, each spread over several of the receiver's buffers.
+    for p in ["vale0:ma", "vale0:mb"] {
+        let s = d.stats(p);
+        assert_eq!(field(&s, "soft_offload"), 0, "{p}: {s}");
+        assert!(
+            field(&s, "out_bytes") / field(&s, "out_packets").max(1) > 1514,
+            "frames to {p} were not GSO: {s}"
+        );
+    }
     for g in [a, b] {
         let st = g.run_ok("ethtool -S eth0", CMD).unwrap();
         for q in [

@@ -226,9 +226,9 @@ mod tests {
             .nic(
                 NicSpec::new("/run/vale/vm1b.sock", MacAddr::local(2))
                     .queue_pairs(4)
-                    .no_mergeable_rx()
-                    .no_guest_tso(),
+                    .no_mergeable_rx(),
             )
+            .nic(NicSpec::new("/run/vale/vm1c.sock", MacAddr::local(3)).no_guest_tso())
             .accel(accel)
             .dir("/tmp/vm1")
     }
@@ -255,10 +255,14 @@ mod tests {
             Some("shared")
         );
         let ifaces: Vec<_> = find("interface").collect();
-        assert_eq!(ifaces.len(), 2);
+        assert_eq!(ifaces.len(), 3);
         for (i, (iface, (sock, q))) in ifaces
             .iter()
-            .zip([("/run/vale/vm1.sock", "1"), ("/run/vale/vm1b.sock", "4")])
+            .zip([
+                ("/run/vale/vm1.sock", "1"),
+                ("/run/vale/vm1b.sock", "4"),
+                ("/run/vale/vm1c.sock", "1"),
+            ])
             .enumerate()
         {
             assert_eq!(iface.attribute("type"), Some("vhostuser"));
@@ -270,18 +274,17 @@ mod tests {
             assert_eq!(child("model").attribute("type"), Some("virtio"));
             let driver = child("driver");
             assert_eq!(driver.attribute("queues"), Some(q));
-            // The second NIC's device offers neither mergeable buffers
-            // nor guest TSO; the first's keeps QEMU's defaults.
+            // The second NIC's device offers no mergeable buffers, the
+            // third's no guest TSO; the first keeps QEMU's defaults.
             let opt = |tag: &str, attr: &str| {
                 driver
                     .children()
                     .find(|c| c.has_tag_name(tag))
                     .and_then(|c| c.attribute(attr))
             };
-            let off = (i == 1).then_some("off");
-            assert_eq!(opt("host", "mrg_rxbuf"), off);
+            assert_eq!(opt("host", "mrg_rxbuf"), (i == 1).then_some("off"));
             for a in ["tso4", "tso6", "ecn", "ufo"] {
-                assert_eq!(opt("guest", a), off, "{a}");
+                assert_eq!(opt("guest", a), (i == 2).then_some("off"), "{a}");
             }
             assert_eq!(
                 child("mac").attribute("address"),
@@ -300,9 +303,9 @@ mod tests {
             .find(|c| c.has_tag_name("target"))
             .unwrap();
         assert_eq!(target.attribute("name"), Some("vale.agent"));
-        // vectors=0 for both NICs under TCG.
+        // vectors=0 for every NIC under TCG.
         let props: Vec<_> = find("property").collect();
-        assert_eq!(props.len(), 2);
+        assert_eq!(props.len(), 3);
         assert!(props.iter().all(|p| p.attribute("value") == Some("0")));
     }
 

@@ -851,17 +851,24 @@ mod tests {
 
     #[test]
     fn offload_and_buffer_options() {
-        let mut s = spec(tcg(), &[]);
-        s = s.nic(
-            NicSpec::new("/run/vale/p.sock", MacAddr::local(1))
-                .no_guest_tso()
-                .no_mergeable_rx(),
-        );
+        // Each option on a NIC of its own, then both on one.
+        let nic = |i: u16| NicSpec::new(format!("/run/vale/p{i}.sock"), MacAddr::local(i));
+        let s = spec(tcg(), &[])
+            .nic(nic(1).no_guest_tso())
+            .nic(nic(2).no_mergeable_rx())
+            .nic(nic(3).no_guest_tso().no_mergeable_rx());
         let argv = qemu_argv(&s);
+        let tso = "guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_ufo=off";
         assert_eq!(
-            values(&argv, "-device")[2],
-            "virtio-net-pci,netdev=n0,mac=52:54:00:56:00:01,\
-             guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_ufo=off,mrg_rxbuf=off,vectors=0"
+            values(&argv, "-device")[2..],
+            [
+                format!("virtio-net-pci,netdev=n0,mac=52:54:00:56:00:01,{tso},vectors=0"),
+                "virtio-net-pci,netdev=n1,mac=52:54:00:56:00:02,mrg_rxbuf=off,vectors=0"
+                    .to_string(),
+                format!(
+                    "virtio-net-pci,netdev=n2,mac=52:54:00:56:00:03,{tso},mrg_rxbuf=off,vectors=0"
+                ),
+            ]
         );
     }
 
