@@ -36,6 +36,9 @@ Guest options:
   --socket PATH        a NIC on valed's vhost-user socket PATH (repeatable);
   --mac MAC            ... its MAC (default 52:54:00:<hash of NAME>:<n>)
   --queues N           ... its queue pairs (default 1)
+  --no-guest-tso       ... its device offers the guest no TSO/UFO/ECN on
+                       receive: the switch segments large frames for it
+  --no-mergeable-rx    ... its device offers no mergeable receive buffers
   --dir DIR            runtime directory (default $TMPDIR/vale-vm-NAME-PID)
   --accel auto|kvm|tcg accelerator (default auto: $VALE_ACCEL, else the probe)
   --vmm auto|qemu|cloud-hypervisor
@@ -112,7 +115,9 @@ fn guest_args(args: &[String]) -> Result<GuestArgs, String> {
     let (mut kernel, mut initrd) = (None, None);
     let (mut memory, mut cpus) = (512u32, 1u32);
     let mut append: Vec<String> = Vec::new();
-    let mut nics: Vec<(PathBuf, Option<MacAddr>, u16)> = Vec::new();
+    // Each --socket's NIC; its MAC's default needs the guest's name,
+    // which may come after it.
+    let mut nics: Vec<(NicSpec, Option<MacAddr>)> = Vec::new();
     let mut dir = None;
     let mut accel = "auto".to_string();
     let mut vmm = None;
@@ -133,7 +138,7 @@ fn guest_args(args: &[String]) -> Result<GuestArgs, String> {
             "--cpus" => cpus = number(&value(&mut it, flag)?, flag)?,
             "--ip" => append.push(format!("vale.ip={}", value(&mut it, flag)?)),
             "--append" => append.push(value(&mut it, flag)?),
-            "--socket" => nics.push((value(&mut it, flag)?.into(), None, 1)),
+            "--socket" => nics.push((NicSpec::new(value(&mut it, flag)?, MacAddr::local(0)), None)),
             "--mac" => {
                 let v = value(&mut it, flag)?;
                 let i = last_nic(&mut nics)?;
@@ -142,7 +147,15 @@ fn guest_args(args: &[String]) -> Result<GuestArgs, String> {
             "--queues" => {
                 let v = number(&value(&mut it, flag)?, flag)?;
                 let i = last_nic(&mut nics)?;
-                nics[i].2 = v;
+                nics[i].0.queue_pairs = v;
+            }
+            "--no-guest-tso" => {
+                let i = last_nic(&mut nics)?;
+                nics[i].0.guest_tso = false;
+            }
+            "--no-mergeable-rx" => {
+                let i = last_nic(&mut nics)?;
+                nics[i].0.mergeable_rx = false;
             }
             "--dir" => dir = Some(PathBuf::from(value(&mut it, flag)?)),
             "--accel" => accel = value(&mut it, flag)?,
@@ -183,9 +196,9 @@ fn guest_args(args: &[String]) -> Result<GuestArgs, String> {
     for extra in &append {
         spec = spec.append(extra);
     }
-    for (i, (socket, mac, queues)) in nics.into_iter().enumerate() {
-        let mac = mac.unwrap_or(MacAddr::for_guest(&spec.name, i as u8));
-        spec = spec.nic(NicSpec::new(socket, mac).queue_pairs(queues));
+    for (i, (mut nic, mac)) in nics.into_iter().enumerate() {
+        nic.mac = mac.unwrap_or(MacAddr::for_guest(&spec.name, i as u8));
+        spec = spec.nic(nic);
     }
     if let Some(d) = dir {
         spec = spec.dir(d);
@@ -306,4 +319,51 @@ fn print(args: &[String]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<String> {
+        line.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn nic_options_apply_to_the_socket_before_them() {
+        let g = guest_args(&args(
+            "--kernel k --initrd i --accel tcg \
+             --socket /a.sock --no-mergeable-rx \
+             --socket /b.sock --queues 2 --no-guest-tso --mac 02:00:00:00:00:0b \
+             --name vm7",
+        ))
+        .unwrap();
+        let [a, b] = &g.spec.nics[..] else {
+            panic!("{:?}", g.spec.nics)
+        };
+        assert_eq!(a.socket, PathBuf::from("/a.sock"));
+        assert!(!a.mergeable_rx && a.guest_tso);
+        assert_eq!(a.queue_pairs, 1);
+        // The default MAC follows the guest's name, given after the NIC.
+        assert_eq!(a.mac, MacAddr::for_guest("vm7", 0));
+        assert!(b.mergeable_rx && !b.guest_tso);
+        assert_eq!(b.queue_pairs, 2);
+        assert_eq!(b.mac.to_string(), "02:00:00:00:00:0b");
+        let line = qemu_argv(&g.spec).join(" ");
+        assert!(line.contains(",mrg_rxbuf=off"), "{line}");
+        assert!(line.contains(",guest_tso4=off"), "{line}");
+    }
+
+    #[test]
+    fn nic_options_need_a_socket() {
+        for flag in ["--no-guest-tso", "--no-mergeable-rx", "--queues 2"] {
+            let e = guest_args(&args(&format!("--kernel k --initrd i --accel tcg {flag}")))
+                .err()
+                .unwrap();
+            assert!(
+                e.contains("applies to the --socket before it"),
+                "{flag}: {e}"
+            );
+        }
+    }
 }
