@@ -39,6 +39,12 @@ pub enum SocketError {
         /// The port's owner.
         owner: u32,
     },
+    /// A tenant's socket was asked for in a directory others can change.
+    #[error("{dir}: a tenant's socket must be in a directory no one but valed's uid can write")]
+    OpenDir {
+        /// The directory.
+        dir: PathBuf,
+    },
     /// An OS call failed.
     #[error("{path}: {source}")]
     Io {
@@ -56,7 +62,7 @@ impl SocketError {
         match self {
             SocketError::Exists { .. } => libc::EEXIST,
             SocketError::InUse { .. } => libc::EADDRINUSE,
-            SocketError::NotOwner { .. } => libc::EPERM,
+            SocketError::NotOwner { .. } | SocketError::OpenDir { .. } => libc::EPERM,
             SocketError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
         }
     }
@@ -66,12 +72,44 @@ impl SocketError {
 /// root's, left as bind(2) makes it). An existing entry is replaced only
 /// if it is a socket nobody listens on, owned by the port's owner (any,
 /// for root's ports); a symlink is never followed nor replaced.
+///
+/// Every step after the directory is opened names the entry inside that
+/// open directory (`netmap::sys::Dir`), so renaming a directory on the way
+/// or putting a symlink in its place cannot move the unlink or the chown
+/// onto another file. A tenant's socket must moreover be in a directory
+/// only valed's uid (or root) can change, so that the entry itself cannot
+/// be swapped between the bind and the chown.
 pub fn bind(path: &Path, owner: Option<u32>) -> Result<UnixListener, SocketError> {
     let io_err = |source| SocketError::Io {
         path: path.into(),
         source,
     };
-    match std::fs::symlink_metadata(path) {
+    let Some(name) = path.file_name() else {
+        return Err(io_err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no file name",
+        )));
+    };
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = netmap::sys::Dir::open(parent).map_err(io_err)?;
+    if owner.is_some() && !dir.is_private_to(netmap::sys::euid()).map_err(io_err)? {
+        return Err(SocketError::OpenDir { dir: parent.into() });
+    }
+    let at = dir.entry(name).map_err(io_err)?;
+    if at.as_os_str().len() > netmap::sys::SUN_PATH_MAX {
+        return Err(io_err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "file name too long for a socket ({} bytes; at most {})",
+                name.len(),
+                netmap::sys::SUN_PATH_MAX + name.len() - at.as_os_str().len()
+            ),
+        )));
+    }
+    match std::fs::symlink_metadata(&at) {
         Ok(md) => {
             if !md.file_type().is_socket() {
                 return Err(SocketError::Exists { path: path.into() });
@@ -88,28 +126,29 @@ pub fn bind(path: &Path, owner: Option<u32>) -> Result<UnixListener, SocketError
             // Live if someone listens: a connection taken, or a backlog
             // so full it would block (a listener that never accepts must
             // not stall valed here).
-            match netmap::sys::stream_connect_nonblocking(path) {
+            match netmap::sys::stream_connect_nonblocking(&at) {
                 Ok(_) => return Err(SocketError::InUse { path: path.into() }),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Err(SocketError::InUse { path: path.into() })
                 }
                 Err(_) => {}
             }
-            std::fs::remove_file(path).map_err(io_err)?;
+            std::fs::remove_file(&at).map_err(io_err)?;
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err(e)),
     }
     // bind(2) fails on anything that appeared meanwhile (EADDRINUSE),
     // symlinks included.
-    let l = UnixListener::bind(path).map_err(io_err)?;
+    let l = UnixListener::bind(&at).map_err(io_err)?;
     if let Some(o) = owner {
         // Connections that come before the chmod are refused by the peer
-        // check, so the window does not matter.
-        let r = std::os::unix::fs::lchown(path, Some(o), None)
-            .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)));
+        // check, so the window does not matter. The entry is the socket
+        // just bound: only this uid can change the directory.
+        let r = std::os::unix::fs::lchown(&at, Some(o), None)
+            .and_then(|()| std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o600)));
         if let Err(e) = r {
-            let _ = std::fs::remove_file(path);
+            let _ = std::fs::remove_file(&at);
             return Err(io_err(e));
         }
     }
@@ -187,6 +226,29 @@ mod tests {
         let e = bind(&s, Some(other)).unwrap_err();
         assert!(matches!(e, SocketError::NotOwner { .. }), "{e}");
         assert_eq!(e.errno(), libc::EPERM);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn tenant_sockets_only_in_directories_others_cannot_change() {
+        let d = dir("open");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let s = d.join("t.sock");
+        let me = netmap::sys::euid();
+        let e = bind(&s, Some(me)).unwrap_err();
+        assert!(matches!(e, SocketError::OpenDir { .. }), "{e}");
+        assert_eq!(e.errno(), libc::EPERM);
+        assert!(!s.exists());
+        // Root's own sockets are root's business.
+        let _l = bind(&s, None).unwrap();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn names_too_long_for_a_socket_are_refused_by_name() {
+        let d = dir("long");
+        let e = bind(&d.join("x".repeat(100)), None).unwrap_err();
+        assert!(e.to_string().contains("too long for a socket"), "{e}");
         let _ = std::fs::remove_dir_all(&d);
     }
 

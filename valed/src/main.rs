@@ -216,15 +216,14 @@ fn ab_flipper(out: std::path::PathBuf) {
 /// owned by root, not a symlink, writable by nobody else.
 fn make_vhost_dir(d: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    match std::fs::symlink_metadata(d) {
+    let made = match std::fs::symlink_metadata(d) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(d)?;
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
         }
         Err(e) => Err(e),
         Ok(md) => {
-            // SAFETY: geteuid has no preconditions.
-            let me = unsafe { libc::geteuid() };
+            let me = netmap::sys::euid();
             if !md.is_dir() || md.uid() != me || md.mode() & 0o022 != 0 {
                 return Err(std::io::Error::other(format!(
                     "--vhost-dir {}: must be a directory of uid {me}, not a symlink, writable by no one else",
@@ -233,6 +232,39 @@ fn make_vhost_dir(d: &std::path::Path) -> std::io::Result<()> {
             }
             Ok(())
         }
+    };
+    made?;
+    no_open_ancestor("--vhost-dir", d)
+}
+
+/// Refuses a directory that another user could redirect: one on the way
+/// to it (itself included) in which someone other than root could rename
+/// entries. valed makes, unlinks and chowns sockets there as root, and
+/// VMMs and clients find them by path; a tenant able to rename the vhost
+/// directory, or the control socket, could put its own in their place
+/// (valed.8, SECURITY).
+fn no_open_ancestor(what: &str, d: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let me = netmap::sys::euid();
+    match netmap::sys::first_open_ancestor(d, me)? {
+        None => Ok(()),
+        Some(open) => {
+            let md = std::fs::metadata(&open)?;
+            let who = if me == 0 {
+                "root".to_string()
+            } else {
+                format!("uid {me} and root")
+            };
+            Err(std::io::Error::other(format!(
+                "{what} {}: {} (uid {}, mode {:04o}) can be changed by users other than {who}, \
+                 who could then swap the sockets in it; make it writable by its owner only, or sticky \
+                 (the systemd unit: RuntimeDirectoryMode=0750)",
+                d.display(),
+                open.display(),
+                md.uid(),
+                md.mode() & 0o7777
+            )))
+        }
     }
 }
 
@@ -240,6 +272,10 @@ fn run(args: Args) -> std::io::Result<()> {
     // Before any thread exists, so all of them inherit the blocked mask.
     let signals = signal::StopSignals::install()?;
     let path = netmap::ctrl::socket_path(args.socket.as_deref());
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+        no_open_ancestor("the control socket's directory", dir)?;
+    }
     server::prepare_path(&path)?;
     let listener = netmap::sys::seqpacket_listen(&path, 64)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;

@@ -723,3 +723,83 @@ fn a_tenant_cannot_put_a_port_in_another_uids_region() {
     // The tenant's own ports join it.
     assert_eq!(register_as_tenant(&s.v.sock, "vale0:t2@1", 0), 0);
 }
+
+/// Runs valed to its exit (it should refuse to start); its stderr.
+fn valed_refuses(args: &[&str]) -> String {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_valed"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let st = loop {
+        if let Some(st) = c.try_wait().unwrap() {
+            break st;
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(20) {
+            let _ = c.kill();
+            panic!("valed started with {args:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    c.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(!st.success(), "valed exited 0 with {args:?}: {err}");
+    err
+}
+
+/// valed unlinks, binds and chowns sockets by name in its control socket's
+/// directory and the vhost directory, and VMMs find them by path; a
+/// directory on the way that another user can rename entries in would let
+/// that user swap them (a symlink to /etc in place of the vhost directory
+/// between a bind and a chown). valed refuses to start there, naming it.
+#[test]
+fn valed_refuses_directories_another_user_could_change() {
+    let base = std::env::temp_dir().join(format!("vale-opendir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o770)).unwrap();
+    let sock = base.join("valed.sock");
+    let err = valed_refuses(&["--socket", sock.to_str().unwrap()]);
+    assert!(err.contains("can be changed by users other than"), "{err}");
+    assert!(err.contains("control socket"), "{err}");
+    assert!(!sock.exists());
+
+    // The control socket's directory private, the vhost directory under
+    // an open one.
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let open = base.join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let vhost = open.join("vhost");
+    let err = valed_refuses(&[
+        "--socket",
+        sock.to_str().unwrap(),
+        "--vhost-dir",
+        vhost.to_str().unwrap(),
+    ]);
+    assert!(err.contains("--vhost-dir"), "{err}");
+    assert!(
+        err.contains(std::fs::canonicalize(&open).unwrap().to_str().unwrap()),
+        "{err}"
+    );
+    // Sticky (as /tmp): others' entries stay theirs, so it is accepted.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_valed"))
+        .args(["--socket", sock.to_str().unwrap(), "--vhost-dir"])
+        .arg(&vhost)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while CtrlConn::connect(&sock).is_err() {
+        assert!(c.try_wait().unwrap().is_none(), "valed exited");
+        assert!(t0.elapsed() < std::time::Duration::from_secs(20));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+    let _ = std::fs::remove_dir_all(&base);
+}

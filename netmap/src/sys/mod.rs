@@ -1,10 +1,12 @@
 //! Thin, checked wrappers over the system calls netmap's user side needs:
 //! sealed memfds, shared mappings, doorbells (eventfds and pipes), poll,
-//! `SCM_RIGHTS`, and the watchdog that bounds writes a peer can block.
+//! `SCM_RIGHTS`, the watchdog that bounds writes a peer can block, and
+//! directories held open for name lookups no one can redirect.
 //!
 //! Every `unsafe` block of the crate that touches the OS lives under this
 //! module; the types here check their arguments once so callers stay safe.
 
+mod dir;
 mod epoll;
 mod eventfd;
 mod memfd;
@@ -14,6 +16,7 @@ mod scm;
 mod seqpacket;
 mod watchdog;
 
+pub use dir::{euid, first_open_ancestor, private_to, Dir, SUN_PATH_MAX};
 pub use epoll::Epoll;
 pub use eventfd::{CallGuard, EventFd};
 pub use memfd::{memfd_seals, HugePages, Memfd};

@@ -1,0 +1,176 @@
+//! Directories held open, so that a daemon running as root looks names up
+//! in the directory it checked, not through a path whose components
+//! someone else could rename or replace with a symlink between the check
+//! and the use (unlink, chown, chmod and bind all take paths).
+
+use std::ffi::OsStr;
+use std::fs::{File, Metadata};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Longest path `bind(2)` and `connect(2)` take for a Unix socket
+/// (`sun_path` less its terminating NUL).
+pub const SUN_PATH_MAX: usize = 107;
+
+/// The effective uid of this process.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// A directory open as `O_PATH`: every name given to [`Dir::entry`] is
+/// resolved in this directory, whatever happens to the path it was opened
+/// by.
+#[derive(Debug)]
+pub struct Dir {
+    fd: File,
+    path: PathBuf,
+}
+
+impl Dir {
+    /// Opens the directory at `path` (symlinks in it are followed once,
+    /// now; check [`Dir::metadata`] for what was opened).
+    pub fn open(path: &Path) -> io::Result<Dir> {
+        let fd = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(path)?;
+        Ok(Dir {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The path it was opened by, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The directory's own metadata (of what was opened, not of what the
+    /// path names now).
+    pub fn metadata(&self) -> io::Result<Metadata> {
+        self.fd.metadata()
+    }
+
+    /// A path that names `name` inside this directory for as long as this
+    /// `Dir` is open: `/proc/self/fd/N/name`. The kernel resolves the
+    /// `/proc/self/fd/N` part to the open directory itself; a symlink at
+    /// `name` is followed or not as the call using the path does (lstat,
+    /// unlink and lchown do not). `name` must be one component.
+    pub fn entry(&self, name: &OsStr) -> io::Result<PathBuf> {
+        if name.is_empty() || name.as_bytes().contains(&b'/') || name == "." || name == ".." {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name:?}: not a file name"),
+            ));
+        }
+        let mut p = PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()));
+        p.push(name);
+        Ok(p)
+    }
+
+    /// Whether only `uid` (or root) can add, remove or rename entries in
+    /// this directory: owned by one of them, and neither group- nor
+    /// world-writable.
+    pub fn is_private_to(&self, uid: u32) -> io::Result<bool> {
+        let md = self.metadata()?;
+        Ok(private_to(&md, uid))
+    }
+}
+
+/// Whether a directory with metadata `md` can be changed only by `uid` or
+/// root.
+pub fn private_to(md: &Metadata, uid: u32) -> bool {
+    (md.uid() == uid || md.uid() == 0) && md.mode() & 0o022 == 0
+}
+
+/// The first directory among `dir` and its ancestors (`dir` canonical or
+/// not: it is resolved first) in which someone other than `uid` or root
+/// could rename or replace an entry: one writable by group or others,
+/// without the sticky bit (which keeps others' entries theirs), or owned
+/// by another user. `None` if there is none, so that no entry on the way
+/// to `dir` can be swapped by another user.
+pub fn first_open_ancestor(dir: &Path, uid: u32) -> io::Result<Option<PathBuf>> {
+    let real = std::fs::canonicalize(dir)?;
+    let mut cur = Some(real.as_path());
+    while let Some(d) = cur {
+        let md = std::fs::metadata(d)?;
+        let owner_ok = md.uid() == uid || md.uid() == 0;
+        let sticky = md.mode() & 0o1000 != 0;
+        if !owner_ok || (md.mode() & 0o022 != 0 && !sticky) {
+            return Ok(Some(d.to_path_buf()));
+        }
+        cur = d.parent();
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("vale-dir-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        d
+    }
+
+    #[test]
+    fn entries_stay_in_the_directory_opened() {
+        let base = tmp("swap");
+        let a = base.join("a");
+        let b = base.join("b");
+        std::fs::create_dir(&a).unwrap();
+        std::fs::create_dir(&b).unwrap();
+        let dir = Dir::open(&a).unwrap();
+        // The path now names another directory, through a symlink.
+        std::fs::rename(&a, base.join("a.moved")).unwrap();
+        std::os::unix::fs::symlink(&b, &a).unwrap();
+        std::fs::write(dir.entry(OsStr::new("f")).unwrap(), b"x").unwrap();
+        assert!(base.join("a.moved/f").exists());
+        assert!(!b.join("f").exists());
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn entry_takes_one_component() {
+        let base = tmp("names");
+        let dir = Dir::open(&base).unwrap();
+        for bad in ["", "a/b", ".", "..", "/etc"] {
+            assert!(dir.entry(OsStr::new(bad)).is_err(), "{bad:?}");
+        }
+        assert!(dir.entry(OsStr::new("ok.sock")).is_ok());
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn open_ancestors_are_found() {
+        let base = tmp("chain");
+        let inner = base.join("x/y");
+        std::fs::create_dir_all(&inner).unwrap();
+        for d in [&base.join("x"), &inner] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let me = euid();
+        // The temp dir itself is sticky (1777) or private: nothing open.
+        assert_eq!(first_open_ancestor(&inner, me).unwrap(), None);
+        std::fs::set_permissions(base.join("x"), std::fs::Permissions::from_mode(0o775)).unwrap();
+        assert_eq!(
+            first_open_ancestor(&inner, me).unwrap(),
+            Some(std::fs::canonicalize(base.join("x")).unwrap())
+        );
+        // Sticky: others' entries stay theirs.
+        std::fs::set_permissions(base.join("x"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert_eq!(first_open_ancestor(&inner, me).unwrap(), None);
+        assert!(Dir::open(&inner).unwrap().is_private_to(me).unwrap());
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o770)).unwrap();
+        assert!(!Dir::open(&inner).unwrap().is_private_to(me).unwrap());
+        let _ = std::fs::remove_dir_all(&base);
+    }
+}
