@@ -10,6 +10,7 @@
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
+use std::time::Instant;
 
 use vhost::vhost_user::message::FrontendReq;
 use vm_memory::ByteValued;
@@ -63,18 +64,20 @@ pub enum ConnError {
     /// Too many descriptors on one message.
     #[error("{0} descriptors on one message (at most {MAX_FDS})")]
     TooManyFds(usize),
-    /// The VMM stopped in the middle of a message, or stopped reading
-    /// replies, for longer than [`STALL`].
-    #[error("the VMM stalled for {}s in the middle of a message", STALL.as_secs())]
+    /// The VMM took longer than [`STALL`] to send a whole message once it
+    /// began, or to take a whole reply.
+    #[error("the VMM took over {}s over one message", STALL.as_secs())]
     Stalled,
     /// The socket failed.
     #[error("socket: {0}")]
     Io(#[from] io::Error),
 }
 
-/// How long a VMM may leave a message half-sent, or a reply unread: the
-/// port's thread waits on the socket only once epoll said a message
-/// began, and must get back to its kicks and to a port being removed.
+/// How long a VMM may take over one message once it began, or over
+/// taking one reply, in all (not per read: a byte every second would
+/// otherwise hold the port's thread for good). The port's thread waits on
+/// the socket only once epoll said a message began, and must get back to
+/// its kicks and to a port being removed.
 pub const STALL: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn stall(e: io::Error) -> ConnError {
@@ -165,8 +168,11 @@ impl Conn {
         &self.sock
     }
 
-    /// Reads one request. Blocks until it is whole.
+    /// Reads one request. Blocks until it is whole, for at most
+    /// [`STALL`] in all.
     pub fn recv(&mut self) -> Result<Request, ConnError> {
+        let deadline = Instant::now() + STALL;
+        let _ = self.sock.set_read_timeout(Some(STALL));
         let mut hdr = [0u8; HDR_LEN];
         // Descriptors ride on the header's bytes: read it with recvmsg,
         // then the rest of a short read plainly (a stream socket may split
@@ -180,7 +186,7 @@ impl Conn {
         if n == 0 {
             return Err(ConnError::Closed);
         }
-        self.read_rest(&mut hdr, n)?;
+        self.read_rest(&mut hdr, n, deadline)?;
         let code = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
         let fl = u32::from_le_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
         let size = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]);
@@ -199,7 +205,7 @@ impl Conn {
             return Err(ConnError::TooManyFds(k));
         }
         let mut body = vec![0u8; size as usize];
-        self.read_rest(&mut body, 0)?;
+        self.read_rest(&mut body, 0, deadline)?;
         Ok(Request {
             code,
             flags: fl,
@@ -208,8 +214,18 @@ impl Conn {
         })
     }
 
-    fn read_rest(&mut self, buf: &mut [u8], mut got: usize) -> Result<(), ConnError> {
+    fn read_rest(
+        &mut self,
+        buf: &mut [u8],
+        mut got: usize,
+        deadline: Instant,
+    ) -> Result<(), ConnError> {
         while got < buf.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ConnError::Stalled);
+            }
+            let _ = self.sock.set_read_timeout(Some(left));
             match self.sock.read(&mut buf[got..]) {
                 Ok(0) => {
                     return Err(ConnError::Truncated {
@@ -232,7 +248,22 @@ impl Conn {
         msg.extend_from_slice(&(flags::VERSION | flags::REPLY).to_le_bytes());
         msg.extend_from_slice(&(body.len() as u32).to_le_bytes());
         msg.extend_from_slice(body);
-        self.sock.write_all(&msg).map_err(stall)
+        let deadline = Instant::now() + STALL;
+        let mut sent = 0;
+        while sent < msg.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ConnError::Stalled);
+            }
+            let _ = self.sock.set_write_timeout(Some(left));
+            match self.sock.write(&msg[sent..]) {
+                Ok(0) => return Err(ConnError::Io(io::ErrorKind::WriteZero.into())),
+                Ok(k) => sent += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(stall(e)),
+            }
+        }
+        Ok(())
     }
 
     /// Replies with a u64.
@@ -314,6 +345,30 @@ mod tests {
         let t0 = std::time::Instant::now();
         assert!(matches!(c.recv(), Err(ConnError::Stalled)));
         assert!(t0.elapsed() >= STALL);
+    }
+
+    /// A byte every half second is never a stall per read, but the
+    /// message as a whole is one.
+    #[test]
+    fn a_message_sent_a_byte_at_a_time_times_out_as_a_whole() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let mut c = Conn::new(b);
+        let m = raw(8, 1, &[0; 8]);
+        a.write_all(&m[..1]).unwrap();
+        let drip = std::thread::spawn(move || {
+            for byte in &m[1..] {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                if a.write_all(&[*byte]).is_err() {
+                    return;
+                }
+            }
+        });
+        let t0 = std::time::Instant::now();
+        assert!(matches!(c.recv(), Err(ConnError::Stalled)));
+        let took = t0.elapsed();
+        assert!(took >= STALL && took < STALL * 3, "{took:?}");
+        drop(c);
+        drip.join().unwrap();
     }
 
     #[test]

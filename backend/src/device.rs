@@ -133,8 +133,11 @@ impl NetConfig {
 
 /// Called on a vhost-user worker thread when the guest kicks a queue.
 pub trait KickHook: Send + Sync {
-    /// The guest posted TX chains on queue pair `pair`.
-    fn tx_kick(&self, pair: u16);
+    /// The guest posted TX chains on queue pair `pair`. True if the hook
+    /// stopped with chains left (it bounds its work per call, so that the
+    /// session thread can still see its socket and its stop signal): it
+    /// is called again once the session has looked at them.
+    fn tx_kick(&self, pair: u16) -> bool;
     /// The guest posted RX buffers on queue pair `pair`.
     fn rx_kick(&self, pair: u16);
 }
@@ -144,7 +147,9 @@ pub trait KickHook: Send + Sync {
 struct NoHook;
 
 impl KickHook for NoHook {
-    fn tx_kick(&self, _: u16) {}
+    fn tx_kick(&self, _: u16) -> bool {
+        false
+    }
     fn rx_kick(&self, _: u16) {}
 }
 
@@ -283,13 +288,14 @@ impl Device for NetDevice {
         q % 2 == 0 || !self.0.cfg.fwd_watches_tx_kicks
     }
 
-    fn kick(&self, q: usize) {
+    fn kick(&self, q: usize) -> bool {
         let pair = (q / 2) as u16;
         if q % 2 == 0 {
             let _ = self.0.rx_wake.kick();
             self.hook().rx_kick(pair);
+            false
         } else {
-            self.hook().tx_kick(pair);
+            self.hook().tx_kick(pair)
         }
     }
 

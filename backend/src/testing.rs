@@ -2542,6 +2542,9 @@ pub struct NullDevice {
     /// As [`NetConfig::fwd_watches_tx_kicks`](crate::device::NetConfig):
     /// the session leaves the TX queues' kick fds to the data path.
     pub fwd_watches_tx_kicks: bool,
+    /// Every kick says work is left ([`Device::kick`](crate::vhost_user::Device::kick)
+    /// returns true): a device the guest keeps busy for good.
+    pub always_more: bool,
 }
 
 impl crate::vhost_user::Device for NullDevice {
@@ -2565,8 +2568,9 @@ impl crate::vhost_user::Device for NullDevice {
     fn quiesce(&self, _: usize) -> bool {
         true
     }
-    fn kick(&self, _: usize) {
+    fn kick(&self, _: usize) -> bool {
         self.kicks.fetch_add(1, Ordering::Relaxed);
+        self.always_more
     }
     fn session_watches_kick(&self, q: usize) -> bool {
         q % 2 == 0 || !self.fwd_watches_tx_kicks

@@ -82,8 +82,11 @@ pub trait Device {
     /// is outstanding and the next batch reads the new configuration.
     /// False if it did not get there in time.
     fn quiesce(&self, q: usize) -> bool;
-    /// The guest kicked queue `q` (or it just started).
-    fn kick(&self, q: usize);
+    /// The guest kicked queue `q` (or it just started). True if work is
+    /// left that the call stopped short of, to let the session look at
+    /// its socket and its stop signal in between: the session calls it
+    /// again as soon as it has, without waiting for another kick.
+    fn kick(&self, q: usize) -> bool;
     /// Whether the session's thread waits on queue `q`'s kick eventfd
     /// and calls [`kick`](Self::kick) when it rings. False where the data
     /// path waits on it itself, through [`VringConfig::kick`]
@@ -242,6 +245,9 @@ pub struct Session<'d, D: Device> {
     /// logging guarantee valed could not keep).
     fatal: Option<String>,
     epoll: Epoll,
+    /// Queues whose last kick stopped short ([`Device::kick`] said so), to
+    /// kick again once the socket and the stop signal have been looked at.
+    again: Vec<usize>,
 }
 
 impl<D: Device> std::fmt::Debug for Session<'_, D> {
@@ -270,6 +276,7 @@ impl<'d, D: Device> Session<'d, D> {
             log: None,
             fatal: None,
             epoll,
+            again: Vec::new(),
         })
     }
 
@@ -299,11 +306,20 @@ impl<'d, D: Device> Session<'d, D> {
             self.epoll.add(n, TOK_FAULT)?;
         }
         loop {
-            let toks = self.epoll.wait(64, None)?;
+            let wait = if self.again.is_empty() {
+                None
+            } else {
+                Some(Duration::ZERO)
+            };
+            let toks = self.epoll.wait(64, wait)?;
             for t in toks {
                 match t {
                     TOK_STOP => return Ok(()),
-                    TOK_SOCK => self.drain_requests()?,
+                    TOK_SOCK => {
+                        if self.drain_requests(stop)? {
+                            return Ok(());
+                        }
+                    }
                     // Some guest file shrank; ours?
                     TOK_FAULT => {
                         if let Some(r) = self.mem.faulted() {
@@ -316,12 +332,24 @@ impl<'d, D: Device> Session<'d, D> {
                     k if k >= TOK_KICK => {
                         let q = (k - TOK_KICK) as usize;
                         if self.started.get(q) == Some(&true) {
-                            self.dev.kick(q);
+                            self.kick(q);
                         }
                     }
                     _ => {}
                 }
             }
+            for q in std::mem::take(&mut self.again) {
+                if self.started.get(q) == Some(&true) {
+                    self.kick(q);
+                }
+            }
+        }
+    }
+
+    /// Kicks queue `q`'s device side, and again later if it stopped short.
+    fn kick(&mut self, q: usize) {
+        if self.dev.kick(q) && !self.again.contains(&q) {
+            self.again.push(q);
         }
     }
 
@@ -332,13 +360,22 @@ impl<'d, D: Device> Session<'d, D> {
     }
 
     /// Handles requests while the socket has data (the epoll is
-    /// edge-triggered).
-    fn drain_requests(&mut self) -> Result<(), SessionError> {
+    /// edge-triggered), looking at `stop` between two: a VMM that sends
+    /// without pause must not keep the session from stopping. True if
+    /// `stop` was kicked.
+    fn drain_requests(&mut self, stop: &EventFd) -> Result<bool, SessionError> {
         loop {
             self.serve_one()?;
-            let mut p = [PollFd::new(self.conn.socket().as_fd(), PollFlags::IN)];
-            if netmap::sys::poll(&mut p, Some(Duration::ZERO))? == 0 {
-                return Ok(());
+            let mut p = [
+                PollFd::new(self.conn.socket().as_fd(), PollFlags::IN),
+                PollFd::new(stop.as_fd(), PollFlags::IN),
+            ];
+            netmap::sys::poll(&mut p, Some(Duration::ZERO))?;
+            if !p[1].revents.is_empty() {
+                return Ok(true);
+            }
+            if p[0].revents.is_empty() {
+                return Ok(false);
             }
         }
     }
@@ -647,7 +684,7 @@ impl<'d, D: Device> Session<'d, D> {
         };
         let was = self.vrings[q].configure(|c| std::mem::replace(&mut c.enabled, on));
         if on && !was {
-            self.dev.kick(q);
+            self.kick(q);
         }
     }
 
@@ -791,7 +828,7 @@ impl<'d, D: Device> Session<'d, D> {
                 // A forwarder asleep on the old fd looks again, and then
                 // waits on this one.
                 if !self.dev.session_watches_kick(q) && self.vrings[q].config().running() {
-                    self.dev.kick(q);
+                    self.kick(q);
                 }
             }
             FdKind::Call => {
