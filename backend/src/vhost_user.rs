@@ -315,11 +315,7 @@ impl<'d, D: Device> Session<'d, D> {
             for t in toks {
                 match t {
                     TOK_STOP => return Ok(()),
-                    TOK_SOCK => {
-                        if self.drain_requests(stop)? {
-                            return Ok(());
-                        }
-                    }
+                    TOK_SOCK if self.drain_requests(stop)? => return Ok(()),
                     // Some guest file shrank; ours?
                     TOK_FAULT => {
                         if let Some(r) = self.mem.faulted() {
