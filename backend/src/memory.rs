@@ -95,6 +95,33 @@ pub enum MemError {
     /// More regions than GET_MAX_MEM_SLOTS said.
     #[error("more than {MAX_REGIONS} memory regions")]
     TooMany,
+    /// The descriptor is not shared memory: `F_GET_SEALS` fails on
+    /// anything but memfd, tmpfs and hugetlbfs files. Checked before any
+    /// other call on it, since a file on a FUSE mount its sender serves
+    /// could stall whichever valed thread touches it (fstat, a page fault
+    /// in the data path).
+    #[error("region gpa {gpa:#x}: not shared memory (guest memory must be a memfd, or a file on tmpfs or hugetlbfs)")]
+    NotShmem {
+        /// Guest-physical start.
+        gpa: u64,
+    },
+    /// The regions would add up to more than twice the machine's memory.
+    #[error("region gpa {gpa:#x}: guest memory would come to {total} bytes in all, more than twice this machine's memory ({max})")]
+    TooLarge {
+        /// Guest-physical start of the region that went over.
+        gpa: u64,
+        /// The session's regions with it, in bytes.
+        total: u64,
+        /// Twice the machine's physical memory.
+        max: u64,
+    },
+    /// The SIGBUS guard cannot watch one more mapping, and an unwatched
+    /// one whose file shrinks would kill valed.
+    #[error("region gpa {gpa:#x}: the guard against shrinking files is full (too many regions mapped in valed)")]
+    GuardFull {
+        /// Guest-physical start.
+        gpa: u64,
+    },
     /// SET_MEM_TABLE's region and descriptor counts differ.
     #[error("{regions} regions but {fds} descriptors")]
     FdCount {
@@ -199,6 +226,9 @@ fn check(spec: &RegionSpec, file: &File) -> Result<(u64, u64), MemError> {
             offset: spec.offset,
         });
     }
+    if netmap::sys::memfd_seals(file).is_err() {
+        return Err(MemError::NotShmem { gpa });
+    }
     let md = file.metadata().map_err(|e| MemError::Map {
         gpa,
         msg: format!("fstat: {e}"),
@@ -220,6 +250,24 @@ fn check(spec: &RegionSpec, file: &File) -> Result<(u64, u64), MemError> {
         });
     }
     Ok((md.dev(), md.ino()))
+}
+
+/// Refuses a table whose regions come to more than twice the machine's
+/// memory (`total`, with `spec`): mapped shared and without reserve, a
+/// sparse file of any length maps, and one VMM could take valed's whole
+/// address space, and every other port's next mapping with it. Twice,
+/// because a VMM may show the same memory at two guest addresses.
+fn within_memory(spec: &RegionSpec, total: u64) -> Result<(), MemError> {
+    static MAX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let max = *MAX.get_or_init(|| netmap::sys::physical_memory().saturating_mul(2));
+    if total > max {
+        return Err(MemError::TooLarge {
+            gpa: spec.gpa,
+            total,
+            max,
+        });
+    }
+    Ok(())
 }
 
 /// Guest-physical overlap. The same VMM memory may appear at two guest
@@ -246,8 +294,9 @@ fn map(spec: &RegionSpec, file: File) -> Result<MappedRegion, MemError> {
         })?;
     // The file may shrink later: a fault in this mapping is caught
     // (sigbus.rs) for as long as the mapping lives.
-    let listed = crate::sigbus::list_arc(region.as_ptr() as usize, spec.size as usize, &region);
-    Ok((region, listed))
+    let listed = crate::sigbus::list_arc(region.as_ptr() as usize, spec.size as usize, &region)
+        .ok_or(MemError::GuardFull { gpa })?;
+    Ok((region, Some(listed)))
 }
 
 impl MemTable {
@@ -331,6 +380,11 @@ impl MemTable {
         if specs.len() > MAX_REGIONS {
             return Err(MemError::TooMany);
         }
+        let mut total = 0u64;
+        for spec in specs {
+            total = total.saturating_add(spec.size);
+            within_memory(spec, total)?;
+        }
         let mut new = Vec::with_capacity(specs.len());
         for (spec, fd) in specs.iter().zip(fds) {
             let file = File::from(fd);
@@ -371,6 +425,11 @@ impl MemTable {
         if self.regions.len() >= MAX_REGIONS {
             return Err(MemError::TooMany);
         }
+        let total = self
+            .regions
+            .iter()
+            .fold(spec.size, |t, m| t.saturating_add(m.spec.size));
+        within_memory(spec, total)?;
         let (region, listed) = map(spec, file)?;
         self.regions.push(Mapped {
             spec: *spec,
@@ -535,7 +594,13 @@ mod tests {
         let e = t
             .add(&spec(0, 4096, 0), ev.try_clone_fd().unwrap())
             .unwrap_err();
-        assert_eq!(e, MemError::NotAFile { gpa: 0 });
+        assert_eq!(e, MemError::NotShmem { gpa: 0 });
+        // A regular file, but not shared memory (procfs here; a file on a
+        // FUSE mount is refused the same way, before any call that could
+        // reach its server).
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        let e = t.add(&spec(0, 4096, 0), f.into()).unwrap_err();
+        assert_eq!(e, MemError::NotShmem { gpa: 0 });
         let (_m, fd) = fd_of(4096);
         let e = t.add(&spec(u64::MAX - 4095, 8192, 0), fd).unwrap_err();
         assert!(matches!(e, MemError::Bounds { .. }));
@@ -549,6 +614,43 @@ mod tests {
         let e = t.add(&odd, m.try_clone_fd().unwrap()).unwrap_err();
         assert_eq!(e, MemError::Misaligned { gpa: 0, offset: 2 });
         assert_eq!(t.mapped_regions(), 0);
+    }
+
+    /// A sparse memfd maps at any length; the table is bounded by the
+    /// machine's memory instead, before anything is mapped.
+    #[test]
+    fn more_guest_memory_than_the_machine_has_is_refused() {
+        let max = netmap::sys::physical_memory().saturating_mul(2);
+        let Some(len) = max.checked_add(1 << 30).filter(|&l| l < 1 << 46) else {
+            return;
+        };
+        let (_m, fd) = fd_of(len as usize);
+        let mut t = MemTable::new();
+        let e = t.add(&spec(0, len, 0), fd).unwrap_err();
+        assert_eq!(
+            e,
+            MemError::TooLarge {
+                gpa: 0,
+                total: len,
+                max
+            }
+        );
+        // Split in two: the second goes over.
+        let (m, _) = fd_of(len as usize);
+        let half = (len / 2) & !4095;
+        t.add(&spec(0, half, 0), m.try_clone_fd().unwrap()).unwrap();
+        let e = t
+            .add(&spec(half, len - half, half), m.try_clone_fd().unwrap())
+            .unwrap_err();
+        assert!(matches!(e, MemError::TooLarge { .. }), "{e}");
+        let e = t
+            .set_table(
+                &[spec(0, half, 0), spec(half, len - half, half)],
+                vec![m.try_clone_fd().unwrap(), m.try_clone_fd().unwrap()],
+            )
+            .unwrap_err();
+        assert!(matches!(e, MemError::TooLarge { .. }), "{e}");
+        assert_eq!(t.mapped_regions(), 1);
     }
 
     #[test]

@@ -315,15 +315,7 @@ impl RegionConfig {
 /// The most memory one region may take: physical memory, and never more
 /// than 64 GiB.
 pub fn memory_limit() -> u64 {
-    // SAFETY: sysinfo fills the struct we pass; all-zero is a valid start.
-    let mut si: libc::sysinfo = unsafe { std::mem::zeroed() };
-    // SAFETY: si is a live, writable sysinfo struct.
-    let total = if unsafe { libc::sysinfo(&mut si) } == 0 {
-        si.totalram as u64 * si.mem_unit.max(1) as u64
-    } else {
-        u64::MAX
-    };
-    total.min(64 << 30)
+    crate::sys::physical_memory().min(64 << 30)
 }
 
 /// Where the pools lie in a region.

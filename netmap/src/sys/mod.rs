@@ -49,6 +49,19 @@ pub(crate) fn cvt_isize(ret: isize) -> io::Result<usize> {
     }
 }
 
+/// The machine's physical memory in bytes (`u64::MAX` if the kernel does
+/// not say).
+pub fn physical_memory() -> u64 {
+    // SAFETY: sysinfo fills the struct we pass; all-zero is a valid start.
+    let mut si: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: si is a live, writable sysinfo struct.
+    if unsafe { libc::sysinfo(&mut si) } == 0 {
+        (si.totalram as u64).saturating_mul(si.mem_unit.max(1) as u64)
+    } else {
+        u64::MAX
+    }
+}
+
 /// The system page size.
 pub fn page_size() -> usize {
     // SAFETY: sysconf has no memory-safety preconditions.
