@@ -636,7 +636,7 @@ fn serve(dev: NetDevice, listener: Option<UnixListener>, stop: &EventFd) {
             // Never a blocking connect: a VMM whose listener never
             // accepts (backlog full) would hold this thread, and with it
             // the port's removal.
-            None => match netmap::sys::stream_connect_nonblocking(&dev.0.cfg.socket) {
+            None => match crate::socket::connect(&dev.0.cfg.socket, dev.0.cfg.owner) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::debug!(port = name, "connecting to {:?}: {e}", dev.0.cfg.socket);

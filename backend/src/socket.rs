@@ -156,6 +156,36 @@ pub fn bind(path: &Path, owner: Option<u32>) -> Result<UnixListener, SocketError
     Ok(l)
 }
 
+/// Connects, without blocking, to the socket at `path` for a client-mode
+/// port owned by `owner` (None: root's, connected as named). A tenant's
+/// socket is opened first without following a final symlink, checked to
+/// be a socket of that tenant, and connected to through that open file
+/// (`/proc/self/fd/N`): the tenant cannot swap it, between the check and
+/// the connect or between two reconnects, for a symlink to a socket only
+/// root may reach.
+pub fn connect(path: &Path, owner: Option<u32>) -> io::Result<UnixStream> {
+    let Some(o) = owner else {
+        return netmap::sys::stream_connect_nonblocking(path);
+    };
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+        .open(path)?;
+    let md = f.metadata()?;
+    if !md.file_type().is_socket() || md.uid() != o {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{}: not a socket of uid {o}", path.display()),
+        ));
+    }
+    use std::os::fd::AsRawFd;
+    netmap::sys::stream_connect_nonblocking(Path::new(&format!(
+        "/proc/self/fd/{}",
+        f.as_raw_fd()
+    )))
+}
+
 /// Whether the process at the other end of `s` may serve a port owned by
 /// `owner`: root's ports take any VMM; a tenant's only a VMM of the same
 /// uid (for a client-mode port, the VMM that listens; so a tenant cannot
@@ -249,6 +279,23 @@ mod tests {
         let d = dir("long");
         let e = bind(&d.join("x".repeat(100)), None).unwrap_err();
         assert!(e.to_string().contains("too long for a socket"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_tenants_client_port_connects_only_to_that_tenants_socket() {
+        let d = dir("connect");
+        let s = d.join("vm.sock");
+        let _l = UnixListener::bind(&s).unwrap();
+        let me = netmap::sys::euid();
+        assert!(connect(&s, None).is_ok());
+        assert!(connect(&s, Some(me)).is_ok());
+        let e = connect(&s, Some(me.wrapping_add(1))).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
+        // A symlink to it is not followed, even to the owner's own socket.
+        let l = d.join("link.sock");
+        std::os::unix::fs::symlink(&s, &l).unwrap();
+        assert!(connect(&l, Some(me)).is_err());
         let _ = std::fs::remove_dir_all(&d);
     }
 
