@@ -180,10 +180,7 @@ pub fn connect(path: &Path, owner: Option<u32>) -> io::Result<UnixStream> {
         ));
     }
     use std::os::fd::AsRawFd;
-    netmap::sys::stream_connect_nonblocking(Path::new(&format!(
-        "/proc/self/fd/{}",
-        f.as_raw_fd()
-    )))
+    netmap::sys::stream_connect_nonblocking(Path::new(&format!("/proc/self/fd/{}", f.as_raw_fd())))
 }
 
 /// Whether the process at the other end of `s` may serve a port owned by

@@ -108,6 +108,7 @@ pub fn control_trace(data: &[u8]) -> Vec<(u16, String, i32)> {
         vhost_ports: 2,
         ports: 8,
         switches: 2,
+        connections: 8,
     };
     reg.default_slots = 64;
     reg.vhost_dir = dir.join("vhost");

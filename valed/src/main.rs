@@ -31,7 +31,7 @@ struct Args {
 const USAGE: &str =
     "usage: valed [--socket PATH] [--threads N] [--cpus LIST] [--busy-poll USECS] [--log LEVEL]
              [--hugepages] [--mem-ports N] [--vhost-inline] [--config FILE] [--metrics HOST:PORT|unix:PATH] [--vhost-dir DIR]
-             [--quota-mem MIB] [--quota-vhost N] [--quota-ports N] [--quota-switches N]
+             [--quota-mem MIB] [--quota-vhost N] [--quota-ports N] [--quota-switches N] [--quota-conns N]
              [--admode best|native|generic]
              [--vhost-user NAME=PATH[,client][,queues=N][,batch=N][,attach=valeX]]...";
 
@@ -139,6 +139,12 @@ fn parse_args() -> Result<Args, String> {
                 a.quotas.switches = v
                     .parse()
                     .map_err(|_| format!("--quota-switches {v}: want a number of switches"))?;
+            }
+            "--quota-conns" => {
+                let v = val("--quota-conns")?;
+                a.quotas.connections = v.parse().ok().filter(|&n| n >= 1).ok_or(format!(
+                    "--quota-conns {v}: want a number of connections, at least 1"
+                ))?;
             }
             "--admode" => a.admode = val("--admode")?.parse()?,
             "--metrics" => a.metrics = Some(metrics::MetricsAddr::parse(&val("--metrics")?)?),

@@ -43,6 +43,8 @@ struct ControlPlane<'r> {
     signals: &'r StopSignals,
     reg: &'r mut Registry,
     clients: HashMap<u32, Client>,
+    /// Connections open per uid other than root.
+    per_uid: HashMap<u32, usize>,
     next_key: u32,
     next_conn: u64,
     /// Since when the listener is out of the interest list (EMFILE).
@@ -60,6 +62,22 @@ impl ControlPlane<'_> {
             Ok(fd) if netmap::sys::set_nonblocking(&fd).is_err() => drop(fd),
             Ok(fd) => {
                 let uid = netmap::sys::peer_cred(&fd).map(|c| c.1).unwrap_or(u32::MAX);
+                if uid != 0 {
+                    let n = self.per_uid.entry(uid).or_default();
+                    if *n >= self.reg.quotas.connections {
+                        // Logged once per crossing, not once per attempt.
+                        if *n == self.reg.quotas.connections {
+                            warn!(
+                                uid,
+                                quota = self.reg.quotas.connections,
+                                "control connections of this uid at its quota (--quota-conns): more are closed at once"
+                            );
+                            *n += 1;
+                        }
+                        return;
+                    }
+                    *n += 1;
+                }
                 // A free key: they wrap after 2^32 - 2 connections.
                 while self.clients.contains_key(&self.next_key) || self.next_key >= SIGNALS {
                     self.next_key = self.next_key.wrapping_add(1) % SIGNALS;
@@ -70,6 +88,9 @@ impl ControlPlane<'_> {
                 self.next_conn += 1;
                 if let Err(e) = ops.add(Events::with_data(&fd, key, CLIENT_EVENTS)) {
                     warn!(conn = id, uid, "client not watched, dropped: {e:?}");
+                    if let Some(n) = self.per_uid.get_mut(&uid) {
+                        *n = n.saturating_sub(1);
+                    }
                     return;
                 }
                 debug!(conn = id, uid, "client connected");
@@ -127,6 +148,14 @@ impl ControlPlane<'_> {
 
     fn drop_client(&mut self, key: u32, ops: &mut EventOps<'_>) {
         if let Some(mut c) = self.clients.remove(&key) {
+            if let Some(n) = self.per_uid.get_mut(&c.conn.uid) {
+                // Past the quota the count stands one above it (the log
+                // line's mark): back to it, then down.
+                *n = (*n).min(self.reg.quotas.connections).saturating_sub(1);
+                if *n == 0 {
+                    self.per_uid.remove(&c.conn.uid);
+                }
+            }
             let _ = ops.remove(Events::with_data(&c.fd, key, CLIENT_EVENTS));
             debug!(conn = c.conn.id, fd = c.fd.as_raw_fd(), "client gone");
             self.reg.unregister(&mut c.conn);
@@ -184,6 +213,7 @@ pub fn serve(listener: OwnedFd, reg: &mut Registry, signals: &StopSignals) -> st
         signals,
         reg,
         clients: HashMap::new(),
+        per_uid: HashMap::new(),
         next_key: 0,
         next_conn: 1,
         resting: None,

@@ -97,6 +97,31 @@ fn tenant_helper() {
             .call(&Request::new(VALE_REQ_SWITCH_CONFIG, f[1], &b).unwrap())
             .unwrap();
         r.error
+    } else if f[3] == "conns" {
+        // f[2] connections, each answered once and kept open; then one
+        // more: 0 if it was answered too, -1 if valed closed it.
+        use netmap::abi::*;
+        let ask = |c: &CtrlConn| {
+            c.call(
+                &Request::new(
+                    NETMAP_REQ_PORT_INFO_GET,
+                    "vale0:nowhere",
+                    &NmreqPortInfoGet::default(),
+                )
+                .unwrap(),
+            )
+        };
+        let n: usize = f[2].parse().unwrap();
+        let mut kept = Vec::new();
+        for _ in 0..n {
+            let c = CtrlConn::connect(Path::new(f[0])).expect("control socket");
+            ask(&c).expect("a connection within the quota is served");
+            kept.push(c);
+        }
+        match CtrlConn::connect(Path::new(f[0])).map(|c| ask(&c).is_ok()) {
+            Ok(true) => 0,
+            _ => -1,
+        }
     } else if f[3] == "register" {
         // f[2]: extra buffers asked for.
         let req = netmap::abi::NmreqRegister {
@@ -448,6 +473,38 @@ fn tenants_are_held_to_their_quotas() {
         libc::ENOMEM
     );
     assert_eq!(register_as_tenant(&s.v.sock, "vale0:small", 16), 0);
+}
+
+/// One user cannot take every descriptor valed has by opening control
+/// connections: past `--quota-conns` the next is closed at once, root's
+/// still get through, and the user's count goes down as they close.
+#[test]
+fn tenants_are_held_to_a_number_of_control_connections() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let s = setup("sec-conns", &["--quota-conns", "4"]);
+    assert_eq!(tenant_run(&s.v.sock, "-", "4", "conns"), -1, "a fifth");
+    // The tenant's connections closed with its process: four again, once
+    // valed has seen them go.
+    let t0 = std::time::Instant::now();
+    while tenant_run(&s.v.sock, "-", "3", "conns") != 0 {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "a fourth connection, after the first four closed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let root: Vec<_> = (0..8)
+        .map(|_| CtrlConn::connect(&s.v.sock).unwrap())
+        .collect();
+    for c in &root {
+        let body = netmap::abi::NmreqPortInfoGet::default();
+        c.call(&Request::new(netmap::abi::NETMAP_REQ_PORT_INFO_GET, "vale0:x", &body).unwrap())
+            .expect("root has no connection quota");
+    }
 }
 
 /// Switches belong to the uid whose port made them: another uid's port is

@@ -313,6 +313,7 @@ mod tests {
             vhost_ports: 0,
             ports: 0,
             switches: 0,
+            connections: 0,
         };
         assert_eq!(reg.check_port_quota(0, "x", true), Ok(()));
         assert_eq!(reg.check_switch_quota(0, "vale0"), Ok(()));

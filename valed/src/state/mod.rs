@@ -228,6 +228,10 @@ pub struct Quotas {
     /// Switches the uid made (each holds up to 254 ports and one of the
     /// 64 switch indexes).
     pub switches: usize,
+    /// Control connections open at once (each a descriptor of valed's:
+    /// without a bound one user could take them all, and every other
+    /// user's accept, memfd and eventfd would fail).
+    pub connections: usize,
 }
 
 impl Default for Quotas {
@@ -240,6 +244,7 @@ impl Default for Quotas {
             vhost_ports: 16,
             ports: 64,
             switches: 8,
+            connections: 256,
         }
     }
 }
