@@ -105,6 +105,9 @@ pub struct NetConfig {
     /// The uid the port belongs to, if not root: its socket is made theirs
     /// (mode 0600) and only a VMM of that uid is served.
     pub owner: Option<u32>,
+    /// For root's listening socket (`owner` None): the group whose VMMs
+    /// may connect (mode 0660); None makes it 0600, root's VMMs only.
+    pub group: Option<u32>,
     /// The forwarding threads wait on the guest's TX kick eventfds
     /// themselves ([`TxQueue`]'s doorbell): the session's thread does not
     /// watch them, and a kick that finds the forwarder asleep wakes one
@@ -126,6 +129,7 @@ impl NetConfig {
             queue_size: 1024,
             batch: DEFAULT_BATCH,
             owner: None,
+            group: None,
             fwd_watches_tx_kicks: false,
         }
     }
@@ -468,7 +472,13 @@ impl NetPort {
         let dev = NetDevice::new(cfg.clone())?;
         let stop = Arc::new(EventFd::new()?);
         let listener = match cfg.mode {
-            SocketMode::Server => Some(crate::socket::bind(&cfg.socket, cfg.owner)?),
+            SocketMode::Server => Some(crate::socket::bind(
+                &cfg.socket,
+                match cfg.owner {
+                    Some(o) => crate::socket::Perm::Tenant(o),
+                    None => crate::socket::Perm::Root { group: cfg.group },
+                },
+            )?),
             SocketMode::Client => None,
         };
         let (d2, s2) = (dev.clone(), stop.clone());

@@ -68,10 +68,26 @@ impl SocketError {
     }
 }
 
-/// Binds a listening socket at `path` for a port owned by `owner` (None:
-/// root's, left as bind(2) makes it). An existing entry is replaced only
-/// if it is a socket nobody listens on, owned by the port's owner (any,
-/// for root's ports); a symlink is never followed nor replaced.
+/// Who may connect to a socket [`bind`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Perm {
+    /// As bind(2) makes it, under the process umask.
+    AsMade,
+    /// A tenant's (this uid's): owned by it, mode 0600.
+    Tenant(u32),
+    /// Root's VM socket: mode 0600, or 0660 with this group (the VMMs
+    /// root lets in, such as libvirt's QEMU), never reachable through the
+    /// group tenants use for the control socket by accident of the umask.
+    Root {
+        /// The group that may connect.
+        group: Option<u32>,
+    },
+}
+
+/// Binds a listening socket at `path` with permissions `perm`. An
+/// existing entry is replaced only if it is a socket nobody listens on,
+/// owned by the tenant for [`Perm::Tenant`] (by anyone otherwise); a
+/// symlink is never followed nor replaced.
 ///
 /// Every step after the directory is opened names the entry inside that
 /// open directory (`netmap::sys::Dir`), so renaming a directory on the way
@@ -79,7 +95,11 @@ impl SocketError {
 /// onto another file. A tenant's socket must moreover be in a directory
 /// only valed's uid (or root) can change, so that the entry itself cannot
 /// be swapped between the bind and the chown.
-pub fn bind(path: &Path, owner: Option<u32>) -> Result<UnixListener, SocketError> {
+pub fn bind(path: &Path, perm: Perm) -> Result<UnixListener, SocketError> {
+    let owner = match perm {
+        Perm::Tenant(o) => Some(o),
+        _ => None,
+    };
     let io_err = |source| SocketError::Io {
         path: path.into(),
         source,
@@ -141,16 +161,23 @@ pub fn bind(path: &Path, owner: Option<u32>) -> Result<UnixListener, SocketError
     // bind(2) fails on anything that appeared meanwhile (EADDRINUSE),
     // symlinks included.
     let l = UnixListener::bind(&at).map_err(io_err)?;
-    if let Some(o) = owner {
-        // Connections that come before the chmod are refused by the peer
-        // check, so the window does not matter. The entry is the socket
-        // just bound: only this uid can change the directory.
-        let r = std::os::unix::fs::lchown(&at, Some(o), None)
-            .and_then(|()| std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o600)));
-        if let Err(e) = r {
-            let _ = std::fs::remove_file(&at);
-            return Err(io_err(e));
+    // Connections that come before the chmod are refused by the peer
+    // check (a tenant's) or come from who the umask let in a moment
+    // longer (root's). For a tenant the entry is the socket just bound:
+    // only valed's uid can change the directory.
+    let r = match perm {
+        Perm::AsMade => Ok(()),
+        Perm::Tenant(o) => std::os::unix::fs::lchown(&at, Some(o), None)
+            .and_then(|()| std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o600))),
+        Perm::Root { group: None } => {
+            std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o600))
         }
+        Perm::Root { group: Some(g) } => std::os::unix::fs::lchown(&at, None, Some(g))
+            .and_then(|()| std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o660))),
+    };
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&at);
+        return Err(io_err(e));
     }
     l.set_nonblocking(true).map_err(io_err)?;
     Ok(l)
@@ -217,23 +244,29 @@ mod tests {
         let d = dir("replace");
         let f = d.join("victim");
         std::fs::write(&f, b"precious").unwrap();
-        assert!(matches!(bind(&f, None), Err(SocketError::Exists { .. })));
+        assert!(matches!(
+            bind(&f, Perm::AsMade),
+            Err(SocketError::Exists { .. })
+        ));
         assert_eq!(std::fs::read(&f).unwrap(), b"precious");
         let l = d.join("link");
         std::os::unix::fs::symlink(&f, &l).unwrap();
-        assert!(matches!(bind(&l, None), Err(SocketError::Exists { .. })));
+        assert!(matches!(
+            bind(&l, Perm::AsMade),
+            Err(SocketError::Exists { .. })
+        ));
         let dangling = d.join("dangling");
         std::os::unix::fs::symlink(d.join("nowhere"), &dangling).unwrap();
-        assert!(bind(&dangling, None).is_err());
+        assert!(bind(&dangling, Perm::AsMade).is_err());
         assert!(!d.join("nowhere").exists());
         let s = d.join("s.sock");
-        let live = bind(&s, None).unwrap();
-        let e = bind(&s, None).unwrap_err();
+        let live = bind(&s, Perm::AsMade).unwrap();
+        let e = bind(&s, Perm::AsMade).unwrap_err();
         assert!(matches!(e, SocketError::InUse { .. }), "{e}");
         assert_eq!(e.errno(), libc::EADDRINUSE);
         drop(live);
         // Stale now: replaced.
-        let _again = bind(&s, None).unwrap();
+        let _again = bind(&s, Perm::AsMade).unwrap();
         let _ = std::fs::remove_dir_all(&d);
     }
 
@@ -243,14 +276,14 @@ mod tests {
         let s = d.join("t.sock");
         // SAFETY: getuid has no preconditions.
         let me = unsafe { libc::getuid() };
-        let l = bind(&s, Some(me)).unwrap();
+        let l = bind(&s, Perm::Tenant(me)).unwrap();
         let md = std::fs::symlink_metadata(&s).unwrap();
         assert_eq!(md.mode() & 0o777, 0o600);
         assert_eq!(md.uid(), me);
         drop(l);
         // A stale socket of another uid is not taken over.
         let other = me.wrapping_add(12345);
-        let e = bind(&s, Some(other)).unwrap_err();
+        let e = bind(&s, Perm::Tenant(other)).unwrap_err();
         assert!(matches!(e, SocketError::NotOwner { .. }), "{e}");
         assert_eq!(e.errno(), libc::EPERM);
         let _ = std::fs::remove_dir_all(&d);
@@ -262,19 +295,35 @@ mod tests {
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
         let s = d.join("t.sock");
         let me = netmap::sys::euid();
-        let e = bind(&s, Some(me)).unwrap_err();
+        let e = bind(&s, Perm::Tenant(me)).unwrap_err();
         assert!(matches!(e, SocketError::OpenDir { .. }), "{e}");
         assert_eq!(e.errno(), libc::EPERM);
         assert!(!s.exists());
         // Root's own sockets are root's business.
-        let _l = bind(&s, None).unwrap();
+        let _l = bind(&s, Perm::AsMade).unwrap();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn roots_vm_sockets_are_roots_or_a_named_groups() {
+        let d = dir("root");
+        let s = d.join("vm.sock");
+        let l = bind(&s, Perm::Root { group: None }).unwrap();
+        let md = std::fs::symlink_metadata(&s).unwrap();
+        assert_eq!(md.mode() & 0o777, 0o600);
+        drop(l);
+        // A group of our own (any process may give a file its own group).
+        let gid = std::fs::metadata("/proc/self").unwrap().gid();
+        let _l = bind(&s, Perm::Root { group: Some(gid) }).unwrap();
+        let md = std::fs::symlink_metadata(&s).unwrap();
+        assert_eq!((md.mode() & 0o777, md.gid()), (0o660, gid));
         let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
     fn names_too_long_for_a_socket_are_refused_by_name() {
         let d = dir("long");
-        let e = bind(&d.join("x".repeat(100)), None).unwrap_err();
+        let e = bind(&d.join("x".repeat(100)), Perm::AsMade).unwrap_err();
         assert!(e.to_string().contains("too long for a socket"), "{e}");
         let _ = std::fs::remove_dir_all(&d);
     }

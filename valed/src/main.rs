@@ -26,13 +26,14 @@ struct Args {
     vhost_dir: Option<PathBuf>,
     quotas: state::Quotas,
     admode: nic::AdMode,
+    vm_socket_group: Option<u32>,
 }
 
 const USAGE: &str =
     "usage: valed [--socket PATH] [--threads N] [--cpus LIST] [--busy-poll USECS] [--log LEVEL]
              [--hugepages] [--mem-ports N] [--vhost-inline] [--config FILE] [--metrics HOST:PORT|unix:PATH] [--vhost-dir DIR]
              [--quota-mem MIB] [--quota-vhost N] [--quota-ports N] [--quota-switches N] [--quota-conns N]
-             [--admode best|native|generic]
+             [--admode best|native|generic] [--vm-socket-group GROUP]
              [--vhost-user NAME=PATH[,client][,queues=N][,batch=N][,attach=valeX]]...";
 
 fn parse_cpus(s: &str) -> Result<Vec<usize>, String> {
@@ -69,6 +70,7 @@ fn parse_args() -> Result<Args, String> {
         metrics: None,
         vhost_dir: None,
         quotas: state::Quotas::default(),
+        vm_socket_group: None,
         admode: nic::AdMode::Best,
     };
     let mut it = std::env::args().skip(1);
@@ -147,6 +149,12 @@ fn parse_args() -> Result<Args, String> {
                 ))?;
             }
             "--admode" => a.admode = val("--admode")?.parse()?,
+            "--vm-socket-group" => {
+                let v = val("--vm-socket-group")?;
+                a.vm_socket_group = Some(
+                    netmap::sys::group_id(&v).map_err(|e| format!("--vm-socket-group {v}: {e}"))?,
+                );
+            }
             "--metrics" => a.metrics = Some(metrics::MetricsAddr::parse(&val("--metrics")?)?),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -298,6 +306,7 @@ fn run(args: Args) -> std::io::Result<()> {
     reg.vhost_inline = args.vhost_inline;
     reg.quotas = args.quotas;
     reg.admode = args.admode;
+    reg.vm_socket_group = args.vm_socket_group;
     // Tenants' vhost-user sockets: beside the control socket unless told.
     reg.vhost_dir = match &args.vhost_dir {
         Some(d) => d.clone(),

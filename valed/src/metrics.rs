@@ -271,7 +271,7 @@ pub fn start(addr: &MetricsAddr, ctl: PathBuf) -> std::io::Result<()> {
         MetricsAddr::Unix(p) => {
             // The rule for every socket valed binds: a stale socket goes,
             // anything else at the path is refused, never removed.
-            let l = backend::socket::bind(p, None)
+            let l = backend::socket::bind(p, backend::socket::Perm::AsMade)
                 .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
             l.set_nonblocking(false)?;
             tracing::info!(path = %p.display(), "metrics on unix socket");

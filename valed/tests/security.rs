@@ -860,3 +860,25 @@ fn valed_refuses_directories_another_user_could_change() {
     let _ = c.wait();
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// Root's VM sockets are root's (0600) whatever the umask, or a named
+/// group's (0660, `--vm-socket-group`): never open to the group tenants
+/// use for the control socket, where a tenant could act as the VM while
+/// its VMM is away.
+#[test]
+fn roots_vm_sockets_are_root_or_a_named_group() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let s = setup("sec-rootsock", &[]);
+    assert_eq!(newif(&s.v.sock, "rs1", "rs1.sock", false), 0);
+    let md = std::fs::symlink_metadata(s.vhost_dir.join("rs1.sock")).unwrap();
+    assert_eq!((md.uid(), md.mode() & 0o777), (0, 0o600));
+    drop(s);
+    let s = setup("sec-rootsock-g", &["--vm-socket-group", "65534"]);
+    assert_eq!(newif(&s.v.sock, "rs2", "rs2.sock", false), 0);
+    let md = std::fs::symlink_metadata(s.vhost_dir.join("rs2.sock")).unwrap();
+    assert_eq!((md.uid(), md.gid(), md.mode() & 0o777), (0, 65534, 0o660));
+}

@@ -49,6 +49,47 @@ pub(crate) fn cvt_isize(ret: isize) -> io::Result<usize> {
     }
 }
 
+/// The gid of group `name` (through NSS, as `getgrnam(3)`), or `name`
+/// itself if it is a number.
+pub fn group_id(name: &str) -> io::Result<u32> {
+    if let Ok(g) = name.parse() {
+        return Ok(g);
+    }
+    let cname = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the group name"))?;
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        // SAFETY: all-zero is a valid `group` to be filled in.
+        let mut gr: libc::group = unsafe { std::mem::zeroed() };
+        let mut out: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: cname is NUL-terminated; gr, buf and out are live and
+        // writable for the call, buf.len() bytes of buf.
+        let rc = unsafe {
+            libc::getgrnam_r(
+                cname.as_ptr(),
+                &mut gr,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut out,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < 1 << 24 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        if out.is_null() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no group {name:?}"),
+            ));
+        }
+        return Ok(gr.gr_gid);
+    }
+}
+
 /// The machine's physical memory in bytes (`u64::MAX` if the kernel does
 /// not say).
 pub fn physical_memory() -> u64 {
@@ -85,4 +126,18 @@ pub fn set_nonblocking(fd: impl std::os::fd::AsFd) -> io::Result<()> {
     // SAFETY: as above, F_SETFL with integer flags.
     cvt(unsafe { libc::fcntl(raw, libc::F_SETFL, fl | libc::O_NONBLOCK) })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_by_name_or_number() {
+        assert_eq!(group_id("root").unwrap(), 0);
+        assert_eq!(group_id("65534").unwrap(), 65534);
+        let e = group_id("no-such-group-vale").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+        assert!(group_id("a\0b").is_err());
+    }
 }

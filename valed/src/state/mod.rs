@@ -304,6 +304,9 @@ pub struct Registry {
     pub state_file: Option<std::path::PathBuf>,
     /// Where tenants' vhost-user sockets live (`--vhost-dir`).
     pub vhost_dir: std::path::PathBuf,
+    /// The group that may connect to root's listening VM sockets
+    /// (`--vm-socket-group`); None: root alone.
+    pub vm_socket_group: Option<u32>,
     /// Limits on what one uid other than root may hold.
     pub quotas: Quotas,
     /// Which adapter a NIC gets (`--admode`, netmap's `admode` sysctl).
@@ -360,6 +363,7 @@ impl Registry {
             next_unit: 1 << 62,
             state_file: None,
             vhost_dir: std::path::PathBuf::from("/run/vale/vhost"),
+            vm_socket_group: None,
             quotas: Quotas::default(),
             admode: nic::AdMode::Best,
             vhost_inline: false,

@@ -17,6 +17,7 @@ impl Registry {
         self.check_port_quota(spec.owner, &spec.name, true)
             .map_err(|r| (r.errno(), r.to_string()))?;
         let mut cfg = spec.net_config();
+        cfg.group = self.vm_socket_group;
         // Inline, the session's thread forwards at each kick; otherwise
         // the forwarding thread waits on the kicks itself.
         cfg.fwd_watches_tx_kicks = !self.vhost_inline;
