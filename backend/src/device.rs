@@ -454,6 +454,9 @@ pub struct NetPort {
     dev: NetDevice,
     stop: Arc<EventFd>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// (device, inode) of the socket it bound (server mode), to remove
+    /// that socket and nothing else when the port is deleted.
+    bound: Option<(u64, u64)>,
 }
 
 impl std::fmt::Debug for NetPort {
@@ -481,6 +484,13 @@ impl NetPort {
             )?),
             SocketMode::Client => None,
         };
+        let bound = listener
+            .as_ref()
+            .and_then(|_| std::fs::symlink_metadata(&cfg.socket).ok())
+            .map(|md| {
+                use std::os::unix::fs::MetadataExt;
+                (md.dev(), md.ino())
+            });
         let (d2, s2) = (dev.clone(), stop.clone());
         let thread = std::thread::Builder::new()
             .name(format!("vhost-{}", cfg.name))
@@ -489,7 +499,27 @@ impl NetPort {
             dev,
             stop,
             thread: Some(thread),
+            bound,
         })
+    }
+
+    /// Stops the port for good and removes the socket it bound, if the
+    /// entry at its path is still that socket. Dropping a port leaves the
+    /// socket, so that VMMs find the same path after valed restarts;
+    /// deleting one must not leave its name taken, nor an inode behind
+    /// for every port made and deleted.
+    pub fn delete(mut self) {
+        self.halt();
+        if let Some(id) = self.bound {
+            crate::socket::unlink_if(&self.dev.0.cfg.socket, id);
+        }
+    }
+
+    fn halt(&mut self) {
+        let _ = self.stop.kick();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 
     /// The port's name.
@@ -605,10 +635,7 @@ impl NetPort {
 
 impl Drop for NetPort {
     fn drop(&mut self) {
-        let _ = self.stop.kick();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.halt();
     }
 }
 

@@ -183,6 +183,31 @@ pub fn bind(path: &Path, perm: Perm) -> Result<UnixListener, SocketError> {
     Ok(l)
 }
 
+/// Removes the socket at `path` if it is the one with `id` (device,
+/// inode), looked up and removed through its directory held open; a
+/// socket bound there since, or anything else, stays.
+pub fn unlink_if(path: &Path, id: (u64, u64)) {
+    let (Some(name), Some(parent)) = (path.file_name(), path.parent()) else {
+        return;
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let Ok(dir) = netmap::sys::Dir::open(parent) else {
+        return;
+    };
+    let Ok(at) = dir.entry(name) else {
+        return;
+    };
+    if let Ok(md) = std::fs::symlink_metadata(&at) {
+        if md.file_type().is_socket() && (md.dev(), md.ino()) == id {
+            let _ = std::fs::remove_file(&at);
+        }
+    }
+}
+
 /// Connects, without blocking, to the socket at `path` for a client-mode
 /// port owned by `owner` (None: root's, connected as named). A tenant's
 /// socket is opened first without following a final symlink, checked to

@@ -121,6 +121,10 @@ fn vm_ports_created_attached_and_exchanging() {
     assert_eq!(delif(&v, "vma"), 0);
     assert!(!v.list().contains(&"vale0:vma".to_string()));
     assert_eq!(delif(&v, "vma"), libc::ENXIO);
+    // Deleted, its socket goes with it: the name is free again.
+    assert!(!pa.exists(), "{} left behind", pa.display());
+    assert_eq!(newif(&v, "vmc", &pa, false, 1), 0);
+    assert!(pa.exists());
 }
 
 /// With `--busy-poll 0` the forwarding thread sleeps at the first poll

@@ -308,7 +308,9 @@ impl Registry {
             if v.attached.is_some() {
                 return err(req, libc::EBUSY);
             }
-            self.vhost.remove(name);
+            if let Some(v) = self.vhost.remove(name) {
+                v.port.delete();
+            }
             self.save_state();
             info!(port = name, "vhost-user port removed");
             return (0, req.clone(), Vec::new());
