@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use netmap::abi::{NmreqValeList, NETMAP_REQ_VALE_LIST};
 use netmap::ctrl::{CtrlConn, Request, VALE_REQ_METRICS};
@@ -173,11 +173,19 @@ pub fn scrape(ctl: &Path) -> std::io::Result<String> {
     Ok(out)
 }
 
-/// Answers one HTTP request on `s`.
-fn answer(mut s: impl Read + Write, ctl: &Path) {
+/// Answers one HTTP request on `s`, taking at most [`IO_TIMEOUT`] to
+/// read it and as long again to write the answer, in all: a scraper that
+/// sends or reads a byte a second must not hold the one metrics thread.
+fn answer(mut s: impl Scraper, ctl: &Path) {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
+    let deadline = Instant::now() + IO_TIMEOUT;
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        s.read_timeout(left);
         match s.read(&mut chunk) {
             Ok(0) | Err(_) => break,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
@@ -205,32 +213,52 @@ fn answer(mut s: impl Read + Write, ctl: &Path) {
             ),
         }
     };
-    let _ = write!(
-        s,
+    let msg = format!(
         "HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let mut sent = 0;
+    while sent < msg.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        s.write_timeout(left);
+        match s.write(&msg.as_bytes()[sent..]) {
+            Ok(0) => return,
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// How long a scraper may take to send its request or read the answer.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A scraper's connection: TCP or Unix, each bounded by [`IO_TIMEOUT`].
+/// A scraper's connection: TCP or Unix, each read and write bounded by
+/// what is left of [`IO_TIMEOUT`].
 trait Scraper: Read + Write {
-    fn bound(&self);
+    fn read_timeout(&self, t: Duration);
+    fn write_timeout(&self, t: Duration);
 }
 
 impl Scraper for std::net::TcpStream {
-    fn bound(&self) {
-        let _ = self.set_read_timeout(Some(IO_TIMEOUT));
-        let _ = self.set_write_timeout(Some(IO_TIMEOUT));
+    fn read_timeout(&self, t: Duration) {
+        let _ = self.set_read_timeout(Some(t));
+    }
+    fn write_timeout(&self, t: Duration) {
+        let _ = self.set_write_timeout(Some(t));
     }
 }
 
 impl Scraper for std::os::unix::net::UnixStream {
-    fn bound(&self) {
-        let _ = self.set_read_timeout(Some(IO_TIMEOUT));
-        let _ = self.set_write_timeout(Some(IO_TIMEOUT));
+    fn read_timeout(&self, t: Duration) {
+        let _ = self.set_read_timeout(Some(t));
+    }
+    fn write_timeout(&self, t: Duration) {
+        let _ = self.set_write_timeout(Some(t));
     }
 }
 
@@ -244,10 +272,7 @@ fn spawn<S: Scraper>(
         .spawn(move || {
             for s in incoming {
                 match s {
-                    Ok(s) => {
-                        s.bound();
-                        answer(s, &ctl);
-                    }
+                    Ok(s) => answer(s, &ctl),
                     // Out of descriptors, say: rest rather than spin.
                     Err(_) => std::thread::sleep(Duration::from_millis(100)),
                 }
@@ -286,6 +311,26 @@ pub fn start(addr: &MetricsAddr, ctl: PathBuf) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A scraper that sends a byte every half second is let go after
+    /// IO_TIMEOUT in all, not kept as long as it drips.
+    #[test]
+    fn a_dripping_scraper_is_let_go() {
+        let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let drip = std::thread::spawn(move || {
+            for byte in b"GET /metrics HTTP/1.0\r\n\r\n" {
+                if a.write_all(&[*byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        let t0 = Instant::now();
+        answer(b, Path::new("/nonexistent/valed.sock"));
+        let took = t0.elapsed();
+        assert!(took >= IO_TIMEOUT && took < IO_TIMEOUT * 3, "{took:?}");
+        drip.join().unwrap();
+    }
 
     #[test]
     fn addresses() {
