@@ -542,6 +542,36 @@ fn a_tenants_switch_is_its_own() {
     );
 }
 
+/// A switch root's ports made stays root's name when its last port goes:
+/// a user who made a switch of that name meanwhile would get root's next
+/// attach, and its frames, on the user's own switch.
+#[test]
+fn a_switch_name_root_used_cannot_be_taken() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let s = setup("sec-squat", &[]);
+    let r = s.v.open("valeR:r").unwrap();
+    drop(r);
+    // valeR went with its last port; its name did not.
+    let t0 = std::time::Instant::now();
+    while s.v.list().iter().any(|p| p.starts_with("valeR:")) {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(register_as_tenant(&s.v.sock, "valeR:t", 16), libc::EPERM);
+    assert_eq!(
+        tenant_run(&s.v.sock, "pt", "valeR", "newif-attach"),
+        libc::EPERM
+    );
+    // A name root never used is the tenant's to take, as before.
+    assert_eq!(register_as_tenant(&s.v.sock, "valeT:t", 16), 0);
+    // Root takes its name back.
+    let _r = s.v.open("valeR:r2").unwrap();
+}
+
 /// A switch's owner, and only its owner (or root), shares it with chosen
 /// uids (`VALE_REQ_SWITCH_CONFIG`, `vale-ctl --config valeA share=UID`);
 /// a shared uid's ports may attach, and no longer once the share is gone.

@@ -78,6 +78,16 @@ pub enum Refused {
         /// Whose it is.
         owner: u32,
     },
+    /// The name is of a switch root made: it stays root's after its last
+    /// port goes, so that root's next attach cannot land on a switch a
+    /// user made under that name meanwhile.
+    #[error("switch {switch} is root's (root's ports made it): uid {uid} may not make a switch of that name")]
+    RootsSwitchName {
+        /// The switch.
+        switch: String,
+        /// Who asked.
+        uid: u32,
+    },
     /// Only root may put a host interface on a switch.
     #[error("{ifname} is a host interface: only root may attach or detach it (uid {uid})")]
     NicNeedsRoot {
@@ -107,6 +117,7 @@ impl Refused {
             }
             Refused::NoSwitchIndex { .. } | Refused::Memory { .. } => libc::ENOMEM,
             Refused::NotYourSwitch { .. }
+            | Refused::RootsSwitchName { .. }
             | Refused::NotYourPort { .. }
             | Refused::NicNeedsRoot { .. } => libc::EPERM,
         }

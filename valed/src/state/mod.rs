@@ -274,6 +274,9 @@ struct SwitchRec {
 /// The daemon's state.
 pub struct Registry {
     switches: BTreeMap<String, SwitchRec>,
+    /// Names of the switches root's ports made, kept after the switch
+    /// goes: no other user may make a switch of such a name.
+    root_switch_names: std::collections::BTreeSet<String>,
     /// Ports by key: `valeX:Y` for ephemeral ones, `Y` for persistent ones.
     ports: BTreeMap<String, Port>,
     /// Where the search for a free memory id starts.
@@ -344,6 +347,7 @@ impl Registry {
     pub fn new(fwd: Vec<Forwarder>) -> Registry {
         Registry {
             switches: BTreeMap::new(),
+            root_switch_names: Default::default(),
             ports: BTreeMap::new(),
             // Id 1 stays free, as netmap's global region: `@1` and
             // `vale-ctl -m 1` name a shared region, never a port's own.

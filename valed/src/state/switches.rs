@@ -6,13 +6,24 @@ use super::*;
 impl Registry {
     /// Switch `name` for a port of `uid`, made on first use and then
     /// `uid`'s. EPERM when it is another uid's (not root's, and `uid` is
-    /// not root).
+    /// not root), or when `uid` is not root and root made a switch of
+    /// that name before.
     pub(super) fn switch(&mut self, name: &str, uid: u32) -> Result<Arc<Switch>, Errno> {
         if let Some(s) = self.switches.get(name) {
             self.check_may_join(name, uid)?;
             return Ok(s.sw.clone());
         }
+        if uid != 0 && self.root_switch_names.contains(name) {
+            return Err(limits::Refused::RootsSwitchName {
+                switch: name.into(),
+                uid,
+            }
+            .into());
+        }
         self.check_switch_quota(uid, name)?;
+        if uid == 0 {
+            self.root_switch_names.insert(name.to_string());
+        }
         let used: Vec<u16> = self.switches.values().map(|s| s.idx).collect();
         let idx = (0..).find(|i| !used.contains(i)).unwrap_or(0);
         let sw = Arc::new(Switch::new(name));
