@@ -171,6 +171,9 @@ struct DevInner {
     /// `netmap::sys::CallGuard`).
     call_guard: Arc<netmap::sys::CallGuard>,
     rx_wake: Arc<EventFd>,
+    /// Rung when the hook changes: the session kicks its started queues
+    /// once more (`Device::rekick`).
+    rekick: EventFd,
     /// SEND_RARP's MAC, for pair 0's TX queue to send.
     announce: Arc<Announcement>,
     /// The last MAC announced and when (one log line per burst).
@@ -213,6 +216,7 @@ impl NetDevice {
             hook: Mutex::new(Arc::new(NoHook)),
             call_guard: Arc::default(),
             rx_wake: Arc::new(EventFd::new()?),
+            rekick: EventFd::new()?,
             announce: Arc::default(),
             last_announce: Mutex::new(None),
             connected: AtomicBool::new(false),
@@ -290,6 +294,10 @@ impl Device for NetDevice {
 
     fn session_watches_kick(&self, q: usize) -> bool {
         q % 2 == 0 || !self.0.cfg.fwd_watches_tx_kicks
+    }
+
+    fn rekick(&self) -> Option<&EventFd> {
+        Some(&self.0.rekick)
     }
 
     fn kick(&self, q: usize) -> bool {
@@ -535,6 +543,10 @@ impl NetPort {
     /// Sets what guest kicks are handed to.
     pub fn set_hook(&self, hook: Arc<dyn KickHook>) {
         *self.dev.0.hook.lock().unwrap_or_else(|e| e.into_inner()) = hook;
+        // A hook that forwards inline may have stopped short with the
+        // guest's kicks off, and the old hook took the session's kick
+        // again: the new one gets a kick of every started queue.
+        let _ = self.dev.0.rekick.kick();
     }
 
     /// Removes the hook (kicks are then ignored).

@@ -79,8 +79,8 @@ pub fn notifier() -> Option<BorrowedFd<'static>> {
 }
 
 /// Lists the mapping `[start, start + len)` of `owner` until `owner` is
-/// dropped. None if the table is full (the region is then mapped without
-/// the guard; logged).
+/// dropped. None if the table is full: the caller must not keep the
+/// mapping (guest memory is then refused, `MemError::GuardFull`).
 pub fn list(start: usize, len: usize, owner: Weak<dyn Send + Sync>) -> Option<Listed> {
     install();
     let mut owners = OWNERS.lock().unwrap_or_else(|e| e.into_inner());
@@ -95,7 +95,7 @@ pub fn list(start: usize, len: usize, owner: Weak<dyn Send + Sync>) -> Option<Li
     });
     let used: Vec<usize> = owners.iter().map(|(i, _)| *i).collect();
     let Some(i) = (0..SLOTS).find(|i| !used.contains(i)) else {
-        tracing::error!("SIGBUS guard table full: a guest file that shrinks can kill valed");
+        tracing::error!("SIGBUS guard table full: guest memory refused until regions go");
         return None;
     };
     TABLE[i].faulted.store(false, Ordering::Relaxed);

@@ -160,20 +160,23 @@ pub fn bind(path: &Path, perm: Perm) -> Result<UnixListener, SocketError> {
     }
     // bind(2) fails on anything that appeared meanwhile (EADDRINUSE),
     // symlinks included.
-    let l = UnixListener::bind(&at).map_err(io_err)?;
-    // Connections that come before the chmod are refused by the peer
-    // check (a tenant's) or come from who the umask let in a moment
-    // longer (root's). For a tenant the entry is the socket just bound:
-    // only valed's uid can change the directory.
+    // Made 0600 (root's, the moment it exists); its owner, group and final
+    // mode follow.
+    let l = match perm {
+        Perm::AsMade => UnixListener::bind(&at),
+        _ => netmap::sys::stream_listen(&at, 0o600, 128),
+    }
+    .map_err(io_err)?;
+    // The owner and mode are set on the inode opened
+    // here without following a symlink and checked to be a socket, never
+    // by a path looked up again (chmod(2) follows a final symlink): for a
+    // tenant the directory is valed's alone, but root may name a
+    // directory others can write.
     let r = match perm {
         Perm::AsMade => Ok(()),
-        Perm::Tenant(o) => std::os::unix::fs::lchown(&at, Some(o), None)
-            .and_then(|()| std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o600))),
-        Perm::Root { group: None } => {
-            std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o600))
-        }
-        Perm::Root { group: Some(g) } => std::os::unix::fs::lchown(&at, None, Some(g))
-            .and_then(|()| std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o660))),
+        Perm::Tenant(o) => set_owner_mode(&at, Some(o), None, 0o600),
+        Perm::Root { group: None } => set_owner_mode(&at, None, None, 0o600),
+        Perm::Root { group: Some(g) } => set_owner_mode(&at, None, Some(g), 0o660),
     };
     if let Err(e) = r {
         let _ = std::fs::remove_file(&at);
@@ -181,6 +184,28 @@ pub fn bind(path: &Path, perm: Perm) -> Result<UnixListener, SocketError> {
     }
     l.set_nonblocking(true).map_err(io_err)?;
     Ok(l)
+}
+
+/// Gives the socket at `at` owner `uid`/`gid` (None: unchanged) and
+/// `mode`, through an `O_PATH` descriptor of it: a symlink put there is
+/// refused, not followed.
+fn set_owner_mode(at: &Path, uid: Option<u32>, gid: Option<u32>, mode: u32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+        .open(at)?;
+    if !f.metadata()?.file_type().is_socket() {
+        return Err(io::Error::other(
+            "replaced by something other than a socket",
+        ));
+    }
+    let me = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+    if uid.is_some() || gid.is_some() {
+        std::os::unix::fs::chown(&me, uid, gid)?;
+    }
+    std::fs::set_permissions(&me, std::fs::Permissions::from_mode(mode))
 }
 
 /// Removes the socket at `path` if it is the one with `id` (device,
@@ -261,6 +286,8 @@ mod tests {
         let d = std::env::temp_dir().join(format!("vale-socket-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
+        // valed refuses socket directories others can write, whatever the umask.
+        std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         d
     }
 

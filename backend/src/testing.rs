@@ -2545,6 +2545,8 @@ pub struct NullDevice {
     /// Every kick says work is left ([`Device::kick`](crate::vhost_user::Device::kick)
     /// returns true): a device the guest keeps busy for good.
     pub always_more: bool,
+    /// The device's [`rekick`](crate::vhost_user::Device::rekick) doorbell.
+    pub rekick: Option<netmap::sys::EventFd>,
 }
 
 impl crate::vhost_user::Device for NullDevice {
@@ -2574,6 +2576,9 @@ impl crate::vhost_user::Device for NullDevice {
     }
     fn session_watches_kick(&self, q: usize) -> bool {
         q % 2 == 0 || !self.fwd_watches_tx_kicks
+    }
+    fn rekick(&self) -> Option<&netmap::sys::EventFd> {
+        self.rekick.as_ref()
     }
     fn refused(&self, _: &str) {
         self.refused.fetch_add(1, Ordering::Relaxed);

@@ -94,6 +94,13 @@ pub trait Device {
     fn session_watches_kick(&self, _q: usize) -> bool {
         true
     }
+    /// An eventfd (the device's own) that rings when every started queue
+    /// should be kicked once more: the device's kick handling changed
+    /// (a port attached anew), and work a kick stopped short of may be
+    /// waiting with the guest's notifications off.
+    fn rekick(&self) -> Option<&EventFd> {
+        None
+    }
     /// A request was refused and the session goes on: for diagnostics.
     fn refused(&self, what: &str);
     /// The VMM asks the port to announce `mac` (SEND_RARP: the guest just
@@ -225,6 +232,7 @@ pub fn feature_names(bits: u64) -> String {
 const TOK_STOP: u64 = 0;
 const TOK_SOCK: u64 = 1;
 const TOK_FAULT: u64 = 2;
+const TOK_REKICK: u64 = 3;
 const TOK_KICK: u64 = 16;
 
 /// One VMM connection.
@@ -305,6 +313,9 @@ impl<'d, D: Device> Session<'d, D> {
         if let Some(n) = crate::sigbus::notifier() {
             self.epoll.add(n, TOK_FAULT)?;
         }
+        if let Some(r) = self.dev.rekick() {
+            self.epoll.add(r, TOK_REKICK)?;
+        }
         loop {
             let wait = if self.again.is_empty() {
                 None
@@ -312,6 +323,10 @@ impl<'d, D: Device> Session<'d, D> {
                 Some(Duration::ZERO)
             };
             let toks = self.epoll.wait(64, wait)?;
+            // Kicks asked for again before this wait: the socket and stop
+            // are looked at first, and a queue that stops short below
+            // waits for the next pass.
+            let again = std::mem::take(&mut self.again);
             for t in toks {
                 match t {
                     TOK_STOP => return Ok(()),
@@ -325,6 +340,16 @@ impl<'d, D: Device> Session<'d, D> {
                             });
                         }
                     }
+                    TOK_REKICK => {
+                        if let Some(r) = self.dev.rekick() {
+                            let _ = r.drain();
+                        }
+                        for q in 0..self.started.len() {
+                            if self.started[q] {
+                                self.kick(q);
+                            }
+                        }
+                    }
                     k if k >= TOK_KICK => {
                         let q = (k - TOK_KICK) as usize;
                         if self.started.get(q) == Some(&true) {
@@ -334,7 +359,7 @@ impl<'d, D: Device> Session<'d, D> {
                     _ => {}
                 }
             }
-            for q in std::mem::take(&mut self.again) {
+            for q in again {
                 if self.started.get(q) == Some(&true) {
                     self.kick(q);
                 }

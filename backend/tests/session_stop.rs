@@ -104,3 +104,33 @@ fn a_device_that_always_has_work_is_kicked_again_and_still_stops() {
     );
     drop(a);
 }
+
+/// A device whose kick handling changed (a port attached anew, with an
+/// inline hook that may find work left with the guest's kicks off) rings
+/// its rekick doorbell, and the session kicks every started queue once,
+/// with no kick from the guest.
+#[test]
+fn the_rekick_doorbell_kicks_started_queues() {
+    let dev: &'static NullDevice = Box::leak(Box::new(NullDevice {
+        rekick: Some(EventFd::new().unwrap()),
+        ..Default::default()
+    }));
+    let (a, b) = UnixStream::pair().unwrap();
+    let mut s = session_on(dev, b);
+    let kick = EventFd::new().unwrap();
+    let mut m = Vec::new();
+    m.extend(SET_VRING_KICK.to_le_bytes());
+    m.extend(1u32.to_le_bytes());
+    m.extend(8u32.to_le_bytes());
+    m.extend(1u64.to_le_bytes());
+    let n = netmap::sys::send_with_fds(&a, &m, &[kick.as_fd()]).unwrap();
+    (&a).write_all(&m[n..]).unwrap();
+    s.serve_one().unwrap();
+    let before = dev.kicks.load(Ordering::Relaxed);
+    dev.rekick.as_ref().unwrap().kick().unwrap();
+    stops_in_time(
+        move |stop| s.run(stop),
+        || dev.kicks.load(Ordering::Relaxed) > before,
+    );
+    drop(a);
+}

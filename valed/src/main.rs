@@ -232,7 +232,7 @@ fn make_vhost_dir(d: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let made = match std::fs::symlink_metadata(d) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(d)?;
+            make_dirs(d)?;
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
         }
         Err(e) => Err(e),
@@ -249,6 +249,17 @@ fn make_vhost_dir(d: &std::path::Path) -> std::io::Result<()> {
     };
     made?;
     no_open_ancestor("--vhost-dir", d)
+}
+
+/// Makes `d` and the directories above it that are missing, writable by
+/// their owner only whatever the umask (the unit's 0007 would make them
+/// group-writable, which valed then refuses).
+fn make_dirs(d: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(d)
 }
 
 /// Refuses a directory that another user could redirect: one on the way
@@ -271,8 +282,8 @@ fn no_open_ancestor(what: &str, d: &std::path::Path) -> std::io::Result<()> {
             };
             Err(std::io::Error::other(format!(
                 "{what} {}: {} (uid {}, mode {:04o}) can be changed by users other than {who}, \
-                 who could then swap the sockets in it; make it writable by its owner only, or sticky \
-                 (the systemd unit: RuntimeDirectoryMode=0750)",
+                 who could then swap the sockets in it or the way to them; make it theirs or root's, \
+                 writable by its owner only (chmod go-w) or sticky",
                 d.display(),
                 open.display(),
                 md.uid(),
@@ -287,7 +298,7 @@ fn run(args: Args) -> std::io::Result<()> {
     let signals = signal::StopSignals::install()?;
     let path = netmap::ctrl::socket_path(args.socket.as_deref());
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+        make_dirs(dir)?;
         no_open_ancestor("the control socket's directory", dir)?;
     }
     server::prepare_path(&path)?;

@@ -19,6 +19,8 @@ fn metrics_over_a_unix_socket() {
     let dir = std::env::temp_dir().join(format!("valed-metrics-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    // valed refuses socket directories others can write, whatever the umask.
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let m = dir.join("metrics.sock");
     let vm = format!("vm1={},attach=vale0", dir.join("vm1.sock").display());
     let v = common::start(

@@ -75,6 +75,9 @@ fn nmport() -> PathBuf {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let dir = std::env::temp_dir().join(format!("nmport-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        // valed refuses socket directories others can write, whatever the umask.
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         let libdir = preload().parent().unwrap().to_path_buf();
         let pc = std::fs::read_to_string(root.join("compat/libnetmap.pc.in"))
             .unwrap()

@@ -64,6 +64,9 @@ impl Daemon {
         let dir = std::env::temp_dir().join(format!("vale-vm-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        // valed refuses socket directories others can write, whatever the umask.
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         let mut args = vec![
             "--socket".to_string(),
             dir.join("valed.sock").display().to_string(),

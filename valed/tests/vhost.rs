@@ -188,6 +188,8 @@ fn config_file_brings_ports_back_after_restart() {
     let dir = std::env::temp_dir().join(format!("vhost-cfg-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    // valed refuses socket directories others can write, whatever the umask.
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let cfg = dir.join("ports.conf");
     let (pa, pb) = (dir.join("a.sock"), dir.join("b.sock"));
     let cfg_arg = cfg.to_str().unwrap().to_string();

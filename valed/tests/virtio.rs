@@ -316,6 +316,8 @@ fn testpmd_net_vhost_as_the_other_end() {
         std::env::temp_dir().join(format!("virtio-testpmd-{}", std::process::id())),
     );
     std::fs::create_dir_all(&dir.0).unwrap();
+    // valed refuses socket directories others can write, whatever the umask.
+    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let sock = |p: &str| dir.0.join(format!("{p}.sock"));
     let mut pmd = std::process::Command::new("timeout")
         .args([

@@ -87,20 +87,41 @@ pub fn private_to(md: &Metadata, uid: u32) -> bool {
     (md.uid() == uid || md.uid() == 0) && md.mode() & 0o022 == 0
 }
 
-/// The first directory among `dir` and its ancestors (`dir` canonical or
-/// not: it is resolved first) in which someone other than `uid` or root
-/// could rename or replace an entry: one writable by group or others,
-/// without the sticky bit (which keeps others' entries theirs), or owned
-/// by another user. `None` if there is none, so that no entry on the way
-/// to `dir` can be swapped by another user.
+/// The first place on the way to `dir` where someone other than `uid` or
+/// root could swap what the path leads to: a directory writable by group
+/// or others without the sticky bit (which keeps others' entries theirs),
+/// or owned by another user; or a symlink owned by another user. Checked
+/// are every prefix of the path as given (symlinks included, not
+/// followed) and every directory above the one it resolves to. `None` if
+/// there is none.
 pub fn first_open_ancestor(dir: &Path, uid: u32) -> io::Result<Option<PathBuf>> {
+    let open = |md: &Metadata| {
+        let owner_ok = md.uid() == uid || md.uid() == 0;
+        let sticky = md.mode() & 0o1000 != 0;
+        !owner_ok || (md.mode() & 0o022 != 0 && !sticky)
+    };
+    let abs = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(dir)
+    };
+    let mut p = PathBuf::new();
+    for c in abs.components() {
+        p.push(c);
+        let md = std::fs::symlink_metadata(&p)?;
+        let bad = if md.file_type().is_symlink() {
+            md.uid() != uid && md.uid() != 0
+        } else {
+            open(&md)
+        };
+        if bad {
+            return Ok(Some(p));
+        }
+    }
     let real = std::fs::canonicalize(dir)?;
     let mut cur = Some(real.as_path());
     while let Some(d) = cur {
-        let md = std::fs::metadata(d)?;
-        let owner_ok = md.uid() == uid || md.uid() == 0;
-        let sticky = md.mode() & 0o1000 != 0;
-        if !owner_ok || (md.mode() & 0o022 != 0 && !sticky) {
+        if open(&std::fs::metadata(d)?) {
             return Ok(Some(d.to_path_buf()));
         }
         cur = d.parent();
@@ -169,6 +190,19 @@ mod tests {
         std::fs::set_permissions(base.join("x"), std::fs::Permissions::from_mode(0o1777)).unwrap();
         assert_eq!(first_open_ancestor(&inner, me).unwrap(), None);
         assert!(Dir::open(&inner).unwrap().is_private_to(me).unwrap());
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // A symlink on the way, another user's: its owner could point it
+        // elsewhere. (Owned by us it is fine: the target is checked.)
+        let link = base.join("link");
+        std::os::unix::fs::symlink(base.join("x"), &link).unwrap();
+        assert_eq!(first_open_ancestor(&link.join("y"), me).unwrap(), None);
+        if me == 0 {
+            std::os::unix::fs::lchown(&link, Some(65534), None).unwrap();
+            assert_eq!(
+                first_open_ancestor(&link.join("y"), me).unwrap(),
+                Some(link.clone())
+            );
+        }
         std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o770)).unwrap();
         assert!(!Dir::open(&inner).unwrap().is_private_to(me).unwrap());
         let _ = std::fs::remove_dir_all(&base);

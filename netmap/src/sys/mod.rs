@@ -25,7 +25,7 @@ pub use poll::{poll, PollFd, PollFlags};
 pub use scm::{recv_discarding_fds, recv_with_fds, send_with_fds, MAX_FDS};
 pub use seqpacket::{
     accept, peer_cred, seqpacket_connect, seqpacket_listen, seqpacket_pair,
-    stream_connect_nonblocking,
+    stream_connect_nonblocking, stream_listen,
 };
 pub use watchdog::{write_bounded, TICK as WATCHDOG_TICK};
 

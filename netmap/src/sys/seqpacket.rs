@@ -102,6 +102,38 @@ pub fn seqpacket_listen(path: &Path, backlog: i32) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Binds a new `SOCK_STREAM` Unix socket to `path` and listens on it, the
+/// socket file made with `mode` (less the umask) from the start: Linux
+/// gives the file the mode of the socket's inode, which `fchmod` sets
+/// before `bind`, so no one the final mode leaves out can connect in the
+/// moment between `bind` and a `chmod`. The path must not exist.
+pub fn stream_listen(
+    path: &Path,
+    mode: u32,
+    backlog: i32,
+) -> io::Result<std::os::unix::net::UnixListener> {
+    let (addr, len) = sockaddr(path)?;
+    // SAFETY: socket() has no memory-safety preconditions.
+    let fd =
+        cvt(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: fd was just returned by socket() and nobody else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: fchmod on a descriptor we own; no memory is passed.
+    cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) })?;
+    // SAFETY: addr is a valid sockaddr_un of at least len bytes, alive
+    // across the call.
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    })?;
+    // SAFETY: listen() has no memory-safety preconditions.
+    cvt(unsafe { libc::listen(fd.as_raw_fd(), backlog) })?;
+    Ok(fd.into())
+}
+
 /// Accepts one connection on a listening socket (close-on-exec).
 pub fn accept(listener: impl AsFd) -> io::Result<OwnedFd> {
     // SAFETY: null address and length pointers are allowed (peer address

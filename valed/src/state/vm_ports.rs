@@ -255,9 +255,10 @@ impl Registry {
             return Ok(path);
         }
         if client {
-            // connect(2) follows symlinks; so does this check. The VMM's
+            // As the port will connect (backend::socket::connect): to the
+            // file at the path, a final symlink not followed. The VMM's
             // credentials are checked again once connected.
-            let md = std::fs::metadata(&path).map_err(|e| {
+            let md = std::fs::symlink_metadata(&path).map_err(|e| {
                 (
                     libc::ENOENT,
                     format!("client socket {}: {e}", path.display()),

@@ -33,6 +33,8 @@ pub fn start_in(ns: Option<&str>, tag: &str, extra: &[&str]) -> Valed {
     let dir = std::env::temp_dir().join(format!("valed-test-{}-{tag}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    // valed refuses socket directories others can write, whatever the umask.
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let sock = dir.join("valed.sock");
     let mut cmd = match ns {
         Some(ns) => {
