@@ -300,6 +300,10 @@ impl Device for NetDevice {
         Some(&self.0.rekick)
     }
 
+    fn owner(&self) -> Option<u32> {
+        self.0.cfg.owner
+    }
+
     fn kick(&self, q: usize) -> bool {
         let pair = (q / 2) as u16;
         if q % 2 == 0 {

@@ -34,6 +34,17 @@ pub const MAX_REGIONS: usize = 64;
 /// the former).
 const PAGE: u64 = 4096;
 
+/// Most guest memory regions one user other than root may have mapped
+/// in all its sessions: a sixteenth of the guard's table
+/// (`sigbus::SLOTS`), 16 VM ports of 64 regions, so that a few users
+/// cannot fill it for everyone.
+pub const USER_MAX_REGIONS: usize = crate::sigbus::SLOTS / 16;
+
+/// Guest memory mapped per user other than root, in all its sessions:
+/// (bytes, regions).
+static CHARGED: std::sync::Mutex<std::collections::BTreeMap<u32, (u64, usize)>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
 /// Why a region was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MemError {
@@ -115,6 +126,20 @@ pub enum MemError {
         /// Twice the machine's physical memory.
         max: u64,
     },
+    /// The user's sessions would map more than the user may, in bytes
+    /// (four times the machine's memory) or in regions
+    /// ([`USER_MAX_REGIONS`]).
+    #[error("uid {uid}'s VMMs would map {have} {what} in all, more than the {max} a user may")]
+    UserQuota {
+        /// The port's owner.
+        uid: u32,
+        /// "bytes of guest memory" or "memory regions".
+        what: &'static str,
+        /// What it would come to.
+        have: u64,
+        /// The most.
+        max: u64,
+    },
     /// The SIGBUS guard cannot watch one more mapping, and an unwatched
     /// one whose file shrinks would kill valed.
     #[error("region gpa {gpa:#x}: the guard against shrinking files is full (too many regions mapped in valed)")]
@@ -186,6 +211,10 @@ struct Mapped {
 /// The guest memory of one vhost-user session.
 pub struct MemTable {
     regions: Vec<Mapped>,
+    /// The port's owner (None: root), whose budget the regions count in.
+    owner: Option<u32>,
+    /// What this table counts in it now: (bytes, regions).
+    charged: (u64, usize),
     /// What the data path reads (through load guards that keep an old
     /// map alive until its batch ends).
     mem: GuestMem,
@@ -199,6 +228,12 @@ impl std::fmt::Debug for MemTable {
                 &self.regions.iter().map(|m| m.spec).collect::<Vec<_>>(),
             )
             .finish()
+    }
+}
+
+impl Drop for MemTable {
+    fn drop(&mut self) {
+        let _ = self.recharge(0, 0);
     }
 }
 
@@ -300,12 +335,68 @@ fn map(spec: &RegionSpec, file: File) -> Result<MappedRegion, MemError> {
 }
 
 impl MemTable {
-    /// No memory yet.
+    /// No memory yet, root's (counted against no user).
     pub fn new() -> MemTable {
+        MemTable::for_owner(None)
+    }
+
+    /// No memory yet, for a port of `owner` (None: root's): its regions
+    /// count against that user's budget.
+    pub fn for_owner(owner: Option<u32>) -> MemTable {
         MemTable {
+            owner,
+            charged: (0, 0),
             regions: Vec::new(),
             mem: GuestMem::new(Mem::new()),
         }
+    }
+
+    /// Counts (`bytes`, `regions`) for this table in its owner's budget,
+    /// in place of what it counted: refused, and nothing changed, if that
+    /// would take the owner past a bound it is not already past. Root's
+    /// tables count in no budget.
+    fn recharge(&mut self, bytes: u64, regions: usize) -> Result<(), MemError> {
+        let Some(uid) = self.owner else {
+            self.charged = (bytes, regions);
+            return Ok(());
+        };
+        let mut all = CHARGED.lock().unwrap_or_else(|e| e.into_inner());
+        let have = all.get(&uid).copied().unwrap_or((0, 0));
+        let new_bytes = have.0.saturating_sub(self.charged.0).saturating_add(bytes);
+        let new_regions = have.1.saturating_sub(self.charged.1) + regions;
+        let max_bytes = netmap::sys::physical_memory().saturating_mul(4);
+        if bytes > self.charged.0 && new_bytes > max_bytes {
+            return Err(MemError::UserQuota {
+                uid,
+                what: "bytes of guest memory",
+                have: new_bytes,
+                max: max_bytes,
+            });
+        }
+        if regions > self.charged.1 && new_regions > USER_MAX_REGIONS {
+            return Err(MemError::UserQuota {
+                uid,
+                what: "memory regions",
+                have: new_regions as u64,
+                max: USER_MAX_REGIONS as u64,
+            });
+        }
+        if new_bytes == 0 && new_regions == 0 {
+            all.remove(&uid);
+        } else {
+            all.insert(uid, (new_bytes, new_regions));
+        }
+        self.charged = (bytes, regions);
+        Ok(())
+    }
+
+    /// What the table's regions come to: (bytes, regions).
+    fn totals(&self) -> (u64, usize) {
+        let bytes = self
+            .regions
+            .iter()
+            .fold(0u64, |t, m| t.saturating_add(m.spec.size));
+        (bytes, self.regions.len())
     }
 
     /// The map the data path reads.
@@ -385,6 +476,17 @@ impl MemTable {
             total = total.saturating_add(spec.size);
             within_memory(spec, total)?;
         }
+        let old_totals = self.totals();
+        self.recharge(total, specs.len())?;
+        let r = self.map_table(specs, fds);
+        if r.is_err() {
+            let _ = self.recharge(old_totals.0, old_totals.1);
+        }
+        r
+    }
+
+    /// SET_MEM_TABLE's checks and mappings, once the budget allows it.
+    fn map_table(&mut self, specs: &[RegionSpec], fds: Vec<OwnedFd>) -> Result<(), MemError> {
         let mut new = Vec::with_capacity(specs.len());
         for (spec, fd) in specs.iter().zip(fds) {
             let file = File::from(fd);
@@ -430,7 +532,17 @@ impl MemTable {
             .iter()
             .fold(spec.size, |t, m| t.saturating_add(m.spec.size));
         within_memory(spec, total)?;
-        let (region, listed) = map(spec, file)?;
+        let n = self.regions.len();
+        self.recharge(total, n + 1)?;
+        let mapped = map(spec, file);
+        let (region, listed) = match mapped {
+            Ok(m) => m,
+            Err(e) => {
+                let (b, r) = self.totals();
+                let _ = self.recharge(b, r);
+                return Err(e);
+            }
+        };
         self.regions.push(Mapped {
             spec: *spec,
             file_id: id,
@@ -440,6 +552,8 @@ impl MemTable {
         });
         if let Err(e) = self.publish() {
             self.regions.pop();
+            let (b, r) = self.totals();
+            let _ = self.recharge(b, r);
             return Err(e);
         }
         Ok(())
@@ -464,6 +578,8 @@ impl MemTable {
                 self.regions.insert(i, m);
                 return Err(e);
             }
+            let (b, r) = self.totals();
+            let _ = self.recharge(b, r);
         }
         Ok(())
     }
@@ -472,6 +588,7 @@ impl MemTable {
     pub fn clear(&mut self) {
         self.regions.clear();
         let _ = self.publish();
+        let _ = self.recharge(0, 0);
     }
 
     /// The guest-physical address of VMM address `va` (vring addresses
@@ -651,6 +768,46 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, MemError::TooLarge { .. }), "{e}");
         assert_eq!(t.mapped_regions(), 1);
+    }
+
+    /// A user's sessions together map at most four times the machine's
+    /// memory; a table dropped gives its share back; root's count in no
+    /// budget.
+    #[test]
+    fn a_users_sessions_share_one_budget() {
+        let uid = 4_000_000_001; // no other test's
+        let half = netmap::sys::physical_memory().saturating_mul(2);
+        if half >= 1 << 45 {
+            return;
+        }
+        let (m, _) = fd_of(half as usize);
+        let whole = |t: &mut MemTable| t.add(&spec(0, half, 0), m.try_clone_fd().unwrap());
+        let mut a = MemTable::for_owner(Some(uid));
+        let mut b = MemTable::for_owner(Some(uid));
+        whole(&mut a).unwrap();
+        whole(&mut b).unwrap();
+        let mut c = MemTable::for_owner(Some(uid));
+        let e = c
+            .add(&spec(0, 1 << 20, 0), m.try_clone_fd().unwrap())
+            .unwrap_err();
+        assert!(
+            matches!(e, MemError::UserQuota { uid: u, .. } if u == uid),
+            "{e}"
+        );
+        // Root's are not counted; another user's neither.
+        let mut r = MemTable::new();
+        whole(&mut r).unwrap();
+        let mut o = MemTable::for_owner(Some(uid + 1));
+        whole(&mut o).unwrap();
+        drop(a);
+        c.add(&spec(0, 1 << 20, 0), m.try_clone_fd().unwrap())
+            .unwrap();
+        // A table replaced by SET_MEM_TABLE counts once, not twice.
+        b.set_table(&[spec(0, half, 0)], vec![m.try_clone_fd().unwrap()])
+            .unwrap();
+        b.clear();
+        drop((b, c));
+        assert_eq!(CHARGED.lock().unwrap().get(&uid), None);
     }
 
     #[test]

@@ -31,8 +31,9 @@ use std::sync::{Arc, Mutex, Once, OnceLock, Weak};
 
 use netmap::sys::EventFd;
 
-/// Most guest regions mapped at once by the process (64 per session).
-const SLOTS: usize = 4096;
+/// Most guest regions mapped at once by the process (64 per session;
+/// each user other than root may hold `memory::USER_MAX_REGIONS`).
+pub const SLOTS: usize = 16384;
 
 struct Slot {
     start: AtomicUsize,
@@ -93,8 +94,11 @@ pub fn list(start: usize, len: usize, owner: Weak<dyn Send + Sync>) -> Option<Li
         TABLE[*i].start.store(0, Ordering::Relaxed);
         false
     });
-    let used: Vec<usize> = owners.iter().map(|(i, _)| *i).collect();
-    let Some(i) = (0..SLOTS).find(|i| !used.contains(i)) else {
+    let mut used = vec![false; SLOTS];
+    for (i, _) in owners.iter() {
+        used[*i] = true;
+    }
+    let Some(i) = used.iter().position(|u| !u) else {
         tracing::error!("SIGBUS guard table full: guest memory refused until regions go");
         return None;
     };

@@ -101,6 +101,12 @@ pub trait Device {
     fn rekick(&self) -> Option<&EventFd> {
         None
     }
+    /// The port's owner if not root: the guest memory its VMMs map counts
+    /// against that user's budget (`memory::USER_MAX_REGIONS`, four times
+    /// the machine's memory).
+    fn owner(&self) -> Option<u32> {
+        None
+    }
     /// A request was refused and the session goes on: for diagnostics.
     fn refused(&self, what: &str);
     /// The VMM asks the port to announce `mac` (SEND_RARP: the guest just
@@ -276,7 +282,7 @@ impl<'d, D: Device> Session<'d, D> {
         Ok(Session {
             dev,
             conn,
-            mem: MemTable::new(),
+            mem: MemTable::for_owner(dev.owner()),
             vrings: (0..n).map(|_| Vring::new(dev.max_queue_size())).collect(),
             enable_req: vec![false; n],
             started: vec![false; n],
