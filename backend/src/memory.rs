@@ -40,6 +40,10 @@ const PAGE: u64 = 4096;
 /// cannot fill it for everyone.
 pub const USER_MAX_REGIONS: usize = crate::sigbus::SLOTS / 16;
 
+/// Slots of the guard users other than root together may not take, so
+/// that root's VMs always find some.
+pub const ROOT_RESERVE: usize = crate::sigbus::SLOTS / 4;
+
 /// Guest memory mapped per user other than root, in all its sessions:
 /// (bytes, regions).
 static CHARGED: std::sync::Mutex<std::collections::BTreeMap<u32, (u64, usize)>> =
@@ -233,7 +237,7 @@ impl std::fmt::Debug for MemTable {
 
 impl Drop for MemTable {
     fn drop(&mut self) {
-        let _ = self.recharge(0, 0);
+        self.settle(0, 0);
     }
 }
 
@@ -353,8 +357,9 @@ impl MemTable {
 
     /// Counts (`bytes`, `regions`) for this table in its owner's budget,
     /// in place of what it counted: refused, and nothing changed, if that
-    /// would take the owner past a bound it is not already past. Root's
-    /// tables count in no budget.
+    /// would take the owner past a bound it is not already past, or all
+    /// users together past what the guard keeps for them (root's share,
+    /// [`ROOT_RESERVE`], stays free). Root's tables count in no budget.
     fn recharge(&mut self, bytes: u64, regions: usize) -> Result<(), MemError> {
         let Some(uid) = self.owner else {
             self.charged = (bytes, regions);
@@ -373,21 +378,44 @@ impl MemTable {
                 max: max_bytes,
             });
         }
-        if regions > self.charged.1 && new_regions > USER_MAX_REGIONS {
-            return Err(MemError::UserQuota {
-                uid,
-                what: "memory regions",
-                have: new_regions as u64,
-                max: USER_MAX_REGIONS as u64,
-            });
+        if regions > self.charged.1 {
+            if new_regions > USER_MAX_REGIONS {
+                return Err(MemError::UserQuota {
+                    uid,
+                    what: "memory regions",
+                    have: new_regions as u64,
+                    max: USER_MAX_REGIONS as u64,
+                });
+            }
+            let users: usize = all.values().map(|c| c.1).sum::<usize>() + regions - self.charged.1;
+            if users > crate::sigbus::SLOTS - ROOT_RESERVE {
+                return Err(MemError::GuardFull { gpa: 0 });
+            }
         }
-        if new_bytes == 0 && new_regions == 0 {
-            all.remove(&uid);
-        } else {
-            all.insert(uid, (new_bytes, new_regions));
-        }
+        Self::store(&mut all, uid, new_bytes, new_regions);
         self.charged = (bytes, regions);
         Ok(())
+    }
+
+    /// Counts (`bytes`, `regions`) for this table whatever the bounds: to
+    /// put back what a refused change took, and when a table shrinks.
+    fn settle(&mut self, bytes: u64, regions: usize) {
+        if let Some(uid) = self.owner {
+            let mut all = CHARGED.lock().unwrap_or_else(|e| e.into_inner());
+            let have = all.get(&uid).copied().unwrap_or((0, 0));
+            let new_bytes = have.0.saturating_sub(self.charged.0).saturating_add(bytes);
+            let new_regions = have.1.saturating_sub(self.charged.1) + regions;
+            Self::store(&mut all, uid, new_bytes, new_regions);
+        }
+        self.charged = (bytes, regions);
+    }
+
+    fn store(all: &mut std::collections::BTreeMap<u32, (u64, usize)>, uid: u32, b: u64, r: usize) {
+        if b == 0 && r == 0 {
+            all.remove(&uid);
+        } else {
+            all.insert(uid, (b, r));
+        }
     }
 
     /// What the table's regions come to: (bytes, regions).
@@ -480,7 +508,7 @@ impl MemTable {
         self.recharge(total, specs.len())?;
         let r = self.map_table(specs, fds);
         if r.is_err() {
-            let _ = self.recharge(old_totals.0, old_totals.1);
+            self.settle(old_totals.0, old_totals.1);
         }
         r
     }
@@ -539,7 +567,7 @@ impl MemTable {
             Ok(m) => m,
             Err(e) => {
                 let (b, r) = self.totals();
-                let _ = self.recharge(b, r);
+                self.settle(b, r);
                 return Err(e);
             }
         };
@@ -553,7 +581,7 @@ impl MemTable {
         if let Err(e) = self.publish() {
             self.regions.pop();
             let (b, r) = self.totals();
-            let _ = self.recharge(b, r);
+            self.settle(b, r);
             return Err(e);
         }
         Ok(())
@@ -579,7 +607,7 @@ impl MemTable {
                 return Err(e);
             }
             let (b, r) = self.totals();
-            let _ = self.recharge(b, r);
+            self.settle(b, r);
         }
         Ok(())
     }
@@ -588,7 +616,7 @@ impl MemTable {
     pub fn clear(&mut self) {
         self.regions.clear();
         let _ = self.publish();
-        let _ = self.recharge(0, 0);
+        self.settle(0, 0);
     }
 
     /// The guest-physical address of VMM address `va` (vring addresses
@@ -784,7 +812,12 @@ mod tests {
         let whole = |t: &mut MemTable| t.add(&spec(0, half, 0), m.try_clone_fd().unwrap());
         let mut a = MemTable::for_owner(Some(uid));
         let mut b = MemTable::for_owner(Some(uid));
-        whole(&mut a).unwrap();
+        // Under an address-space limit (ulimit -v) this much does not map.
+        match whole(&mut a) {
+            Ok(()) => {}
+            Err(MemError::Map { .. }) => return,
+            Err(e) => panic!("{e}"),
+        }
         whole(&mut b).unwrap();
         let mut c = MemTable::for_owner(Some(uid));
         let e = c

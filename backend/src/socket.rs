@@ -196,9 +196,13 @@ fn set_owner_mode(at: &Path, uid: Option<u32>, gid: Option<u32>, mode: u32) -> i
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
         .open(at)?;
-    if !f.metadata()?.file_type().is_socket() {
+    // Ours, just bound: a socket of valed's uid with one name. Not another
+    // socket hard-linked in its place by someone who can write the
+    // directory (root may name any).
+    let md = f.metadata()?;
+    if !md.file_type().is_socket() || md.uid() != netmap::sys::euid() || md.nlink() != 1 {
         return Err(io::Error::other(
-            "replaced by something other than a socket",
+            "replaced by something other than the socket just made",
         ));
     }
     let me = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));

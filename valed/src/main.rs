@@ -231,10 +231,7 @@ fn ab_flipper(out: std::path::PathBuf) {
 fn make_vhost_dir(d: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let made = match std::fs::symlink_metadata(d) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            make_dirs(d)?;
-            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => make_dirs("--vhost-dir", d),
         Err(e) => Err(e),
         Ok(md) => {
             let me = netmap::sys::euid();
@@ -251,15 +248,32 @@ fn make_vhost_dir(d: &std::path::Path) -> std::io::Result<()> {
     no_open_ancestor("--vhost-dir", d)
 }
 
-/// Makes `d` and the directories above it that are missing, writable by
-/// their owner only whatever the umask (the unit's 0007 would make them
-/// group-writable, which valed then refuses).
-fn make_dirs(d: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(d)
+/// Makes `d` and the directories above it that are missing, each mode
+/// 0755 whatever the umask (the unit's 0007 would make them 0750, which
+/// VMMs outside the group cannot search). What exists of the path is
+/// checked first (`no_open_ancestor`), so that valed does not create
+/// directories, as root, where another user's symlink points.
+fn make_dirs(what: &str, d: &std::path::Path) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut cur = d;
+    while std::fs::symlink_metadata(cur).is_err() {
+        missing.push(cur.to_path_buf());
+        match cur.parent() {
+            Some(p) if !p.as_os_str().is_empty() => cur = p,
+            _ => break,
+        }
+    }
+    if std::fs::symlink_metadata(cur).is_ok() {
+        no_open_ancestor(what, cur)?;
+    }
+    for m in missing.iter().rev() {
+        match std::fs::create_dir(m) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        std::fs::set_permissions(m, std::fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(())
 }
 
 /// Refuses a directory that another user could redirect: one on the way
@@ -298,7 +312,7 @@ fn run(args: Args) -> std::io::Result<()> {
     let signals = signal::StopSignals::install()?;
     let path = netmap::ctrl::socket_path(args.socket.as_deref());
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        make_dirs(dir)?;
+        make_dirs("the control socket's directory", dir)?;
         no_open_ancestor("the control socket's directory", dir)?;
     }
     server::prepare_path(&path)?;

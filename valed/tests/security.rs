@@ -912,3 +912,37 @@ fn roots_vm_sockets_are_root_or_a_named_group() {
     let md = std::fs::symlink_metadata(s.vhost_dir.join("rs2.sock")).unwrap();
     assert_eq!((md.uid(), md.gid(), md.mode() & 0o777), (0, 65534, 0o660));
 }
+
+/// Under the unit's umask (0007) the directories valed makes for its
+/// sockets are still 0755: VMMs outside the group must search them.
+#[test]
+fn directories_valed_makes_are_searchable_whatever_the_umask() {
+    let base = std::env::temp_dir().join(format!("vale-umask-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = base.join("run/vale/valed.sock");
+    let mut c = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 0007; exec {} --socket {}",
+            env!("CARGO_BIN_EXE_valed"),
+            sock.display()
+        ))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while CtrlConn::connect(&sock).is_err() {
+        assert!(c.try_wait().unwrap().is_none(), "valed exited");
+        assert!(t0.elapsed() < std::time::Duration::from_secs(20));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for d in ["run", "run/vale", "run/vale/vhost"] {
+        let md = std::fs::metadata(base.join(d)).unwrap();
+        assert_eq!(md.mode() & 0o777, 0o755, "{d}");
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+    let _ = std::fs::remove_dir_all(&base);
+}

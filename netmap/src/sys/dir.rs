@@ -92,9 +92,17 @@ pub fn private_to(md: &Metadata, uid: u32) -> bool {
 /// or others without the sticky bit (which keeps others' entries theirs),
 /// or owned by another user; or a symlink owned by another user. Checked
 /// are every prefix of the path as given (symlinks included, not
-/// followed) and every directory above the one it resolves to. `None` if
-/// there is none.
+/// followed), the same for every symlink's target, and every directory
+/// above the one the path resolves to. `None` if there is none.
 pub fn first_open_ancestor(dir: &Path, uid: u32) -> io::Result<Option<PathBuf>> {
+    let mut hops = 0;
+    first_open_on_path(dir, uid, &mut hops)
+}
+
+/// Symlinks followed at most, as the kernel's own limit.
+const MAX_HOPS: u32 = 40;
+
+fn first_open_on_path(dir: &Path, uid: u32, hops: &mut u32) -> io::Result<Option<PathBuf>> {
     let open = |md: &Metadata| {
         let owner_ok = md.uid() == uid || md.uid() == 0;
         let sticky = md.mode() & 0o1000 != 0;
@@ -109,12 +117,26 @@ pub fn first_open_ancestor(dir: &Path, uid: u32) -> io::Result<Option<PathBuf>> 
     for c in abs.components() {
         p.push(c);
         let md = std::fs::symlink_metadata(&p)?;
-        let bad = if md.file_type().is_symlink() {
-            md.uid() != uid && md.uid() != 0
-        } else {
-            open(&md)
-        };
-        if bad {
+        if md.file_type().is_symlink() {
+            if md.uid() != uid && md.uid() != 0 {
+                return Ok(Some(p));
+            }
+            *hops += 1;
+            if *hops > MAX_HOPS {
+                return Err(io::Error::other(format!(
+                    "{}: more than {MAX_HOPS} symlinks",
+                    dir.display()
+                )));
+            }
+            let target = std::fs::read_link(&p)?;
+            let target = match p.parent() {
+                Some(up) if target.is_relative() => up.join(target),
+                _ => target,
+            };
+            if let Some(bad) = first_open_on_path(&target, uid, hops)? {
+                return Ok(Some(bad));
+            }
+        } else if open(&md) {
             return Ok(Some(p));
         }
     }
@@ -182,9 +204,10 @@ mod tests {
         // The temp dir itself is sticky (1777) or private: nothing open.
         assert_eq!(first_open_ancestor(&inner, me).unwrap(), None);
         std::fs::set_permissions(base.join("x"), std::fs::Permissions::from_mode(0o775)).unwrap();
+        let found = first_open_ancestor(&inner, me).unwrap().unwrap();
         assert_eq!(
-            first_open_ancestor(&inner, me).unwrap(),
-            Some(std::fs::canonicalize(base.join("x")).unwrap())
+            std::fs::canonicalize(found).unwrap(),
+            std::fs::canonicalize(base.join("x")).unwrap()
         );
         // Sticky: others' entries stay theirs.
         std::fs::set_permissions(base.join("x"), std::fs::Permissions::from_mode(0o1777)).unwrap();
@@ -196,12 +219,16 @@ mod tests {
         let link = base.join("link");
         std::os::unix::fs::symlink(base.join("x"), &link).unwrap();
         assert_eq!(first_open_ancestor(&link.join("y"), me).unwrap(), None);
+        // A chain: ours to another user's, which is found through ours.
+        let chain = base.join("chain");
+        std::os::unix::fs::symlink(&link, &chain).unwrap();
+        assert_eq!(first_open_ancestor(&chain.join("y"), me).unwrap(), None);
         if me == 0 {
             std::os::unix::fs::lchown(&link, Some(65534), None).unwrap();
-            assert_eq!(
-                first_open_ancestor(&link.join("y"), me).unwrap(),
-                Some(link.clone())
-            );
+            let found = first_open_ancestor(&link.join("y"), me).unwrap().unwrap();
+            assert!(found.ends_with("link"), "{}", found.display());
+            let found = first_open_ancestor(&chain.join("y"), me).unwrap().unwrap();
+            assert!(found.ends_with("link"), "{}", found.display());
         }
         std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o770)).unwrap();
         assert!(!Dir::open(&inner).unwrap().is_private_to(me).unwrap());
