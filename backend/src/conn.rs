@@ -68,6 +68,11 @@ pub enum ConnError {
     /// began, or to take a whole reply.
     #[error("the VMM took over {}s over one message", STALL.as_secs())]
     Stalled,
+    /// Descriptors of kinds valed does not use keep coming while the ones
+    /// set aside before are not closed yet (a FUSE daemon not answering
+    /// their FLUSH, say).
+    #[error("the VMM sends descriptors of kinds valed does not use faster than they can be closed ({} waiting)", crate::reaper::MAX_PENDING)]
+    Foreign,
     /// The socket failed.
     #[error("socket: {0}")]
     Io(#[from] io::Error),
@@ -106,8 +111,12 @@ pub struct Request {
     pub flags: u32,
     /// The body, exactly as long as the header said.
     pub body: Vec<u8>,
-    /// Descriptors that came with it.
+    /// Descriptors that came with it, of the kinds valed uses (shared
+    /// memory, eventfds, sockets, pipes).
     pub fds: Vec<OwnedFd>,
+    /// What `/proc/self/fd` named the others that came with it: set aside
+    /// unread, closed off this thread (`reaper`), the request refused.
+    pub foreign: Vec<String>,
 }
 
 impl Request {
@@ -177,11 +186,15 @@ impl Conn {
         // Descriptors ride on the header's bytes: read it with recvmsg,
         // then the rest of a short read plainly (a stream socket may split
         // it, and no descriptor comes after the first byte).
-        let (n, mut fds) = loop {
+        let (n, fds) = loop {
             match netmap::sys::recv_with_fds(&self.sock, &mut hdr) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => break r.map_err(stall)?,
             }
+        };
+        // Sorted before anything else can drop them here.
+        let Some((mut fds, foreign)) = crate::reaper::screen(fds) else {
+            return Err(ConnError::Foreign);
         };
         if n == 0 {
             return Err(ConnError::Closed);
@@ -211,6 +224,7 @@ impl Conn {
             flags: fl,
             body,
             fds,
+            foreign,
         })
     }
 

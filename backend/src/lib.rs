@@ -24,6 +24,7 @@ pub mod device;
 pub mod dirty;
 mod memory;
 pub mod queue;
+mod reaper;
 mod sigbus;
 pub mod socket;
 #[cfg(feature = "test-utils")]

@@ -423,7 +423,14 @@ impl<'d, D: Device> Session<'d, D> {
             self.set_log_base(req)?;
             return Ok(self.conn.reply(code, &[])?);
         }
-        let r = self.dispatch(req)?;
+        let r = if req.foreign.is_empty() {
+            self.dispatch(req)?
+        } else {
+            Err(Refusal::Msg(format!(
+                "descriptors that are not shared memory, an eventfd or a socket: {}",
+                req.foreign.join(", ")
+            )))
+        };
         if let Some(why) = self.fatal.take() {
             return Err(SessionError::Log(why));
         }
