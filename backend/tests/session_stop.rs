@@ -79,6 +79,20 @@ fn a_vmm_sending_without_pause_does_not_keep_its_session_running() {
     let _ = a.shutdown(std::net::Shutdown::Both);
 }
 
+/// Sends SET_VRING_KICK for queue 1 (TX of pair 0), which starts it; the
+/// kick eventfd.
+fn set_tx_kick(a: &UnixStream) -> EventFd {
+    let kick = EventFd::new().unwrap();
+    let mut m = Vec::new();
+    m.extend(SET_VRING_KICK.to_le_bytes());
+    m.extend(1u32.to_le_bytes());
+    m.extend(8u32.to_le_bytes());
+    m.extend(1u64.to_le_bytes());
+    let n = netmap::sys::send_with_fds(a, &m, &[kick.as_fd()]).unwrap();
+    (&*a).write_all(&m[n..]).unwrap();
+    kick
+}
+
 #[test]
 fn a_device_that_always_has_work_is_kicked_again_and_still_stops() {
     let dev: &'static NullDevice = Box::leak(Box::new(NullDevice {
@@ -87,14 +101,7 @@ fn a_device_that_always_has_work_is_kicked_again_and_still_stops() {
     }));
     let (a, b) = UnixStream::pair().unwrap();
     let mut s = session_on(dev, b);
-    let kick = EventFd::new().unwrap();
-    let mut m = Vec::new();
-    m.extend(SET_VRING_KICK.to_le_bytes());
-    m.extend(1u32.to_le_bytes());
-    m.extend(8u32.to_le_bytes());
-    m.extend(1u64.to_le_bytes());
-    let n = netmap::sys::send_with_fds(&a, &m, &[kick.as_fd()]).unwrap();
-    (&a).write_all(&m[n..]).unwrap();
+    let kick = set_tx_kick(&a);
     s.serve_one().unwrap();
     kick.kick().unwrap();
     // One guest kick; the device asks again and again.
@@ -117,14 +124,7 @@ fn the_rekick_doorbell_kicks_started_queues() {
     }));
     let (a, b) = UnixStream::pair().unwrap();
     let mut s = session_on(dev, b);
-    let kick = EventFd::new().unwrap();
-    let mut m = Vec::new();
-    m.extend(SET_VRING_KICK.to_le_bytes());
-    m.extend(1u32.to_le_bytes());
-    m.extend(8u32.to_le_bytes());
-    m.extend(1u64.to_le_bytes());
-    let n = netmap::sys::send_with_fds(&a, &m, &[kick.as_fd()]).unwrap();
-    (&a).write_all(&m[n..]).unwrap();
+    let _kick = set_tx_kick(&a);
     s.serve_one().unwrap();
     let before = dev.kicks.load(Ordering::Relaxed);
     dev.rekick.as_ref().unwrap().kick().unwrap();

@@ -12,6 +12,10 @@
 //! seconds; `scripts/bench-switch.sh` runs this before and after each run
 //! so that runs are compared with runs of the same placement.
 
+#[path = "../probe.rs"]
+mod probe;
+use probe::{arg, pin};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -21,30 +25,6 @@ const BATCHES: u64 = 10;
 /// The bouncing line, alone in its cache line.
 #[repr(align(128))]
 struct Line(AtomicU64);
-
-fn pin(cpu: usize) -> std::io::Result<()> {
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(std::io::Error::other(format!("no CPU {cpu}")));
-    }
-    // SAFETY: cpu_set_t is plain data, zeroed is its empty set; CPU_SET
-    // writes inside it for a cpu below CPU_SETSIZE (checked above).
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn arg(args: &[String], i: usize, default: u64) -> Result<u64, String> {
-    match args.get(i) {
-        None => Ok(default),
-        Some(s) => s.parse().map_err(|e| format!("argument {i} {s:?}: {e}")),
-    }
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

@@ -23,6 +23,10 @@
 //! Read it beside `core-probe`'s round trip: the two together say whether
 //! a switch core waits on how many lines it takes or on when it asks.
 
+#[path = "../probe.rs"]
+mod probe;
+use probe::{arg, pin};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -31,30 +35,6 @@ const LINE: usize = 64;
 const AHEAD: usize = 16;
 
 const WAYS: [&str; 5] = ["read", "read+pf", "write", "write+pfw", "frame"];
-
-fn pin(cpu: usize) -> std::io::Result<()> {
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(std::io::Error::other(format!("no CPU {cpu}")));
-    }
-    // SAFETY: cpu_set_t is plain data, zeroed is its empty set; CPU_SET
-    // writes inside it for a cpu below CPU_SETSIZE (checked above).
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn arg(args: &[String], i: usize, default: u64) -> Result<u64, String> {
-    match args.get(i) {
-        None => Ok(default),
-        Some(s) => s.parse().map_err(|e| format!("argument {i} {s:?}: {e}")),
-    }
-}
 
 /// A fixed permutation of 0..n (xorshift, Fisher-Yates): the same every run.
 fn shuffled(n: usize) -> Vec<usize> {

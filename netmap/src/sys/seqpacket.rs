@@ -86,8 +86,14 @@ pub fn stream_connect_nonblocking(path: &Path) -> io::Result<std::os::unix::net:
 /// Binds a new `SOCK_SEQPACKET` socket to `path` and listens on it. The path
 /// must not exist (remove a stale socket first).
 pub fn seqpacket_listen(path: &Path, backlog: i32) -> io::Result<OwnedFd> {
-    let (addr, len) = sockaddr(path)?;
     let fd = seqpacket_socket()?;
+    bind_listen(&fd, path, backlog)?;
+    Ok(fd)
+}
+
+/// bind(2) of socket `fd` to `path`, then listen(2).
+fn bind_listen(fd: &OwnedFd, path: &Path, backlog: i32) -> io::Result<()> {
+    let (addr, len) = sockaddr(path)?;
     // SAFETY: addr is a valid sockaddr_un of at least len bytes, alive
     // across the call.
     cvt(unsafe {
@@ -99,7 +105,7 @@ pub fn seqpacket_listen(path: &Path, backlog: i32) -> io::Result<OwnedFd> {
     })?;
     // SAFETY: listen() has no memory-safety preconditions.
     cvt(unsafe { libc::listen(fd.as_raw_fd(), backlog) })?;
-    Ok(fd)
+    Ok(())
 }
 
 /// Binds a new `SOCK_STREAM` Unix socket to `path` and listens on it, the
@@ -112,7 +118,6 @@ pub fn stream_listen(
     mode: u32,
     backlog: i32,
 ) -> io::Result<std::os::unix::net::UnixListener> {
-    let (addr, len) = sockaddr(path)?;
     // SAFETY: socket() has no memory-safety preconditions.
     let fd =
         cvt(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
@@ -120,17 +125,7 @@ pub fn stream_listen(
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: fchmod on a descriptor we own; no memory is passed.
     cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) })?;
-    // SAFETY: addr is a valid sockaddr_un of at least len bytes, alive
-    // across the call.
-    cvt(unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&addr as *const libc::sockaddr_un).cast(),
-            len,
-        )
-    })?;
-    // SAFETY: listen() has no memory-safety preconditions.
-    cvt(unsafe { libc::listen(fd.as_raw_fd(), backlog) })?;
+    bind_listen(&fd, path, backlog)?;
     Ok(fd.into())
 }
 
