@@ -68,10 +68,10 @@ pub enum ConnError {
     /// began, or to take a whole reply.
     #[error("the VMM took over {}s over one message", STALL.as_secs())]
     Stalled,
-    /// Descriptors of kinds valed does not use keep coming while the ones
-    /// set aside before are not closed yet (a FUSE daemon not answering
-    /// their FLUSH, say).
-    #[error("the VMM sends descriptors of kinds valed does not use faster than they can be closed ({} waiting)", crate::reaper::MAX_PENDING)]
+    /// Descriptors of kinds valed does not use keep coming from a uid whose
+    /// earlier ones are not closed yet (a FUSE daemon not answering their
+    /// FLUSH, say).
+    #[error("the VMM's uid has {} descriptors of kinds valed does not use waiting to be closed: more are discarded unread", crate::reaper::MAX_PENDING)]
     Foreign,
     /// The socket failed.
     #[error("socket: {0}")]
@@ -161,6 +161,9 @@ impl Request {
 #[derive(Debug)]
 pub struct Conn {
     sock: UnixStream,
+    /// The peer's uid, whose descriptors of kinds valed does not use are
+    /// counted while they wait to be closed (`reaper`).
+    peer_uid: u32,
 }
 
 impl Conn {
@@ -169,7 +172,8 @@ impl Conn {
     pub fn new(sock: UnixStream) -> Conn {
         let _ = sock.set_read_timeout(Some(STALL));
         let _ = sock.set_write_timeout(Some(STALL));
-        Conn { sock }
+        let peer_uid = netmap::sys::peer_cred(&sock).map_or(u32::MAX, |c| c.1);
+        Conn { sock, peer_uid }
     }
 
     /// The socket (to poll it).
@@ -186,16 +190,23 @@ impl Conn {
         // Descriptors ride on the header's bytes: read it with recvmsg,
         // then the rest of a short read plainly (a stream socket may split
         // it, and no descriptor comes after the first byte).
-        let (n, fds) = loop {
-            match netmap::sys::recv_with_fds(&self.sock, &mut hdr) {
+        if crate::reaper::full(self.peer_uid) {
+            // Read with no room for descriptors: the kernel discards them
+            // without installing them, so nothing is closed here.
+            let _ = netmap::sys::recv_discarding_fds(&self.sock, &mut hdr);
+            return Err(ConnError::Foreign);
+        }
+        let (n, fds, cut) = loop {
+            match netmap::sys::recv_with_fds_cut(&self.sock, &mut hdr) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => break r.map_err(stall)?,
             }
         };
         // Sorted before anything else can drop them here.
-        let Some((mut fds, foreign)) = crate::reaper::screen(fds) else {
-            return Err(ConnError::Foreign);
-        };
+        let (mut fds, foreign) = crate::reaper::screen(self.peer_uid, fds);
+        if cut {
+            return Err(ConnError::TooManyFds(netmap::sys::MAX_FDS + 1));
+        }
         if n == 0 {
             return Err(ConnError::Closed);
         }
@@ -383,6 +394,24 @@ mod tests {
         assert!(took >= STALL && took < STALL * 3, "{took:?}");
         drop(c);
         drip.join().unwrap();
+    }
+
+    /// A uid with as many descriptors waiting to be closed as it may have
+    /// gets its VMMs' next ones discarded unread, and the session ends.
+    #[test]
+    fn a_uid_at_its_pending_bound_gets_its_descriptors_discarded() {
+        let uid = 4_000_000_004; // no other test's
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut c = Conn::new(b);
+        c.peer_uid = uid;
+        crate::reaper::add_pending(uid, crate::reaper::MAX_PENDING as isize);
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        let m = raw(1, 1, &[]);
+        let n = netmap::sys::send_with_fds(&a, &m, &[std::os::fd::AsFd::as_fd(&f)]).unwrap();
+        assert_eq!(n, m.len());
+        assert!(matches!(c.recv(), Err(ConnError::Foreign)));
+        crate::reaper::add_pending(uid, -(crate::reaper::MAX_PENDING as isize));
+        assert!(!crate::reaper::full(uid));
     }
 
     #[test]

@@ -389,7 +389,12 @@ impl MemTable {
             }
             let users: usize = all.values().map(|c| c.1).sum::<usize>() + regions - self.charged.1;
             if users > crate::sigbus::SLOTS - ROOT_RESERVE {
-                return Err(MemError::GuardFull { gpa: 0 });
+                return Err(MemError::UserQuota {
+                    uid,
+                    what: "memory regions (all users but root together)",
+                    have: users as u64,
+                    max: (crate::sigbus::SLOTS - ROOT_RESERVE) as u64,
+                });
             }
         }
         Self::store(&mut all, uid, new_bytes, new_regions);

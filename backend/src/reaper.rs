@@ -5,25 +5,36 @@
 //! and waits for the answer without a timeout, uninterruptibly. Any user
 //! can mount FUSE in a user namespace, so a VMM can send valed such a
 //! descriptor; closing it on the port's session thread would hang that
-//! thread, and the control thread that joins it when the port goes. So
-//! every descriptor is sorted as it arrives, by calls that never reach a
-//! file system's daemon (`F_GET_SEALS`, the `/proc/self/fd` link): shared
-//! memory (memfd, tmpfs, hugetlbfs), anonymous inodes (eventfds), sockets
-//! and pipes are kept; anything else is set aside here and its request
-//! refused by name. Only the reaper's thread waits on such a close.
+//! thread, and the control thread that joins it when the port goes.
+//! Sockets can linger on close too. So every descriptor is sorted as it
+//! arrives, by calls that never reach a file system's daemon
+//! (`F_GET_SEALS`, the `/proc/self/fd` link): shared memory (memfd, tmpfs,
+//! hugetlbfs) and eventfds, all valed uses, are kept; anything else is set
+//! aside here and its request refused by name. Only the reaper's thread
+//! waits on such a close.
+//!
+//! Each sender's uid may have [`MAX_PENDING`] set aside and not yet
+//! closed (a reaper stuck on a daemon that never answers); past it the
+//! session reads its VMM's messages with no room for descriptors, so the
+//! kernel discards them without installing them (no close, no FLUSH), and
+//! ends the session. valed holds at most that many per uid, plus one
+//! message's worth.
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Mutex, OnceLock};
 
-/// Descriptors set aside and not yet closed, at most: past it the reaper
-/// is stuck (a daemon that never answers) and a VMM that sends more is
-/// disconnected instead of served (`ConnError::Foreign`).
-pub const MAX_PENDING: usize = 256;
+/// Descriptors of one uid set aside and not yet closed, at most.
+pub const MAX_PENDING: usize = 64;
 
-static PENDING: AtomicUsize = AtomicUsize::new(0);
-static REAPER: OnceLock<Mutex<Sender<OwnedFd>>> = OnceLock::new();
+/// Per sender uid, the descriptors waiting for the reaper.
+static PENDING: Mutex<Option<HashMap<u32, usize>>> = Mutex::new(None);
+/// The reaper's queue; None if its thread could not be started.
+static REAPER: OnceLock<Option<Queue>> = OnceLock::new();
+
+/// The reaper's end for senders: (sender's uid, descriptor).
+type Queue = Mutex<Sender<(u32, OwnedFd)>>;
 
 /// What a received descriptor is, as far as valed can tell without
 /// touching its file system.
@@ -31,8 +42,8 @@ static REAPER: OnceLock<Mutex<Sender<OwnedFd>>> = OnceLock::new();
 pub enum Kind {
     /// memfd, tmpfs or hugetlbfs: guest memory, a dirty log.
     Shared,
-    /// An anonymous inode (eventfd), a socket or a pipe.
-    Anon,
+    /// An eventfd: a kick, a call.
+    EventFd,
     /// Anything else, with what `/proc/self/fd` names it.
     Foreign(String),
 }
@@ -43,74 +54,82 @@ pub fn kind(fd: BorrowedFd<'_>) -> Kind {
         return Kind::Shared;
     }
     match std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) {
-        Ok(l) => {
-            let l = l.to_string_lossy().into_owned();
-            if l.starts_with("anon_inode:") || l.starts_with("socket:[") || l.starts_with("pipe:[")
-            {
-                Kind::Anon
-            } else {
-                Kind::Foreign(l)
-            }
-        }
+        Ok(l) if l.as_os_str() == "anon_inode:[eventfd]" => Kind::EventFd,
+        Ok(l) => Kind::Foreign(l.to_string_lossy().into_owned()),
         Err(e) => Kind::Foreign(format!("(unnamed: {e})")),
     }
 }
 
-/// Hands `fd` to the reaper's thread to close. False if too many are
-/// waiting already ([`MAX_PENDING`]): the descriptor is then kept open
-/// for good rather than closed here (logged).
-pub fn close_later(fd: OwnedFd) -> bool {
-    if PENDING.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING {
-        PENDING.fetch_sub(1, Ordering::AcqRel);
-        tracing::error!(
-            fd = fd.as_fd().as_raw_fd(),
-            "{MAX_PENDING} descriptors already wait to be closed: one more kept open"
-        );
-        std::mem::forget(fd);
-        return false;
+fn pending_of(uid: u32) -> usize {
+    let p = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+    p.as_ref().and_then(|m| m.get(&uid)).copied().unwrap_or(0)
+}
+
+pub(crate) fn add_pending(uid: u32, d: isize) {
+    let mut p = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+    let m = p.get_or_insert_with(HashMap::new);
+    let n = m.entry(uid).or_default();
+    *n = n.saturating_add_signed(d);
+    if *n == 0 {
+        m.remove(&uid);
     }
-    let tx = REAPER.get_or_init(|| {
-        let (tx, rx) = channel::<OwnedFd>();
+}
+
+/// Whether `uid` has [`MAX_PENDING`] descriptors waiting already: its
+/// VMMs' next descriptors are to be discarded unread.
+pub fn full(uid: u32) -> bool {
+    pending_of(uid) >= MAX_PENDING
+}
+
+/// Hands `fd`, from a sender of `uid`, to the reaper's thread to close.
+/// Without that thread (it could not be started), closes it here.
+pub fn close_later(uid: u32, fd: OwnedFd) {
+    let reaper = REAPER.get_or_init(|| {
+        let (tx, rx) = channel::<(u32, OwnedFd)>();
         let spawned = std::thread::Builder::new()
             .name("fd-reaper".into())
             .spawn(move || {
-                for fd in rx {
+                for (uid, fd) in rx {
                     drop(fd);
-                    PENDING.fetch_sub(1, Ordering::AcqRel);
+                    add_pending(uid, -1);
                 }
             });
-        if let Err(e) = spawned {
-            tracing::error!("no descriptor reaper thread: {e}");
+        match spawned {
+            Ok(_) => Some(Mutex::new(tx)),
+            Err(e) => {
+                tracing::error!("no descriptor reaper thread ({e}): foreign descriptors are closed where they arrive");
+                None
+            }
         }
-        Mutex::new(tx)
     });
-    let sent = tx.lock().unwrap_or_else(|e| e.into_inner()).send(fd);
-    if let Err(std::sync::mpsc::SendError(fd)) = sent {
-        // No thread: kept open rather than closed here.
-        std::mem::forget(fd);
-        return false;
+    let Some(tx) = reaper else {
+        drop(fd);
+        return;
+    };
+    add_pending(uid, 1);
+    let sent = tx.lock().unwrap_or_else(|e| e.into_inner()).send((uid, fd));
+    if let Err(std::sync::mpsc::SendError((uid, fd))) = sent {
+        add_pending(uid, -1);
+        drop(fd);
     }
-    true
 }
 
-/// Keeps the descriptors of the kinds valed uses and sets the others
-/// aside (closed by the reaper); what `/proc/self/fd` names the others,
-/// for the refusal. None if too many are set aside already: the VMM is to
-/// be disconnected.
-pub fn screen(fds: Vec<OwnedFd>) -> Option<(Vec<OwnedFd>, Vec<String>)> {
+/// Keeps the descriptors of the kinds valed uses and sets the others,
+/// from a sender of `uid`, aside (closed by the reaper); returns the kept
+/// ones and what `/proc/self/fd` named the others, for the refusal.
+pub fn screen(uid: u32, fds: Vec<OwnedFd>) -> (Vec<OwnedFd>, Vec<String>) {
     let mut keep = Vec::with_capacity(fds.len());
     let mut foreign = Vec::new();
-    let mut full = false;
     for fd in fds {
         match kind(fd.as_fd()) {
-            Kind::Shared | Kind::Anon => keep.push(fd),
+            Kind::Shared | Kind::EventFd => keep.push(fd),
             Kind::Foreign(what) => {
-                full |= !close_later(fd);
+                close_later(uid, fd);
                 foreign.push(what);
             }
         }
     }
-    (!full).then_some((keep, foreign))
+    (keep, foreign)
 }
 
 #[cfg(test)]
@@ -122,9 +141,10 @@ mod tests {
         let m = netmap::sys::Memfd::create_sealed("k", 4096, false).unwrap();
         assert_eq!(kind(m.file().as_fd()), Kind::Shared);
         let e = netmap::sys::EventFd::new().unwrap();
-        assert_eq!(kind(e.as_fd()), Kind::Anon);
+        assert_eq!(kind(e.as_fd()), Kind::EventFd);
+        // Sockets are not kept: closing one can linger.
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        assert_eq!(kind(a.as_fd()), Kind::Anon);
+        assert!(matches!(kind(a.as_fd()), Kind::Foreign(ref l) if l.starts_with("socket:")));
         let f = std::fs::File::open("/proc/self/status").unwrap();
         assert!(
             matches!(kind(f.as_fd()), Kind::Foreign(ref l) if l.contains("status")),
@@ -135,19 +155,18 @@ mod tests {
 
     #[test]
     fn foreign_descriptors_are_set_aside_and_closed_elsewhere() {
+        let uid = 4_000_000_003; // no other test's
         let m = netmap::sys::Memfd::create_sealed("k", 4096, false).unwrap();
         let f = std::fs::File::open("/proc/self/cmdline").unwrap();
-        let raw = f.as_raw_fd();
-        let (keep, foreign) = screen(vec![m.try_clone_fd().unwrap(), f.into()]).unwrap();
+        let (keep, foreign) = screen(uid, vec![m.try_clone_fd().unwrap(), f.into()]);
         assert_eq!(keep.len(), 1);
         assert_eq!(foreign.len(), 1);
-        // The reaper closes it soon; its number may be reused after.
+        // The reaper closes it soon, and the uid's count goes back down.
         let t0 = std::time::Instant::now();
-        while std::fs::read_link(format!("/proc/self/fd/{raw}"))
-            .is_ok_and(|l| l.to_string_lossy().contains("cmdline"))
-        {
+        while pending_of(uid) > 0 {
             assert!(t0.elapsed() < std::time::Duration::from_secs(10));
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
+        assert!(!full(uid));
     }
 }

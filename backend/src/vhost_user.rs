@@ -418,18 +418,23 @@ impl<'d, D: Device> Session<'d, D> {
             size = req.body.len(),
             "vhost-user"
         );
+        let foreign = (!req.foreign.is_empty()).then(|| {
+            format!(
+                "descriptors that are neither shared memory nor an eventfd: {}",
+                req.foreign.join(", ")
+            )
+        });
         if req.req() == Some(FrontendReq::SET_LOG_BASE) {
+            if let Some(why) = foreign {
+                return Err(SessionError::Log(why));
+            }
             // QEMU waits for this reply whether or not it asked for an ack.
             self.set_log_base(req)?;
             return Ok(self.conn.reply(code, &[])?);
         }
-        let r = if req.foreign.is_empty() {
-            self.dispatch(req)?
-        } else {
-            Err(Refusal::Msg(format!(
-                "descriptors that are not shared memory, an eventfd or a socket: {}",
-                req.foreign.join(", ")
-            )))
+        let r = match foreign {
+            None => self.dispatch(req)?,
+            Some(why) => Err(Refusal::Msg(why)),
         };
         if let Some(why) = self.fatal.take() {
             return Err(SessionError::Log(why));

@@ -254,24 +254,49 @@ fn make_vhost_dir(d: &std::path::Path) -> std::io::Result<()> {
 /// checked first (`no_open_ancestor`), so that valed does not create
 /// directories, as root, where another user's symlink points.
 fn make_dirs(what: &str, d: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let d = std::env::current_dir()?.join(d);
     let mut missing = Vec::new();
-    let mut cur = d;
-    while std::fs::symlink_metadata(cur).is_err() {
-        missing.push(cur.to_path_buf());
-        match cur.parent() {
-            Some(p) if !p.as_os_str().is_empty() => cur = p,
-            _ => break,
+    let mut cur = d.as_path();
+    loop {
+        match std::fs::symlink_metadata(cur) {
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                missing.push(cur.to_path_buf());
+                cur = cur.parent().ok_or(e)?;
+            }
+            Err(e) => return Err(std::io::Error::other(format!("{}: {e}", cur.display()))),
         }
     }
-    if std::fs::symlink_metadata(cur).is_ok() {
-        no_open_ancestor(what, cur)?;
-    }
+    no_open_ancestor(what, cur)?;
+    let me = netmap::sys::euid();
     for m in missing.iter().rev() {
-        match std::fs::create_dir(m) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
-            _ => {}
+        if let Err(e) = std::fs::create_dir(m) {
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                return Err(std::io::Error::other(format!("{}: {e}", m.display())));
+            }
         }
-        std::fs::set_permissions(m, std::fs::Permissions::from_mode(0o755))?;
+        // Made by us, or by someone faster: then it must be a directory
+        // of ours, not a symlink, before it is chmodded, and the chmod
+        // goes to what was opened.
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_DIRECTORY)
+            .open(m)
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", m.display())))?;
+        let md = f.metadata()?;
+        if md.uid() != me {
+            return Err(std::io::Error::other(format!(
+                "{}: made meanwhile by uid {}",
+                m.display(),
+                md.uid()
+            )));
+        }
+        use std::os::fd::AsRawFd;
+        std::fs::set_permissions(
+            format!("/proc/self/fd/{}", f.as_raw_fd()),
+            std::fs::Permissions::from_mode(0o755),
+        )?;
     }
     Ok(())
 }

@@ -114,9 +114,10 @@ fn first_open_on_path(dir: &Path, uid: u32, hops: &mut u32) -> io::Result<Option
         std::env::current_dir()?.join(dir)
     };
     let mut p = PathBuf::new();
+    let named = |p: &Path, e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", p.display()));
     for c in abs.components() {
         p.push(c);
-        let md = std::fs::symlink_metadata(&p)?;
+        let md = std::fs::symlink_metadata(&p).map_err(|e| named(&p, e))?;
         if md.file_type().is_symlink() {
             if md.uid() != uid && md.uid() != 0 {
                 return Ok(Some(p));
@@ -128,9 +129,13 @@ fn first_open_on_path(dir: &Path, uid: u32, hops: &mut u32) -> io::Result<Option
                     dir.display()
                 )));
             }
-            let target = std::fs::read_link(&p)?;
+            let target = std::fs::read_link(&p).map_err(|e| named(&p, e))?;
+            // Relative to where the link is, found without its own
+            // symlinks again (they were checked on the way here).
             let target = match p.parent() {
-                Some(up) if target.is_relative() => up.join(target),
+                Some(up) if target.is_relative() => std::fs::canonicalize(up)
+                    .map_err(|e| named(up, e))?
+                    .join(target),
                 _ => target,
             };
             if let Some(bad) = first_open_on_path(&target, uid, hops)? {
@@ -140,10 +145,10 @@ fn first_open_on_path(dir: &Path, uid: u32, hops: &mut u32) -> io::Result<Option
             return Ok(Some(p));
         }
     }
-    let real = std::fs::canonicalize(dir)?;
+    let real = std::fs::canonicalize(dir).map_err(|e| named(dir, e))?;
     let mut cur = Some(real.as_path());
     while let Some(d) = cur {
-        if open(&std::fs::metadata(d)?) {
+        if open(&std::fs::metadata(d).map_err(|e| named(d, e))?) {
             return Ok(Some(d.to_path_buf()));
         }
         cur = d.parent();

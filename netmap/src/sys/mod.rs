@@ -22,7 +22,7 @@ pub use eventfd::{CallGuard, EventFd};
 pub use memfd::{memfd_seals, HugePages, Memfd};
 pub use mmap::SharedMap;
 pub use poll::{poll, PollFd, PollFlags};
-pub use scm::{recv_discarding_fds, recv_with_fds, send_with_fds, MAX_FDS};
+pub use scm::{recv_discarding_fds, recv_with_fds, recv_with_fds_cut, send_with_fds, MAX_FDS};
 pub use seqpacket::{
     accept, peer_cred, seqpacket_connect, seqpacket_listen, seqpacket_pair,
     stream_connect_nonblocking, stream_listen,

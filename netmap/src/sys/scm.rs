@@ -56,6 +56,25 @@ pub fn send_with_fds(sock: impl AsFd, data: &[u8], fds: &[impl AsFd]) -> io::Res
 /// that came with it. A message whose descriptors were cut short
 /// (`MSG_CTRUNC`) is an error, with the ones that did arrive closed.
 pub fn recv_with_fds(sock: impl AsFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let (n, fds, truncated) = recv_with_fds_cut(sock, buf)?;
+    if truncated {
+        drop(fds);
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "descriptors truncated",
+        ));
+    }
+    Ok((n, fds))
+}
+
+/// As [`recv_with_fds`], but the descriptors that arrived come back even
+/// when more were cut off (the flag, `MSG_CTRUNC`): the caller decides
+/// where they are closed (closing a file on a FUSE mount can wait on its
+/// daemon for good).
+pub fn recv_with_fds_cut(
+    sock: impl AsFd,
+    buf: &mut [u8],
+) -> io::Result<(usize, Vec<OwnedFd>, bool)> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -88,13 +107,7 @@ pub fn recv_with_fds(sock: impl AsFd, buf: &mut [u8]) -> io::Result<(usize, Vec<
             c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "descriptors truncated",
-        ));
-    }
-    Ok((n, fds))
+    Ok((n, fds, msg.msg_flags & libc::MSG_CTRUNC != 0))
 }
 
 /// Receives one message into `buf` with no room for descriptors: any the
