@@ -112,7 +112,7 @@ pub struct Request {
     /// The body, exactly as long as the header said.
     pub body: Vec<u8>,
     /// Descriptors that came with it, of the kinds valed uses (shared
-    /// memory, eventfds, sockets, pipes).
+    /// memory and eventfds).
     pub fds: Vec<OwnedFd>,
     /// What `/proc/self/fd` named the others that came with it: set aside
     /// unread, closed off this thread (`reaper`), the request refused.

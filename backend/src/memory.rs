@@ -209,7 +209,7 @@ struct Mapped {
     /// ADD_MEM_REGs of this same region not yet removed.
     refs: u32,
     region: Arc<GuestRegionMmap<()>>,
-    listed: Option<crate::sigbus::Listed>,
+    listed: crate::sigbus::Listed,
 }
 
 /// The guest memory of one vhost-user session.
@@ -316,7 +316,7 @@ fn overlaps(a: &RegionSpec, b: &RegionSpec) -> bool {
 }
 
 /// A mapped region and its entry in the SIGBUS guard's table.
-type MappedRegion = (Arc<GuestRegionMmap<()>>, Option<crate::sigbus::Listed>);
+type MappedRegion = (Arc<GuestRegionMmap<()>>, crate::sigbus::Listed);
 
 fn map(spec: &RegionSpec, file: File) -> Result<MappedRegion, MemError> {
     let gpa = spec.gpa;
@@ -335,7 +335,7 @@ fn map(spec: &RegionSpec, file: File) -> Result<MappedRegion, MemError> {
     // (sigbus.rs) for as long as the mapping lives.
     let listed = crate::sigbus::list_arc(region.as_ptr() as usize, spec.size as usize, &region)
         .ok_or(MemError::GuardFull { gpa })?;
-    Ok((region, Some(listed)))
+    Ok((region, listed))
 }
 
 impl MemTable {
@@ -361,6 +361,16 @@ impl MemTable {
     /// users together past what the guard keeps for them (root's share,
     /// [`ROOT_RESERVE`], stays free). Root's tables count in no budget.
     fn recharge(&mut self, bytes: u64, regions: usize) -> Result<(), MemError> {
+        self.charge(bytes, regions, true)
+    }
+
+    /// Counts (`bytes`, `regions`) for this table whatever the bounds: to
+    /// put back what a refused change took, and when a table shrinks.
+    fn settle(&mut self, bytes: u64, regions: usize) {
+        let _ = self.charge(bytes, regions, false);
+    }
+
+    fn charge(&mut self, bytes: u64, regions: usize, check: bool) -> Result<(), MemError> {
         let Some(uid) = self.owner else {
             self.charged = (bytes, regions);
             return Ok(());
@@ -370,7 +380,7 @@ impl MemTable {
         let new_bytes = have.0.saturating_sub(self.charged.0).saturating_add(bytes);
         let new_regions = have.1.saturating_sub(self.charged.1) + regions;
         let max_bytes = netmap::sys::physical_memory().saturating_mul(4);
-        if bytes > self.charged.0 && new_bytes > max_bytes {
+        if check && bytes > self.charged.0 && new_bytes > max_bytes {
             return Err(MemError::UserQuota {
                 uid,
                 what: "bytes of guest memory",
@@ -378,7 +388,7 @@ impl MemTable {
                 max: max_bytes,
             });
         }
-        if regions > self.charged.1 {
+        if check && regions > self.charged.1 {
             if new_regions > USER_MAX_REGIONS {
                 return Err(MemError::UserQuota {
                     uid,
@@ -400,19 +410,6 @@ impl MemTable {
         Self::store(&mut all, uid, new_bytes, new_regions);
         self.charged = (bytes, regions);
         Ok(())
-    }
-
-    /// Counts (`bytes`, `regions`) for this table whatever the bounds: to
-    /// put back what a refused change took, and when a table shrinks.
-    fn settle(&mut self, bytes: u64, regions: usize) {
-        if let Some(uid) = self.owner {
-            let mut all = CHARGED.lock().unwrap_or_else(|e| e.into_inner());
-            let have = all.get(&uid).copied().unwrap_or((0, 0));
-            let new_bytes = have.0.saturating_sub(self.charged.0).saturating_add(bytes);
-            let new_regions = have.1.saturating_sub(self.charged.1) + regions;
-            Self::store(&mut all, uid, new_bytes, new_regions);
-        }
-        self.charged = (bytes, regions);
     }
 
     fn store(all: &mut std::collections::BTreeMap<u32, (u64, usize)>, uid: u32, b: u64, r: usize) {
@@ -459,7 +456,7 @@ impl MemTable {
     pub fn faulted(&self) -> Option<RegionSpec> {
         self.regions
             .iter()
-            .find(|m| m.listed.is_some_and(|l| l.faulted()))
+            .find(|m| m.listed.faulted())
             .map(|m| m.spec)
     }
 

@@ -20,7 +20,7 @@
 //! ends the session. valed holds at most that many per uid, plus one
 //! message's worth.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Mutex, OnceLock};
@@ -29,7 +29,7 @@ use std::sync::{Mutex, OnceLock};
 pub const MAX_PENDING: usize = 64;
 
 /// Per sender uid, the descriptors waiting for the reaper.
-static PENDING: Mutex<Option<HashMap<u32, usize>>> = Mutex::new(None);
+static PENDING: Mutex<BTreeMap<u32, usize>> = Mutex::new(BTreeMap::new());
 /// The reaper's queue; None if its thread could not be started.
 static REAPER: OnceLock<Option<Queue>> = OnceLock::new();
 
@@ -53,8 +53,10 @@ pub fn kind(fd: BorrowedFd<'_>) -> Kind {
     if netmap::sys::memfd_seals(fd).is_ok() {
         return Kind::Shared;
     }
+    if netmap::sys::EventFd::is_eventfd(fd) {
+        return Kind::EventFd;
+    }
     match std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) {
-        Ok(l) if l.as_os_str() == "anon_inode:[eventfd]" => Kind::EventFd,
         Ok(l) => Kind::Foreign(l.to_string_lossy().into_owned()),
         Err(e) => Kind::Foreign(format!("(unnamed: {e})")),
     }
@@ -62,16 +64,15 @@ pub fn kind(fd: BorrowedFd<'_>) -> Kind {
 
 fn pending_of(uid: u32) -> usize {
     let p = PENDING.lock().unwrap_or_else(|e| e.into_inner());
-    p.as_ref().and_then(|m| m.get(&uid)).copied().unwrap_or(0)
+    p.get(&uid).copied().unwrap_or(0)
 }
 
 pub(crate) fn add_pending(uid: u32, d: isize) {
     let mut p = PENDING.lock().unwrap_or_else(|e| e.into_inner());
-    let m = p.get_or_insert_with(HashMap::new);
-    let n = m.entry(uid).or_default();
+    let n = p.entry(uid).or_default();
     *n = n.saturating_add_signed(d);
     if *n == 0 {
-        m.remove(&uid);
+        p.remove(&uid);
     }
 }
 

@@ -104,19 +104,11 @@ pub fn bind(path: &Path, perm: Perm) -> Result<UnixListener, SocketError> {
         path: path.into(),
         source,
     };
-    let Some(name) = path.file_name() else {
-        return Err(io_err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "no file name",
-        )));
-    };
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let dir = netmap::sys::Dir::open(parent).map_err(io_err)?;
+    let (dir, name) = netmap::sys::Dir::open_parent(path).map_err(io_err)?;
     if owner.is_some() && !dir.is_private_to(netmap::sys::euid()).map_err(io_err)? {
-        return Err(SocketError::OpenDir { dir: parent.into() });
+        return Err(SocketError::OpenDir {
+            dir: dir.path().into(),
+        });
     }
     let at = dir.entry(name).map_err(io_err)?;
     if at.as_os_str().len() > netmap::sys::SUN_PATH_MAX {
@@ -167,11 +159,11 @@ pub fn bind(path: &Path, perm: Perm) -> Result<UnixListener, SocketError> {
         _ => netmap::sys::stream_listen(&at, 0o600, 128),
     }
     .map_err(io_err)?;
-    // The owner and mode are set on the inode opened
-    // here without following a symlink and checked to be a socket, never
-    // by a path looked up again (chmod(2) follows a final symlink): for a
-    // tenant the directory is valed's alone, but root may name a
-    // directory others can write.
+    // The owner and mode are set on the inode opened here without
+    // following a symlink and checked to be the socket just made, never by
+    // a path looked up again (chmod(2) follows a final symlink): for a
+    // tenant the directory is valed's alone, but root may name a directory
+    // others can write.
     let r = match perm {
         Perm::AsMade => Ok(()),
         Perm::Tenant(o) => set_owner_mode(&at, Some(o), None, 0o600),
@@ -216,15 +208,7 @@ fn set_owner_mode(at: &Path, uid: Option<u32>, gid: Option<u32>, mode: u32) -> i
 /// inode), looked up and removed through its directory held open; a
 /// socket bound there since, or anything else, stays.
 pub fn unlink_if(path: &Path, id: (u64, u64)) {
-    let (Some(name), Some(parent)) = (path.file_name(), path.parent()) else {
-        return;
-    };
-    let parent = if parent.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        parent
-    };
-    let Ok(dir) = netmap::sys::Dir::open(parent) else {
+    let Ok((dir, name)) = netmap::sys::Dir::open_parent(path) else {
         return;
     };
     let Ok(at) = dir.entry(name) else {

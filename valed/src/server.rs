@@ -36,6 +36,14 @@ const SIGNALS: u32 = u32::MAX - 1;
 /// What a client's socket is watched for.
 const CLIENT_EVENTS: EventSet = EventSet::IN.union(EventSet::READ_HANG_UP);
 
+/// A uid's control connections (`--quota-conns`).
+#[derive(Default)]
+struct UidConns {
+    open: usize,
+    /// The quota was logged since the count last went down.
+    warned: bool,
+}
+
 /// The control plane as one event-manager subscriber: the listener, the
 /// stop signals and every client, each client under its own event data.
 struct ControlPlane<'r> {
@@ -44,7 +52,7 @@ struct ControlPlane<'r> {
     reg: &'r mut Registry,
     clients: HashMap<u32, Client>,
     /// Connections open per uid other than root.
-    per_uid: HashMap<u32, usize>,
+    per_uid: HashMap<u32, UidConns>,
     next_key: u32,
     next_conn: u64,
     /// Since when the listener is out of the interest list (EMFILE).
@@ -63,20 +71,20 @@ impl ControlPlane<'_> {
             Ok(fd) => {
                 let uid = netmap::sys::peer_cred(&fd).map(|c| c.1).unwrap_or(u32::MAX);
                 if uid != 0 {
-                    let n = self.per_uid.entry(uid).or_default();
-                    if *n >= self.reg.quotas.connections {
-                        // Logged once per crossing, not once per attempt.
-                        if *n == self.reg.quotas.connections {
+                    let c = self.per_uid.entry(uid).or_default();
+                    if c.open >= self.reg.quotas.connections {
+                        // Logged once per stay at the quota, not per attempt.
+                        if !c.warned {
+                            c.warned = true;
                             warn!(
                                 uid,
                                 quota = self.reg.quotas.connections,
                                 "control connections of this uid at its quota (--quota-conns): more are closed at once"
                             );
-                            *n += 1;
                         }
                         return;
                     }
-                    *n += 1;
+                    c.open += 1;
                 }
                 // A free key: they wrap after 2^32 - 2 connections.
                 while self.clients.contains_key(&self.next_key) || self.next_key >= SIGNALS {
@@ -88,9 +96,7 @@ impl ControlPlane<'_> {
                 self.next_conn += 1;
                 if let Err(e) = ops.add(Events::with_data(&fd, key, CLIENT_EVENTS)) {
                     warn!(conn = id, uid, "client not watched, dropped: {e:?}");
-                    if let Some(n) = self.per_uid.get_mut(&uid) {
-                        *n = n.saturating_sub(1);
-                    }
+                    self.uid_conn_gone(uid);
                     return;
                 }
                 debug!(conn = id, uid, "client connected");
@@ -146,16 +152,20 @@ impl ControlPlane<'_> {
         }
     }
 
+    /// One control connection of `uid` fewer.
+    fn uid_conn_gone(&mut self, uid: u32) {
+        if let Some(c) = self.per_uid.get_mut(&uid) {
+            c.open = c.open.saturating_sub(1);
+            c.warned = false;
+            if c.open == 0 {
+                self.per_uid.remove(&uid);
+            }
+        }
+    }
+
     fn drop_client(&mut self, key: u32, ops: &mut EventOps<'_>) {
         if let Some(mut c) = self.clients.remove(&key) {
-            if let Some(n) = self.per_uid.get_mut(&c.conn.uid) {
-                // Past the quota the count stands one above it (the log
-                // line's mark): back to it, then down.
-                *n = (*n).min(self.reg.quotas.connections).saturating_sub(1);
-                if *n == 0 {
-                    self.per_uid.remove(&c.conn.uid);
-                }
-            }
+            self.uid_conn_gone(c.conn.uid);
             let _ = ops.remove(Events::with_data(&c.fd, key, CLIENT_EVENTS));
             debug!(conn = c.conn.id, fd = c.fd.as_raw_fd(), "client gone");
             self.reg.unregister(&mut c.conn);

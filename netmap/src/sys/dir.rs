@@ -44,6 +44,23 @@ impl Dir {
         })
     }
 
+    /// The directory `path` is in, opened, and `path`'s last component:
+    /// the entry to look up in it with [`Dir::entry`]. A path of one
+    /// component is in the working directory.
+    pub fn open_parent(path: &Path) -> io::Result<(Dir, &OsStr)> {
+        let name = path.file_name().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: no file name", path.display()),
+            )
+        })?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        Ok((Dir::open(parent)?, name))
+    }
+
     /// The path it was opened by, for messages.
     pub fn path(&self) -> &Path {
         &self.path
@@ -83,7 +100,7 @@ impl Dir {
 
 /// Whether a directory with metadata `md` can be changed only by `uid` or
 /// root.
-pub fn private_to(md: &Metadata, uid: u32) -> bool {
+fn private_to(md: &Metadata, uid: u32) -> bool {
     (md.uid() == uid || md.uid() == 0) && md.mode() & 0o022 == 0
 }
 

@@ -16,7 +16,7 @@ mod scm;
 mod seqpacket;
 mod watchdog;
 
-pub use dir::{euid, first_open_ancestor, private_to, Dir, SUN_PATH_MAX};
+pub use dir::{euid, first_open_ancestor, Dir, SUN_PATH_MAX};
 pub use epoll::Epoll;
 pub use eventfd::{CallGuard, EventFd};
 pub use memfd::{memfd_seals, HugePages, Memfd};
