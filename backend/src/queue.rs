@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use netmap::sys::EventFd;
 use vale::frag::{DstBuf, Frag};
-use vale::{Arm, FrameCursor, Push, Sink, Source};
+use vale::{
+    reader_takes, Arm, FrameCursor, Fused, Fuser, Push, Sink, Source, FUSE_HEAD, MAX_BATCH,
+};
 use vm_memory::{GuestAddressSpace, GuestMemoryLoadGuard};
 
 use crate::chain::{rx_bufs, rx_single, tx_frags, tx_single};
@@ -454,6 +456,11 @@ impl Announcement {
         self.pending.store(true, Ordering::Release);
     }
 
+    /// Whether an announcement waits (one plain load).
+    fn waiting(&self) -> bool {
+        self.pending.load(Ordering::Relaxed)
+    }
+
     fn take(&self) -> Option<[u8; 6]> {
         if !self.pending.load(Ordering::Acquire) {
             return None;
@@ -579,6 +586,84 @@ impl TxQueue {
 }
 
 impl Source for TxQueue {
+    fn fuse(&mut self, fuser: &mut dyn Fuser) -> Fused {
+        let mut run = Fused::default();
+        // An announcement goes first, the general way.
+        if self.announce.as_ref().is_some_and(|a| a.waiting()) {
+            run.rest = true;
+            return run;
+        }
+        let Some(batch) = self.own.begin() else {
+            return run;
+        };
+        let start = self.own.live.next_avail;
+        let (Some(ring), Some(pending)) = (self.own.live.ring, self.own.pending(start)) else {
+            // Broken: the general fetch says so.
+            run.rest = true;
+            self.own.finish(batch, false);
+            return run;
+        };
+        let n = (pending as usize).min(self.max_batch).min(MAX_BATCH) as u16;
+        if n == 0 {
+            self.own.finish(batch, false);
+            return run;
+        }
+        self.heads.clear();
+        self.errs.clear();
+        // The frame at the front, read once: its header and MACs decide.
+        let mut hd = ring.avail_entry(start);
+        let mut h = [0u8; FUSE_HEAD];
+        let Some(mut f) = tx_single(&self.own.map, &ring, hd).filter(|f| f.read_prefix(&mut h))
+        else {
+            run.rest = true;
+            self.own.finish(batch, false);
+            return run;
+        };
+        let Some((rules, sink)) = fuser.decide(&h) else {
+            run.rest = true;
+            self.own.finish(batch, false);
+            return run;
+        };
+        let Some(set) = sink.as_any_mut().and_then(|s| s.downcast_mut::<RxSet>()) else {
+            run.rest = true;
+            self.own.finish(batch, false);
+            return run;
+        };
+        let n = n.min(rules.max.min(u16::MAX as usize) as u16);
+        ring.prefetch_used(self.own.live.next_used, n);
+        let mut i = 0;
+        loop {
+            // What the run takes, from the copy of the header it checked
+            // (never re-read: the guest may be rewriting it).
+            let vh = h.first_chunk::<VNET_HDR_LEN>().copied().unwrap_or_default();
+            if h[12..24] != rules.macs
+                || !reader_takes(vh[0], vh[1], rules.offloads)
+                || !set.push_fused(&f, &vh)
+            {
+                run.rest = true;
+                break;
+            }
+            self.heads.push(hd);
+            run.bytes += u64::from(f.len());
+            i += 1;
+            if i == n {
+                break;
+            }
+            hd = ring.avail_entry(start.wrapping_add(i));
+            match tx_single(&self.own.map, &ring, hd).filter(|f| f.read_prefix(&mut h)) {
+                Some(next) => f = next,
+                None => {
+                    run.rest = true;
+                    break;
+                }
+            }
+        }
+        run.frames = self.heads.len();
+        self.batch = Some(batch);
+        self.complete(run.frames);
+        run
+    }
+
     fn arm(&mut self) -> bool {
         !self.enable_notification()
     }
@@ -1087,6 +1172,62 @@ impl RxQueue {
         }
         Push::Done
     }
+
+    /// The common frame: the next chain is one buffer that holds all
+    /// `total` bytes (every frame with big buffers, mergeable or not),
+    /// copied straight in with no chain list or cursor. False, with
+    /// nothing taken, otherwise.
+    #[inline(always)]
+    fn push_one(&mut self, frags: &[Frag], skip: usize, hdr: &[u8], total: usize) -> bool {
+        if self.next == self.chains.len() {
+            self.refill();
+        }
+        if let Some(c) = self.chains.get(self.next) {
+            if let (Some(mut b), true) = (c.one_buf(), c.cap as usize >= total) {
+                let head = c.head;
+                self.next += 1;
+                // The buffer's lines for writing, each of them, so that
+                // their reads-for-ownership go out together rather than one
+                // by one as the copy's stores reach them. On huge pages a
+                // short frame's lines are taken three frames ahead
+                // instead (the frame being copied stands for the one the
+                // buffer will take); on 4 KiB pages that cost a fifth of
+                // the 60 B rate, and for long frames on either it measured
+                // slower than the buffer about to be written
+                // (docs/benchmarks.md, "Stop 28").
+                let ahead = if total <= RX_PREFETCH_SHORT && self.own.map.huge_pages() {
+                    RX_PREFETCH_AHEAD
+                } else {
+                    0
+                };
+                if let Some(c) = self.chains.get(self.next + ahead - 1) {
+                    c.prefetch(total);
+                }
+                let mut at = b.write_prefix(&vnet_hdr(hdr, 1));
+                if let [f] = frags {
+                    // One fragment (every linear frame): no walk.
+                    at += b.copy_from(at, f, skip, total - VNET_HDR_LEN);
+                } else {
+                    let mut skip = skip;
+                    for f in frags {
+                        let fl = f.len() as usize;
+                        if skip >= fl {
+                            skip -= fl;
+                            continue;
+                        }
+                        at += b.copy_from(at, f, skip, fl - skip);
+                        skip = 0;
+                    }
+                }
+                if let Some(log) = &self.own.live.log {
+                    log_buf(log, &self.own.map, b.addr(), at);
+                }
+                self.used.push((head, at as u32));
+                return true;
+            }
+        }
+        false
+    }
 }
 
 /// The virtio-net header a guest gets: the engine's (`hdr`, made once per
@@ -1143,55 +1284,8 @@ impl Sink for RxQueue {
         // The header this guest gets: the engine's copy (made once), with
         // num_buffers ours to fill.
         let total = VNET_HDR_LEN + flen.saturating_sub(skip);
-        // The common case first: the next chain is one buffer that holds
-        // the whole frame (every frame with big buffers, mergeable or
-        // not), copied straight in with no chain list or cursor.
-        if self.next == self.chains.len() {
-            self.refill();
-        }
-        if let Some(c) = self.chains.get(self.next) {
-            if let (Some(mut b), true) = (c.one_buf(), c.cap as usize >= total) {
-                let head = c.head;
-                self.next += 1;
-                // The buffer's lines for writing, each of them, so that
-                // their reads-for-ownership go out together rather than one
-                // by one as the copy's stores reach them. On huge pages a
-                // short frame's lines are taken three frames ahead
-                // instead (the frame being copied stands for the one the
-                // buffer will take); on 4 KiB pages that cost a fifth of
-                // the 60 B rate, and for long frames on either it measured
-                // slower than the buffer about to be written
-                // (docs/benchmarks.md, "Stop 28").
-                let ahead = if total <= RX_PREFETCH_SHORT && self.own.map.huge_pages() {
-                    RX_PREFETCH_AHEAD
-                } else {
-                    0
-                };
-                if let Some(c) = self.chains.get(self.next + ahead - 1) {
-                    c.prefetch(total);
-                }
-                let mut at = b.write_prefix(&vnet_hdr(hdr, 1));
-                if let [f] = frags {
-                    // One fragment (every linear frame): no walk.
-                    at += b.copy_from(at, f, skip, total - VNET_HDR_LEN);
-                } else {
-                    let mut skip = skip;
-                    for f in frags {
-                        let fl = f.len() as usize;
-                        if skip >= fl {
-                            skip -= fl;
-                            continue;
-                        }
-                        at += b.copy_from(at, f, skip, fl - skip);
-                        skip = 0;
-                    }
-                }
-                if let Some(log) = &self.own.live.log {
-                    log_buf(log, &self.own.map, b.addr(), at);
-                }
-                self.used.push((head, at as u32));
-                return Push::Done;
-            }
+        if self.push_one(frags, skip, hdr, total) {
+            return Push::Done;
         }
         self.push_chains(frags, skip, hdr, total)
     }
@@ -1261,6 +1355,22 @@ impl RxSet {
         }
     }
 
+    /// Takes one frame of a fused run: `f`, a whole frame behind a
+    /// 12-byte header, whose header the guest gets as `vh` (the copy the
+    /// run checked). False, with nothing taken, if the frame is not the
+    /// common case of the queue its flow goes to.
+    #[inline(always)]
+    fn push_fused(&mut self, f: &Frag, vh: &[u8; VNET_HDR_LEN]) -> bool {
+        if self.live.is_empty() {
+            self.refresh();
+        }
+        let frags = std::slice::from_ref(f);
+        let Some(i) = self.pick(frags, VNET_HDR_LEN) else {
+            return false;
+        };
+        self.queues[i].push_one(frags, VNET_HDR_LEN, vh, f.len() as usize)
+    }
+
     fn pick(&self, frags: &[Frag], skip: usize) -> Option<usize> {
         match self.live.len() {
             0 => None,
@@ -1318,6 +1428,10 @@ impl Sink for RxSet {
     fn publish(&mut self) {
         self.queues.iter_mut().for_each(|q| q.publish());
         self.live.clear();
+    }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
     }
 
     fn arm(&mut self) -> Arm {

@@ -29,8 +29,8 @@ pub use lookup::{
     BridgeConfig, Dest, FrameInfo, LearningBridge, Lookup, LookupStats, DEFAULT_PORT_MAC_LIMIT,
 };
 pub use port::{
-    Arm, DropReason, FrameCursor, PortConfig, PortCounters, PortId, PortStats, Push, Sink, Source,
-    DROP_REASONS,
+    reader_takes, Arm, DropReason, FrameCursor, FuseRun, Fused, Fuser, PortConfig, PortCounters,
+    PortId, PortStats, Push, Sink, Source, DROP_REASONS, FUSE_HEAD,
 };
 pub use switch::{
     Forwarded, MonitorId, Scratch, SharedSink, Switch, SwitchError, BACKPRESSURE_HOLD, MAX_BATCH,

@@ -39,6 +39,14 @@ pub struct FrameInfo {
 pub trait Lookup: Send {
     /// Decides where one frame goes; `now` is a coarse clock in seconds.
     fn lookup(&mut self, f: &FrameInfo, now: u32) -> Dest;
+    /// As [`lookup`](Self::lookup), and whether asking the same question
+    /// again at the same `now`, with nothing else asked between, would
+    /// get the same answer and change and count nothing: the engine then
+    /// sends the frames after this one that ask it (a fused run) without
+    /// asking. The default never says so.
+    fn lookup_run(&mut self, f: &FrameInfo, now: u32) -> (Dest, bool) {
+        (self.lookup(f, now), false)
+    }
     /// A port left the switch: forget what it taught.
     fn port_removed(&mut self, port: PortId);
     /// Counters, for `vale-ctl --stats`.
@@ -336,6 +344,14 @@ impl Lookup for LearningBridge {
             dest,
         });
         dest
+    }
+
+    #[inline]
+    fn lookup_run(&mut self, f: &FrameInfo, now: u32) -> (Dest, bool) {
+        let dest = self.lookup(f, now);
+        // Remembered exactly when learning did not fail: the same
+        // question is then answered from `last`, changing nothing.
+        (dest, self.last.is_some())
     }
 
     fn port_removed(&mut self, port: PortId) {

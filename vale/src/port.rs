@@ -48,6 +48,78 @@ pub trait Source {
     fn doorbell(&self) -> Option<std::sync::Arc<netmap::sys::EventFd>> {
         None
     }
+
+    /// The fused path: moves frames from the front of the source into one
+    /// sink itself, with none of the engine's per-frame records. The
+    /// source reads its next frame's first [`FUSE_HEAD`] bytes (a 12-byte
+    /// virtio-net header, then the Ethernet header) and asks `fuser` where
+    /// it goes; on an answer it moves that frame and those after it while
+    /// each is one linear fragment with no slot flags, at least
+    /// [`FUSE_HEAD`] bytes long, starts with the run's MACs, needs no
+    /// offload the reader lacks, and fits the sink as the sink's own
+    /// common case. The first frame that does not stays for the next
+    /// fetch. Moved frames are complete (as after `fetch` and
+    /// `complete`); the sink is not published. A source that cannot do
+    /// this, or a sink it does not know, moves nothing.
+    fn fuse(&mut self, _fuser: &mut dyn Fuser) -> Fused {
+        Fused::default()
+    }
+}
+
+/// Bytes of a frame a fused run decides on: the virtio-net header and
+/// the destination and source MACs, and the rest of the Ethernet header.
+pub const FUSE_HEAD: usize = 32;
+
+/// The engine's side of [`Source::fuse`].
+pub trait Fuser {
+    /// Where the frame that starts with `head` goes, if into one sink that
+    /// can take a fused run: the run's rules and that sink. Asked once
+    /// per call of `fuse`.
+    fn decide(&mut self, head: &[u8; FUSE_HEAD]) -> Option<(FuseRun, &mut dyn Sink)>;
+}
+
+/// The rules of one fused run (see [`Source::fuse`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FuseRun {
+    /// Destination and source MAC: frames that start otherwise end the run.
+    pub macs: [u8; 12],
+    /// The offloads the sink's reader takes (`OFFLOAD_*`).
+    pub offloads: u32,
+    /// Most frames the run may move.
+    pub max: usize,
+}
+
+/// What a fused run moved.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Fused {
+    /// Frames moved.
+    pub frames: usize,
+    /// Their bytes, virtio-net headers included.
+    pub bytes: u64,
+    /// The run stopped at a frame it could not take (not at the end of
+    /// what was posted, or at its `max`).
+    pub rest: bool,
+}
+
+/// Whether a reader taking `offloads` (`OFFLOAD_*`) takes a frame whose
+/// virtio-net header has these `flags` and `gso_type` as it is, with no
+/// checksum completed or segment cut for it.
+#[inline]
+pub fn reader_takes(flags: u8, gso_type: u8, offloads: u32) -> bool {
+    use crate::offload::{F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP};
+    if flags & F_NEEDS_CSUM != 0 && offloads & OFFLOAD_CSUM == 0 {
+        return false;
+    }
+    if gso_type & GSO_ECN != 0 && offloads & OFFLOAD_ECN == 0 {
+        return false;
+    }
+    match gso_type & 0x7f {
+        GSO_NONE => true,
+        GSO_TCPV4 => offloads & OFFLOAD_TSO4 != 0,
+        GSO_TCPV6 => offloads & OFFLOAD_TSO6 != 0,
+        GSO_UDP => offloads & OFFLOAD_UFO != 0,
+        _ => false,
+    }
 }
 
 /// Where frames go.
@@ -88,6 +160,12 @@ pub trait Sink: Send {
     fn offloads(&self) -> Option<u32> {
         None
     }
+
+    /// The sink as [`Any`](std::any::Any), so that a source of the same
+    /// kind can recognise it for [`Source::fuse`]. None: no fused path.
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        None
+    }
 }
 
 /// A boxed sink is a sink (a port whose kind is chosen at run time).
@@ -115,6 +193,9 @@ impl<S: Sink + ?Sized> Sink for Box<S> {
     }
     fn offloads(&self) -> Option<u32> {
         (**self).offloads()
+    }
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        (**self).as_any_mut()
     }
 }
 

@@ -1,7 +1,7 @@
 //! The forwarding engine: take a batch from a source, look up every frame,
 //! group by destination, then per destination copy and publish once.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::Instant;
 
@@ -13,8 +13,8 @@ use crate::frag::Frag;
 use crate::lookup::{Dest, FrameInfo, LearningBridge, Lookup};
 use crate::offload;
 use crate::port::{
-    Arm, DropReason, PortConfig, PortCounters, PortId, PortStats, Push, Sink, Source, OFFLOAD_CSUM,
-    OFFLOAD_ECN, OFFLOAD_TSO4, OFFLOAD_TSO6, OFFLOAD_UFO,
+    reader_takes, Arm, DropReason, FuseRun, Fused, Fuser, PortConfig, PortCounters, PortId,
+    PortStats, Push, Sink, Source, FUSE_HEAD,
 };
 
 /// Most frames taken from a source at once.
@@ -243,6 +243,8 @@ pub struct Switch<L: Lookup = LearningBridge> {
     ports: RwLock<Vec<Option<Arc<PortSlot>>>>,
     lookup: Mutex<L>,
     next_monitor: AtomicU64,
+    /// Sources that can are asked for fused runs (see [`Source::fuse`]).
+    fused: AtomicBool,
 }
 
 impl<L: Lookup> std::fmt::Debug for Switch<L> {
@@ -274,7 +276,16 @@ impl<L: Lookup> Switch<L> {
             ports: RwLock::new(vec![None; MAX_PORTS]),
             lookup: Mutex::new(lookup),
             next_monitor: AtomicU64::new(1),
+            fused: AtomicBool::new(true),
         }
+    }
+
+    /// Whether sources that can move a run of frames into their
+    /// destination themselves are asked to ([`Source::fuse`]; on by
+    /// default). Off, every frame takes the general path: for tests and
+    /// comparisons, as the two must forward alike.
+    pub fn set_fused(&self, on: bool) {
+        self.fused.store(on, Ordering::Relaxed);
     }
 
     /// The switch's name.
@@ -483,6 +494,77 @@ impl<L: Lookup> Switch<L> {
         sc: &mut Scratch,
         now: u32,
     ) -> Forwarded {
+        if !self.fused.load(Ordering::Relaxed) || crate::ab::on() {
+            return self.forward_batch(src, source, sc, now, None);
+        }
+        let (run, first) = self.forward_fused(src, source, now);
+        if run.frames > 0 && !run.rest {
+            return Forwarded {
+                frames: run.frames,
+                copies: run.frames,
+                ..Default::default()
+            };
+        }
+        // The run stopped at a frame it could not take (or never
+        // started): a batch the general way, reusing the decision made
+        // for its first frame if the run made one and did not take it.
+        let mut f = self.forward_batch(src, source, sc, now, first);
+        f.frames += run.frames;
+        f.copies += run.frames;
+        f
+    }
+
+    /// A fused run from `src`, if its source offers one: the run, and the
+    /// decision made for the frame it stopped at if that is the frame the
+    /// run started at (MACs and answer).
+    fn forward_fused(
+        &self,
+        src: PortId,
+        source: &mut dyn Source,
+        now: u32,
+    ) -> (Fused, Option<([u8; 12], Dest)>) {
+        let ports = self.ports.read().unwrap_or_else(|e| e.into_inner());
+        let Some(sp) = ports.get(src as usize).and_then(|p| p.as_deref()) else {
+            return (Fused::default(), None);
+        };
+        // A fused run copies each frame once, header and all, into one
+        // sink: both ends carry the 12-byte header, and no monitor wants
+        // its own copy.
+        if sp.cfg.vnet_hdr_len != 12 || !sp.monitors.is_empty() {
+            return (Fused::default(), None);
+        }
+        let mut fuser = EngineFuser {
+            ports: &ports,
+            lookup: &self.lookup,
+            src,
+            now,
+            first: None,
+            dst: None,
+        };
+        let run = source.fuse(&mut fuser);
+        if let Some((slot, mut sink)) = fuser.dst.take() {
+            // Also with nothing moved: the sink may hold buffers it took
+            // for the run until it publishes.
+            sink.publish();
+            PortCounters::add(&slot.counters.out_packets, run.frames as u64);
+            PortCounters::add(&slot.counters.out_bytes, run.bytes);
+        }
+        PortCounters::add(&sp.counters.in_packets, run.frames as u64);
+        PortCounters::add(&sp.counters.in_bytes, run.bytes);
+        (run, if run.frames == 0 { fuser.first } else { None })
+    }
+
+    /// Forwards one batch the general way; `first`, a decision already
+    /// made for the frame at the source's front, is used for the batch's
+    /// first frame if it starts with those MACs.
+    fn forward_batch(
+        &self,
+        src: PortId,
+        source: &mut dyn Source,
+        sc: &mut Scratch,
+        now: u32,
+        first: Option<([u8; 12], Dest)>,
+    ) -> Forwarded {
         sc.frags.clear();
         source.fetch(&mut sc.frags, MAX_BATCH);
         let nframes = split_frames(&sc.frags, &mut sc.frames);
@@ -504,7 +586,7 @@ impl<L: Lookup> Switch<L> {
         // Pass 1: check and look up every frame, under one lock per batch.
         {
             let mut lk = lock(&self.lookup);
-            for fr in sc.frames.iter_mut() {
+            for (fi, fr) in sc.frames.iter_mut().enumerate() {
                 if fr.drop.is_some() {
                     continue;
                 }
@@ -562,7 +644,12 @@ impl<L: Lookup> Switch<L> {
                     };
                     info.dst.copy_from_slice(&eth[0..6]);
                     info.src.copy_from_slice(&eth[6..12]);
-                    lk.lookup(&info, now)
+                    match first {
+                        // Asked once already (a fused run that did not
+                        // take the frame): not asked, or counted, twice.
+                        Some((macs, dest)) if fi == 0 && eth[..12] == macs => dest,
+                        _ => lk.lookup(&info, now),
+                    }
                 };
             }
         }
@@ -682,8 +769,8 @@ impl<L: Lookup> Switch<L> {
             {
                 let fr = sc.frames[fi as usize];
                 let frags = &sc.frags[fr.first as usize..fr.first as usize + fr.nfrags as usize];
-                let needs_csum = src_hdr > 0 && fr.vh[0] & offload::F_NEEDS_CSUM != 0;
-                if !gso_ok(fr.gso, dst_off) || (needs_csum && dst_off & OFFLOAD_CSUM == 0) {
+                let csum = if src_hdr > 0 { fr.vh[0] } else { 0 };
+                if !reader_takes(csum, fr.gso, dst_off) {
                     // The reader lacks what the frame needs: segment and
                     // checksum it here, from one copy of the frame.
                     soft += 1;
@@ -878,17 +965,55 @@ fn soft_offload(
     Ok(r)
 }
 
-/// Whether a reader with `offloads` takes a frame of GSO type `gso`.
-fn gso_ok(gso: u8, offloads: u32) -> bool {
-    if gso & offload::GSO_ECN != 0 && offloads & OFFLOAD_ECN == 0 {
-        return false;
-    }
-    match gso & 0x7f {
-        offload::GSO_NONE => true,
-        offload::GSO_TCPV4 => offloads & OFFLOAD_TSO4 != 0,
-        offload::GSO_TCPV6 => offloads & OFFLOAD_TSO6 != 0,
-        offload::GSO_UDP => offloads & OFFLOAD_UFO != 0,
-        _ => false,
+/// The engine's answers to a source's fused run: one lookup, and the
+/// destination's sink locked for the run.
+struct EngineFuser<'a, L> {
+    ports: &'a [Option<Arc<PortSlot>>],
+    lookup: &'a Mutex<L>,
+    src: PortId,
+    now: u32,
+    /// The MACs asked about and the answer.
+    first: Option<([u8; 12], Dest)>,
+    /// The destination and its sink, locked.
+    dst: Option<(&'a PortSlot, MutexGuard<'a, dyn Sink + 'static>)>,
+}
+
+impl<L: Lookup> Fuser for EngineFuser<'_, L> {
+    fn decide(&mut self, head: &[u8; FUSE_HEAD]) -> Option<(FuseRun, &mut dyn Sink)> {
+        let mut macs = [0u8; 12];
+        macs.copy_from_slice(&head[12..24]);
+        let mut info = FrameInfo {
+            dst: [0; 6],
+            src: [0; 6],
+            src_port: self.src,
+            flags: 0,
+            learn: true,
+        };
+        info.dst.copy_from_slice(&macs[..6]);
+        info.src.copy_from_slice(&macs[6..]);
+        let (dest, repeats) = lock(self.lookup).lookup_run(&info, self.now);
+        self.first = Some((macs, dest));
+        // One destination, a port that copies frames as they come (no
+        // backpressure to hold the run, no monitor, the same header).
+        let Dest::Port(p) = dest else { return None };
+        if p == self.src {
+            return None;
+        }
+        let slot = self.ports.get(p as usize)?.as_deref()?;
+        if slot.cfg.backpressure || slot.cfg.vnet_hdr_len != 12 || !slot.monitors.is_empty() {
+            return None;
+        }
+        let sink = lock(&slot.sink);
+        let offloads = sink.offloads().unwrap_or(slot.cfg.offloads);
+        let (_, sink) = self.dst.insert((slot, sink));
+        let run = FuseRun {
+            macs,
+            offloads,
+            // A lookup that would count or change something if asked
+            // again answers for this frame alone.
+            max: if repeats { MAX_BATCH } else { 1 },
+        };
+        Some((run, &mut **sink))
     }
 }
 
