@@ -9,11 +9,15 @@
 #   scripts/count-vm2vm.sh [CONFIG...]     (default: 60 B, 1514 B, 64 KiB GSO)
 #   ROUNDS=200 scripts/count-vm2vm.sh 60B/nomrg/no_event_idx
 #
-# Stages (inclusive counts of the functions named):
+# Stages (inclusive counts of the functions named; a `/general` config
+# runs every frame the general way, the others take fused runs):
 #   guests     the two in-memory guests posting and reaping (MemQueue)
+#   fused run  TxQueue::fuse less the copy: avail entries, descriptors,
+#              headers, the RX chains and headers (a fused run only)
 #   tx walk    TxQueue::fetch: avail entries, descriptors, fragments
 #   switch     Switch::forward less the port calls: headers, lookup,
-#              grouping by destination, locks, counters
+#              grouping by destination, locks, counters (in a fused run:
+#              the lookup, locks, counters)
 #   rx walk    the sink's push (RxSet) less the copy: RX chains, header,
 #              bookkeeping
 #   copy       libc memcpy/memmove called by RxSet::push (the frame bytes)
@@ -28,7 +32,8 @@ cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 ROUNDS=${ROUNDS:-200}
 if [ $# -eq 0 ]; then
-    set -- 60B/mrg/event_idx 1514B/mrg/event_idx gso64K/mrg/event_idx
+    set -- 60B/mrg/event_idx 60B/mrg/event_idx/general 1514B/mrg/event_idx \
+        1514B/mrg/event_idx/general gso64K/mrg/event_idx
 fi
 cargo build --quiet --profile bench -p vale-backend --all-features --example vm2vm_count
 cargo build --quiet --profile bench -p vale --example engine_count
@@ -67,9 +72,9 @@ count() {
     COPY=$(( $(copy_of "$TMP/annotated.$ROUNDS") - $(copy_of "$TMP/annotated.0") ))
 }
 
-printf '| %-24s | %6s | %6s | %7s | %6s | %7s | %6s | %7s | %7s |\n' \
-    config total guests "tx walk" switch "rx walk" copy "rx used" "tx used"
-echo "|--------------------------|-------:|-------:|--------:|-------:|--------:|-------:|--------:|--------:|"
+printf '| %-32s | %6s | %6s | %9s | %7s | %6s | %7s | %6s | %7s | %7s |\n' \
+    config total guests "fused run" "tx walk" switch "rx walk" copy "rx used" "tx used"
+echo "|----------------------------------|-------:|-------:|----------:|--------:|-------:|--------:|-------:|--------:|--------:|"
 for cfg in "$@"; do
     count "$cfg" '*vm2vm_count::measured*'; total=$COUNT
     frames=$(cat "$TMP/frames.$ROUNDS")
@@ -77,19 +82,33 @@ for cfg in "$@"; do
     count "$cfg" '*MemQueue::reap'; guests=$((guests + COUNT))
     count "$cfg" '<backend::queue::TxQueue as vale::port::Source>::fetch'; txw=$COUNT
     count "$cfg" '<backend::queue::TxQueue as vale::port::Source>::complete'; txu=$COUNT
-    # The switch calls the port's sink, an RxSet, through its vtable;
-    # RxQueue's own Sink methods are inlined there or called inside.
-    count "$cfg" '<backend::queue::RxSet as vale::port::Sink>::push'; rxw=$COUNT; copy=$COPY
     count "$cfg" '<backend::queue::RxSet as vale::port::Sink>::publish'; rxu=$COUNT
-    if [ "$rxw" -eq 0 ] || [ "$txw" -eq 0 ]; then
-        echo "$cfg: a stage function was not found (renamed or inlined?)" >&2
-        exit 1
+    if [ "$txw" -eq 0 ]; then
+        # A fused run: the TX walk, the headers, the RX chains and the
+        # copies are one function (TxQueue::fuse, RX pushes inlined).
+        count "$cfg" '<backend::queue::TxQueue as vale::port::Source>::fuse'; run=$COUNT; copy=$COPY
+        rxw=0
+        [ "$run" -gt 0 ] || { echo "$cfg: neither fetch nor fuse ran (renamed or inlined?)" >&2; exit 1; }
+    else
+        run=0
+        # The switch calls the port's sink, an RxSet, through its vtable;
+        # RxQueue's own Sink methods are inlined there or called inside.
+        count "$cfg" '<backend::queue::RxSet as vale::port::Sink>::push'; rxw=$COUNT; copy=$COPY
+        [ "$rxw" -gt 0 ] || { echo "$cfg: RxSet::push not found (renamed or inlined?)" >&2; exit 1; }
     fi
     awk -v cfg="$cfg" -v f="$frames" -v t="$total" -v g="$guests" -v tw="$txw" \
-        -v tu="$txu" -v rw="$rxw" -v ru="$rxu" -v c="$copy" 'BEGIN {
-        printf "| %-24s | %6.0f | %6.0f | %7.0f | %6.0f | %7.0f | %6.0f | %7.0f | %7.0f |\n",
-            cfg, t / f, g / f, tw / f, (t - g - tw - tu - rw - ru) / f, (rw - c) / f,
-            c / f, ru / f, tu / f }'
+        -v tu="$txu" -v rw="$rxw" -v ru="$rxu" -v c="$copy" -v r="$run" 'BEGIN {
+        cell = "-"
+        if (r > 0) {
+            printf "| %-32s | %6.0f | %6.0f | %9.0f | %7s | %6.0f | %7s | %6.0f | %7.0f | %7.0f |\n",
+                cfg, t / f, g / f, (r - c) / f, cell, (t - g - r - tu - ru) / f, cell,
+                c / f, ru / f, tu / f
+        } else {
+            printf "| %-32s | %6.0f | %6.0f | %9s | %7.0f | %6.0f | %7.0f | %6.0f | %7.0f | %7.0f |\n",
+                cfg, t / f, g / f, cell, tw / f, (t - g - tw - tu - rw - ru) / f, (rw - c) / f,
+                c / f, ru / f, tu / f
+        }
+    }'
 done
 echo "(instructions per frame; $ROUNDS rounds per configuration, $(valgrind --version))"
 ENGINE=$PWD/target/release/examples/engine_count

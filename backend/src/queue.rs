@@ -360,6 +360,13 @@ impl Owner {
         }
     }
 
+    /// Ends a batch that moved no index: no store to the session's
+    /// vring, no interrupt.
+    fn end(&mut self, batch: Batch) {
+        drop(batch);
+        self.ctl.busy.store(false, Ordering::Release);
+    }
+
     /// Runs `f` on the rings inside a batch of its own (the rings are
     /// guest memory: touched only while busy and guarded).
     fn with_ring<R>(&mut self, f: impl FnOnce(&Ring, &mut Live) -> R) -> Option<R> {
@@ -508,6 +515,9 @@ pub struct TxQueue {
     /// why): counted when the chain is returned, not each time a held
     /// batch walks it again. Rare, so kept apart from `heads`.
     errs: Vec<(usize, ChainError)>,
+    /// The frames of a fused run, walked, and their headers as read.
+    run: Vec<Frag<'static>>,
+    hdrs: Vec<[u8; FUSE_HEAD]>,
     /// Most chains one fetch takes.
     max_batch: usize,
     /// Where SEND_RARP's announcements wait (pair 0's queue only).
@@ -535,6 +545,8 @@ impl TxQueue {
             batch: None,
             heads: Vec::with_capacity(256),
             errs: Vec::new(),
+            run: Vec::with_capacity(256),
+            hdrs: Vec::with_capacity(256),
             max_batch: vale::MAX_BATCH,
             announce: None,
             rarp: Box::new([0; VNET_HDR_LEN + 60]),
@@ -586,6 +598,10 @@ impl TxQueue {
 }
 
 impl Source for TxQueue {
+    fn fuses(&self) -> bool {
+        true
+    }
+
     fn fuse(&mut self, fuser: &mut dyn Fuser) -> Fused {
         let mut run = Fused::default();
         // An announcement goes first, the general way.
@@ -594,6 +610,8 @@ impl Source for TxQueue {
             return run;
         }
         let Some(batch) = self.own.begin() else {
+            // Not running: the general fetch would find nothing either.
+            run.empty = true;
             return run;
         };
         let start = self.own.live.next_avail;
@@ -605,62 +623,77 @@ impl Source for TxQueue {
         };
         let n = (pending as usize).min(self.max_batch).min(MAX_BATCH) as u16;
         if n == 0 {
-            self.own.finish(batch, false);
+            // The common poll: nothing posted, nothing to tell anyone.
+            run.empty = true;
+            self.own.end(batch);
             return run;
         }
         self.heads.clear();
         self.errs.clear();
-        // The frame at the front, read once: its header and MACs decide.
-        let mut hd = ring.avail_entry(start);
-        let mut h = [0u8; FUSE_HEAD];
-        let Some(mut f) = tx_single(&self.own.map, &ring, hd).filter(|f| f.read_prefix(&mut h))
-        else {
+        // The walk first, as `fetch` does: every descriptor read and each
+        // frame's first lines prefetched (`tx_single`) before any frame
+        // is looked at, so that their misses overlap instead of each
+        // frame waiting for its own.
+        self.run.clear();
+        for i in 0..n {
+            let hd = ring.avail_entry(start.wrapping_add(i));
+            let Some(f) = tx_single(&self.own.map, &ring, hd) else {
+                break;
+            };
+            self.heads.push(hd);
+            self.run.push(f);
+        }
+        // Then every frame's header read (copied once: the guest may be
+        // rewriting it), all before the first copy into the other
+        // guest's buffers, as the general path's pass 1 does: reads of
+        // lines the guest's core holds wait behind stores into lines the
+        // other guest's core holds.
+        self.hdrs.clear();
+        for f in &self.run {
+            let mut h = [0u8; FUSE_HEAD];
+            if !f.read_prefix(&mut h) {
+                break;
+            }
+            self.hdrs.push(h);
+        }
+        let decided = match self.hdrs.first() {
+            Some(h) => fuser.decide(h),
+            None => None,
+        };
+        let Some(set) = decided.and_then(|(rules, sink)| {
+            let set = sink.as_any_mut()?.downcast_mut::<RxSet>()?;
+            Some((rules, set))
+        }) else {
+            self.heads.clear();
+            self.run.clear();
             run.rest = true;
             self.own.finish(batch, false);
             return run;
         };
-        let Some((rules, sink)) = fuser.decide(&h) else {
-            run.rest = true;
-            self.own.finish(batch, false);
-            return run;
-        };
-        let Some(set) = sink.as_any_mut().and_then(|s| s.downcast_mut::<RxSet>()) else {
-            run.rest = true;
-            self.own.finish(batch, false);
-            return run;
-        };
-        let n = n.min(rules.max.min(u16::MAX as usize) as u16);
-        ring.prefetch_used(self.own.live.next_used, n);
-        let mut i = 0;
-        loop {
-            // What the run takes, from the copy of the header it checked
-            // (never re-read: the guest may be rewriting it).
+        let (rules, set) = set;
+        let max = self.hdrs.len().min(rules.max);
+        ring.prefetch_used(self.own.live.next_used, max as u16);
+        let mut k = 0;
+        while k < max {
+            let (f, h) = (&self.run[k], &self.hdrs[k]);
             let vh = h.first_chunk::<VNET_HDR_LEN>().copied().unwrap_or_default();
             if h[12..24] != rules.macs
                 || !reader_takes(vh[0], vh[1], rules.offloads)
-                || !set.push_fused(&f, &vh)
+                || !set.push_fused(f, &vh)
             {
-                run.rest = true;
                 break;
             }
-            self.heads.push(hd);
             run.bytes += u64::from(f.len());
-            i += 1;
-            if i == n {
-                break;
-            }
-            hd = ring.avail_entry(start.wrapping_add(i));
-            match tx_single(&self.own.map, &ring, hd).filter(|f| f.read_prefix(&mut h)) {
-                Some(next) => f = next,
-                None => {
-                    run.rest = true;
-                    break;
-                }
-            }
+            k += 1;
         }
-        run.frames = self.heads.len();
+        // Stopped at a frame it could not take, rather than at its `max`:
+        // the rest is for a general batch at once.
+        run.rest = k < n as usize && k < rules.max;
+        run.frames = k;
+        // Its fragments point into memory the batch's end may unmap.
+        self.run.clear();
+        // Returned at `complete`, after the sink published.
         self.batch = Some(batch);
-        self.complete(run.frames);
         run
     }
 

@@ -58,11 +58,18 @@ pub trait Source {
     /// [`FUSE_HEAD`] bytes long, starts with the run's MACs, needs no
     /// offload the reader lacks, and fits the sink as the sink's own
     /// common case. The first frame that does not stays for the next
-    /// fetch. Moved frames are complete (as after `fetch` and
-    /// `complete`); the sink is not published. A source that cannot do
-    /// this, or a sink it does not know, moves nothing.
+    /// fetch. The engine publishes the sink, then calls
+    /// [`complete`](Self::complete) with the frames moved (0 too), as
+    /// after a fetch. A source that cannot do this, or a sink it does not
+    /// know, moves nothing.
     fn fuse(&mut self, _fuser: &mut dyn Fuser) -> Fused {
         Fused::default()
+    }
+
+    /// Whether [`fuse`](Self::fuse) can move anything: asked before each
+    /// batch, so a source without a fused path costs the engine one call.
+    fn fuses(&self) -> bool {
+        false
     }
 }
 
@@ -99,6 +106,8 @@ pub struct Fused {
     /// The run stopped at a frame it could not take (not at the end of
     /// what was posted, or at its `max`).
     pub rest: bool,
+    /// The source had nothing posted: a general fetch would find nothing.
+    pub empty: bool,
 }
 
 /// Whether a reader taking `offloads` (`OFFLOAD_*`) takes a frame whose

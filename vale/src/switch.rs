@@ -1,8 +1,9 @@
 //! The forwarding engine: take a batch from a source, look up every frame,
 //! group by destination, then per destination copy and publish once.
 
+use std::cell::OnceCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard};
 use std::time::Instant;
 
 use netmap::abi::{NS_MOREFRAG, NS_NO_LEARN, NS_PORT_MASK, NS_PORT_SHIFT};
@@ -245,6 +246,8 @@ pub struct Switch<L: Lookup = LearningBridge> {
     next_monitor: AtomicU64,
     /// Sources that can are asked for fused runs (see [`Source::fuse`]).
     fused: AtomicBool,
+    /// Frames fused runs moved.
+    fused_frames: AtomicU64,
 }
 
 impl<L: Lookup> std::fmt::Debug for Switch<L> {
@@ -277,7 +280,14 @@ impl<L: Lookup> Switch<L> {
             lookup: Mutex::new(lookup),
             next_monitor: AtomicU64::new(1),
             fused: AtomicBool::new(true),
+            fused_frames: AtomicU64::new(0),
         }
+    }
+
+    /// Frames moved by fused runs since the switch was made (each also
+    /// counted in its ports' counters).
+    pub fn fused_frames(&self) -> u64 {
+        self.fused_frames.load(Ordering::Relaxed)
     }
 
     /// Whether sources that can move a run of frames into their
@@ -494,11 +504,11 @@ impl<L: Lookup> Switch<L> {
         sc: &mut Scratch,
         now: u32,
     ) -> Forwarded {
-        if !self.fused.load(Ordering::Relaxed) || crate::ab::on() {
+        if !source.fuses() || !self.fused.load(Ordering::Relaxed) {
             return self.forward_batch(src, source, sc, now, None);
         }
         let (run, first) = self.forward_fused(src, source, now);
-        if run.frames > 0 && !run.rest {
+        if run.empty || (run.frames > 0 && !run.rest) {
             return Forwarded {
                 frames: run.frames,
                 copies: run.frames,
@@ -523,17 +533,11 @@ impl<L: Lookup> Switch<L> {
         source: &mut dyn Source,
         now: u32,
     ) -> (Fused, Option<([u8; 12], Dest)>) {
-        let ports = self.ports.read().unwrap_or_else(|e| e.into_inner());
-        let Some(sp) = ports.get(src as usize).and_then(|p| p.as_deref()) else {
-            return (Fused::default(), None);
-        };
-        // A fused run copies each frame once, header and all, into one
-        // sink: both ends carry the 12-byte header, and no monitor wants
-        // its own copy.
-        if sp.cfg.vnet_hdr_len != 12 || !sp.monitors.is_empty() {
-            return (Fused::default(), None);
-        }
+        // The port table is read only once the source has a frame: a poll
+        // that finds nothing costs no locked instruction here.
+        let ports = OnceCell::new();
         let mut fuser = EngineFuser {
+            table: &self.ports,
             ports: &ports,
             lookup: &self.lookup,
             src,
@@ -549,8 +553,16 @@ impl<L: Lookup> Switch<L> {
             PortCounters::add(&slot.counters.out_packets, run.frames as u64);
             PortCounters::add(&slot.counters.out_bytes, run.bytes);
         }
-        PortCounters::add(&sp.counters.in_packets, run.frames as u64);
-        PortCounters::add(&sp.counters.in_bytes, run.bytes);
+        // The sender's chains go back once the reader has its frames:
+        // the reader waits on them, the sender does not.
+        source.complete(run.frames);
+        if run.frames > 0 {
+            PortCounters::add(&self.fused_frames, run.frames as u64);
+            if let Some(sp) = ports.get().and_then(|p| p.get(src as usize)?.as_deref()) {
+                PortCounters::add(&sp.counters.in_packets, run.frames as u64);
+                PortCounters::add(&sp.counters.in_bytes, run.bytes);
+            }
+        }
         (run, if run.frames == 0 { fuser.first } else { None })
     }
 
@@ -967,19 +979,32 @@ fn soft_offload(
 
 /// The engine's answers to a source's fused run: one lookup, and the
 /// destination's sink locked for the run.
-struct EngineFuser<'a, L> {
-    ports: &'a [Option<Arc<PortSlot>>],
+struct EngineFuser<'c, 'a, L> {
+    table: &'a RwLock<Vec<Option<Arc<PortSlot>>>>,
+    /// The port table, read-locked at the first decision.
+    ports: &'c OnceCell<RwLockReadGuard<'a, Vec<Option<Arc<PortSlot>>>>>,
     lookup: &'a Mutex<L>,
     src: PortId,
     now: u32,
     /// The MACs asked about and the answer.
     first: Option<([u8; 12], Dest)>,
     /// The destination and its sink, locked.
-    dst: Option<(&'a PortSlot, MutexGuard<'a, dyn Sink + 'static>)>,
+    dst: Option<(&'c PortSlot, MutexGuard<'c, dyn Sink + 'static>)>,
 }
 
-impl<L: Lookup> Fuser for EngineFuser<'_, L> {
+impl<'c, L: Lookup> Fuser for EngineFuser<'c, '_, L> {
     fn decide(&mut self, head: &[u8; FUSE_HEAD]) -> Option<(FuseRun, &mut dyn Sink)> {
+        let table = self.table;
+        let ports: &'c [Option<Arc<PortSlot>>] = self
+            .ports
+            .get_or_init(|| table.read().unwrap_or_else(|e| e.into_inner()));
+        // A fused run copies each frame once, header and all, into one
+        // sink: both ends carry the 12-byte header, and no monitor wants
+        // its own copy. (A source port that left: the general path says.)
+        let sp = ports.get(self.src as usize)?.as_deref()?;
+        if sp.cfg.vnet_hdr_len != 12 || !sp.monitors.is_empty() {
+            return None;
+        }
         let mut macs = [0u8; 12];
         macs.copy_from_slice(&head[12..24]);
         let mut info = FrameInfo {
@@ -999,7 +1024,7 @@ impl<L: Lookup> Fuser for EngineFuser<'_, L> {
         if p == self.src {
             return None;
         }
-        let slot = self.ports.get(p as usize)?.as_deref()?;
+        let slot = ports.get(p as usize)?.as_deref()?;
         if slot.cfg.backpressure || slot.cfg.vnet_hdr_len != 12 || !slot.monitors.is_empty() {
             return None;
         }

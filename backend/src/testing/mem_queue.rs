@@ -282,6 +282,11 @@ impl MemQueue {
         unsafe { &*(ring.add(2) as *const AtomicU16) }
     }
 
+    /// The ids the next [`MemQueue::post`] of `n` would make available.
+    pub fn next_free(&self, n: usize) -> Vec<u16> {
+        self.free.iter().take(n).copied().collect()
+    }
+
     /// The ids the last [`MemQueue::post`] made available, in order.
     pub fn last_posted(&self) -> Vec<u16> {
         self.heads.clone()

@@ -48,6 +48,9 @@ pub struct Cfg {
     /// A's frames are TCP/IPv4 GSO frames and B takes them whole
     /// (GUEST_CSUM and GUEST_TSO4 acked).
     pub gso: bool,
+    /// Every frame the general way (`Switch::set_fused(false)`), for the
+    /// per-stage split and the comparison with a fused run.
+    pub general: bool,
 }
 
 impl Cfg {
@@ -58,6 +61,7 @@ impl Cfg {
             mrg,
             event_idx,
             gso: false,
+            general: false,
         }
     }
 
@@ -69,6 +73,7 @@ impl Cfg {
             mrg: true,
             event_idx,
             gso: true,
+            general: false,
         }
     }
 
@@ -86,7 +91,16 @@ impl Cfg {
         f
     }
 
-    /// The benchmark id: `60B/mrg/event_idx`, `gso64K/mrg/no_event_idx`.
+    /// The same, every frame the general way.
+    pub fn general(self) -> Cfg {
+        Cfg {
+            general: true,
+            ..self
+        }
+    }
+
+    /// The benchmark id: `60B/mrg/event_idx`, `gso64K/mrg/no_event_idx`,
+    /// `60B/mrg/event_idx/general`.
     pub fn name(self) -> String {
         let size = if self.gso {
             "gso64K".to_string()
@@ -94,13 +108,14 @@ impl Cfg {
             format!("{}B", self.len)
         };
         format!(
-            "{size}/{}/{}",
+            "{size}/{}/{}{}",
             if self.mrg { "mrg" } else { "nomrg" },
             if self.event_idx {
                 "event_idx"
             } else {
                 "no_event_idx"
-            }
+            },
+            if self.general { "/general" } else { "" }
         )
     }
 
@@ -194,6 +209,7 @@ impl Path {
     /// The path for `cfg`, ready for [`Path::round`].
     pub fn new(cfg: Cfg) -> Path {
         let sw = Switch::new("vale0");
+        sw.set_fused(!cfg.general);
         let port = PortConfig {
             vnet_hdr_len: VNET_HDR_LEN as u16,
             ..Default::default()
@@ -324,6 +340,9 @@ pub fn configs() -> Vec<Cfg> {
                 v.push(Cfg::plain(len, mrg, event_idx));
             }
         }
+        // The general path beside the fused one, as valed ran every
+        // frame before fused runs.
+        v.push(Cfg::plain(len, true, true).general());
     }
     for event_idx in [true, false] {
         v.push(Cfg::gso(event_idx));
