@@ -8,6 +8,9 @@
 # frames valed moved under each variant, run by run, and the median B/A.
 # The variant flips every 50 ms, so both see the same host state; run it
 # once with nothing asking vale::ab::on() (an A/A run) to see the noise.
+# "switch core busy" is the share of valed's forwarding-loop cycles spent
+# in passes that moved frames (the rest polled and found nothing): well
+# under 100 % means the testpmd side, not valed, set the rate.
 #
 # usage: scripts/bench-ab.sh [RUNS] [SECS] [SIZE]
 #   RUNS  loopback runs (default 6)
@@ -32,12 +35,13 @@ for i in $(seq 1 "$RUNS"); do
         scripts/bench-switch.sh 1 "$SECS" 4 >"$W/run.log" 2>&1 ||
         { cat "$W/run.log" >&2; exit 1; }
     [ -s "$W/ab.txt" ] || { echo "valed wrote no A/B counts (not an ab build?)" >&2; exit 1; }
-    read -r a b <"$W/ab.txt"
+    { read -r a b; read -r busy_a busy_b || true; } <"$W/ab.txt"
     line=$(grep '^size .*Mpps' "$W/run.log" | head -1 || true)
     mpps=$(awk '{print $6}' <<<"$line")
     apart=$(grep -o 'cores [0-9.]*/[0-9.]* ns apart' <<<"$line" || echo '')
     ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.4f", (a > 0) ? b / a : 0 }')
-    echo "run $i: $mpps Mpps per direction; frames A $a, B $b; B/A $ratio; $apart"
+    busy=$(awk -v a="${busy_a:-0}" -v b="${busy_b:-0}" 'BEGIN { printf "switch core busy A %.0f %%, B %.0f %%", 100 * a, 100 * b }')
+    echo "run $i: $mpps Mpps per direction; frames A $a, B $b; B/A $ratio; $busy; $apart"
     echo "$ratio" >>"$W/ratios"
 done
 sort -n "$W/ratios" | awk '{ r[NR] = $1 } END {

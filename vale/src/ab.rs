@@ -49,6 +49,64 @@ pub fn count(frames: usize) {
     let _ = frames;
 }
 
+#[cfg(feature = "ab")]
+static CYCLES: [[AtomicU64; 2]; 2] = [
+    [AtomicU64::new(0), AtomicU64::new(0)],
+    [AtomicU64::new(0), AtomicU64::new(0)],
+];
+
+/// A time stamp in the core's cycles, for [`poll`] (0 without the
+/// feature).
+#[inline(always)]
+pub fn stamp() -> u64 {
+    #[cfg(all(feature = "ab", target_arch = "x86_64"))]
+    {
+        // SAFETY: RDTSC reads the time-stamp counter; it touches no
+        // memory and has no precondition.
+        unsafe { core::arch::x86_64::_rdtsc() }
+    }
+    #[cfg(not(all(feature = "ab", target_arch = "x86_64")))]
+    {
+        0
+    }
+}
+
+/// Counts the cycles since `since` (a [`stamp`]: the end of the
+/// forwarding loop's previous pass) as busy, if this pass moved frames,
+/// or idle, under the variant running now: whether the switch core is
+/// the bottleneck or waits for its peers. Returns the stamp for the next.
+#[inline(always)]
+pub fn poll(busy: bool, since: u64) -> u64 {
+    #[cfg(feature = "ab")]
+    {
+        let now = stamp();
+        CYCLES[usize::from(on())][usize::from(!busy)].fetch_add(now.wrapping_sub(since), Relaxed);
+        now
+    }
+    #[cfg(not(feature = "ab"))]
+    {
+        let _ = (busy, since);
+        0
+    }
+}
+
+/// The share of the forwarding loops' cycles that moved frames, under A
+/// and under B.
+pub fn busy() -> (f64, f64) {
+    #[cfg(feature = "ab")]
+    {
+        let share = |v: usize| {
+            let (b, i) = (CYCLES[v][0].load(Relaxed), CYCLES[v][1].load(Relaxed));
+            b as f64 / (b + i).max(1) as f64
+        };
+        (share(0), share(1))
+    }
+    #[cfg(not(feature = "ab"))]
+    {
+        (0.0, 0.0)
+    }
+}
+
 /// Hands over to the other variant.
 pub fn flip() {
     #[cfg(feature = "ab")]

@@ -39,11 +39,14 @@ pub struct FrameInfo {
 pub trait Lookup: Send {
     /// Decides where one frame goes; `now` is a coarse clock in seconds.
     fn lookup(&mut self, f: &FrameInfo, now: u32) -> Dest;
-    /// As [`lookup`](Self::lookup), and whether asking the same question
-    /// again at the same `now`, with nothing else asked between, would
-    /// get the same answer and change and count nothing: the engine then
-    /// sends the frames after this one that ask it (a fused run) without
-    /// asking. The default never says so.
+    /// As [`lookup`](Self::lookup) (the same answer, the same effects),
+    /// and whether asking the same question again at the same `now`
+    /// right after would get the same answer and change and count
+    /// nothing. The engine then sends the frames right behind this one
+    /// that ask it (a fused run) without asking, as if they had been
+    /// asked back to back now. A lookup with per-frame state (counters,
+    /// rate limits, round robin, sampling) says false. The default never
+    /// says so.
     fn lookup_run(&mut self, f: &FrameInfo, now: u32) -> (Dest, bool) {
         (self.lookup(f, now), false)
     }

@@ -532,7 +532,7 @@ impl<L: Lookup> Switch<L> {
         src: PortId,
         source: &mut dyn Source,
         now: u32,
-    ) -> (Fused, Option<([u8; 12], Dest)>) {
+    ) -> (Fused, Option<Decided>) {
         // The port table is read only once the source has a frame: a poll
         // that finds nothing costs no locked instruction here.
         let ports = OnceCell::new();
@@ -575,7 +575,7 @@ impl<L: Lookup> Switch<L> {
         source: &mut dyn Source,
         sc: &mut Scratch,
         now: u32,
-        first: Option<([u8; 12], Dest)>,
+        first: Option<Decided>,
     ) -> Forwarded {
         sc.frags.clear();
         source.fetch(&mut sc.frags, MAX_BATCH);
@@ -658,8 +658,12 @@ impl<L: Lookup> Switch<L> {
                     info.src.copy_from_slice(&eth[6..12]);
                     match first {
                         // Asked once already (a fused run that did not
-                        // take the frame): not asked, or counted, twice.
-                        Some((macs, dest)) if fi == 0 && eth[..12] == macs => dest,
+                        // take the frame): not asked, or counted, twice,
+                        // if it is that frame and the port it named is
+                        // still the one it was.
+                        Some(d) if fi == 0 && eth[..12] == d.macs && same_port(&ports, &d) => {
+                            d.dest
+                        }
                         _ => lk.lookup(&info, now),
                     }
                 };
@@ -977,6 +981,17 @@ fn soft_offload(
     Ok(r)
 }
 
+/// A decision a fused run made for the frame at the source's front and
+/// did not act on: the frame's MACs, the answer, and the port slot a
+/// `Dest::Port` answer named (its address: the port may have been
+/// replaced before the general batch that uses the answer).
+#[derive(Debug, Clone, Copy)]
+struct Decided {
+    macs: [u8; 12],
+    dest: Dest,
+    slot: usize,
+}
+
 /// The engine's answers to a source's fused run: one lookup, and the
 /// destination's sink locked for the run.
 struct EngineFuser<'c, 'a, L> {
@@ -986,14 +1001,19 @@ struct EngineFuser<'c, 'a, L> {
     lookup: &'a Mutex<L>,
     src: PortId,
     now: u32,
-    /// The MACs asked about and the answer.
-    first: Option<([u8; 12], Dest)>,
+    /// The decision made, if asked.
+    first: Option<Decided>,
     /// The destination and its sink, locked.
     dst: Option<(&'c PortSlot, MutexGuard<'c, dyn Sink + 'static>)>,
 }
 
 impl<'c, L: Lookup> Fuser for EngineFuser<'c, '_, L> {
     fn decide(&mut self, head: &[u8; FUSE_HEAD]) -> Option<(FuseRun, &mut dyn Sink)> {
+        if self.first.is_some() {
+            // Once per run: a second sink locked while holding the first
+            // could deadlock against another thread.
+            return None;
+        }
         let table = self.table;
         let ports: &'c [Option<Arc<PortSlot>>] = self
             .ports
@@ -1017,14 +1037,28 @@ impl<'c, L: Lookup> Fuser for EngineFuser<'c, '_, L> {
         info.dst.copy_from_slice(&macs[..6]);
         info.src.copy_from_slice(&macs[6..]);
         let (dest, repeats) = lock(self.lookup).lookup_run(&info, self.now);
-        self.first = Some((macs, dest));
+        let port = match dest {
+            Dest::Port(p) => ports.get(p as usize).and_then(|s| s.as_deref()),
+            _ => None,
+        };
+        self.first = Some(Decided {
+            macs,
+            dest,
+            slot: port.map_or(0, |s| s as *const PortSlot as usize),
+        });
+        // A lookup that would count or change something if asked again:
+        // this frame and the rest go the general way, which uses the
+        // answer for this one.
+        if !repeats {
+            return None;
+        }
         // One destination, a port that copies frames as they come (no
         // backpressure to hold the run, no monitor, the same header).
         let Dest::Port(p) = dest else { return None };
         if p == self.src {
             return None;
         }
-        let slot = ports.get(p as usize)?.as_deref()?;
+        let slot = port?;
         if slot.cfg.backpressure || slot.cfg.vnet_hdr_len != 12 || !slot.monitors.is_empty() {
             return None;
         }
@@ -1034,11 +1068,20 @@ impl<'c, L: Lookup> Fuser for EngineFuser<'c, '_, L> {
         let run = FuseRun {
             macs,
             offloads,
-            // A lookup that would count or change something if asked
-            // again answers for this frame alone.
-            max: if repeats { MAX_BATCH } else { 1 },
+            max: MAX_BATCH,
         };
         Some((run, &mut **sink))
+    }
+}
+
+/// Whether a `Dest::Port` decision's port is still the slot it named.
+fn same_port(ports: &[Option<Arc<PortSlot>>], d: &Decided) -> bool {
+    match d.dest {
+        Dest::Port(p) => ports
+            .get(p as usize)
+            .and_then(|s| s.as_deref())
+            .is_some_and(|s| s as *const PortSlot as usize == d.slot),
+        _ => true,
     }
 }
 

@@ -230,6 +230,8 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
     // sixth, and a guest waiting for a frame sleeps if it is not there
     // when it looks.
     let mut polls: u32 = 0;
+    // A/B builds: where the last pass ended, for `vale::ab::poll`.
+    let mut mark = vale::ab::stamp();
     let mut now = now_secs();
     let mut idle_polls: u32 = 0;
     let mut idle_since = Instant::now();
@@ -320,6 +322,7 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
                 }
             }
         }
+        mark = vale::ab::poll(moved > 0, mark);
         if moved > 0 {
             vale::ab::count(moved);
             idle_polls = 0;
@@ -466,6 +469,8 @@ fn run(sh: &Shared, busy: Duration, stop: &AtomicBool) -> std::io::Result<()> {
         let _ = sh.wake.drain();
         idle_polls = 0;
         now = now_secs();
+        // Asleep is neither busy nor idle polling.
+        mark = vale::ab::stamp();
     }
     Ok(())
 }

@@ -212,10 +212,11 @@ fn ab_flipper(out: std::path::PathBuf) {
             vale::ab::flip();
             if n % per_write == 0 {
                 let (a, b) = vale::ab::frames();
+                let (busy_a, busy_b) = vale::ab::busy();
                 // Whole or not at all: the script reads it after valed
                 // was killed, possibly mid-write.
                 let tmp = out.with_extension("tmp");
-                let w = std::fs::write(&tmp, format!("{a} {b}\n"))
+                let w = std::fs::write(&tmp, format!("{a} {b}\n{busy_a:.4} {busy_b:.4}\n"))
                     .and_then(|()| std::fs::rename(&tmp, &out));
                 if let Err(e) = w {
                     tracing::warn!(file = %out.display(), "A/B counts not written: {e}");
