@@ -314,3 +314,112 @@ fn fused_runs_forward_as_the_general_path_does() {
         );
     }
 }
+
+/// A and B on a fresh switch, B's MAC learned, each guest with its rings.
+struct Pair {
+    sw: Switch,
+    a: PortId,
+    b: PortId,
+    a_tx: MemQueue,
+    a_txq: TxQueue,
+    b_rx: MemQueue,
+    sc: Scratch,
+}
+
+impl Pair {
+    fn new(announce_a: Option<Arc<backend::queue::Announcement>>) -> Pair {
+        let sw = Switch::new("vale0");
+        let port = PortConfig {
+            vnet_hdr_len: VNET_HDR_LEN as u16,
+            ..Default::default()
+        };
+        let acked = features::VERSION_1 | features::MRG_RXBUF;
+        let a = sw
+            .attach("vale0:a", port, rx_set(&[], true, acked, &[]))
+            .expect("attach a");
+        let mut b_rx = MemQueue::new(Dir::Rx, 64, 2048, true);
+        let b = sw
+            .attach(
+                "vale0:b",
+                port,
+                rx_set(&[&b_rx], true, acked, &[Arc::default()]),
+            )
+            .expect("attach b");
+        b_rx.post_all();
+        let mut sc = Scratch::default();
+        announce(&sw, b, mac(B_MAC), &mut sc);
+        let a_tx = MemQueue::new(Dir::Tx, 64, 2048, true);
+        let mut a_txq = TxQueue::new(a_tx.slot(), Arc::default(), Arc::default());
+        if let Some(an) = announce_a {
+            a_txq = a_txq.with_announce(an);
+        }
+        Pair {
+            sw,
+            a,
+            b,
+            a_tx,
+            a_txq,
+            b_rx,
+            sc,
+        }
+    }
+
+    /// A sends `n` frames to B in one burst; returns the frames B got.
+    fn burst(&mut self, n: usize) -> usize {
+        let ids = self.a_tx.next_free(n);
+        for (i, &id) in ids.iter().enumerate() {
+            let mut f = vec![0u8; VNET_HDR_LEN];
+            f.extend(eth_frame(mac(B_MAC), mac(A_MACS[0]), 60, i as u64));
+            self.a_tx.set_tx(id, &f);
+        }
+        self.a_tx.post(n);
+        while self
+            .sw
+            .forward(self.a, &mut self.a_txq, &mut self.sc, 0)
+            .frames
+            > 0
+        {}
+        assert_eq!(self.a_tx.reap(), n, "A's chains came back");
+        let got = self.b_rx.reap();
+        self.b_rx.post_all();
+        got
+    }
+}
+
+#[test]
+fn monitors_backpressure_and_announcements_take_the_general_path() {
+    // The control: a plain unicast burst is one fused run.
+    let mut p = Pair::new(None);
+    assert_eq!(p.burst(20), 20);
+    assert_eq!(p.sw.fused_frames(), 20);
+
+    // A backpressure reader: the general path, which can hold A.
+    let mut p = Pair::new(None);
+    let mut cfg = p.sw.config(p.b).expect("b");
+    cfg.backpressure = true;
+    p.sw.reconfigure(p.b, cfg).expect("reconfigure");
+    assert_eq!(p.burst(20), 20);
+    assert_eq!(p.sw.fused_frames(), 0, "fused into a backpressure port");
+
+    // A monitor on B's RX, then on A's TX: each gets its copies.
+    for (dirs, on_a) in [(vale::MONITOR_RX, false), (vale::MONITOR_TX, true)] {
+        let mut p = Pair::new(None);
+        let mon = vale::testing::MemSink::new(64, 2048);
+        let id = if on_a { p.a } else { p.b };
+        p.sw.add_monitor(id, dirs, Arc::new(std::sync::Mutex::new(mon.clone())))
+            .expect("monitor");
+        assert_eq!(p.burst(20), 20);
+        assert_eq!(p.sw.fused_frames(), 0, "fused past a monitor");
+        assert_eq!(mon.take().len(), 20, "the monitor's copies");
+    }
+
+    // An announcement waiting on A's queue goes out first, the general
+    // way, then the frames; the next burst is fused again.
+    let an = Arc::new(backend::queue::Announcement::default());
+    let mut p = Pair::new(Some(an.clone()));
+    an.post(mac(A_MACS[0]));
+    assert_eq!(p.burst(20), 21, "the RARP broadcast and the frames");
+    assert_eq!(p.sw.fused_frames(), 0);
+    assert_eq!(p.burst(20), 20);
+    assert_eq!(p.sw.fused_frames(), 20);
+}
