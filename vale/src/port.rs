@@ -116,6 +116,10 @@ pub struct Fused {
 #[inline]
 pub fn reader_takes(flags: u8, gso_type: u8, offloads: u32) -> bool {
     use crate::offload::{F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP};
+    // The common frame (no partial checksum, no GSO) in one test.
+    if flags & F_NEEDS_CSUM == 0 && gso_type == GSO_NONE {
+        return true;
+    }
     if flags & F_NEEDS_CSUM != 0 && offloads & OFFLOAD_CSUM == 0 {
         return false;
     }
