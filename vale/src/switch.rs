@@ -1,5 +1,8 @@
 //! The forwarding engine: take a batch from a source, look up every frame,
-//! group by destination, then per destination copy and publish once.
+//! group by destination, then per destination copy and publish once. A
+//! source that can (a guest's TX queue) is first offered a fused run: one
+//! lookup, then it copies unicast frames into the destination itself
+//! until one does not qualify ([`Source::fuse`]).
 
 use std::cell::OnceCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
