@@ -27,7 +27,7 @@ use vale::{
 };
 use vm_memory::{GuestAddressSpace, GuestMemoryLoadGuard};
 
-use crate::chain::{rx_bufs, rx_single, tx_frags, tx_single};
+use crate::chain::{prefetch_tx, rx_bufs, rx_single, tx_frags, tx_single};
 use crate::dirty::DirtyLog;
 use crate::types::ChainError;
 use crate::vring::{HostMap, Ring};
@@ -654,19 +654,33 @@ impl Source for TxQueue {
         let mut k = 0;
         // The next frame's chain walked (its descriptor read, its first
         // lines prefetched) before this frame's copy, so that its lines
-        // travel while this one is copied, and the descriptor after it
-        // prefetched: 1.06x and 1.03x in the loopback at 64 B. Taking
-        // frames two ahead measured 0.80x, the whole batch first 0.79x:
-        // the switch core then idled a fifth of the time while the
-        // guests' side ran slower (docs/benchmarks.md, "Stop 31").
+        // travel while this one is copied; the first lines of the frame
+        // TX_AHEAD on prefetched too, and the descriptor after that. With
+        // the driver on VIRTIO_F_IN_ORDER that is 1.03x (two ahead) then
+        // 1.12x (four) the loopback rate at 64 B, eight no more than four.
+        // Without IN_ORDER two ahead measured 0.80x: the driver, slower
+        // there, then set the pace (docs/benchmarks.md, "Stop 32").
+        let warm = |a: usize, b: usize| {
+            for j in a..b.min(max) {
+                prefetch_tx(
+                    &self.own.map,
+                    &ring,
+                    ring.avail_entry(start.wrapping_add(j as u16)),
+                );
+            }
+        };
+        warm(2, TX_AHEAD);
         let mut next: Option<(u16, Frag<'static>)> = None;
         loop {
             let vh = h.first_chunk::<VNET_HDR_LEN>().copied().unwrap_or_default();
             if k + 1 < max {
                 let e = ring.avail_entry(start.wrapping_add(k as u16 + 1));
                 next = tx_single(&self.own.map, &ring, e).map(|g| (e, g));
-                if k + 2 < max {
-                    ring.prefetch_desc(ring.avail_entry(start.wrapping_add(k as u16 + 2)));
+                warm(k + TX_AHEAD, k + TX_AHEAD + 1);
+                if k + TX_AHEAD + 1 < max {
+                    ring.prefetch_desc(
+                        ring.avail_entry(start.wrapping_add((k + TX_AHEAD + 1) as u16)),
+                    );
                 }
             }
             if !same_macs(&h, &rules.macs)
@@ -948,6 +962,10 @@ const RX_PREFETCH_AHEAD: usize = 3;
 /// (a GSO frame's) is left to the copy: prefetching a whole 64 KiB would
 /// queue a thousand prefetches ahead of it.
 const RX_PREFETCH_MAX: usize = 2048;
+
+/// How many frames ahead of its copy a fused run starts loading a
+/// frame's first lines (the next frame's are loaded by its walk).
+const TX_AHEAD: usize = 4;
 
 /// Frames of at most this many bytes (virtio-net header included) are
 /// short: on huge pages their buffers are prefetched
@@ -1262,6 +1280,14 @@ impl RxQueue {
                 if let Some(log) = &self.own.live.log {
                     log_buf(log, &self.own.map, b.addr(), at);
                 }
+                // The header's lines and the frame's first, which the
+                // driver reads next, sent to the shared cache: 1.22x the
+                // loopback rate at 64 B. Not the rest of a long frame: a
+                // driver that never reads it (DPDK forwarding) leaves
+                // those lines here for the next frame this buffer takes,
+                // and demoting them all measured 0.44x at 1514 B, these
+                // two lines 1.03x (docs/benchmarks.md, "Stop 32").
+                crate::vring::demote_lines(b.addr(), b.addr() + at.min(VNET_HDR_LEN + 64));
                 self.used.push((head, at as u32));
                 return true;
             }

@@ -51,6 +51,11 @@ pub mod features {
     pub const PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
     /// virtio 1.0.
     pub const VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+    /// The device uses buffers in the order the driver made them
+    /// available (virtio 1.2, 2.7.9/6): valed's TX and RX paths always
+    /// did, so the driver may free and refill by count, without reading
+    /// the used ring's ids.
+    pub const IN_ORDER: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_IN_ORDER;
 
     /// The driver logs the device's writes to guest memory (a live
     /// migration; `VHOST_F_LOG_ALL`, a vhost bit the guest never sees).
@@ -58,6 +63,7 @@ pub mod features {
 
     /// What the port offers.
     pub const OFFERED: u64 = VERSION_1
+        | IN_ORDER
         | PROTOCOL_FEATURES
         | LOG_ALL
         | EVENT_IDX

@@ -283,6 +283,29 @@ pub fn prefetch_write(p: *const u8) {
     let _ = p;
 }
 
+/// Pushes the cache line at `p`, which this core just wrote for the other
+/// side to read (a guest RX buffer), out of this core's caches to the
+/// shared last level, so that the driver's read finds it there instead of
+/// snooping this core, and this core's next write takes it from there.
+#[inline(always)]
+pub fn demote(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: CLDEMOTE is a hint: it never faults, whatever the address,
+    // and changes no register or memory the program sees; CPUs without it
+    // execute its encoding (0F 1C /0, a reserved NOP) as a no-op.
+    unsafe {
+        std::arch::asm!("cldemote [{0}]", in(reg) p, options(nostack, preserves_flags, readonly));
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// [`demote`] of every cache line holding a byte of `start..end`.
+#[inline(always)]
+pub fn demote_lines(start: usize, end: usize) {
+    each_line(start, end, demote);
+}
+
 /// `hint` on every cache line holding a byte of `start..end` (addresses
 /// as numbers: nothing is dereferenced).
 #[inline(always)]
