@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_config::{VIRTIO_F_IN_ORDER, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF};
 use virtio_bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VRING_AVAIL_F_NO_INTERRUPT,
@@ -195,6 +195,8 @@ struct Vq {
     reaped_pending: usize,
     last_tx_gpa: u64,
     suppress_calls: bool,
+    /// Heads made available and not yet used, oldest first.
+    order: std::collections::VecDeque<u16>,
 }
 
 impl Vq {
@@ -218,6 +220,7 @@ impl Vq {
             reaped_pending: 0,
             last_tx_gpa: 0,
             suppress_calls: false,
+            order: std::collections::VecDeque::new(),
         })
     }
 
@@ -365,6 +368,7 @@ pub struct FakeGuest {
     mrg: bool,
     event_idx: bool,
     use_indirect: bool,
+    in_order: bool,
     repost: bool,
     violations: Vec<String>,
 }
@@ -613,6 +617,7 @@ impl FakeGuest {
             mrg: false,
             event_idx: false,
             use_indirect: false,
+            in_order: false,
             repost: false,
             violations: Vec::new(),
         })
@@ -738,6 +743,7 @@ impl FakeGuest {
         self.mrg = acked & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
         self.event_idx = acked & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         self.use_indirect = acked & (1 << VIRTIO_RING_F_INDIRECT_DESC) != 0;
+        self.in_order = acked & (1 << VIRTIO_F_IN_ORDER) != 0;
         self.frontend = Some(fe);
     }
 
@@ -969,6 +975,12 @@ impl FakeGuest {
     /// Whether `VIRTIO_RING_F_EVENT_IDX` was negotiated.
     pub fn event_idx(&self) -> bool {
         self.event_idx
+    }
+
+    /// Whether `VIRTIO_F_IN_ORDER` was negotiated: then every used entry
+    /// that is not the oldest chain in flight is a violation.
+    pub fn in_order(&self) -> bool {
+        self.in_order
     }
 
     /// Whether chains are put in indirect tables.
@@ -1224,6 +1236,7 @@ impl FakeGuest {
         let q = &mut self.queues[qi];
         let slot = q.avail + 4 + 2 * u64::from(q.avail_idx % q.size);
         q.avail_idx = q.avail_idx.wrapping_add(1);
+        q.order.push_back(head);
         self.st16(slot, head, Ordering::Relaxed);
     }
 
@@ -1513,6 +1526,27 @@ impl FakeGuest {
         )
     }
 
+    /// With `VIRTIO_F_IN_ORDER` acked, checks that used `id` of queue
+    /// `qi` is the oldest head in flight (a violation otherwise).
+    fn used_in_order(&mut self, qi: usize, id: u16) {
+        if !self.in_order {
+            return;
+        }
+        let q = &mut self.queues[qi];
+        match q.order.front() {
+            Some(&f) if f == id => {
+                q.order.pop_front();
+            }
+            oldest => {
+                let v = format!(
+                    "queue {qi}: used id {id} out of order, {oldest:?} was made available first"
+                );
+                q.order.retain(|&o| o != id);
+                self.violations.push(v);
+            }
+        }
+    }
+
     /// Takes back every used entry of queue `qi`, freeing the chains.
     fn reap_used(&mut self, qi: usize) -> usize {
         let used_idx = self.used_idx(qi);
@@ -1525,7 +1559,10 @@ impl FakeGuest {
                 .get_mut(id as usize)
                 .and_then(Option::take);
             match chain {
-                Some(c) => self.free_chain(c, qi),
+                Some(c) => {
+                    self.used_in_order(qi, id as u16);
+                    self.free_chain(c, qi)
+                }
                 None => self
                     .violations
                     .push(format!("queue {qi}: used id {id} at {last} not in flight")),
@@ -1666,6 +1703,7 @@ impl FakeGuest {
             q.last_used = q.last_used.wrapping_add(nb);
             let mut reposted = false;
             for hd in heads {
+                self.used_in_order(qi, hd);
                 if self.repost {
                     self.push_avail(qi, hd);
                     reposted = true;

@@ -67,6 +67,9 @@ struct Outcome {
     /// Per RX queue: frames dropped for no buffer, for buffers too small.
     rx_drops: Vec<(u64, u64)>,
     violations: u64,
+    /// Used entries, on all four rings, not in the order their chains
+    /// were made available (VIRTIO_F_IN_ORDER, which the ports offer).
+    out_of_order: u64,
 }
 
 const A_MACS: [u16; 2] = [10, 11];
@@ -185,6 +188,7 @@ fn run(seed: u64, rounds: usize, fused: bool) -> (Outcome, u64) {
         lookup: LookupStats::default(),
         rx_drops: Vec::new(),
         violations: 0,
+        out_of_order: 0,
     };
     let mut k = 0u64;
     for _ in 0..rounds {
@@ -260,6 +264,9 @@ fn run(seed: u64, rounds: usize, fused: bool) -> (Outcome, u64) {
         .collect();
     out.violations =
         a_tx.violations() + b_rx.iter().map(MemQueue::violations).sum::<u64>() + c_rx.violations();
+    out.out_of_order = a_tx.out_of_order()
+        + b_rx.iter().map(MemQueue::out_of_order).sum::<u64>()
+        + c_rx.out_of_order();
     (out, sw.fused_frames())
 }
 
@@ -276,6 +283,8 @@ fn fused_runs_forward_as_the_general_path_does() {
             "seed {seed}: fused runs moved {moved} of B's {b_got} frames"
         );
         assert_eq!(fused.violations, 0, "seed {seed}");
+        assert_eq!(general.out_of_order, 0, "seed {seed}: general path");
+        assert_eq!(fused.out_of_order, 0, "seed {seed}: fused runs");
         // What each side saw, compared piece by piece for a readable
         // failure, then whole.
         assert_eq!(fused.ports, general.ports, "seed {seed}: port counters");

@@ -67,6 +67,10 @@ pub struct MemQueue {
     /// Used entries that named an id not in flight or a length past its
     /// buffer.
     violations: u64,
+    /// Ids in flight, in the order they were made available.
+    order: VecDeque<u16>,
+    /// Used entries that were not the oldest id in flight.
+    out_of_order: u64,
     heads: Vec<u16>,
     /// Host addresses of the avail and used rings, written and read as a
     /// guest driver does: plain stores and loads, the indexes atomic.
@@ -143,6 +147,8 @@ impl MemQueue {
             in_flight: vec![false; size as usize],
             reaped: Vec::with_capacity(size as usize),
             violations: 0,
+            order: VecDeque::with_capacity(size as usize),
+            out_of_order: 0,
             heads: Vec::with_capacity(size as usize),
             avail_host: host(&mem, avail),
             used_host: host(&mem, used),
@@ -195,6 +201,13 @@ impl MemQueue {
     /// Descriptor ids the guest holds (not posted).
     pub fn free(&self) -> usize {
         self.free.len()
+    }
+
+    /// Used entries that did not come in the order their ids were made
+    /// available (what `VIRTIO_F_IN_ORDER` forbids; see
+    /// [`MemQueue::reap`]).
+    pub fn out_of_order(&self) -> u64 {
+        self.out_of_order
     }
 
     /// Used entries that were wrong (see [`MemQueue::reap`]).
@@ -261,6 +274,7 @@ impl MemQueue {
             };
             self.in_flight[id as usize] = true;
             self.heads.push(id);
+            self.order.push_back(id);
             let slot = (self.avail_idx.wrapping_add(k as u16) & mask) as usize;
             // SAFETY: avail entry `slot < size` lies in the avail ring
             // (4 + 2 * size bytes from its 2-aligned start), inside `mem`,
@@ -300,7 +314,8 @@ impl MemQueue {
     /// Takes back what the device put on the used ring since the last
     /// call; the entries are in [`MemQueue::reaped`] until the next call.
     /// An id not in flight, or a length past the buffer (RX) or non-zero
-    /// (TX), counts a violation. Returns how many came back.
+    /// (TX), counts a violation; an id other than the oldest in flight
+    /// counts one [`MemQueue::out_of_order`]. Returns how many came back.
     pub fn reap(&mut self) -> usize {
         self.reaped.clear();
         let idx = u16::from_le(self.idx(self.used_host).load(Ordering::Acquire));
@@ -338,6 +353,12 @@ impl MemQueue {
             }
             if ok {
                 let id = id as u16;
+                if self.order.front() == Some(&id) {
+                    self.order.pop_front();
+                } else {
+                    self.out_of_order += 1;
+                    self.order.retain(|&o| o != id);
+                }
                 self.in_flight[id as usize] = false;
                 self.free.push_back(id);
                 self.reaped.push((id, len));

@@ -316,6 +316,7 @@ impl Path {
         assert_eq!(after.total_drops(), 0);
         assert_eq!(after.soft_offload, before.soft_offload, "B takes GSO whole");
         assert_eq!(self.a_tx.violations() + self.b_rx.violations(), 0);
+        assert_eq!(self.a_tx.out_of_order() + self.b_rx.out_of_order(), 0);
     }
 
     /// Nothing lost since setup, no ring misused.
@@ -327,6 +328,7 @@ impl Path {
         assert_eq!(b.total_drops(), 0, "B's drops: {b:?}");
         assert_eq!(b.out_packets, a.in_packets, "{a:?} {b:?}");
         assert_eq!(self.a_tx.violations() + self.b_rx.violations(), 0);
+        assert_eq!(self.a_tx.out_of_order() + self.b_rx.out_of_order(), 0);
         assert_eq!(self.a_tx.free(), QUEUE_SIZE as usize);
     }
 }
