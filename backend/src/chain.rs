@@ -103,22 +103,6 @@ pub fn tx_single(
     Some(unsafe { Frag::new(ptr, d.len as u16, 0) })
 }
 
-/// Starts loading the first lines of the frame TX chain `head` holds,
-/// from its head descriptor (read here: a demand miss if it was not
-/// prefetched), and nothing if that descriptor points outside guest
-/// memory. A hint: the walk that copies the frame checks it all again.
-#[inline(always)]
-pub fn prefetch_tx(map: &crate::vring::HostMap, ring: &crate::vring::Ring, head: u16) {
-    if head >= ring.size() {
-        return;
-    }
-    let d = ring.desc(head);
-    if let Some((p, len)) = map.range(d.addr, u64::from(d.len)) {
-        let p = p as usize;
-        crate::vring::prefetch_lines(p, p + (len as usize).min(64));
-    }
-}
-
 /// Walks RX chain `head` of `ring` and appends one [`DstBuf`] per
 /// writable range to `out`; returns the chain's capacity. On error `out`
 /// is left as it was.

@@ -27,7 +27,7 @@ use vale::{
 };
 use vm_memory::{GuestAddressSpace, GuestMemoryLoadGuard};
 
-use crate::chain::{prefetch_tx, rx_bufs, rx_single, tx_frags, tx_single};
+use crate::chain::{rx_bufs, rx_single, tx_frags, tx_single};
 use crate::dirty::DirtyLog;
 use crate::types::ChainError;
 use crate::vring::{HostMap, Ring};
@@ -652,31 +652,31 @@ impl Source for TxQueue {
         let max = (n as usize).min(rules.max);
         ring.prefetch_used(self.own.live.next_used, max as u16);
         let mut k = 0;
-        // The next frame's chain walked (its descriptor read, its first
-        // lines prefetched) before this frame's copy, so that its lines
-        // travel while this one is copied; the first lines of the frame
-        // TX_AHEAD on prefetched too, and the descriptor after that. With
-        // the driver on VIRTIO_F_IN_ORDER that is 1.03x (two ahead) then
-        // 1.12x (four) the loopback rate at 64 B, eight no more than four.
-        // Without IN_ORDER two ahead measured 0.80x: the driver, slower
-        // there, then set the pace (docs/benchmarks.md, "Stop 32").
-        let warm = |a: usize, b: usize| {
-            for j in a..b.min(max) {
-                prefetch_tx(
-                    &self.own.map,
-                    &ring,
-                    ring.avail_entry(start.wrapping_add(j as u16)),
-                );
-            }
+        // Frames walked (descriptor read and checked, first lines
+        // prefetched) TX_AHEAD ahead of their copy, so that their lines
+        // travel while earlier ones are copied, and the descriptor after
+        // them prefetched. With the driver on VIRTIO_F_IN_ORDER, two ahead
+        // instead of one measured 1.03x the loopback rate at 64 B, four
+        // 1.12x that, eight no more than four. Without IN_ORDER two ahead
+        // measured 0.80x: the driver, slower there, then set the pace
+        // (docs/benchmarks.md, "Stop 32"). Each frame is walked once: the
+        // walks wait in `ahead`, frame j in slot j % TX_AHEAD.
+        let walk = |j: usize| {
+            let e = ring.avail_entry(start.wrapping_add(j as u16));
+            tx_single(&self.own.map, &ring, e).map(|g| (e, g))
         };
-        warm(2, TX_AHEAD);
-        let mut next: Option<(u16, Frag<'static>)> = None;
+        let mut ahead: [Option<(u16, Frag<'static>)>; TX_AHEAD] = [None; TX_AHEAD];
+        for j in 1..TX_AHEAD.min(max) {
+            ahead[j % TX_AHEAD] = walk(j);
+        }
+        if TX_AHEAD < max {
+            ring.prefetch_desc(ring.avail_entry(start.wrapping_add(TX_AHEAD as u16)));
+        }
         loop {
             let vh = h.first_chunk::<VNET_HDR_LEN>().copied().unwrap_or_default();
-            if k + 1 < max {
-                let e = ring.avail_entry(start.wrapping_add(k as u16 + 1));
-                next = tx_single(&self.own.map, &ring, e).map(|g| (e, g));
-                warm(k + TX_AHEAD, k + TX_AHEAD + 1);
+            if k + TX_AHEAD < max {
+                // Into the slot frame k left.
+                ahead[k % TX_AHEAD] = walk(k + TX_AHEAD);
                 if k + TX_AHEAD + 1 < max {
                     ring.prefetch_desc(
                         ring.avail_entry(start.wrapping_add((k + TX_AHEAD + 1) as u16)),
@@ -695,7 +695,7 @@ impl Source for TxQueue {
             if k == max {
                 break;
             }
-            match next.take() {
+            match ahead[k % TX_AHEAD].take() {
                 Some((e, g)) if g.read_prefix(&mut h) => {
                     hd = e;
                     f = g;
@@ -938,6 +938,9 @@ pub struct RxQueue {
     mine: Vec<usize>,
     /// Bytes of the last chain seen, to guess slots per frame.
     buf_hint: usize,
+    /// Whether the lines a guest reads first are demoted after the copy
+    /// (see `push_one`).
+    demote: bool,
 }
 
 impl std::fmt::Debug for RxQueue {
@@ -999,7 +1002,17 @@ impl RxQueue {
             used: Vec::with_capacity(RX_BUNCH * 2),
             mine: Vec::with_capacity(MAX_RX_CHAINS),
             buf_hint: 1518,
+            demote: true,
         }
+    }
+
+    /// Whether the header's lines are sent to the shared cache after each
+    /// copy (on by default, for a guest on another core; see
+    /// `docs/benchmarks.md`, "Stop 32"). Off only pays where the guest
+    /// runs on the switch's own core, as in the in-process bench.
+    pub fn with_demote(mut self, on: bool) -> Self {
+        self.demote = on;
+        self
     }
 
     /// Whether the guest enabled the queue.
@@ -1282,12 +1295,17 @@ impl RxQueue {
                 }
                 // The header's lines and the frame's first, which the
                 // driver reads next, sent to the shared cache: 1.22x the
-                // loopback rate at 64 B. Not the rest of a long frame: a
-                // driver that never reads it (DPDK forwarding) leaves
-                // those lines here for the next frame this buffer takes,
-                // and demoting them all measured 0.44x at 1514 B, these
-                // two lines 1.03x (docs/benchmarks.md, "Stop 32").
-                crate::vring::demote_lines(b.addr(), b.addr() + at.min(VNET_HDR_LEN + 64));
+                // loopback rate at 64 B (one line only: 0.95x that). Not
+                // the rest of a long frame: a driver that never reads it
+                // (DPDK forwarding) leaves those lines here for the next
+                // frame this buffer takes, and demoting them all measured
+                // 0.44x at 1514 B, these two lines 1.03x. Where the reader
+                // is this core (the in-process bench) it costs: the lines
+                // come back from the shared cache, 1.9x the time per
+                // frame (docs/benchmarks.md, "Stop 32").
+                if self.demote {
+                    crate::vring::demote_lines(b.addr(), b.addr() + at.min(VNET_HDR_LEN + 64));
+                }
                 self.used.push((head, at as u32));
                 return true;
             }

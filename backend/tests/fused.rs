@@ -264,9 +264,9 @@ fn run(seed: u64, rounds: usize, fused: bool) -> (Outcome, u64) {
         .collect();
     out.violations =
         a_tx.violations() + b_rx.iter().map(MemQueue::violations).sum::<u64>() + c_rx.violations();
-    out.out_of_order = a_tx.out_of_order()
-        + b_rx.iter().map(MemQueue::out_of_order).sum::<u64>()
-        + c_rx.out_of_order();
+    out.out_of_order = a_tx.used_out_of_order()
+        + b_rx.iter().map(MemQueue::used_out_of_order).sum::<u64>()
+        + c_rx.used_out_of_order();
     (out, sw.fused_frames())
 }
 
