@@ -52,7 +52,7 @@ fn bench_copy(c: &mut Criterion, len: usize) {
 fn bench(c: &mut Criterion) {
     let all = configs();
     for (i, &cfg) in all.iter().enumerate() {
-        let mut p = Path::new(cfg);
+        let mut p = Path::for_bench(cfg);
         p.check();
         let batch = p.batch();
         let mut g = c.benchmark_group("vm2vm");

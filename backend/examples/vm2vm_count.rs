@@ -31,7 +31,7 @@ fn main() {
         eprintln!("vm2vm_count: no configuration {name:?}; one of {names:?}");
         std::process::exit(2);
     };
-    let mut p = Path::new(cfg);
+    let mut p = Path::for_bench(cfg);
     p.check();
     // Warm: every TX buffer and RX buffer touched once, the lookup table
     // hot, as in the bench after its warm-up.

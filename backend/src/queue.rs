@@ -1299,10 +1299,11 @@ impl RxQueue {
                 // the rest of a long frame: a driver that never reads it
                 // (DPDK forwarding) leaves those lines here for the next
                 // frame this buffer takes, and demoting them all measured
-                // 0.44x at 1514 B, these two lines 1.03x. Where the reader
+                // 0.44x at 1514 B, these lines (two, or three where the
+                // header starts late in its line) 1.03x. Where the reader
                 // is this core (the in-process bench) it costs: the lines
-                // come back from the shared cache, 1.9x the time per
-                // frame (docs/benchmarks.md, "Stop 32").
+                // come back from the shared cache, about 9 ns a frame at
+                // 60 B (docs/benchmarks.md, "Stop 32").
                 if self.demote {
                     crate::vring::demote_lines(b.addr(), b.addr() + at.min(VNET_HDR_LEN + 64));
                 }

@@ -371,7 +371,7 @@ impl MemQueue {
             if ok {
                 let id = id as u16;
                 if self.check_order {
-                    self.used_in_order(id);
+                    self.used_in_order(id, self.last_used.wrapping_add(k as u16));
                 }
                 self.in_flight[id as usize] = false;
                 self.free.push_back(id);
@@ -382,14 +382,16 @@ impl MemQueue {
         self.reaped.len()
     }
 
-    /// Takes `id` out of the order it was made available in, counting it
-    /// out of order if it was not the oldest.
+    /// Takes `id`, returned at used ring position `at`, out of the order
+    /// it was made available in, counting it out of order unless it was
+    /// the oldest and `at` is the avail position it was made available at
+    /// (a driver on IN_ORDER finds buffers by position).
     #[inline(always)]
-    fn used_in_order(&mut self, id: u16) {
+    fn used_in_order(&mut self, id: u16, at: u16) {
         let oldest = self
             .order
             .get(usize::from(self.order_head & (self.size - 1)));
-        if self.order_head != self.avail_idx && oldest == Some(&id) {
+        if self.order_head != self.avail_idx && oldest == Some(&id) && at == self.order_head {
             self.order_head = self.order_head.wrapping_add(1);
         } else {
             self.out_of_order(id);
