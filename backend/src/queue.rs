@@ -966,8 +966,8 @@ const RX_PREFETCH_AHEAD: usize = 3;
 /// queue a thousand prefetches ahead of it.
 const RX_PREFETCH_MAX: usize = 2048;
 
-/// How many frames ahead of its copy a fused run starts loading a
-/// frame's first lines (the next frame's are loaded by its walk).
+/// How many frames ahead of its copy a fused run walks a frame (reads
+/// and checks its descriptor, prefetches its first lines).
 const TX_AHEAD: usize = 4;
 
 /// Frames of at most this many bytes (virtio-net header included) are

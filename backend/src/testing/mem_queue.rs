@@ -74,7 +74,8 @@ pub struct MemQueue {
     order_head: u16,
     /// Whether `reap` checks the order (see [`MemQueue::without_order_check`]).
     check_order: bool,
-    /// Used entries that were not the oldest id in flight.
+    /// Used entries that were not the oldest id in flight, or not at the
+    /// used position matching its avail position.
     out_of_order: u64,
     heads: Vec<u16>,
     /// Host addresses of the avail and used rings, written and read as a
@@ -218,9 +219,9 @@ impl MemQueue {
         self.free.len()
     }
 
-    /// Used entries that did not come in the order their ids were made
-    /// available (what `VIRTIO_F_IN_ORDER` forbids; see
-    /// [`MemQueue::reap`]).
+    /// Used entries that did not come in the order, or at the ring
+    /// position, their ids were made available at (what
+    /// `VIRTIO_F_IN_ORDER` forbids; see [`MemQueue::reap`]).
     pub fn used_out_of_order(&self) -> u64 {
         self.out_of_order
     }
@@ -331,8 +332,10 @@ impl MemQueue {
     /// Takes back what the device put on the used ring since the last
     /// call; the entries are in [`MemQueue::reaped`] until the next call.
     /// An id not in flight, or a length past the buffer (RX) or non-zero
-    /// (TX), counts a violation; an id other than the oldest in flight
-    /// counts one [`MemQueue::out_of_order`]. Returns how many came back.
+    /// (TX), counts a violation; an id other than the oldest in flight, or
+    /// one out of place, counts one [`MemQueue::used_out_of_order`]
+    /// (unless [`MemQueue::without_order_check`]). Returns how many came
+    /// back.
     pub fn reap(&mut self) -> usize {
         self.reaped.clear();
         let idx = u16::from_le(self.idx(self.used_host).load(Ordering::Acquire));
