@@ -2052,8 +2052,8 @@ pub struct VringChain {
 /// Builds a small guest memory at [`GUEST_MEM_BASE`] (one or two regions,
 /// adjacent or with a gap), lays out a split virtqueue in it from `data`,
 /// pops every chain with virtio-queue and walks it with the backend's own
-/// [`tx_frags`](crate::chain::tx_frags) or
-/// [`rx_bufs`](crate::chain::rx_bufs). Checks that every
+/// `chain::tx_frags` or
+/// `chain::rx_bufs`. Checks that every
 /// fragment and buffer lies inside one guest memory region's host mapping,
 /// at the host address of the guest range its descriptor names, that TX
 /// fragments read exactly the guest bytes and RX buffers write where they
@@ -2568,9 +2568,9 @@ mod vring_fuzz {
     }
 }
 
-/// A [`Device`](crate::vhost_user::Device) that offers what a two-pair VM
+/// A `vhost_user::Device` that offers what a two-pair VM
 /// port offers and does nothing else: for driving a
-/// [`Session`](crate::vhost_user::Session) without a switch.
+/// `vhost_user::Session` without a switch.
 #[derive(Debug, Default)]
 pub struct NullDevice {
     /// Requests refused so far.
@@ -2580,10 +2580,10 @@ pub struct NullDevice {
     /// As [`NetConfig::fwd_watches_tx_kicks`](crate::device::NetConfig):
     /// the session leaves the TX queues' kick fds to the data path.
     pub fwd_watches_tx_kicks: bool,
-    /// Every kick says work is left ([`Device::kick`](crate::vhost_user::Device::kick)
+    /// Every kick says work is left (`vhost_user::Device::kick`
     /// returns true): a device the guest keeps busy for good.
     pub always_more: bool,
-    /// The device's [`rekick`](crate::vhost_user::Device::rekick) doorbell.
+    /// The device's `vhost_user::Device::rekick` doorbell.
     pub rekick: Option<netmap::sys::EventFd>,
 }
 
@@ -2634,7 +2634,7 @@ pub fn session_on(
 }
 
 /// Fuzz target body: a hostile VMM's vhost-user requests, whatever their
-/// order, sizes and descriptors, served by a [`Session`](crate::vhost_user::Session).
+/// order, sizes and descriptors, served by a `vhost_user::Session`.
 /// Nothing may panic, hang or map memory that a file does not back; the
 /// memory table never exceeds its bound; the session ends only on a broken
 /// stream or a SET_FEATURES with bits never offered.

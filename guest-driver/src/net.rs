@@ -660,7 +660,7 @@ pub struct LaneLayout {
     pub rx: (usize, usize, usize),
     /// TX queue.
     pub tx: (usize, usize, usize),
-    /// RX headers, one per slot ([`HDR_STRIDE`] bytes apart).
+    /// RX headers, one per slot (`HDR_STRIDE` bytes apart).
     pub rx_hdr: usize,
 }
 

@@ -39,7 +39,7 @@ fn unsafe_char(c: char) -> bool {
     c.is_whitespace() || c.is_control() || c == '#' || c == ','
 }
 
-/// Why a port name is refused (netmap's NEWIF rules, and [`unsafe_char`]).
+/// Why a port name is refused (netmap's NEWIF rules, and `unsafe_char`).
 pub fn bad_name(name: &str) -> bool {
     name.is_empty()
         || name.len() > 15
@@ -48,7 +48,7 @@ pub fn bad_name(name: &str) -> bool {
 }
 
 /// A socket path that [`VhostSpec`] can carry: 1-107 bytes, UTF-8, none of
-/// [`unsafe_char`].
+/// `unsafe_char`.
 pub fn check_path(path: &Path) -> Result<(), String> {
     let Some(s) = path.to_str() else {
         return Err(format!("socket path {path:?}: not UTF-8"));
