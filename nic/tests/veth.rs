@@ -420,7 +420,20 @@ fn an_interface_opens_as_netmap_rings() {
         assert_eq!(e.errno(), libc::EINVAL, "{bad}: {e}");
     }
     let tap = format!("/sys/class/net/{}^", v.here);
-    let rings = open(&format!("netmap:{}*", v.here)).unwrap();
+    // The failed opens above took the interface's lock and dropped it;
+    // a child another test of this process is spawning (`ip`, `ping`)
+    // can still hold a copy of that fd between its fork and its exec, so
+    // the lock may read busy for that moment (seen once in a CI
+    // rehearsal).
+    let t0 = std::time::Instant::now();
+    let rings = loop {
+        match open(&format!("netmap:{}*", v.here)) {
+            Err(nic::NicError::Busy { .. }) if t0.elapsed() < std::time::Duration::from_secs(2) => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            r => break r.unwrap(),
+        }
+    };
     assert_eq!(rings.rings(), 2, "the NIC's ring, then the host's");
     assert!(std::path::Path::new(&tap).exists(), "{tap} while open");
     // ARP through ring 0: write the slot, txsync, rxsync until the reply.
